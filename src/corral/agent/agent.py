@@ -1,0 +1,260 @@
+"""The agent process: watch one llama-server, report to one or more balancers.
+
+Two kinds of task, kept in one place (:class:`Agent`):
+
+- the **monitor** reads the server every ``poll_interval`` (and at once when a
+  balancer asks, after a failed request) and keeps the latest
+  :class:`~corral.protocol.messages.ServerStatus`;
+- one **link** per balancer keeps a WebSocket open: register, then a status on every
+  change and a heartbeat every interval the balancer asked for. A lost link is
+  reopened with exponential backoff. Reporting to two balancers gives high
+  availability: each knows the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from corral.addr import Addr
+from corral.agent.reader import Fetched, interpret
+from corral.protocol import messages as m
+
+log = logging.getLogger("corral.agent")
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    local_llamacpp_addr: Addr
+    """Where the agent reads its llama-server."""
+    management_addrs: tuple[Addr, ...]
+    """Balancers to report to (their management listeners)."""
+    external_llamacpp_addr: Addr | None = None
+    """Where balancers send requests; defaults to the local address."""
+    name: str = field(default_factory=lambda: socket.gethostname())
+    """Shown on dashboards."""
+    llamacpp_api_key: str | None = field(default=None, repr=False)
+    """The server's ``--api-key``, if it has one (sent to balancers for upstream use)."""
+    agent_token: str | None = field(default=None, repr=False)
+    """The balancers' ``--agent-token``."""
+    poll_interval: float = 0.5
+    """Seconds between reads of the server."""
+    request_timeout: float = 3.0
+    """Seconds a read of the server may take before it counts as unreachable."""
+    reconnect_min: float = 0.2
+    reconnect_max: float = 10.0
+    """Backoff bounds, in seconds, for reconnecting to a balancer."""
+    props_every: float = 30.0
+    """Seconds between reads of ``/props`` and ``/v1/models`` while the server is up."""
+
+    @property
+    def external_url(self) -> str:
+        return (self.external_llamacpp_addr or self.local_llamacpp_addr).url()
+
+
+class Agent:
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.status = m.ServerStatus(condition="loading", issues=[])
+        self._changed = asyncio.Event()
+        self._session: aiohttp.ClientSession | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._props: Fetched | None = None
+        self._models: Fetched | None = None
+        self._props_at = 0.0
+        self._poll_lock = asyncio.Lock()
+        self.links: dict[str, str] = {}  # balancer URL -> "connected" / reason
+
+    # ------------------------------------------------------------ monitor
+    async def _get(self, path: str) -> Fetched:
+        assert self._session is not None
+        url = self.config.local_llamacpp_addr.url() + path
+        headers = {}
+        if self.config.llamacpp_api_key:
+            headers["Authorization"] = f"Bearer {self.config.llamacpp_api_key}"
+        try:
+            async with self._session.get(url, headers=headers) as response:
+                text = await response.text()
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            return Fetched(error=str(exc) or type(exc).__name__)
+        try:
+            return Fetched(response.status, json.loads(text) if text else None)
+        except ValueError:
+            return Fetched(response.status, text[:200], error="answer is not JSON")
+
+    async def poll(self) -> m.ServerStatus:
+        """Read the server once and publish the status if it changed."""
+        async with self._poll_lock:
+            health = await self._get("/health")
+            props = slots = models = None
+            if health.ok:
+                now = asyncio.get_running_loop().time()
+                stale = now - self._props_at > self.config.props_every
+                if stale or self.status.condition != "ready" or self._props is None:
+                    self._props, self._models = await asyncio.gather(
+                        self._get("/props"), self._get("/v1/models")
+                    )
+                    self._props_at = now
+                props, models = self._props, self._models
+                slots = await self._get("/slots")
+            status = interpret(health, props, slots, models)
+            if status != self.status:
+                self._log_change(status)
+                self.status = status
+                event, self._changed = self._changed, asyncio.Event()
+                event.set()
+            return status
+
+    def _log_change(self, status: m.ServerStatus) -> None:
+        if status.condition != self.status.condition or status.issues != self.status.issues:
+            issues = "; ".join(i.message for i in status.issues)
+            level = logging.INFO if status.condition in ("ready", "loading") else logging.WARNING
+            log.log(
+                level,
+                "server %s: %s%s (slots %d/%d busy, model %s)",
+                self.config.local_llamacpp_addr,
+                status.condition,
+                f" - {issues}" if issues else "",
+                status.slots_processing,
+                status.slots_total,
+                status.model,
+            )
+
+    async def _monitor(self) -> None:
+        while True:
+            await self.poll()
+            await asyncio.sleep(self.config.poll_interval)
+
+    # --------------------------------------------------------------- links
+    async def _link(self, addr: Addr) -> None:
+        url = addr.url() + "/api/v1/agent-socket"
+        delay = self.config.reconnect_min
+        while True:
+            try:
+                await self._session_with(url)
+                delay = self.config.reconnect_min
+                reason = "connection closed"
+            except aiohttp.WSServerHandshakeError as exc:
+                reason = (
+                    "the balancer refused the agent token (--agent-token)"
+                    if exc.status == 401
+                    else f"handshake failed: {exc.status} {exc.message}"
+                )
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                reason = str(exc) or type(exc).__name__
+            except m.ProtocolError as exc:
+                reason = str(exc)
+            self.links[url] = reason
+            log.warning("balancer %s: %s; reconnecting in %.1fs", addr, reason, delay)
+            await asyncio.sleep(delay)
+            delay = min(self.config.reconnect_max, delay * 2)
+
+    async def _session_with(self, url: str) -> None:
+        assert self._session is not None
+        headers = {}
+        if self.config.agent_token:
+            headers["Authorization"] = f"Bearer {self.config.agent_token}"
+        async with self._session.ws_connect(url, headers=headers, heartbeat=None) as ws:
+            register = m.Register(
+                version=m.PROTOCOL_VERSION,
+                name=self.config.name,
+                address=self.config.external_url,
+                status=self.status,
+                api_key=self.config.llamacpp_api_key,
+            )
+            await ws.send_bytes(m.encode(register))
+            reply = await ws.receive(timeout=10)
+            if reply.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+                raise m.ProtocolError(f"balancer closed the socket ({ws.close_code})")
+            answer = m.decode_balancer_message(reply.data)
+            if isinstance(answer, m.Error):
+                raise m.ProtocolError(f"balancer refused registration: {answer.message}")
+            if not isinstance(answer, m.Registered):
+                raise m.ProtocolError(f"expected registered, got {type(answer).__name__}")
+            self.links[url] = "connected"
+            log.info("registered with %s as %s", url, answer.agent_id)
+            receiver = asyncio.create_task(self._receive(ws))
+            try:
+                await self._report(ws, answer.heartbeat_interval, receiver)
+            finally:
+                receiver.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await receiver
+                if not ws.closed:
+                    with contextlib.suppress(Exception):
+                        await ws.send_bytes(m.encode(m.Deregister("agent stopping")))
+
+    async def _report(
+        self, ws: aiohttp.ClientWebSocketResponse, interval: float, receiver: asyncio.Task[Any]
+    ) -> None:
+        sent = self.status
+        while not receiver.done():
+            changed = asyncio.ensure_future(self._changed.wait())
+            done, _ = await asyncio.wait({changed, receiver}, timeout=interval)
+            changed.cancel()
+            if receiver in done:
+                return
+            if self.status is not sent:
+                sent = self.status
+                await ws.send_bytes(m.encode(m.Status(sent)))
+            else:
+                await ws.send_bytes(m.encode(m.Heartbeat()))
+
+    async def _receive(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        async for frame in ws:
+            if frame.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+                break
+            try:
+                message = m.decode_balancer_message(frame.data)
+            except m.ProtocolError as exc:
+                log.warning("ignored a bad frame from the balancer: %s", exc)
+                continue
+            if isinstance(message, m.Refresh):
+                await ws.send_bytes(m.encode(m.Status(await self.poll())))
+            elif isinstance(message, m.Error):
+                log.warning("balancer says: %s", message.message)
+                if message.fatal:
+                    break
+
+    # ----------------------------------------------------------- lifecycle
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.config.request_timeout)
+        )
+        await self.poll()
+        self._tasks.append(asyncio.create_task(self._monitor()))
+        for addr in self.config.management_addrs:
+            self._tasks.append(asyncio.create_task(self._link(addr)))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        if self._session is not None:
+            await self._session.close()
+
+    def __repr__(self) -> str:
+        s = self.status
+        return (
+            f"<Agent {self.config.name} {s.condition} slots {s.slots_processing}/{s.slots_total}"
+            f" model={s.model} balancers={len(self.config.management_addrs)}>"
+        )
+
+
+async def run(config: AgentConfig) -> None:
+    agent = Agent(config)
+    await agent.start()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await agent.stop()

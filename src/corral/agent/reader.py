@@ -1,0 +1,171 @@
+"""Make sense of what a llama-server answers. Pure: responses in, a status out.
+
+The agent fetches ``/health``, ``/props``, ``/slots`` and ``/v1/models`` (see
+:mod:`corral.agent.agent`) and hands the raw results to :func:`interpret`, which
+recognises the cases operators need to see in words:
+
+========================  =========================================================
+what the server did       what the agent reports
+========================  =========================================================
+connection failed         ``unreachable``, with the error
+``/health`` 503           ``loading`` (llama-server says "Loading model")
+401 on any endpoint       ``unauthorized``: the API key is missing or wrong
+``/slots`` 501            ``ready`` with issue ``slots_disabled`` (slots counted by
+                          the balancer's own reservations only)
+not llama-server's JSON   ``bad_response``, with what was wrong
+anything else non-200     ``error``, with the status and message
+========================  =========================================================
+
+A balancer answers these endpoints in the same format, so an agent can watch a
+balancer (a tree of balancers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from corral.protocol.messages import IssueInfo, ServerStatus
+
+_PROPS_KEPT = ("total_slots", "model_path", "build_info", "modalities", "chat_template")
+_MAX_PROP_TEXT = 8192
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """One HTTP exchange: a status and decoded JSON, or the error that prevented it."""
+
+    status: int = 0
+    body: Any = None
+    error: str | None = None  # connection failure or undecodable body
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.status == 200
+
+
+def _message(fetched: Fetched) -> str:
+    body = fetched.body
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        return str(body["error"].get("message", ""))[:300]
+    return str(body)[:300] if body is not None else ""
+
+
+def _status(condition: str, code: str, message: str, **kw: Any) -> ServerStatus:
+    return ServerStatus(condition=condition, issues=[IssueInfo(code, message)], **kw)  # type: ignore[arg-type]
+
+
+def _failure(endpoint: str, fetched: Fetched) -> ServerStatus | None:
+    """The status to report when ``fetched`` failed, or ``None`` if it is fine."""
+    if fetched.error is not None and fetched.status == 0:
+        return _status("unreachable", "unreachable", f"{endpoint}: {fetched.error}")
+    if fetched.status == 401:
+        return _status(
+            "unauthorized",
+            "api_key_rejected",
+            f"{endpoint} answered 401: the API key is missing or wrong (--llamacpp-api-key)",
+        )
+    if fetched.error is not None:
+        return _status("bad_response", "bad_response", f"{endpoint}: {fetched.error}")
+    if fetched.status != 200:
+        return _status(
+            "error", "http_error", f"{endpoint} answered {fetched.status}: {_message(fetched)}"
+        )
+    return None
+
+
+def interpret(
+    health: Fetched,
+    props: Fetched | None = None,
+    slots: Fetched | None = None,
+    models: Fetched | None = None,
+) -> ServerStatus:
+    """Turn the server's answers into one :class:`ServerStatus`.
+
+    ``props``, ``slots`` and ``models`` are ``None`` when not fetched (the server is
+    not healthy, so the agent did not ask).
+    """
+    if health.status == 503:
+        message = _message(health) or "server unavailable"
+        if "loading" in message.lower():
+            return _status("loading", "loading", message)
+        return _status("error", "unavailable", f"/health answered 503: {message}")
+    failure = _failure("/health", health)
+    if failure is not None:
+        return failure
+    if props is None or slots is None:
+        return ServerStatus(condition="loading")
+
+    failure = _failure("/props", props)
+    if failure is not None:
+        return failure
+    if not isinstance(props.body, dict):
+        return _status("bad_response", "bad_response", "/props is not a JSON object")
+    total = props.body.get("total_slots")
+    if not isinstance(total, int) or isinstance(total, bool) or total < 0:
+        return _status(
+            "bad_response", "bad_response", f"/props has no valid total_slots (got {total!r})"
+        )
+
+    issues: list[IssueInfo] = []
+    processing = 0
+    if slots.status == 501:
+        issues.append(
+            IssueInfo(
+                "slots_disabled",
+                "the server's /slots endpoint is disabled; start llama-server with --slots. "
+                "Busy slots are counted from the balancer's own requests only.",
+            )
+        )
+    else:
+        failure = _failure("/slots", slots)
+        if failure is not None:
+            return failure
+        if not isinstance(slots.body, list) or not all(isinstance(s, dict) for s in slots.body):
+            return _status("bad_response", "bad_response", "/slots is not a list of objects")
+        if not all(isinstance(s.get("is_processing"), bool) for s in slots.body):
+            return _status(
+                "bad_response", "bad_response", "/slots entries lack a boolean is_processing"
+            )
+        processing = sum(1 for s in slots.body if s["is_processing"])
+        total = len(slots.body)
+
+    model: str | None = None
+    if models is not None:
+        model = _model_id(models)
+        if model is None:
+            issues.append(IssueInfo("no_model_id", "/v1/models did not name a model"))
+
+    return ServerStatus(
+        condition="ready",
+        model=model,
+        slots_total=total,
+        slots_processing=min(processing, total),
+        issues=issues,
+        props=_kept_props(props.body),
+    )
+
+
+def _model_id(models: Fetched) -> str | None:
+    if not models.ok or not isinstance(models.body, dict):
+        return None
+    data = models.body.get("data")
+    if isinstance(data, list) and data and isinstance(data[0], dict):
+        model = data[0].get("id")
+        if isinstance(model, str) and model:
+            return model[:1024]
+    return None
+
+
+def _kept_props(props: dict[str, Any]) -> dict[str, Any]:
+    kept: dict[str, Any] = {}
+    for key in _PROPS_KEPT:
+        value = props.get(key)
+        if isinstance(value, str):
+            value = value[:_MAX_PROP_TEXT]
+        if value is not None:
+            kept[key] = value
+    settings = props.get("default_generation_settings")
+    if isinstance(settings, dict) and isinstance(settings.get("n_ctx"), int):
+        kept["default_generation_settings"] = {"n_ctx": settings["n_ctx"]}
+    return kept

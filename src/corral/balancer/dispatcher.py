@@ -1,0 +1,198 @@
+"""The async layer over :class:`~corral.core.scheduler.Scheduler`.
+
+It turns the scheduler's decisions into awaited results: a request that must wait
+gets a future, and the future is resolved when the scheduler says so (a slot freed,
+a server joined, the deadline passed). It also tells watchers (the SSE stream, the
+dashboards) that the fleet changed. All the deciding happens in ``corral.core``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from corral.balancer.errors import HTTPError
+from corral.core.buffer import BufferFull, Waiter
+from corral.core.clock import Clock
+from corral.core.fleet import Agent, Fleet, FleetError
+from corral.core.policy import Dispatch, Reject, RequestInfo
+from corral.core.scheduler import Assigned, Scheduler
+
+log = logging.getLogger("corral.balancer")
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """A reserved slot: where to send the request, and proof to give it back."""
+
+    agent_id: str
+    address: str
+    api_key: str | None
+    name: str
+    waited: float  # seconds spent in the buffer
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        clock: Clock,
+        *,
+        on_set_aside: Callable[[Agent], None] | None = None,
+    ) -> None:
+        self.scheduler = scheduler
+        self.fleet: Fleet = scheduler.fleet
+        self.clock = clock
+        self._on_set_aside = on_set_aside
+        self._expiry: asyncio.TimerHandle | None = None
+        self._changed = asyncio.Event()
+        self._watchers = 0
+
+    # ------------------------------------------------------------ requests
+    async def acquire(self, request: RequestInfo) -> Slot:
+        """Reserve a slot for this request, waiting in the buffer if need be.
+
+        Raises :class:`HTTPError`: 404 unknown model, 429 buffer full, 503 waited
+        too long. If the caller is cancelled while waiting, nothing is left behind.
+        """
+        now = self.clock.now()
+        try:
+            result = self.scheduler.submit(request, now)
+        except BufferFull as exc:
+            raise HTTPError(
+                429,
+                f"Corral: all slots are busy and the request buffer is full ({exc})",
+                retry_after=1,
+            ) from None
+        if isinstance(result, Dispatch):
+            self._notify()
+            return self._slot(result.agent_id, 0.0)
+        if isinstance(result, Reject):
+            raise _reject_error(result)
+        return await self._wait(result)
+
+    async def _wait(self, waiter: Waiter) -> Slot:
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        waiter.token = future
+        self._arm_expiry()
+        self._notify()
+        try:
+            agent_id = await future
+        except asyncio.CancelledError:
+            if self.scheduler.buffer.cancel(waiter):
+                self._notify()
+            elif future.done() and not future.cancelled() and future.exception() is None:
+                self.release(future.result())  # got a slot just as the client left
+            raise
+        return self._slot(agent_id, waiter.waited(self.clock.now()))
+
+    def _slot(self, agent_id: str, waited: float) -> Slot:
+        agent = self.fleet.get(agent_id)
+        return Slot(agent_id, agent.address, agent.api_key, agent.name, waited)
+
+    def release(self, agent_id: str, *, ok: bool = True) -> None:
+        """The request on this slot finished (or failed after it started)."""
+        try:
+            self.fleet.release(agent_id)
+        except FleetError:
+            log.exception("release of a slot that was not reserved")
+        if ok:
+            self.fleet.succeeded(agent_id)
+        self.changed()
+
+    def failed(self, agent_id: str, reason: str) -> None:
+        """A request on this slot failed in the server: set it aside, free the slot."""
+        self.set_aside(agent_id, reason)
+        self.release(agent_id, ok=False)
+
+    def set_aside(self, agent_id: str, reason: str) -> None:
+        """Send nothing more to this server until its agent reports it ready."""
+        agent = self.fleet.set_aside(agent_id)
+        if agent is not None:
+            log.warning("set aside %r: %s", agent, reason)
+            if self._on_set_aside is not None:
+                self._on_set_aside(agent)
+            self._notify()
+
+    # -------------------------------------------------------------- events
+    def changed(self) -> None:
+        """The fleet may have free capacity: hand it to waiting requests."""
+        for outcome in self.scheduler.drain():
+            future = outcome.waiter.token
+            assert isinstance(future, asyncio.Future)
+            if isinstance(outcome, Assigned):
+                if future.done():  # its client left between drain and now
+                    self.fleet.release(outcome.agent_id)
+                    continue
+                future.set_result(outcome.agent_id)
+            elif not future.done():
+                future.set_exception(_reject_error(outcome.reject))
+        self._notify()
+
+    def _arm_expiry(self) -> None:
+        if self._expiry is not None:
+            return
+        deadline = self.scheduler.buffer.next_deadline()
+        if deadline is None:
+            return
+        delay = max(0.0, deadline - self.clock.now())
+        self._expiry = asyncio.get_running_loop().call_later(delay, self._expire)
+
+    def _expire(self) -> None:
+        self._expiry = None
+        now = self.clock.now()
+        expired = self.scheduler.expire(now)
+        for waiter in expired:
+            future = waiter.token
+            assert isinstance(future, asyncio.Future)
+            if not future.done():
+                future.set_exception(
+                    HTTPError(
+                        503,
+                        f"Corral: no slot became free within {waiter.waited(now):.1f}s "
+                        "(--buffered-request-timeout)",
+                        retry_after=self.scheduler.buffer.timeout,
+                    )
+                )
+        if expired:
+            log.warning("%d buffered request(s) timed out", len(expired))
+            self._notify()
+        self._arm_expiry()
+
+    def close(self) -> None:
+        """Fail every waiting request (shutdown)."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        for waiter in list(self.scheduler.buffer):
+            self.scheduler.buffer.cancel(waiter)
+            future = waiter.token
+            if isinstance(future, asyncio.Future) and not future.done():
+                future.set_exception(HTTPError(503, "Corral: the balancer is shutting down"))
+
+    # ------------------------------------------------------------ watchers
+    def _notify(self) -> None:
+        if self._watchers:
+            event, self._changed = self._changed, asyncio.Event()
+            event.set()
+
+    async def wait_changed(self) -> None:
+        """Return at the next change of the fleet or the buffer."""
+        self._watchers += 1
+        try:
+            await self._changed.wait()
+        finally:
+            self._watchers -= 1
+
+    def __repr__(self) -> str:
+        return f"<Dispatcher {self.scheduler!r}>"
+
+
+def _reject_error(reject: Reject) -> HTTPError:
+    return HTTPError(
+        reject.status,
+        reject.message,
+        extra={"param": "model", "available_models": list(reject.models)},
+    )

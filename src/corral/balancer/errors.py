@@ -1,0 +1,93 @@
+"""Errors the balancer answers with, in OpenAI's (and llama-server's) error format.
+
+Third-party exceptions are mapped to :class:`HTTPError` at the edge, each carrying
+the status the client should see; handlers raise it and one middleware renders it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "server_error",
+    502: "server_error",
+    503: "unavailable_error",
+    504: "timeout_error",
+}
+
+
+class HTTPError(Exception):
+    """An error for the client: a status, a message, and optional extra fields."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        extra: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.retry_after = retry_after
+        self.extra = extra or {}
+        self.headers = dict(headers or {})
+
+    def body(self) -> dict[str, Any]:
+        error: dict[str, Any] = {
+            "code": self.status,
+            "message": self.message,
+            "type": _TYPES.get(self.status, "server_error"),
+        }
+        error.update(self.extra)
+        return {"error": error}
+
+    def response(self) -> web.Response:
+        headers = dict(self.headers)
+        if self.retry_after is not None:
+            headers["Retry-After"] = str(max(1, round(self.retry_after)))
+        return web.Response(
+            status=self.status,
+            body=json.dumps(self.body()).encode(),
+            content_type="application/json",
+            headers=headers,
+        )
+
+    def __repr__(self) -> str:
+        return f"<HTTPError {self.status} {self.message!r}>"
+
+
+def sse_error_event(status: int, message: str) -> bytes:
+    """A final SSE event telling a streaming client the response broke off."""
+    body = HTTPError(status, message).body()
+    return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Render :class:`HTTPError` and aiohttp's own HTTP errors as JSON."""
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except HTTPError as exc:
+        return exc.response()
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        message = exc.reason
+        if exc.status == 413:
+            message = f"request body too large: {exc.text}"
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return HTTPError(exc.status, message, headers=headers).response()

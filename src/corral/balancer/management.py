@@ -1,0 +1,289 @@
+"""The management listener: the agent socket and the operators' API.
+
+- ``GET /api/v1/agent-socket``: agents connect here (WebSocket, see
+  :mod:`corral.protocol.messages`). A socket that closes removes its agent.
+- ``GET /api/v1/agents``: the fleet as JSON.
+- ``GET /api/v1/agents/stream``: the same, as Server-Sent Events on every change
+  (coalesced to at most one event per ``--stream-interval``).
+- ``GET /api/v1/buffered-requests``: what waits in the buffer.
+- ``GET /health``: the balancer process is up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import uuid
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from corral.balancer.dispatcher import Dispatcher
+from corral.balancer.errors import HTTPError
+from corral.core.clock import Clock
+from corral.core.fleet import Agent, Condition, Issue, Report
+from corral.protocol import messages as m
+
+log = logging.getLogger("corral.management")
+
+MAX_FRAME = 1024 * 1024
+MAX_BAD_FRAMES = 20  # consecutive bad frames before a socket is closed
+
+
+def agent_json(agent: Agent, now: float) -> dict[str, Any]:
+    """An agent as operators see it (never its API key)."""
+    return {
+        "id": agent.id,
+        "name": agent.name,
+        "address": agent.address,
+        "model": agent.model,
+        "state": agent.state.value,
+        "condition": agent.condition.value,
+        "slots_total": agent.slots_total,
+        "slots_busy": agent.busy,
+        "slots_free": agent.free,
+        "slots_processing_reported": agent.slots_processing,
+        "reserved": agent.reserved,
+        "set_aside": agent.set_aside,
+        "issues": [{"code": i.code, "message": i.message} for i in agent.issues],
+        "last_seen_ago_s": round(max(0.0, now - agent.last_seen), 3),
+        "registered_ago_s": round(max(0.0, now - agent.registered_at), 3),
+    }
+
+
+def to_report(status: m.ServerStatus) -> Report:
+    return Report(
+        condition=Condition(status.condition),
+        model=status.model,
+        slots_total=status.slots_total,
+        slots_processing=min(status.slots_processing, status.slots_total),
+        issues=tuple(Issue(i.code, i.message) for i in status.issues),
+        props=status.props,
+    )
+
+
+class Management:
+    """Handlers of the management listener, and the live agent sockets."""
+
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        clock: Clock,
+        *,
+        agent_token: str | None,
+        management_token: str | None,
+        heartbeat_interval: float,
+        stream_interval: float = 0.1,
+    ) -> None:
+        self.dispatcher = dispatcher
+        self.fleet = dispatcher.fleet
+        self.clock = clock
+        self.agent_token = agent_token
+        self.management_token = management_token
+        self.heartbeat_interval = heartbeat_interval
+        self.stream_interval = stream_interval
+        self.sockets: dict[str, web.WebSocketResponse] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def install(self, app: web.Application) -> None:
+        app.router.add_get("/api/v1/agent-socket", self.agent_socket)
+        app.router.add_get("/api/v1/agents", self.agents)
+        app.router.add_get("/api/v1/agents/stream", self.agents_stream)
+        app.router.add_get("/api/v1/buffered-requests", self.buffered_requests)
+        app.router.add_get("/health", self.health)
+
+    # ---------------------------------------------------------------- auth
+    @staticmethod
+    def _bearer_ok(request: web.Request, token: str | None) -> bool:
+        if token is None:
+            return True
+        header = request.headers.get("Authorization", "")
+        given = header[7:].strip() if header[:7].lower() == "bearer " else ""
+        return hmac.compare_digest(given.encode(), token.encode())
+
+    def _require_management(self, request: web.Request) -> None:
+        if not self._bearer_ok(request, self.management_token):
+            raise HTTPError(401, "management token missing or wrong (--management-token)")
+
+    # ---------------------------------------------------------------- API
+    async def health(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    def snapshot(self) -> dict[str, Any]:
+        now = self.clock.now()
+        idle, processing = self.fleet.totals()
+        return {
+            "agents": [agent_json(a, now) for a in self.fleet],
+            "slots_idle": idle,
+            "slots_processing": processing,
+            "buffered_requests": len(self.dispatcher.scheduler.buffer),
+        }
+
+    async def agents(self, request: web.Request) -> web.Response:
+        self._require_management(request)
+        return web.json_response(self.snapshot())
+
+    async def buffered_requests(self, request: web.Request) -> web.Response:
+        self._require_management(request)
+        buffer = self.dispatcher.scheduler.buffer
+        now = self.clock.now()
+        waiting = list(buffer)
+        return web.json_response(
+            {
+                "buffered_requests": len(buffer),
+                "capacity": buffer.capacity,
+                "timeout_s": buffer.timeout,
+                "oldest_wait_s": round(waiting[0].waited(now), 3) if waiting else 0.0,
+                "by_model": [
+                    {"model": model, "count": count} for model, count in buffer.by_model().items()
+                ],
+            }
+        )
+
+    async def agents_stream(self, request: web.Request) -> web.StreamResponse:
+        self._require_management(request)
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await response.prepare(request)
+        while True:
+            payload = json.dumps(self.snapshot())
+            await response.write(f"event: fleet\ndata: {payload}\n\n".encode())
+            try:
+                await asyncio.wait_for(self.dispatcher.wait_changed(), timeout=15)
+            except TimeoutError:
+                await response.write(b": keep-alive\n\n")
+            await asyncio.sleep(self.stream_interval)
+
+    # -------------------------------------------------------- agent socket
+    async def agent_socket(self, request: web.Request) -> web.StreamResponse:
+        if not self._bearer_ok(request, self.agent_token):
+            log.warning("agent from %s refused: wrong or missing agent token", request.remote)
+            raise HTTPError(401, "agent token missing or wrong (--agent-token)")
+        ws = web.WebSocketResponse(max_msg_size=MAX_FRAME, heartbeat=None)
+        await ws.prepare(request)
+        session = _AgentSession(self, ws, request.remote or "?")
+        try:
+            await session.run()
+        finally:
+            session.leave()
+        return ws
+
+    def refresh(self, agent: Agent) -> None:
+        """Ask an agent to read its server again (after a failed request)."""
+        ws = self.sockets.get(agent.id)
+        if ws is not None and not ws.closed:
+            self._spawn(ws.send_bytes(m.encode(m.Refresh())))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        """Close every agent socket (shutdown)."""
+        for ws in list(self.sockets.values()):
+            await ws.close(message=b"balancer shutting down")
+        for task in list(self._tasks):
+            task.cancel()
+
+
+class _AgentSession:
+    """One agent's socket, from register to close."""
+
+    def __init__(self, management: Management, ws: web.WebSocketResponse, peer: str) -> None:
+        self.mgmt = management
+        self.ws = ws
+        self.peer = peer
+        self.agent_id: str | None = None
+        self.bad_frames = 0
+
+    async def run(self) -> None:
+        async for frame in self.ws:
+            if frame.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+                await self._frame(frame.data)
+            elif frame.type == WSMsgType.ERROR:
+                log.warning("agent socket from %s failed: %s", self.peer, self.ws.exception())
+                break
+            if self.ws.closed:
+                break
+
+    async def _frame(self, data: str | bytes) -> None:
+        try:
+            message = m.decode_agent_message(data)
+        except m.ProtocolError as exc:
+            await self._bad(str(exc), fatal=self.agent_id is None)
+            return
+        if self.agent_id is None:
+            if not isinstance(message, m.Register):
+                await self._bad(f"expected register first, got {type(message).__name__}", True)
+                return
+            self._register(message)
+            assert self.agent_id is not None
+            await self.ws.send_bytes(
+                m.encode(m.Registered(self.agent_id, self.mgmt.heartbeat_interval))
+            )
+            return
+        self.bad_frames = 0
+        self._handle(message)
+        if isinstance(message, m.Deregister):
+            await self.ws.close()
+
+    def _register(self, message: m.Register) -> None:
+        self.agent_id = uuid.uuid4().hex[:12]
+        now = self.mgmt.clock.now()
+        fleet = self.mgmt.fleet
+        fleet.register(
+            self.agent_id,
+            name=message.name,
+            address=message.address.rstrip("/"),
+            api_key=message.api_key,
+            now=now,
+        )
+        agent = fleet.report(self.agent_id, to_report(message.status), now)
+        self.mgmt.sockets[self.agent_id] = self.ws
+        log.info("agent registered from %s: %r", self.peer, agent)
+        self.mgmt.dispatcher.changed()
+
+    def _handle(self, message: m.AgentMessage) -> None:
+        assert self.agent_id is not None
+        fleet = self.mgmt.fleet
+        now = self.mgmt.clock.now()
+        if isinstance(message, m.Status):
+            before = fleet.get(self.agent_id).state
+            agent = fleet.report(self.agent_id, to_report(message.status), now)
+            if agent.state is not before:
+                log.info("agent %s is now %s", agent.name, agent.state.value)
+            self.mgmt.dispatcher.changed()
+        elif isinstance(message, m.Heartbeat):
+            fleet.heartbeat(self.agent_id, now)
+            self.mgmt.dispatcher.changed()
+        elif isinstance(message, m.Deregister):
+            self.leave(f"deregistered ({message.reason or 'no reason given'})")
+        else:  # a second register
+            self._send_error("already registered on this socket")
+
+    async def _bad(self, reason: str, fatal: bool) -> None:
+        self.bad_frames += 1
+        fatal = fatal or self.bad_frames >= MAX_BAD_FRAMES
+        log.warning("bad frame from agent at %s: %s", self.peer, reason)
+        if not self.ws.closed:
+            await self.ws.send_bytes(m.encode(m.Error(reason, fatal=fatal)))
+            if fatal:
+                await self.ws.close(message=reason[:120].encode())
+
+    def _send_error(self, reason: str) -> None:
+        log.warning("agent at %s: %s", self.peer, reason)
+        self.mgmt._spawn(self.ws.send_bytes(m.encode(m.Error(reason))))
+
+    def leave(self, why: str = "socket closed") -> None:
+        if self.agent_id is None:
+            return
+        agent_id, self.agent_id = self.agent_id, None
+        self.mgmt.sockets.pop(agent_id, None)
+        if agent_id in self.mgmt.fleet:
+            agent = self.mgmt.fleet.remove(agent_id)
+            log.info("agent %s left: %s", agent.name, why)
+            self.mgmt.dispatcher.changed()

@@ -1,0 +1,197 @@
+"""The balancer process: configuration, the two listeners, and their lifecycle.
+
+Start-up order: HTTP client session, management listener (agents can connect),
+inference listener, background tasks. Shutdown runs in a fixed order, as uvicorn
+does: stop accepting connections, fail what waits in the buffer, let requests in
+flight finish up to ``shutdown_timeout``, close agent sockets, cancel the background
+tasks, close the client session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from corral.addr import Addr
+from corral.balancer.dispatcher import Dispatcher
+from corral.balancer.errors import error_middleware
+from corral.balancer.management import Management
+from corral.balancer.proxy import InferenceProxy
+from corral.core.buffer import Buffer
+from corral.core.clock import Clock, MonotonicClock
+from corral.core.fleet import Fleet
+from corral.core.policy import Policy
+from corral.core.scheduler import Scheduler
+
+log = logging.getLogger("corral.balancer")
+
+
+_INFERENCE = Addr("127.0.0.1", 8061)
+_MANAGEMENT = Addr("127.0.0.1", 8060)
+
+
+@dataclass(frozen=True)
+class BalancerConfig:
+    inference_addr: Addr = _INFERENCE
+    """Where applications send requests (the llama.cpp / OpenAI API)."""
+    management_addr: Addr = _MANAGEMENT
+    """Where agents connect and operators read the fleet's state."""
+    max_buffered_requests: int = 1000
+    """Requests that may wait for a slot at once; more get 429 with Retry-After."""
+    buffered_request_timeout: float = 30.0
+    """Seconds a request may wait for a slot before it gets 503 with Retry-After."""
+    heartbeat_interval: float = 1.0
+    """Seconds between agent heartbeats (told to agents when they register)."""
+    heartbeat_timeout: float = 5.0
+    """Seconds without a word from an agent before it is marked unhealthy."""
+    agent_token: str | None = None
+    """If set, agents must present it (``Authorization: Bearer``) to register."""
+    management_token: str | None = None
+    """If set, the management API requires it (``Authorization: Bearer``)."""
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    """If any, the inference listener requires one (``Authorization: Bearer`` or
+    ``x-api-key``), like llama-server's ``--api-key``."""
+    max_body_size: int = 64 * 1024 * 1024
+    """Largest request body accepted, in bytes (images in base64 can be large)."""
+    max_attempts: int = 5
+    """Servers tried for one request when they fail before responding."""
+    upstream_connect_timeout: float = 5.0
+    """Seconds to connect to a llama-server before trying another."""
+    shutdown_timeout: float = 10.0
+    """Seconds requests in flight get to finish on shutdown."""
+
+
+class Balancer:
+    """A running balancer. ``await start()``, then ``await stop()``."""
+
+    def __init__(self, config: BalancerConfig, clock: Clock | None = None) -> None:
+        self.config = config
+        self.clock = clock or MonotonicClock()
+        self.fleet = Fleet()
+        self.buffer = Buffer(config.max_buffered_requests, config.buffered_request_timeout)
+        self.scheduler = Scheduler(self.fleet, Policy(), self.buffer)
+        self.dispatcher = Dispatcher(self.scheduler, self.clock, on_set_aside=self._refresh)
+        self.management = Management(
+            self.dispatcher,
+            self.clock,
+            agent_token=config.agent_token,
+            management_token=config.management_token,
+            heartbeat_interval=config.heartbeat_interval,
+        )
+        self._session: aiohttp.ClientSession | None = None
+        self._runners: list[web.AppRunner] = []
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.inference_port = 0
+        self.management_port = 0
+
+    def _refresh(self, agent: Any) -> None:
+        self.management.refresh(agent)
+
+    def management_app(self) -> web.Application:
+        app = web.Application(middlewares=[error_middleware], client_max_size=1024 * 1024)
+        self.management.install(app)
+        return app
+
+    def inference_app(self, session: aiohttp.ClientSession) -> web.Application:
+        app = web.Application(
+            middlewares=[error_middleware], client_max_size=self.config.max_body_size
+        )
+        InferenceProxy(
+            self.dispatcher,
+            session,
+            api_keys=self.config.api_keys,
+            max_attempts=self.config.max_attempts,
+        ).install(app)
+        return app
+
+    def client_session(self) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
+            timeout=aiohttp.ClientTimeout(
+                total=None, sock_connect=self.config.upstream_connect_timeout
+            ),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+        )
+
+    async def start(self) -> None:
+        self._session = self.client_session()
+        self.management_port = await self._listen(
+            self.management_app(), self.config.management_addr
+        )
+        self.inference_port = await self._listen(
+            self.inference_app(self._session), self.config.inference_addr
+        )
+        self._tasks.append(asyncio.create_task(self._watch_heartbeats()))
+        log.info(
+            "balancer up: inference on %s:%d, management on %s:%d",
+            self.config.inference_addr.host,
+            self.inference_port,
+            self.config.management_addr.host,
+            self.management_port,
+        )
+
+    async def _listen(self, app: web.Application, addr: Addr) -> int:
+        runner = web.AppRunner(
+            app,
+            handler_cancellation=True,
+            access_log=None,
+            shutdown_timeout=self.config.shutdown_timeout,
+        )
+        await runner.setup()
+        site = web.TCPSite(runner, addr.host, addr.port, reuse_address=True)
+        await site.start()
+        self._runners.append(runner)
+        port: int = runner.addresses[0][1]
+        return port
+
+    async def _watch_heartbeats(self) -> None:
+        period = max(0.05, self.config.heartbeat_timeout / 5)
+        while True:
+            await asyncio.sleep(period)
+            for agent in self.fleet.expire(self.clock.now(), self.config.heartbeat_timeout):
+                log.warning("agent %s missed its heartbeats: marked unhealthy", agent.name)
+                self.dispatcher.changed()
+
+    async def stop(self) -> None:
+        # 1. fail what waits in the buffer: no slot will come for it now.
+        self.dispatcher.close()
+        # 2. inference: stop accepting, let requests in flight finish, cancel the rest.
+        # 3. agent sockets, then the management listener.
+        inference, management = self._runners[1:], self._runners[:1]
+        for runner in inference:
+            await runner.cleanup()
+        await self.management.close()
+        for runner in management:
+            await runner.cleanup()
+        self._runners.clear()
+        # 4. background tasks, then the client session.
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        if self._session is not None:
+            await self._session.close()
+        log.info("balancer stopped")
+
+    def __repr__(self) -> str:
+        ports = f"inference=:{self.inference_port} management=:{self.management_port}"
+        return f"<Balancer {ports} {self.fleet!r}>"
+
+
+async def run(config: BalancerConfig) -> None:
+    """Run a balancer until cancelled (the CLI cancels on SIGINT/SIGTERM)."""
+    balancer = Balancer(config)
+    await balancer.start()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await balancer.stop()

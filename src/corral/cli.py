@@ -1,0 +1,385 @@
+"""The ``corral`` command and its subcommands.
+
+Every flag can also be set from the environment: ``--inference-addr`` reads
+``CORRAL_INFERENCE_ADDR``; repeatable flags take a comma-separated list there.
+A flag on the command line wins over the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+from corral import __version__
+from corral.addr import Addr, AddressError
+
+log = logging.getLogger("corral")
+
+
+def _addr(text: str) -> Addr:
+    try:
+        return Addr.parse(text)
+    except AddressError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} cannot be negative")
+    return value
+
+
+def _env_name(flag: str) -> str:
+    return "CORRAL_" + flag.lstrip("-").upper().replace("-", "_")
+
+
+def _flag(parser: argparse.ArgumentParser, flag: str, help: str, **kw: Any) -> None:
+    """Add a flag whose default may come from ``CORRAL_<FLAG>``."""
+    env = _env_name(flag)
+    value = os.environ.get(env)
+    if value is not None:
+        if kw.get("action") == "append":
+            convert = kw.get("type", str)
+            kw["default"] = [convert(v.strip()) for v in value.split(",") if v.strip()]
+        elif kw.get("action") == "store_true":
+            kw["default"] = value.lower() in ("1", "true", "yes", "on")
+        else:
+            kw["default"] = value
+    shown = kw.get("default")
+    suffix = (
+        f" (default: {shown})" if shown not in (None, [], False) and "token" not in flag else ""
+    )
+    parser.add_argument(flag, help=f"{help}{suffix} [env {env}]", **kw)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    _flag(
+        parser,
+        "--log-level",
+        "log verbosity",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+    )
+
+
+# ---------------------------------------------------------------- balancer
+def _balancer_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "balancer",
+        help="run a balancer",
+        description=(
+            "Run a balancer. Applications send llama.cpp / OpenAI requests to the "
+            "inference address; agents register on the management address. The "
+            "balancer sends each request to a server with a free slot and holds it in a "
+            "bounded buffer while none is free."
+        ),
+    )
+    _flag(p, "--inference-addr", "HOST:PORT for applications", type=_addr, default="127.0.0.1:8061")
+    _flag(
+        p,
+        "--management-addr",
+        "HOST:PORT for agents and operators",
+        type=_addr,
+        default="127.0.0.1:8060",
+    )
+    _flag(
+        p,
+        "--max-buffered-requests",
+        "requests that may wait for a free slot; more get 429",
+        type=_non_negative_int,
+        default="1000",
+    )
+    _flag(
+        p,
+        "--buffered-request-timeout",
+        "seconds a request may wait for a slot before it gets 503",
+        type=_positive(float),
+        default="30",
+    )
+    _flag(
+        p,
+        "--heartbeat-timeout",
+        "seconds without a word from an agent before it gets no requests",
+        type=_positive(float),
+        default="5",
+    )
+    _flag(p, "--agent-token", "secret agents must present to register")
+    _flag(p, "--management-token", "secret required by the management API")
+    _flag(
+        p,
+        "--api-key",
+        "key clients must present on the inference listener (repeatable)",
+        action="append",
+        default=[],
+    )
+    _flag(p, "--api-key-file", "file with one accepted key per line", type=Path)
+    _flag(
+        p,
+        "--max-body-size",
+        "largest request body in bytes",
+        type=_positive(int),
+        default=str(64 * 1024 * 1024),
+    )
+    _common(p)
+    p.set_defaults(func=_run_balancer)
+
+
+def _run_balancer(args: argparse.Namespace) -> Coroutine[Any, Any, None]:
+    from corral.balancer import BalancerConfig, run
+
+    keys = list(args.api_key)
+    if args.api_key_file is not None:
+        try:
+            lines = args.api_key_file.read_text().splitlines()
+        except OSError as exc:
+            raise SystemExit(f"corral balancer: cannot read --api-key-file: {exc}") from None
+        keys += [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    config = BalancerConfig(
+        inference_addr=args.inference_addr,
+        management_addr=args.management_addr,
+        max_buffered_requests=args.max_buffered_requests,
+        buffered_request_timeout=args.buffered_request_timeout,
+        heartbeat_timeout=args.heartbeat_timeout,
+        agent_token=args.agent_token or None,
+        management_token=args.management_token or None,
+        api_keys=tuple(keys),
+        max_body_size=args.max_body_size,
+    )
+    return run(config)
+
+
+# ------------------------------------------------------------------- agent
+def _agent_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "agent",
+        help="run an agent beside a llama-server",
+        description=(
+            "Watch one llama-server (its /health, /slots and /props) and report it to one "
+            "or more balancers, which then send it requests."
+        ),
+    )
+    _flag(
+        p,
+        "--local-llamacpp-addr",
+        "HOST:PORT where the agent reads its llama-server",
+        type=_addr,
+        required="CORRAL_LOCAL_LLAMACPP_ADDR" not in os.environ,
+    )
+    _flag(
+        p,
+        "--external-llamacpp-addr",
+        "HOST:PORT where balancers reach the server (default: the local address)",
+        type=_addr,
+    )
+    _flag(
+        p,
+        "--management-addr",
+        "HOST:PORT of a balancer's management listener (repeat for several balancers)",
+        type=_addr,
+        action="append",
+        default=[],
+    )
+    _flag(p, "--name", "name shown on dashboards (default: host name and port)")
+    _flag(p, "--llamacpp-api-key", "the llama-server's --api-key, if it has one")
+    _flag(p, "--agent-token", "the balancers' --agent-token")
+    _flag(
+        p,
+        "--poll-interval",
+        "seconds between reads of the server",
+        type=_positive(float),
+        default="0.5",
+    )
+    _common(p)
+    p.set_defaults(func=_run_agent)
+
+
+def _run_agent(args: argparse.Namespace) -> Coroutine[Any, Any, None]:
+    from corral.agent import AgentConfig, run
+
+    if not args.management_addr:
+        raise SystemExit("corral agent: give at least one --management-addr (a balancer)")
+    import socket
+
+    config = AgentConfig(
+        local_llamacpp_addr=args.local_llamacpp_addr,
+        external_llamacpp_addr=args.external_llamacpp_addr,
+        management_addrs=tuple(args.management_addr),
+        name=args.name or f"{socket.gethostname()}:{args.local_llamacpp_addr.port}",
+        llamacpp_api_key=args.llamacpp_api_key or None,
+        agent_token=args.agent_token or None,
+        poll_interval=args.poll_interval,
+    )
+    return run(config)
+
+
+# --------------------------------------------------------------------- sim
+def _sim_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "sim",
+        help="run a simulated llama-server (for tests and benchmarks)",
+        description=(
+            "A simulated llama-server: realistic /health, /slots, /props and streamed "
+            "completions whose speed drops as more slots are busy. No model, no GPU."
+        ),
+    )
+    _flag(p, "--addr", "HOST:PORT to listen on", type=_addr, default="127.0.0.1:8090")
+    _flag(p, "--slots", "number of slots", type=_positive(int), default="4")
+    _flag(p, "--model", "model name to report", default="sim-model")
+    _flag(p, "--name", "server name (sent in X-Sim-Server)", default="sim")
+    _flag(
+        p,
+        "--tokens-per-second",
+        "generation speed of one slot alone",
+        type=_positive(float),
+        default="50",
+    )
+    _flag(p, "--api-key", "require this key, like llama-server's --api-key")
+    _common(p)
+    p.set_defaults(func=_run_sim)
+
+
+def _run_sim(args: argparse.Namespace) -> Coroutine[Any, Any, None]:
+    from corral.sim import SimConfig, serve
+
+    config = SimConfig(
+        name=args.name,
+        model=args.model,
+        slots=args.slots,
+        tokens_per_second=args.tokens_per_second,
+        api_key=args.api_key or None,
+    )
+    return serve(config, args.addr.host, args.addr.port)
+
+
+# ---------------------------------------------------------------------- up
+def _up_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "up",
+        help="start a local fleet: a balancer, agents and llama-servers",
+        description=(
+            "Start a balancer and N llama-servers (the bundled llama.cpp build) each with "
+            "an agent, on this machine; print where to send requests; stop everything on "
+            "Ctrl-C."
+        ),
+    )
+    _flag(p, "--model", "GGUF file to serve (default: the bundled Gemma 3 270M)", type=Path)
+    _flag(p, "--agents", "number of llama-servers and agents", type=_positive(int), default="2")
+    _flag(p, "--slots", "slots per server (default: sized for this machine)", type=_positive(int))
+    _flag(p, "--ctx-size", "context size per slot", type=_positive(int), default="2048")
+    _flag(
+        p,
+        "--inference-addr",
+        "balancer HOST:PORT for applications",
+        type=_addr,
+        default="127.0.0.1:8061",
+    )
+    _flag(
+        p,
+        "--management-addr",
+        "balancer HOST:PORT for agents",
+        type=_addr,
+        default="127.0.0.1:8060",
+    )
+    _flag(
+        p,
+        "--ready-timeout",
+        "seconds to wait for the fleet to be ready",
+        type=_positive(float),
+        default="300",
+    )
+    _common(p)
+    p.set_defaults(func=_run_up)
+
+
+def _run_up(args: argparse.Namespace) -> Coroutine[Any, Any, None]:
+    from corral.up import UpConfig, run
+
+    return run(
+        UpConfig(
+            model=args.model,
+            agents=args.agents,
+            slots=args.slots,
+            ctx_size=args.ctx_size,
+            inference_addr=args.inference_addr,
+            management_addr=args.management_addr,
+            ready_timeout=args.ready_timeout,
+            log_level=args.log_level,
+        )
+    )
+
+
+# --------------------------------------------------------------------- main
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="corral",
+        description="Corral: a slot-aware load balancer and fleet manager for llama.cpp servers.",
+    )
+    top.add_argument("--version", action="version", version=f"corral {__version__}")
+    sub = top.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _balancer_parser(sub)
+    _agent_parser(sub)
+    _sim_parser(sub)
+    _up_parser(sub)
+    return top
+
+
+def _run(coro: Coroutine[Any, Any, None]) -> None:
+    """Run until done or until SIGINT/SIGTERM, which stop it gracefully."""
+    loop_factory = None
+    try:
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - uvloop is a dependency where it installs
+        pass
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        loop = runner.get_loop()
+        task = loop.create_task(coro)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            loop.run_until_complete(task)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = parser().parse_args(argv)
+    except argparse.ArgumentTypeError as exc:  # from an env default
+        print(f"corral: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
+    try:
+        _run(args.func(args))
+    except OSError as exc:
+        log.error("%s", exc)
+        return 1
+    return 0

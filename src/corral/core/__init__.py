@@ -1,0 +1,41 @@
+"""Pure logic: fleet state, routing policy, request buffer. No I/O, no asyncio.
+
+Start with :mod:`corral.core.policy` (who gets a request), then
+:mod:`corral.core.fleet` (what the balancer knows of each server) and
+:mod:`corral.core.scheduler` (how the buffer is drained).
+"""
+
+from corral.core.buffer import Buffer, BufferFull, Waiter
+from corral.core.clock import Clock, ManualClock, MonotonicClock
+from corral.core.endpoints import Kind, classify
+from corral.core.fleet import Agent, AgentState, Condition, Fleet, FleetError, Issue, Report
+from corral.core.policy import Decision, Dispatch, Policy, Reject, RequestInfo, Rule, Wait
+from corral.core.scheduler import Assigned, Refused, Scheduler
+
+__all__ = [
+    "Agent",
+    "AgentState",
+    "Assigned",
+    "Buffer",
+    "BufferFull",
+    "Clock",
+    "Condition",
+    "Decision",
+    "Dispatch",
+    "Fleet",
+    "FleetError",
+    "Issue",
+    "Kind",
+    "ManualClock",
+    "MonotonicClock",
+    "Policy",
+    "Refused",
+    "Reject",
+    "Report",
+    "RequestInfo",
+    "Rule",
+    "Scheduler",
+    "Wait",
+    "Waiter",
+    "classify",
+]

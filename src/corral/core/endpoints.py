@@ -1,0 +1,104 @@
+"""Which llama-server endpoints the balancer serves, and how.
+
+One table, decided once at start-up, so the data path does a single dict lookup per
+request. Every route llama-server exposes is listed with a :class:`Kind`:
+
+- ``SLOT``: occupies a server slot while it runs (generation, embeddings, reranking,
+  infill). Routed slot-aware, buffered when no slot is free.
+- ``LIGHT``: answered by any ready server without taking a slot (tokenize, props...).
+- ``FLEET``: answered by the balancer itself, aggregated across the fleet
+  (``/health``, ``/props``, ``/slots``, ``/v1/models``), so a balancer looks like one
+  llama-server and balancers can be stacked.
+- ``BLOCKED``: per-server internals that must not leak through a balancer
+  (``/metrics``, slot save/restore, changing one server's props or adapters).
+
+Routes follow llama.cpp's ``tools/server/server.cpp`` (release b-series pinned in
+``corral.llamacpp``), including its aliases.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Final
+
+
+class Kind(enum.Enum):
+    SLOT = "slot"
+    LIGHT = "light"
+    FLEET = "fleet"
+    BLOCKED = "blocked"
+
+
+_SLOT_POST: Final = (
+    "/completion",
+    "/completions",
+    "/v1/completions",
+    "/chat/completions",
+    "/v1/chat/completions",
+    "/api/chat",
+    "/v1/responses",
+    "/responses",
+    "/v1/messages",
+    "/infill",
+    "/embedding",
+    "/embeddings",
+    "/v1/embeddings",
+    "/rerank",
+    "/reranking",
+    "/v1/rerank",
+    "/v1/reranking",
+)
+
+_LIGHT_POST: Final = (
+    "/tokenize",
+    "/detokenize",
+    "/apply-template",
+    "/v1/messages/count_tokens",
+)
+
+_LIGHT_GET: Final = (
+    "/lora-adapters",
+    "/api/tags",
+    "/api/show",
+)
+
+_FLEET_GET: Final = (
+    "/health",
+    "/v1/health",
+    "/props",
+    "/slots",
+    "/models",
+    "/v1/models",
+)
+
+_BLOCKED: Final = (
+    ("GET", "/metrics"),
+    ("POST", "/props"),
+    ("POST", "/lora-adapters"),
+    ("POST", "/slots"),
+)
+
+ROUTES: Final[dict[tuple[str, str], Kind]] = {
+    **{("POST", p): Kind.SLOT for p in _SLOT_POST},
+    **{("POST", p): Kind.LIGHT for p in _LIGHT_POST},
+    **{("GET", p): Kind.LIGHT for p in _LIGHT_GET},
+    **{("GET", p): Kind.FLEET for p in _FLEET_GET},
+    **{key: Kind.BLOCKED for key in _BLOCKED},
+}
+
+
+def classify(method: str, path: str) -> Kind | None:
+    """The kind of a route, or ``None`` when llama-server has no such route.
+
+    ``POST /slots/<id>?action=...`` (save, restore, erase one server's slot) is
+    blocked: through a balancer the caller cannot know which server holds a slot.
+    """
+    kind = ROUTES.get((method, path))
+    if kind is None and path.startswith("/slots/"):
+        return Kind.BLOCKED
+    return kind
+
+
+def known_paths() -> list[str]:
+    """Every path the balancer answers on, sorted, for error messages."""
+    return sorted({p for (_, p), kind in ROUTES.items() if kind is not Kind.BLOCKED})

@@ -1,0 +1,129 @@
+"""The agent protocol: typed, versioned messages over one WebSocket.
+
+An agent opens ``GET /api/v1/agent-socket`` on the balancer's management listener
+(with ``Authorization: Bearer <agent token>`` when the balancer requires one) and
+exchanges JSON text frames, one message per frame, each an object whose ``type``
+field names it. See ``docs/protocol.md`` for the conversation.
+
+Every frame goes through :func:`decode_agent_message` or :func:`decode_balancer_message`,
+which return a message or raise :class:`ProtocolError` with a clear reason; nothing
+else in Corral parses protocol JSON.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+PROTOCOL_VERSION = 1
+"""Bumped on any incompatible change. A balancer refuses agents of other versions."""
+
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+Address = Annotated[str, msgspec.Meta(min_length=1, max_length=2048)]
+Count = Annotated[int, msgspec.Meta(ge=0, le=1_000_000)]
+Condition = Literal["ready", "loading", "unreachable", "unauthorized", "bad_response", "error"]
+
+
+class ProtocolError(Exception):
+    """A frame that is not a valid message of this protocol."""
+
+
+class IssueInfo(msgspec.Struct, frozen=True):
+    """A problem with the server, for operators: a stable code and a sentence."""
+
+    code: Annotated[str, msgspec.Meta(max_length=64)]
+    message: Annotated[str, msgspec.Meta(max_length=4096)]
+
+
+class ServerStatus(msgspec.Struct, frozen=True, omit_defaults=True):
+    """What an agent read from its llama-server."""
+
+    condition: Condition
+    model: Annotated[str, msgspec.Meta(max_length=1024)] | None = None
+    slots_total: Count = 0
+    slots_processing: Count = 0
+    issues: list[IssueInfo] = []
+    props: dict[str, Any] = {}
+
+
+# --------------------------------------------------------------- agent -> balancer
+class Register(msgspec.Struct, frozen=True, tag="register", omit_defaults=True):
+    """First message on a socket. The balancer answers :class:`Registered`."""
+
+    version: int
+    name: Name
+    address: Address  # where the balancer sends requests (the external address)
+    status: ServerStatus
+    api_key: str | None = None  # the server's own key; the balancer sends it upstream
+
+
+class Status(msgspec.Struct, frozen=True, tag="status"):
+    """The server changed, or the balancer asked (:class:`Refresh`)."""
+
+    status: ServerStatus
+
+
+class Heartbeat(msgspec.Struct, frozen=True, tag="heartbeat"):
+    """Sent every heartbeat interval, so the balancer knows the agent is alive."""
+
+
+class Deregister(msgspec.Struct, frozen=True, tag="deregister", omit_defaults=True):
+    """The agent is leaving on purpose; the balancer removes it at once."""
+
+    reason: str = ""
+
+
+# --------------------------------------------------------------- balancer -> agent
+class Registered(msgspec.Struct, frozen=True, tag="registered"):
+    agent_id: str
+    heartbeat_interval: float
+
+
+class Refresh(msgspec.Struct, frozen=True, tag="refresh"):
+    """Read the server again and send a :class:`Status` now (after a failed request)."""
+
+
+class Error(msgspec.Struct, frozen=True, tag="error"):
+    """The balancer could not accept a frame; ``fatal`` ones close the socket."""
+
+    message: str
+    fatal: bool = False
+
+
+AgentMessage = Register | Status | Heartbeat | Deregister
+BalancerMessage = Registered | Refresh | Error
+
+_agent_decoder = msgspec.json.Decoder(AgentMessage)
+_balancer_decoder = msgspec.json.Decoder(BalancerMessage)
+_encoder = msgspec.json.Encoder()
+
+
+def _decode(decoder: msgspec.json.Decoder[Any], data: bytes | str, side: str) -> Any:
+    try:
+        return decoder.decode(data)
+    except msgspec.ValidationError as exc:
+        raise ProtocolError(f"invalid {side} message: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise ProtocolError(f"malformed JSON: {exc}") from None
+
+
+def decode_agent_message(data: bytes | str) -> AgentMessage:
+    """Decode a frame sent by an agent. Raises :class:`ProtocolError`."""
+    message: AgentMessage = _decode(_agent_decoder, data, "agent")
+    if isinstance(message, Register) and message.version != PROTOCOL_VERSION:
+        raise ProtocolError(
+            f"unsupported protocol version {message.version}; "
+            f"this balancer speaks version {PROTOCOL_VERSION}"
+        )
+    return message
+
+
+def decode_balancer_message(data: bytes | str) -> BalancerMessage:
+    """Decode a frame sent by a balancer. Raises :class:`ProtocolError`."""
+    message: BalancerMessage = _decode(_balancer_decoder, data, "balancer")
+    return message
+
+
+def encode(message: AgentMessage | BalancerMessage) -> bytes:
+    return _encoder.encode(message)
