@@ -1,0 +1,87 @@
+"""The agent's reading of llama-server answers, case by case."""
+
+from corral.agent.reader import Fetched, interpret
+
+HEALTHY = Fetched(200, {"status": "ok"})
+PROPS = Fetched(
+    200,
+    {
+        "total_slots": 2,
+        "model_path": "/m/gemma.gguf",
+        "default_generation_settings": {"n_ctx": 2048, "temperature": 0.8},
+        "chat_template": "x" * 100_000,
+    },
+)
+SLOTS = Fetched(200, [{"id": 0, "is_processing": True}, {"id": 1, "is_processing": False}])
+MODELS = Fetched(200, {"object": "list", "data": [{"id": "gemma-3-270m"}]})
+
+
+def codes(status):
+    return [issue.code for issue in status.issues]
+
+
+def test_ready_server():
+    status = interpret(HEALTHY, PROPS, SLOTS, MODELS)
+    assert status.condition == "ready"
+    assert (status.slots_total, status.slots_processing) == (2, 1)
+    assert status.model == "gemma-3-270m"
+    assert status.props["default_generation_settings"] == {"n_ctx": 2048}
+    assert len(status.props["chat_template"]) == 8192  # long texts are trimmed
+    assert status.issues == []
+
+
+def test_unreachable():
+    status = interpret(Fetched(error="Cannot connect to host 127.0.0.1:9"))
+    assert status.condition == "unreachable"
+    assert "Cannot connect" in status.issues[0].message
+
+
+def test_loading():
+    loading = Fetched(503, {"error": {"code": 503, "message": "Loading model"}})
+    status = interpret(loading)
+    assert status.condition == "loading"
+    assert status.issues[0].message == "Loading model"
+
+
+def test_api_key_rejected():
+    rejected = Fetched(401, {"error": {"code": 401, "message": "Invalid API Key"}})
+    status = interpret(HEALTHY, rejected, SLOTS, MODELS)
+    assert status.condition == "unauthorized"
+    assert codes(status) == ["api_key_rejected"]
+    assert "--llamacpp-api-key" in status.issues[0].message
+
+
+def test_slots_disabled_is_ready_with_an_issue():
+    disabled = Fetched(501, {"error": {"code": 501, "message": "This server does not support"}})
+    status = interpret(HEALTHY, PROPS, disabled, MODELS)
+    assert status.condition == "ready"
+    assert status.slots_total == 2 and status.slots_processing == 0
+    assert codes(status) == ["slots_disabled"]
+
+
+def test_unexpected_formats():
+    assert interpret(HEALTHY, Fetched(200, []), SLOTS, MODELS).condition == "bad_response"
+    no_slots_count = Fetched(200, {"model_path": "x"})
+    status = interpret(HEALTHY, no_slots_count, SLOTS, MODELS)
+    assert status.condition == "bad_response" and "total_slots" in status.issues[0].message
+    odd_slots = Fetched(200, [{"id": 0}])
+    assert interpret(HEALTHY, PROPS, odd_slots, MODELS).condition == "bad_response"
+    not_json = Fetched(200, "<html>", error="answer is not JSON")
+    assert interpret(not_json).condition == "bad_response"
+
+
+def test_other_http_errors():
+    status = interpret(Fetched(500, {"error": {"message": "boom"}}))
+    assert status.condition == "error"
+    assert status.issues[0].message == "/health answered 500: boom"
+
+
+def test_a_balancer_with_no_ready_server_is_not_ready():
+    down = Fetched(503, {"error": {"code": 503, "message": "Corral: no server yet"}})
+    assert interpret(down).condition == "error"
+
+
+def test_missing_model_id_is_an_issue_not_a_failure():
+    status = interpret(HEALTHY, PROPS, SLOTS, Fetched(200, {"data": []}))
+    assert status.condition == "ready" and status.model is None
+    assert codes(status) == ["no_model_id"]

@@ -1,0 +1,26 @@
+from corral.core.endpoints import Kind, classify
+
+
+def test_generation_and_embeddings_take_slots():
+    for path in (
+        "/completion",
+        "/v1/chat/completions",
+        "/v1/responses",
+        "/v1/messages",
+        "/infill",
+        "/embedding",
+        "/v1/embeddings",
+        "/reranking",
+    ):
+        assert classify("POST", path) is Kind.SLOT, path
+
+
+def test_light_fleet_and_blocked_routes():
+    assert classify("POST", "/tokenize") is Kind.LIGHT
+    assert classify("POST", "/apply-template") is Kind.LIGHT
+    assert classify("GET", "/v1/models") is Kind.FLEET
+    assert classify("GET", "/slots") is Kind.FLEET
+    assert classify("GET", "/metrics") is Kind.BLOCKED
+    assert classify("POST", "/slots/0") is Kind.BLOCKED
+    assert classify("GET", "/nope") is None
+    assert classify("GET", "/completion") is None

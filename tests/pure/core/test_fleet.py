@@ -1,0 +1,155 @@
+"""Fleet state transitions: whole states compared, illegal ones raise and change nothing."""
+
+import pytest
+
+from corral.core import Condition, Fleet, FleetError, Report
+from corral.core.fleet import AgentState
+
+
+def ready(slots: int = 4, busy: int = 0, model: str = "m") -> Report:
+    return Report(Condition.READY, model=model, slots_total=slots, slots_processing=busy)
+
+
+def fleet_with(*specs: tuple[str, int]) -> Fleet:
+    fleet = Fleet()
+    for name, slots in specs:
+        fleet.register(name, name=name, address=f"http://{name}", api_key=None, now=0)
+        fleet.report(name, ready(slots), now=0)
+    return fleet
+
+
+def test_registered_agent_is_loading_until_it_reports():
+    fleet = Fleet()
+    agent = fleet.register("a", name="a", address="http://a", api_key=None, now=0)
+    assert agent.state is AgentState.LOADING
+    assert not agent.routable
+    assert list(fleet.candidates([None])) == []
+    fleet.report("a", ready(2), now=1)
+    assert agent.state is AgentState.READY
+    assert [a.id for a in fleet.candidates(["m"])] == ["a"]
+    fleet.check_index()
+
+
+def test_reserve_and_release_move_free_slots():
+    fleet = fleet_with(("a", 2))
+    fleet.reserve("a")
+    assert fleet.get("a").free == 1
+    fleet.reserve("a")
+    assert fleet.get("a").free == 0
+    assert list(fleet.candidates(["m"])) == []
+    with pytest.raises(FleetError, match="no free slot"):
+        fleet.reserve("a")
+    assert fleet.get("a").reserved == 2  # the failed reserve changed nothing
+    fleet.release("a")
+    assert fleet.get("a").free == 1
+    fleet.check_index()
+
+
+def test_release_without_reservation_is_illegal():
+    fleet = fleet_with(("a", 2))
+    version = fleet.version
+    with pytest.raises(FleetError, match="without a reservation"):
+        fleet.release("a")
+    assert fleet.version == version
+
+
+def test_release_after_agent_left_is_a_no_op():
+    fleet = fleet_with(("a", 2))
+    fleet.reserve("a")
+    fleet.remove("a")
+    assert fleet.release("a") is None
+    assert len(fleet) == 0
+
+
+def test_double_register_and_unknown_agent_raise():
+    fleet = fleet_with(("a", 2))
+    with pytest.raises(FleetError, match="already registered"):
+        fleet.register("a", name="a", address="x", api_key=None, now=0)
+    with pytest.raises(FleetError, match="unknown agent"):
+        fleet.report("zzz", ready(), now=0)
+
+
+def test_external_requests_count_against_free_slots():
+    fleet = fleet_with(("a", 4))
+    # 3 slots busy on the server, none of them ours: someone else uses it.
+    fleet.report("a", ready(4, busy=3), now=1)
+    assert fleet.get("a").external == 3
+    assert fleet.get("a").free == 1
+
+
+def test_our_own_requests_are_not_counted_twice():
+    fleet = fleet_with(("a", 4))
+    fleet.reserve("a")
+    fleet.reserve("a")
+    # The server now reports our two requests as processing.
+    fleet.report("a", ready(4, busy=2), now=1)
+    agent = fleet.get("a")
+    assert (agent.external, agent.free) == (0, 2)
+    # One finishes: its slot is free at once, before any report.
+    fleet.release("a")
+    assert agent.free == 3
+
+
+def test_stale_report_never_overloads():
+    fleet = fleet_with(("a", 2))
+    fleet.reserve("a")
+    fleet.reserve("a")
+    fleet.release("a")
+    fleet.release("a")
+    # A report taken while both ran arrives after both finished.
+    fleet.report("a", ready(2, busy=2), now=1)
+    assert fleet.get("a").free == 0  # conservative until the next report
+    fleet.report("a", ready(2, busy=0), now=2)
+    assert fleet.get("a").free == 2
+
+
+def test_set_aside_until_ready_report():
+    fleet = fleet_with(("a", 2), ("b", 2))
+    fleet.set_aside("a")
+    assert [x.id for x in fleet.candidates(["m"])] == ["b"]
+    assert "set-aside" in repr(fleet.get("a"))
+    fleet.report("a", ready(2), now=1)
+    assert {x.id for x in fleet.candidates(["m"])} == {"a", "b"}
+    fleet.check_index()
+
+
+def test_heartbeat_expiry_marks_unhealthy_and_a_heartbeat_restores():
+    fleet = fleet_with(("a", 2))
+    assert fleet.expire(now=4, timeout=5) == []
+    [stale] = fleet.expire(now=6, timeout=5)
+    assert stale.state is AgentState.UNHEALTHY
+    assert list(fleet.candidates(["m"])) == []
+    fleet.heartbeat("a", now=7)
+    assert fleet.get("a").state is AgentState.READY
+    fleet.check_index()
+
+
+def test_candidates_most_free_first_and_ties_rotate():
+    fleet = fleet_with(("a", 4), ("b", 4), ("c", 2))
+    order = [x.id for x in fleet.candidates(["m"])]
+    assert order[:2] in (["a", "b"], ["b", "a"]) and order[2] == "c"
+    first = order[0]
+    fleet.reserve(first)
+    fleet.release(first)
+    # the touched agent goes to the back of its bucket: the other one is first now
+    assert next(iter(fleet.candidates(["m"]))).id != first
+
+
+def test_models_are_reference_counted():
+    fleet = fleet_with(("a", 2), ("b", 2))
+    fleet.report("b", ready(2, model="other"), now=1)
+    assert fleet.models() == ["m", "other"]
+    fleet.remove("a")
+    assert fleet.models() == ["other"]
+
+
+def test_repr_reads_at_a_glance():
+    fleet = fleet_with(("gpu-3", 4))
+    fleet.reserve("gpu-3")
+    assert repr(fleet.get("gpu-3")) == ("<Agent gpu-3 READY slots 1/4 busy (reserved 1) model=m>")
+    assert repr(fleet) == "<Fleet [Agents: 1, 1 ready | Slots: 1 busy, 3 idle | Models: m]>"
+
+
+def test_report_rejects_negative_counts():
+    with pytest.raises(ValueError):
+        Report(Condition.READY, slots_total=-1)

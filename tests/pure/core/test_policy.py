@@ -1,0 +1,90 @@
+"""The policy: pools by model, most free slots first, rules, reject and wait."""
+
+from dataclasses import dataclass
+
+from corral.core import Condition, Dispatch, Fleet, Policy, Reject, Report, RequestInfo, Wait
+from corral.core.fleet import Agent
+
+
+def fleet_of(*agents: tuple[str, str, int]) -> Fleet:
+    fleet = Fleet()
+    for name, model, slots in agents:
+        fleet.register(name, name=name, address=f"http://{name}", api_key=None, now=0)
+        fleet.report(name, Report(Condition.READY, model=model, slots_total=slots), now=0)
+    return fleet
+
+
+CHAT = "/v1/chat/completions"
+
+
+def test_empty_fleet_waits():
+    assert Policy().pick(Fleet(), RequestInfo(CHAT, "m")) == Wait("no server has registered yet")
+
+
+def test_most_free_slots_wins():
+    fleet = fleet_of(("small", "m", 2), ("big", "m", 8))
+    assert Policy().pick(fleet, RequestInfo(CHAT)) == Dispatch("big")
+
+
+def test_single_model_fleet_accepts_any_model_name():
+    fleet = fleet_of(("a", "gemma", 2))
+    assert Policy().pick(fleet, RequestInfo(CHAT, "gpt-4o")) == Dispatch("a")
+
+
+def test_model_picks_the_pool():
+    fleet = fleet_of(("a", "gemma", 8), ("b", "qwen", 2))
+    assert Policy().pick(fleet, RequestInfo(CHAT, "qwen")) == Dispatch("b")
+
+
+def test_unknown_model_in_multi_model_fleet_is_rejected_with_the_list():
+    fleet = fleet_of(("a", "gemma", 8), ("b", "qwen", 2))
+    decision = Policy().pick(fleet, RequestInfo(CHAT, "llama"))
+    assert isinstance(decision, Reject)
+    assert decision.status == 404
+    assert decision.models == ("gemma", "qwen")
+    assert "gemma, qwen" in decision.message
+
+
+def test_no_model_field_goes_to_the_most_free_server_of_any_model():
+    fleet = fleet_of(("a", "gemma", 2), ("b", "qwen", 6))
+    assert Policy().pick(fleet, RequestInfo(CHAT)) == Dispatch("b")
+
+
+def test_full_fleet_waits():
+    fleet = fleet_of(("a", "m", 1))
+    fleet.reserve("a")
+    assert isinstance(Policy().pick(fleet, RequestInfo(CHAT)), Wait)
+
+
+def test_model_of_a_loading_server_waits_rather_than_404():
+    fleet = fleet_of(("a", "gemma", 2), ("b", "qwen", 2))
+    fleet.report("b", Report(Condition.LOADING, model="qwen"), now=1)
+    assert isinstance(Policy().pick(fleet, RequestInfo(CHAT, "qwen")), Wait)
+
+
+@dataclass
+class OnlyNamed:
+    """A rule, as a LoRA-adapter or affinity rule would be written."""
+
+    name: str
+
+    def accepts(self, agent: Agent, request: RequestInfo) -> bool:
+        return agent.name == self.name
+
+
+def test_rules_veto_candidates():
+    fleet = fleet_of(("big", "m", 8), ("small", "m", 2))
+    assert Policy([OnlyNamed("small")]).pick(fleet, RequestInfo(CHAT)) == Dispatch("small")
+    assert isinstance(Policy([OnlyNamed("nobody")]).pick(fleet, RequestInfo(CHAT)), Wait)
+
+
+def test_ties_are_broken_fairly():
+    fleet = fleet_of(*[(f"s{i}", "m", 4) for i in range(4)])
+    policy = Policy()
+    picks = []
+    for _ in range(8):
+        decision = policy.pick(fleet, RequestInfo(CHAT))
+        assert isinstance(decision, Dispatch)
+        fleet.reserve(decision.agent_id)
+        picks.append(decision.agent_id)
+    assert sorted(picks) == sorted([f"s{i}" for i in range(4)] * 2)

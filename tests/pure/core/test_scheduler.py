@@ -1,0 +1,230 @@
+"""The scheduler: submit, drain on change, expire; plus a property test over random
+interleavings proving a server never gets more requests than it has slots."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from corral.core import (
+    Assigned,
+    Buffer,
+    BufferFull,
+    Condition,
+    Dispatch,
+    Fleet,
+    Policy,
+    Refused,
+    Report,
+    RequestInfo,
+    Scheduler,
+    Wait,
+    Waiter,
+)
+
+
+def scheduler(capacity: int = 100, timeout: float = 10) -> Scheduler:
+    return Scheduler(Fleet(), Policy(), Buffer(capacity, timeout))
+
+
+def join(s: Scheduler, name: str, slots: int, model: str = "m", now: float = 0) -> None:
+    s.fleet.register(name, name=name, address=name, api_key=None, now=now)
+    s.fleet.report(name, Report(Condition.READY, model=model, slots_total=slots), now)
+
+
+def test_scale_from_zero_buffered_requests_go_to_the_first_server():
+    s = scheduler()
+    waiters = [s.submit(RequestInfo("/completion"), now=0) for _ in range(3)]
+    assert all(isinstance(w, Waiter) for w in waiters)
+    join(s, "a", slots=2)
+    outcomes = s.drain()
+    assert [(o.waiter, o.agent_id) for o in outcomes if isinstance(o, Assigned)] == [
+        (waiters[0], "a"),
+        (waiters[1], "a"),
+    ]
+    assert len(s.buffer) == 1
+    s.fleet.release("a")
+    [third] = s.drain()
+    assert isinstance(third, Assigned) and third.waiter is waiters[2]
+
+
+def test_buffer_full_raises():
+    s = scheduler(capacity=1)
+    s.submit(RequestInfo("/completion"), now=0)
+    with pytest.raises(BufferFull):
+        s.submit(RequestInfo("/completion"), now=0)
+
+
+def test_no_head_of_line_blocking_across_models():
+    s = scheduler()
+    join(s, "a", 1, model="gemma")
+    join(s, "b", 1, model="qwen")
+    assert s.submit(RequestInfo("/c", "gemma"), 0) == Dispatch("a")
+    assert s.submit(RequestInfo("/c", "qwen"), 0) == Dispatch("b")
+    gemma_waiter = s.submit(RequestInfo("/c", "gemma"), 1)
+    qwen_waiter = s.submit(RequestInfo("/c", "qwen"), 2)
+    s.fleet.release("b")
+    [outcome] = s.drain()
+    assert isinstance(outcome, Assigned) and outcome.waiter is qwen_waiter
+    assert list(s.buffer) == [gemma_waiter]
+
+
+def test_waiting_request_for_a_model_that_never_came_is_refused():
+    s = scheduler()
+    waiter = s.submit(RequestInfo("/c", "llama"), 0)
+    join(s, "a", 1, model="gemma")
+    join(s, "b", 1, model="qwen")
+    outcomes = s.drain()
+    assert any(isinstance(o, Refused) and o.waiter is waiter for o in outcomes)
+
+
+def test_expire_times_out_waiters():
+    s = scheduler(timeout=5)
+    waiter = s.submit(RequestInfo("/c"), now=0)
+    assert s.expire(now=6) == [waiter]
+    assert len(s.buffer) == 0
+
+
+# --------------------------------------------------------------------------
+# Property test: random interleavings of dispatch, arrival at the server,
+# completion, stale reports, joins and leaves.
+
+
+class FleetMachine(RuleBasedStateMachine):
+    """A model of real servers beside the scheduler.
+
+    Each server has fixed slots. A request the balancer dispatched is first "sent",
+    then "arrives" at the server (counted in its /slots), then completes. Agents take
+    snapshots of their server at any moment and deliver them later (stale reports).
+    Traffic from elsewhere ("external") occupies slots too.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.s = scheduler(capacity=20, timeout=1e9)
+        self.slots: dict[str, int] = {}
+        self.sent: dict[str, int] = {}
+        self.arrived: dict[str, int] = {}
+        self.external: dict[str, int] = {}
+        self.snapshots: dict[str, list[int]] = {}
+        self.next_id = 0
+        self.now = 0.0
+
+    # -- servers come and go
+    @rule(slots=st.integers(1, 4), model=st.sampled_from(["m", "n"]))
+    def join(self, slots: int, model: str) -> None:
+        name = f"s{self.next_id}"
+        self.next_id += 1
+        self.slots[name] = slots
+        self.sent[name] = self.arrived[name] = self.external[name] = 0
+        self.snapshots[name] = []
+        join(self.s, name, slots, model, self.now)
+        self._drain()
+
+    @precondition(lambda self: self.slots)
+    @rule(data=st.data())
+    def leave(self, data: st.DataObject) -> None:
+        name = data.draw(st.sampled_from(sorted(self.slots)))
+        self.s.fleet.remove(name)
+        for table in (self.slots, self.sent, self.arrived, self.external, self.snapshots):
+            del table[name]
+        self._drain()  # the balancer drains on every change (models may have changed)
+
+    # -- requests
+    @rule(model=st.sampled_from([None, "m", "n"]))
+    def submit(self, model: str | None) -> None:
+        self.now += 0.01
+        try:
+            result = self.s.submit(RequestInfo("/completion", model), self.now)
+        except BufferFull:
+            return
+        if isinstance(result, Dispatch):
+            self._dispatched(result.agent_id)
+
+    @precondition(lambda self: any(self.sent.values()))
+    @rule(data=st.data())
+    def arrive(self, data: st.DataObject) -> None:
+        name = data.draw(st.sampled_from(sorted(n for n, c in self.sent.items() if c)))
+        self.sent[name] -= 1
+        self.arrived[name] += 1
+
+    @precondition(lambda self: any(self.arrived.values()))
+    @rule(data=st.data())
+    def complete(self, data: st.DataObject) -> None:
+        name = data.draw(st.sampled_from(sorted(n for n, c in self.arrived.items() if c)))
+        self.arrived[name] -= 1
+        self.s.fleet.release(name)
+        self._drain()
+
+    # -- reports
+    @precondition(lambda self: self.slots)
+    @rule(data=st.data())
+    def snapshot(self, data: st.DataObject) -> None:
+        name = data.draw(st.sampled_from(sorted(self.slots)))
+        busy = self.arrived[name] + self.external[name]
+        self.snapshots[name].append(min(busy, self.slots[name]))
+
+    @precondition(lambda self: any(self.snapshots.values()))
+    @rule(data=st.data())
+    def deliver(self, data: st.DataObject) -> None:
+        name = data.draw(st.sampled_from(sorted(n for n, q in self.snapshots.items() if q)))
+        busy = self.snapshots[name].pop(0)
+        agent = self.s.fleet.get(name)
+        report = Report(
+            Condition.READY, model=agent.model, slots_total=self.slots[name], slots_processing=busy
+        )
+        self.s.fleet.report(name, report, self.now)
+        self._drain()
+
+    def _dispatched(self, name: str) -> None:
+        self.sent[name] += 1
+
+    def _drain(self) -> None:
+        for outcome in self.s.drain():
+            if isinstance(outcome, Assigned):
+                self._dispatched(outcome.agent_id)
+
+    # -- what must always hold
+    @invariant()
+    def never_more_requests_than_slots(self) -> None:
+        for name, slots in self.slots.items():
+            ours = self.sent[name] + self.arrived[name]
+            assert ours <= slots, f"{self.s.fleet.get(name)!r} has {ours} requests"
+            assert self.s.fleet.get(name).reserved == ours
+
+    @invariant()
+    def index_matches_agents(self) -> None:
+        self.s.fleet.check_index()
+
+    @invariant()
+    def nobody_waits_while_a_slot_is_free_for_it(self) -> None:
+        for waiter in self.s.buffer.heads():
+            assert isinstance(self.s.policy.pick(self.s.fleet, waiter.request), Wait), waiter
+
+
+class ExternalLoadMachine(FleetMachine):
+    """The same, with requests from elsewhere occupying slots."""
+
+    @precondition(lambda self: self.slots)
+    @rule(data=st.data(), delta=st.sampled_from([-1, 1]))
+    def external_load(self, data: st.DataObject, delta: int) -> None:
+        name = data.draw(st.sampled_from(sorted(self.slots)))
+        self.external[name] = max(0, self.external[name] + delta)
+
+    @invariant()
+    def never_more_requests_than_slots(self) -> None:
+        # With external traffic the balancer counts what the last report said:
+        # its reservations plus the external estimate never exceed the slots.
+        for name, slots in self.slots.items():
+            agent = self.s.fleet.get(name)
+            assert agent.reserved == self.sent[name] + self.arrived[name]
+            assert agent.free >= 0
+            assert agent.reserved <= slots
+
+
+TestFleetMachine = FleetMachine.TestCase
+TestFleetMachine.settings = settings(max_examples=150, stateful_step_count=50, deadline=None)
+TestExternalLoad = ExternalLoadMachine.TestCase
+TestExternalLoad.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)

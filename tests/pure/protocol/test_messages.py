@@ -1,0 +1,80 @@
+"""Protocol decoding: every bad frame becomes one ProtocolError with a clear reason."""
+
+import pytest
+
+from corral.protocol import (
+    PROTOCOL_VERSION,
+    Heartbeat,
+    ProtocolError,
+    Refresh,
+    Register,
+    ServerStatus,
+    Status,
+    decode_agent_message,
+    decode_balancer_message,
+    encode,
+)
+
+
+def test_round_trip():
+    message = Register(
+        version=PROTOCOL_VERSION,
+        name="gpu-1",
+        address="http://10.0.0.1:8080",
+        status=ServerStatus(condition="ready", model="gemma", slots_total=4, slots_processing=1),
+        api_key="k",
+    )
+    assert decode_agent_message(encode(message)) == message
+    assert decode_agent_message(encode(Heartbeat())) == Heartbeat()
+    assert decode_balancer_message(encode(Refresh())) == Refresh()
+
+
+@pytest.mark.parametrize(
+    ("frame", "reason"),
+    [
+        (b"{not json", "malformed JSON"),
+        (b"[1, 2]", "Expected `object`"),
+        (b'{"type": "launch_missiles"}', "Invalid value 'launch_missiles'"),
+        (b'{"no_type": 1}', "missing required field `type`"),
+        (b'{"type": "status"}', "missing required field `status`"),
+        (b'{"type": "status", "status": {"condition": "sleepy"}}', "$.status.condition"),
+        (
+            b'{"type": "status", "status": {"condition": "ready", "slots_total": -3}}',
+            "$.status.slots_total",
+        ),
+        (
+            b'{"type": "status", "status": {"condition": "ready", "slots_total": "4"}}',
+            "Expected `int`, got `str`",
+        ),
+        (b"\xff\xfe", "malformed JSON"),
+    ],
+)
+def test_bad_frames_give_clear_errors(frame, reason):
+    with pytest.raises(ProtocolError) as info:
+        decode_agent_message(frame)
+    assert reason in str(info.value)
+
+
+def test_other_protocol_versions_are_refused():
+    frame = encode(Register(version=99, name="a", address="http://a", status=ServerStatus("ready")))
+    with pytest.raises(ProtocolError, match="unsupported protocol version 99"):
+        decode_agent_message(frame)
+
+
+def test_huge_names_are_refused():
+    frame = encode(Status(ServerStatus("ready"))).replace(b"{", b"{", 1)
+    assert decode_agent_message(frame) == Status(ServerStatus("ready"))
+    register = (
+        b'{"type":"register","version":1,"name":"' + b"x" * 300 + b'","address":"http://a",'
+        b'"status":{"condition":"ready"}}'
+    )
+    with pytest.raises(ProtocolError, match="length <= 256"):
+        decode_agent_message(register)
+
+
+def test_unicode_names_are_fine():
+    frame = (
+        '{"type":"register","version":1,"name":"ゲーム-gpu 🚀","address":"http://a",'
+        '"status":{"condition":"ready"}}'
+    ).encode()
+    assert decode_agent_message(frame).name == "ゲーム-gpu 🚀"

@@ -1,0 +1,24 @@
+import pytest
+
+from corral.addr import Addr, AddressError
+
+
+def test_parse():
+    assert Addr.parse("0.0.0.0:80") == Addr("0.0.0.0", 80)
+    assert Addr.parse(":8080") == Addr("127.0.0.1", 8080)
+    assert Addr.parse("[::1]:9") == Addr("::1", 9)
+    assert Addr.parse("[::1]:9").url() == "http://[::1]:9"
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("localhost", "expected HOST:PORT"),
+        ("h:x", "not a number"),
+        ("h:70000", "out of range"),
+        ("http://h:1", "not a URL"),
+    ],
+)
+def test_errors(text, reason):
+    with pytest.raises(AddressError, match=reason):
+        Addr.parse(text)
