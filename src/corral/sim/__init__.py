@@ -1,0 +1,61 @@
+"""A simulated llama.cpp ``llama-server`` for fast tests and benchmarks.
+
+:mod:`corral.sim.model` is the pure part (slots, speed, text); :mod:`corral.sim.server`
+serves it over HTTP in llama-server's formats.
+"""
+
+from corral.sim.model import (
+    ContextExceeded,
+    Job,
+    Plan,
+    SlotError,
+    SlotTable,
+    SlotView,
+    SpeedModel,
+    Ticket,
+    Timings,
+    Vocab,
+    embed,
+    plan_generation,
+    render_chat,
+    token_piece,
+)
+from corral.sim.server import (
+    SIM_ENGINE,
+    ApiError,
+    SimConfig,
+    SimEngine,
+    add_arguments,
+    config_from_args,
+    make_app,
+    run_sim,
+    serve,
+    start,
+)
+
+__all__ = [
+    "SIM_ENGINE",
+    "ApiError",
+    "ContextExceeded",
+    "Job",
+    "Plan",
+    "SimConfig",
+    "SimEngine",
+    "SlotError",
+    "SlotTable",
+    "SlotView",
+    "SpeedModel",
+    "Ticket",
+    "Timings",
+    "Vocab",
+    "add_arguments",
+    "config_from_args",
+    "embed",
+    "make_app",
+    "plan_generation",
+    "render_chat",
+    "run_sim",
+    "serve",
+    "start",
+    "token_piece",
+]

@@ -1,0 +1,1024 @@
+"""A simulated llama.cpp ``llama-server`` for fast tests and benchmarks.
+
+It answers llama-server's endpoints in llama-server's JSON (checked against a real
+build): ``/health``, ``/props``, ``/slots``, ``/models``, the native ``/completion``,
+the OpenAI ``/v1/completions``, ``/v1/chat/completions`` and ``/v1/embeddings``, and
+``/tokenize`` / ``/detokenize``. Everything it decides comes from
+:mod:`corral.sim.model`; this module only parses requests, awaits what the model
+says (a free slot, the time a step takes) and writes the answers.
+
+A generation request takes a slot for its whole run and waits in FIFO order when all
+slots are busy, as in llama-server. Streams are server-sent events: ``data: {...}``
+frames; the OpenAI endpoints end with ``data: [DONE]``, the native one with a frame
+whose ``stop`` is true. If the client goes away, the request's slot (or its place in
+the queue) is freed at once.
+
+Start one in-process with :func:`start` (tests) or :func:`serve` (until cancelled);
+the CLI calls :func:`run_sim` with the options :func:`add_arguments` defines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import random
+import signal
+import string
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, ClassVar, Literal, Protocol, TypeVar
+
+import msgspec
+from aiohttp import web
+
+from corral.sim.model import (
+    CHAT_TEMPLATE,
+    EMBEDDING_DIM,
+    N_VOCAB,
+    ContextExceeded,
+    Job,
+    Plan,
+    SlotTable,
+    SlotView,
+    SpeedModel,
+    Ticket,
+    Timings,
+    Vocab,
+    count_tokens,
+    embed,
+    plan_generation,
+    render_chat,
+    token_id,
+)
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+_T = TypeVar("_T")
+
+
+# --------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True, slots=True)
+class SimConfig:
+    """How one simulated llama-server behaves."""
+
+    name: str = "sim"
+    """Sent as the ``X-Sim-Server`` header on every response, so tests see who answered."""
+    model: str = "sim-model"
+    """Model id in ``/v1/models`` and in responses; ``/props`` says ``/models/<model>.gguf``."""
+    slots: int = 4
+    """Parallel slots (llama-server's ``--parallel``; its default is 4 with a unified KV)."""
+    n_ctx: int = 4096
+    """Context size of each slot, in tokens (``/props`` ``default_generation_settings.n_ctx``)."""
+    tokens_per_second: float = 50.0
+    """Decode speed of one slot when it is alone; 1e6 makes requests finish at once."""
+    slowdown: float = 0.1
+    """Contention: a slot's speed is ``tokens_per_second / (1 + slowdown * (busy - 1))``."""
+    prompt_tokens_per_second: float = 2000.0
+    """Prompt reading speed of one slot."""
+    n_predict: int = 16
+    """Tokens to generate when a request sets no limit (llama-server's own default is -1,
+    until end of sequence; a finite default keeps simulated answers short)."""
+    eos_after: int | None = None
+    """The simulated model ends every answer after this many tokens (finish reason
+    ``stop``) unless the request sets ``ignore_eos``; None: answers end at the limit."""
+    api_key: str | None = None
+    """When set, requests need ``Authorization: Bearer <key>`` (or ``X-Api-Key``) except
+    on :attr:`public_paths`, else 401 as in llama-server's ``--api-key``."""
+    public_paths: tuple[str, ...] = ("/health", "/v1/health", "/models", "/v1/models")
+    """Paths that need no API key. These are llama-server's public endpoints up to mid
+    2025; newer builds (including the pinned one) exempt only ``/health`` and
+    ``/v1/health``."""
+    slots_endpoint: bool = True
+    """Whether ``/slots`` answers (llama-server's ``--slots``/``--no-slots``); else 501."""
+    embeddings: bool = True
+    """Whether ``/v1/embeddings`` answers (llama-server's ``--embeddings``); else 501."""
+    loading_seconds: float = 0.0
+    """For this long after start the server is "loading the model": 503 everywhere but
+    ``/models`` and ``/v1/models``, as llama-server does."""
+    seed: int = 0
+    """Seeds the response ids and the fake embeddings, so runs repeat exactly."""
+
+    def __post_init__(self) -> None:
+        if self.slots < 1:
+            raise ValueError(f"slots must be >= 1, got {self.slots}")
+        if self.n_ctx < 2:
+            raise ValueError(f"n_ctx must be >= 2, got {self.n_ctx}")
+        if self.loading_seconds < 0:
+            raise ValueError(f"loading_seconds must be >= 0, got {self.loading_seconds}")
+        _ = self.speed  # validates the speeds
+
+    @property
+    def speed(self) -> SpeedModel:
+        return SpeedModel(
+            tokens_per_second=self.tokens_per_second,
+            slowdown=self.slowdown,
+            prompt_tokens_per_second=self.prompt_tokens_per_second,
+        )
+
+
+_DEFAULTS = SimConfig()
+
+# What llama-server reports as its sampling defaults (common/common.h).
+_DEFAULT_PARAMS: dict[str, Any] = {
+    "seed": 4294967295,
+    "temperature": 0.8,
+    "top_k": 40,
+    "top_p": 0.95,
+    "min_p": 0.05,
+    "n_predict": -1,
+    "max_tokens": -1,
+    "n_keep": 0,
+    "stream": False,
+    "stop": [],
+    "ignore_eos": False,
+    "chat_format": "Content-only",
+    "samplers": [
+        "penalties",
+        "dry",
+        "top_n_sigma",
+        "top_k",
+        "typ_p",
+        "top_p",
+        "min_p",
+        "xtc",
+        "temperature",
+    ],
+}
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class ApiError(Exception):
+    """An answer in llama-server's error format: ``{"error": {code, message, type}}``."""
+
+    def __init__(self, code: int, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.kind = kind
+
+    def response(self) -> web.Response:
+        body = {"error": {"code": self.code, "message": self.message, "type": self.kind}}
+        return _json(body, status=self.code)
+
+
+def _bad_request(message: str) -> ApiError:
+    return ApiError(400, message, "invalid_request_error")
+
+
+class _ClientGone(Exception):
+    """The client closed its connection while its request was running."""
+
+
+# --------------------------------------------------------------------------- engine
+
+
+class SimEngine:
+    """The server's mutable state: its slots, the requests waiting for one, and whether
+    it is still "loading". Queueing follows :class:`SlotTable`; this class only parks
+    waiting requests on futures and wakes the one the table picks.
+    """
+
+    def __init__(self, config: SimConfig, clock: Clock = time.monotonic) -> None:
+        self.config = config
+        self.speed = config.speed
+        self.table = SlotTable(config.slots)
+        self.vocab = Vocab()
+        self._clock = clock
+        self._ready_at: float | None = None
+        self._waiters: dict[int, asyncio.Future[int]] = {}
+        self._rng = random.Random(config.seed)
+
+    def start(self) -> None:
+        """Start the loading timer (the app calls this on startup)."""
+        self._ready_at = self._clock() + self.config.loading_seconds
+
+    @property
+    def loading(self) -> bool:
+        return self._ready_at is not None and self._clock() < self._ready_at
+
+    def authorized(self, request: web.Request) -> bool:
+        key = self.config.api_key
+        if not key or request.path in self.config.public_paths:
+            return True
+        return (
+            request.headers.get("Authorization") == f"Bearer {key}"
+            or request.headers.get("X-Api-Key") == key
+        )
+
+    def new_id(self) -> str:
+        """An OpenAI completion id, as llama-server makes them (seeded here)."""
+        alphabet = string.ascii_letters + string.digits
+        return "chatcmpl-" + "".join(self._rng.choices(alphabet, k=32))
+
+    @contextlib.asynccontextmanager
+    async def occupy(self, job: Job) -> AsyncIterator[Ticket]:
+        """Hold a slot for ``job``: wait for one in FIFO order, free it on exit.
+
+        If the waiting or the work is cancelled (the client went away), the place in
+        the queue or the slot is given up at once.
+        """
+        ticket = await self._admit(job)
+        assert ticket.slot is not None
+        try:
+            yield ticket
+        finally:
+            pass
+
+    async def _admit(self, job: Job) -> Ticket:
+        ticket = self.table.submit(job)
+        if ticket.slot is not None:
+            return ticket
+        waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._waiters[ticket.task] = waiter
+        try:
+            slot = await waiter
+        except asyncio.CancelledError:
+            if self._waiters.pop(ticket.task, None) is not None:
+                self.table.cancel(ticket.task)  # still waiting: leave the queue
+            elif waiter.done() and not waiter.cancelled():
+                self._release(waiter.result())  # given a slot as it was cancelled
+            raise
+        return Ticket(ticket.task, slot)
+
+    def _release(self, slot: int) -> None:
+        granted = self.table.release(slot)
+        while granted is not None:
+            assert granted.slot is not None
+            waiter = self._waiters.pop(granted.task)
+            if not waiter.cancelled():
+                waiter.set_result(granted.slot)
+                return
+            granted = self.table.release(granted.slot)  # its client left; next one
+
+    def __repr__(self) -> str:
+        state = "LOADING" if self.loading else "READY"
+        return (
+            f"<SimEngine {self.config.name} {state} slots {self.table.busy}/"
+            f"{self.table.n_slots} busy, {self.table.queued} queued model={self.config.model}>"
+        )
+
+
+SIM_ENGINE = web.AppKey("corral_sim_engine", SimEngine)
+"""Where :func:`make_app` keeps its :class:`SimEngine` (``app[SIM_ENGINE]``)."""
+
+
+_MAX_LAG = 0.05  # a late step catches up at most this much, so tokens never burst
+
+
+class _Run:
+    """One admitted request on its slot, paced by the speed model."""
+
+    def __init__(
+        self, engine: SimEngine, request: web.Request, slot: int, plan: Plan, n_prompt: int
+    ) -> None:
+        self.engine = engine
+        self.request = request
+        self.slot = slot
+        self.plan = plan
+        self.n_prompt = n_prompt
+        self.n_decoded = 0
+        self._loop = asyncio.get_running_loop()
+        self._started = self._due = self._prompt_done = self._loop.time()
+
+    @property
+    def finished(self) -> bool:
+        return self.n_decoded >= self.plan.n_decoded
+
+    async def read_prompt(self) -> None:
+        self._due += self.engine.speed.prompt_delay(self.n_prompt)
+        await self._until_due()
+        self._prompt_done = self._loop.time()
+
+    async def step(self) -> str:
+        """Decode the next token, taking as long as the speed model says right now."""
+        self._due += self.engine.speed.step_delay(max(1, self.engine.table.busy))
+        await self._until_due()
+        transport = self.request.transport
+        if transport is None or transport.is_closing():
+            raise _ClientGone
+        self.engine.table.decode(self.slot)
+        piece = self.plan.pieces[self.n_decoded]
+        self.n_decoded += 1
+        return piece
+
+    async def _until_due(self) -> None:
+        now = self._loop.time()
+        self._due = max(self._due, now - _MAX_LAG)
+        await asyncio.sleep(max(0.0, self._due - now))
+
+    def timings(self) -> Timings:
+        now = self._loop.time()
+        return Timings(
+            prompt_n=self.n_prompt,
+            prompt_ms=1e3 * (self._prompt_done - self._started),
+            predicted_n=self.n_decoded,
+            predicted_ms=1e3 * (now - self._prompt_done),
+        )
+
+
+# --------------------------------------------------------------------------- requests
+
+
+class _StreamOptions(msgspec.Struct):
+    include_usage: bool = False
+
+
+class _GenerateBody(msgspec.Struct):
+    """The fields of a generation request the simulator uses; others are ignored."""
+
+    prompt: str | list[Any] | None = None
+    messages: list[dict[str, Any]] | None = None
+    n_predict: int | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    stream: bool = False
+    stream_options: _StreamOptions | None = None
+    stop: str | list[str] | None = None
+    ignore_eos: bool = False
+    temperature: float | None = None
+    seed: int | None = None
+
+
+class _EmbeddingBody(msgspec.Struct):
+    input: str | list[Any] | None = None
+    content: str | list[Any] | None = None
+
+
+class _TokenizeBody(msgspec.Struct):
+    content: str = ""
+    with_pieces: bool = False
+
+
+class _DetokenizeBody(msgspec.Struct):
+    tokens: list[int] = msgspec.field(default_factory=list)
+
+
+async def _read(request: web.Request, kind: type[_T]) -> _T:
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise ApiError(413, exc.text or "request too large", "invalid_request_error") from exc
+    try:
+        return msgspec.json.decode(raw, type=kind)
+    except msgspec.DecodeError as exc:
+        raise _bad_request(f"invalid JSON: {exc}") from exc
+
+
+Kind = Literal["native", "text", "chat"]
+
+
+@dataclass(frozen=True, slots=True)
+class _Ask:
+    """One generation request, parsed and checked."""
+
+    kind: Kind
+    prompt: str
+    n_prompt: int
+    n_predict: int
+    stream: bool
+    include_usage: bool
+    stop: tuple[str, ...]
+    ignore_eos: bool
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def _parse_ask(kind: Kind, body: _GenerateBody, vocab: Vocab, config: SimConfig) -> _Ask:
+    """Check a generation request; its token budget falls back to the server default."""
+    if kind == "chat":
+        if not body.messages:
+            raise _bad_request("'messages' is required")
+        prompt = render_chat(body.messages)
+        n_prompt = count_tokens(prompt) + 1  # with BOS
+    else:
+        prompt, n_prompt = _prompt(body.prompt, vocab)
+    if body.n_predict is not None:
+        n_predict = body.n_predict
+    elif kind == "chat" and body.max_completion_tokens is not None:
+        n_predict = body.max_completion_tokens
+    elif kind != "native" and body.max_tokens is not None:
+        n_predict = body.max_tokens
+    else:
+        n_predict = config.n_predict
+    n_predict = max(-1, n_predict)
+    stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
+    include = body.stream_options is not None and body.stream_options.include_usage
+    ask = _Ask(
+        kind=kind,
+        prompt=prompt,
+        n_prompt=n_prompt,
+        n_predict=n_predict,
+        stream=body.stream,
+        include_usage=include,
+        stop=stop,
+        ignore_eos=body.ignore_eos,
+    )
+    return replace(ask, params=_params(ask, body))
+
+
+def _prompt(prompt: str | list[Any] | None, vocab: Vocab) -> tuple[str, int]:
+    """The prompt's text and token count: a string, token ids, or one of either in a list."""
+    if prompt is None:
+        raise _bad_request("'prompt' is required")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
+        prompt = prompt[0]
+    if isinstance(prompt, str):
+        return prompt, count_tokens(prompt) + 1  # with BOS
+    if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
+        return vocab.detokenize(prompt), len(prompt)
+    raise _bad_request("'prompt' must be a string or a list of token ids (one prompt only)")
+
+
+# --------------------------------------------------------------------------- formats
+
+
+def _usage(run: _Run) -> dict[str, Any]:
+    return {
+        "completion_tokens": run.n_decoded,
+        "prompt_tokens": run.n_prompt,
+        "total_tokens": run.n_prompt + run.n_decoded,
+        "prompt_tokens_details": {"cached_tokens": 0},
+    }
+
+
+class _Format(Protocol):
+    @property
+    def done(self) -> bool:
+        """Whether the stream ends with ``data: [DONE]``."""
+        ...
+
+    def opening(self) -> list[dict[str, Any]]: ...
+    def partial(self, piece: str, run: _Run) -> list[dict[str, Any]]: ...
+    def final(self, run: _Run) -> list[dict[str, Any]]: ...
+    def whole(self, run: _Run) -> dict[str, Any]: ...
+
+
+class _NativeFormat:
+    """``/completion``: llama.cpp's own format."""
+
+    done: ClassVar[bool] = False
+
+    def __init__(self, ask: _Ask, config: SimConfig) -> None:
+        self.ask = ask
+        self.config = config
+
+    def opening(self) -> list[dict[str, Any]]:
+        return []
+
+    def partial(self, piece: str, run: _Run) -> list[dict[str, Any]]:
+        frame = {
+            "index": 0,
+            "content": piece,
+            "tokens": [token_id(piece)],
+            "stop": False,
+            "id_slot": -1,
+            "tokens_predicted": run.n_decoded,
+            "tokens_evaluated": run.n_prompt,
+        }
+        return [frame]
+
+    def final(self, run: _Run) -> list[dict[str, Any]]:
+        return [self._result(run, content="")]
+
+    def whole(self, run: _Run) -> dict[str, Any]:
+        return self._result(run, content=run.plan.text)
+
+    def _result(self, run: _Run, content: str) -> dict[str, Any]:
+        return {
+            "index": 0,
+            "content": content,
+            "tokens": [],
+            "id_slot": run.slot,
+            "stop": True,
+            "model": self.config.model,
+            "tokens_predicted": run.n_decoded,
+            "tokens_evaluated": run.n_prompt,
+            "generation_settings": self.ask.params,
+            "prompt": "<bos>" + self.ask.prompt,
+            "has_new_line": "\n" in run.plan.text,
+            "truncated": False,
+            "stop_type": run.plan.stop_type,
+            "stopping_word": run.plan.stopping_word,
+            "tokens_cached": run.n_prompt + run.n_decoded,
+            "timings": run.timings().to_json(),
+        }
+
+
+class _OpenAIFormat:
+    """What the OpenAI formats share: id, created, model, fingerprint."""
+
+    done: ClassVar[bool] = True
+    object: ClassVar[str]
+
+    def __init__(self, ask: _Ask, config: SimConfig, ident: str, created: int) -> None:
+        self.ask = ask
+        self.head = {
+            "created": created,
+            "model": config.model,
+            "system_fingerprint": "sim",
+            "object": self.object,
+            "id": ident,
+        }
+
+    def opening(self) -> list[dict[str, Any]]:
+        return []
+
+
+class _TextFormat(_OpenAIFormat):
+    """``/v1/completions``."""
+
+    object = "text_completion"
+
+    def partial(self, piece: str, run: _Run) -> list[dict[str, Any]]:
+        return [{"choices": [self._choice(piece, None)], **self.head}]
+
+    def final(self, run: _Run) -> list[dict[str, Any]]:
+        # llama-server puts usage in the last chunk whether or not it was asked for.
+        choice = self._choice("", run.plan.finish_reason)
+        return [
+            {"choices": [choice], **self.head, "usage": _usage(run), "timings": _t(run)},
+        ]
+
+    def whole(self, run: _Run) -> dict[str, Any]:
+        choice = self._choice(run.plan.text, run.plan.finish_reason)
+        return {"choices": [choice], **self.head, "usage": _usage(run), "timings": _t(run)}
+
+    @staticmethod
+    def _choice(text: str, finish: str | None) -> dict[str, Any]:
+        return {"text": text, "index": 0, "logprobs": None, "finish_reason": finish}
+
+
+class _ChatFormat(_OpenAIFormat):
+    """``/v1/chat/completions``."""
+
+    object = "chat.completion.chunk"
+
+    def opening(self) -> list[dict[str, Any]]:
+        return [self._chunk({"role": "assistant", "content": None}, None)]
+
+    def partial(self, piece: str, run: _Run) -> list[dict[str, Any]]:
+        return [self._chunk({"content": piece}, None)]
+
+    def final(self, run: _Run) -> list[dict[str, Any]]:
+        last = self._chunk({}, run.plan.finish_reason)
+        if not self.ask.include_usage:
+            return [{**last, "timings": _t(run)}]
+        usage = {"choices": [], **self.head, "usage": _usage(run), "timings": _t(run)}
+        return [last, usage]
+
+    def whole(self, run: _Run) -> dict[str, Any]:
+        message = {"role": "assistant", "content": run.plan.text}
+        choice = {"finish_reason": run.plan.finish_reason, "index": 0, "message": message}
+        head = {**self.head, "object": "chat.completion"}
+        return {"choices": [choice], **head, "usage": _usage(run), "timings": _t(run)}
+
+    def _chunk(self, delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+        return {"choices": [{"finish_reason": finish, "index": 0, "delta": delta}], **self.head}
+
+
+def _t(run: _Run) -> dict[str, int | float]:
+    return run.timings().to_json()
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        body=msgspec.json.encode(body),
+        status=status,
+        headers={"Content-Type": "application/json; charset=utf-8"},
+    )
+
+
+def _sse(frames: list[dict[str, Any]]) -> bytes:
+    return b"".join(b"data: " + msgspec.json.encode(f) + b"\n\n" for f in frames)
+
+
+def _params(ask: _Ask, body: _GenerateBody) -> dict[str, Any]:
+    """The request's sampling settings as llama-server echoes them."""
+    params = dict(_DEFAULT_PARAMS)
+    params.update(
+        n_predict=ask.n_predict,
+        max_tokens=ask.n_predict,
+        stream=ask.stream,
+        stop=list(ask.stop),
+        ignore_eos=ask.ignore_eos,
+    )
+    if body.temperature is not None:
+        params["temperature"] = body.temperature
+    if body.seed is not None:
+        params["seed"] = body.seed
+    return params
+
+
+# --------------------------------------------------------------------------- handlers
+
+
+async def _generate(request: web.Request, kind: Kind) -> web.StreamResponse:
+    engine = request.app[SIM_ENGINE]
+    config = engine.config
+    body = await _read(request, _GenerateBody)
+    ask = _parse_ask(kind, body, engine.vocab, config)
+    try:
+        plan = plan_generation(
+            n_predict=ask.n_predict,
+            n_prompt=ask.n_prompt,
+            n_ctx=config.n_ctx,
+            stop=ask.stop,
+            eos_after=None if ask.ignore_eos else config.eos_after,
+        )
+    except ContextExceeded as exc:
+        raise ApiError(400, str(exc), "exceed_context_size_error") from exc
+
+    fmt: _Format
+    if kind == "native":
+        fmt = _NativeFormat(ask, config)
+    elif kind == "text":
+        fmt = _TextFormat(ask, config, engine.new_id(), int(time.time()))
+    else:
+        fmt = _ChatFormat(ask, config, engine.new_id(), int(time.time()))
+
+    async with engine.occupy(Job(ask.n_prompt, ask.n_predict, ask.params)) as ticket:
+        assert ticket.slot is not None
+        run = _Run(engine, request, ticket.slot, plan, ask.n_prompt)
+        try:
+            if ask.stream:
+                return await _stream(request, run, fmt)
+            await run.read_prompt()
+            while not run.finished:
+                await run.step()
+        except _ClientGone:
+            log.debug("client left; slot %d freed", ticket.slot)
+            return web.Response(status=499)
+        return _json(fmt.whole(run))
+
+
+_SSE_HEADERS = {"Content-Type": "text/event-stream", "X-Accel-Buffering": "no"}
+
+
+async def _stream(request: web.Request, run: _Run, fmt: _Format) -> web.StreamResponse:
+    """Write the run as server-sent events; headers go out with the first token, as in
+    llama-server (so a queued request has no response yet)."""
+    response: web.StreamResponse | None = None
+
+    async def send(frames: list[dict[str, Any]], tail: bytes = b"") -> None:
+        nonlocal response
+        if response is None:
+            response = web.StreamResponse(headers=_SSE_HEADERS)
+            await response.prepare(request)
+            frames = fmt.opening() + frames
+        await response.write(_sse(frames) + tail)
+
+    try:
+        await run.read_prompt()
+        while not run.finished:
+            piece = await run.step()
+            if piece:
+                await send(fmt.partial(piece, run))
+        await send(fmt.final(run), b"data: [DONE]\n\n" if fmt.done else b"")
+        assert response is not None
+        await response.write_eof()
+    except (_ClientGone, ConnectionResetError):
+        log.debug("client left mid-stream; slot %d freed", run.slot)
+        return response if response is not None else web.Response(status=499)
+    return response
+
+
+async def _completion(request: web.Request) -> web.StreamResponse:
+    return await _generate(request, "native")
+
+
+async def _text_completion(request: web.Request) -> web.StreamResponse:
+    return await _generate(request, "text")
+
+
+async def _chat_completion(request: web.Request) -> web.StreamResponse:
+    return await _generate(request, "chat")
+
+
+async def _health(request: web.Request) -> web.Response:
+    return _json({"status": "ok"})
+
+
+async def _props(request: web.Request) -> web.Response:
+    config = request.app[SIM_ENGINE].config
+    params = {**_DEFAULT_PARAMS, "n_predict": config.n_predict, "max_tokens": config.n_predict}
+    return _json(
+        {
+            "default_generation_settings": {"params": params, "n_ctx": config.n_ctx},
+            "total_slots": config.slots,
+            "model_alias": config.model,
+            "model_path": f"/models/{config.model}.gguf",
+            "modalities": {"vision": False, "audio": False},
+            "endpoint_slots": config.slots_endpoint,
+            "endpoint_props": False,
+            "endpoint_metrics": False,
+            "chat_template": CHAT_TEMPLATE,
+            "bos_token": "<bos>",
+            "eos_token": "<eos>",
+            "build_info": "sim",
+            "is_sleeping": False,
+        }
+    )
+
+
+def _slot_json(view: SlotView, n_ctx: int) -> dict[str, Any]:
+    return {
+        "id": view.id,
+        "id_task": view.task,
+        "n_ctx": n_ctx,
+        "speculative": False,
+        "is_processing": view.is_processing,
+        "n_prompt_tokens": view.n_prompt,
+        "params": dict(view.params) if view.params else dict(_DEFAULT_PARAMS),
+        "next_token": [
+            {
+                "has_next_token": view.is_processing,
+                "has_new_line": False,
+                "n_remain": view.n_remain,
+                "n_decoded": view.n_decoded,
+            }
+        ],
+    }
+
+
+async def _slots(request: web.Request) -> web.Response:
+    engine = request.app[SIM_ENGINE]
+    if not engine.config.slots_endpoint:
+        raise ApiError(
+            501,
+            "This server does not support slots endpoint. Start it with `--slots`",
+            "not_supported_error",
+        )
+    return _json([_slot_json(view, engine.config.n_ctx) for view in engine.table.slots])
+
+
+async def _models(request: web.Request) -> web.Response:
+    config = request.app[SIM_ENGINE].config
+    model = config.model
+    meta = {
+        "vocab_type": 1,
+        "n_vocab": N_VOCAB,
+        "n_ctx": config.n_ctx,
+        "n_ctx_train": config.n_ctx,
+        "n_embd": EMBEDDING_DIM,
+    }
+    return _json(
+        {
+            "models": [
+                {
+                    "name": model,
+                    "model": model,
+                    "type": "model",
+                    "capabilities": ["completion"],
+                    "details": {"format": "gguf"},
+                }
+            ],
+            "object": "list",
+            "data": [
+                {
+                    "id": model,
+                    "aliases": [model],
+                    "object": "model",
+                    "created": int(time.time()),
+                    "owned_by": "llamacpp",
+                    "meta": meta,
+                }
+            ],
+        }
+    )
+
+
+async def _embeddings(request: web.Request) -> web.Response:
+    engine = request.app[SIM_ENGINE]
+    if not engine.config.embeddings:
+        raise ApiError(
+            501,
+            "This server does not support embeddings. Start it with `--embeddings`",
+            "not_supported_error",
+        )
+    body = await _read(request, _EmbeddingBody)
+    given = body.input if body.input is not None else body.content
+    if given is None:
+        raise _bad_request("'input' is required")
+    if isinstance(given, str) or (given and all(isinstance(t, int) for t in given)):
+        given = [given]
+    texts: list[str] = []
+    for item in given:
+        if isinstance(item, str):
+            texts.append(item)
+        elif isinstance(item, list) and all(isinstance(t, int) for t in item):
+            texts.append(engine.vocab.detokenize(item))
+        else:
+            raise _bad_request("'input' must be a string, token ids, or a list of either")
+    n_tokens = sum(count_tokens(t) for t in texts)
+    data = [
+        {"embedding": embed(text, seed=engine.config.seed), "index": i, "object": "embedding"}
+        for i, text in enumerate(texts)
+    ]
+    return _json(
+        {
+            "model": engine.config.model,
+            "object": "list",
+            "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
+            "data": data,
+        }
+    )
+
+
+async def _tokenize(request: web.Request) -> web.Response:
+    vocab = request.app[SIM_ENGINE].vocab
+    body = await _read(request, _TokenizeBody)
+    ids = vocab.tokenize(body.content)
+    if body.with_pieces:
+        return _json({"tokens": [{"id": i, "piece": vocab.piece(i)} for i in ids]})
+    return _json({"tokens": ids})
+
+
+async def _detokenize(request: web.Request) -> web.Response:
+    vocab = request.app[SIM_ENGINE].vocab
+    body = await _read(request, _DetokenizeBody)
+    return _json({"content": vocab.detokenize(body.tokens)})
+
+
+# --------------------------------------------------------------------------- app
+
+# llama-server lets these through while it loads the model.
+_OPEN_WHILE_LOADING = frozenset({"/models", "/v1/models"})
+
+
+@web.middleware
+async def _gate(
+    request: web.Request,
+    handler: Callable[[web.Request], Any],
+) -> web.StreamResponse:
+    """Loading, then the API key, then the route, each answered as llama-server does."""
+    engine = request.app[SIM_ENGINE]
+    try:
+        if engine.loading and request.path not in _OPEN_WHILE_LOADING:
+            raise ApiError(503, "Loading model", "unavailable_error")
+        if not engine.authorized(request):
+            raise ApiError(401, "Invalid API Key", "authentication_error")
+        try:
+            response: web.StreamResponse = await handler(request)
+        except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:
+            raise ApiError(404, "File Not Found", "not_found_error") from exc
+        return response
+    except ApiError as exc:
+        return exc.response()
+
+
+def make_app(config: SimConfig, *, clock: Clock = time.monotonic) -> web.Application:
+    """The simulated server as an aiohttp application.
+
+    Args:
+        config: How the server behaves.
+        clock: Monotonic seconds; it times only the loading phase (pass a manual clock
+            to test loading without sleeping). Tokens are paced by the event loop.
+    """
+    engine = SimEngine(config, clock)
+    app = web.Application(middlewares=[_gate], client_max_size=64 * 1024 * 1024)
+    app[SIM_ENGINE] = engine
+
+    async def on_startup(app: web.Application) -> None:
+        engine.start()
+
+    async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+        response.headers["Server"] = "llama.cpp"
+        response.headers["X-Sim-Server"] = config.name
+
+    app.on_startup.append(on_startup)
+    app.on_response_prepare.append(on_prepare)
+    app.router.add_get("/health", _health)
+    app.router.add_get("/v1/health", _health)
+    app.router.add_get("/props", _props)
+    app.router.add_get("/slots", _slots)
+    app.router.add_get("/models", _models)
+    app.router.add_get("/v1/models", _models)
+    app.router.add_post("/completion", _completion)
+    app.router.add_post("/completions", _completion)
+    app.router.add_post("/v1/completions", _text_completion)
+    app.router.add_post("/chat/completions", _chat_completion)
+    app.router.add_post("/v1/chat/completions", _chat_completion)
+    app.router.add_post("/v1/embeddings", _embeddings)
+    app.router.add_post("/embeddings", _embeddings)
+    app.router.add_post("/tokenize", _tokenize)
+    app.router.add_post("/detokenize", _detokenize)
+    return app
+
+
+async def start(
+    config: SimConfig,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    clock: Clock = time.monotonic,
+    shutdown_timeout: float = 1.0,
+) -> tuple[web.AppRunner, int]:
+    """Start a simulated server in this event loop.
+
+    Args:
+        config: How the server behaves.
+        host: Address to listen on.
+        port: Port to listen on; 0 picks a free one.
+        clock: See :func:`make_app`.
+        shutdown_timeout: How long ``runner.cleanup()`` lets running requests finish
+            before cancelling them.
+
+    Returns:
+        The runner (call ``await runner.cleanup()`` to stop) and the port it listens on
+        (the first socket's, should ``host`` resolve to several addresses).
+    """
+    runner = web.AppRunner(
+        make_app(config, clock=clock),
+        handler_cancellation=True,  # a client that leaves frees its slot at once
+        shutdown_timeout=shutdown_timeout,
+        access_log=None,
+    )
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    bound = int(runner.addresses[0][1])
+    log.info(
+        "simulated llama-server %r listening on http://%s:%d (%d slots, %.6g tok/s, model %s)",
+        config.name,
+        host,
+        bound,
+        config.slots,
+        config.tokens_per_second,
+        config.model,
+    )
+    return runner, bound
+
+
+async def serve(config: SimConfig, host: str = "127.0.0.1", port: int = 8080) -> None:
+    """Run a simulated server until cancelled, then stop it."""
+    runner, _ = await start(config, host, port)
+    try:
+        await asyncio.get_running_loop().create_future()
+    finally:
+        await runner.cleanup()
+        log.info("simulated llama-server %r stopped", config.name)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the simulator's options to ``parser`` (names follow llama-server's)."""
+    d = _DEFAULTS
+    add = parser.add_argument
+    add("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
+    add("--port", type=int, default=8080, help="port; 0 picks a free one (default %(default)s)")
+    add("--name", default=d.name, help="sent as X-Sim-Server (default %(default)s)")
+    add("--alias", "--model", dest="model", default=d.model, help="model id")
+    add("-np", "--parallel", dest="slots", type=int, default=d.slots, help="slots")
+    add("--slot-ctx", dest="n_ctx", type=int, default=d.n_ctx, help="context per slot")
+    add("--tps", dest="tokens_per_second", type=float, default=d.tokens_per_second)
+    add("--slowdown", type=float, default=d.slowdown, help="contention between slots")
+    add(
+        "--prompt-tps",
+        dest="prompt_tokens_per_second",
+        type=float,
+        default=d.prompt_tokens_per_second,
+    )
+    add("-n", "--n-predict", dest="n_predict", type=int, default=d.n_predict)
+    add("--eos-after", type=int, default=None, help="end every answer after N tokens")
+    add("--api-key", default=None)
+    add("--no-slots", dest="slots_endpoint", action="store_false", help="/slots answers 501")
+    add("--no-embeddings", dest="embeddings", action="store_false")
+    add("--loading-seconds", type=float, default=d.loading_seconds)
+    add("--seed", type=int, default=d.seed)
+
+
+def config_from_args(args: argparse.Namespace) -> SimConfig:
+    """The :class:`SimConfig` that options from :func:`add_arguments` describe."""
+    given = {f.name: getattr(args, f.name) for f in fields(SimConfig) if hasattr(args, f.name)}
+    return SimConfig(**given)
+
+
+def run_sim(args: argparse.Namespace) -> int:
+    """Run a simulated server as a process until SIGINT or SIGTERM; the exit code."""
+    config = config_from_args(args)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve_until_signal(config, args.host, args.port))
+    return 0
+
+
+async def _serve_until_signal(config: SimConfig, host: str, port: int) -> None:
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, task.cancel)
+    with contextlib.suppress(asyncio.CancelledError):
+        await serve(config, host, port)

@@ -1,0 +1,197 @@
+"""Bad input, access control, the fleet endpoints and the management API."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import aiohttp
+from support.harness import Harness, eventually, mgmt, url
+
+from corral.protocol import PROTOCOL_VERSION, Register, ServerStatus, encode
+
+CHAT = "/v1/chat/completions"
+BODY = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+
+
+async def error_of(response: aiohttp.ClientResponse) -> dict:
+    assert response.content_type == "application/json"
+    return (await response.json())["error"]
+
+
+async def test_bad_bodies_and_routes_get_clear_json_errors(harness: Harness):
+    balancer = await harness.balancer(max_body_size=1000)
+    http = harness.http
+    async with http.post(url(balancer, CHAT), data=b"{oops") as r:
+        assert r.status == 400
+        assert "not valid JSON" in (await error_of(r))["message"]
+    async with http.post(url(balancer, CHAT), data=b'{"model": 42}') as r:
+        assert r.status == 400
+        assert "$.model" in (await error_of(r))["message"]
+    async with http.post(url(balancer, CHAT), data=b"[1]") as r:
+        assert r.status == 400
+    async with http.post(url(balancer, CHAT), data=b"") as r:
+        assert r.status == 400 and "empty" in (await error_of(r))["message"]
+    async with http.post(url(balancer, CHAT), data=b"x" * 5000) as r:
+        assert r.status == 413
+        assert (await error_of(r))["code"] == 413
+    async with http.get(url(balancer, "/v2/teleport")) as r:
+        assert r.status == 404
+        assert "/v1/chat/completions" in (await error_of(r))["message"]
+    async with http.get(url(balancer, CHAT)) as r:
+        assert r.status == 405 and r.headers["Allow"] == "POST"
+    async with http.get(url(balancer, "/metrics")) as r:
+        assert r.status == 404
+        assert "not exposed" in (await error_of(r))["message"]
+    # and nothing was disturbed
+    async with http.get(mgmt(balancer, "/health")) as r:
+        assert r.status == 200
+
+
+async def test_health_is_503_without_servers_and_aggregates_with_them(harness: Harness):
+    balancer = await harness.balancer()
+    async with harness.http.get(url(balancer, "/health")) as r:
+        assert r.status == 503
+        assert (await error_of(r))["type"] == "unavailable_error"
+    for name, slots in (("a", 4), ("b", 2)):
+        _, port = await harness.sim(name=name, slots=slots)
+        await harness.agent(port, balancer, name=name)
+    async with harness.http.get(url(balancer, "/health")) as r:
+        assert r.status == 200
+        assert await r.json() == {"status": "ok", "slots_idle": 6, "slots_processing": 0}
+    async with harness.http.get(url(balancer, "/props")) as r:
+        assert (await r.json())["total_slots"] == 6
+    async with harness.http.get(url(balancer, "/slots")) as r:
+        slots = await r.json()
+        assert [s["id"] for s in slots] == list(range(6))
+        assert not any(s["is_processing"] for s in slots)
+
+
+async def test_api_keys_on_the_inference_listener(harness: Harness):
+    balancer = await harness.balancer(api_keys=("k1", "k2"))
+    _, port = await harness.sim(name="s", api_key="backend-secret")
+    await harness.agent(port, balancer, name="s", llamacpp_api_key="backend-secret")
+    async with harness.http.post(url(balancer, CHAT), json=BODY) as r:
+        assert r.status == 401
+        assert (await error_of(r))["type"] == "authentication_error"
+    bad = {"Authorization": "Bearer nope"}
+    async with harness.http.post(url(balancer, CHAT), json=BODY, headers=bad) as r:
+        assert r.status == 401
+    good = {"Authorization": "Bearer k2"}
+    async with harness.http.post(url(balancer, CHAT), json=BODY, headers=good) as r:
+        assert r.status == 200  # and upstream got the backend's own key, not k2
+    async with harness.http.post(url(balancer, CHAT), json=BODY, headers={"x-api-key": "k1"}) as r:
+        assert r.status == 200
+    async with harness.http.get(url(balancer, "/health")) as r:
+        assert r.status == 200  # public, as in llama-server
+
+
+async def test_agent_token_and_management_token(harness: Harness):
+    balancer = await harness.balancer(agent_token="sesame", management_token="admin")
+    _, port = await harness.sim(name="s")
+    await harness.agent(port, balancer, name="wrong", agent_token="nope", wait_ready=False)
+    await harness.agent(port, balancer, name="right", agent_token="sesame")
+    assert [a.name for a in balancer.fleet] == ["right"]
+    async with harness.http.get(mgmt(balancer, "/api/v1/agents")) as r:
+        assert r.status == 401
+    headers = {"Authorization": "Bearer admin"}
+    async with harness.http.get(mgmt(balancer, "/api/v1/agents"), headers=headers) as r:
+        agents = (await r.json())["agents"]
+        assert [a["name"] for a in agents] == ["right"]
+        assert "api_key" not in agents[0]
+
+
+async def test_a_broken_agent_cannot_break_the_balancer(harness: Harness):
+    balancer = await harness.balancer()
+    _, port = await harness.sim(name="s")
+    await harness.agent(port, balancer, name="good")
+    socket_url = mgmt(balancer, "/api/v1/agent-socket")
+    # a first frame that is not a registration closes that socket, with a reason
+    async with harness.http.ws_connect(socket_url) as ws:
+        await ws.send_str("{garbage")
+        reply = json.loads((await ws.receive()).data)
+        assert reply["type"] == "error" and reply["fatal"]
+        assert "malformed JSON" in reply["message"]
+    # after registering, bad frames are answered and the agent stays
+    async with harness.http.ws_connect(socket_url) as ws:
+        register = Register(
+            version=PROTOCOL_VERSION,
+            name="rogue",
+            address="http://127.0.0.1:1",
+            status=ServerStatus("ready", model="sim-model", slots_total=0),
+        )
+        await ws.send_bytes(encode(register))
+        assert json.loads((await ws.receive()).data)["type"] == "registered"
+        await ws.send_str('{"type": "status", "status": {"condition": "sideways"}}')
+        reply = json.loads((await ws.receive()).data)
+        assert reply["type"] == "error" and not reply["fatal"]
+        assert "$.status.condition" in reply["message"]
+        assert {a.name for a in balancer.fleet} == {"good", "rogue"}
+    # the socket closed: the rogue agent is gone, the good one serves on
+    await eventually(lambda: {a.name for a in balancer.fleet} == {"good"})
+    async with harness.http.post(url(balancer, CHAT), json=BODY) as r:
+        assert r.status == 200
+
+
+async def test_missed_heartbeats_mark_an_agent_unhealthy(harness: Harness):
+    balancer = await harness.balancer(heartbeat_timeout=0.3)
+    async with harness.http.ws_connect(mgmt(balancer, "/api/v1/agent-socket")) as ws:
+        register = Register(
+            version=PROTOCOL_VERSION,
+            name="silent",
+            address="http://127.0.0.1:1",
+            status=ServerStatus("ready", model="m", slots_total=2),
+        )
+        await ws.send_bytes(encode(register))
+        await ws.receive()
+        agent = next(iter(balancer.fleet))
+        assert agent.routable
+        await eventually(lambda: agent.state.value == "unhealthy", within=3)
+        async with harness.http.get(mgmt(balancer, "/api/v1/agents")) as r:
+            assert (await r.json())["agents"][0]["state"] == "unhealthy"
+        await ws.send_str('{"type": "heartbeat"}')
+        await eventually(lambda: agent.routable, within=3)
+
+
+async def test_agents_stream_shows_joins_and_leaves(harness: Harness):
+    balancer = await harness.balancer()
+    events: list[list[str]] = []
+
+    async def read() -> None:
+        async with harness.http.get(mgmt(balancer, "/api/v1/agents/stream")) as r:
+            async for line in r.content:
+                if line.startswith(b"data: "):
+                    events.append([a["name"] for a in json.loads(line[6:])["agents"]])
+
+    reader = asyncio.create_task(read())
+    await eventually(lambda: events == [[]])
+    _, port = await harness.sim(name="s")
+    agent = await harness.agent(port, balancer, name="joiner")
+    await eventually(lambda: events[-1] == ["joiner"], what="join event")
+    await agent.stop()
+    await eventually(lambda: events[-1] == [], what="leave event")
+    reader.cancel()
+
+
+async def test_two_level_tree(harness: Harness):
+    """A child balancer with its servers, watched by an agent, behind a parent."""
+    parent = await harness.balancer()
+    child = await harness.balancer()
+    for name in ("c1", "c2"):
+        _, port = await harness.sim(name=name, slots=2)
+        await harness.agent(port, child, name=name)
+    _, direct = await harness.sim(name="direct", slots=1)
+    await harness.agent(direct, parent, name="direct")
+    await harness.agent(child.inference_port, parent, name="child-balancer")
+    subtree = next(a for a in parent.fleet if a.name == "child-balancer")
+    assert subtree.slots_total == 4 and subtree.model == "sim-model"
+    async with harness.http.get(url(parent, "/health")) as r:
+        assert (await r.json())["slots_idle"] == 5
+
+    async def one() -> str:
+        async with harness.http.post(url(parent, CHAT), json=BODY | {"max_tokens": 20}) as r:
+            assert r.status == 200
+            return r.headers["X-Sim-Server"]
+
+    served = await asyncio.gather(*(one() for _ in range(5)))
+    assert sorted(served) == ["c1", "c1", "c2", "c2", "direct"]

@@ -1,0 +1,149 @@
+"""Tier 3 helpers: real processes on loopback (llama-server, corral agent/balancer)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from corral.llamacpp import bundled_model, llama_server_command, llama_server_path
+from corral.llamacpp.process import free_port, spawn, terminate
+
+
+def get_json(url: str, timeout: float = 2.0) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+
+
+def wait_until(check: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+            if last:
+                return last
+        except (OSError, ValueError) as exc:
+            last = exc
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+
+
+class Proc:
+    def __init__(self, name: str, command: list[str], logs: Path) -> None:
+        self.name = name
+        self.log_path = logs / f"{name}.log"
+        self._log = self.log_path.open("wb")
+        self.process = spawn(command, stdout=self._log, stderr=subprocess.STDOUT)
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def kill9(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> None:
+        terminate(self.process, timeout=5)
+        self._log.close()
+
+    def tail(self, lines: int = 20) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+class Fleet:
+    """Starts real processes; stops them all, printing their logs on failure."""
+
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.procs: list[Proc] = []
+
+    def _start(self, name: str, command: list[str]) -> Proc:
+        proc = Proc(name, command, self.logs)
+        self.procs.append(proc)
+        return proc
+
+    def llama_server(self, name: str, slots: int = 2, ctx: int = 1024) -> tuple[Proc, int]:
+        port = free_port()
+        command = llama_server_command(
+            llama_server_path(), bundled_model(), port=port, slots=slots, ctx_size=ctx, threads=1
+        )
+        proc = self._start(name, command)
+        wait_until(
+            lambda: get_json(f"http://127.0.0.1:{port}/health")[0] == 200,
+            120,
+            f"{name} ready",
+        )
+        return proc, port
+
+    def balancer(self, name: str = "balancer", *extra: str) -> tuple[Proc, int, int]:
+        inference, management = free_port(), free_port()
+        proc = self._start(
+            name,
+            [
+                sys.executable, "-m", "corral", "balancer",
+                "--inference-addr", f"127.0.0.1:{inference}",
+                "--management-addr", f"127.0.0.1:{management}",
+                *extra,
+            ],
+        )  # fmt: skip
+        wait_until(
+            lambda: get_json(f"http://127.0.0.1:{management}/health")[0] == 200,
+            30,
+            f"{name} up",
+        )
+        return proc, inference, management
+
+    def agent(self, name: str, server_port: int, management_port: int) -> Proc:
+        proc = self._start(
+            f"agent-{name}",
+            [
+                sys.executable, "-m", "corral", "agent",
+                "--local-llamacpp-addr", f"127.0.0.1:{server_port}",
+                "--management-addr", f"127.0.0.1:{management_port}",
+                "--name", name,
+                "--poll-interval", "0.1",
+            ],
+        )  # fmt: skip
+        wait_until(
+            lambda: any(
+                a["name"] == name and a["state"] == "ready"
+                for a in get_json(f"http://127.0.0.1:{management_port}/api/v1/agents")[1]["agents"]
+            ),
+            30,
+            f"agent {name} ready",
+        )
+        return proc
+
+    def stop(self, failed: bool) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+            if failed:
+                print(f"---- {proc.name} ({proc.log_path}) ----\n{proc.tail()}", file=sys.stderr)
+
+
+def no_process_left(marker: str) -> list[str]:
+    """Processes whose command line contains ``marker`` (zombies excluded)."""
+    left = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            state = Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0]
+        except OSError:
+            continue
+        if marker in cmdline and state != "Z":
+            left.append(f"{pid} {cmdline}")
+    return left
