@@ -230,7 +230,7 @@ class SimEngine:
         try:
             yield ticket
         finally:
-            pass
+            self._release(ticket.slot)
 
     async def _admit(self, job: Job) -> Ticket:
         ticket = self.table.submit(job)

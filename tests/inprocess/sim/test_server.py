@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from corral.sim import SIM_ENGINE, SimConfig, SimEngine, make_app, serve, start
@@ -44,12 +45,14 @@ async def make_client() -> AsyncIterator[MakeClient]:
 
 
 def engine_of(client: TestClient[Any, Any]) -> SimEngine:
-    return client.app[SIM_ENGINE]  # type: ignore[index]
+    app = client.app
+    assert isinstance(app, web.Application)
+    return app[SIM_ENGINE]
 
 
-async def until(condition: Callable[[], bool], timeout: float = 2.0) -> None:
+async def until(condition: Callable[[], bool], within: float = 2.0) -> None:
     """Poll until ``condition`` holds (the server moves on its own; we only watch)."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while not condition():
         assert time.monotonic() < deadline, "condition not reached in time"
         await asyncio.sleep(0.005)
@@ -208,7 +211,9 @@ async def test_unknown_routes_and_methods_get_404_json(make_client: MakeClient) 
 
 async def test_a_prompt_larger_than_the_context_is_refused(make_client: MakeClient) -> None:
     client = await make_client(SimConfig(n_ctx=8, tokens_per_second=1e6))
-    response = await client.post("/completion", json={"prompt": "one two three four five six seven eight"})
+    response = await client.post(
+        "/completion", json={"prompt": "one two three four five six seven eight"}
+    )
     assert response.status == 400
     body = await response.json()
     assert body["error"]["type"] == "exceed_context_size_error"
@@ -429,7 +434,8 @@ async def test_requests_wait_for_a_slot_in_arrival_order(make_client: MakeClient
     assert slot["next_token"][0]["n_decoded"] + slot["next_token"][0]["n_remain"] == 20
     assert "1/1 busy, 2 queued" in repr(engine)
 
-    await asyncio.gather(first, second, third)
+    async with asyncio.timeout(5):  # only reached if a slot is never freed
+        await asyncio.gather(first, second, third)
     assert finished == ["first", "second", "third"]
     assert (engine.table.busy, engine.table.queued) == (0, 0)
 
@@ -443,8 +449,9 @@ async def test_busy_slots_slow_each_other_down(make_client: MakeClient) -> None:
         response = await client.post("/completion", json={"prompt": "x", "n_predict": 20})
         return float((await response.json())["timings"]["predicted_ms"])
 
-    alone = await predicted_ms()
-    together = await asyncio.gather(predicted_ms(), predicted_ms())
+    async with asyncio.timeout(5):  # only reached if a slot is never freed
+        alone = await predicted_ms()
+        together = await asyncio.gather(predicted_ms(), predicted_ms())
     assert 190 <= alone < 330  # 20 tokens x 10 ms
     assert all(t > 330 for t in together)  # 20 tokens x 20 ms
 
@@ -452,9 +459,10 @@ async def test_busy_slots_slow_each_other_down(make_client: MakeClient) -> None:
 async def test_a_very_fast_server_answers_at_once(make_client: MakeClient) -> None:
     client = await make_client(SimConfig(tokens_per_second=1e6, slots=2))
     started = time.monotonic()
-    results = await asyncio.gather(
-        *(client.post("/completion", json={"prompt": "x", "n_predict": 2000}) for _ in range(4))
-    )
+    async with asyncio.timeout(5):  # only reached if a slot is never freed
+        results = await asyncio.gather(
+            *(client.post("/completion", json={"prompt": "x", "n_predict": 2000}) for _ in range(4))
+        )
     bodies = [await r.json() for r in results]
     assert time.monotonic() - started < 1.0
     assert all(b["tokens_predicted"] == 2000 for b in bodies)
@@ -475,26 +483,31 @@ async def test_a_client_leaving_mid_stream_frees_its_slot(make_client: MakeClien
     assert engine.table.busy == 1
     response.close()
 
-    await until(lambda: engine.table.busy == 0, timeout=1.0)
-    after = await client.post("/completion", json={"prompt": "x", "n_predict": 1})
-    assert (await after.json())["content"] == "tok0"
+    await until(lambda: engine.table.busy == 0, within=1.0)
+    async with asyncio.timeout(5):
+        after = await client.post("/completion", json={"prompt": "x", "n_predict": 1})
+        assert (await after.json())["content"] == "tok0"
 
 
 async def test_a_client_leaving_a_plain_request_frees_its_slot(make_client: MakeClient) -> None:
     client = await make_client(SimConfig(slots=1, tokens_per_second=50.0))
     engine = engine_of(client)
-    request = asyncio.create_task(client.post("/completion", json={"prompt": "x", "n_predict": 999}))
+    request = asyncio.create_task(
+        client.post("/completion", json={"prompt": "x", "n_predict": 999})
+    )
     await until(lambda: engine.table.busy == 1)
     request.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await request
-    await until(lambda: engine.table.busy == 0, timeout=1.0)
+    await until(lambda: engine.table.busy == 0, within=1.0)
 
 
 async def test_a_client_leaving_the_queue_loses_its_place(make_client: MakeClient) -> None:
     client = await make_client(SimConfig(slots=1, tokens_per_second=50.0))
     engine = engine_of(client)
-    holder = await client.post("/completion", json={"prompt": "x", "n_predict": 999, "stream": True})
+    holder = await client.post(
+        "/completion", json={"prompt": "x", "n_predict": 999, "stream": True}
+    )
     await holder.content.readline()
     waiting = asyncio.create_task(client.post("/completion", json={"prompt": "y", "n_predict": 1}))
     await until(lambda: engine.table.queued == 1)
@@ -502,10 +515,36 @@ async def test_a_client_leaving_the_queue_loses_its_place(make_client: MakeClien
     waiting.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await waiting
-    await until(lambda: engine.table.queued == 0, timeout=1.0)
+    await until(lambda: engine.table.queued == 0, within=1.0)
     assert engine.table.busy == 1  # the holder still runs
     holder.close()
-    await until(lambda: engine.table.busy == 0, timeout=1.0)
+    await until(lambda: engine.table.busy == 0, within=1.0)
+
+
+async def test_a_leaving_client_is_noticed_even_without_handler_cancellation() -> None:
+    # aiohttp's default runner does not cancel handlers when clients leave; the next
+    # decoding step notices the closed connection instead.
+    app = make_app(SimConfig(slots=1, tokens_per_second=50.0))
+    runner = web.AppRunner(app, shutdown_timeout=0.5)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    table = app[SIM_ENGINE].table
+    try:
+        async with aiohttp.ClientSession() as session:
+            request = asyncio.create_task(
+                session.post(
+                    f"http://127.0.0.1:{port}/completion", json={"prompt": "x", "n_predict": 999}
+                )
+            )
+            await until(lambda: table.busy == 1)
+            request.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await request
+        await until(lambda: table.busy == 0, within=1.0)
+    finally:
+        await runner.cleanup()
 
 
 # --------------------------------------------------------------------------- lifecycle
@@ -534,9 +573,10 @@ async def test_serve_logs_its_port_and_stops_when_cancelled(
     task = asyncio.create_task(serve(SimConfig(name="served"), "127.0.0.1", 0))
     await until(lambda: "listening on" in caplog.text)
     port = int(re.search(r"http://127\.0\.0\.1:(\d+)", caplog.text).group(1))  # type: ignore[union-attr]
-    async with aiohttp.ClientSession() as session, session.get(
-        f"http://127.0.0.1:{port}/health"
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{port}/health") as response,
+    ):
         assert response.headers["X-Sim-Server"] == "served"
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
