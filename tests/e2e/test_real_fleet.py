@@ -146,10 +146,13 @@ def test_scale_from_zero_and_plain_http(fleet: Fleet):
     assert get_json(f"http://127.0.0.1:{inference}/health")[0] == 503
     body = json.dumps({"prompt": "Hello", "n_predict": 4}).encode()
     request = urllib.request.Request(f"http://127.0.0.1:{inference}/completion", data=body)
+
+    def send() -> dict:
+        with urllib.request.urlopen(request, timeout=60) as reply:
+            return json.loads(reply.read())
+
     with ThreadPoolExecutor(1) as pool:
-        pending = pool.submit(
-            lambda: json.loads(urllib.request.urlopen(request, timeout=60).read())
-        )
+        pending = pool.submit(send)
         time.sleep(0.5)
         assert not pending.done()
         _, a = fleet.llama_server("late", slots=1)

@@ -18,9 +18,7 @@ from corral.sim import SimConfig, start
 ANY = Addr("127.0.0.1", 0)
 
 
-async def eventually(
-    check: Callable[[], Any], within: float = 5.0, what: str = "condition"
-) -> Any:
+async def eventually(check: Callable[[], Any], within: float = 5.0, what: str = "condition") -> Any:
     """Wait until ``check()`` is truthy (awaiting it if it is a coroutine)."""
     deadline = asyncio.get_running_loop().time() + within
     while True:

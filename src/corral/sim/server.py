@@ -270,7 +270,9 @@ SIM_ENGINE = web.AppKey("corral_sim_engine", SimEngine)
 """Where :func:`make_app` keeps its :class:`SimEngine` (``app[SIM_ENGINE]``)."""
 
 
-_MAX_LAG = 0.05  # a late step catches up at most this much, so tokens never burst
+# Steps are scheduled on a fixed timeline, so sleep granularity (about 1 ms) does not
+# slow fast servers down; a stall longer than this is not made up in a burst.
+_MAX_LAG = 0.05
 
 
 class _Run:
@@ -287,6 +289,7 @@ class _Run:
         self.n_decoded = 0
         self._loop = asyncio.get_running_loop()
         self._started = self._due = self._prompt_done = self._loop.time()
+        self._ended: float | None = None
 
     @property
     def finished(self) -> bool:
@@ -307,6 +310,8 @@ class _Run:
         self.engine.table.decode(self.slot)
         piece = self.plan.pieces[self.n_decoded]
         self.n_decoded += 1
+        if self.finished:
+            self._ended = self._loop.time()
         return piece
 
     async def _until_due(self) -> None:
@@ -315,7 +320,7 @@ class _Run:
         await asyncio.sleep(max(0.0, self._due - now))
 
     def timings(self) -> Timings:
-        now = self._loop.time()
+        now = self._ended if self._ended is not None else self._loop.time()
         return Timings(
             prompt_n=self.n_prompt,
             prompt_ms=1e3 * (self._prompt_done - self._started),
@@ -379,7 +384,6 @@ Kind = Literal["native", "text", "chat"]
 class _Ask:
     """One generation request, parsed and checked."""
 
-    kind: Kind
     prompt: str
     n_prompt: int
     n_predict: int
@@ -399,19 +403,12 @@ def _parse_ask(kind: Kind, body: _GenerateBody, vocab: Vocab, config: SimConfig)
         n_prompt = count_tokens(prompt) + 1  # with BOS
     else:
         prompt, n_prompt = _prompt(body.prompt, vocab)
-    if body.n_predict is not None:
-        n_predict = body.n_predict
-    elif kind == "chat" and body.max_completion_tokens is not None:
-        n_predict = body.max_completion_tokens
-    elif kind != "native" and body.max_tokens is not None:
-        n_predict = body.max_tokens
-    else:
-        n_predict = config.n_predict
-    n_predict = max(-1, n_predict)
+    # llama-server reads n_predict, then OpenAI's names for it, on every endpoint.
+    given = (body.n_predict, body.max_completion_tokens, body.max_tokens, config.n_predict)
+    n_predict = max(-1, next(n for n in given if n is not None))
     stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
     include = body.stream_options is not None and body.stream_options.include_usage
     ask = _Ask(
-        kind=kind,
         prompt=prompt,
         n_prompt=n_prompt,
         n_predict=n_predict,

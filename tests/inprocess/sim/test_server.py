@@ -405,6 +405,42 @@ async def test_embeddings_can_be_disabled(make_client: MakeClient) -> None:
     assert (await response.json())["error"]["type"] == "not_supported_error"
 
 
+async def test_the_openai_sdk_understands_the_answers() -> None:
+    openai = pytest.importorskip("openai")
+    runner, port = await start(SimConfig(tokens_per_second=1e6, api_key="k"))
+    client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k")
+    try:
+        messages = [{"role": "user", "content": "hi"}]
+        reply = await client.chat.completions.create(model="any", messages=messages, max_tokens=3)
+        assert reply.choices[0].message.content == "tok0 tok1 tok2"
+        assert reply.usage.completion_tokens == 3
+
+        stream = await client.chat.completions.create(
+            model="any",
+            messages=messages,
+            max_tokens=3,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        text, usage = "", None
+        async for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                text += chunk.choices[0].delta.content
+            usage = chunk.usage or usage
+        assert text == "tok0 tok1 tok2"
+        assert usage is not None and usage.total_tokens == usage.prompt_tokens + 3
+
+        models = [m.id async for m in await client.models.list()]
+        assert models == ["sim-model"]
+        with pytest.raises(openai.AuthenticationError):
+            await client.with_options(api_key="wrong").chat.completions.create(
+                model="any", messages=messages
+            )
+    finally:
+        await client.close()
+        await runner.cleanup()
+
+
 # --------------------------------------------------------------------------- slots & speed
 
 

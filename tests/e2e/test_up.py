@@ -1,0 +1,79 @@
+"""`corral up`, the README's first command: a working fleet, and nothing left behind."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+from support.procs import get_json, wait_until
+
+from corral.llamacpp.process import free_port
+
+pytestmark = pytest.mark.e2e
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        for child in map(int, text):
+            found += [child, *children(child)]
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_up_serves_and_stops_without_leaving_a_process():
+    inference, management = free_port(), free_port()
+    up = subprocess.Popen(
+        [
+            sys.executable, "-m", "corral", "up",
+            "--agents", "2", "--slots", "1",
+            "--inference-addr", f"127.0.0.1:{inference}",
+            "--management-addr", f"127.0.0.1:{management}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )  # fmt: skip
+    try:
+        lines = []
+        for line in up.stdout:
+            lines.append(line)
+            if "Press Ctrl-C" in line:
+                break
+        banner = "".join(lines)
+        assert f"http://127.0.0.1:{inference}" in banner, banner
+        assert "curl" in banner and "OpenAI(" in banner
+
+        status, health = get_json(f"http://127.0.0.1:{inference}/health")
+        assert status == 200 and health["slots_idle"] == 2
+        agents = get_json(f"http://127.0.0.1:{management}/api/v1/agents")[1]["agents"]
+        assert sorted(a["name"] for a in agents) == ["local-0", "local-1"]
+        body = json.dumps({"prompt": "Hello", "n_predict": 4}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{inference}/completion", data=body)
+        with urllib.request.urlopen(request, timeout=60) as reply:
+            assert json.loads(reply.read())["tokens_predicted"] == 4
+
+        spawned = children(up.pid)
+        assert len(spawned) >= 5  # balancer, 2 agents, 2 llama-servers
+        up.send_signal(signal.SIGINT)
+        assert up.wait(timeout=60) == 0
+        wait_until(lambda: not any(alive(pid) for pid in spawned), 10, "children gone")
+        assert "Stopped." in up.stdout.read()
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+        up.stdout.close()
