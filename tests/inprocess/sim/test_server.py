@@ -344,8 +344,12 @@ async def test_text_completion_stops_at_a_stop_word(make_client: MakeClient) -> 
     body = await response.json()
     assert body["object"] == "text_completion"
     [choice] = body["choices"]
-    assert choice == {"text": "tok0 tok1 tok2 ", "index": 0, "logprobs": None,
-                      "finish_reason": "stop"}  # fmt: skip
+    assert choice == {
+        "text": "tok0 tok1 tok2 ",
+        "index": 0,
+        "logprobs": None,
+        "finish_reason": "stop",
+    }
     assert body["usage"]["completion_tokens"] == 4
 
     response = await client.post(

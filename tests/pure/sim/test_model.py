@@ -119,8 +119,9 @@ def test_a_busy_slot_shows_its_task_and_progress() -> None:
     table.decode(0)
     table.decode(0, 3)
     view = table.slot(0)
-    assert view == SlotView(id=0, task=0, n_prompt=5, n_predict=10, n_decoded=4,
-                            params={"n_predict": 10})  # fmt: skip
+    assert view == SlotView(
+        id=0, task=0, n_prompt=5, n_predict=10, n_decoded=4, params={"n_predict": 10}
+    )
     assert view.is_processing
     assert view.n_remain == 6
     assert not table.slot(1).is_processing
@@ -228,7 +229,7 @@ def test_tokenize_splits_words_and_detokenize_restores_them() -> None:
     assert Vocab().tokenize("Hello  world,\nhi ") == ids  # the same ids on every server
 
 
-def test_a_vocab_forgets_nothing_it_has_no_room_for_and_writes_unknown_ids_as_nothing() -> None:
+def test_a_full_vocab_stops_learning_and_unknown_ids_detokenize_to_nothing() -> None:
     vocab = Vocab(capacity=1)
     first, second = vocab.tokenize("a b")
     assert vocab.detokenize([first, second]) == "a"
