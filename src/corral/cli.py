@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -55,13 +56,19 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
-def _env_name(flag: str) -> str:
-    return "CORRAL_" + flag.lstrip("-").upper().replace("-", "_")
+def _env_name(flag: str, prefix: str) -> str:
+    return prefix + flag.lstrip("-").upper().replace("-", "_")
 
 
-def _flag(parser: argparse.ArgumentParser, flag: str, help: str, **kw: Any) -> None:
-    """Add a flag whose default may come from ``CORRAL_<FLAG>``."""
-    env = _env_name(flag)
+def _flag(
+    parser: argparse.ArgumentParser, flag: str, help: str, prefix: str = "CORRAL_", **kw: Any
+) -> None:
+    """Add a flag whose default may come from ``<prefix><FLAG>`` (``CORRAL_<FLAG>``).
+
+    The balancer and the agent share one namespace on purpose (``--agent-token`` is
+    the same secret on both sides); ``sim`` and ``up`` have their own.
+    """
+    env = _env_name(flag, prefix)
     value = os.environ.get(env)
     if value is not None:
         if kw.get("action") == "append":
@@ -240,6 +247,7 @@ def _run_agent(args: argparse.Namespace) -> Coroutine[Any, Any, None]:
 
 # --------------------------------------------------------------------- sim
 def _sim_parser(sub: Any) -> None:
+    sflag = functools.partial(_flag, prefix="CORRAL_SIM_")
     p = sub.add_parser(
         "sim",
         help="run a simulated llama-server (for tests and benchmarks)",
@@ -248,18 +256,18 @@ def _sim_parser(sub: Any) -> None:
             "completions whose speed drops as more slots are busy. No model, no GPU."
         ),
     )
-    _flag(p, "--addr", "HOST:PORT to listen on", type=_addr, default="127.0.0.1:8090")
-    _flag(p, "--slots", "number of slots", type=_positive(int), default="4")
-    _flag(p, "--model", "model name to report", default="sim-model")
-    _flag(p, "--name", "server name (sent in X-Sim-Server)", default="sim")
-    _flag(
+    sflag(p, "--addr", "HOST:PORT to listen on", type=_addr, default="127.0.0.1:8090")
+    sflag(p, "--slots", "number of slots", type=_positive(int), default="4")
+    sflag(p, "--model", "model name to report", default="sim-model")
+    sflag(p, "--name", "server name (sent in X-Sim-Server)", default="sim")
+    sflag(
         p,
         "--tokens-per-second",
         "generation speed of one slot alone",
         type=_positive(float),
         default="50",
     )
-    _flag(p, "--api-key", "require this key, like llama-server's --api-key")
+    sflag(p, "--api-key", "require this key, like llama-server's --api-key")
     _common(p)
     p.set_defaults(func=_run_sim)
 
@@ -279,6 +287,7 @@ def _run_sim(args: argparse.Namespace) -> Coroutine[Any, Any, None]:
 
 # ---------------------------------------------------------------------- up
 def _up_parser(sub: Any) -> None:
+    uflag = functools.partial(_flag, prefix="CORRAL_UP_")
     p = sub.add_parser(
         "up",
         help="start a local fleet: a balancer, agents and llama-servers",
@@ -288,25 +297,25 @@ def _up_parser(sub: Any) -> None:
             "Ctrl-C."
         ),
     )
-    _flag(p, "--model", "GGUF file to serve (default: the bundled Gemma 3 270M)", type=Path)
-    _flag(p, "--agents", "number of llama-servers and agents", type=_positive(int), default="2")
-    _flag(p, "--slots", "slots per server (default: sized for this machine)", type=_positive(int))
-    _flag(p, "--ctx-size", "context size per slot", type=_positive(int), default="2048")
-    _flag(
+    uflag(p, "--model", "GGUF file to serve (default: the bundled Gemma 3 270M)", type=Path)
+    uflag(p, "--agents", "number of llama-servers and agents", type=_positive(int), default="2")
+    uflag(p, "--slots", "slots per server (default: sized for this machine)", type=_positive(int))
+    uflag(p, "--ctx-size", "context size per slot", type=_positive(int), default="2048")
+    uflag(
         p,
         "--inference-addr",
         "balancer HOST:PORT for applications",
         type=_addr,
         default="127.0.0.1:8061",
     )
-    _flag(
+    uflag(
         p,
         "--management-addr",
         "balancer HOST:PORT for agents",
         type=_addr,
         default="127.0.0.1:8060",
     )
-    _flag(
+    uflag(
         p,
         "--ready-timeout",
         "seconds to wait for the fleet to be ready",

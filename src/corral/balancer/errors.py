@@ -7,9 +7,12 @@ the status the client should see; handlers raise it and one middleware renders i
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from aiohttp import web
+
+log = logging.getLogger("corral.http")
 
 _TYPES = {
     400: "invalid_request_error",
@@ -82,7 +85,7 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         response: web.StreamResponse = await handler(request)
         return response
     except HTTPError as exc:
-        return exc.response()
+        error = exc
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -90,4 +93,14 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         if exc.status == 413:
             message = f"request body too large: {exc.text}"
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-        return HTTPError(exc.status, message, headers=headers).response()
+        error = HTTPError(exc.status, message, headers=headers)
+    log.log(
+        logging.WARNING if error.status >= 500 else logging.INFO,
+        "%s %s from %s -> %d %s",
+        request.method,
+        request.path,
+        request.remote,
+        error.status,
+        error.message,
+    )
+    return error.response()
