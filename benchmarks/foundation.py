@@ -70,7 +70,7 @@ def bench_pick() -> None:
             t1 = clock()
             fleet.release(decision.agent_id)
             times.append((t1 - t0) / 1000)
-        print(f"{n:>8} {pct(times, .5):>8.1f} {pct(times, .99):>8.1f} {max(times):>8.1f}")
+        print(f"{n:>8} {pct(times, 0.5):>8.1f} {pct(times, 0.99):>8.1f} {max(times):>8.1f}")
 
 
 # ----------------------------------------------------------------- helpers
@@ -129,10 +129,12 @@ async def bench_buffer_memory(count: int = 10_000) -> None:
                     break
                 await asyncio.sleep(0.2)
             after = rss_kb(proc.pid)
-            print(f"   waiting: {waiting:,}; RSS before {before / 1024:.1f} MiB, "
-                  f"with them {after / 1024:.1f} MiB: "
-                  f"{(after - before) / 1024:.1f} MiB, {(after - before) * 1024 / count:,.0f} "
-                  "bytes per waiting request")
+            print(
+                f"   waiting: {waiting:,}; RSS before {before / 1024:.1f} MiB, "
+                f"with them {after / 1024:.1f} MiB: "
+                f"{(after - before) / 1024:.1f} MiB, {(after - before) * 1024 / count:,.0f} "
+                "bytes per waiting request"
+            )
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -207,11 +209,13 @@ async def bench_data_path() -> None:
         v = await timed_requests(via, 2000, body)
         print("\n3. Latency of one non-streamed request, sequential (milliseconds)")
         print(f"   {'':10} {'p50':>8} {'p99':>8}")
-        print(f"   {'direct':10} {pct(d, .5):>8.3f} {pct(d, .99):>8.3f}")
-        print(f"   {'corral':10} {pct(v, .5):>8.3f} {pct(v, .99):>8.3f}")
-        print(f"   added:     {pct(v, .5) - pct(d, .5):>8.3f} {pct(v, .99) - pct(d, .99):>8.3f}"
-              f"   (requests/s one at a time: direct {1000 / statistics.mean(d):,.0f}, "
-              f"corral {1000 / statistics.mean(v):,.0f})")
+        print(f"   {'direct':10} {pct(d, 0.5):>8.3f} {pct(d, 0.99):>8.3f}")
+        print(f"   {'corral':10} {pct(v, 0.5):>8.3f} {pct(v, 0.99):>8.3f}")
+        print(
+            f"   added:     {pct(v, 0.5) - pct(d, 0.5):>8.3f} {pct(v, 0.99) - pct(d, 0.99):>8.3f}"
+            f"   (requests/s one at a time: direct {1000 / statistics.mean(d):,.0f}, "
+            f"corral {1000 / statistics.mean(v):,.0f})"
+        )
         stream = b'{"prompt": "hi", "n_predict": 2000, "stream": true}'
         td = await streamed_tokens(direct, 8, 5, stream)
         tv = await streamed_tokens(via, 8, 5, stream)

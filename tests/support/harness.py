@@ -63,7 +63,9 @@ class Harness:
     ) -> Agent:
         config = AgentConfig(
             local_llamacpp_addr=Addr("127.0.0.1", server_port),
-            management_addrs=(Addr("127.0.0.1", balancer.management_port),),
+            management_addrs=overrides.pop(
+                "management_addrs", (Addr("127.0.0.1", balancer.management_port),)
+            ),
             name=name,
             poll_interval=0.05,
             **overrides,

@@ -5,7 +5,8 @@ build): ``/health``, ``/props``, ``/slots``, ``/models``, the native ``/completi
 the OpenAI ``/v1/completions``, ``/v1/chat/completions`` and ``/v1/embeddings``, and
 ``/tokenize`` / ``/detokenize``. Everything it decides comes from
 :mod:`corral.sim.model`; this module only parses requests, awaits what the model
-says (a free slot, the time a step takes) and writes the answers.
+says (a free slot, the time a step takes) and writes the answers, which
+:mod:`corral.sim._formats` shapes.
 
 A generation request takes a slot for its whole run and waits in FIFO order when all
 slots are busy, as in llama-server. Streams are server-sent events: ``data: {...}``
@@ -29,20 +30,32 @@ import string
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, ClassVar, Literal, Protocol, TypeVar
+from typing import Any, Literal, TypeVar
 
 import msgspec
 from aiohttp import web
 
+from corral.sim._formats import (
+    DEFAULT_PARAMS,
+    SSE_DONE,
+    SSE_HEADERS,
+    ChatFormat,
+    Format,
+    NativeFormat,
+    TextFormat,
+    embeddings_body,
+    error_body,
+    json_response,
+    models_body,
+    props_body,
+    slot_json,
+    sse,
+)
 from corral.sim.model import (
-    CHAT_TEMPLATE,
-    EMBEDDING_DIM,
-    N_VOCAB,
     ContextExceeded,
     Job,
     Plan,
     SlotTable,
-    SlotView,
     SpeedModel,
     Ticket,
     Timings,
@@ -51,7 +64,6 @@ from corral.sim.model import (
     embed,
     plan_generation,
     render_chat,
-    token_id,
 )
 
 log = logging.getLogger(__name__)
@@ -124,34 +136,6 @@ class SimConfig:
 
 _DEFAULTS = SimConfig()
 
-# What llama-server reports as its sampling defaults (common/common.h).
-_DEFAULT_PARAMS: dict[str, Any] = {
-    "seed": 4294967295,
-    "temperature": 0.8,
-    "top_k": 40,
-    "top_p": 0.95,
-    "min_p": 0.05,
-    "n_predict": -1,
-    "max_tokens": -1,
-    "n_keep": 0,
-    "stream": False,
-    "stop": [],
-    "ignore_eos": False,
-    "chat_format": "Content-only",
-    "samplers": [
-        "penalties",
-        "dry",
-        "top_n_sigma",
-        "top_k",
-        "typ_p",
-        "top_p",
-        "min_p",
-        "xtc",
-        "temperature",
-    ],
-}
-
-
 # --------------------------------------------------------------------------- errors
 
 
@@ -165,8 +149,7 @@ class ApiError(Exception):
         self.kind = kind
 
     def response(self) -> web.Response:
-        body = {"error": {"code": self.code, "message": self.message, "type": self.kind}}
-        return _json(body, status=self.code)
+        return json_response(error_body(self.code, self.message, self.kind), status=self.code)
 
 
 def _bad_request(message: str) -> ApiError:
@@ -433,172 +416,9 @@ def _prompt(prompt: str | list[Any] | None, vocab: Vocab) -> tuple[str, int]:
     raise _bad_request("'prompt' must be a string or a list of token ids (one prompt only)")
 
 
-# --------------------------------------------------------------------------- formats
-
-
-def _usage(run: _Run) -> dict[str, Any]:
-    return {
-        "completion_tokens": run.n_decoded,
-        "prompt_tokens": run.n_prompt,
-        "total_tokens": run.n_prompt + run.n_decoded,
-        "prompt_tokens_details": {"cached_tokens": 0},
-    }
-
-
-class _Format(Protocol):
-    @property
-    def done(self) -> bool:
-        """Whether the stream ends with ``data: [DONE]``."""
-        ...
-
-    def opening(self) -> list[dict[str, Any]]: ...
-    def partial(self, piece: str, run: _Run) -> list[dict[str, Any]]: ...
-    def final(self, run: _Run) -> list[dict[str, Any]]: ...
-    def whole(self, run: _Run) -> dict[str, Any]: ...
-
-
-class _NativeFormat:
-    """``/completion``: llama.cpp's own format."""
-
-    done: ClassVar[bool] = False
-
-    def __init__(self, ask: _Ask, config: SimConfig) -> None:
-        self.ask = ask
-        self.config = config
-
-    def opening(self) -> list[dict[str, Any]]:
-        return []
-
-    def partial(self, piece: str, run: _Run) -> list[dict[str, Any]]:
-        frame = {
-            "index": 0,
-            "content": piece,
-            "tokens": [token_id(piece)],
-            "stop": False,
-            "id_slot": -1,
-            "tokens_predicted": run.n_decoded,
-            "tokens_evaluated": run.n_prompt,
-        }
-        return [frame]
-
-    def final(self, run: _Run) -> list[dict[str, Any]]:
-        return [self._result(run, content="")]
-
-    def whole(self, run: _Run) -> dict[str, Any]:
-        return self._result(run, content=run.plan.text)
-
-    def _result(self, run: _Run, content: str) -> dict[str, Any]:
-        return {
-            "index": 0,
-            "content": content,
-            "tokens": [],
-            "id_slot": run.slot,
-            "stop": True,
-            "model": self.config.model,
-            "tokens_predicted": run.n_decoded,
-            "tokens_evaluated": run.n_prompt,
-            "generation_settings": self.ask.params,
-            "prompt": "<bos>" + self.ask.prompt,
-            "has_new_line": "\n" in run.plan.text,
-            "truncated": False,
-            "stop_type": run.plan.stop_type,
-            "stopping_word": run.plan.stopping_word,
-            "tokens_cached": run.n_prompt + run.n_decoded,
-            "timings": run.timings().to_json(),
-        }
-
-
-class _OpenAIFormat:
-    """What the OpenAI formats share: id, created, model, fingerprint."""
-
-    done: ClassVar[bool] = True
-    object: ClassVar[str]
-
-    def __init__(self, ask: _Ask, config: SimConfig, ident: str, created: int) -> None:
-        self.ask = ask
-        self.head = {
-            "created": created,
-            "model": config.model,
-            "system_fingerprint": "sim",
-            "object": self.object,
-            "id": ident,
-        }
-
-    def opening(self) -> list[dict[str, Any]]:
-        return []
-
-
-class _TextFormat(_OpenAIFormat):
-    """``/v1/completions``."""
-
-    object = "text_completion"
-
-    def partial(self, piece: str, run: _Run) -> list[dict[str, Any]]:
-        return [{"choices": [self._choice(piece, None)], **self.head}]
-
-    def final(self, run: _Run) -> list[dict[str, Any]]:
-        # llama-server puts usage in the last chunk whether or not it was asked for.
-        choice = self._choice("", run.plan.finish_reason)
-        return [
-            {"choices": [choice], **self.head, "usage": _usage(run), "timings": _t(run)},
-        ]
-
-    def whole(self, run: _Run) -> dict[str, Any]:
-        choice = self._choice(run.plan.text, run.plan.finish_reason)
-        return {"choices": [choice], **self.head, "usage": _usage(run), "timings": _t(run)}
-
-    @staticmethod
-    def _choice(text: str, finish: str | None) -> dict[str, Any]:
-        return {"text": text, "index": 0, "logprobs": None, "finish_reason": finish}
-
-
-class _ChatFormat(_OpenAIFormat):
-    """``/v1/chat/completions``."""
-
-    object = "chat.completion.chunk"
-
-    def opening(self) -> list[dict[str, Any]]:
-        return [self._chunk({"role": "assistant", "content": None}, None)]
-
-    def partial(self, piece: str, run: _Run) -> list[dict[str, Any]]:
-        return [self._chunk({"content": piece}, None)]
-
-    def final(self, run: _Run) -> list[dict[str, Any]]:
-        last = self._chunk({}, run.plan.finish_reason)
-        if not self.ask.include_usage:
-            return [{**last, "timings": _t(run)}]
-        usage = {"choices": [], **self.head, "usage": _usage(run), "timings": _t(run)}
-        return [last, usage]
-
-    def whole(self, run: _Run) -> dict[str, Any]:
-        message = {"role": "assistant", "content": run.plan.text}
-        choice = {"finish_reason": run.plan.finish_reason, "index": 0, "message": message}
-        head = {**self.head, "object": "chat.completion"}
-        return {"choices": [choice], **head, "usage": _usage(run), "timings": _t(run)}
-
-    def _chunk(self, delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
-        return {"choices": [{"finish_reason": finish, "index": 0, "delta": delta}], **self.head}
-
-
-def _t(run: _Run) -> dict[str, int | float]:
-    return run.timings().to_json()
-
-
-def _json(body: Any, status: int = 200) -> web.Response:
-    return web.Response(
-        body=msgspec.json.encode(body),
-        status=status,
-        headers={"Content-Type": "application/json; charset=utf-8"},
-    )
-
-
-def _sse(frames: list[dict[str, Any]]) -> bytes:
-    return b"".join(b"data: " + msgspec.json.encode(f) + b"\n\n" for f in frames)
-
-
 def _params(ask: _Ask, body: _GenerateBody) -> dict[str, Any]:
     """The request's sampling settings as llama-server echoes them."""
-    params = dict(_DEFAULT_PARAMS)
+    params = dict(DEFAULT_PARAMS)
     params.update(
         n_predict=ask.n_predict,
         max_tokens=ask.n_predict,
@@ -632,13 +452,15 @@ async def _generate(request: web.Request, kind: Kind) -> web.StreamResponse:
     except ContextExceeded as exc:
         raise ApiError(400, str(exc), "exceed_context_size_error") from exc
 
-    fmt: _Format
+    fmt: Format
     if kind == "native":
-        fmt = _NativeFormat(ask, config)
+        fmt = NativeFormat(config.model, ask.prompt, ask.params)
     elif kind == "text":
-        fmt = _TextFormat(ask, config, engine.new_id(), int(time.time()))
+        fmt = TextFormat(config.model, engine.new_id(), int(time.time()))
     else:
-        fmt = _ChatFormat(ask, config, engine.new_id(), int(time.time()))
+        fmt = ChatFormat(
+            config.model, engine.new_id(), int(time.time()), include_usage=ask.include_usage
+        )
 
     async with engine.occupy(Job(ask.n_prompt, ask.n_predict, ask.params)) as ticket:
         assert ticket.slot is not None
@@ -652,13 +474,10 @@ async def _generate(request: web.Request, kind: Kind) -> web.StreamResponse:
         except _ClientGone:
             log.debug("client left; slot %d freed", ticket.slot)
             return web.Response(status=499)
-        return _json(fmt.whole(run))
+        return json_response(fmt.whole(run))
 
 
-_SSE_HEADERS = {"Content-Type": "text/event-stream", "X-Accel-Buffering": "no"}
-
-
-async def _stream(request: web.Request, run: _Run, fmt: _Format) -> web.StreamResponse:
+async def _stream(request: web.Request, run: _Run, fmt: Format) -> web.StreamResponse:
     """Write the run as server-sent events; headers go out with the first token, as in
     llama-server (so a queued request has no response yet)."""
     response: web.StreamResponse | None = None
@@ -666,10 +485,10 @@ async def _stream(request: web.Request, run: _Run, fmt: _Format) -> web.StreamRe
     async def send(frames: list[dict[str, Any]], tail: bytes = b"") -> None:
         nonlocal response
         if response is None:
-            response = web.StreamResponse(headers=_SSE_HEADERS)
+            response = web.StreamResponse(headers=SSE_HEADERS)
             await response.prepare(request)
             frames = fmt.opening() + frames
-        await response.write(_sse(frames) + tail)
+        await response.write(sse(frames) + tail)
 
     try:
         await run.read_prompt()
@@ -677,7 +496,7 @@ async def _stream(request: web.Request, run: _Run, fmt: _Format) -> web.StreamRe
             piece = await run.step()
             if piece:
                 await send(fmt.partial(piece, run))
-        await send(fmt.final(run), b"data: [DONE]\n\n" if fmt.done else b"")
+        await send(fmt.final(run), SSE_DONE if fmt.done else b"")
         assert response is not None
         await response.write_eof()
     except (_ClientGone, ConnectionResetError):
@@ -699,49 +518,19 @@ async def _chat_completion(request: web.Request) -> web.StreamResponse:
 
 
 async def _health(request: web.Request) -> web.Response:
-    return _json({"status": "ok"})
+    return json_response({"status": "ok"})
 
 
 async def _props(request: web.Request) -> web.Response:
     config = request.app[SIM_ENGINE].config
-    params = {**_DEFAULT_PARAMS, "n_predict": config.n_predict, "max_tokens": config.n_predict}
-    return _json(
-        {
-            "default_generation_settings": {"params": params, "n_ctx": config.n_ctx},
-            "total_slots": config.slots,
-            "model_alias": config.model,
-            "model_path": f"/models/{config.model}.gguf",
-            "modalities": {"vision": False, "audio": False},
-            "endpoint_slots": config.slots_endpoint,
-            "endpoint_props": False,
-            "endpoint_metrics": False,
-            "chat_template": CHAT_TEMPLATE,
-            "bos_token": "<bos>",
-            "eos_token": "<eos>",
-            "build_info": "sim",
-            "is_sleeping": False,
-        }
+    body = props_body(
+        model=config.model,
+        n_ctx=config.n_ctx,
+        slots=config.slots,
+        n_predict=config.n_predict,
+        slots_endpoint=config.slots_endpoint,
     )
-
-
-def _slot_json(view: SlotView, n_ctx: int) -> dict[str, Any]:
-    return {
-        "id": view.id,
-        "id_task": view.task,
-        "n_ctx": n_ctx,
-        "speculative": False,
-        "is_processing": view.is_processing,
-        "n_prompt_tokens": view.n_prompt,
-        "params": dict(view.params) if view.params else dict(_DEFAULT_PARAMS),
-        "next_token": [
-            {
-                "has_next_token": view.is_processing,
-                "has_new_line": False,
-                "n_remain": view.n_remain,
-                "n_decoded": view.n_decoded,
-            }
-        ],
-    }
+    return json_response(body)
 
 
 async def _slots(request: web.Request) -> web.Response:
@@ -752,43 +541,12 @@ async def _slots(request: web.Request) -> web.Response:
             "This server does not support slots endpoint. Start it with `--slots`",
             "not_supported_error",
         )
-    return _json([_slot_json(view, engine.config.n_ctx) for view in engine.table.slots])
+    return json_response([slot_json(view, engine.config.n_ctx) for view in engine.table.slots])
 
 
 async def _models(request: web.Request) -> web.Response:
     config = request.app[SIM_ENGINE].config
-    model = config.model
-    meta = {
-        "vocab_type": 1,
-        "n_vocab": N_VOCAB,
-        "n_ctx": config.n_ctx,
-        "n_ctx_train": config.n_ctx,
-        "n_embd": EMBEDDING_DIM,
-    }
-    return _json(
-        {
-            "models": [
-                {
-                    "name": model,
-                    "model": model,
-                    "type": "model",
-                    "capabilities": ["completion"],
-                    "details": {"format": "gguf"},
-                }
-            ],
-            "object": "list",
-            "data": [
-                {
-                    "id": model,
-                    "aliases": [model],
-                    "object": "model",
-                    "created": int(time.time()),
-                    "owned_by": "llamacpp",
-                    "meta": meta,
-                }
-            ],
-        }
-    )
+    return json_response(models_body(config.model, config.n_ctx, int(time.time())))
 
 
 async def _embeddings(request: web.Request) -> web.Response:
@@ -814,18 +572,8 @@ async def _embeddings(request: web.Request) -> web.Response:
         else:
             raise _bad_request("'input' must be a string, token ids, or a list of either")
     n_tokens = sum(count_tokens(t) for t in texts)
-    data = [
-        {"embedding": embed(text, seed=engine.config.seed), "index": i, "object": "embedding"}
-        for i, text in enumerate(texts)
-    ]
-    return _json(
-        {
-            "model": engine.config.model,
-            "object": "list",
-            "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
-            "data": data,
-        }
-    )
+    vectors = [embed(text, seed=engine.config.seed) for text in texts]
+    return json_response(embeddings_body(engine.config.model, vectors, n_tokens))
 
 
 async def _tokenize(request: web.Request) -> web.Response:
@@ -833,14 +581,14 @@ async def _tokenize(request: web.Request) -> web.Response:
     body = await _read(request, _TokenizeBody)
     ids = vocab.tokenize(body.content)
     if body.with_pieces:
-        return _json({"tokens": [{"id": i, "piece": vocab.piece(i)} for i in ids]})
-    return _json({"tokens": ids})
+        return json_response({"tokens": [{"id": i, "piece": vocab.piece(i)} for i in ids]})
+    return json_response({"tokens": ids})
 
 
 async def _detokenize(request: web.Request) -> web.Response:
     vocab = request.app[SIM_ENGINE].vocab
     body = await _read(request, _DetokenizeBody)
-    return _json({"content": vocab.detokenize(body.tokens)})
+    return json_response({"content": vocab.detokenize(body.tokens)})
 
 
 # --------------------------------------------------------------------------- app

@@ -195,3 +195,28 @@ async def test_two_level_tree(harness: Harness):
 
     served = await asyncio.gather(*(one() for _ in range(5)))
     assert sorted(served) == ["c1", "c1", "c2", "c2", "direct"]
+
+
+async def test_an_agent_reports_to_two_balancers(harness: Harness):
+    from corral.addr import Addr
+
+    first = await harness.balancer()
+    second = await harness.balancer()
+    _, port = await harness.sim(name="s", slots=3)
+    both = await harness.agent(
+        port,
+        first,
+        name="ha2",
+        management_addrs=(
+            Addr("127.0.0.1", first.management_port),
+            Addr("127.0.0.1", second.management_port),
+        ),
+        wait_ready=False,
+    )
+    await eventually(lambda: any(a.name == "ha2" and a.routable for a in second.fleet))
+    await eventually(lambda: any(a.name == "ha2" and a.routable for a in first.fleet))
+    for balancer in (first, second):
+        async with harness.http.post(url(balancer, CHAT), json=BODY) as r:
+            assert r.status == 200
+    await both.stop()
+    await eventually(lambda: not any(a.name == "ha2" for a in second.fleet))

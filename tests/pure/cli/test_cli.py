@@ -1,0 +1,75 @@
+"""The command line: flags, environment variables, clear errors."""
+
+import pytest
+
+from corral.addr import Addr
+from corral.cli import main, parser
+
+
+def test_flags_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("CORRAL_INFERENCE_ADDR", "0.0.0.0:9000")
+    monkeypatch.setenv("CORRAL_API_KEY", "a, b")
+    monkeypatch.setenv("CORRAL_MAX_BUFFERED_REQUESTS", "7")
+    args = parser().parse_args(["balancer"])
+    assert args.inference_addr == Addr("0.0.0.0", 9000)
+    assert args.api_key == ["a", "b"]
+    assert args.max_buffered_requests == 7
+
+
+def test_command_line_wins_over_the_environment(monkeypatch):
+    monkeypatch.setenv("CORRAL_INFERENCE_ADDR", "0.0.0.0:9000")
+    args = parser().parse_args(["balancer", "--inference-addr", "127.0.0.1:1"])
+    assert args.inference_addr == Addr("127.0.0.1", 1)
+
+
+def test_sim_has_its_own_namespace(monkeypatch):
+    monkeypatch.setenv("CORRAL_SIM_SLOTS", "3")
+    monkeypatch.setenv("CORRAL_API_KEY", "balancer-key")
+    args = parser().parse_args(["sim"])
+    assert args.slots == 3 and args.api_key is None
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["balancer", "--inference-addr", "nowhere"], "expected HOST:PORT"),
+        (["balancer", "--buffered-request-timeout", "-1"], "must be greater than 0"),
+        (["balancer", "--max-buffered-requests", "lots"], "not a whole number"),
+        (["agent", "--local-llamacpp-addr", "127.0.0.1:8080"], "--management-addr"),
+        (["launch"], "invalid choice"),
+    ],
+)
+def test_bad_input_is_a_clear_error_not_a_traceback(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code not in (0, None)
+    captured = capsys.readouterr()
+    assert message in captured.err + str(exit_info.value.code)
+    assert "Traceback" not in captured.err
+
+
+def test_api_key_file(tmp_path, monkeypatch):
+    keys = tmp_path / "keys"
+    keys.write_text("# clients\nk1\n\nk2\n")
+    from corral import cli
+
+    captured = {}
+
+    async def fake_run(config):
+        captured["config"] = config
+
+    monkeypatch.setattr("corral.balancer.run", fake_run)
+    args = parser().parse_args(["balancer", "--api-key", "k0", "--api-key-file", str(keys)])
+    coro = cli._run_balancer(args)
+    import asyncio
+
+    asyncio.run(coro)
+    assert captured["config"].api_keys == ("k0", "k1", "k2")
+
+
+def test_missing_api_key_file_is_a_clear_error(tmp_path):
+    args = parser().parse_args(["balancer", "--api-key-file", str(tmp_path / "nope")])
+    from corral import cli
+
+    with pytest.raises(SystemExit, match="cannot read --api-key-file"):
+        cli._run_balancer(args)
