@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import random
 import socket
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,6 +54,9 @@ class AgentConfig:
     """Backoff bounds, in seconds, for reconnecting to a balancer."""
     props_every: float = 30.0
     """Seconds between reads of ``/props`` and ``/v1/models`` while the server is up."""
+    socket_heartbeat: float = 5.0
+    """Seconds between WebSocket pings; a balancer that stops answering them is
+    dropped and reconnected (a vanished peer is otherwise noticed only by TCP)."""
 
     @property
     def external_url(self) -> str:
@@ -71,6 +75,7 @@ class Agent:
         self._props_at = 0.0
         self._poll_lock = asyncio.Lock()
         self.links: dict[str, str] = {}  # balancer URL -> "connected" / reason
+        self._delay: dict[str, float] = {}  # balancer URL -> next reconnect delay
 
     # ------------------------------------------------------------ monitor
     async def _get(self, path: str) -> Fetched:
@@ -81,13 +86,14 @@ class Agent:
             headers["Authorization"] = f"Bearer {self.config.llamacpp_api_key}"
         try:
             async with self._session.get(url, headers=headers) as response:
-                text = await response.text()
+                data = await response.read()
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             return Fetched(error=str(exc) or type(exc).__name__)
         try:
-            return Fetched(response.status, json.loads(text) if text else None)
-        except ValueError:
-            return Fetched(response.status, text[:200], error="answer is not JSON")
+            return Fetched(response.status, json.loads(data) if data else None)
+        except (ValueError, RecursionError):
+            text = data[:200].decode(errors="replace")
+            return Fetched(response.status, text, error="answer is not JSON")
 
     async def poll(self) -> m.ServerStatus:
         """Read the server once and publish the status if it changed."""
@@ -129,17 +135,19 @@ class Agent:
 
     async def _monitor(self) -> None:
         while True:
-            await self.poll()
+            try:
+                await self.poll()
+            except Exception:  # never let one odd answer stop the monitor
+                log.exception("reading the server failed")
             await asyncio.sleep(self.config.poll_interval)
 
     # --------------------------------------------------------------- links
     async def _link(self, addr: Addr) -> None:
         url = addr.url() + "/api/v1/agent-socket"
-        delay = self.config.reconnect_min
+        self._delay[url] = self.config.reconnect_min
         while True:
             try:
                 await self._session_with(url)
-                delay = self.config.reconnect_min
                 reason = "connection closed"
             except aiohttp.WSServerHandshakeError as exc:
                 reason = (
@@ -151,17 +159,23 @@ class Agent:
                 reason = str(exc) or type(exc).__name__
             except m.ProtocolError as exc:
                 reason = str(exc)
+            except Exception as exc:  # a bug must not end the link for good
+                log.exception("link to %s failed", url)
+                reason = f"{type(exc).__name__}: {exc}"
             self.links[url] = reason
+            delay = self._delay[url] * random.uniform(0.8, 1.2)
             log.warning("balancer %s: %s; reconnecting in %.1fs", addr, reason, delay)
             await asyncio.sleep(delay)
-            delay = min(self.config.reconnect_max, delay * 2)
+            self._delay[url] = min(self.config.reconnect_max, self._delay[url] * 2)
 
     async def _session_with(self, url: str) -> None:
         assert self._session is not None
         headers = {}
         if self.config.agent_token:
             headers["Authorization"] = f"Bearer {self.config.agent_token}"
-        async with self._session.ws_connect(url, headers=headers, heartbeat=None) as ws:
+        async with self._session.ws_connect(
+            url, headers=headers, heartbeat=self.config.socket_heartbeat
+        ) as ws:
             register = m.Register(
                 version=m.PROTOCOL_VERSION,
                 name=self.config.name,
@@ -179,10 +193,11 @@ class Agent:
             if not isinstance(answer, m.Registered):
                 raise m.ProtocolError(f"expected registered, got {type(answer).__name__}")
             self.links[url] = "connected"
+            self._delay[url] = self.config.reconnect_min
             log.info("registered with %s as %s", url, answer.agent_id)
             receiver = asyncio.create_task(self._receive(ws))
             try:
-                await self._report(ws, answer.heartbeat_interval, receiver)
+                await self._report(ws, answer.heartbeat_interval, receiver, register.status)
             finally:
                 receiver.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -192,19 +207,23 @@ class Agent:
                         await ws.send_bytes(m.encode(m.Deregister("agent stopping")))
 
     async def _report(
-        self, ws: aiohttp.ClientWebSocketResponse, interval: float, receiver: asyncio.Task[Any]
+        self,
+        ws: aiohttp.ClientWebSocketResponse,
+        interval: float,
+        receiver: asyncio.Task[Any],
+        sent: m.ServerStatus,
     ) -> None:
-        sent = self.status
+        """Send the status when it differs from the last one sent, else a heartbeat."""
         while not receiver.done():
+            if self.status != sent:
+                sent = self.status
+                await ws.send_bytes(m.encode(m.Status(sent)))
             changed = asyncio.ensure_future(self._changed.wait())
             done, _ = await asyncio.wait({changed, receiver}, timeout=interval)
             changed.cancel()
             if receiver in done:
                 return
-            if self.status is not sent:
-                sent = self.status
-                await ws.send_bytes(m.encode(m.Status(sent)))
-            else:
+            if not done:  # nothing changed for a whole interval
                 await ws.send_bytes(m.encode(m.Heartbeat()))
 
     async def _receive(self, ws: aiohttp.ClientWebSocketResponse) -> None:
@@ -217,7 +236,12 @@ class Agent:
                 log.warning("ignored a bad frame from the balancer: %s", exc)
                 continue
             if isinstance(message, m.Refresh):
-                await ws.send_bytes(m.encode(m.Status(await self.poll())))
+                try:
+                    status = await self.poll()
+                except Exception:
+                    log.exception("reading the server failed")
+                    status = self.status
+                await ws.send_bytes(m.encode(m.Status(status)))
             elif isinstance(message, m.Error):
                 log.warning("balancer says: %s", message.message)
                 if message.fatal:
@@ -237,7 +261,7 @@ class Agent:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
         if self._session is not None:

@@ -49,6 +49,7 @@ class Dispatcher:
         self._expiry: asyncio.TimerHandle | None = None
         self._changed = asyncio.Event()
         self._watchers = 0
+        self._closed = False
 
     # ------------------------------------------------------------ requests
     async def acquire(self, request: RequestInfo) -> Slot:
@@ -57,6 +58,8 @@ class Dispatcher:
         Raises :class:`HTTPError`: 404 unknown model, 429 buffer full, 503 waited
         too long. If the caller is cancelled while waiting, nothing is left behind.
         """
+        if self._closed:
+            raise HTTPError(503, "Corral: the balancer is shutting down", retry_after=1)
         now = self.clock.now()
         try:
             result = self.scheduler.submit(request, now)
@@ -71,9 +74,9 @@ class Dispatcher:
             return self._slot(result.agent_id, 0.0)
         if isinstance(result, Reject):
             raise _reject_error(result)
-        return await self._wait(result)
+        return await self._wait(result, request)
 
-    async def _wait(self, waiter: Waiter) -> Slot:
+    async def _wait(self, waiter: Waiter, request: RequestInfo) -> Slot:
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         waiter.token = future
         self._arm_expiry()
@@ -86,6 +89,8 @@ class Dispatcher:
             elif future.done() and not future.cancelled() and future.exception() is None:
                 self.release(future.result())  # got a slot just as the client left
             raise
+        if agent_id not in self.fleet:  # it left between the assignment and now
+            return await self.acquire(request)
         return self._slot(agent_id, waiter.waited(self.clock.now()))
 
     def _slot(self, agent_id: str, waited: float) -> Slot:
@@ -119,16 +124,20 @@ class Dispatcher:
     # -------------------------------------------------------------- events
     def changed(self) -> None:
         """The fleet may have free capacity: hand it to waiting requests."""
-        for outcome in self.scheduler.drain():
-            future = outcome.waiter.token
-            assert isinstance(future, asyncio.Future)
-            if isinstance(outcome, Assigned):
-                if future.done():  # its client left between drain and now
-                    self.fleet.release(outcome.agent_id)
-                    continue
-                future.set_result(outcome.agent_id)
-            elif not future.done():
-                future.set_exception(_reject_error(outcome.reject))
+        again = True
+        while again:
+            again = False
+            for outcome in self.scheduler.drain():
+                future = outcome.waiter.token
+                assert isinstance(future, asyncio.Future)
+                if isinstance(outcome, Assigned):
+                    if future.done():  # its client left: the slot goes to the next one
+                        self.fleet.release(outcome.agent_id)
+                        again = True
+                        continue
+                    future.set_result(outcome.agent_id)
+                elif not future.done():
+                    future.set_exception(_reject_error(outcome.reject))
         self._notify()
 
     def _arm_expiry(self) -> None:
@@ -162,7 +171,8 @@ class Dispatcher:
         self._arm_expiry()
 
     def close(self) -> None:
-        """Fail every waiting request (shutdown)."""
+        """Fail every waiting request, and refuse new ones (shutdown)."""
+        self._closed = True
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None

@@ -75,7 +75,8 @@ class HTTPError(Exception):
 def sse_error_event(status: int, message: str) -> bytes:
     """A final SSE event telling a streaming client the response broke off."""
     body = HTTPError(status, message).body()
-    return b"data: " + json.dumps(body).encode() + b"\n\n"
+    # The blank line first ends any event the server left half-written.
+    return b"\n\ndata: " + json.dumps(body).encode() + b"\n\n"
 
 
 @web.middleware

@@ -76,6 +76,7 @@ class Management:
         management_token: str | None,
         heartbeat_interval: float,
         stream_interval: float = 0.1,
+        socket_heartbeat: float = 5.0,
     ) -> None:
         self.dispatcher = dispatcher
         self.fleet = dispatcher.fleet
@@ -84,8 +85,11 @@ class Management:
         self.management_token = management_token
         self.heartbeat_interval = heartbeat_interval
         self.stream_interval = stream_interval
+        self.socket_heartbeat = socket_heartbeat
+        self._streams: set[asyncio.Task[Any]] = set()
         self.sockets: dict[str, web.WebSocketResponse] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._closing = False
 
     def install(self, app: web.Application) -> None:
         app.router.add_get("/api/v1/agent-socket", self.agent_socket)
@@ -148,6 +152,19 @@ class Management:
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
         await response.prepare(request)
+        task = asyncio.current_task()
+        assert task is not None
+        self._streams.add(task)
+        try:
+            await self._stream(response)
+        except asyncio.CancelledError:
+            if not self._closing:
+                raise
+        finally:
+            self._streams.discard(task)
+        return response
+
+    async def _stream(self, response: web.StreamResponse) -> None:
         while True:
             payload = json.dumps(self.snapshot())
             await response.write(f"event: fleet\ndata: {payload}\n\n".encode())
@@ -162,7 +179,9 @@ class Management:
         if not self._bearer_ok(request, self.agent_token):
             log.warning("agent from %s refused: wrong or missing agent token", request.remote)
             raise HTTPError(401, "agent token missing or wrong (--agent-token)")
-        ws = web.WebSocketResponse(max_msg_size=MAX_FRAME, heartbeat=None)
+        # WebSocket pings find a vanished peer (half-open TCP) and close its socket,
+        # which removes the agent; protocol heartbeats say the agent itself is alive.
+        ws = web.WebSocketResponse(max_msg_size=MAX_FRAME, heartbeat=self.socket_heartbeat)
         await ws.prepare(request)
         session = _AgentSession(self, ws, request.remote or "?")
         try:
@@ -183,7 +202,10 @@ class Management:
         task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
-        """Close every agent socket (shutdown)."""
+        """End event streams and close every agent socket (shutdown)."""
+        self._closing = True
+        for task in list(self._streams):
+            task.cancel()
         for ws in list(self.sockets.values()):
             await ws.close(message=b"balancer shutting down")
         for task in list(self._tasks):
@@ -258,8 +280,8 @@ class _AgentSession:
                 log.info("agent %s is now %s", agent.name, agent.state.value)
             self.mgmt.dispatcher.changed()
         elif isinstance(message, m.Heartbeat):
-            fleet.heartbeat(self.agent_id, now)
-            self.mgmt.dispatcher.changed()
+            if fleet.heartbeat(self.agent_id, now):
+                self.mgmt.dispatcher.changed()
         elif isinstance(message, m.Deregister):
             self.leave(f"deregistered ({message.reason or 'no reason given'})")
         else:  # a second register

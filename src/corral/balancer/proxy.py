@@ -50,7 +50,8 @@ _HOP_BY_HOP = frozenset(
         "content-length",
     }
 )
-_DROP_REQUEST = _HOP_BY_HOP | {"authorization", "x-api-key"}
+# aiohttp hands us request bodies already decompressed, so their encoding goes too.
+_DROP_REQUEST = _HOP_BY_HOP | {"authorization", "x-api-key", "content-encoding"}
 _PUBLIC_PATHS = frozenset({"/health", "/v1/health"})
 _READ_WHOLE_LIMIT = 4 * 1024 * 1024  # non-streamed bodies up to this are sent in one go
 
@@ -97,7 +98,7 @@ class InferenceProxy:
         self.dispatcher = dispatcher
         self.fleet = dispatcher.fleet
         self.session = session
-        self.api_keys = tuple(k.encode() for k in api_keys)
+        self.api_keys = tuple(k.encode() for k in api_keys if k)
         self.max_attempts = max_attempts
         self.started = int(time.time())
         self._light_turn = 0
@@ -108,6 +109,8 @@ class InferenceProxy:
     # ------------------------------------------------------------- routing
     async def handle(self, request: web.Request) -> web.StreamResponse:
         path = request.path
+        if request.method == "OPTIONS":
+            return _preflight(request)
         kind = classify(request.method, path)
         if self.api_keys and path not in _PUBLIC_PATHS:
             self._check_key(request)
@@ -123,9 +126,7 @@ class InferenceProxy:
                 f"{request.method} {path} is a per-server endpoint and is not exposed "
                 "through the balancer (fleet metrics are on the management listener)",
             )
-        if request.method == "OPTIONS" or any(
-            classify(m, path) is not None for m in ("GET", "POST")
-        ):
+        if any(classify(m, path) is not None for m in ("GET", "POST")):
             allowed = [m for m in ("GET", "POST") if classify(m, path) is not None]
             raise HTTPError(
                 405,
@@ -140,7 +141,7 @@ class InferenceProxy:
         header = request.headers.get("Authorization", "")
         key = header[7:] if header[:7].lower() == "bearer " else request.headers.get("x-api-key")
         if key is not None:
-            given = key.strip().encode()
+            given = key.strip().encode(errors="surrogateescape")
             if any(hmac.compare_digest(given, k) for k in self.api_keys):
                 return
         raise HTTPError(401, "Invalid API Key")
@@ -158,7 +159,9 @@ class InferenceProxy:
     # ----------------------------------------------------------- data path
     async def _proxy(self, request: web.Request, *, slot: bool) -> web.StreamResponse:
         body = await request.read()
-        model = request_model(body) if request.method == "POST" else None
+        model = None
+        if request.method == "POST" and "multipart" not in request.content_type:
+            model = request_model(body)
         info = RequestInfo(request.path, model)
         headers = _upstream_headers(request.headers)
         last_error = ""
@@ -213,9 +216,13 @@ class InferenceProxy:
                 healthy = False
                 raise _Retry(f"{target.name}: {_describe(exc)}") from None
             if upstream.status == 503:
-                reason = (await upstream.read())[:200].decode(errors="replace")
-                upstream.release()
                 healthy = False
+                try:
+                    reason = (await upstream.read())[:200].decode(errors="replace")
+                except (aiohttp.ClientError, TimeoutError, OSError):
+                    reason = ""
+                finally:
+                    upstream.close()
                 raise _Retry(f"{target.name}: 503 {reason}")
             try:
                 response, healthy = await self._relay(request, upstream, target)
@@ -278,3 +285,17 @@ def _upstream_headers(incoming: Mapping[str, str]) -> CIMultiDict[str]:
         if key.lower() not in _DROP_REQUEST:
             headers.add(key, value)
     return headers
+
+
+def _preflight(request: web.Request) -> web.Response:
+    """Answer a CORS preflight as llama-server does (browsers send it keyless)."""
+    asked = request.headers.get("Access-Control-Request-Headers", "*")
+    return web.Response(
+        status=200,
+        headers={
+            "Access-Control-Allow-Origin": request.headers.get("Origin", "*"),
+            "Access-Control-Allow-Credentials": "true",
+            "Access-Control-Allow-Methods": "GET, POST",
+            "Access-Control-Allow-Headers": asked,
+        },
+    )

@@ -83,6 +83,7 @@ class Balancer:
             agent_token=config.agent_token,
             management_token=config.management_token,
             heartbeat_interval=config.heartbeat_interval,
+            socket_heartbeat=config.heartbeat_timeout,
         )
         self._session: aiohttp.ClientSession | None = None
         self._runners: list[web.AppRunner] = []

@@ -35,7 +35,6 @@ _SLOT_POST: Final = (
     "/v1/completions",
     "/chat/completions",
     "/v1/chat/completions",
-    "/api/chat",
     "/v1/responses",
     "/responses",
     "/v1/messages",
@@ -47,6 +46,8 @@ _SLOT_POST: Final = (
     "/reranking",
     "/v1/rerank",
     "/v1/reranking",
+    "/audio/transcriptions",
+    "/v1/audio/transcriptions",
 )
 
 _LIGHT_POST: Final = (
@@ -56,11 +57,7 @@ _LIGHT_POST: Final = (
     "/v1/messages/count_tokens",
 )
 
-_LIGHT_GET: Final = (
-    "/lora-adapters",
-    "/api/tags",
-    "/api/show",
-)
+_LIGHT_GET: Final = ("/lora-adapters",)
 
 _FLEET_GET: Final = (
     "/health",

@@ -174,7 +174,9 @@ class Fleet:
     def __init__(self) -> None:
         self._agents: dict[str, Agent] = {}
         self._pools: dict[str | None, _Pool] = {}
-        self._model_refs: dict[str, int] = {}  # model -> number of agents reporting it
+        # model (None: the server named none) -> number of agents reporting it
+        self._model_refs: dict[str | None, int] = {}
+        self._models: list[str] | None = None  # sorted named models, cached
         self.version = 0  # bumped on every change, for watchers
 
     # ------------------------------------------------------------------ queries
@@ -194,8 +196,14 @@ class Fleet:
             raise FleetError(f"unknown agent {agent_id!r}") from None
 
     def models(self) -> list[str]:
-        """Models reported by any registered agent (ready or not), sorted."""
-        return sorted(self._model_refs)
+        """Models named by any registered agent (ready or not), sorted."""
+        if self._models is None:
+            self._models = sorted(m for m in self._model_refs if m is not None)
+        return self._models
+
+    def has_unnamed_model(self) -> bool:
+        """Whether some agent's server did not say which model it runs."""
+        return None in self._model_refs
 
     def candidates(self, models: Iterable[str | None]) -> Iterator[Agent]:
         """Routable agents of these models with a free slot, most free slots first.
@@ -251,6 +259,7 @@ class Fleet:
             last_seen=now,
         )
         self._agents[agent_id] = agent
+        self._ref_model(None)
         self._changed()
         return agent
 
@@ -260,8 +269,7 @@ class Fleet:
         self._unindex(agent)
         if agent.model != report.model:
             self._unref_model(agent.model)
-            if report.model is not None:
-                self._model_refs[report.model] = self._model_refs.get(report.model, 0) + 1
+            self._ref_model(report.model)
         agent.condition = report.condition
         agent.model = report.model
         agent.slots_total = report.slots_total
@@ -278,14 +286,16 @@ class Fleet:
         self._changed()
         return agent
 
-    def heartbeat(self, agent_id: str, now: float) -> Agent:
+    def heartbeat(self, agent_id: str, now: float) -> bool:
+        """Note that the agent is alive; ``True`` if that changed its state."""
         agent = self.get(agent_id)
         agent.last_seen = now
-        if not agent.heartbeat_ok:
-            agent.heartbeat_ok = True
-            self._reindex(agent)
-            self._changed()
-        return agent
+        if agent.heartbeat_ok:
+            return False
+        agent.heartbeat_ok = True
+        self._reindex(agent)
+        self._changed()
+        return True
 
     def remove(self, agent_id: str) -> Agent:
         agent = self.get(agent_id)
@@ -354,14 +364,19 @@ class Fleet:
     def _changed(self) -> None:
         self.version += 1
 
+    def _ref_model(self, model: str | None) -> None:
+        count = self._model_refs.get(model, 0)
+        self._model_refs[model] = count + 1
+        if not count:
+            self._models = None
+
     def _unref_model(self, model: str | None) -> None:
-        if model is None:
-            return
         left = self._model_refs[model] - 1
         if left:
             self._model_refs[model] = left
         else:
             del self._model_refs[model]
+            self._models = None
 
     def _index(self, agent: Agent) -> None:
         free = agent.free

@@ -14,7 +14,8 @@ A pick runs in three steps, each a place to extend the policy:
 
 1. **Pools** (:func:`resolve_pools`): which models may serve the request. With one
    model in the fleet any ``model`` value is accepted, as llama-server does; with
-   several, ``model`` picks the pool and an unknown one is rejected.
+   several, ``model`` picks the pool and an unknown one is rejected. Servers that
+   name no model take requests that name none, or any name when no server names one.
 2. **Candidates**: routable agents of those pools with a free slot, most free slots
    first, ties in rotating order (from the fleet's index; no scan of the fleet).
 3. **Rules**: each :class:`Rule` may veto a candidate (a LoRA adapter it lacks, a
@@ -68,15 +69,15 @@ class Rule(Protocol):
 
 def resolve_pools(fleet: Fleet, request: RequestInfo) -> list[str | None] | Reject | Wait:
     """The models whose servers may take this request."""
-    models = fleet.models()
-    if not models:
+    if not len(fleet):
         return Wait("no server has registered yet")
+    models = fleet.models()
     if request.model is None:
         return [*models, None]
     if request.model in models:
         return [request.model]
-    if len(models) == 1:
-        return [models[0], None]
+    if len(models) <= 1:  # one model (or servers that name none): any name will do
+        return [*models, None]
     return Reject(
         404,
         f"The model `{request.model}` does not exist. Available models: {', '.join(models)}",

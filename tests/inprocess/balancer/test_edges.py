@@ -220,3 +220,38 @@ async def test_an_agent_reports_to_two_balancers(harness: Harness):
             assert r.status == 200
     await both.stop()
     await eventually(lambda: not any(a.name == "ha2" for a in second.fleet))
+
+
+async def test_cors_preflight_and_gzip_bodies(harness: Harness):
+    import gzip
+
+    balancer = await harness.balancer(api_keys=("k",))
+    _, port = await harness.sim(name="s")
+    await harness.agent(port, balancer, name="s")
+    headers = {"Origin": "http://app", "Access-Control-Request-Headers": "authorization"}
+    async with harness.http.options(url(balancer, CHAT), headers=headers) as r:
+        assert r.status == 200  # no key needed for a preflight, as in llama-server
+        assert r.headers["Access-Control-Allow-Origin"] == "http://app"
+    body = gzip.compress(b'{"content": "hello world"}')
+    headers = {"Authorization": "Bearer k", "Content-Encoding": "gzip"}
+    async with harness.http.post(url(balancer, "/tokenize"), data=body, headers=headers) as r:
+        assert r.status == 200, await r.text()
+        assert (await r.json())["tokens"]
+
+
+async def test_a_client_leaving_the_buffer_hands_the_slot_to_the_next(harness: Harness):
+    balancer = await harness.balancer()
+    _, port = await harness.sim(name="s", slots=1, tokens_per_second=50)
+    await harness.agent(port, balancer, name="s")
+    first = asyncio.create_task(harness.http.post(url(balancer, CHAT), json=BODY))
+    await eventually(lambda: next(iter(balancer.fleet)).reserved == 1)
+    leaver = asyncio.create_task(harness.http.post(url(balancer, CHAT), json=BODY))
+    stayer = asyncio.create_task(harness.http.post(url(balancer, CHAT), json=BODY))
+    await eventually(lambda: len(balancer.buffer) == 2)
+    leaver.cancel()
+    await eventually(lambda: len(balancer.buffer) == 1)
+    for task in (first, stayer):
+        response = await asyncio.wait_for(task, 5)
+        assert response.status == 200
+        response.release()
+    assert next(iter(balancer.fleet)).reserved == 0

@@ -88,3 +88,12 @@ def test_ties_are_broken_fairly():
         fleet.reserve(decision.agent_id)
         picks.append(decision.agent_id)
     assert sorted(picks) == sorted([f"s{i}" for i in range(4)] * 2)
+
+
+def test_servers_that_name_no_model_still_serve():
+    fleet = Fleet()
+    fleet.register("a", name="a", address="http://a", api_key=None, now=0)
+    fleet.report("a", Report(Condition.READY, model=None, slots_total=2), now=0)
+    assert fleet.models() == []
+    assert Policy().pick(fleet, RequestInfo(CHAT, "whatever")) == Dispatch("a")
+    assert Policy().pick(fleet, RequestInfo(CHAT)) == Dispatch("a")
