@@ -79,22 +79,19 @@ def sse_error_event(status: int, message: str) -> bytes:
     return b"\n\ndata: " + json.dumps(body).encode() + b"\n\n"
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Render :class:`HTTPError` and aiohttp's own HTTP errors as JSON."""
-    try:
-        response: web.StreamResponse = await handler(request)
-        return response
-    except HTTPError as exc:
+def render(request: web.Request, exc: Exception) -> web.Response:
+    """The JSON response for an :class:`HTTPError` or aiohttp's own HTTP errors
+    (404 no route, 405, 413 body too large), logged in one line."""
+    if isinstance(exc, HTTPError):
         error = exc
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
+    elif isinstance(exc, web.HTTPException):
         message = exc.reason
         if exc.status == 413:
             message = f"request body too large: {exc.text}"
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         error = HTTPError(exc.status, message, headers=headers)
+    else:
+        raise TypeError(f"not an HTTP error: {exc!r}")
     log.log(
         logging.WARNING if error.status >= 500 else logging.INFO,
         "%s %s from %s -> %d %s",
@@ -105,3 +102,17 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         error.message,
     )
     return error.response()
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Render errors raised by handlers as JSON (see :func:`render`)."""
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except HTTPError as exc:
+        return render(request, exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return render(request, exc)

@@ -28,7 +28,7 @@ from multidict import CIMultiDict
 
 from corral.balancer import aggregate
 from corral.balancer.dispatcher import Dispatcher, Slot
-from corral.balancer.errors import HTTPError, sse_error_event
+from corral.balancer.errors import HTTPError, render, sse_error_event
 from corral.core.endpoints import Kind, classify, known_paths
 from corral.core.fleet import Agent
 from corral.core.policy import Reject, RequestInfo, resolve_pools
@@ -108,6 +108,18 @@ class InferenceProxy:
 
     # ------------------------------------------------------------- routing
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        """Every request of the inference listener (no middleware: one frame less
+        per waiting request)."""
+        try:
+            return await self._route(request)
+        except HTTPError as exc:
+            return render(request, exc)
+        except web.HTTPException as exc:  # 413 from reading the body
+            if exc.status < 400:
+                raise
+            return render(request, exc)
+
+    async def _route(self, request: web.Request) -> web.StreamResponse:
         path = request.path
         if request.method == "OPTIONS":
             return _preflight(request)
@@ -163,10 +175,12 @@ class InferenceProxy:
         if request.method == "POST" and "multipart" not in request.content_type:
             model = request_model(body)
         info = RequestInfo(request.path, model)
-        headers = _upstream_headers(request.headers)
+        headers = None  # built once a slot is found: nothing extra held while waiting
         last_error = ""
         for _ in range(self.max_attempts):
             target = await self.dispatcher.acquire(info) if slot else self._any_ready(info)
+            if headers is None:
+                headers = _upstream_headers(request.headers)
             try:
                 return await self._forward(request, target, body, headers, slot=slot)
             except _Retry as exc:

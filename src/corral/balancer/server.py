@@ -100,9 +100,7 @@ class Balancer:
         return app
 
     def inference_app(self, session: aiohttp.ClientSession) -> web.Application:
-        app = web.Application(
-            middlewares=[error_middleware], client_max_size=self.config.max_body_size
-        )
+        app = web.Application(client_max_size=self.config.max_body_size)
         InferenceProxy(
             self.dispatcher,
             session,
