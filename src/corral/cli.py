@@ -185,18 +185,42 @@ def _run_balancer(args: argparse.Namespace) -> Coroutine[Any, Any, None]:
 def _agent_parser(sub: Any) -> None:
     p = sub.add_parser(
         "agent",
-        help="run an agent beside a llama-server",
+        help="run an agent beside a llama-server (or running one)",
+        usage="corral agent [options] [-- extra llama-server arguments]",
         description=(
             "Watch one llama-server (its /health, /slots and /props) and report it to one "
-            "or more balancers, which then send it requests."
+            "or more balancers, which then send it requests. Attach mode: "
+            "--local-llamacpp-addr names a running server. Supervisor mode: --model "
+            "makes the agent start llama-server itself, restart it after a crash and stop "
+            "it when the agent stops; arguments after -- go to llama-server."
         ),
     )
     _flag(
         p,
         "--local-llamacpp-addr",
-        "HOST:PORT where the agent reads its llama-server",
+        "HOST:PORT where the agent reads its llama-server (attach mode)",
         type=_addr,
-        required="CORRAL_LOCAL_LLAMACPP_ADDR" not in os.environ,
+    )
+    _flag(
+        p,
+        "--model",
+        "GGUF file to serve, or 'bundled' for the bundled Gemma 3 270M (supervisor mode)",
+    )
+    _flag(p, "--slots", "slots of the supervised server", type=_positive(int), default="2")
+    _flag(
+        p,
+        "--ctx-size",
+        "context size per slot of the supervised server",
+        type=_positive(int),
+        default="2048",
+    )
+    _flag(p, "--threads", "CPU threads of the supervised server", type=_positive(int))
+    _flag(p, "--llama-server", "llama-server binary (default: the bundled build)", type=Path)
+    _flag(
+        p,
+        "--quiet-server",
+        "do not copy the supervised server's log into the agent's",
+        action="store_true",
     )
     _flag(
         p,
@@ -231,18 +255,56 @@ def _run_agent(args: argparse.Namespace) -> Coroutine[Any, Any, None]:
 
     if not args.management_addr:
         raise SystemExit("corral agent: give at least one --management-addr (a balancer)")
+    if (args.local_llamacpp_addr is None) == (args.model is None):
+        raise SystemExit(
+            "corral agent: give --local-llamacpp-addr (a running llama-server) "
+            "or --model (the agent runs llama-server itself), not both"
+        )
+    if args.extra and args.model is None:
+        raise SystemExit("corral agent: arguments after -- are for a supervised server (--model)")
     import socket
 
+    server = None
+    if args.model is not None:
+        server = _supervised_server(args)
+        name = args.name or f"{socket.gethostname()}:{Path(args.model).stem}"
+    else:
+        name = args.name or f"{socket.gethostname()}:{args.local_llamacpp_addr.port}"
     config = AgentConfig(
         local_llamacpp_addr=args.local_llamacpp_addr,
         external_llamacpp_addr=args.external_llamacpp_addr,
         management_addrs=tuple(args.management_addr),
-        name=args.name or f"{socket.gethostname()}:{args.local_llamacpp_addr.port}",
+        name=name,
         llamacpp_api_key=args.llamacpp_api_key or None,
         agent_token=args.agent_token or None,
         poll_interval=args.poll_interval,
     )
-    return run(config)
+    return run(config, server)
+
+
+def _supervised_server(args: argparse.Namespace) -> Any:
+    from corral.agent.supervisor import ServerSettings, Supervisor
+    from corral.llamacpp import LlamaCppNotFound, ModelError, bundled_model, llama_server_path
+
+    try:
+        model = bundled_model() if args.model == "bundled" else Path(args.model)
+        binary = llama_server_path(args.llama_server)
+    except (ModelError, LlamaCppNotFound) as exc:
+        raise SystemExit(f"corral agent: {exc}") from None
+    if not model.is_file():
+        raise SystemExit(f"corral agent: --model {model}: no such file")
+    settings = ServerSettings(
+        model=model,
+        slots=args.slots,
+        ctx_size=args.ctx_size,
+        threads=args.threads,
+        extra_args=tuple(args.extra),
+        binary=binary,
+        api_key=args.llamacpp_api_key or None,
+    )
+    return Supervisor(
+        settings, name=args.name or model.stem, log_server_output=not args.quiet_server
+    )
 
 
 # --------------------------------------------------------------------- sim
@@ -377,8 +439,16 @@ def _run(coro: Coroutine[Any, Any, None]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra: list[str] = []
+    if "--" in argv:  # what follows goes to a supervised llama-server
+        cut = argv.index("--")
+        argv, extra = argv[:cut], argv[cut + 1 :]
     try:
         args = parser().parse_args(argv)
+        args.extra = extra
+        if extra and args.command != "agent":
+            raise argparse.ArgumentTypeError("arguments after -- are only for `corral agent`")
     except argparse.ArgumentTypeError as exc:  # from an env default
         print(f"corral: {exc}", file=sys.stderr)
         return 2

@@ -1,10 +1,11 @@
 """``corral up``: a whole local fleet in one command.
 
-Starts N llama-servers (the pinned llama.cpp build, the bundled model by default),
-an agent beside each, and a balancer; waits until every server is ready; prints
-where to send requests; and on Ctrl-C stops everything: agents, balancer, then
-servers, each with SIGTERM and SIGKILL after a timeout. Children also get SIGTERM
-if this process dies (``PR_SET_PDEATHSIG``), so nothing is left behind.
+Starts a balancer and N agents in supervisor mode, each running its own llama-server
+(the pinned llama.cpp build, the bundled model by default); waits until every server
+is ready; prints where to send requests; and on Ctrl-C stops everything: the agents
+(which stop their servers), then the balancer, each with SIGTERM and SIGKILL after a
+timeout. Children get SIGTERM if their parent dies (``PR_SET_PDEATHSIG``), so nothing
+is left behind.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from pathlib import Path
 import aiohttp
 
 from corral.addr import Addr
-from corral.llamacpp import bundled_model, llama_server_command, llama_server_path
-from corral.llamacpp.process import free_port, spawn, terminate
+from corral.llamacpp import bundled_model, llama_server_path
+from corral.llamacpp.process import spawn, terminate
 
 log = logging.getLogger("corral.up")
 
@@ -75,7 +76,7 @@ class Fleet:
 
     async def start(self) -> None:
         cfg = self.config
-        binary = llama_server_path()
+        binary = llama_server_path()  # fail here, with the reason, if there is none
         model = cfg.model or bundled_model()
         if not model.is_file():
             raise SystemExit(f"corral up: model file not found: {model}")
@@ -96,25 +97,20 @@ class Fleet:
             ],
         )
         for index in range(cfg.agents):
-            port = free_port()
-            command = llama_server_command(
-                binary, model, port=port, slots=slots, ctx_size=cfg.ctx_size, threads=threads
-            )
-            self._start(f"llama-server-{index}", command)
             self._start(
                 f"agent-{index}",
                 [
-                    *corral,
-                    "agent",
-                    "--local-llamacpp-addr",
-                    f"127.0.0.1:{port}",
-                    "--management-addr",
-                    str(cfg.management_addr),
-                    "--name",
-                    f"local-{index}",
+                    *corral, "agent",
+                    "--model", str(model),
+                    "--llama-server", str(binary),
+                    "--slots", str(slots),
+                    "--ctx-size", str(cfg.ctx_size),
+                    "--threads", str(threads),
+                    "--management-addr", str(cfg.management_addr),
+                    "--name", f"local-{index}",
                     *level,
                 ],
-            )
+            )  # fmt: skip
         await self._wait_ready(cfg.agents * slots)
 
     async def _wait_ready(self, slots: int) -> None:
@@ -143,11 +139,9 @@ class Fleet:
                 await asyncio.sleep(0.25)
 
     def stop(self) -> None:
-        order = (
-            [c for c in self.children if c.name.startswith("agent")]
-            + [c for c in self.children if c.name == "balancer"]
-            + [c for c in self.children if c.name.startswith("llama-server")]
-        )
+        order = [c for c in self.children if c.name.startswith("agent")] + [
+            c for c in self.children if c.name == "balancer"
+        ]
         for child in order:
             child.stop()
         self.children.clear()
@@ -178,7 +172,7 @@ Press Ctrl-C to stop everything.
 async def run(config: UpConfig) -> None:
     fleet = Fleet(config)
     try:
-        print(f"Starting {config.agents} llama-server(s) and agents; logs in {fleet.logs}")
+        print(f"Starting a balancer and {config.agents} agent(s); logs in {fleet.logs}")
         await fleet.start()
         print(banner(config, config.slots or default_slots()), flush=True)
         await asyncio.Event().wait()

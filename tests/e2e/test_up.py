@@ -10,7 +10,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from support.procs import get_json, wait_until
+from support.procs import alive, get_json, wait_until
 
 from corral.llamacpp.process import free_port
 
@@ -24,14 +24,6 @@ def children(pid: int) -> list[int]:
         for child in map(int, text):
             found += [child, *children(child)]
     return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def test_up_serves_and_stops_without_leaving_a_process():

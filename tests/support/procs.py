@@ -126,6 +126,24 @@ class Fleet:
         )
         return proc
 
+    def supervised_agent(
+        self, name: str, management_port: int, slots: int = 2, ctx: int = 1024
+    ) -> Proc:
+        """An agent in supervisor mode: it runs its own llama-server."""
+        proc = self._start(
+            f"agent-{name}",
+            [
+                sys.executable, "-m", "corral", "agent",
+                "--model", str(bundled_model()),
+                "--slots", str(slots), "--ctx-size", str(ctx), "--threads", "1",
+                "--management-addr", f"127.0.0.1:{management_port}",
+                "--name", name,
+                "--poll-interval", "0.1",
+            ],
+        )  # fmt: skip
+        wait_until(lambda: agent_state(management_port, name) == "ready", 120, f"{name} ready")
+        return proc
+
     def stop(self, failed: bool) -> None:
         for proc in reversed(self.procs):
             proc.stop()
@@ -147,3 +165,22 @@ def no_process_left(marker: str) -> list[str]:
         if marker in cmdline and state != "Z":
             left.append(f"{pid} {cmdline}")
     return left
+
+
+def agents(management_port: int) -> dict[str, dict[str, Any]]:
+    listing = get_json(f"http://127.0.0.1:{management_port}/api/v1/agents")[1]["agents"]
+    return {a["name"]: a for a in listing}
+
+
+def agent_state(management_port: int, name: str) -> str | None:
+    agent = agents(management_port).get(name)
+    return agent["state"] if agent else None
+
+
+def alive(pid: int) -> bool:
+    """Whether a process runs (a zombie waiting to be reaped does not count)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0]
+    except OSError:
+        return False
+    return state != "Z"

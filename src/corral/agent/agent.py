@@ -20,9 +20,10 @@ import logging
 import random
 import socket
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
+import msgspec
 
 from corral.addr import Addr
 from corral.agent.reader import Fetched, interpret
@@ -33,9 +34,9 @@ log = logging.getLogger("corral.agent")
 
 @dataclass(frozen=True)
 class AgentConfig:
-    local_llamacpp_addr: Addr
-    """Where the agent reads its llama-server."""
-    management_addrs: tuple[Addr, ...]
+    local_llamacpp_addr: Addr | None = None
+    """Where the agent reads its llama-server (None: the agent runs its own)."""
+    management_addrs: tuple[Addr, ...] = ()
     """Balancers to report to (their management listeners)."""
     external_llamacpp_addr: Addr | None = None
     """Where balancers send requests; defaults to the local address."""
@@ -58,14 +59,45 @@ class AgentConfig:
     """Seconds between WebSocket pings; a balancer that stops answering them is
     dropped and reconnected (a vanished peer is otherwise noticed only by TCP)."""
 
+
+class ServerProcess(Protocol):
+    """What the agent needs of a supervisor (:class:`corral.agent.supervisor.Supervisor`)."""
+
     @property
-    def external_url(self) -> str:
-        return (self.external_llamacpp_addr or self.local_llamacpp_addr).url()
+    def port(self) -> int | None: ...
+    @property
+    def pid(self) -> int | None: ...
+    @property
+    def phase(self) -> Any: ...  # an enum whose value is a SupervisorInfo state
+    @property
+    def restarts(self) -> int: ...
+    @property
+    def load_time(self) -> float | None: ...
+    @property
+    def issues(self) -> list[m.IssueInfo]: ...
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+    async def wait_changed(self) -> None: ...
+
+
+def supervisor_info(server: ServerProcess) -> m.SupervisorInfo:
+    load = server.load_time
+    return m.SupervisorInfo(
+        state=server.phase.value,
+        restarts=server.restarts,
+        load_time_s=round(load, 3) if load is not None else None,
+        pid=server.pid,
+    )
 
 
 class Agent:
-    def __init__(self, config: AgentConfig) -> None:
+    """Watches one llama-server; in supervisor mode it also runs it (``server``)."""
+
+    def __init__(self, config: AgentConfig, server: ServerProcess | None = None) -> None:
+        if (config.local_llamacpp_addr is None) == (server is None):
+            raise ValueError("give either a local llama-server address or a server to run")
         self.config = config
+        self.server = server
         self.status = m.ServerStatus(condition="loading", issues=[])
         self._changed = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
@@ -78,9 +110,22 @@ class Agent:
         self._delay: dict[str, float] = {}  # balancer URL -> next reconnect delay
 
     # ------------------------------------------------------------ monitor
+    @property
+    def local_url(self) -> str:
+        if self.server is not None:
+            return f"http://127.0.0.1:{self.server.port or 0}"
+        assert self.config.local_llamacpp_addr is not None
+        return self.config.local_llamacpp_addr.url()
+
+    @property
+    def external_url(self) -> str:
+        if self.config.external_llamacpp_addr is not None:
+            return self.config.external_llamacpp_addr.url()
+        return self.local_url
+
     async def _get(self, path: str) -> Fetched:
         assert self._session is not None
-        url = self.config.local_llamacpp_addr.url() + path
+        url = self.local_url + path
         headers = {}
         if self.config.llamacpp_api_key:
             headers["Authorization"] = f"Bearer {self.config.llamacpp_api_key}"
@@ -98,25 +143,42 @@ class Agent:
     async def poll(self) -> m.ServerStatus:
         """Read the server once and publish the status if it changed."""
         async with self._poll_lock:
-            health = await self._get("/health")
-            props = slots = models = None
-            if health.ok:
-                now = asyncio.get_running_loop().time()
-                stale = now - self._props_at > self.config.props_every
-                if stale or self.status.condition != "ready" or self._props is None:
-                    self._props, self._models = await asyncio.gather(
-                        self._get("/props"), self._get("/v1/models")
-                    )
-                    self._props_at = now
-                props, models = self._props, self._models
-                slots = await self._get("/slots")
-            status = interpret(health, props, slots, models)
+            status = await self._read()
+            if self.server is not None:
+                status = self._with_supervisor(status)
             if status != self.status:
                 self._log_change(status)
                 self.status = status
                 event, self._changed = self._changed, asyncio.Event()
                 event.set()
             return status
+
+    def _with_supervisor(self, status: m.ServerStatus) -> m.ServerStatus:
+        assert self.server is not None
+        info = supervisor_info(self.server)
+        issues = [*self.server.issues, *status.issues]
+        if info.state == "ready":
+            return msgspec.structs.replace(status, supervisor=info, issues=issues)
+        if info.state == "starting":
+            return m.ServerStatus(condition="loading", issues=issues, supervisor=info)
+        return m.ServerStatus(condition="error", issues=issues, supervisor=info)
+
+    async def _read(self) -> m.ServerStatus:
+        if self.server is not None and self.server.phase.value != "ready":
+            return m.ServerStatus(condition="loading")
+        health = await self._get("/health")
+        props = slots = models = None
+        if health.ok:
+            now = asyncio.get_running_loop().time()
+            stale = now - self._props_at > self.config.props_every
+            if stale or self.status.condition != "ready" or self._props is None:
+                self._props, self._models = await asyncio.gather(
+                    self._get("/props"), self._get("/v1/models")
+                )
+                self._props_at = now
+            props, models = self._props, self._models
+            slots = await self._get("/slots")
+        return interpret(health, props, slots, models)
 
     def _log_change(self, status: m.ServerStatus) -> None:
         if status.condition != self.status.condition or status.issues != self.status.issues:
@@ -125,7 +187,7 @@ class Agent:
             log.log(
                 level,
                 "server %s: %s%s (slots %d/%d busy, model %s)",
-                self.config.local_llamacpp_addr,
+                self.local_url,
                 status.condition,
                 f" - {issues}" if issues else "",
                 status.slots_processing,
@@ -139,7 +201,13 @@ class Agent:
                 await self.poll()
             except Exception:  # never let one odd answer stop the monitor
                 log.exception("reading the server failed")
-            await asyncio.sleep(self.config.poll_interval)
+            if self.server is None:
+                await asyncio.sleep(self.config.poll_interval)
+                continue
+            # a supervised server's changes (crash, ready) are reported at once
+            changed = asyncio.ensure_future(self.server.wait_changed())
+            await asyncio.wait({changed}, timeout=self.config.poll_interval)
+            changed.cancel()
 
     # --------------------------------------------------------------- links
     async def _link(self, addr: Addr) -> None:
@@ -147,8 +215,8 @@ class Agent:
         self._delay[url] = self.config.reconnect_min
         while True:
             try:
-                await self._session_with(url)
-                reason = "connection closed"
+                moved = await self._session_with(url)
+                reason = "server moved" if moved else "connection closed"
             except aiohttp.WSServerHandshakeError as exc:
                 reason = (
                     "the balancer refused the agent token (--agent-token)"
@@ -163,12 +231,15 @@ class Agent:
                 log.exception("link to %s failed", url)
                 reason = f"{type(exc).__name__}: {exc}"
             self.links[url] = reason
+            if reason == "server moved":
+                continue
             delay = self._delay[url] * random.uniform(0.8, 1.2)
             log.warning("balancer %s: %s; reconnecting in %.1fs", addr, reason, delay)
             await asyncio.sleep(delay)
             self._delay[url] = min(self.config.reconnect_max, self._delay[url] * 2)
 
-    async def _session_with(self, url: str) -> None:
+    async def _session_with(self, url: str) -> bool:
+        """One registration; ``True`` if it ended because the server's address changed."""
         assert self._session is not None
         headers = {}
         if self.config.agent_token:
@@ -179,7 +250,7 @@ class Agent:
             register = m.Register(
                 version=m.PROTOCOL_VERSION,
                 name=self.config.name,
-                address=self.config.external_url,
+                address=self.external_url,
                 status=self.status,
                 api_key=self.config.llamacpp_api_key,
             )
@@ -197,7 +268,7 @@ class Agent:
             log.info("registered with %s as %s", url, answer.agent_id)
             receiver = asyncio.create_task(self._receive(ws))
             try:
-                await self._report(ws, answer.heartbeat_interval, receiver, register.status)
+                await self._report(ws, answer.heartbeat_interval, receiver, register)
             finally:
                 receiver.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -205,15 +276,17 @@ class Agent:
                 if not ws.closed:
                     with contextlib.suppress(Exception):
                         await ws.send_bytes(m.encode(m.Deregister("agent stopping")))
+            return register.address != self.external_url
 
     async def _report(
         self,
         ws: aiohttp.ClientWebSocketResponse,
         interval: float,
         receiver: asyncio.Task[Any],
-        sent: m.ServerStatus,
+        register: m.Register,
     ) -> None:
         """Send the status when it differs from the last one sent, else a heartbeat."""
+        sent = register.status
         while not receiver.done():
             if self.status != sent:
                 sent = self.status
@@ -223,6 +296,8 @@ class Agent:
             changed.cancel()
             if receiver in done:
                 return
+            if register.address != self.external_url:  # the server moved (restarted)
+                return  # close this session; the link registers again at once
             if not done:  # nothing changed for a whole interval
                 await ws.send_bytes(m.encode(m.Heartbeat()))
 
@@ -252,6 +327,8 @@ class Agent:
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.config.request_timeout)
         )
+        if self.server is not None:
+            await self.server.start()
         await self.poll()
         self._tasks.append(asyncio.create_task(self._monitor()))
         for addr in self.config.management_addrs:
@@ -264,6 +341,8 @@ class Agent:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        if self.server is not None:
+            await self.server.stop()
         if self._session is not None:
             await self._session.close()
 
@@ -275,8 +354,8 @@ class Agent:
         )
 
 
-async def run(config: AgentConfig) -> None:
-    agent = Agent(config)
+async def run(config: AgentConfig, server: ServerProcess | None = None) -> None:
+    agent = Agent(config, server)
     await agent.start()
     try:
         await asyncio.Event().wait()

@@ -18,6 +18,7 @@ import logging
 import uuid
 from typing import Any
 
+import msgspec
 from aiohttp import WSMsgType, web
 
 from corral.balancer.dispatcher import Dispatcher
@@ -48,6 +49,7 @@ def agent_json(agent: Agent, now: float) -> dict[str, Any]:
         "reserved": agent.reserved,
         "set_aside": agent.set_aside,
         "issues": [{"code": i.code, "message": i.message} for i in agent.issues],
+        "supervisor": agent.supervisor,
         "last_seen_ago_s": round(max(0.0, now - agent.last_seen), 3),
         "registered_ago_s": round(max(0.0, now - agent.registered_at), 3),
     }
@@ -61,6 +63,7 @@ def to_report(status: m.ServerStatus) -> Report:
         slots_processing=min(status.slots_processing, status.slots_total),
         issues=tuple(Issue(i.code, i.message) for i in status.issues),
         props=status.props,
+        supervisor=msgspec.to_builtins(status.supervisor) if status.supervisor else None,
     )
 
 

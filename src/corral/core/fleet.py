@@ -81,6 +81,7 @@ class Report:
     slots_processing: int = 0
     issues: tuple[Issue, ...] = ()
     props: dict[str, Any] = field(default_factory=dict)
+    supervisor: dict[str, Any] | None = None  # shown to operators; not used to route
 
     def __post_init__(self) -> None:
         if self.slots_total < 0 or self.slots_processing < 0:
@@ -101,6 +102,7 @@ class Agent:
     slots_processing: int = 0
     issues: tuple[Issue, ...] = ()
     props: dict[str, Any] = field(default_factory=dict)
+    supervisor: dict[str, Any] | None = None
     reserved: int = 0
     reserved_at_report: int = 0
     registered_at: float = 0.0
@@ -275,6 +277,7 @@ class Fleet:
         agent.slots_total = report.slots_total
         agent.slots_processing = report.slots_processing
         agent.issues = report.issues
+        agent.supervisor = report.supervisor
         if report.props:
             agent.props = report.props
         agent.reserved_at_report = agent.reserved

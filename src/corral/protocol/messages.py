@@ -36,6 +36,15 @@ class IssueInfo(msgspec.Struct, frozen=True):
     message: Annotated[str, msgspec.Meta(max_length=4096)]
 
 
+class SupervisorInfo(msgspec.Struct, frozen=True, omit_defaults=True):
+    """Present when the agent runs its llama-server itself (supervisor mode)."""
+
+    state: Literal["stopped", "starting", "ready", "backoff", "stopping"]
+    restarts: Count = 0
+    load_time_s: float | None = None  # how long the last start took to become ready
+    pid: int | None = None
+
+
 class ServerStatus(msgspec.Struct, frozen=True, omit_defaults=True):
     """What an agent read from its llama-server."""
 
@@ -45,6 +54,7 @@ class ServerStatus(msgspec.Struct, frozen=True, omit_defaults=True):
     slots_processing: Count = 0
     issues: list[IssueInfo] = []
     props: dict[str, Any] = {}
+    supervisor: SupervisorInfo | None = None
 
 
 # --------------------------------------------------------------- agent -> balancer

@@ -1,0 +1,680 @@
+"""The supervisor: the agent's own llama-server, started, watched and restarted.
+
+Theory of operation
+-------------------
+Two layers, as everywhere in Corral (h11 style: decide without I/O, then act):
+
+- :class:`SupervisorState` is the whole lifecycle as plain data and a state table::
+
+      STOPPED --started--> STARTING --ready--> READY
+         |                  |   ^                |
+         | start_failed     |   | started        | exited (a crash)
+         v                  v   |                v
+      BACKOFF <--exited---- + --+-------------- BACKOFF (wait, then restart)
+
+      STARTING / READY / BACKOFF --stop_requested--> STOPPING --stopped--> STOPPED
+
+  Every transition takes the time (``now``) as an argument, so tests never sleep; an
+  illegal transition raises :class:`IllegalTransition` and changes nothing.
+  :class:`Backoff` spaces restarts: 0.5 s, 1 s, 2 s, ... up to 30 s, and starts again
+  at 0.5 s once a server had stayed ready for ``stable_after`` seconds.
+
+- :class:`Supervisor` does the I/O and asks the state what to do. One *run* task
+  spawns the process (on a fresh free port each time), polls ``/health`` only while
+  the model loads, then simply awaits the process's exit; one *reader* task per
+  process copies its merged stdout/stderr to the ``corral.llama-server`` logger and
+  keeps the last lines for the crash report. :meth:`Supervisor.stop` shuts down in a
+  fixed order: cancel the run task, SIGTERM, SIGKILL after ``stop_timeout`` (a
+  llama-server with a request in flight ignores SIGTERM until its clients leave),
+  reap the process, drain the reader, close the HTTP session.
+
+A server never outlives the agent: the child asks the kernel (``PR_SET_PDEATHSIG``) for
+SIGKILL when its parent dies. SIGKILL rather than SIGTERM because a dying agent cannot
+wait out a request in flight. The signal is tied to the thread that started the child,
+so run the supervisor on a thread that lives as long as the agent (the event loop's).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import enum
+import logging
+import os
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Final
+
+import aiohttp
+
+from corral.llamacpp.binary import LlamaCppNotFound, llama_server_path
+from corral.llamacpp.process import free_port, llama_server_command
+from corral.protocol.messages import Condition, IssueInfo
+
+log = logging.getLogger("corral.supervisor")
+server_log = logging.getLogger("corral.llama-server")
+"""llama-server's own output, one record per line, prefixed with ``[name]``."""
+
+LAST_LINES: Final = 20
+"""Lines of server output kept for a crash report."""
+ISSUE_LINES: Final = 10
+"""Of those, how many an issue quotes (the end of the log says why it died)."""
+_MAX_MESSAGE: Final = 4096  # IssueInfo.message's limit
+_MAX_QUOTED_LINE: Final = 300
+_DRAIN_TIMEOUT: Final = 2.0  # seconds to wait for output after an exit
+
+
+# ====================================================================== pure part
+class IllegalTransition(RuntimeError):
+    """A lifecycle event that cannot happen in the current phase (nothing changed)."""
+
+
+class Phase(enum.Enum):
+    """Where the supervised server is in its lifecycle."""
+
+    STOPPED = "stopped"
+    """No process, and none wanted."""
+    STARTING = "starting"
+    """The process runs and loads its model (``/health`` answers 503 or nothing)."""
+    READY = "ready"
+    """``/health`` answered 200."""
+    BACKOFF = "backoff"
+    """The process died or could not start; a restart is due at ``restart_at``."""
+    STOPPING = "stopping"
+    """Shutting down on request: SIGTERM sent, SIGKILL to follow."""
+
+
+_CONDITIONS: Final[dict[Phase, Condition]] = {
+    Phase.STOPPED: "unreachable",
+    Phase.STARTING: "loading",
+    Phase.READY: "ready",
+    Phase.BACKOFF: "error",
+    Phase.STOPPING: "unreachable",
+}
+
+
+@dataclass
+class Backoff:
+    """Delays between restarts: exponential, capped, forgiven after a stable run.
+
+    The defaults follow common practice for supervisors (start fast, cap at half a
+    minute so a broken install does not spin the CPU, yet recovers within 30 s).
+    """
+
+    initial: float = 0.5
+    """The first delay, in seconds."""
+    factor: float = 2.0
+    """Each consecutive failure multiplies the delay by this."""
+    maximum: float = 30.0
+    """The delay never exceeds this, in seconds."""
+    stable_after: float = 60.0
+    """A server that stayed ready this long resets the delay to ``initial``."""
+    next_delay: float = field(init=False)
+    """The delay the next failure will get (before any reset)."""
+    ready_since: float | None = field(default=None, init=False)
+    """When the current server became ready, or ``None``."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.initial <= self.maximum or self.factor < 1 or self.stable_after < 0:
+            raise ValueError(
+                f"bad backoff: initial {self.initial}, factor {self.factor}, "
+                f"maximum {self.maximum}, stable_after {self.stable_after}"
+            )
+        self.next_delay = self.initial
+
+    def __repr__(self) -> str:
+        return f"<Backoff next {self.next_delay:g}s ({self.initial:g}-{self.maximum:g}s)>"
+
+    def ready(self, now: float) -> None:
+        """The server became ready at ``now``."""
+        self.ready_since = now
+
+    def failed(self, now: float) -> float:
+        """The server died (or did not start) at ``now``: the seconds to wait."""
+        if self.ready_since is not None and now - self.ready_since >= self.stable_after:
+            self.next_delay = self.initial
+        self.ready_since = None
+        delay = self.next_delay
+        self.next_delay = min(delay * self.factor, self.maximum)
+        return delay
+
+
+@dataclass(frozen=True, slots=True)
+class ExitInfo:
+    """How a server process ended."""
+
+    code: int
+    """Its exit status; negative for a signal, as :mod:`subprocess` reports it."""
+    runtime: float
+    """Seconds from start to exit."""
+    while_loading: bool
+    """It died before it was ever ready."""
+    last_lines: tuple[str, ...]
+    """The end of its output."""
+
+    @property
+    def status(self) -> str:
+        """``"1"``, or ``"-9 (SIGKILL)"`` for a signal."""
+        if self.code < 0:
+            try:
+                return f"{self.code} ({signal.Signals(-self.code).name})"
+            except ValueError:
+                return f"{self.code} (signal {-self.code})"
+        return str(self.code)
+
+
+def crash_issue(exit: ExitInfo) -> IssueInfo:
+    """The ``crashed`` issue for an unexpected exit, quoting the last lines."""
+    when = " while loading" if exit.while_loading else ""
+    head = f"llama-server exited with status {exit.status}{when} after {exit.runtime:.1f}s"
+    quoted = [_clip(line, _MAX_QUOTED_LINE) for line in exit.last_lines[-ISSUE_LINES:]]
+    tail = f"; last lines: {' | '.join(quoted)}" if quoted else "; it wrote nothing"
+    return IssueInfo("crashed", _clip(head + tail, _MAX_MESSAGE))
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+@dataclass(eq=True)
+class SupervisorState:
+    """The supervised server's lifecycle, without I/O (see the module docstring).
+
+    Compare whole states in tests; read ``repr()`` in logs.
+    """
+
+    name: str
+    """The server's name, shown in logs and dashboards."""
+    backoff: Backoff = field(default_factory=Backoff)
+    phase: Phase = Phase.STOPPED
+    pid: int | None = None
+    port: int | None = None
+    started_at: float | None = None
+    """When the current process was started."""
+    load_time: float | None = None
+    """Seconds the current process took to become ready; ``None`` until it is."""
+    restarts: int = 0
+    """Start attempts after a crash or a failed start."""
+    last_exit: ExitInfo | None = None
+    """How the last process ended unexpectedly."""
+    issues: list[IssueInfo] = field(default_factory=list)
+    """What is wrong now; emptied when a server becomes ready (or is stopped)."""
+    delay: float | None = None
+    """In BACKOFF: the seconds waited before the restart."""
+    restart_at: float | None = None
+    """In BACKOFF: when the restart is due."""
+
+    def __repr__(self) -> str:
+        parts = [f"<Supervisor {self.name} {self.phase.name}"]
+        if self.pid is not None:
+            parts.append(f"pid {self.pid} port {self.port}")
+        if self.phase is Phase.BACKOFF and self.delay is not None:
+            parts.append(f"delay {self.delay:g}s")
+        parts.append(f"restarts {self.restarts}")
+        if self.load_time is not None:
+            parts.append(f"load {self.load_time:.1f}s")
+        if self.issues:
+            parts.append(f"issues {','.join(issue.code for issue in self.issues)}")
+        return " ".join(parts) + ">"
+
+    @property
+    def condition(self) -> Condition:
+        """The phase as the agent protocol's condition (STARTING is ``"loading"``)."""
+        return _CONDITIONS[self.phase]
+
+    # ------------------------------------------------------------ transitions
+    def _expect(self, event: str, *phases: Phase) -> None:
+        if self.phase not in phases:
+            allowed = ", ".join(phase.name for phase in phases)
+            raise IllegalTransition(f"{event} in {self.phase.name} (allowed in {allowed})")
+
+    def started(self, now: float, *, pid: int, port: int) -> None:
+        """A process was spawned; its model loads."""
+        self._expect("started", Phase.STOPPED, Phase.BACKOFF)
+        if self.phase is Phase.BACKOFF:
+            self.restarts += 1
+        self.phase = Phase.STARTING
+        self.pid, self.port = pid, port
+        self.started_at, self.load_time = now, None
+        self.delay = self.restart_at = None
+
+    def start_failed(self, reason: str, now: float) -> None:
+        """No process could be spawned (missing binary or model, exec error)."""
+        self._expect("start_failed", Phase.STOPPED, Phase.BACKOFF)
+        if self.phase is Phase.BACKOFF:
+            self.restarts += 1
+        self._back_off(IssueInfo("start_failed", _clip(reason, _MAX_MESSAGE)), now)
+
+    def ready(self, now: float) -> None:
+        """``/health`` answered 200: records the load time, clears the issues."""
+        self._expect("ready", Phase.STARTING)
+        assert self.started_at is not None
+        self.phase = Phase.READY
+        self.load_time = now - self.started_at
+        self.issues = []
+        self.backoff.ready(now)
+
+    def exited(self, code: int, now: float, last_lines: Sequence[str] = ()) -> None:
+        """The process ended without being asked to: a ``crashed`` issue, then BACKOFF."""
+        self._expect("exited", Phase.STARTING, Phase.READY)
+        assert self.started_at is not None
+        self.last_exit = ExitInfo(
+            code=code,
+            runtime=now - self.started_at,
+            while_loading=self.phase is Phase.STARTING,
+            last_lines=tuple(last_lines),
+        )
+        self._back_off(crash_issue(self.last_exit), now)
+
+    def _back_off(self, issue: IssueInfo, now: float) -> None:
+        self.phase = Phase.BACKOFF
+        self.pid = self.port = self.started_at = None
+        self.issues = [issue]
+        self.delay = self.backoff.failed(now)
+        self.restart_at = now + self.delay
+
+    def restart_due(self, now: float) -> bool:
+        """Whether a server in BACKOFF should be started again now."""
+        return (
+            self.phase is Phase.BACKOFF and self.restart_at is not None and now >= self.restart_at
+        )
+
+    def stop_requested(self) -> None:
+        """Someone asked to stop; the process (if any) is about to be terminated."""
+        self._expect("stop_requested", Phase.STARTING, Phase.READY, Phase.BACKOFF)
+        self.phase = Phase.STOPPING
+        self.delay = self.restart_at = None
+
+    def stopped(self) -> None:
+        """The process is gone (reaped)."""
+        self._expect("stopped", Phase.STOPPING)
+        self.phase = Phase.STOPPED
+        self.pid = self.port = self.started_at = None
+        self.issues = []
+
+
+# ===================================================================== async part
+@dataclass(frozen=True)
+class ServerSettings:
+    """How to run the supervised llama-server."""
+
+    model: Path
+    """The GGUF file to serve."""
+    slots: int = 1
+    """``--parallel``: requests served at once."""
+    ctx_size: int = 4096
+    """Context tokens *per slot* (llama-server gets ``ctx_size * slots``)."""
+    threads: int | None = None
+    """``--threads``; ``None`` leaves llama.cpp's default (its count of CPU cores)."""
+    extra_args: tuple[str, ...] = ()
+    """More llama-server arguments, passed as they are, last."""
+    binary: Path | None = None
+    """The llama-server to run; ``None`` finds one (see :func:`llama_server_path`)."""
+    host: str = "127.0.0.1"
+    """Where the server listens; the port is picked afresh at every start."""
+    api_key: str | None = field(default=None, repr=False)
+    """The server's ``--api-key``, if any."""
+
+
+class _StartFailed(Exception):
+    pass
+
+
+_PR_SET_PDEATHSIG: Final = 1
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has the kernel SIGKILL the child when we die (Linux).
+
+    Unlike :func:`corral.llamacpp.process.spawn`'s SIGTERM, which llama-server sits out
+    while it owes a client an answer. libc is loaded here, before the fork: the child
+    of a threaded parent should not take the dynamic loader's lock.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+    parent = os.getpid()
+
+    def preexec() -> None:  # runs in the child, between fork and exec
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent died before prctl: nobody will tell us
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return preexec
+
+
+def _health_url(host: str, port: int) -> str:
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"http://[{host}]:{port}/health" if ":" in host else f"http://{host}:{port}/health"
+
+
+class Supervisor:
+    """Starts one llama-server, reports its state, restarts it after a crash.
+
+    Example::
+
+        async with Supervisor(ServerSettings(model=path), name="gemma") as server:
+            while server.phase is not Phase.READY:
+                await server.wait_changed()
+            print(server.port, server.load_time)
+
+    Args:
+        settings: What to run.
+        name: The server's name, prefixed to its log lines.
+        clock: Monotonic seconds; every timestamp in the state comes from it.
+        log_server_output: Copy the server's output to the ``corral.llama-server``
+            logger (at INFO). The last lines are kept for crash reports either way.
+        stop_timeout: Seconds between SIGTERM and SIGKILL in :meth:`stop`.
+        on_change: Called (synchronously) after every transition.
+        backoff: Delays between restarts (default: :class:`Backoff`'s).
+        health_interval: Seconds between ``/health`` polls while the model loads.
+    """
+
+    def __init__(
+        self,
+        settings: ServerSettings,
+        *,
+        name: str,
+        clock: Callable[[], float] = time.monotonic,
+        log_server_output: bool = True,
+        stop_timeout: float = 10.0,
+        on_change: Callable[[Supervisor], None] | None = None,
+        backoff: Backoff | None = None,
+        health_interval: float = 0.15,
+    ) -> None:
+        self.settings = settings
+        self.name = name
+        self.log_server_output = log_server_output
+        self.stop_timeout = stop_timeout
+        self.health_interval = health_interval
+        self._clock = clock
+        self._on_change = on_change
+        self._state = SupervisorState(name, backoff or Backoff())
+        self._changed = asyncio.Event()
+        self._process: asyncio.subprocess.Process | None = None
+        self._lines: deque[str] = deque(maxlen=LAST_LINES)
+        # the background tasks, all of them: the run loop, the current output reader
+        self._run_task: asyncio.Task[None] | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._stopping: asyncio.Task[None] | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    def __repr__(self) -> str:
+        return repr(self._state)
+
+    # ------------------------------------------------------------ reading
+    @property
+    def state(self) -> SupervisorState:
+        """The lifecycle state (read it; only the supervisor changes it)."""
+        return self._state
+
+    @property
+    def phase(self) -> Phase:
+        return self._state.phase
+
+    @property
+    def condition(self) -> Condition:
+        """The phase in the agent protocol's words (``"loading"`` while starting)."""
+        return self._state.condition
+
+    @property
+    def port(self) -> int | None:
+        """The current process's port (a new one after each restart)."""
+        return self._state.port
+
+    @property
+    def pid(self) -> int | None:
+        return self._state.pid
+
+    @property
+    def issues(self) -> list[IssueInfo]:
+        """What is wrong now (``crashed``, ``start_failed``); empty once ready."""
+        return list(self._state.issues)
+
+    @property
+    def load_time(self) -> float | None:
+        """Seconds the current process took from spawn to ``/health`` 200."""
+        return self._state.load_time
+
+    @property
+    def restarts(self) -> int:
+        return self._state.restarts
+
+    @property
+    def last_lines(self) -> list[str]:
+        """The end of the current (or last) process's output."""
+        return list(self._lines)
+
+    async def wait_changed(self) -> None:
+        """Return after the next transition."""
+        await self._changed.wait()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+        if self._on_change is not None:
+            try:
+                self._on_change(self)
+            except Exception:
+                log.exception("%r: on_change failed", self)
+
+    # ------------------------------------------------------------ lifecycle
+    async def __aenter__(self) -> Supervisor:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Spawn the server and return: the phase is then STARTING, or BACKOFF with a
+        ``start_failed`` issue (it will retry). Never raises for a bad installation.
+
+        Raises:
+            IllegalTransition: It was already started.
+        """
+        if self._state.phase is not Phase.STOPPED or self._session is not None:
+            raise IllegalTransition(f"start in {self._state.phase.name} (allowed in STOPPED)")
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0))
+        try:
+            await self._launch()
+        except BaseException:  # cancelled: asyncio has killed a half-started process
+            await self._session.close()
+            self._session = None
+            raise
+        self._run_task = asyncio.create_task(self._run(), name=f"supervisor {self.name}")
+        self._run_task.add_done_callback(self._run_ended)
+
+    def _run_ended(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%r: supervision failed", self, exc_info=task.exception())
+
+    async def stop(self) -> None:
+        """Stop the server and the supervisor's tasks; safe to call again (or at once
+        from several tasks): every call returns when the process has been reaped."""
+        if self._stopping is None:
+            if self._state.phase is Phase.STOPPED:
+                return
+            self._stopping = asyncio.create_task(self._shutdown(), name=f"stop {self.name}")
+        await asyncio.shield(self._stopping)
+
+    async def _shutdown(self) -> None:
+        try:
+            self._state.stop_requested()
+            self._notify()
+            log.info("%r: stopping", self)
+            # 1. no more restarts or health polls
+            if self._run_task is not None:
+                self._run_task.cancel()
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await self._run_task  # (a failure was logged by _run_ended)
+            # 2. the process: SIGTERM, then SIGKILL; reaped either way
+            if self._process is not None:
+                await self._terminate(self._process)
+            # 3. its last words, then the HTTP session
+            await self._finish_reader()
+            if self._session is not None:
+                await self._session.close()
+        finally:
+            self._run_task = self._session = self._process = None
+            self._state.stopped()
+            self._stopping = None
+            self._notify()
+            log.info("%r: stopped", self)
+
+    async def _terminate(self, process: asyncio.subprocess.Process) -> None:
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.terminate()
+            try:
+                await asyncio.wait_for(process.wait(), self.stop_timeout)
+            except TimeoutError:
+                log.warning(
+                    "%r: no exit %gs after SIGTERM (a request in flight?); SIGKILL",
+                    self,
+                    self.stop_timeout,
+                )
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+        await process.wait()
+
+    # ------------------------------------------------------------ the run task
+    async def _run(self) -> None:
+        while True:
+            if self._process is not None:
+                await self._watch(self._process)
+            restart_at = self._state.restart_at
+            assert restart_at is not None
+            await asyncio.sleep(max(0.0, restart_at - self._clock()))
+            await self._launch()
+
+    def _command(self, port: int) -> list[str]:
+        settings = self.settings
+        try:
+            binary = settings.binary or llama_server_path()
+        except LlamaCppNotFound as exc:
+            raise _StartFailed(str(exc)) from None
+        if not binary.is_file():
+            raise _StartFailed(f"llama-server binary {binary} not found")
+        if not settings.model.is_file():
+            raise _StartFailed(f"model file {settings.model} not found")
+        return llama_server_command(
+            binary,
+            settings.model,
+            host=settings.host,
+            port=port,
+            slots=settings.slots,
+            ctx_size=settings.ctx_size,
+            threads=settings.threads,
+            api_key=settings.api_key,
+            extra=settings.extra_args,
+        )
+
+    async def _launch(self) -> None:
+        """One start attempt: STARTING with a process, or BACKOFF with an issue."""
+        try:
+            port = free_port(self.settings.host)
+            command = self._command(port)
+            process = await asyncio.create_subprocess_exec(
+                *command,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                preexec_fn=_die_with_parent(),
+                limit=1 << 20,
+            )
+        except (_StartFailed, OSError) as exc:
+            self._state.start_failed(f"cannot start llama-server: {exc}", self._clock())
+            self._notify()
+            log.warning("%r: %s", self, self._state.issues[0].message)
+            return
+        self._process = process
+        self._lines.clear()
+        assert process.stdout is not None
+        self._reader = asyncio.create_task(
+            self._read_output(process.stdout), name=f"llama-server {self.name} output"
+        )
+        self._state.started(self._clock(), pid=process.pid, port=port)
+        self._notify()
+        log.info("%r: started %s", self, " ".join(command))
+
+    async def _watch(self, process: asyncio.subprocess.Process) -> None:
+        """Poll ``/health`` while the model loads, then wait for the process to end."""
+        exit_wait = asyncio.create_task(process.wait())
+        try:
+            while self._state.phase is Phase.STARTING and not exit_wait.done():
+                if await self._healthy():
+                    self._state.ready(self._clock())
+                    self._notify()
+                    log.info("%r: ready", self)
+                    break
+                await asyncio.wait({exit_wait}, timeout=self.health_interval)
+            code = await exit_wait
+        finally:
+            exit_wait.cancel()
+        await self._finish_reader()
+        self._process = None
+        self._state.exited(code, self._clock(), self._lines)
+        self._notify()
+        log.warning("%r: %s", self, self._state.issues[0].message)
+
+    async def _healthy(self) -> bool:
+        assert self._session is not None and self._state.port is not None
+        url = _health_url(self.settings.host, self._state.port)
+        try:
+            async with self._session.get(url) as response:
+                return response.status == 200
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            return False
+
+    # ------------------------------------------------------------ the output
+    async def _read_output(self, stream: asyncio.StreamReader) -> None:
+        while True:
+            try:
+                raw = await stream.readline()
+            except ValueError:  # a line over the limit; the reader skipped it
+                raw = b"[a line too long to keep]\n"
+            if not raw:
+                return
+            line = raw.decode(errors="replace").rstrip("\r\n")
+            self._lines.append(line)
+            if self.log_server_output:
+                server_log.info("[%s] %s", self.name, line)
+
+    async def _finish_reader(self) -> None:
+        """Let the reader take the process's last lines (the pipe closes at exit)."""
+        reader = self._reader
+        if reader is None:
+            return
+        await asyncio.wait({reader}, timeout=_DRAIN_TIMEOUT)  # if cancelled here, stop() ends it
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+        self._reader = None
+
+
+__all__ = [
+    "Backoff",
+    "ExitInfo",
+    "IllegalTransition",
+    "Phase",
+    "ServerSettings",
+    "Supervisor",
+    "SupervisorState",
+    "crash_issue",
+]
