@@ -148,6 +148,27 @@ def _balancer_parser(sub: Any) -> None:
     _flag(p, "--api-key-file", "file with one accepted key per line", type=Path)
     _flag(
         p,
+        "--state-file",
+        "where the desired state is kept across restarts "
+        "(default: ~/.local/state/corral/desired-state-<management port>.json)",
+        type=Path,
+    )
+    _flag(
+        p,
+        "--rollout-share",
+        "share of supervised agents that may change settings at once (at least one)",
+        type=float,
+        default="0",
+    )
+    _flag(
+        p,
+        "--drain-timeout",
+        "seconds an agent gets to finish its requests before its settings change",
+        type=_positive(float),
+        default="60",
+    )
+    _flag(
+        p,
         "--max-body-size",
         "largest request body in bytes",
         type=_positive(int),
@@ -177,8 +198,16 @@ def _run_balancer(args: argparse.Namespace) -> Coroutine[Any, Any, None]:
         management_token=args.management_token or None,
         api_keys=tuple(keys),
         max_body_size=args.max_body_size,
+        state_file=args.state_file or _default_state_file(args.management_addr.port),
+        rollout_share=min(1.0, max(0.0, args.rollout_share)),
+        drain_timeout=args.drain_timeout,
     )
     return run(config)
+
+
+def _default_state_file(port: int) -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "corral" / f"desired-state-{port}.json"
 
 
 # ------------------------------------------------------------------- agent

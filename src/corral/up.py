@@ -93,6 +93,8 @@ class Fleet:
                 str(cfg.inference_addr),
                 "--management-addr",
                 str(cfg.management_addr),
+                "--state-file",
+                str(self.logs / "desired-state.json"),
                 *level,
             ],
         )

@@ -95,6 +95,7 @@ class Fleet:
                 sys.executable, "-m", "corral", "balancer",
                 "--inference-addr", f"127.0.0.1:{inference}",
                 "--management-addr", f"127.0.0.1:{management}",
+                "--state-file", str(self.logs / f"{name}-state.json"),
                 *extra,
             ],
         )  # fmt: skip

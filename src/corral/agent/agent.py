@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import random
 import socket
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import aiohttp
@@ -106,6 +108,12 @@ class Agent:
         self._models: Fetched | None = None
         self._props_at = 0.0
         self._poll_lock = asyncio.Lock()
+        self._server_port = 0
+        self._applied: m.Applied | None = None
+        self._failed_generation: int | None = None
+        self._apply_issues: list[m.IssueInfo] = []
+        self._applying = False
+        self._apply_task: asyncio.Task[None] | None = None
         self.links: dict[str, str] = {}  # balancer URL -> "connected" / reason
         self._delay: dict[str, float] = {}  # balancer URL -> next reconnect delay
 
@@ -113,7 +121,9 @@ class Agent:
     @property
     def local_url(self) -> str:
         if self.server is not None:
-            return f"http://127.0.0.1:{self.server.port or 0}"
+            # between two runs of the server, its address stays the last one it had
+            self._server_port = self.server.port or self._server_port
+            return f"http://127.0.0.1:{self._server_port}"
         assert self.config.local_llamacpp_addr is not None
         return self.config.local_llamacpp_addr.url()
 
@@ -156,9 +166,24 @@ class Agent:
     def _with_supervisor(self, status: m.ServerStatus) -> m.ServerStatus:
         assert self.server is not None
         info = supervisor_info(self.server)
-        issues = [*self.server.issues, *status.issues]
-        if info.state == "ready":
-            return msgspec.structs.replace(status, supervisor=info, issues=issues)
+        issues = [*self._apply_issues, *self.server.issues, *status.issues]
+        if info.state == "ready" and not self._applying:
+            return msgspec.structs.replace(
+                status,
+                supervisor=info,
+                issues=issues,
+                applied=self._applied,
+                failed_generation=self._failed_generation,
+            )
+        if self._applying:
+            return m.ServerStatus(
+                condition="loading",
+                issues=issues,
+                supervisor=info,
+                applied=self._applied,
+                failed_generation=self._failed_generation,
+                applying=True,
+            )
         if info.state == "starting":
             return m.ServerStatus(condition="loading", issues=issues, supervisor=info)
         return m.ServerStatus(condition="error", issues=issues, supervisor=info)
@@ -317,10 +342,93 @@ class Agent:
                     log.exception("reading the server failed")
                     status = self.status
                 await ws.send_bytes(m.encode(m.Status(status)))
+            elif isinstance(message, m.Apply):
+                self.apply(message)
             elif isinstance(message, m.Error):
                 log.warning("balancer says: %s", message.message)
                 if message.fatal:
                     break
+
+    # ------------------------------------------------------- desired state
+    def apply(self, command: m.Apply) -> None:
+        """Start applying a desired state (ignored if it is applied or applying)."""
+        if self.server is None:
+            log.warning("ignored a desired state: this agent does not run its server")
+            return
+        if self._applied is not None and self._applied.generation >= command.generation:
+            return
+        if self._apply_task is not None and not self._apply_task.done():
+            return
+        self._apply_task = asyncio.create_task(self._apply(command))
+        self._tasks.append(self._apply_task)
+
+    async def _apply(self, command: m.Apply) -> None:
+        assert self.server is not None
+        server: Any = self.server
+        self._applying = True
+        await self.poll()  # tell the balancers: draining
+        try:
+            await self._drain(command.drain_timeout)
+            old = server.settings
+            try:
+                new = settings_for(command.state, old)
+            except ValueError as exc:
+                ok, reason = False, str(exc)
+            else:
+                log.info("applying generation %d: %s", command.generation, command.state)
+                ok, reason = await self._restart(new)
+            if ok:
+                self._applied = m.Applied(command.generation, command.state)
+                self._apply_issues = []
+            else:
+                log.warning(
+                    "generation %d failed (%s); back to the last settings",
+                    command.generation,
+                    reason,
+                )
+                self._failed_generation = command.generation
+                self._apply_issues = [
+                    m.IssueInfo(
+                        "apply_failed",
+                        f"desired state {command.generation} failed: {reason}; "
+                        "running the last working settings",
+                    )
+                ]
+                if server.settings != old:
+                    await self._restart(old)
+        finally:
+            self._applying = False
+            await self.poll()
+
+    async def _drain(self, limit: float) -> None:
+        """Wait until the server has no request in flight (from anywhere)."""
+        deadline = asyncio.get_running_loop().time() + limit
+        while asyncio.get_running_loop().time() < deadline:
+            slots = await self._get("/slots")
+            if not slots.ok or not any(
+                isinstance(s, dict) and s.get("is_processing") for s in slots.body or []
+            ):
+                return
+            await asyncio.sleep(0.1)
+        log.warning("drain timed out after %.0fs: restarting anyway", limit)
+
+    async def _restart(self, settings: Any, limit: float = 300.0) -> tuple[bool, str]:
+        """Restart the server with these settings; ``(ready?, reason if not)``."""
+        server: Any = self.server
+        await server.stop()
+        server.settings = settings
+        await server.start()
+        deadline = asyncio.get_running_loop().time() + limit
+        while server.phase.value == "starting":
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                return False, f"not ready after {limit:.0f}s"
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(server.wait_changed(), timeout=remaining)
+        if server.phase.value == "ready":
+            return True, ""
+        reason = "; ".join(i.message for i in server.issues) or f"server {server.phase.value}"
+        return False, reason
 
     # ----------------------------------------------------------- lifecycle
     async def start(self) -> None:
@@ -352,6 +460,26 @@ class Agent:
             f"<Agent {self.config.name} {s.condition} slots {s.slots_processing}/{s.slots_total}"
             f" model={s.model} balancers={len(self.config.management_addrs)}>"
         )
+
+
+def settings_for(state: m.DesiredState, current: Any) -> Any:
+    """The supervisor settings for a desired state (unset fields keep their value)."""
+    from corral.llamacpp import ModelError, bundled_model
+
+    if state.model == "bundled":
+        try:
+            model = bundled_model()
+        except ModelError as exc:
+            raise ValueError(str(exc)) from None
+    else:
+        model = Path(state.model)
+    return dataclasses.replace(
+        current,
+        model=model,
+        slots=state.slots or current.slots,
+        ctx_size=state.ctx_size or current.ctx_size,
+        extra_args=tuple(state.extra_args),
+    )
 
 
 async def run(config: AgentConfig, server: ServerProcess | None = None) -> None:

@@ -20,7 +20,7 @@ Two layers, as everywhere in Corral (h11 style: decide without I/O, then act):
   at 0.5 s once a server had stayed ready for ``stable_after`` seconds.
 
 - :class:`Supervisor` does the I/O and asks the state what to do. One *run* task
-  spawns the process (on a fresh free port each time), polls ``/health`` only while
+  spawns the process (on the same free port each time, if it can), polls ``/health`` only while
   the model loads, then simply awaits the process's exit; one *reader* task per
   process copies its merged stdout/stderr to the ``corral.llama-server`` logger and
   keeps the last lines for the crash report. :meth:`Supervisor.stop` shuts down in a
@@ -43,6 +43,7 @@ import enum
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from collections import deque
@@ -400,6 +401,7 @@ class Supervisor:
         self._clock = clock
         self._on_change = on_change
         self._state = SupervisorState(name, backoff or Backoff())
+        self._last_port: int | None = None
         self._changed = asyncio.Event()
         self._process: asyncio.subprocess.Process | None = None
         self._lines: deque[str] = deque(maxlen=LAST_LINES)
@@ -429,7 +431,7 @@ class Supervisor:
 
     @property
     def port(self) -> int | None:
-        """The current process's port (a new one after each restart)."""
+        """The current process's port (kept across restarts while it is free)."""
         return self._state.port
 
     @property
@@ -585,10 +587,26 @@ class Supervisor:
             extra=settings.extra_args,
         )
 
+    def _pick_port(self) -> int:
+        """The last port again when it is free, so the server keeps its address across
+        restarts (balancers keep sending to it); else a fresh one."""
+        last = self._last_port
+        if last is not None:
+            with socket.socket() as probe:
+                # as llama-server binds: TIME_WAIT from the last run does not count
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    probe.bind((self.settings.host, last))
+                    return last
+                except OSError:
+                    pass
+        self._last_port = free_port(self.settings.host)
+        return self._last_port
+
     async def _launch(self) -> None:
         """One start attempt: STARTING with a process, or BACKOFF with an issue."""
         try:
-            port = free_port(self.settings.host)
+            port = self._pick_port()
             command = self._command(port)
             process = await asyncio.create_subprocess_exec(
                 *command,

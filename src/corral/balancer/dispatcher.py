@@ -50,6 +50,8 @@ class Dispatcher:
         self._changed = asyncio.Event()
         self._watchers = 0
         self._closed = False
+        self.on_change: Callable[[], bool] | None = None
+        """Runs after each change (the rollout); ``True`` if it added capacity."""
 
     # ------------------------------------------------------------ requests
     async def acquire(self, request: RequestInfo) -> Slot:
@@ -138,6 +140,8 @@ class Dispatcher:
                     future.set_result(outcome.agent_id)
                 elif not future.done():
                     future.set_exception(_reject_error(outcome.reject))
+            if self.on_change is not None and self.on_change():
+                again = True
         self._notify()
 
     def _arm_expiry(self) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 import msgspec
 from aiohttp import WSMsgType, web
 
+from corral.balancer.desired import Rollout, StoreError
 from corral.balancer.dispatcher import Dispatcher
 from corral.balancer.errors import HTTPError
 from corral.core.clock import Clock
@@ -50,6 +51,7 @@ def agent_json(agent: Agent, now: float) -> dict[str, Any]:
         "set_aside": agent.set_aside,
         "issues": [{"code": i.code, "message": i.message} for i in agent.issues],
         "supervisor": agent.supervisor,
+        "applied_generation": agent.applied_generation if agent.supervised else None,
         "last_seen_ago_s": round(max(0.0, now - agent.last_seen), 3),
         "registered_ago_s": round(max(0.0, now - agent.registered_at), 3),
     }
@@ -64,6 +66,9 @@ def to_report(status: m.ServerStatus) -> Report:
         issues=tuple(Issue(i.code, i.message) for i in status.issues),
         props=status.props,
         supervisor=msgspec.to_builtins(status.supervisor) if status.supervisor else None,
+        applied_generation=status.applied.generation if status.applied else 0,
+        failed_generation=status.failed_generation,
+        applying=status.applying,
     )
 
 
@@ -93,12 +98,15 @@ class Management:
         self.sockets: dict[str, web.WebSocketResponse] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
+        self.rollout: Rollout | None = None
 
     def install(self, app: web.Application) -> None:
         app.router.add_get("/api/v1/agent-socket", self.agent_socket)
         app.router.add_get("/api/v1/agents", self.agents)
         app.router.add_get("/api/v1/agents/stream", self.agents_stream)
         app.router.add_get("/api/v1/buffered-requests", self.buffered_requests)
+        app.router.add_get("/api/v1/desired-state", self.get_desired)
+        app.router.add_put("/api/v1/desired-state", self.put_desired)
         app.router.add_get("/health", self.health)
 
     # ---------------------------------------------------------------- auth
@@ -131,6 +139,34 @@ class Management:
     async def agents(self, request: web.Request) -> web.Response:
         self._require_management(request)
         return web.json_response(self.snapshot())
+
+    async def get_desired(self, request: web.Request) -> web.Response:
+        self._require_management(request)
+        if self.rollout is None:
+            raise HTTPError(404, "this balancer has no desired state")
+        return web.json_response(self.rollout.status())
+
+    async def put_desired(self, request: web.Request) -> web.Response:
+        self._require_management(request)
+        if self.rollout is None:
+            raise HTTPError(404, "this balancer has no desired state")
+        try:
+            state = m.decode_desired_state(await request.read())
+        except m.ProtocolError as exc:
+            raise HTTPError(400, str(exc)) from None
+        try:
+            generation = self.rollout.store.put(state)
+        except StoreError as exc:
+            raise HTTPError(500, str(exc)) from None
+        log.info("desired state generation %d: %s", generation, state)
+        self.dispatcher.changed()  # starts the rollout
+        return web.json_response(self.rollout.status())
+
+    def send(self, agent_id: str, message: m.BalancerMessage) -> None:
+        """Send a command to an agent (dropped if its socket is gone: it left)."""
+        ws = self.sockets.get(agent_id)
+        if ws is not None and not ws.closed:
+            self._spawn(ws.send_bytes(m.encode(message)))
 
     async def buffered_requests(self, request: web.Request) -> web.Response:
         self._require_management(request)

@@ -13,12 +13,14 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
 from corral.addr import Addr
+from corral.balancer.desired import DesiredStore, Rollout, StoreError
 from corral.balancer.dispatcher import Dispatcher
 from corral.balancer.errors import error_middleware
 from corral.balancer.management import Management
@@ -65,6 +67,12 @@ class BalancerConfig:
     """Seconds to connect to a llama-server before trying another."""
     shutdown_timeout: float = 10.0
     """Seconds requests in flight get to finish on shutdown."""
+    state_file: Path | None = None
+    """Where the desired state is kept across restarts (None: in memory only)."""
+    rollout_share: float = 0.0
+    """Share of supervised agents that may change settings at once (at least one)."""
+    drain_timeout: float = 60.0
+    """Seconds an agent gets to finish its requests before its settings change."""
 
 
 class Balancer:
@@ -85,6 +93,16 @@ class Balancer:
             heartbeat_interval=config.heartbeat_interval,
             socket_heartbeat=config.heartbeat_timeout,
         )
+        self.rollout = Rollout(
+            self.fleet,
+            DesiredStore(config.state_file),
+            self.clock,
+            self.management.send,
+            share=config.rollout_share,
+            drain_timeout=config.drain_timeout,
+        )
+        self.management.rollout = self.rollout
+        self.dispatcher.on_change = self.rollout.tick
         self._session: aiohttp.ClientSession | None = None
         self._runners: list[web.AppRunner] = []
         self._tasks: list[asyncio.Task[Any]] = []
@@ -157,6 +175,8 @@ class Balancer:
             for agent in self.fleet.expire(self.clock.now(), self.config.heartbeat_timeout):
                 log.warning("agent %s missed its heartbeats: marked unhealthy", agent.name)
                 self.dispatcher.changed()
+            if self.rollout.tick():  # drain timeouts
+                self.dispatcher.changed()
 
     async def stop(self) -> None:
         # 1. fail what waits in the buffer: no slot will come for it now.
@@ -188,7 +208,10 @@ class Balancer:
 
 async def run(config: BalancerConfig) -> None:
     """Run a balancer until cancelled (the CLI cancels on SIGINT/SIGTERM)."""
-    balancer = Balancer(config)
+    try:
+        balancer = Balancer(config)
+    except StoreError as exc:
+        raise SystemExit(f"corral balancer: {exc}") from None
     await balancer.start()
     try:
         await asyncio.Event().wait()

@@ -61,6 +61,7 @@ class AgentState(enum.Enum):
     LOADING = "loading"
     ERROR = "error"  # the server is not usable; the agent's issues say why
     UNHEALTHY = "unhealthy"  # the agent missed its heartbeats
+    DRAINING = "draining"  # finishing its requests before a change of settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +83,9 @@ class Report:
     issues: tuple[Issue, ...] = ()
     props: dict[str, Any] = field(default_factory=dict)
     supervisor: dict[str, Any] | None = None  # shown to operators; not used to route
+    applied_generation: int = 0  # which desired state it runs (supervisor mode)
+    failed_generation: int | None = None
+    applying: bool = False  # the agent is draining or restarting its server
 
     def __post_init__(self) -> None:
         if self.slots_total < 0 or self.slots_processing < 0:
@@ -103,6 +107,12 @@ class Agent:
     issues: tuple[Issue, ...] = ()
     props: dict[str, Any] = field(default_factory=dict)
     supervisor: dict[str, Any] | None = None
+    applied_generation: int = 0
+    failed_generation: int | None = None
+    applying: bool = False
+    draining: bool = False  # the balancer sends it nothing: a change is coming
+    drain_started: float = 0.0
+    apply_sent: int = 0  # generation of the last Apply sent to it
     reserved: int = 0
     reserved_at_report: int = 0
     registered_at: float = 0.0
@@ -128,12 +138,24 @@ class Agent:
 
     @property
     def routable(self) -> bool:
-        return self.condition is Condition.READY and self.heartbeat_ok and not self.set_aside
+        return (
+            self.condition is Condition.READY
+            and self.heartbeat_ok
+            and not self.set_aside
+            and not self.draining
+            and not self.applying
+        )
+
+    @property
+    def supervised(self) -> bool:
+        return self.supervisor is not None
 
     @property
     def state(self) -> AgentState:
         if not self.heartbeat_ok:
             return AgentState.UNHEALTHY
+        if self.draining or self.applying:
+            return AgentState.DRAINING
         if self.condition is Condition.READY:
             return AgentState.READY
         if self.condition is Condition.LOADING:
@@ -278,6 +300,9 @@ class Fleet:
         agent.slots_processing = report.slots_processing
         agent.issues = report.issues
         agent.supervisor = report.supervisor
+        agent.applied_generation = report.applied_generation
+        agent.failed_generation = report.failed_generation
+        agent.applying = report.applying
         if report.props:
             agent.props = report.props
         agent.reserved_at_report = agent.reserved
@@ -344,6 +369,25 @@ class Fleet:
         agent.failures += 1
         if not agent.set_aside:
             agent.set_aside = True
+            self._reindex(agent)
+            self._changed()
+        return agent
+
+    def drain(self, agent_id: str, now: float) -> Agent:
+        """Send this agent nothing more: its settings are about to change."""
+        agent = self.get(agent_id)
+        if agent.draining:
+            raise FleetError(f"{agent!r} is already draining")
+        agent.draining = True
+        agent.drain_started = now
+        self._reindex(agent)
+        self._changed()
+        return agent
+
+    def undrain(self, agent_id: str) -> Agent:
+        agent = self.get(agent_id)
+        if agent.draining:
+            agent.draining = False
             self._reindex(agent)
             self._changed()
         return agent

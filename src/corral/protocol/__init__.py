@@ -3,8 +3,11 @@
 from corral.protocol.messages import (
     PROTOCOL_VERSION,
     AgentMessage,
+    Applied,
+    Apply,
     BalancerMessage,
     Deregister,
+    DesiredState,
     Error,
     Heartbeat,
     IssueInfo,
@@ -17,14 +20,18 @@ from corral.protocol.messages import (
     SupervisorInfo,
     decode_agent_message,
     decode_balancer_message,
+    decode_desired_state,
     encode,
 )
 
 __all__ = [
     "PROTOCOL_VERSION",
     "AgentMessage",
+    "Applied",
+    "Apply",
     "BalancerMessage",
     "Deregister",
+    "DesiredState",
     "Error",
     "Heartbeat",
     "IssueInfo",
@@ -37,5 +44,6 @@ __all__ = [
     "SupervisorInfo",
     "decode_agent_message",
     "decode_balancer_message",
+    "decode_desired_state",
     "encode",
 ]

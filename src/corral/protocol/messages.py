@@ -45,6 +45,25 @@ class SupervisorInfo(msgspec.Struct, frozen=True, omit_defaults=True):
     pid: int | None = None
 
 
+class DesiredState(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True):
+    """What supervised servers should run (``PUT /api/v1/desired-state``)."""
+
+    model: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
+    """A GGUF path on the agents' machines, or ``bundled`` (the bundled model)."""
+    slots: Annotated[int, msgspec.Meta(ge=1, le=1024)] | None = None
+    ctx_size: Annotated[int, msgspec.Meta(ge=64, le=10_000_000)] | None = None
+    """Context per slot."""
+    extra_args: list[Annotated[str, msgspec.Meta(max_length=4096)]] = []
+    """More llama-server arguments."""
+
+
+class Applied(msgspec.Struct, frozen=True):
+    """The desired state an agent runs, and which version of it."""
+
+    generation: int
+    state: DesiredState
+
+
 class ServerStatus(msgspec.Struct, frozen=True, omit_defaults=True):
     """What an agent read from its llama-server."""
 
@@ -55,6 +74,9 @@ class ServerStatus(msgspec.Struct, frozen=True, omit_defaults=True):
     issues: list[IssueInfo] = []
     props: dict[str, Any] = {}
     supervisor: SupervisorInfo | None = None
+    applied: Applied | None = None  # the desired state now running (supervisor mode)
+    failed_generation: int | None = None  # the last desired state that failed to apply
+    applying: bool = False  # draining or restarting to apply a desired state
 
 
 # --------------------------------------------------------------- agent -> balancer
@@ -94,6 +116,14 @@ class Refresh(msgspec.Struct, frozen=True, tag="refresh"):
     """Read the server again and send a :class:`Status` now (after a failed request)."""
 
 
+class Apply(msgspec.Struct, frozen=True, tag="apply"):
+    """Drain, then restart the server with this desired state (supervisor mode)."""
+
+    generation: int
+    state: DesiredState
+    drain_timeout: float = 60.0
+
+
 class Error(msgspec.Struct, frozen=True, tag="error"):
     """The balancer could not accept a frame; ``fatal`` ones close the socket."""
 
@@ -102,7 +132,7 @@ class Error(msgspec.Struct, frozen=True, tag="error"):
 
 
 AgentMessage = Register | Status | Heartbeat | Deregister
-BalancerMessage = Registered | Refresh | Error
+BalancerMessage = Registered | Refresh | Apply | Error
 
 _agent_decoder = msgspec.json.Decoder(AgentMessage)
 _balancer_decoder = msgspec.json.Decoder(BalancerMessage)
@@ -137,3 +167,12 @@ def decode_balancer_message(data: bytes | str) -> BalancerMessage:
 
 def encode(message: AgentMessage | BalancerMessage) -> bytes:
     return _encoder.encode(message)
+
+
+_desired_decoder = msgspec.json.Decoder(DesiredState)
+
+
+def decode_desired_state(data: bytes | str) -> DesiredState:
+    """Decode a desired state sent by an operator. Raises :class:`ProtocolError`."""
+    result: DesiredState = _decode(_desired_decoder, data, "desired state")
+    return result

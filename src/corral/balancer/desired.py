@@ -1,0 +1,129 @@
+"""The desired state of the fleet, stored so it survives a balancer restart, and the
+rollout that brings supervised agents to it (the deciding is in
+:mod:`corral.core.rollout`)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from corral.core.clock import Clock
+from corral.core.fleet import Fleet
+from corral.core.rollout import done, halted, plan, ready_to_apply
+from corral.protocol import messages as m
+
+log = logging.getLogger("corral.rollout")
+
+
+class StoreError(Exception):
+    pass
+
+
+class DesiredStore:
+    """One JSON file: ``{"generation": N, "state": {...}}``, replaced atomically."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.generation = 0
+        self.state: m.DesiredState | None = None
+        if path is not None and path.exists():
+            try:
+                data = json.loads(path.read_bytes())
+                self.state = msgspec.convert(data["state"], m.DesiredState)
+                self.generation = int(data["generation"])
+            except (OSError, ValueError, KeyError, TypeError, msgspec.ValidationError) as exc:
+                raise StoreError(f"cannot read the desired state from {path}: {exc}") from None
+
+    def put(self, state: m.DesiredState) -> int:
+        generation = self.generation + 1
+        if self.path is not None:
+            payload = {"generation": generation, "state": msgspec.to_builtins(state)}
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".desired-")
+            try:
+                with os.fdopen(fd, "w") as file:
+                    json.dump(payload, file, indent=2)
+                    file.flush()
+                    os.fsync(file.fileno())
+                os.replace(tmp, self.path)
+            except OSError as exc:
+                Path(tmp).unlink(missing_ok=True)
+                raise StoreError(f"cannot save the desired state to {self.path}: {exc}") from exc
+        self.state, self.generation = state, generation
+        return generation
+
+
+class Rollout:
+    """Drives supervised agents to the desired state, a few at a time."""
+
+    def __init__(
+        self,
+        fleet: Fleet,
+        store: DesiredStore,
+        clock: Clock,
+        send: Any,  # (agent_id, message) -> None
+        *,
+        share: float = 0.0,
+        drain_timeout: float = 60.0,
+    ) -> None:
+        self.fleet = fleet
+        self.store = store
+        self.clock = clock
+        self.send = send
+        self.share = share
+        self.drain_timeout = drain_timeout
+
+    def tick(self) -> bool:
+        """Run after every change of the fleet: finish changes, start new ones, send
+        Apply to drained agents. ``True`` if an agent came back into service."""
+        generation, state = self.store.generation, self.store.state
+        if state is None:
+            return False
+        now = self.clock.now()
+        returned = False
+        for agent in list(self.fleet):
+            if agent.draining and agent.apply_sent == generation and done(agent, generation):
+                self.fleet.undrain(agent.id)
+                returned = True
+                if agent.failed_generation == generation:
+                    log.warning(
+                        "%s could not apply generation %d: rollout halted", agent.name, generation
+                    )
+                else:
+                    log.info("%s runs generation %d", agent.name, generation)
+        for agent_id in plan(self.fleet, generation, self.share):
+            agent = self.fleet.drain(agent_id, now)
+            log.info("draining %s for generation %d", agent.name, generation)
+        for agent in list(self.fleet):
+            if agent.apply_sent != generation and ready_to_apply(agent, now, self.drain_timeout):
+                agent.apply_sent = generation
+                log.info("%s drained: applying generation %d", agent.name, generation)
+                self.send(agent.id, m.Apply(generation, state, self.drain_timeout))
+        return returned
+
+    def status(self) -> dict[str, Any]:
+        generation = self.store.generation
+        agents = [
+            {
+                "name": a.name,
+                "id": a.id,
+                "applied_generation": a.applied_generation,
+                "matches": a.applied_generation == generation,
+                "changing": a.draining or a.applying,
+                "failed_generation": a.failed_generation,
+            }
+            for a in self.fleet
+            if a.supervised
+        ]
+        return {
+            "generation": generation,
+            "desired": msgspec.to_builtins(self.store.state) if self.store.state else None,
+            "halted": halted(self.fleet, generation),
+            "agents": agents,
+        }
