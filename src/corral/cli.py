@@ -233,7 +233,8 @@ def _agent_parser(sub: Any) -> None:
     _flag(
         p,
         "--model",
-        "GGUF file to serve, or 'bundled' for the bundled Gemma 3 270M (supervisor mode)",
+        "model to serve (supervisor mode): a GGUF path, pkg:<python package> carrying one, "
+        "or 'bundled' (Gemma 3 270M)",
     )
     _flag(p, "--slots", "slots of the supervised server", type=_positive(int), default="2")
     _flag(
@@ -313,15 +314,14 @@ def _run_agent(args: argparse.Namespace) -> Coroutine[Any, Any, None]:
 
 def _supervised_server(args: argparse.Namespace) -> Any:
     from corral.agent.supervisor import ServerSettings, Supervisor
-    from corral.llamacpp import LlamaCppNotFound, ModelError, bundled_model, llama_server_path
+    from corral.llamacpp import LlamaCppNotFound, llama_server_path
+    from corral.llamacpp.sources import ModelSourceError, resolve
 
     try:
-        model = bundled_model() if args.model == "bundled" else Path(args.model)
+        model = resolve(args.model)
         binary = llama_server_path(args.llama_server)
-    except (ModelError, LlamaCppNotFound) as exc:
-        raise SystemExit(f"corral agent: {exc}") from None
-    if not model.is_file():
-        raise SystemExit(f"corral agent: --model {model}: no such file")
+    except (ModelSourceError, LlamaCppNotFound) as exc:
+        raise SystemExit(f"corral agent: --model {args.model}: {exc}") from None
     settings = ServerSettings(
         model=model,
         slots=args.slots,

@@ -21,7 +21,6 @@ import logging
 import random
 import socket
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 import aiohttp
@@ -463,16 +462,15 @@ class Agent:
 
 
 def settings_for(state: m.DesiredState, current: Any) -> Any:
-    """The supervisor settings for a desired state (unset fields keep their value)."""
-    from corral.llamacpp import ModelError, bundled_model
+    """The supervisor settings for a desired state (unset fields keep their value).
 
-    if state.model == "bundled":
-        try:
-            model = bundled_model()
-        except ModelError as exc:
-            raise ValueError(str(exc)) from None
-    else:
-        model = Path(state.model)
+    Raises ValueError when the model cannot be had (with the reason)."""
+    from corral.llamacpp.sources import ModelSourceError, resolve
+
+    try:
+        model = resolve(state.model)
+    except ModelSourceError as exc:
+        raise ValueError(str(exc)) from None
     return dataclasses.replace(
         current,
         model=model,

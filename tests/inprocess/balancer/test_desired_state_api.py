@@ -1,0 +1,39 @@
+"""The desired-state API: validation, access, and storage across restarts."""
+
+import pytest
+from support.harness import Harness, mgmt
+
+from corral.balancer import Balancer, BalancerConfig
+from corral.balancer.desired import DesiredStore, StoreError
+
+
+async def test_put_get_and_survive_a_restart(harness: Harness, tmp_path):
+    state_file = tmp_path / "state.json"
+    balancer = await harness.balancer(state_file=state_file, management_token="t")
+    url = mgmt(balancer, "/api/v1/desired-state")
+    auth = {"Authorization": "Bearer t"}
+    async with harness.http.put(url, json={"model": "bundled"}) as r:
+        assert r.status == 401
+    async with harness.http.put(url, json={"model": "bundled", "slots": 0}, headers=auth) as r:
+        assert r.status == 400
+        assert "$.slots" in (await r.json())["error"]["message"]
+    async with harness.http.put(url, json={"model": "bundled", "colour": 1}, headers=auth) as r:
+        assert r.status == 400 and "colour" in (await r.json())["error"]["message"]
+    async with harness.http.put(url, json={"model": "bundled", "slots": 3}, headers=auth) as r:
+        assert r.status == 200
+        assert (await r.json())["generation"] == 1
+    async with harness.http.get(url, headers=auth) as r:
+        body = await r.json()
+        assert body["desired"] == {"model": "bundled", "slots": 3}
+        assert body["agents"] == [] and body["halted"] is False
+    # a new balancer on the same file knows it
+    again = Balancer(BalancerConfig(state_file=state_file))
+    assert again.rollout.store.generation == 1
+    assert again.rollout.store.state.slots == 3
+
+
+def test_a_corrupt_state_file_is_a_clear_error(tmp_path):
+    bad = tmp_path / "state.json"
+    bad.write_text("{not json")
+    with pytest.raises(StoreError, match="cannot read the desired state"):
+        DesiredStore(bad)
