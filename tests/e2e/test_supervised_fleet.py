@@ -40,6 +40,7 @@ def test_killed_supervised_server_is_restarted_and_the_fleet_serves_on(fleet: Fl
         return one["state"] == "ready" and info["restarts"] == 1 and info["pid"] != before["pid"]
 
     wait_until(restarted, 60, "server restarted")
+    assert "SIGKILL" in agents(management)["one"]["supervisor"]["last_crash"]
     reply = sdk.completions.create(model="x", prompt="Hi", max_tokens=4)
     assert reply.usage.completion_tokens == 4
     status, health = get_json(f"http://127.0.0.1:{inference}/health")

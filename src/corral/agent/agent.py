@@ -73,6 +73,8 @@ class ServerProcess(Protocol):
     @property
     def restarts(self) -> int: ...
     @property
+    def last_exit(self) -> Any: ...  # an ExitInfo, or None
+    @property
     def load_time(self) -> float | None: ...
     @property
     def issues(self) -> list[m.IssueInfo]: ...
@@ -82,12 +84,16 @@ class ServerProcess(Protocol):
 
 
 def supervisor_info(server: ServerProcess) -> m.SupervisorInfo:
+    from corral.agent.supervisor import crash_issue
+
     load = server.load_time
+    last = server.last_exit
     return m.SupervisorInfo(
         state=server.phase.value,
         restarts=server.restarts,
         load_time_s=round(load, 3) if load is not None else None,
         pid=server.pid,
+        last_crash=crash_issue(last).message if last is not None else None,
     )
 
 

@@ -449,6 +449,11 @@ class Supervisor:
         return self._state.load_time
 
     @property
+    def last_exit(self) -> ExitInfo | None:
+        """How the last run ended (kept after the server is ready again)."""
+        return self._state.last_exit
+
+    @property
     def restarts(self) -> int:
         return self._state.restarts
 

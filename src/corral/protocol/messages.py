@@ -43,6 +43,8 @@ class SupervisorInfo(msgspec.Struct, frozen=True, omit_defaults=True):
     restarts: Count = 0
     load_time_s: float | None = None  # how long the last start took to become ready
     pid: int | None = None
+    last_crash: Annotated[str, msgspec.Meta(max_length=4096)] | None = None
+    """How the server last died unasked, in words (exit status, last log lines)."""
 
 
 class DesiredState(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True):
