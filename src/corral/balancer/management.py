@@ -24,6 +24,7 @@ from aiohttp import WSMsgType, web
 from corral.balancer.desired import Rollout, StoreError
 from corral.balancer.dispatcher import Dispatcher
 from corral.balancer.errors import HTTPError
+from corral.balancer.metrics import Metrics
 from corral.core.clock import Clock
 from corral.core.fleet import Agent, Condition, Issue, Report
 from corral.protocol import messages as m
@@ -99,6 +100,7 @@ class Management:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
         self.rollout: Rollout | None = None
+        self.metrics: Metrics | None = None
 
     def install(self, app: web.Application) -> None:
         app.router.add_get("/api/v1/agent-socket", self.agent_socket)
@@ -107,6 +109,7 @@ class Management:
         app.router.add_get("/api/v1/buffered-requests", self.buffered_requests)
         app.router.add_get("/api/v1/desired-state", self.get_desired)
         app.router.add_put("/api/v1/desired-state", self.put_desired)
+        app.router.add_get("/metrics", self.prometheus)
         app.router.add_get("/health", self.health)
 
     # ---------------------------------------------------------------- auth
@@ -139,6 +142,16 @@ class Management:
     async def agents(self, request: web.Request) -> web.Response:
         self._require_management(request)
         return web.json_response(self.snapshot())
+
+    async def prometheus(self, request: web.Request) -> web.Response:
+        """Prometheus text format (``--management-token`` applies when set)."""
+        self._require_management(request)
+        if self.metrics is None:
+            raise HTTPError(404, "no metrics")
+        return web.Response(
+            body=self.metrics.render(),
+            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+        )
 
     async def get_desired(self, request: web.Request) -> web.Response:
         self._require_management(request)

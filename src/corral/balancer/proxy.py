@@ -16,10 +16,14 @@ generation) and frees the slot at once.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
+import uuid
+from collections import deque
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 import aiohttp
 import msgspec
@@ -29,11 +33,14 @@ from multidict import CIMultiDict
 from corral.balancer import aggregate
 from corral.balancer.dispatcher import Dispatcher, Slot
 from corral.balancer.errors import HTTPError, render, sse_error_event
+from corral.balancer.metrics import Metrics, last_counted_event
 from corral.core.endpoints import Kind, classify, known_paths
 from corral.core.fleet import Agent
 from corral.core.policy import Reject, RequestInfo, resolve_pools
 
 log = logging.getLogger("corral.proxy")
+access_log = logging.getLogger("corral.access")
+"""One line per request: id, route, status, model, agent, buffer wait, durations."""
 
 _HOP_BY_HOP = frozenset(
     {
@@ -92,6 +99,7 @@ class InferenceProxy:
         dispatcher: Dispatcher,
         session: aiohttp.ClientSession,
         *,
+        metrics: Metrics,
         api_keys: Iterable[str] = (),
         max_attempts: int = 5,
     ) -> None:
@@ -100,6 +108,7 @@ class InferenceProxy:
         self.session = session
         self.api_keys = tuple(k.encode() for k in api_keys if k)
         self.max_attempts = max_attempts
+        self.metrics = metrics
         self.started = int(time.time())
         self._light_turn = 0
 
@@ -170,23 +179,93 @@ class InferenceProxy:
 
     # ----------------------------------------------------------- data path
     async def _proxy(self, request: web.Request, *, slot: bool) -> web.StreamResponse:
+        loop = asyncio.get_running_loop()
+        ex = _Exchange(request.headers.get("X-Request-Id") or uuid.uuid4().hex, loop.time())
+        try:
+            response = await self._attempts(request, ex, slot=slot)
+        except HTTPError as exc:
+            exc.headers["X-Request-Id"] = ex.request_id
+            ex.status = exc.status
+            if exc.status == 429:
+                self.metrics.buffer_rejections.labels("full").inc()
+            elif exc.status == 503 and "no slot became free" in exc.message:
+                self.metrics.buffer_rejections.labels("timeout").inc()
+            raise
+        except asyncio.CancelledError:
+            ex.status = 499  # the client went away
+            raise
+        finally:
+            self._finish(request, ex, loop.time())
+        return response
+
+    async def _attempts(
+        self, request: web.Request, ex: _Exchange, *, slot: bool
+    ) -> web.StreamResponse:
         body = await request.read()
-        model = None
         if request.method == "POST" and "multipart" not in request.content_type:
-            model = request_model(body)
-        info = RequestInfo(request.path, model)
+            ex.model = request_model(body)
+        info = RequestInfo(request.path, ex.model)
         headers = None  # built once a slot is found: nothing extra held while waiting
         last_error = ""
-        for _ in range(self.max_attempts):
+        for attempt in range(self.max_attempts):
+            if attempt:
+                self.metrics.retries.inc()
             target = await self.dispatcher.acquire(info) if slot else self._any_ready(info)
+            ex.waited += target.waited
+            ex.agent = target.name
             if headers is None:
                 headers = _upstream_headers(request.headers)
+                headers["X-Request-Id"] = ex.request_id
             try:
-                return await self._forward(request, target, body, headers, slot=slot)
+                return await self._forward(request, target, body, headers, ex, slot=slot)
             except _Retry as exc:
                 last_error = str(exc)
         raise HTTPError(
             502, f"Corral: {self.max_attempts} servers failed in turn; last error: {last_error}"
+        )
+
+    def _finish(self, request: web.Request, ex: _Exchange, now: float) -> None:
+        """Metrics and the log line of one request."""
+        endpoint = request.path
+        model = ex.model or ""
+        total = now - ex.started
+        self.metrics.requests.labels(endpoint, model, str(ex.status)).inc()
+        self.metrics.duration.labels(endpoint).observe(total)
+        if ex.waited:
+            self.metrics.buffer_wait.observe(ex.waited)
+        if ex.first_byte is not None:
+            self.metrics.first_byte.labels(endpoint).observe(ex.first_byte - ex.started)
+        if ex.counted is not None:
+            self.metrics.count_tokens(model or ex.agent or "", ex.counted)
+        self.request_log(request, ex, total)
+
+    def request_log(self, request: web.Request, ex: _Exchange, total: float) -> None:
+        if not access_log.isEnabledFor(logging.INFO):
+            return
+        ttfb = ex.first_byte - ex.started if ex.first_byte is not None else None
+        fields = {
+            "request_id": ex.request_id,
+            "method": request.method,
+            "path": request.path,
+            "status": ex.status,
+            "model": ex.model,
+            "agent": ex.agent,
+            "buffer_wait_s": round(ex.waited, 6),
+            "ttfb_s": round(ttfb, 6) if ttfb is not None else None,
+            "duration_s": round(total, 6),
+        }
+        access_log.info(
+            "%s %s %s %d model=%s agent=%s wait=%.3fs ttfb=%s total=%.3fs",
+            ex.request_id,
+            request.method,
+            request.path,
+            ex.status,
+            ex.model or "-",
+            ex.agent or "-",
+            ex.waited,
+            f"{ttfb:.3f}s" if ttfb is not None else "-",
+            total,
+            extra={"fields": fields},
         )
 
     def _any_ready(self, info: RequestInfo) -> Slot:
@@ -209,6 +288,7 @@ class InferenceProxy:
         target: Slot,
         body: bytes,
         headers: CIMultiDict[str],
+        ex: _Exchange,
         *,
         slot: bool,
     ) -> web.StreamResponse:
@@ -228,9 +308,11 @@ class InferenceProxy:
                 )
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 healthy = False
+                self.metrics.upstream_failures.labels("connect").inc()
                 raise _Retry(f"{target.name}: {_describe(exc)}") from None
             if upstream.status == 503:
                 healthy = False
+                self.metrics.upstream_failures.labels("unavailable").inc()
                 try:
                     reason = (await upstream.read())[:200].decode(errors="replace")
                 except (aiohttp.ClientError, TimeoutError, OSError):
@@ -239,7 +321,7 @@ class InferenceProxy:
                     upstream.close()
                 raise _Retry(f"{target.name}: 503 {reason}")
             try:
-                response, healthy = await self._relay(request, upstream, target)
+                response, healthy = await self._relay(request, upstream, target, ex)
             finally:
                 upstream.close()
             return response
@@ -256,41 +338,77 @@ class InferenceProxy:
                 self.dispatcher.set_aside(target.agent_id, "request failed")
 
     async def _relay(
-        self, request: web.Request, upstream: aiohttp.ClientResponse, target: Slot
+        self,
+        request: web.Request,
+        upstream: aiohttp.ClientResponse,
+        target: Slot,
+        ex: _Exchange,
     ) -> tuple[web.StreamResponse, bool]:
         headers = CIMultiDict(
             (k, v) for k, v in upstream.headers.items() if k.lower() not in _HOP_BY_HOP
         )
+        headers["X-Request-Id"] = ex.request_id
+        ex.status = upstream.status
         length = upstream.content_length
         if length is not None and length <= _READ_WHOLE_LIMIT:
             try:
                 data = await upstream.read()
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                self.metrics.upstream_failures.labels("mid_response").inc()
                 raise _Retry(f"{target.name}: {_describe(exc)}") from None
+            ex.first_byte = asyncio.get_running_loop().time()
+            if upstream.status == 200 and (b'"usage"' in data or b'"timings"' in data):
+                ex.counted = data
             return web.Response(status=upstream.status, body=data, headers=headers), True
 
         response = web.StreamResponse(status=upstream.status, headers=headers)
         await response.prepare(request)
-        healthy = True
+        sse = "event-stream" in upstream.headers.get("Content-Type", "")
+        tail: deque[bytes] = deque(maxlen=16)  # the end of the stream, for token counts
         content = upstream.content
         while True:
             try:
                 chunk = await content.readany()
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 log.warning("%s failed mid-response: %s", target.name, _describe(exc))
-                healthy = False
-                if "event-stream" in upstream.headers.get("Content-Type", ""):
-                    await response.write(
-                        sse_error_event(
-                            502, f"Corral: the server {target.name} failed mid-response"
-                        )
-                    )
-                break
+                self.metrics.upstream_failures.labels("mid_response").inc()
+                if not sse:
+                    # No way to say so in a plain body: cut the connection, so the
+                    # client sees a truncated response rather than a complete one.
+                    ex.status = 502
+                    if request.transport is not None:
+                        request.transport.close()
+                    return response, False
+                await response.write(
+                    sse_error_event(502, f"Corral: the server {target.name} failed mid-response")
+                )
+                ex.status = 502
+                await response.write_eof()
+                return response, False
             if not chunk:
                 break
+            if ex.first_byte is None:
+                ex.first_byte = asyncio.get_running_loop().time()
+            tail.append(chunk)
             await response.write(chunk)
         await response.write_eof()
-        return response, healthy
+        if sse and upstream.status == 200:
+            ex.counted = last_counted_event(b"".join(tail))
+        return response, True
+
+
+@dataclass(slots=True)
+class _Exchange:
+    """What one request went through, for its metrics and log line."""
+
+    request_id: str
+    started: float
+    model: str | None = None
+    agent: str | None = None
+    status: int = 500
+    waited: float = 0.0
+    first_byte: float | None = None
+    counted: bytes | None = None  # the JSON that reports usage/timings
 
 
 def _upstream_headers(incoming: Mapping[str, str]) -> CIMultiDict[str]:

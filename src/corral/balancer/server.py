@@ -24,6 +24,7 @@ from corral.balancer.desired import DesiredStore, Rollout, StoreError
 from corral.balancer.dispatcher import Dispatcher
 from corral.balancer.errors import error_middleware
 from corral.balancer.management import Management
+from corral.balancer.metrics import Metrics
 from corral.balancer.proxy import InferenceProxy
 from corral.core.buffer import Buffer
 from corral.core.clock import Clock, MonotonicClock
@@ -102,6 +103,8 @@ class Balancer:
             drain_timeout=config.drain_timeout,
         )
         self.management.rollout = self.rollout
+        self.metrics = Metrics(self.fleet, self.buffer)
+        self.management.metrics = self.metrics
         self.dispatcher.on_change = self.rollout.tick
         self._session: aiohttp.ClientSession | None = None
         self._runners: list[web.AppRunner] = []
@@ -122,6 +125,7 @@ class Balancer:
         InferenceProxy(
             self.dispatcher,
             session,
+            metrics=self.metrics,
             api_keys=self.config.api_keys,
             max_attempts=self.config.max_attempts,
         ).install(app)

@@ -1,0 +1,81 @@
+"""Metrics and request logs, read as Prometheus and an operator would."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from prometheus_client.parser import text_string_to_metric_families
+from support.harness import Harness, eventually, mgmt, url
+
+CHAT = "/v1/chat/completions"
+
+
+async def scrape(harness: Harness, balancer) -> dict[tuple[str, tuple], float]:
+    async with harness.http.get(mgmt(balancer, "/metrics")) as r:
+        assert r.status == 200
+        text = await r.text()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+async def test_request_token_and_fleet_metrics(harness: Harness):
+    balancer = await harness.balancer()
+    _, port = await harness.sim(name="s", slots=4, model="gemma")
+    await harness.agent(port, balancer, name="s")
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
+    generated = 0
+    async with harness.http.post(url(balancer, CHAT), json=body) as r:
+        generated += (await r.json())["usage"]["completion_tokens"]
+    stream = body | {"stream": True, "stream_options": {"include_usage": True}}
+    async with harness.http.post(url(balancer, CHAT), json=stream) as r:
+        await r.read()
+    generated += 5
+    samples = await scrape(harness, balancer)
+    key = (("endpoint", CHAT), ("model", ""), ("status", "200"))
+    assert samples[("corral_requests_total", key)] == 2
+    assert samples[("corral_generated_tokens_total", (("model", "s"),))] == generated
+    assert samples[("corral_prompt_tokens_total", (("model", "s"),))] > 0
+    assert samples[("corral_slots", (("kind", "total"),))] == 4
+    assert samples[("corral_slots", (("kind", "idle"),))] == 4
+    assert samples[("corral_agents", (("state", "ready"),))] == 1
+    assert samples[("corral_buffered_requests", ())] == 0
+    assert samples[("corral_request_duration_seconds_count", (("endpoint", CHAT),))] == 2
+    assert samples[("corral_time_to_first_byte_seconds_count", (("endpoint", CHAT),))] == 2
+
+
+async def test_buffer_rejections_and_buffered_gauge(harness: Harness):
+    balancer = await harness.balancer(max_buffered_requests=1, buffered_request_timeout=0.3)
+    body = {"prompt": "x"}
+    waiting = asyncio.create_task(harness.http.post(url(balancer, "/completion"), json=body))
+    await eventually(lambda: len(balancer.buffer) == 1)
+    assert (await scrape(harness, balancer))[("corral_buffered_requests", ())] == 1
+    async with harness.http.post(url(balancer, "/completion"), json=body) as r:
+        assert r.status == 429
+    (await waiting).release()
+    samples = await scrape(harness, balancer)
+    assert samples[("corral_buffer_rejections_total", (("reason", "full"),))] == 1
+    assert samples[("corral_buffer_rejections_total", (("reason", "timeout"),))] == 1
+
+
+async def test_request_id_is_honoured_passed_on_and_logged(harness: Harness, caplog):
+    balancer = await harness.balancer()
+    _, port = await harness.sim(name="s")
+    await harness.agent(port, balancer, name="s")
+    caplog.set_level(logging.INFO, logger="corral.access")
+    headers = {"X-Request-Id": "req-42"}
+    async with harness.http.post(
+        url(balancer, "/completion"), json={"prompt": "x"}, headers=headers
+    ) as r:
+        assert r.headers["X-Request-Id"] == "req-42"
+    async with harness.http.post(url(balancer, "/completion"), json={"prompt": "x"}) as r:
+        made = r.headers["X-Request-Id"]
+        assert len(made) == 32
+    lines = [rec for rec in caplog.records if rec.name == "corral.access"]
+    assert lines[0].fields["request_id"] == "req-42"
+    assert lines[0].fields["agent"] == "s" and lines[0].fields["status"] == 200
+    assert "req-42 POST /completion 200 model=- agent=s" in lines[0].getMessage()
+    assert lines[1].fields["request_id"] == made
