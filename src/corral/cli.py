@@ -191,6 +191,15 @@ def _balancer_parser(sub: Any) -> None:
         type=_positive(float),
         default="60",
     )
+    _flag(p, "--statsd-addr", "HOST:PORT of a StatsD server (UDP)", type=_addr)
+    _flag(p, "--statsd-prefix", "prefix of StatsD metric names", default="corral")
+    _flag(
+        p,
+        "--statsd-interval",
+        "seconds between StatsD sends",
+        type=_positive(float),
+        default="10",
+    )
     _flag(
         p,
         "--max-body-size",
@@ -225,6 +234,9 @@ def _run_balancer(args: argparse.Namespace) -> Coroutine[Any, Any, None]:
         state_file=args.state_file or _default_state_file(args.management_addr.port),
         rollout_share=min(1.0, max(0.0, args.rollout_share)),
         drain_timeout=args.drain_timeout,
+        statsd_addr=args.statsd_addr,
+        statsd_prefix=args.statsd_prefix,
+        statsd_interval=args.statsd_interval,
     )
     return run(config)
 

@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from corral.balancer.statsd import Counts
 from corral.core.buffer import Buffer
 from corral.core.fleet import AgentState, Fleet
 
@@ -88,6 +89,7 @@ class Metrics:
     """All of the balancer's metrics, in their own registry."""
 
     def __init__(self, fleet: Fleet, buffer: Buffer) -> None:
+        self.counts = Counts()  # plain totals for StatsD
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(_FleetCollector(fleet, buffer))
         r = self.registry

@@ -188,8 +188,10 @@ class InferenceProxy:
             ex.status = exc.status
             if exc.status == 429:
                 self.metrics.buffer_rejections.labels("full").inc()
+                self.metrics.counts.rejected += 1
             elif exc.status == 503 and "no slot became free" in exc.message:
                 self.metrics.buffer_rejections.labels("timeout").inc()
+                self.metrics.counts.rejected += 1
             raise
         except asyncio.CancelledError:
             ex.status = 499  # the client went away
@@ -230,6 +232,7 @@ class InferenceProxy:
         model = ex.model or ""
         total = now - ex.started
         self.metrics.requests.labels(endpoint, model, str(ex.status)).inc()
+        self.metrics.counts.requests += 1
         self.metrics.duration.labels(endpoint).observe(total)
         if ex.waited:
             self.metrics.buffer_wait.observe(ex.waited)

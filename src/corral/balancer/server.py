@@ -26,6 +26,7 @@ from corral.balancer.errors import error_middleware
 from corral.balancer.management import Management
 from corral.balancer.metrics import Metrics
 from corral.balancer.proxy import InferenceProxy
+from corral.balancer.statsd import StatsdReporter
 from corral.core.buffer import Buffer
 from corral.core.clock import Clock, MonotonicClock
 from corral.core.fleet import Fleet
@@ -74,6 +75,11 @@ class BalancerConfig:
     """Share of supervised agents that may change settings at once (at least one)."""
     drain_timeout: float = 60.0
     """Seconds an agent gets to finish its requests before its settings change."""
+    statsd_addr: Addr | None = None
+    """Where to send StatsD metrics over UDP (None: not sent)."""
+    statsd_prefix: str = "corral"
+    statsd_interval: float = 10.0
+    """Seconds between StatsD sends."""
 
 
 class Balancer:
@@ -150,6 +156,16 @@ class Balancer:
             self.inference_app(self._session), self.config.inference_addr
         )
         self._tasks.append(asyncio.create_task(self._watch_heartbeats()))
+        if self.config.statsd_addr is not None:
+            reporter = StatsdReporter(
+                self.config.statsd_addr,
+                self.config.statsd_prefix,
+                self.config.statsd_interval,
+                self.fleet,
+                self.buffer,
+                self.metrics.counts,
+            )
+            self._tasks.append(asyncio.create_task(reporter.run()))
         log.info(
             "balancer up: inference on %s:%d, management on %s:%d",
             self.config.inference_addr.host,
