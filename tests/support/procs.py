@@ -42,7 +42,8 @@ def wait_until(check: Any, timeout: float, what: str) -> Any:
 class Proc:
     def __init__(self, name: str, command: list[str], logs: Path) -> None:
         self.name = name
-        self.log_path = logs / f"{name}.log"
+        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+        self.log_path = logs / f"{safe}.log"
         self._log = self.log_path.open("wb")
         self.process = spawn(command, stdout=self._log, stderr=subprocess.STDOUT)
 
@@ -144,6 +145,19 @@ class Fleet:
         )  # fmt: skip
         wait_until(lambda: agent_state(management_port, name) == "ready", 120, f"{name} ready")
         return proc
+
+    def sim(self, name: str, slots: int = 2) -> tuple[Proc, int]:
+        """A simulated llama-server process."""
+        port = free_port()
+        proc = self._start(
+            name,
+            [
+                sys.executable, "-m", "corral", "sim", "--addr", f"127.0.0.1:{port}",
+                "--slots", str(slots), "--name", name, "--model", "gemma-3-270m-q4_k_m",
+            ],
+        )  # fmt: skip
+        wait_until(lambda: get_json(f"http://127.0.0.1:{port}/health")[0] == 200, 30, name)
+        return proc, port
 
     def stop(self, failed: bool) -> None:
         for proc in reversed(self.procs):

@@ -21,6 +21,7 @@ from typing import Any
 import msgspec
 from aiohttp import WSMsgType, web
 
+from corral import dashboard
 from corral.balancer.desired import Rollout, StoreError
 from corral.balancer.dispatcher import Dispatcher
 from corral.balancer.errors import HTTPError
@@ -101,6 +102,8 @@ class Management:
         self._closing = False
         self.rollout: Rollout | None = None
         self.metrics: Metrics | None = None
+        self.inference_port = 0
+        self._page = dashboard.page()
 
     def install(self, app: web.Application) -> None:
         app.router.add_get("/api/v1/agent-socket", self.agent_socket)
@@ -110,6 +113,9 @@ class Management:
         app.router.add_get("/api/v1/desired-state", self.get_desired)
         app.router.add_put("/api/v1/desired-state", self.put_desired)
         app.router.add_get("/metrics", self.prometheus)
+        app.router.add_get("/", self.dashboard)
+        app.router.add_get("/dashboard", self.dashboard)
+        app.router.add_get("/api/v1/info", self.info)
         app.router.add_get("/health", self.health)
 
     # ---------------------------------------------------------------- auth
@@ -142,6 +148,18 @@ class Management:
     async def agents(self, request: web.Request) -> web.Response:
         self._require_management(request)
         return web.json_response(self.snapshot())
+
+    async def dashboard(self, request: web.Request) -> web.Response:
+        """The web dashboard (its data comes from the API, with the token if set)."""
+        return web.Response(body=self._page, content_type="text/html", charset="utf-8")
+
+    async def info(self, request: web.Request) -> web.Response:
+        """Where the inference listener is, as seen from this request's host."""
+        self._require_management(request)
+        host = request.url.host or "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return web.json_response({"inference_url": f"http://{host}:{self.inference_port}"})
 
     async def prometheus(self, request: web.Request) -> web.Response:
         """Prometheus text format (``--management-token`` applies when set)."""

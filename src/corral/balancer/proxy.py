@@ -120,13 +120,17 @@ class InferenceProxy:
         """Every request of the inference listener (no middleware: one frame less
         per waiting request)."""
         try:
-            return await self._route(request)
+            response = await self._route(request)
         except HTTPError as exc:
-            return render(request, exc)
+            response = render(request, exc)
         except web.HTTPException as exc:  # 413 from reading the body
             if exc.status < 400:
                 raise
-            return render(request, exc)
+            response = render(request, exc)
+        origin = request.headers.get("Origin")
+        if origin is not None and not response.prepared:
+            response.headers["Access-Control-Allow-Origin"] = origin
+        return response
 
     async def _route(self, request: web.Request) -> web.StreamResponse:
         path = request.path
@@ -351,6 +355,9 @@ class InferenceProxy:
             (k, v) for k, v in upstream.headers.items() if k.lower() not in _HOP_BY_HOP
         )
         headers["X-Request-Id"] = ex.request_id
+        origin = request.headers.get("Origin")
+        if origin is not None:  # browsers (the dashboard's playground) may read it
+            headers["Access-Control-Allow-Origin"] = origin
         ex.status = upstream.status
         length = upstream.content_length
         if length is not None and length <= _READ_WHOLE_LIMIT:
@@ -432,5 +439,6 @@ def _preflight(request: web.Request) -> web.Response:
             "Access-Control-Allow-Credentials": "true",
             "Access-Control-Allow-Methods": "GET, POST",
             "Access-Control-Allow-Headers": asked,
+            "Access-Control-Expose-Headers": "X-Request-Id",
         },
     )

@@ -155,6 +155,7 @@ class Balancer:
         self.inference_port = await self._listen(
             self.inference_app(self._session), self.config.inference_addr
         )
+        self.management.inference_port = self.inference_port
         self._tasks.append(asyncio.create_task(self._watch_heartbeats()))
         if self.config.statsd_addr is not None:
             reporter = StatsdReporter(
