@@ -156,7 +156,8 @@ def banner(config: UpConfig, slots: int) -> str:
 Corral is up: {config.agents} llama-server(s) with {slots} slot(s) each, behind one balancer.
 
   Inference (llama.cpp and OpenAI API): {api}
-  Fleet state:                          {mgmt}/api/v1/agents
+  Dashboard:                            {mgmt}/dashboard
+  Fleet state (JSON), metrics:          {mgmt}/api/v1/agents, {mgmt}/metrics
 
 Try it:
 

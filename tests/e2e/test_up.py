@@ -48,6 +48,7 @@ def test_up_serves_and_stops_without_leaving_a_process():
         banner = "".join(lines)
         assert f"http://127.0.0.1:{inference}" in banner, banner
         assert "curl" in banner and "OpenAI(" in banner
+        assert f"http://127.0.0.1:{management}/dashboard" in banner
 
         status, health = get_json(f"http://127.0.0.1:{inference}/health")
         assert status == 200 and health["slots_idle"] == 2
