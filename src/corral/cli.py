@@ -470,6 +470,35 @@ def _run_up(args: argparse.Namespace) -> Coroutine[Any, Any, None]:
     )
 
 
+# --------------------------------------------------------------------- top
+def _top_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "top",
+        help="a live terminal dashboard of a balancer's fleet",
+        description=(
+            "Show a balancer's agents, slots, buffered requests and rates, live. "
+            "Keys: s sorts, Enter shows an agent's detail and issues, q quits."
+        ),
+    )
+    _flag(
+        p,
+        "--management-addr",
+        "HOST:PORT of the balancer's management listener",
+        type=_addr,
+        default="127.0.0.1:8060",
+    )
+    _flag(p, "--management-token", "the balancer's --management-token, if it has one")
+    _common(p)
+    p.set_defaults(func=_run_top)
+
+
+def _run_top(args: argparse.Namespace) -> Coroutine[Any, Any, None]:
+    from corral.top.app import TopApp
+
+    app = TopApp(args.management_addr.url(), args.management_token or None)
+    return app.run_async()
+
+
 # --------------------------------------------------------------------- main
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
@@ -482,6 +511,7 @@ def parser() -> argparse.ArgumentParser:
     _agent_parser(sub)
     _sim_parser(sub)
     _up_parser(sub)
+    _top_parser(sub)
     return top
 
 
