@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from openai import OpenAI
 from support.procs import Fleet, agents, get_json, wait_until
+
+from corral.llamacpp import bundled_model
 
 pytestmark = pytest.mark.e2e
 
@@ -28,27 +30,33 @@ def put_desired(management: int, state: dict) -> tuple[int, dict]:
         return exc.code, json.loads(exc.read())
 
 
-def test_a_change_under_steady_load_fails_no_request(fleet: Fleet, tmp_path):
+def test_a_model_change_under_steady_load_fails_no_request(fleet: Fleet, tmp_path):
     _, inference, management = fleet.balancer()
     fleet.supervised_agent("a", management, slots=2)
     fleet.supervised_agent("b", management, slots=2)
-    sdk = OpenAI(base_url=f"http://127.0.0.1:{inference}/v1", api_key="x", max_retries=0)
+    # "another model": the same weights under another name, so the model id changes
+    other = tmp_path / "gemma-renamed.gguf"
+    shutil.copyfile(bundled_model(), other)
     stop = threading.Event()
     outcomes: list[str] = []
+    body = json.dumps({"prompt": "Hello", "n_predict": 8}).encode()
 
     def user() -> None:
         while not stop.is_set():
+            request = urllib.request.Request(f"http://127.0.0.1:{inference}/completion", body)
             try:
-                reply = sdk.completions.create(model="x", prompt="Hello", max_tokens=8)
-                outcomes.append("ok" if reply.usage.completion_tokens == 8 else "short")
+                with urllib.request.urlopen(request, timeout=60) as reply:
+                    answer = json.loads(reply.read())
+                outcomes.append("ok" if answer["tokens_predicted"] == 8 else "short")
             except Exception as exc:  # what a user would see
                 outcomes.append(repr(exc))
 
     with ThreadPoolExecutor(3) as pool:
         users = [pool.submit(user) for _ in range(3)]
         time.sleep(1)
-        status, body = put_desired(management, {"model": "bundled", "slots": 3, "ctx_size": 512})
-        assert status == 200 and body["generation"] == 1
+        desired = {"model": str(other), "slots": 3, "ctx_size": 512}
+        status, answer = put_desired(management, desired)
+        assert status == 200 and answer["generation"] == 1
 
         def all_applied() -> bool:
             listing = agents(management)
@@ -66,9 +74,10 @@ def test_a_change_under_steady_load_fails_no_request(fleet: Fleet, tmp_path):
     assert len(outcomes) > 10
     listing = agents(management)
     assert {a["slots_total"] for a in listing.values()} == {3}
-    status, desired = get_json(f"http://127.0.0.1:{management}/api/v1/desired-state")
-    assert desired["desired"]["slots"] == 3
-    assert all(a["matches"] for a in desired["agents"])
+    assert {a["model"] for a in listing.values()} == {"gemma-renamed"}
+    _, state = get_json(f"http://127.0.0.1:{management}/api/v1/desired-state")
+    assert state["desired"]["model"] == str(other)
+    assert all(a["matches"] for a in state["agents"])
 
 
 def test_a_bad_setting_is_rolled_back_with_the_reason(fleet: Fleet):

@@ -15,6 +15,7 @@ screen.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -25,6 +26,7 @@ from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
+from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 from textual.widgets.data_table import CellDoesNotExist
@@ -342,7 +344,8 @@ class TopApp(App[None]):
             self.attempts += 1
             delay = self.retry_delay(self.attempts)
             self.status, self.error = "unreachable", reason
-            self._render_status(delay)
+            with contextlib.suppress(NoMatches):
+                self._render_status(delay)
             await asyncio.sleep(delay)
 
     async def _scrape(self) -> None:
@@ -358,7 +361,8 @@ class TopApp(App[None]):
             elif self._counters is not None:
                 self.rates = compute_rates(self._counters, counters) or self.rates
             self._counters = counters
-            self._render_summary()
+            with contextlib.suppress(NoMatches):  # not mounted yet, or shutting down
+                self._render_summary()
             await asyncio.sleep(self.metrics_interval)
 
     # -------------------------------------------------------------- drawing
@@ -371,9 +375,12 @@ class TopApp(App[None]):
             self.screen.show(snapshot.agent(self.screen.key))
 
     def _render(self) -> None:
-        self._render_summary()
-        self._render_status()
-        self._render_table()
+        # The worker may get data before the main screen is mounted, or while the
+        # app shuts down; then there is nothing to draw yet (or any more).
+        with contextlib.suppress(NoMatches):
+            self._render_summary()
+            self._render_status()
+            self._render_table()
 
     def _render_summary(self) -> None:
         fleet, rates = summary_lines(self.snapshot, self.rates, self.sort_key)
