@@ -410,7 +410,8 @@ async def test_embeddings_can_be_disabled(make_client: MakeClient) -> None:
 
 
 async def test_the_openai_sdk_understands_the_answers() -> None:
-    openai = pytest.importorskip("openai")
+    import openai  # a dev dependency: installed by scripts/install, never skipped
+
     runner, port = await start(SimConfig(tokens_per_second=1e6, api_key="k"))
     client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k")
     try:
