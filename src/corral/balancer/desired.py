@@ -78,12 +78,22 @@ class Rollout:
         self.send = send
         self.share = share
         self.drain_timeout = drain_timeout
+        self._seen: tuple[int, int] | None = None  # (generation, fleet.membership)
+        self._waiting = False  # an agent drains and has not been told to apply yet
 
-    def tick(self) -> bool:
+    def tick(self, force: bool = False) -> bool:
         """Run after every change of the fleet: finish changes, start new ones, send
-        Apply to drained agents. ``True`` if an agent came back into service."""
+        Apply to drained agents. ``True`` if an agent came back into service.
+
+        Cheap on the request path: unless agents joined, left, reported or drain,
+        or a drained agent waits for its requests to finish, there is nothing to do.
+        ``force`` (the periodic call) also checks drain timeouts.
+        """
         generation, state = self.store.generation, self.store.state
         if state is None:
+            return False
+        seen = (generation, self.fleet.membership)
+        if not force and seen == self._seen and not self._waiting:
             return False
         now = self.clock.now()
         returned = False
@@ -100,11 +110,16 @@ class Rollout:
         for agent_id in plan(self.fleet, generation, self.share):
             agent = self.fleet.drain(agent_id, now)
             log.info("draining %s for generation %d", agent.name, generation)
+        waiting = False
         for agent in list(self.fleet):
             if agent.apply_sent != generation and ready_to_apply(agent, now, self.drain_timeout):
                 agent.apply_sent = generation
                 log.info("%s drained: applying generation %d", agent.name, generation)
                 self.send(agent.id, m.Apply(generation, state, self.drain_timeout))
+            elif agent.draining and agent.apply_sent != generation:
+                waiting = True
+        self._seen = (generation, self.fleet.membership)
+        self._waiting = waiting
         return returned
 
     def status(self) -> dict[str, Any]:

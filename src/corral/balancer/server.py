@@ -196,7 +196,7 @@ class Balancer:
             for agent in self.fleet.expire(self.clock.now(), self.config.heartbeat_timeout):
                 log.warning("agent %s missed its heartbeats: marked unhealthy", agent.name)
                 self.dispatcher.changed()
-            if self.rollout.tick():  # drain timeouts
+            if self.rollout.tick(force=True):  # drain timeouts
                 self.dispatcher.changed()
 
     async def stop(self) -> None:

@@ -202,6 +202,7 @@ class Fleet:
         self._model_refs: dict[str | None, int] = {}
         self._models: list[str] | None = None  # sorted named models, cached
         self.version = 0  # bumped on every change, for watchers
+        self.membership = 0  # bumped when agents join, leave, report or drain (not per request)
 
     # ------------------------------------------------------------------ queries
     def __len__(self) -> int:
@@ -284,6 +285,7 @@ class Fleet:
         )
         self._agents[agent_id] = agent
         self._ref_model(None)
+        self.membership += 1
         self._changed()
         return agent
 
@@ -307,6 +309,7 @@ class Fleet:
             agent.props = report.props
         agent.reserved_at_report = agent.reserved
         agent.last_seen = agent.last_report = now
+        self.membership += 1
         agent.heartbeat_ok = True
         if report.condition is Condition.READY:
             agent.set_aside = False
@@ -330,6 +333,7 @@ class Fleet:
         self._unindex(agent)
         self._unref_model(agent.model)
         del self._agents[agent_id]
+        self.membership += 1
         self._changed()
         return agent
 
@@ -380,6 +384,7 @@ class Fleet:
             raise FleetError(f"{agent!r} is already draining")
         agent.draining = True
         agent.drain_started = now
+        self.membership += 1
         self._reindex(agent)
         self._changed()
         return agent
@@ -388,6 +393,7 @@ class Fleet:
         agent = self.get(agent_id)
         if agent.draining:
             agent.draining = False
+            self.membership += 1
             self._reindex(agent)
             self._changed()
         return agent
