@@ -46,16 +46,22 @@ def test_openai_sdk_streaming_and_not_and_spread_by_free_slots(fleet: Fleet):
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text and len(chunks) >= 8
 
-    # four long requests on 2 x 2 slots: each server gets two (most free slots first)
+    # four long requests on 2 x 2 slots: each server gets two (most free slots first).
+    # First let the agents report the earlier requests as finished.
+    wait_until(
+        lambda: get_json(f"http://127.0.0.1:{inference}/health")[1].get("slots_idle") == 4,
+        10,
+        "an idle fleet",
+    )
     with ThreadPoolExecutor(4) as pool:
         futures = [
-            pool.submit(sdk.completions.create, model="x", prompt="Once upon", max_tokens=60)
+            pool.submit(sdk.completions.create, model="x", prompt="Once upon", max_tokens=120)
             for _ in range(4)
         ]
         wait_until(lambda: busy_slots(a) + busy_slots(b) == 4, 30, "four busy slots")
         assert (busy_slots(a), busy_slots(b)) == (2, 2)
         for future in futures:
-            assert future.result().usage.completion_tokens == 60
+            assert future.result().usage.completion_tokens == 120
 
 
 def test_more_requests_than_slots_all_succeed_through_the_buffer(fleet: Fleet):
