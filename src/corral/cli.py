@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import functools
 import json
 import logging
@@ -499,6 +498,33 @@ def _run_top(args: argparse.Namespace) -> Coroutine[Any, Any, None]:
     return app.run_async()
 
 
+# ------------------------------------------------------------------- bench
+def _bench_parser(sub: Any) -> None:
+    from corral.bench.command import add_arguments
+
+    p = sub.add_parser(
+        "bench",
+        help="load-test an OpenAI-compatible or llama.cpp endpoint",
+        description=(
+            "Send a seeded workload to an endpoint (Corral, a llama-server, any "
+            "OpenAI-compatible server) in a closed loop (--users) or an open loop "
+            "(--rate, Poisson arrivals), and report time to first token, inter-token "
+            "latency, end-to-end latency, throughput, errors by kind and, through Corral, "
+            "the time spent in its buffer. Text on the terminal, --json for machines, "
+            "--charts for PNG charts."
+        ),
+    )
+    add_arguments(p, functools.partial(_flag, prefix="CORRAL_BENCH_"))
+    _common(p)
+    p.set_defaults(func=_run_bench)
+
+
+def _run_bench(args: argparse.Namespace) -> Coroutine[Any, Any, int]:
+    from corral.bench.command import run
+
+    return run(args)
+
+
 # --------------------------------------------------------------------- main
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
@@ -512,11 +538,12 @@ def parser() -> argparse.ArgumentParser:
     _sim_parser(sub)
     _up_parser(sub)
     _top_parser(sub)
+    _bench_parser(sub)
     return top
 
 
-def _run(coro: Coroutine[Any, Any, None]) -> None:
-    """Run until done or until SIGINT/SIGTERM, which stop it gracefully."""
+def _run(coro: Coroutine[Any, Any, int | None]) -> int | None:
+    """Run until done or until SIGINT/SIGTERM, which stop it gracefully; its result."""
     loop_factory = None
     try:
         import uvloop
@@ -529,8 +556,10 @@ def _run(coro: Coroutine[Any, Any, None]) -> None:
         task = loop.create_task(coro)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, task.cancel)
-        with contextlib.suppress(asyncio.CancelledError):
-            loop.run_until_complete(task)
+        try:
+            return loop.run_until_complete(task)
+        except asyncio.CancelledError:
+            return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -554,8 +583,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
     try:
-        _run(args.func(args))
+        code = _run(args.func(args))
     except OSError as exc:
         log.error("%s", exc)
         return 1
-    return 0
+    return code or 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -52,6 +53,8 @@ class Dispatcher:
         self._closed = False
         self.on_change: Callable[[], bool] | None = None
         """Runs after each change (the rollout); ``True`` if it added capacity."""
+        self.on_pick: Callable[[float], None] | None = None
+        """Told how many seconds each new request's routing decision took (metrics)."""
 
     # ------------------------------------------------------------ requests
     async def acquire(self, request: RequestInfo) -> Slot:
@@ -63,6 +66,7 @@ class Dispatcher:
         if self._closed:
             raise HTTPError(503, "Corral: the balancer is shutting down", retry_after=1)
         now = self.clock.now()
+        started = time.perf_counter()
         try:
             result = self.scheduler.submit(request, now)
         except BufferFull as exc:
@@ -71,6 +75,8 @@ class Dispatcher:
                 f"Corral: all slots are busy and the request buffer is full ({exc})",
                 retry_after=1,
             ) from None
+        if self.on_pick is not None:
+            self.on_pick(time.perf_counter() - started)
         if isinstance(result, Dispatch):
             self._notify()
             return self._slot(result.agent_id, 0.0)

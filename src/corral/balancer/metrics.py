@@ -25,6 +25,9 @@ from corral.core.fleet import AgentState, Fleet
 LATENCY_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 )  # fmt: skip
+PICK_BUCKETS = (
+    1e-6, 2e-6, 3e-6, 5e-6, 7e-6, 1e-5, 1.5e-5, 2e-5, 3e-5, 5e-5, 7e-5, 1e-4, 2e-4, 5e-4, 1e-3,
+)  # fmt: skip
 WAIT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 
@@ -100,6 +103,13 @@ class Metrics:
             "corral_buffer_wait_seconds",
             "Time requests waited in the buffer for a slot",
             buckets=WAIT_BUCKETS,
+            registry=r,
+        )
+        self.pick = Histogram(
+            "corral_pick_seconds",
+            "Time the policy takes to route a new request (pick a server and reserve its "
+            "slot, or decide it waits)",
+            buckets=PICK_BUCKETS,
             registry=r,
         )
         self.first_byte = Histogram(

@@ -355,6 +355,8 @@ class InferenceProxy:
             (k, v) for k, v in upstream.headers.items() if k.lower() not in _HOP_BY_HOP
         )
         headers["X-Request-Id"] = ex.request_id
+        headers["X-Corral-Server"] = target.name
+        headers["X-Corral-Buffer-Wait"] = f"{ex.waited:.6f}"
         origin = request.headers.get("Origin")
         if origin is not None:  # browsers (the dashboard's playground) may read it
             headers["Access-Control-Allow-Origin"] = origin

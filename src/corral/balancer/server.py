@@ -112,6 +112,7 @@ class Balancer:
         self.metrics = Metrics(self.fleet, self.buffer)
         self.management.metrics = self.metrics
         self.dispatcher.on_change = self.rollout.tick
+        self.dispatcher.on_pick = self.metrics.pick.observe
         self._session: aiohttp.ClientSession | None = None
         self._runners: list[web.AppRunner] = []
         self._tasks: list[asyncio.Task[Any]] = []

@@ -30,6 +30,9 @@ async def test_request_token_and_fleet_metrics(harness: Harness):
     generated = 0
     async with harness.http.post(url(balancer, CHAT), json=body) as r:
         generated += (await r.json())["usage"]["completion_tokens"]
+        # who answered, and how long the request waited in the buffer (none here)
+        assert r.headers["X-Corral-Server"] == "s"
+        assert float(r.headers["X-Corral-Buffer-Wait"]) == 0.0
     stream = body | {"stream": True, "stream_options": {"include_usage": True}}
     async with harness.http.post(url(balancer, CHAT), json=stream) as r:
         await r.read()
@@ -45,6 +48,8 @@ async def test_request_token_and_fleet_metrics(harness: Harness):
     assert samples[("corral_buffered_requests", ())] == 0
     assert samples[("corral_request_duration_seconds_count", (("endpoint", CHAT),))] == 2
     assert samples[("corral_time_to_first_byte_seconds_count", (("endpoint", CHAT),))] == 2
+    assert samples[("corral_pick_seconds_count", ())] == 2  # one routing decision each
+    assert 0 < samples[("corral_pick_seconds_sum", ())] < 0.1
 
 
 async def test_buffer_rejections_and_buffered_gauge(harness: Harness):

@@ -37,6 +37,10 @@ def test_sim_has_its_own_namespace(monkeypatch):
         (["balancer", "--max-buffered-requests", "lots"], "not a whole number"),
         (["agent", "--local-llamacpp-addr", "127.0.0.1:8080"], "--management-addr"),
         (["launch"], "invalid choice"),
+        (["bench", "http://x", "--users", "0"], "must be at least 1"),
+        (["bench", "http://x", "--users", "2", "--rate", "3"], "not allowed with argument"),
+        (["bench", "http://x", "--rate", "fast"], "not a number"),
+        (["bench", "http://x", "--workload", "zipf"], "invalid choice"),
     ],
 )
 def test_bad_input_is_a_clear_error_not_a_traceback(argv, message, capsys):
@@ -73,3 +77,27 @@ def test_missing_api_key_file_is_a_clear_error(tmp_path):
 
     with pytest.raises(SystemExit, match="cannot read --api-key-file"):
         cli._run_balancer(args)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["bench", "localhost:8061"], "must start with http://"),
+        (["bench", "http://127.0.0.1:1", "--stream-share", "2"], "between 0 and 1"),
+        (["bench", "http://127.0.0.1:1", "--output-tokens", "9", "--max-output-tokens", "5"],
+         "above the cap"),
+    ],
+)  # fmt: skip
+def test_bench_refuses_plans_that_cannot_work(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_bench_defaults_to_a_short_closed_loop():
+    from corral.bench.command import plan
+
+    target, spec, load = plan(parser().parse_args(["bench", "http://h:1/"]))
+    assert target.endpoint == "http://h:1/v1/chat/completions"
+    assert (load.users, load.rate, load.requests, load.duration) == (4, None, 100, None)
+    assert spec.shape == "fixed"

@@ -1,0 +1,258 @@
+"""``corral bench``: point a load generator at any OpenAI-compatible or llama.cpp endpoint."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, TextIO
+
+from corral.bench.api import APIS
+from corral.bench.driver import Load, Runner, Target
+from corral.bench.stats import Outcome, Summary, format_table, summarise
+from corral.bench.workload import SHAPES, Workload, WorkloadError, WorkloadSpec
+
+DEFAULT_REQUESTS = 100
+
+
+def add_arguments(p: argparse.ArgumentParser, flag: Callable[..., None]) -> None:
+    """The bench options; ``flag`` adds one that may also come from the environment."""
+    p.add_argument(
+        "url",
+        help="base URL of the endpoint: Corral's inference listener, a llama-server, or any "
+        "OpenAI-compatible server (e.g. http://127.0.0.1:8061)",
+    )
+    flag(p, "--api", "which API to call", choices=APIS, default="chat")
+    flag(p, "--model", "model to ask for (default: none sent; one-model servers accept that)")
+    flag(p, "--api-key", "sent as Authorization: Bearer KEY")
+    how = p.add_argument_group("load (closed loop: --users; open loop: --rate)")
+    loop = how.add_mutually_exclusive_group()
+    loop.add_argument("--users", type=_int(1), help="concurrent users, closed loop (default 4)")
+    loop.add_argument("--rate", type=_float(0), help="requests per second, Poisson arrivals")
+    how.add_argument(
+        "--duration", type=_float(0), help="seconds to issue requests for (then wait for answers)"
+    )
+    how.add_argument(
+        "--requests",
+        type=_int(1),
+        help=f"requests to send (default {DEFAULT_REQUESTS} when no --duration)",
+    )
+    how.add_argument(
+        "--request-timeout",
+        type=_float(0),
+        default=600.0,
+        help="seconds one request may take (default %(default)s)",
+    )
+    w = p.add_argument_group("workload (seeded: the same seed sends the same requests)")
+    w.add_argument("--workload", choices=SHAPES, default="fixed", help="default %(default)s")
+    w.add_argument("--prompt-tokens", type=_int(1), default=32, help="default %(default)s")
+    w.add_argument(
+        "--output-tokens",
+        type=_int(1),
+        default=64,
+        help="tokens per answer; the median for heavy-tail and multi-turn (default %(default)s)",
+    )
+    w.add_argument(
+        "--max-output-tokens", type=_int(1), default=2048, help="cap (default %(default)s)"
+    )
+    w.add_argument(
+        "--tail-sigma",
+        type=_float(0, inclusive=True),
+        default=1.2,
+        help="heavy tail shape, log-normal sigma (default %(default)s)",
+    )
+    w.add_argument(
+        "--stream-share",
+        type=_float(0, inclusive=True),
+        default=1.0,
+        help="share of streamed requests, 0..1 (default %(default)s)",
+    )
+    w.add_argument("--sessions", type=_int(1), default=8, help="multi-turn: open conversations")
+    w.add_argument("--turns", type=_int(1), default=4, help="multi-turn: turns per conversation")
+    w.add_argument("--seed", type=int, default=1, help="default %(default)s")
+    w.add_argument(
+        "--no-ignore-eos",
+        dest="ignore_eos",
+        action="store_false",
+        help="let the model stop early (by default llama.cpp's ignore_eos asks for exactly "
+        "the planned number of tokens)",
+    )
+    out = p.add_argument_group("output")
+    out.add_argument("--json", type=Path, help="write the summary and every request here")
+    out.add_argument("--charts", type=Path, help="write PNG charts into this directory")
+    out.add_argument("--title", default="", help="title for the charts")
+    out.add_argument("--no-progress", dest="progress", action="store_false")
+
+
+def _int(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r} must be at least {minimum}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def _float(minimum: float, inclusive: bool = False) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value < minimum or (value == minimum and not inclusive) or value != value:
+            word = "at least" if inclusive else "greater than"
+            raise argparse.ArgumentTypeError(f"{text!r} must be {word} {minimum:g}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+def plan(args: argparse.Namespace) -> tuple[Target, WorkloadSpec, Load]:
+    """What the options ask for. Raises :class:`WorkloadError` for combinations that
+    cannot work."""
+    if not args.url.startswith(("http://", "https://")):
+        raise WorkloadError(f"the URL must start with http:// or https://, got {args.url!r}")
+    target = Target(
+        url=args.url,
+        api=args.api,
+        model=args.model or None,
+        api_key=args.api_key or None,
+        ignore_eos=args.ignore_eos,
+        timeout=args.request_timeout,
+    )
+    spec = WorkloadSpec(
+        shape=args.workload,
+        prompt_tokens=args.prompt_tokens,
+        output_tokens=args.output_tokens,
+        max_output_tokens=args.max_output_tokens,
+        tail_sigma=args.tail_sigma,
+        stream_share=args.stream_share,
+        sessions=args.sessions,
+        turns=args.turns,
+        seed=args.seed,
+    )
+    requests = args.requests
+    if requests is None and args.duration is None:
+        requests = DEFAULT_REQUESTS
+    users = args.users if args.users is not None or args.rate is not None else 4
+    load = Load(users=users, rate=args.rate, duration=args.duration, requests=requests)
+    return target, spec, load
+
+
+async def run(args: argparse.Namespace) -> int:
+    """Run the benchmark the options describe; print the table; the exit code."""
+    try:
+        target, spec, load = plan(args)
+    except WorkloadError as exc:
+        print(f"corral bench: {exc}", file=sys.stderr)
+        return 2
+    print(f"corral bench: {target.endpoint}, {spec.shape} workload, {load.describe()}")
+    show = args.progress and sys.stderr.isatty()
+    runner = Runner(target, Workload(spec), load)
+    started = time.time()
+    interrupted = False
+    with _progress(runner, load, show):
+        try:
+            outcomes = await runner.run()
+        except asyncio.CancelledError:  # Ctrl-C: report what finished
+            interrupted = True
+            outcomes = sorted(runner.outcomes, key=lambda o: o.index)
+    summary = summarise(outcomes)
+    print(format_table(summary))
+    if args.json:
+        _write_json(args.json, target, spec, load, summary, outcomes, started)
+        print(f"wrote {args.json}")
+    if args.charts:
+        from corral.bench import charts
+
+        args.charts.mkdir(parents=True, exist_ok=True)
+        title = args.title or f"{spec.shape}, {load.describe()}"
+        for path in (
+            charts.latency_cdfs({"run": outcomes}, args.charts / "latency.png", title),
+            charts.timeline(outcomes, args.charts / "timeline.png", title),
+        ):
+            print(f"wrote {path}")
+    if interrupted:
+        print("corral bench: interrupted; the figures cover the requests that finished")
+        return 130
+    if outcomes and summary.succeeded == 0:
+        print("corral bench: no request succeeded (see errors above)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _write_json(
+    path: Path,
+    target: Target,
+    spec: WorkloadSpec,
+    load: Load,
+    summary: Summary,
+    outcomes: list[Outcome],
+    started: float,
+) -> None:
+    target_info = asdict(target)
+    if target_info.get("api_key"):
+        target_info["api_key"] = "***"
+    document: dict[str, Any] = {
+        "started_at": started,
+        "target": target_info,
+        "workload": asdict(spec),
+        "load": asdict(load),
+        "summary": summary.to_dict(),
+        "requests": [asdict(o) for o in outcomes],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=1))
+
+
+@contextlib.contextmanager
+def _progress(runner: Runner, load: Load, show: bool, stream: TextIO | None = None) -> Any:
+    """A progress bar on stderr while the run goes (nothing when not a terminal)."""
+    if not show:
+        yield
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    by_time = load.requests is None
+    total = load.duration if by_time else load.requests
+    progress = Progress(
+        TextColumn("[bold]bench"),
+        BarColumn(),
+        TextColumn("{task.fields[what]}"),
+        TimeElapsedColumn(),
+        console=Console(file=stream or sys.stderr),
+        transient=True,
+    )
+    task = progress.add_task("bench", total=total, what="")
+
+    def update() -> None:
+        done = len(runner.outcomes)
+        failed = sum(1 for o in runner.outcomes if not o.ok)
+        completed = min(runner.elapsed(), total or 0) if by_time else done
+        what = f"{done:,} done, {failed:,} failed, {runner.in_flight:,} in flight"
+        progress.update(task, completed=completed, what=what)
+
+    async def tick() -> None:
+        while True:
+            update()
+            await asyncio.sleep(0.2)
+
+    with progress:
+        ticker = asyncio.get_running_loop().create_task(tick())
+        try:
+            yield
+        finally:
+            ticker.cancel()

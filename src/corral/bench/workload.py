@@ -1,0 +1,203 @@
+"""What a benchmark sends, and when: seeded workloads and arrival traces. Pure.
+
+Theory of operation
+-------------------
+A workload is an endless, seeded sequence of :class:`Call` objects: the prompt (or
+chat history), the number of tokens to generate, and whether to stream. The same
+spec and seed give the same sequence, call for call, so every contender in a
+comparison receives exactly the same requests in the same order.
+
+Output lengths come from one of three shapes:
+
+- ``fixed``: every answer has ``output_tokens`` tokens.
+- ``heavy-tail``: most answers are short and a few are very long ("yes or no" next to
+  "write half a book"): a log-normal with median ``output_tokens`` and shape
+  ``tail_sigma``, capped at ``max_output_tokens``.
+- ``multi-turn``: chat sessions whose history grows. Each call continues one of
+  ``sessions`` open conversations (or starts a new one after ``turns`` turns); its
+  messages are the whole history so far, so calls share long prefixes. The
+  assistant's earlier answers in the history are the planned answers (text of the
+  planned length), not the server's real words, so the sequence does not depend on
+  who answered. Output lengths are heavy-tailed as above.
+
+Arrivals for an open loop are a Poisson process (:func:`poisson_arrivals`): the gaps
+between requests are exponential with mean ``1 / rate``, from their own seeded
+generator, so the same seed gives the same trace whatever the workload.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+Shape = Literal["fixed", "heavy-tail", "multi-turn"]
+SHAPES: tuple[Shape, ...] = ("fixed", "heavy-tail", "multi-turn")
+
+_WORDS = (
+    "the", "fleet", "server", "slot", "token", "model", "prompt", "answer", "request",
+    "balance", "queue", "latency", "stream", "cache", "batch", "context", "agent", "user",
+    "write", "about", "why", "how", "small", "large", "fast", "slow", "river", "mountain",
+    "history", "story", "poem", "list", "explain", "compare", "summarise", "translate",
+)  # fmt: skip
+"""Prompt words. Common English words are one token each in most vocabularies (and in
+the simulator's), so a prompt of N words is close to N tokens."""
+
+
+class WorkloadError(ValueError):
+    """A workload spec that cannot work (a negative length, a share above 1...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadSpec:
+    """Which requests a benchmark sends. Every field has a default that works."""
+
+    shape: Shape = "fixed"
+    prompt_tokens: int = 32
+    """Words in each new prompt (about as many tokens)."""
+    output_tokens: int = 64
+    """Tokens to generate: exact for ``fixed``, the median otherwise."""
+    tail_sigma: float = 1.2
+    """Shape of the heavy tail (log-normal sigma): 1.2 puts the p99 near 16x the median."""
+    max_output_tokens: int = 2048
+    """No answer is planned longer than this (keep it under the servers' context)."""
+    stream_share: float = 1.0
+    """Share of requests that stream (1.0: all; 0.0: none), chosen per call."""
+    sessions: int = 8
+    """``multi-turn``: conversations open at once."""
+    turns: int = 4
+    """``multi-turn``: turns per conversation before it ends and a new one starts."""
+    seed: int = 1
+
+    def __post_init__(self) -> None:
+        if self.shape not in SHAPES:
+            raise WorkloadError(f"unknown workload {self.shape!r}; choose one of {SHAPES}")
+        for name in ("prompt_tokens", "output_tokens", "max_output_tokens", "sessions", "turns"):
+            if getattr(self, name) < 1:
+                raise WorkloadError(f"{name.replace('_', ' ')} must be >= 1")
+        if self.output_tokens > self.max_output_tokens:
+            raise WorkloadError(
+                f"output tokens ({self.output_tokens}) is above the cap ({self.max_output_tokens})"
+            )
+        if not 0.0 <= self.stream_share <= 1.0:
+            raise WorkloadError(f"stream share must be between 0 and 1, got {self.stream_share}")
+        if not self.tail_sigma >= 0:
+            raise WorkloadError(f"tail sigma must be >= 0, got {self.tail_sigma}")
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One request of a workload."""
+
+    index: int
+    """Position in the sequence (0, 1, 2...)."""
+    messages: tuple[Message, ...]
+    """The chat history to send; for completion APIs, its text is the prompt."""
+    max_tokens: int
+    """Tokens to generate (sent as ``max_tokens`` / ``n_predict``)."""
+    stream: bool
+    session: int = 0
+    """``multi-turn``: the conversation (0, 1, 2...); otherwise each call is its own."""
+    turn: int = 0
+    """``multi-turn``: 0 for a conversation's first call."""
+
+    @property
+    def prompt(self) -> str:
+        """The history as one text, for completion endpoints."""
+        return "\n".join(m.content for m in self.messages)
+
+
+def output_length(rng: random.Random, spec: WorkloadSpec) -> int:
+    """Draw one answer length for ``spec``."""
+    if spec.shape == "fixed":
+        return spec.output_tokens
+    drawn = spec.output_tokens * math.exp(rng.gauss(0.0, spec.tail_sigma))
+    return max(1, min(spec.max_output_tokens, round(drawn)))
+
+
+def _text(rng: random.Random, words: int, start: str = "") -> str:
+    picked = [start] if start else []
+    picked += rng.choices(_WORDS, k=words - len(picked))
+    return " ".join(picked)
+
+
+@dataclass(slots=True)
+class _Session:
+    number: int
+    history: list[Message] = field(default_factory=list)
+    turn: int = 0
+
+
+class Workload:
+    """The sequence of calls a spec describes. Iterate it (it never ends)."""
+
+    def __init__(self, spec: WorkloadSpec) -> None:
+        self.spec = spec
+
+    def __iter__(self) -> Iterator[Call]:
+        spec = self.spec
+        rng = random.Random(f"corral-workload:{spec.seed}")
+        if spec.shape != "multi-turn":
+            for index in itertools.count():
+                prompt = _text(rng, spec.prompt_tokens, start=f"Request {index}:")
+                yield Call(
+                    index=index,
+                    messages=(Message("user", prompt),),
+                    max_tokens=output_length(rng, spec),
+                    stream=rng.random() < spec.stream_share,
+                    session=index,
+                )
+            return
+        numbers = itertools.count()
+        open_ = [_Session(next(numbers)) for _ in range(spec.sessions)]
+        for index in itertools.count():
+            place = rng.randrange(len(open_))
+            session = open_[place]
+            if not session.history:
+                system = _text(rng, spec.prompt_tokens, start=f"Session {session.number}:")
+                session.history.append(Message("system", system))
+            session.history.append(Message("user", _text(rng, max(1, spec.prompt_tokens // 4))))
+            max_tokens = output_length(rng, spec)
+            yield Call(
+                index=index,
+                messages=tuple(session.history),
+                max_tokens=max_tokens,
+                stream=rng.random() < spec.stream_share,
+                session=session.number,
+                turn=session.turn,
+            )
+            # the planned answer joins the history (its length, not the server's words)
+            session.history.append(Message("assistant", _text(rng, min(max_tokens, 256))))
+            session.turn += 1
+            if session.turn >= spec.turns:
+                open_[place] = _Session(next(numbers))
+
+    def take(self, count: int) -> list[Call]:
+        """The first ``count`` calls."""
+        return list(itertools.islice(self, count))
+
+    def __repr__(self) -> str:
+        s = self.spec
+        return (
+            f"<Workload {s.shape} prompt={s.prompt_tokens} output={s.output_tokens} seed={s.seed}>"
+        )
+
+
+def poisson_arrivals(rate: float, seed: int) -> Iterator[float]:
+    """Arrival times (seconds from the start) of a Poisson process of ``rate`` per second."""
+    if not rate > 0 or math.isinf(rate):
+        raise WorkloadError(f"the arrival rate must be a positive number, got {rate}")
+    rng = random.Random(f"corral-arrivals:{seed}")
+    t = 0.0
+    while True:
+        t += rng.expovariate(rate)
+        yield t

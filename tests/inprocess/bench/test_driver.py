@@ -1,0 +1,127 @@
+"""The load generator against simulated servers, alone and through a balancer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from support.harness import Harness
+
+from corral.bench.driver import Load, Runner, Target
+from corral.bench.stats import summarise
+from corral.bench.workload import Workload, WorkloadError, WorkloadSpec
+from corral.llamacpp.process import free_port
+
+FAST = {"tokens_per_second": 2000.0, "prompt_tokens_per_second": 1e6}
+
+
+@pytest.mark.parametrize("api", ["chat", "completions", "llamacpp"])
+async def test_closed_loop_counts_add_up(harness: Harness, api: str) -> None:
+    _, port = await harness.sim(name="s1", slots=4, **FAST)
+    spec = WorkloadSpec(output_tokens=5, stream_share=0.5, seed=3)
+    runner = Runner(
+        Target(f"http://127.0.0.1:{port}", api=api),  # type: ignore[arg-type]
+        Workload(spec),
+        Load(users=3, requests=20),
+    )
+    outcomes = await runner.run()
+    assert [o.index for o in outcomes] == list(range(20))
+    s = summarise(outcomes)
+    assert (s.requests, s.succeeded, s.failed) == (20, 20, 0)
+    assert all(o.output_tokens == 5 for o in outcomes)
+    assert s.output_tokens == 100
+    streamed = [o for o in outcomes if o.stream]
+    expected = [c.stream for c in Workload(spec).take(20)]
+    assert [o.stream for o in outcomes] == expected
+    assert streamed and all(o.ttft is not None and len(o.token_gaps) == 4 for o in streamed)
+    assert all(o.ttft is None for o in outcomes if not o.stream)
+    assert s.servers == {"s1": 20}
+    assert runner.in_flight == 0
+
+
+async def test_open_loop_sends_the_trace_and_corral_reports_its_buffer(harness: Harness) -> None:
+    balancer = await harness.balancer()
+    _, port = await harness.sim(name="only", slots=1, tokens_per_second=200.0)
+    await harness.agent(port, balancer, name="only")
+    target = Target(f"http://127.0.0.1:{balancer.inference_port}")
+    runner = Runner(
+        target,
+        Workload(WorkloadSpec(output_tokens=10)),
+        Load(rate=40.0, requests=8, seed=2),
+    )
+    outcomes = await runner.run()
+    s = summarise(outcomes)
+    assert s.succeeded == 8, s.errors
+    assert s.servers == {"only": 8}
+    # one slot at ~50 ms per answer and 40 arrivals/s: some requests waited in Corral
+    waits = [o.buffer_wait for o in outcomes]
+    assert all(w is not None for w in waits)
+    assert max(w for w in waits if w is not None) > 0.0
+    for o in outcomes:  # sent on schedule (never before its arrival time)
+        assert o.scheduled is not None and o.start >= o.scheduled - 1e-3
+
+
+async def test_errors_are_counted_by_kind(harness: Harness) -> None:
+    balancer = await harness.balancer(max_buffered_requests=0)  # no agents: 429 at once
+    spec = Workload(WorkloadSpec(output_tokens=2))
+    full = await Runner(
+        Target(f"http://127.0.0.1:{balancer.inference_port}"), spec, Load(users=2, requests=4)
+    ).run()
+    assert summarise(full).errors == {"http_429": 4}
+    closed = await Runner(
+        Target(f"http://127.0.0.1:{free_port()}"), spec, Load(users=1, requests=3)
+    ).run()
+    assert summarise(closed).errors == {"connection": 3}
+
+
+async def test_a_request_timeout_is_a_timeout(harness: Harness) -> None:
+    _, port = await harness.sim(slots=1, tokens_per_second=5.0)
+    outcomes = await Runner(
+        Target(f"http://127.0.0.1:{port}", timeout=0.3),
+        Workload(WorkloadSpec(output_tokens=50)),
+        Load(users=1, requests=1),
+    ).run()
+    assert summarise(outcomes).errors == {"timeout": 1}
+
+
+async def test_duration_stops_issuing(harness: Harness) -> None:
+    _, port = await harness.sim(slots=4, **FAST)
+    runner = Runner(
+        Target(f"http://127.0.0.1:{port}"),
+        Workload(WorkloadSpec(output_tokens=3)),
+        Load(users=2, duration=0.5),
+    )
+    outcomes = await runner.run()
+    assert outcomes and all(o.ok for o in outcomes)
+    assert max(o.start for o in outcomes) < 0.5
+
+
+def test_load_needs_one_loop_and_a_limit() -> None:
+    with pytest.raises(WorkloadError, match="either"):
+        Load(users=2, rate=1.0, requests=1)
+    with pytest.raises(WorkloadError, match="duration, a number of requests"):
+        Load(users=2)
+    with pytest.raises(WorkloadError, match="users must be"):
+        Load(users=0, requests=1)
+
+
+async def test_the_command_writes_json_and_charts(harness: Harness, tmp_path: Path) -> None:
+    from corral.bench.command import run
+    from corral.cli import parser
+
+    _, port = await harness.sim(name="s", slots=2, **FAST)
+    args = parser().parse_args(
+        [
+            "bench", f"http://127.0.0.1:{port}", "--requests", "6", "--users", "2",
+            "--workload", "heavy-tail", "--output-tokens", "4", "--json",
+            str(tmp_path / "run.json"), "--charts", str(tmp_path / "charts"),
+        ]
+    )  # fmt: skip
+    assert await run(args) == 0
+    document = json.loads((tmp_path / "run.json").read_text())
+    assert document["summary"]["succeeded"] == 6
+    assert len(document["requests"]) == 6
+    assert document["workload"]["shape"] == "heavy-tail"
+    for name in ("latency.png", "timeline.png"):
+        assert (tmp_path / "charts" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,113 @@
+"""Seeded workloads and arrival traces repeat exactly, and have the shapes they claim."""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+
+import pytest
+
+from corral.bench.workload import (
+    Workload,
+    WorkloadError,
+    WorkloadSpec,
+    output_length,
+    poisson_arrivals,
+)
+
+
+@pytest.mark.parametrize("shape", ["fixed", "heavy-tail", "multi-turn"])
+def test_a_seeded_workload_repeats_exactly(shape: str) -> None:
+    spec = WorkloadSpec(shape=shape, stream_share=0.5, seed=7)  # type: ignore[arg-type]
+    assert Workload(spec).take(200) == Workload(spec).take(200)
+
+
+def test_another_seed_gives_other_requests() -> None:
+    a = Workload(WorkloadSpec(shape="heavy-tail", seed=1)).take(50)
+    b = Workload(WorkloadSpec(shape="heavy-tail", seed=2)).take(50)
+    assert [c.max_tokens for c in a] != [c.max_tokens for c in b]
+
+
+def test_fixed_lengths_and_prompt_size() -> None:
+    calls = Workload(WorkloadSpec(prompt_tokens=20, output_tokens=33)).take(20)
+    assert {c.max_tokens for c in calls} == {33}
+    assert all(len(c.prompt.split()) == 20 + 1 for c in calls)  # "Request" "N:" + words
+    assert [c.index for c in calls] == list(range(20))
+
+
+def test_heavy_tail_is_mostly_short_with_a_few_very_long() -> None:
+    spec = WorkloadSpec(shape="heavy-tail", output_tokens=50, max_output_tokens=5000, seed=3)
+    lengths = [c.max_tokens for c in Workload(spec).take(5000)]
+    median = statistics.median(lengths)
+    assert 40 <= median <= 60
+    longest = sorted(lengths)[-50:]  # the top 1%
+    assert min(longest) > 10 * median
+    assert max(lengths) <= 5000 and min(lengths) >= 1
+
+
+def test_heavy_tail_respects_the_cap() -> None:
+    spec = WorkloadSpec(shape="heavy-tail", output_tokens=100, max_output_tokens=120)
+    assert max(c.max_tokens for c in Workload(spec).take(500)) == 120
+
+
+def test_stream_share_is_honoured() -> None:
+    calls = Workload(WorkloadSpec(stream_share=0.25, seed=5)).take(4000)
+    share = sum(c.stream for c in calls) / len(calls)
+    assert 0.22 < share < 0.28
+    assert all(c.stream for c in Workload(WorkloadSpec(stream_share=1.0)).take(50))
+    assert not any(c.stream for c in Workload(WorkloadSpec(stream_share=0.0)).take(50))
+
+
+def test_multi_turn_histories_grow_and_share_their_prefix() -> None:
+    spec = WorkloadSpec(shape="multi-turn", sessions=3, turns=4, seed=11)
+    calls = Workload(spec).take(60)
+    by_session: dict[int, list] = {}
+    for call in calls:
+        by_session.setdefault(call.session, []).append(call)
+    for session_calls in by_session.values():
+        assert [c.turn for c in session_calls] == list(range(len(session_calls)))
+        assert len(session_calls) <= 4
+        for earlier, later in itertools.pairwise(session_calls):
+            # the later call repeats the whole earlier history, then the answer, then more
+            assert later.messages[: len(earlier.messages)] == earlier.messages
+            assert later.messages[len(earlier.messages)].role == "assistant"
+            assert len(later.messages) == len(earlier.messages) + 2
+        assert session_calls[0].messages[0].role == "system"
+    assert len(by_session) > 3  # sessions end after 4 turns and new ones start
+
+
+def test_poisson_arrivals_have_the_asked_rate_and_repeat() -> None:
+    times = list(itertools.islice(poisson_arrivals(50.0, seed=4), 20000))
+    assert times == list(itertools.islice(poisson_arrivals(50.0, seed=4), 20000))
+    assert all(b > a for a, b in itertools.pairwise(times))
+    rate = len(times) / times[-1]
+    assert 48 < rate < 52
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    # exponential gaps: the standard deviation equals the mean
+    assert statistics.stdev(gaps) == pytest.approx(statistics.mean(gaps), rel=0.05)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "words"),
+    [
+        ({"shape": "zipf"}, "unknown workload"),
+        ({"output_tokens": 0}, "output tokens must be >= 1"),
+        ({"output_tokens": 300, "max_output_tokens": 200}, "above the cap"),
+        ({"stream_share": 1.5}, "between 0 and 1"),
+        ({"tail_sigma": -1}, "tail sigma"),
+    ],
+)
+def test_bad_specs_say_what_is_wrong(overrides: dict, words: str) -> None:
+    with pytest.raises(WorkloadError, match=words):
+        WorkloadSpec(**overrides)
+
+
+def test_bad_rate() -> None:
+    with pytest.raises(WorkloadError, match="positive"):
+        next(poisson_arrivals(0, seed=1))
+
+
+def test_output_length_fixed_ignores_the_generator() -> None:
+    import random
+
+    assert output_length(random.Random(1), WorkloadSpec(output_tokens=9)) == 9
