@@ -146,6 +146,8 @@ class Balancer:
             ),
             auto_decompress=False,
             skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+            # a proxy keeps no cookies: one client's must never reach another's request
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
 
     async def start(self) -> None:

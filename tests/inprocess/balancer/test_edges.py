@@ -8,6 +8,7 @@ import json
 import aiohttp
 from support.harness import Harness, eventually, mgmt, url
 
+from corral.addr import Addr
 from corral.protocol import PROTOCOL_VERSION, Register, ServerStatus, encode
 
 CHAT = "/v1/chat/completions"
@@ -255,3 +256,37 @@ async def test_a_client_leaving_the_buffer_hands_the_slot_to_the_next(harness: H
         assert response.status == 200
         response.release()
     assert next(iter(balancer.fleet)).reserved == 0
+
+
+async def test_cookies_from_a_server_never_reach_another_clients_request(harness: Harness):
+    from aiohttp import web
+
+    from corral.sim import SimConfig, make_app
+
+    seen: list[str | None] = []
+    app = make_app(SimConfig(name="c", tokens_per_second=1e6))
+
+    async def cookie(request: web.Request, response: web.StreamResponse) -> None:
+        if request.path == "/completion":
+            seen.append(request.headers.get("Cookie"))
+            response.headers.add("Set-Cookie", "session=alice-secret; Path=/")
+
+    app.on_response_prepare.append(cookie)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        balancer = await harness.balancer()
+        port = runner.addresses[0][1]
+        # by a host name: aiohttp's default cookie jar ignores cookies from IP addresses
+        await harness.agent(
+            port, balancer, name="c", external_llamacpp_addr=Addr("localhost", port)
+        )
+        for _ in range(2):  # alice gets a cookie; the next request must not carry it
+            async with aiohttp.ClientSession() as client:  # a fresh client each time
+                async with client.post(url(balancer, "/completion"), json={"prompt": "x"}) as r:
+                    assert r.status == 200
+                    assert "alice-secret" in r.headers.get("Set-Cookie", "")
+        assert seen == [None, None]
+    finally:
+        await runner.cleanup()
