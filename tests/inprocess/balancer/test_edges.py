@@ -283,10 +283,12 @@ async def test_cookies_from_a_server_never_reach_another_clients_request(harness
             port, balancer, name="c", external_llamacpp_addr=Addr("localhost", port)
         )
         for _ in range(2):  # alice gets a cookie; the next request must not carry it
-            async with aiohttp.ClientSession() as client:  # a fresh client each time
-                async with client.post(url(balancer, "/completion"), json={"prompt": "x"}) as r:
-                    assert r.status == 200
-                    assert "alice-secret" in r.headers.get("Set-Cookie", "")
+            async with (
+                aiohttp.ClientSession() as client,  # a fresh client each time
+                client.post(url(balancer, "/completion"), json={"prompt": "x"}) as r,
+            ):
+                assert r.status == 200
+                assert "alice-secret" in r.headers.get("Set-Cookie", "")
         assert seen == [None, None]
     finally:
         await runner.cleanup()

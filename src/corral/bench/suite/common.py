@@ -108,6 +108,16 @@ class Processes:
         terminate(proc)
         self._procs = [(n, p) for n, p in self._procs if p is not proc]
 
+    def mark(self) -> int:
+        """A mark for :meth:`stop_since`: how many processes run now."""
+        return len(self._procs)
+
+    def stop_since(self, mark: int) -> None:
+        """Stop the processes started after :meth:`mark` returned ``mark``, newest first."""
+        while len(self._procs) > mark:
+            _, proc = self._procs.pop()
+            terminate(proc)
+
     def stop_all(self) -> None:
         while self._procs:
             _, proc = self._procs.pop()
