@@ -103,6 +103,7 @@ defaults
   timeout server 900s
   timeout queue {int(queue_timeout)}s
   http-reuse safe
+  option http-no-delay
 
 frontend corral_bench
   bind 127.0.0.1:{port}
