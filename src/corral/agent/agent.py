@@ -113,6 +113,9 @@ class Agent:
         self._models: Fetched | None = None
         self._props_at = 0.0
         self._poll_lock = asyncio.Lock()
+        self._reading_at = 0.0  # when the last read of the server's slots began
+        self.status_read_at = 0.0
+        """When the read that produced :attr:`status` began (event loop clock)."""
         self._server_port = 0
         self._applied: m.Applied | None = None
         self._failed_generation: int | None = None
@@ -164,6 +167,7 @@ class Agent:
             if status != self.status:
                 self._log_change(status)
                 self.status = status
+                self.status_read_at = self._reading_at
                 event, self._changed = self._changed, asyncio.Event()
                 event.set()
             return status
@@ -194,6 +198,7 @@ class Agent:
         return m.ServerStatus(condition="error", issues=issues, supervisor=info)
 
     async def _read(self) -> m.ServerStatus:
+        self._reading_at = asyncio.get_running_loop().time()
         if self.server is not None and self.server.phase.value != "ready":
             return m.ServerStatus(condition="loading")
         health = await self._get("/health")
@@ -207,6 +212,7 @@ class Agent:
                 )
                 self._props_at = now
             props, models = self._props, self._models
+            self._reading_at = asyncio.get_running_loop().time()
             slots = await self._get("/slots")
         return interpret(health, props, slots, models)
 
@@ -320,7 +326,7 @@ class Agent:
         while not receiver.done():
             if self.status != sent:
                 sent = self.status
-                await ws.send_bytes(m.encode(m.Status(sent)))
+                await ws.send_bytes(m.encode(m.Status(sent, read_age=self._read_age())))
             changed = asyncio.ensure_future(self._changed.wait())
             done, _ = await asyncio.wait({changed, receiver}, timeout=interval)
             changed.cancel()
@@ -330,6 +336,10 @@ class Agent:
                 return  # close this session; the link registers again at once
             if not done:  # nothing changed for a whole interval
                 await ws.send_bytes(m.encode(m.Heartbeat()))
+
+    def _read_age(self) -> float:
+        """Seconds since the read behind :attr:`status` began (for the balancer)."""
+        return max(0.0, asyncio.get_running_loop().time() - self.status_read_at)
 
     async def _receive(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         async for frame in ws:
@@ -346,7 +356,7 @@ class Agent:
                 except Exception:
                     log.exception("reading the server failed")
                     status = self.status
-                await ws.send_bytes(m.encode(m.Status(status)))
+                await ws.send_bytes(m.encode(m.Status(status, read_age=self._read_age())))
             elif isinstance(message, m.Apply):
                 self.apply(message)
             elif isinstance(message, m.Error):

@@ -108,7 +108,7 @@ class Dispatcher:
     def release(self, agent_id: str, *, ok: bool = True) -> None:
         """The request on this slot finished (or failed after it started)."""
         try:
-            self.fleet.release(agent_id)
+            self.fleet.release(agent_id, self.clock.now())
         except FleetError:
             log.exception("release of a slot that was not reserved")
         if ok:
@@ -135,12 +135,12 @@ class Dispatcher:
         again = True
         while again:
             again = False
-            for outcome in self.scheduler.drain():
+            for outcome in self.scheduler.drain(self.clock.now()):
                 future = outcome.waiter.token
                 assert isinstance(future, asyncio.Future)
                 if isinstance(outcome, Assigned):
                     if future.done():  # its client left: the slot goes to the next one
-                        self.fleet.release(outcome.agent_id)
+                        self.fleet.release(outcome.agent_id, self.clock.now())
                         again = True
                         continue
                     future.set_result(outcome.agent_id)

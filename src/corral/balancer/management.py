@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import json
 import logging
@@ -345,7 +346,10 @@ class _AgentSession:
         now = self.mgmt.clock.now()
         if isinstance(message, m.Status):
             before = fleet.get(self.agent_id).state
-            agent = fleet.report(self.agent_id, to_report(message.status), now)
+            report = to_report(message.status)
+            if message.read_age is not None:
+                report = dataclasses.replace(report, read_at=now - message.read_age)
+            agent = fleet.report(self.agent_id, report, now)
             if agent.state is not before:
                 log.info("agent %s is now %s", agent.name, agent.state.value)
             self.mgmt.dispatcher.changed()

@@ -8,17 +8,26 @@ Each agent reports what its llama-server says: a condition (ready, loading,
 unreachable...), the model, ``slots_total`` and ``slots_processing``. The balancer
 adds what only it knows: ``reserved``, the slot requests it has sent the server and
 not yet seen finish. A report cannot tell the balancer's requests from requests that
-reached the server some other way, so the balancer remembers how many of its own
-were in flight when the report arrived (``reserved_at_report``) and estimates::
+reached the server some other way, so the balancer works out how many of its own were
+in flight when the agent read the server (``reserved_at_report``) and estimates::
 
     external = max(0, slots_processing - reserved_at_report)
     free     = max(0, slots_total - reserved - external)
 
 With no traffic from elsewhere, ``external`` is 0 and ``reserved <= slots_total``
 always holds, so a server never gets more concurrent requests than it has slots. A
-stale report can only overstate ``external`` (its requests have since finished), which
-leaves slots unused until the next report, never overloads. A finished request frees
-its slot at once (``reserved`` drops), without waiting for a report.
+finished request frees its slot at once (``reserved`` drops), without waiting for a
+report.
+
+When was the server read? A report says how long ago the agent started reading
+(``Report.read_at``, on the balancer's clock). The fleet keeps a short log of each
+agent's reservations and releases, so ``reserved_at_report`` is the number in flight
+at that moment: requests that finished while the agent was reading (and the report
+travelling) still count as ours, and do not show up as phantom external load that
+would leave a slot idle until the next report. A report that says nothing of its age
+(or is older than the log) counts what is in flight when it arrives; then a stale
+report can only overstate ``external``: slots stay unused for a while, never
+overloaded.
 
 An agent can be picked when it is *routable*: its server reports ready, its
 heartbeats are on time, and no request to it failed since its last ready report
@@ -33,7 +42,9 @@ changes nothing.
 
 from __future__ import annotations
 
+import collections
 import enum
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -86,6 +97,8 @@ class Report:
     applied_generation: int = 0  # which desired state it runs (supervisor mode)
     failed_generation: int | None = None
     applying: bool = False  # the agent is draining or restarting its server
+    read_at: float | None = None
+    """When the agent started reading the server, on the balancer's clock (None: unknown)."""
 
     def __post_init__(self) -> None:
         if self.slots_total < 0 or self.slots_processing < 0:
@@ -115,6 +128,9 @@ class Agent:
     apply_sent: int = 0  # generation of the last Apply sent to it
     reserved: int = 0
     reserved_at_report: int = 0
+    # (time, +1 reserve / -1 release), newer than ``_log_from``: for Report.read_at
+    _log: collections.deque[tuple[float, int]] = field(default_factory=collections.deque)
+    _log_from: float = -math.inf
     registered_at: float = 0.0
     last_seen: float = 0.0
     last_report: float = 0.0
@@ -307,7 +323,7 @@ class Fleet:
         agent.applying = report.applying
         if report.props:
             agent.props = report.props
-        agent.reserved_at_report = agent.reserved
+        agent.reserved_at_report = _in_flight_at(agent, report.read_at)
         agent.last_seen = agent.last_report = now
         self.membership += 1
         agent.heartbeat_ok = True
@@ -337,8 +353,10 @@ class Fleet:
         self._changed()
         return agent
 
-    def reserve(self, agent_id: str) -> Agent:
-        """Take one slot on this agent for a request the balancer is about to send."""
+    def reserve(self, agent_id: str, now: float | None = None) -> Agent:
+        """Take one slot on this agent for a request the balancer is about to send.
+
+        ``now`` (the balancer's clock) lets later reports place it in time."""
         agent = self.get(agent_id)
         if not agent.routable:
             raise FleetError(f"cannot reserve on {agent!r}: not routable")
@@ -346,11 +364,12 @@ class Fleet:
             raise FleetError(f"cannot reserve on {agent!r}: no free slot")
         self._unindex(agent)
         agent.reserved += 1
+        _log(agent, now, +1)
         self._index(agent)
         self._changed()
         return agent
 
-    def release(self, agent_id: str) -> Agent | None:
+    def release(self, agent_id: str, now: float | None = None) -> Agent | None:
         """Give back a slot taken by :meth:`reserve`. ``None`` if the agent has left."""
         agent = self._agents.get(agent_id)
         if agent is None:
@@ -359,6 +378,7 @@ class Fleet:
             raise FleetError(f"release on {agent!r} without a reservation")
         self._unindex(agent)
         agent.reserved -= 1
+        _log(agent, now, -1)
         # reserved_at_report stays: the last report still counts this request as busy
         # if it had reached the server, and the two cancel out in ``external``.
         self._index(agent)
@@ -463,3 +483,34 @@ class Fleet:
                     seen.add(agent_id)
         for agent in self._agents.values():
             assert (agent.id in seen) == (agent.routable and agent.free > 0), repr(agent)
+
+
+LOG_SECONDS = 10.0
+"""How long each agent's reservations and releases are remembered, for reports that
+say when their reading began (a report read longer ago counts as read on arrival)."""
+
+
+def _log(agent: Agent, now: float | None, delta: int) -> None:
+    if now is None:  # an event at an unknown time: reads before the next known event
+        agent._log.clear()  # fall back to counting on arrival
+        agent._log_from = math.inf
+        return
+    if agent._log_from == math.inf:
+        agent._log_from = now
+    log = agent._log
+    log.append((now, delta))
+    horizon = now - LOG_SECONDS
+    while log and log[0][0] < horizon:
+        agent._log_from = log.popleft()[0]
+
+
+def _in_flight_at(agent: Agent, read_at: float | None) -> int:
+    """The balancer's requests in flight on ``agent`` at ``read_at`` (now if unknown)."""
+    if read_at is None or read_at < agent._log_from:
+        return agent.reserved
+    after = 0
+    for when, delta in reversed(agent._log):
+        if when <= read_at:
+            break
+        after += delta
+    return max(0, agent.reserved - after)

@@ -54,13 +54,13 @@ class Scheduler:
         """
         decision = self.policy.pick(self.fleet, request)
         if isinstance(decision, Dispatch):
-            self.fleet.reserve(decision.agent_id)
+            self.fleet.reserve(decision.agent_id, now)
             return decision
         if isinstance(decision, Reject):
             return decision
         return self.buffer.push(request, now, token)
 
-    def drain(self) -> list[Assigned | Refused]:
+    def drain(self, now: float | None = None) -> list[Assigned | Refused]:
         """Give free slots to buffered requests, oldest first."""
         outcomes: list[Assigned | Refused] = []
         while len(self.buffer) and self.fleet.has_free_slot():
@@ -71,7 +71,7 @@ class Scheduler:
                     continue
                 self.buffer.take(waiter)
                 if isinstance(decision, Dispatch):
-                    self.fleet.reserve(decision.agent_id)
+                    self.fleet.reserve(decision.agent_id, now)
                     outcomes.append(Assigned(waiter, decision.agent_id))
                 else:
                     outcomes.append(Refused(waiter, decision))

@@ -92,10 +92,14 @@ class Register(msgspec.Struct, frozen=True, tag="register", omit_defaults=True):
     api_key: str | None = None  # the server's own key; the balancer sends it upstream
 
 
-class Status(msgspec.Struct, frozen=True, tag="status"):
+class Status(msgspec.Struct, frozen=True, tag="status", omit_defaults=True):
     """The server changed, or the balancer asked (:class:`Refresh`)."""
 
     status: ServerStatus
+    read_age: Annotated[float, msgspec.Meta(ge=0, le=3600)] | None = None
+    """Seconds from when the agent started reading the server for this status to when
+    it sent it. The balancer uses it to tell its own requests that finished meanwhile
+    from load that came from elsewhere. None: unknown (agents before 0.2 send none)."""
 
 
 class Heartbeat(msgspec.Struct, frozen=True, tag="heartbeat"):

@@ -103,6 +103,62 @@ def test_stale_report_never_overloads():
     assert fleet.get("a").free == 2
 
 
+def read_at(report: Report, when: float) -> Report:
+    import dataclasses
+
+    return dataclasses.replace(report, read_at=when)
+
+
+def test_requests_that_finish_while_the_agent_reads_are_no_phantom_load():
+    fleet = fleet_with(("a", 2))
+    fleet.reserve("a", now=1.0)
+    fleet.reserve("a", now=1.0)
+    # the agent starts reading at 2.0 (both busy); one finishes at 2.1, one at 2.2;
+    # the report arrives at 2.3
+    fleet.release("a", now=2.1)
+    fleet.release("a", now=2.2)
+    fleet.report("a", read_at(ready(2, busy=2), 2.0), now=2.3)
+    agent = fleet.get("a")
+    assert (agent.reserved_at_report, agent.external, agent.free) == (2, 0, 2)
+
+
+def test_requests_sent_after_the_read_began_are_not_in_the_report():
+    fleet = fleet_with(("a", 4))
+    # someone else keeps 2 slots busy; we send one request after the read began
+    fleet.reserve("a", now=5.05)
+    fleet.report("a", read_at(ready(4, busy=2), 5.0), now=5.1)
+    agent = fleet.get("a")
+    # counting on arrival would say 1 external; the read saw only the 2 others
+    assert (agent.reserved_at_report, agent.external, agent.free) == (0, 2, 1)
+
+
+def test_a_report_older_than_the_log_counts_on_arrival():
+    from corral.core.fleet import LOG_SECONDS
+
+    fleet = fleet_with(("a", 2))
+    fleet.reserve("a", now=0.0)
+    fleet.reserve("a", now=0.0)
+    fleet.release("a", now=LOG_SECONDS + 5)  # pushes the reserves out of the log
+    # read before the forgotten reserves: what happened since is unknown
+    fleet.report("a", read_at(ready(2, busy=2), -1.0), now=LOG_SECONDS + 6)
+    assert fleet.get("a").reserved_at_report == 1  # in flight on arrival: conservative
+    # read after them: everything since is in the log
+    fleet.report("a", read_at(ready(2, busy=2), 1.0), now=LOG_SECONDS + 6)
+    assert fleet.get("a").reserved_at_report == 2
+
+
+def test_an_event_without_a_time_falls_back_to_arrival_until_the_next_timed_one():
+    fleet = fleet_with(("a", 2))
+    fleet.reserve("a", now=1.0)
+    fleet.release("a")  # no clock: when it happened is unknown
+    fleet.report("a", read_at(ready(2, busy=1), 0.5), now=2.0)
+    assert fleet.get("a").reserved_at_report == 0
+    fleet.reserve("a", now=3.0)
+    fleet.release("a", now=3.5)
+    fleet.report("a", read_at(ready(2, busy=1), 3.2), now=4.0)
+    assert fleet.get("a").reserved_at_report == 1
+
+
 def test_set_aside_until_ready_report():
     fleet = fleet_with(("a", 2), ("b", 2))
     fleet.set_aside("a")

@@ -97,8 +97,9 @@ class FleetMachine(RuleBasedStateMachine):
 
     Each server has fixed slots. A request the balancer dispatched is first "sent",
     then "arrives" at the server (counted in its /slots), then completes. Agents take
-    snapshots of their server at any moment and deliver them later (stale reports).
-    Traffic from elsewhere ("external") occupies slots too.
+    snapshots of their server at any moment and deliver them later (stale reports),
+    saying when they read the server, or not. Traffic from elsewhere ("external")
+    occupies slots too. Time advances with every step.
     """
 
     def __init__(self) -> None:
@@ -108,7 +109,8 @@ class FleetMachine(RuleBasedStateMachine):
         self.sent: dict[str, int] = {}
         self.arrived: dict[str, int] = {}
         self.external: dict[str, int] = {}
-        self.snapshots: dict[str, list[int]] = {}
+        self.snapshots: dict[str, list[tuple[float, int]]] = {}
+        self.timed: dict[str, bool] = {}  # the last report said when it was read
         self.next_id = 0
         self.now = 0.0
 
@@ -120,6 +122,7 @@ class FleetMachine(RuleBasedStateMachine):
         self.slots[name] = slots
         self.sent[name] = self.arrived[name] = self.external[name] = 0
         self.snapshots[name] = []
+        self.timed[name] = True
         join(self.s, name, slots, model, self.now)
         self._drain()
 
@@ -128,7 +131,8 @@ class FleetMachine(RuleBasedStateMachine):
     def leave(self, data: st.DataObject) -> None:
         name = data.draw(st.sampled_from(sorted(self.slots)))
         self.s.fleet.remove(name)
-        for table in (self.slots, self.sent, self.arrived, self.external, self.snapshots):
+        tables = (self.slots, self.sent, self.arrived, self.external, self.snapshots, self.timed)
+        for table in tables:
             del table[name]
         self._drain()  # the balancer drains on every change (models may have changed)
 
@@ -154,8 +158,9 @@ class FleetMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def complete(self, data: st.DataObject) -> None:
         name = data.draw(st.sampled_from(sorted(n for n, c in self.arrived.items() if c)))
+        self.now += 0.01
         self.arrived[name] -= 1
-        self.s.fleet.release(name)
+        self.s.fleet.release(name, self.now)
         self._drain()
 
     # -- reports
@@ -163,18 +168,26 @@ class FleetMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def snapshot(self, data: st.DataObject) -> None:
         name = data.draw(st.sampled_from(sorted(self.slots)))
+        self.now += 0.01
         busy = self.arrived[name] + self.external[name]
-        self.snapshots[name].append(min(busy, self.slots[name]))
+        self.snapshots[name].append((self.now, min(busy, self.slots[name])))
 
     @precondition(lambda self: any(self.snapshots.values()))
     @rule(data=st.data())
     def deliver(self, data: st.DataObject) -> None:
         name = data.draw(st.sampled_from(sorted(n for n, q in self.snapshots.items() if q)))
-        busy = self.snapshots[name].pop(0)
+        read_at, busy = self.snapshots[name].pop(0)
+        timed = data.draw(st.booleans())
+        self.now += 0.01
         agent = self.s.fleet.get(name)
         report = Report(
-            Condition.READY, model=agent.model, slots_total=self.slots[name], slots_processing=busy
+            Condition.READY,
+            model=agent.model,
+            slots_total=self.slots[name],
+            slots_processing=busy,
+            read_at=read_at if timed else None,
         )
+        self.timed[name] = timed
         self.s.fleet.report(name, report, self.now)
         self._drain()
 
@@ -182,7 +195,7 @@ class FleetMachine(RuleBasedStateMachine):
         self.sent[name] += 1
 
     def _drain(self) -> None:
-        for outcome in self.s.drain():
+        for outcome in self.s.drain(self.now):
             if isinstance(outcome, Assigned):
                 self._dispatched(outcome.agent_id)
 
@@ -193,6 +206,17 @@ class FleetMachine(RuleBasedStateMachine):
             ours = self.sent[name] + self.arrived[name]
             assert ours <= slots, f"{self.s.fleet.get(name)!r} has {ours} requests"
             assert self.s.fleet.get(name).reserved == ours
+
+    @invariant()
+    def no_phantom_load_from_timed_reports(self) -> None:
+        # every request on a server came through us: a report that says when it was
+        # read never makes a finished request look like load from elsewhere
+        if type(self) is not FleetMachine:
+            return
+        for name in self.slots:
+            if self.timed[name]:
+                agent = self.s.fleet.get(name)
+                assert agent.external == 0, agent
 
     @invariant()
     def index_matches_agents(self) -> None:

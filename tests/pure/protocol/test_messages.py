@@ -26,6 +26,12 @@ def test_round_trip():
     )
     assert decode_agent_message(encode(message)) == message
     assert decode_agent_message(encode(Heartbeat())) == Heartbeat()
+    timed = Status(ServerStatus(condition="ready"), read_age=0.25)
+    assert decode_agent_message(encode(timed)) == timed
+    # an agent that says nothing of the read's age (before protocol 1.1) is fine
+    assert decode_agent_message(b'{"type":"status","status":{"condition":"ready"}}') == Status(
+        ServerStatus(condition="ready")
+    )
     assert decode_balancer_message(encode(Refresh())) == Refresh()
 
 
@@ -47,6 +53,8 @@ def test_round_trip():
             "Expected `int`, got `str`",
         ),
         (b"\xff\xfe", "malformed JSON"),
+        (b'{"type": "status", "status": {"condition": "ready"}, "read_age": -1}', "$.read_age"),
+        (b'{"type": "status", "status": {"condition": "ready"}, "read_age": "x"}', "$.read_age"),
     ],
 )
 def test_bad_frames_give_clear_errors(frame, reason):
