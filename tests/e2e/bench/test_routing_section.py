@@ -37,7 +37,7 @@ async def test_every_contender_runs_the_same_trace(tmp_path: Path) -> None:
     section = await run(env, contenders=("corral", "haproxy", "nginx-rr"))
     results = section.data["results"]
     assert [(r["contender"], r["load"]) for r in results] == [
-        (name, load) for name in ("corral", "haproxy", "nginx-rr") for load in (0.5, 1.5)
+        (name, load) for load in (0.5, 1.5) for name in ("corral", "haproxy", "nginx-rr")
     ]
     for load in (0.5, 1.5):
         runs = [r for r in results if r["load"] == load]

@@ -97,13 +97,19 @@ async def compare(
     usage_url: str | None = None,
     timeout: float = 600.0,  # noqa: ASYNC109 (each request's limit, passed to the client)
 ) -> list[Result]:
-    """Run every contender at every (load, rate) in front of ``backends``."""
+    """Run every contender at every (load, rate) in front of ``backends``.
+
+    Loads are the outer loop and the contenders take turns within each load, starting
+    with a different one each time, so a machine that slows down over the run does not
+    favour whoever went first.
+    """
     results = []
-    for name in contenders:
-        mark = procs.mark()
-        running = await start(name, backends, procs, env)
-        try:
-            for load, rate in rates:
+    for turn, (load, rate) in enumerate(rates):
+        shift = turn % len(contenders)
+        for name in [*contenders[shift:], *contenders[:shift]]:
+            mark = procs.mark()
+            running = await start(name, backends, procs, env)
+            try:
                 if usage_url:
                     await asyncio.to_thread(_post, f"{usage_url}/reset")
                 runner = Runner(
@@ -113,16 +119,17 @@ async def compare(
                 )
                 outcomes = await runner.run()
                 usage = await asyncio.to_thread(_get, usage_url) if usage_url else {}
-                summary = summarise(outcomes)
-                results.append(Result(name, load, rate, summary, outcomes, usage))
-                print(
-                    f"  {name:<17} load {load:>4.0%}: {summary.succeeded}/{summary.requests} ok,"
-                    f" TTFT p99 {_s(summary, 'ttft', 'p99')} s",
-                    file=sys.stderr,
-                )
-        finally:
-            procs.stop_since(mark)
-    return results
+            finally:
+                procs.stop_since(mark)
+            summary = summarise(outcomes)
+            results.append(Result(name, load, rate, summary, outcomes, usage))
+            print(
+                f"  {name:<17} load {load:>4.0%}: {summary.succeeded}/{summary.requests} ok,"
+                f" TTFT p99 {_s(summary, 'ttft', 'p99')} s",
+                file=sys.stderr,
+            )
+    order = {name: i for i, name in enumerate(contenders)}
+    return sorted(results, key=lambda r: (r.load, order[r.contender]))
 
 
 def _s(summary: Summary, measure: str, quantile: str) -> str:
