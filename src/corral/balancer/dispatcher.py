@@ -33,6 +33,7 @@ class Slot:
     api_key: str | None
     name: str
     waited: float  # seconds spent in the buffer
+    model: str | None = None  # what the server runs (for metrics: bounded, unlike requests')
 
 
 class Dispatcher:
@@ -103,7 +104,7 @@ class Dispatcher:
 
     def _slot(self, agent_id: str, waited: float) -> Slot:
         agent = self.fleet.get(agent_id)
-        return Slot(agent_id, agent.address, agent.api_key, agent.name, waited)
+        return Slot(agent_id, agent.address, agent.api_key, agent.name, waited, agent.model)
 
     def release(self, agent_id: str, *, ok: bool = True) -> None:
         """The request on this slot finished (or failed after it started)."""

@@ -12,6 +12,7 @@ Histogram buckets suit LLM latencies: milliseconds (a cached short answer) to mi
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import msgspec
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -149,6 +150,34 @@ class Metrics:
             "corral_generated_tokens", "Tokens generated", ["model"], registry=r
         )
 
+        self._children: dict[tuple[object, ...], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, looked up once per label set (it is per request)."""
+        key = (metric, *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def request_done(
+        self,
+        endpoint: str,
+        model: str,
+        status: int,
+        total: float,
+        waited: float,
+        first_byte: float | None,
+    ) -> None:
+        """Count one answered request (``model``: what the server runs, never client input)."""
+        self._child(self.requests, endpoint, model, str(status)).inc()
+        self.counts.requests += 1
+        self._child(self.duration, endpoint).observe(total)
+        if waited:
+            self.buffer_wait.observe(waited)
+        if first_byte is not None:
+            self._child(self.first_byte, endpoint).observe(first_byte)
+
     def render(self) -> bytes:
         data: bytes = generate_latest(self.registry)
         return data
@@ -157,9 +186,9 @@ class Metrics:
         """Count the tokens an answer reports (``usage`` or llama.cpp's ``timings``)."""
         prompt, generated = token_counts(body)
         if prompt:
-            self.prompt_tokens.labels(model).inc(prompt)
+            self._child(self.prompt_tokens, model).inc(prompt)
         if generated:
-            self.generated_tokens.labels(model).inc(generated)
+            self._child(self.generated_tokens, model).inc(generated)
 
 
 class _Usage(msgspec.Struct):

@@ -19,8 +19,8 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import os
 import time
-import uuid
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -184,7 +184,7 @@ class InferenceProxy:
     # ----------------------------------------------------------- data path
     async def _proxy(self, request: web.Request, *, slot: bool) -> web.StreamResponse:
         loop = asyncio.get_running_loop()
-        ex = _Exchange(request.headers.get("X-Request-Id") or uuid.uuid4().hex, loop.time())
+        ex = _Exchange(request.headers.get("X-Request-Id") or os.urandom(16).hex(), loop.time())
         try:
             response = await self._attempts(request, ex, slot=slot)
         except HTTPError as exc:
@@ -219,6 +219,7 @@ class InferenceProxy:
             target = await self.dispatcher.acquire(info) if slot else self._any_ready(info)
             ex.waited += target.waited
             ex.agent = target.name
+            ex.served_model = target.model
             if headers is None:
                 headers = _upstream_headers(request.headers)
                 headers["X-Request-Id"] = ex.request_id
@@ -231,17 +232,15 @@ class InferenceProxy:
         )
 
     def _finish(self, request: web.Request, ex: _Exchange, now: float) -> None:
-        """Metrics and the log line of one request."""
-        endpoint = request.path
-        model = ex.model or ""
+        """Metrics and the log line of one request.
+
+        Metrics are labelled with the model the server runs, never the client's
+        ``model`` string: a one-model fleet accepts any name, and labels made from
+        client input would grow without bound."""
         total = now - ex.started
-        self.metrics.requests.labels(endpoint, model, str(ex.status)).inc()
-        self.metrics.counts.requests += 1
-        self.metrics.duration.labels(endpoint).observe(total)
-        if ex.waited:
-            self.metrics.buffer_wait.observe(ex.waited)
-        if ex.first_byte is not None:
-            self.metrics.first_byte.labels(endpoint).observe(ex.first_byte - ex.started)
+        ttfb = None if ex.first_byte is None else ex.first_byte - ex.started
+        model = ex.served_model or ""
+        self.metrics.request_done(request.path, model, ex.status, total, ex.waited, ttfb)
         if ex.counted is not None:
             self.metrics.count_tokens(model or ex.agent or "", ex.counted)
         self.request_log(request, ex, total)
@@ -284,7 +283,7 @@ class InferenceProxy:
             if ready:
                 self._light_turn += 1
                 agent: Agent = ready[self._light_turn % len(ready)]
-                return Slot(agent.id, agent.address, agent.api_key, agent.name, 0.0)
+                return Slot(agent.id, agent.address, agent.api_key, agent.name, 0.0, agent.model)
         elif isinstance(pools, Reject):
             raise HTTPError(pools.status, pools.message)
         raise HTTPError(503, "Corral: no server is ready", retry_after=1)
@@ -415,7 +414,8 @@ class _Exchange:
 
     request_id: str
     started: float
-    model: str | None = None
+    model: str | None = None  # as the client asked (logs only)
+    served_model: str | None = None  # what the server that answered runs
     agent: str | None = None
     status: int = 500
     waited: float = 0.0

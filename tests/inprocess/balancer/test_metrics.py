@@ -38,10 +38,10 @@ async def test_request_token_and_fleet_metrics(harness: Harness):
         await r.read()
     generated += 5
     samples = await scrape(harness, balancer)
-    key = (("endpoint", CHAT), ("model", ""), ("status", "200"))
+    key = (("endpoint", CHAT), ("model", "gemma"), ("status", "200"))  # what served it
     assert samples[("corral_requests_total", key)] == 2
-    assert samples[("corral_generated_tokens_total", (("model", "s"),))] == generated
-    assert samples[("corral_prompt_tokens_total", (("model", "s"),))] > 0
+    assert samples[("corral_generated_tokens_total", (("model", "gemma"),))] == generated
+    assert samples[("corral_prompt_tokens_total", (("model", "gemma"),))] > 0
     assert samples[("corral_slots", (("kind", "total"),))] == 4
     assert samples[("corral_slots", (("kind", "idle"),))] == 4
     assert samples[("corral_agents", (("state", "ready"),))] == 1
@@ -50,6 +50,22 @@ async def test_request_token_and_fleet_metrics(harness: Harness):
     assert samples[("corral_time_to_first_byte_seconds_count", (("endpoint", CHAT),))] == 2
     assert samples[("corral_pick_seconds_count", ())] == 2  # one routing decision each
     assert 0 < samples[("corral_pick_seconds_sum", ())] < 0.1
+
+
+async def test_labels_never_come_from_client_input(harness: Harness):
+    # a one-model fleet accepts any model name; made-up names must not become labels
+    balancer = await harness.balancer()
+    _, port = await harness.sim(name="s", slots=4, model="gemma")
+    await harness.agent(port, balancer, name="s")
+    for i in range(5):
+        body = {"model": f"made-up-{i}", "prompt": "hi", "n_predict": 2}
+        async with harness.http.post(url(balancer, "/completion"), json=body) as r:
+            assert r.status == 200
+    samples = await scrape(harness, balancer)
+    models = {dict(labels).get("model") for (name, labels) in samples if "model" in dict(labels)}
+    assert not any(m and m.startswith("made-up") for m in models), models
+    key = (("endpoint", "/completion"), ("model", "gemma"), ("status", "200"))
+    assert samples[("corral_requests_total", key)] == 5
 
 
 async def test_buffer_rejections_and_buffered_gauge(harness: Harness):
