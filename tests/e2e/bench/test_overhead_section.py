@@ -1,0 +1,57 @@
+"""The overhead section at tiny scale, with real nginx, wrk and Corral processes.
+
+It checks the harness (every path measured, figures read, chart drawn, nothing left
+running), never timings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from corral.bench.suite.common import SuiteEnv
+from corral.bench.suite.overhead import TOKENS, run
+
+pytestmark = pytest.mark.e2e
+
+
+def _children() -> set[int]:
+    me = os.getpid()
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == me:
+                found.add(int(entry))
+    return found
+
+
+async def test_direct_nginx_and_corral_are_measured(tmp_path: Path) -> None:
+    before = _children()
+    env = SuiteEnv(out_dir=tmp_path / "charts", docs_dir=tmp_path, quick=True)
+    section = await run(env)
+    rows = {r["name"]: r for r in section.data["rows"]}
+    assert list(rows) == ["direct", "nginx", "corral"]
+    for row in rows.values():
+        assert row["p50_us"] > 0 and row["p99_us"] >= row["p50_us"]
+        assert row["requests_per_second"] > 0
+        assert row["tokens_per_second"] == pytest.approx(row["requests_per_second"] * TOKENS)
+        assert row["errors"] == 0
+    for proxy in ("nginx", "corral"):
+        assert rows[proxy]["proxy_busy"] > 0  # the proxy's own CPU time was read
+    assert rows["direct"]["proxy_busy"] is None
+    assert rows["corral"]["cpu_per_request_us"] > 0
+    json.dumps(section.data)  # the suite saves it to results.json
+    lines = section.markdown.splitlines()
+    for label in ("| direct (no proxy) |", "| nginx |", "| **Corral** |"):
+        assert any(line.startswith(label) for line in lines), label
+    assert "wrk -t1 -c1" in section.markdown and "taskset" in section.markdown
+    assert (tmp_path / "charts" / "overhead.png").stat().st_size > 1000
+    assert "charts/overhead.png" in section.markdown
+    assert _children() <= before  # every process it started is gone
