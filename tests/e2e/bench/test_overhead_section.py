@@ -7,10 +7,10 @@ running), never timings.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
+from support.procs import children
 
 from corral.bench.suite.common import SuiteEnv
 from corral.bench.suite.overhead import TOKENS, run
@@ -18,22 +18,8 @@ from corral.bench.suite.overhead import TOKENS, run
 pytestmark = pytest.mark.e2e
 
 
-def _children() -> set[int]:
-    me = os.getpid()
-    found = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == me:
-                found.add(int(entry))
-    return found
-
-
 async def test_direct_nginx_and_corral_are_measured(tmp_path: Path) -> None:
-    before = _children()
+    before = children()
     env = SuiteEnv(out_dir=tmp_path / "charts", docs_dir=tmp_path, quick=True)
     section = await run(env)
     rows = {r["name"]: r for r in section.data["rows"]}
@@ -54,4 +40,4 @@ async def test_direct_nginx_and_corral_are_measured(tmp_path: Path) -> None:
     assert "wrk -t1 -c1" in section.markdown and "taskset" in section.markdown
     assert (tmp_path / "charts" / "overhead.png").stat().st_size > 1000
     assert "charts/overhead.png" in section.markdown
-    assert _children() <= before  # every process it started is gone
+    assert children() <= before  # every process it started is gone

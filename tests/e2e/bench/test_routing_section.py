@@ -6,10 +6,10 @@ read, charts were drawn, nothing is left running), never timings.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
+from support.procs import children
 
 from corral.bench.suite.common import SuiteEnv
 from corral.bench.suite.routing import run
@@ -17,22 +17,8 @@ from corral.bench.suite.routing import run
 pytestmark = pytest.mark.e2e
 
 
-def _children() -> set[int]:
-    me = os.getpid()
-    found = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == me:
-                found.add(int(entry))
-    return found
-
-
 async def test_every_contender_runs_the_same_trace(tmp_path: Path) -> None:
-    before = _children()
+    before = children()
     env = SuiteEnv(out_dir=tmp_path / "charts", docs_dir=tmp_path, quick=True)
     section = await run(env, contenders=("corral", "haproxy", "nginx-rr"))
     results = section.data["results"]
@@ -55,4 +41,4 @@ async def test_every_contender_runs_the_same_trace(tmp_path: Path) -> None:
     for chart in ("routing-ttft-p99.png", "routing-cdf.png"):
         assert (tmp_path / "charts" / chart).stat().st_size > 1000
         assert f"charts/{chart}" in section.markdown
-    assert _children() <= before  # every process it started is gone
+    assert children() <= before  # every process it started is gone

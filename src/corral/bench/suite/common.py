@@ -8,6 +8,7 @@ stops everything it started (also when it fails) and returns Markdown for
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import os
@@ -18,7 +19,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -184,6 +185,37 @@ def cpu_seconds(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def section_main(
+    name: str,
+    doc: str | None,
+    run: Callable[..., Coroutine[Any, Any, Section]],
+    argv: Sequence[str] | None = None,
+    contenders: Sequence[str] | None = None,
+) -> int:
+    """``python -m corral.bench.suite.<name> [--quick] [--out DIR]``: run one section
+    alone and print its Markdown (charts go to ``--out``)."""
+    p = argparse.ArgumentParser(
+        prog=f"python -m corral.bench.suite.{name}",
+        description=doc.split("\n\n")[0] if doc else None,
+    )
+    p.add_argument("--quick", action="store_true", help="tiny scale, a few seconds per run")
+    p.add_argument("--out", type=Path, default=Path("bench-out"), help="where charts go")
+    if contenders is not None:
+        p.add_argument("--contenders", default=",".join(contenders), help="comma-separated")
+    args = p.parse_args(argv)
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    env = SuiteEnv(out_dir=out, docs_dir=out, quick=args.quick)
+    extra = [args.contenders.split(",")] if contenders is not None else []
+    try:
+        section = asyncio.run(run(env, *extra))
+    except SuiteError as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        return 1
+    print(f"## {section.title}\n\n{section.markdown}")
+    return 0
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """A GitHub Markdown table; the first column is left-aligned, the rest right."""
     align = ["---"] + ["---:"] * (len(header) - 1)
@@ -204,5 +236,6 @@ __all__ = [
     "processes",
     "require",
     "rss_bytes",
+    "section_main",
     "wait_http",
 ]

@@ -18,7 +18,6 @@ per-token cost of a stream whose tokens arrive apart in time is not measured her
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -44,6 +43,7 @@ from corral.bench.suite.common import (
     markdown_table,
     processes,
     require,
+    section_main,
     wait_http,
 )
 from corral.bench.suite.contenders import Backend, nginx_config
@@ -820,20 +820,7 @@ async def run(env: SuiteEnv) -> Section:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    p.add_argument("--quick", action="store_true", help="tiny scale, a few seconds per run")
-    p.add_argument("--out", type=Path, default=Path("bench-out"))
-    args = p.parse_args(argv)
-    out = args.out.resolve()
-    env = SuiteEnv(out_dir=out, docs_dir=out, quick=args.quick)
-    os.makedirs(out, exist_ok=True)
-    try:
-        section = asyncio.run(run(env))
-    except SuiteError as exc:
-        print(f"overhead: {exc}", file=sys.stderr)
-        return 1
-    print(f"## {section.title}\n\n{section.markdown}")
-    return 0
+    return section_main("overhead", __doc__, run, argv)
 
 
 if __name__ == "__main__":

@@ -14,12 +14,8 @@ Poisson arrivals at a share of it.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from corral.bench.driver import Load, Runner, Target
 from corral.bench.stats import summarise
@@ -29,6 +25,7 @@ from corral.bench.suite.common import (
     SuiteError,
     free_port,
     processes,
+    section_main,
     wait_http,
 )
 from corral.bench.suite.contenders import Backend, start
@@ -111,21 +108,7 @@ async def run(env: SuiteEnv, contenders: Sequence[str] = CONTENDERS) -> Section:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--contenders", default=",".join(CONTENDERS))
-    p.add_argument("--out", type=Path, default=Path("bench-out"))
-    args = p.parse_args(argv)
-    out = args.out.resolve()
-    os.makedirs(out, exist_ok=True)
-    env = SuiteEnv(out_dir=out, docs_dir=out, quick=args.quick)
-    try:
-        section = asyncio.run(run(env, args.contenders.split(",")))
-    except SuiteError as exc:
-        print(f"real engine: {exc}", file=sys.stderr)
-        return 1
-    print(f"## {section.title}\n\n{section.markdown}")
-    return 0
+    return section_main("real_engine", __doc__, run, argv, contenders=CONTENDERS)
 
 
 if __name__ == "__main__":

@@ -11,16 +11,13 @@ a little. What differs is only where each request is sent.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
-import os
 import statistics
 import sys
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from corral.bench import charts
@@ -30,10 +27,10 @@ from corral.bench.suite.common import (
     Processes,
     Section,
     SuiteEnv,
-    SuiteError,
     free_port,
     markdown_table,
     processes,
+    section_main,
     wait_http,
 )
 from corral.bench.suite.contenders import NAMES, Backend, start
@@ -301,21 +298,7 @@ async def run(env: SuiteEnv, contenders: Sequence[str] = NAMES) -> Section:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    p.add_argument("--quick", action="store_true", help="tiny scale, a few seconds per run")
-    p.add_argument("--contenders", default=",".join(NAMES))
-    p.add_argument("--out", type=Path, default=Path("bench-out"))
-    args = p.parse_args(argv)
-    out = args.out.resolve()
-    env = SuiteEnv(out_dir=out, docs_dir=out, quick=args.quick)
-    os.makedirs(out, exist_ok=True)
-    try:
-        section = asyncio.run(run(env, args.contenders.split(",")))
-    except SuiteError as exc:
-        print(f"routing: {exc}", file=sys.stderr)
-        return 1
-    print(f"## {section.title}\n\n{section.markdown}")
-    return 0
+    return section_main("routing", __doc__, run, argv, contenders=NAMES)
 
 
 if __name__ == "__main__":
