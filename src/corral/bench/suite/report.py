@@ -5,8 +5,10 @@
     .venv/bin/python benchmarks/compare.py --sections routing,overhead
 
 The page records the exact command, the machine and the versions of every contender,
-then each section's tables and charts (PNG files in ``docs/benchmarks/``), and the raw
-figures in ``docs/benchmarks/results.json``.
+then each section's tables and charts (PNG files in ``docs/benchmarks/``). Each
+section's Markdown and raw figures are kept in ``docs/benchmarks/<section>.json``, so
+``--sections`` reruns some sections and the page keeps the others from their last run
+(each section says when and on which commit it ran).
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from corral import __version__
 from corral.bench.suite.common import Section, SuiteEnv, SuiteError
@@ -88,26 +89,49 @@ def environment() -> dict[str, str]:
     }
 
 
-def render(command: str, env_info: dict[str, str], sections: Sequence[Section]) -> str:
-    """The whole page."""
+def render(
+    command: str,
+    env_info: dict[str, str],
+    sections: Sequence[Section],
+    ran: Sequence[dict[str, str]] = (),
+) -> str:
+    """The whole page. ``ran[i]`` says when section ``i`` ran (date, commit, command)."""
     lines = ["# Benchmarks", "", INTRO, "Regenerate with:", "", "```sh", command, "```", ""]
     lines += ["| environment | |", "| --- | --- |"]
     lines += [f"| {k} | {v} |" for k, v in env_info.items()]
     lines.append("")
     for number, section in enumerate(sections, 1):
-        lines += [f"## {number}. {section.title}", "", section.markdown.strip(), ""]
+        lines += [f"## {number}. {section.title}", ""]
+        if number <= len(ran) and ran[number - 1]:
+            when = ran[number - 1]
+            lines += [f"*Ran {when['date']} on commit {when['commit']}: `{when['command']}`*", ""]
+        lines += [section.markdown.strip(), ""]
     return "\n".join(lines)
 
 
-async def run_sections(env: SuiteEnv, names: Sequence[str]) -> list[Section]:
-    done = []
+def _save(path: Path, section: Section, when: dict[str, str]) -> None:
+    document = {"title": section.title, "markdown": section.markdown, "data": section.data}
+    path.write_text(json.dumps({**document, "ran": when}, indent=1, default=str))
+
+
+def _load(path: Path) -> tuple[Section, dict[str, str]] | None:
+    try:
+        document = json.loads(path.read_text())
+        section = Section(document["title"], document["markdown"], document.get("data", {}))
+        return section, dict(document.get("ran", {}))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+async def run_sections(env: SuiteEnv, names: Sequence[str]) -> dict[str, Section]:
+    done = {}
     for name in names:
         module = importlib.import_module(f"corral.bench.suite.{name}")
         print(f"[bench] section {name}...", file=sys.stderr)
         started = time.monotonic()
         section: Section = await module.run(env)
         print(f"[bench] section {name}: {time.monotonic() - started:.0f} s", file=sys.stderr)
-        done.append(section)
+        done[name] = section
     return done
 
 
@@ -140,9 +164,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"compare: {exc}", file=sys.stderr)
         return 1
     info = environment()
-    page.write_text(render(command, info, sections))
-    raw: dict[str, Any] = {"command": command, "environment": info}
-    raw["sections"] = {s.title: s.data for s in sections}
-    (charts / "results.json").write_text(json.dumps(raw, indent=1, default=str))
+    when = {"date": info["date"], "commit": info["corral"].split("commit ")[-1], "command": command}
+    shown: list[Section] = []
+    ran: list[dict[str, str]] = []
+    for name in SECTIONS:
+        saved = charts / f"{name}.json"
+        if name in sections:
+            _save(saved, sections[name], when)
+            shown.append(sections[name])
+            ran.append(when)
+        elif (kept := _load(saved)) is not None:
+            shown.append(kept[0])
+            ran.append(kept[1])
+    page.write_text(render(command, info, shown, ran))
     print(f"[bench] wrote {page} and {charts}/", file=sys.stderr)
     return 0

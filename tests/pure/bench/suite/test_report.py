@@ -27,3 +27,17 @@ def test_unknown_sections_are_refused(capsys) -> None:
     err = capsys.readouterr().err
     assert "unknown section(s) speed" in err
     assert all(name in err for name in SECTIONS)
+
+
+def test_a_section_kept_from_an_earlier_run_says_when_it_ran(tmp_path) -> None:
+    from corral.bench.suite.report import _load, _save
+
+    when = {"date": "2026-11-21", "commit": "abc1234", "command": "python x.py"}
+    _save(tmp_path / "routing.json", Section("Routing", "| a |", {"n": 1}), when)
+    section, ran = _load(tmp_path / "routing.json")
+    assert section == Section("Routing", "| a |", {"n": 1}) and ran == when
+    page = render("cmd", {}, [section], [ran])
+    assert "*Ran 2026-11-21 on commit abc1234: `python x.py`*" in page
+    assert _load(tmp_path / "missing.json") is None
+    (tmp_path / "bad.json").write_text("{not json")
+    assert _load(tmp_path / "bad.json") is None
