@@ -30,7 +30,7 @@ from pathlib import Path
 from corral import __version__
 from corral.bench.suite.common import Section, SuiteEnv, SuiteError
 
-SECTIONS = ("routing", "real_engine", "overhead", "control_plane")
+SECTIONS = ("routing", "real_engine", "overhead", "control")
 
 INTRO = """\
 Corral exists because generic balancers route LLM traffic badly. This page measures

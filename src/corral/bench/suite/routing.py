@@ -173,24 +173,25 @@ def tables(results: Sequence[Result], with_usage: bool) -> str:
 
 
 def ratio_lines(results: Sequence[Result]) -> list[str]:
-    """One line per load: how the best generic balancer's TTFT p99 compares to Corral's."""
+    """One line per load: each contender's TTFT p99 and throughput relative to Corral's."""
     lines = []
     for load in sorted({r.load for r in results}):
         at = {r.contender: r for r in results if r.load == load}
         corral = at.get("corral")
         if corral is None or corral.summary.ttft is None:
             continue
-        others = [r for n, r in at.items() if n != "corral" and r.summary.ttft is not None]
-        if not others:
-            continue
-        best = min(others, key=lambda r: r.summary.ttft.p99 if r.summary.ttft else 0.0)
-        assert best.summary.ttft is not None
-        ratio = best.summary.ttft.p99 / max(corral.summary.ttft.p99, 1e-9)
-        lines.append(
-            f"- at {load:.0%}: the best other contender ({best.contender}) has a TTFT p99 "
-            f"{ratio:.1f}x Corral's ({best.summary.ttft.p99:.2f} s vs "
-            f"{corral.summary.ttft.p99:.2f} s)"
-        )
+        base, tps = corral.summary.ttft.p99, corral.summary.output_tokens_per_second
+        parts = []
+        for name, r in at.items():
+            if name == "corral" or r.summary.ttft is None:
+                continue
+            ttft = r.summary.ttft.p99 / max(base, 1e-9)
+            share = r.summary.output_tokens_per_second / max(tps, 1e-9)
+            parts.append(f"{name} {ttft:.2f}x TTFT p99, {share:.0%} of the tokens/s")
+        if parts:
+            lines.append(
+                f"- at {load:.0%}, next to Corral ({base:.2f} s TTFT p99): " + "; ".join(parts)
+            )
     return lines
 
 
