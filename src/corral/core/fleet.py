@@ -218,7 +218,10 @@ class Fleet:
         self._model_refs: dict[str | None, int] = {}
         self._models: list[str] | None = None  # sorted named models, cached
         self.version = 0  # bumped on every change, for watchers
-        self.membership = 0  # bumped when agents join, leave, report or drain (not per request)
+        self.membership = 0
+        """Bumped when agents join, leave or drain, or a report changes what a rollout
+        looks at (condition, model, generations, applying): not per request, and not for
+        busy-slot counts, so a rollout's scan of the fleet stays off the hot paths."""
 
     # ------------------------------------------------------------------ queries
     def __len__(self) -> int:
@@ -309,6 +312,7 @@ class Fleet:
         """Apply a status report. A ready report clears "set aside"."""
         agent = self.get(agent_id)
         self._unindex(agent)
+        before = _rollout_view(agent)
         if agent.model != report.model:
             self._unref_model(agent.model)
             self._ref_model(report.model)
@@ -325,10 +329,11 @@ class Fleet:
             agent.props = report.props
         agent.reserved_at_report = _in_flight_at(agent, report.read_at)
         agent.last_seen = agent.last_report = now
-        self.membership += 1
         agent.heartbeat_ok = True
         if report.condition is Condition.READY:
             agent.set_aside = False
+        if _rollout_view(agent) != before:
+            self.membership += 1
         self._index(agent)
         self._changed()
         return agent
@@ -483,6 +488,20 @@ class Fleet:
                     seen.add(agent_id)
         for agent in self._agents.values():
             assert (agent.id in seen) == (agent.routable and agent.free > 0), repr(agent)
+
+
+def _rollout_view(agent: Agent) -> tuple[object, ...]:
+    """What of an agent's report the rollout reads (see :attr:`Fleet.membership`)."""
+    return (
+        agent.condition,
+        agent.model,
+        agent.supervisor is None,
+        agent.applied_generation,
+        agent.failed_generation,
+        agent.applying,
+        agent.set_aside,
+        agent.heartbeat_ok,
+    )
 
 
 LOG_SECONDS = 10.0

@@ -209,3 +209,17 @@ def test_repr_reads_at_a_glance():
 def test_report_rejects_negative_counts():
     with pytest.raises(ValueError):
         Report(Condition.READY, slots_total=-1)
+
+
+def test_busy_slot_reports_do_not_wake_the_rollout_but_generations_do():
+    fleet = fleet_with(("a", 4))
+    start = fleet.membership
+    for busy in (1, 2, 3, 0):  # what every agent sends every second under load
+        fleet.report("a", ready(4, busy=busy), now=1)
+    assert fleet.membership == start
+    import dataclasses
+
+    fleet.report("a", dataclasses.replace(ready(4), applied_generation=2), now=2)
+    assert fleet.membership == start + 1
+    fleet.report("a", Report(Condition.LOADING, model="m", slots_total=4), now=3)
+    assert fleet.membership == start + 2
