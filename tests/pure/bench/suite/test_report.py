@@ -41,3 +41,27 @@ def test_a_section_kept_from_an_earlier_run_says_when_it_ran(tmp_path) -> None:
     assert _load(tmp_path / "missing.json") is None
     (tmp_path / "bad.json").write_text("{not json")
     assert _load(tmp_path / "bad.json") is None
+
+
+def test_the_foundation_targets_are_judged_from_the_sections_figures() -> None:
+    from corral.bench.suite.report import targets
+
+    data = {
+        "overhead": {
+            "tokens_per_response": 32,
+            "rows": [
+                {"name": "direct", "p50_us": 40.0, "p99_us": 80.0, "tokens_per_second": 9e5},
+                {"name": "corral", "p50_us": 640.0, "p99_us": 1580.0, "tokens_per_second": 6e4},
+            ],
+        },
+        "control": {
+            "rows": [{"agents": 10, "pick_p99": 9e-6}, {"agents": 1000, "pick_p99": 1.2e-5}],
+            "buffer_memory": {"per_request_bytes": 14_500.0},
+        },
+    }
+    table = targets(data)
+    assert "p50 +0.60 ms, p99 +1.50 ms | p99 met, p50 not" in table
+    assert "60,000 tokens/s" in table and "| yes |" in table
+    assert "12.0 µs p99 with 1,000 agents (in-process) | yes" in table
+    assert "145 MB (14,500 bytes each) | **no**" in table
+    assert targets({}) == ""
