@@ -66,8 +66,17 @@ def _commit() -> str:
         done = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
         )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run(  # the page and charts this run rewrites do not count
+            [
+                "git",
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ".",
+                ":!docs/benchmarks.md",
+                ":!docs/benchmarks",
+            ],
             capture_output=True,
             text=True,
             check=False,
@@ -222,12 +231,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     charts.mkdir(parents=True, exist_ok=True)
     env = SuiteEnv(out_dir=charts, docs_dir=page.parent, quick=args.quick, seed=args.seed)
     command = shlex.join(["python", "benchmarks/compare.py", *(argv or sys.argv[1:])])
+    info = environment()  # before the run: the commit measured, not the one after it
     try:
         sections = asyncio.run(run_sections(env, names))
     except SuiteError as exc:
         print(f"compare: {exc}", file=sys.stderr)
         return 1
-    info = environment()
     when = {"date": info["date"], "commit": info["corral"].split("commit ")[-1], "command": command}
     shown: list[Section] = []
     ran: list[dict[str, str]] = []
