@@ -11,8 +11,18 @@ matplotlib.use("Agg")  # files only: no screen on servers and in CI
 
 import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
 from corral.bench.stats import Outcome
+
+
+def _save(fig: Figure, path: Path, title: str = "") -> Path:
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)  # figures are kept until closed: a long suite would pile them up
+    return path
 
 
 def _cdf(ax: Axes, values: Sequence[float], label: str) -> None:
@@ -45,12 +55,7 @@ def latency_cdfs(runs: Mapping[str, Sequence[Outcome]], path: Path, title: str =
             ax.set_xscale("log")
         ax.grid(True, alpha=0.3)
     left.legend(fontsize="small")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path, title)
 
 
 def timeline(outcomes: Sequence[Outcome], path: Path, title: str = "") -> Path:
@@ -79,12 +84,7 @@ def timeline(outcomes: Sequence[Outcome], path: Path, title: str = "") -> Path:
     bottom.set_xlabel("time since start (s)")
     bottom.set_ylabel("output tokens/s")
     bottom.grid(True, alpha=0.3)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path, title)
 
 
 def grouped_bars(
@@ -110,7 +110,4 @@ def grouped_bars(
     ax.legend(fontsize="small")
     if title:
         ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
