@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -162,6 +163,25 @@ async def wait_http(
     raise SuiteError(f"{url} did not answer 200 within {timeout:.0f} s")
 
 
+def get_json(url: str) -> Any:
+    """GET ``url`` and decode its JSON (blocking: call it with ``asyncio.to_thread``)."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+async def agents_ready(mgmt: str, count: int, procs: Processes, within: float = 60.0) -> None:
+    """Wait until the balancer at ``mgmt`` lists ``count`` ready agents."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        procs.check_alive()
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            body = await asyncio.to_thread(get_json, f"{mgmt}/api/v1/agents")
+            if sum(1 for a in body["agents"] if a.get("state") == "ready") >= count:
+                return
+        await asyncio.sleep(0.1)
+    raise SuiteError(f"{count} agent(s) did not all report ready within {within:.0f} s")
+
+
 def _get_status(url: str) -> int:
     try:
         with urllib.request.urlopen(url, timeout=2) as response:
@@ -230,8 +250,10 @@ __all__ = [
     "Section",
     "SuiteEnv",
     "SuiteError",
+    "agents_ready",
     "cpu_seconds",
     "free_port",
+    "get_json",
     "markdown_table",
     "processes",
     "require",

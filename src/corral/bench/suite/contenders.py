@@ -14,9 +14,6 @@ pure and tested; :func:`start` runs one contender under a :class:`Processes`.
 
 from __future__ import annotations
 
-import asyncio
-import json
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +23,7 @@ from corral.bench.suite.common import (
     Processes,
     SuiteEnv,
     SuiteError,
+    agents_ready,
     free_port,
     require,
     wait_http,
@@ -166,7 +164,7 @@ async def start(
                     "--management-addr", f"127.0.0.1:{management}",
                 ]),
             )  # fmt: skip
-        await _agents_ready(mgmt, len(backends), procs)
+        await agents_ready(mgmt, len(backends), procs)
         return Running(name, url, mgmt)
     if name.startswith("nginx-"):
         work = env.work_dir / f"{name}-{port}"
@@ -185,21 +183,3 @@ async def start(
         raise SuiteError(f"unknown contender {name!r}; choose from {', '.join(NAMES)}")
     await wait_http(f"{url}/health", procs=procs)
     return Running(name, url)
-
-
-async def _agents_ready(mgmt: str, count: int, procs: Processes, within: float = 60.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while loop.time() < deadline:
-        procs.check_alive()
-        agents = (await asyncio.to_thread(_get_json, f"{mgmt}/api/v1/agents"))["agents"]
-        if sum(1 for a in agents if a["state"] == "ready") == count:
-            return
-        await asyncio.sleep(0.1)
-    raise SuiteError(f"Corral's {count} agents were not all ready within {within:.0f} s")
-
-
-def _get_json(url: str) -> dict:  # type: ignore[type-arg]
-    with urllib.request.urlopen(url, timeout=5) as response:
-        data: dict = json.loads(response.read())  # type: ignore[type-arg]
-        return data

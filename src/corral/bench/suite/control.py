@@ -18,7 +18,6 @@ Last, the memory of 10,000 requests waiting in the buffer of a balancer with no 
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import sys
 import time
@@ -34,12 +33,13 @@ from corral.bench.driver import Load, Runner, Target
 from corral.bench.stats import percentile, summarise
 from corral.bench.suite.common import (
     CORRAL,
-    Processes,
     Section,
     SuiteEnv,
     SuiteError,
+    agents_ready,
     cpu_seconds,
     free_port,
+    get_json,
     markdown_table,
     processes,
     rss_bytes,
@@ -129,18 +129,6 @@ def _get(url: str) -> str:
         return str(response.read().decode())
 
 
-async def _ready_agents(mgmt: str, count: int, procs: Processes, within: float) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while loop.time() < deadline:
-        procs.check_alive()
-        agents = json.loads(await asyncio.to_thread(_get, f"{mgmt}/api/v1/agents"))["agents"]
-        if sum(1 for a in agents if a["state"] == "ready") >= count:
-            return
-        await asyncio.sleep(0.25)
-    raise SuiteError(f"{count} fake agents did not all register within {within:.0f} s")
-
-
 async def measure(env: SuiteEnv, agents: int, window: float, backend: str) -> Row:
     with processes(env, f"control-{agents}") as procs:
         inference, management = free_port(), free_port()
@@ -163,7 +151,7 @@ async def measure(env: SuiteEnv, agents: int, window: float, backend: str) -> Ro
                 "--backend", backend, "--seed", str(env.seed),
             ]),
         )  # fmt: skip
-        await _ready_agents(mgmt, agents, procs, within=120)
+        await agents_ready(mgmt, agents, procs, within=120)
         await asyncio.sleep(min(2.0, window))  # every agent is reporting by now
 
         cpu0, t0 = cpu_seconds(balancer.pid), time.monotonic()
@@ -231,7 +219,7 @@ async def buffer_memory(env: SuiteEnv, count: int) -> dict[str, float]:
                     if time.monotonic() > deadline:
                         raise SuiteError(f"only {waiting} of {count} requests reached the buffer")
                     await asyncio.sleep(0.25)
-                    snapshot = json.loads(await asyncio.to_thread(_get, f"{mgmt}/api/v1/agents"))
+                    snapshot = await asyncio.to_thread(get_json, f"{mgmt}/api/v1/agents")
                     waiting = snapshot["buffered_requests"]
                 await asyncio.sleep(0.5)
                 after = rss_bytes(balancer.pid)

@@ -26,7 +26,6 @@ import pwd
 import statistics
 import sys
 import time
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from corral.bench.suite.common import (
     Section,
     SuiteEnv,
     SuiteError,
+    agents_ready,
     cpu_seconds,
     free_port,
     markdown_table,
@@ -463,23 +463,6 @@ async def measure(
     return [results[p.name] for p in paths]
 
 
-async def _agents_ready(mgmt: str, procs: Processes, within: float = 60.0) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        procs.check_alive()
-        with contextlib.suppress(OSError, ValueError, KeyError):
-            body = await asyncio.to_thread(_get_json, f"{mgmt}/api/v1/agents")
-            if any(a.get("state") == "ready" for a in body["agents"]):
-                return
-        await asyncio.sleep(0.1)
-    raise SuiteError(f"Corral's agent did not report the backend ready within {within:.0f} s")
-
-
-def _get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return json.loads(response.read())
-
-
 def _nginx(env: SuiteEnv, core: str, name: str, conf: str, work: Path, procs: Processes) -> int:
     work.mkdir(parents=True, exist_ok=True)
     path = work / "nginx.conf"
@@ -528,7 +511,7 @@ async def start_paths(env: SuiteEnv, cores: Cores, procs: Processes) -> list[Rou
             "--management-addr", f"127.0.0.1:{management}",
         ]),
     )  # fmt: skip
-    await _agents_ready(mgmt, procs)
+    await agents_ready(mgmt, 1, procs)
     corral = f"http://127.0.0.1:{port}"
     await wait_http(f"{corral}/health", procs=procs)
     return [

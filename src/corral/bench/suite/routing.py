@@ -12,7 +12,6 @@ a little. What differs is only where each request is sent.
 from __future__ import annotations
 
 import asyncio
-import json
 import statistics
 import sys
 import urllib.request
@@ -28,6 +27,7 @@ from corral.bench.suite.common import (
     Section,
     SuiteEnv,
     free_port,
+    get_json,
     markdown_table,
     processes,
     section_main,
@@ -77,12 +77,6 @@ def _post(url: str) -> None:
         pass
 
 
-def _get(url: str) -> dict[str, Any]:
-    with urllib.request.urlopen(url, timeout=5) as response:
-        data: dict[str, Any] = json.loads(response.read())
-        return data
-
-
 async def compare(
     env: SuiteEnv,
     procs: Processes,
@@ -115,7 +109,7 @@ async def compare(
                     Load(rate=rate, duration=duration, seed=env.seed),
                 )
                 outcomes = await runner.run()
-                usage = await asyncio.to_thread(_get, usage_url) if usage_url else {}
+                usage = await asyncio.to_thread(get_json, usage_url) if usage_url else {}
             finally:
                 procs.stop_since(mark)
             summary = summarise(outcomes)
