@@ -123,17 +123,19 @@ class Runner:
         timeout = aiohttp.ClientTimeout(total=self.target.timeout)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
             self._t0 = self.clock()
-            calls = self._limited(iter(self.workload))
+            calls: Iterator[Call] = iter(self.workload)
+            if self.load.requests is not None:
+                calls = itertools.islice(calls, self.load.requests)
             if self.load.users is not None:
-                await asyncio.gather(*(self._user(session, calls) for _ in range(self.load.users)))
+                timed = self._until_duration(calls)
+                await asyncio.gather(*(self._user(session, timed) for _ in range(self.load.users)))
             else:
                 await self._open_loop(session, calls)
         return sorted(self.outcomes, key=lambda o: o.index)
 
     # ---------------------------------------------------------------- loops
-    def _limited(self, calls: Iterator[Call]) -> Iterator[Call]:
-        if self.load.requests is not None:
-            calls = itertools.islice(calls, self.load.requests)
+    def _until_duration(self, calls: Iterator[Call]) -> Iterator[Call]:
+        """Closed loop: users stop taking calls once the duration has passed."""
         for call in calls:
             if self.load.duration is not None and self.elapsed() >= self.load.duration:
                 return
@@ -146,6 +148,8 @@ class Runner:
     async def _open_loop(self, session: aiohttp.ClientSession, calls: Iterator[Call]) -> None:
         assert self.load.rate is not None
         tasks: set[asyncio.Task[None]] = set()
+        # The duration cuts the arrival trace by scheduled time, never by the clock, so
+        # a loop that runs late still sends exactly the same requests.
         arrivals = poisson_arrivals(self.load.rate, self.load.seed)
         for at in arrivals:
             if self.load.duration is not None and at >= self.load.duration:

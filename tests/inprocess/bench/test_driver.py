@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from support.harness import Harness
 
 from corral.bench.driver import Load, Runner, Target
 from corral.bench.stats import summarise
-from corral.bench.workload import Workload, WorkloadError, WorkloadSpec
+from corral.bench.workload import Workload, WorkloadError, WorkloadSpec, poisson_arrivals
 from corral.llamacpp.process import free_port
 
 FAST = {"tokens_per_second": 2000.0, "prompt_tokens_per_second": 1e6}
@@ -95,6 +96,22 @@ async def test_duration_stops_issuing(harness: Harness) -> None:
     outcomes = await runner.run()
     assert outcomes and all(o.ok for o in outcomes)
     assert max(o.start for o in outcomes) < 0.5
+
+
+async def test_an_open_loop_that_runs_late_still_sends_the_whole_trace(harness: Harness) -> None:
+    """The duration cuts the trace by scheduled time: a slow loop sends the same requests."""
+    _, port = await harness.sim(slots=8, **FAST)
+    ticks = itertools.count()
+    late = Runner(
+        Target(f"http://127.0.0.1:{port}"),
+        Workload(WorkloadSpec(output_tokens=2)),
+        Load(rate=50.0, duration=0.4, seed=5),
+        clock=lambda: next(ticks) * 0.05,  # every look at the clock is 50 ms later
+    )
+    outcomes = await late.run()
+    expected = list(itertools.takewhile(lambda at: at < 0.4, poisson_arrivals(50.0, 5)))
+    assert len(outcomes) == len(expected) > 3
+    assert summarise(outcomes).succeeded == len(expected)
 
 
 def test_load_needs_one_loop_and_a_limit() -> None:
