@@ -328,8 +328,10 @@ class Agent:
                 sent = self.status
                 await ws.send_bytes(m.encode(m.Status(sent, read_age=self._read_age())))
             changed = asyncio.ensure_future(self._changed.wait())
-            done, _ = await asyncio.wait({changed, receiver}, timeout=interval)
-            changed.cancel()
+            try:
+                done, _ = await asyncio.wait({changed, receiver}, timeout=interval)
+            finally:  # also when this is cancelled: no task left pending behind
+                changed.cancel()
             if receiver in done:
                 return
             if register.address != self.external_url:  # the server moved (restarted)
