@@ -21,6 +21,7 @@ _TYPES = {
     404: "not_found_error",
     405: "invalid_request_error",
     413: "invalid_request_error",
+    415: "invalid_request_error",
     429: "rate_limit_error",
     500: "server_error",
     502: "server_error",
@@ -57,15 +58,19 @@ class HTTPError(Exception):
         error.update(self.extra)
         return {"error": error}
 
-    def response(self) -> web.Response:
-        headers = dict(self.headers)
+    def header_pairs(self) -> list[tuple[str, str]]:
+        """Its own headers, and Retry-After when it has one."""
+        headers = list(self.headers.items())
         if self.retry_after is not None:
-            headers["Retry-After"] = str(max(1, round(self.retry_after)))
+            headers.append(("Retry-After", str(max(1, round(self.retry_after)))))
+        return headers
+
+    def response(self) -> web.Response:
         return web.Response(
             status=self.status,
             body=json.dumps(self.body()).encode(),
             content_type="application/json",
-            headers=headers,
+            headers=self.header_pairs(),
         )
 
     def __repr__(self) -> str:
@@ -92,16 +97,21 @@ def render(request: web.Request, exc: Exception) -> web.Response:
         error = HTTPError(exc.status, message, headers=headers)
     else:
         raise TypeError(f"not an HTTP error: {exc!r}")
+    log_error(request.method, request.path, request.remote, error)
+    return error.response()
+
+
+def log_error(method: str, path: str, remote: str | None, error: HTTPError) -> None:
+    """The one log line of an error answer (a warning for 5xx, else info)."""
     log.log(
         logging.WARNING if error.status >= 500 else logging.INFO,
         "%s %s from %s -> %d %s",
-        request.method,
-        request.path,
-        request.remote,
+        method,
+        path,
+        remote,
         error.status,
         error.message,
     )
-    return error.response()
 
 
 @web.middleware

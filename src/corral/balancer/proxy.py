@@ -1,17 +1,18 @@
 """The data path: the inference listener, posing as one llama-server.
 
-For each request: look the route up once (:mod:`corral.core.endpoints`), read the
-body, find the ``model`` field (msgspec decodes only that field), reserve a slot
-(:class:`~corral.balancer.dispatcher.Dispatcher`), send the original bytes upstream,
-and relay the response. Streamed responses are relayed chunk by chunk as they
-arrive: no parsing, no re-encoding, no buffering.
+For each request: look the route up once (:mod:`corral.core.endpoints`), find the
+``model`` field of the body (msgspec decodes only that field), reserve a slot
+(:class:`~corral.balancer.dispatcher.Dispatcher`), send the original bytes upstream
+(:mod:`corral.balancer.upstream`), and relay the response. Streamed responses are
+relayed chunk by chunk as they arrive: no parsing, no re-encoding, no buffering.
+The HTTP server under it is :mod:`corral.balancer.http_server`.
 
 Failures before the response starts (connection refused, server gone, 503 while
 loading) are retried on another server after setting the failing one aside; the
 client never sees them. A failure after streaming started ends the stream with an
-SSE error event. A client that disconnects cancels its handler (aiohttp's handler
-cancellation), which closes the upstream connection (llama-server then stops the
-generation) and frees the slot at once.
+SSE error event. A client that disconnects cancels its handler, which closes the
+upstream connection (llama-server then stops the generation) and frees the slot at
+once.
 """
 
 from __future__ import annotations
@@ -21,19 +22,24 @@ import hmac
 import logging
 import os
 import time
+import zlib
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-import aiohttp
 import msgspec
-from aiohttp import web
-from multidict import CIMultiDict
 
 from corral.balancer import aggregate
 from corral.balancer.dispatcher import Dispatcher, Slot
-from corral.balancer.errors import HTTPError, render, sse_error_event
+from corral.balancer.errors import HTTPError, log_error, sse_error_event
+from corral.balancer.http_server import Request, Responder, encode_headers
 from corral.balancer.metrics import Metrics, last_counted_event
+from corral.balancer.upstream import (
+    UpstreamBroken,
+    UpstreamError,
+    UpstreamPool,
+    UpstreamResponse,
+)
 from corral.core.endpoints import Kind, classify, known_paths
 from corral.core.fleet import Agent
 from corral.core.policy import Reject, RequestInfo, resolve_pools
@@ -44,21 +50,31 @@ access_log = logging.getLogger("corral.access")
 
 _HOP_BY_HOP = frozenset(
     {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "trailers",
-        "transfer-encoding",
-        "upgrade",
-        "host",
-        "content-length",
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"trailers",
+        b"transfer-encoding",
+        b"upgrade",
+        b"host",
+        b"content-length",
     }
 )
-# aiohttp hands us request bodies already decompressed, so their encoding goes too.
-_DROP_REQUEST = _HOP_BY_HOP | {"authorization", "x-api-key", "content-encoding"}
+# Bodies are sent upstream decoded (see _decoded), so their encoding goes too; the
+# balancer answers Expect itself and sets its own X-Request-Id.
+_DROP_REQUEST = _HOP_BY_HOP | {
+    b"authorization",
+    b"x-api-key",
+    b"content-encoding",
+    b"expect",
+    b"x-request-id",
+}
+# Headers the balancer sets itself replace the server's (never sent twice).
+_DROP_RESPONSE = _HOP_BY_HOP | {b"x-request-id", b"x-corral-server", b"x-corral-buffer-wait"}
+_DROP_RESPONSE_CORS = _DROP_RESPONSE | {b"access-control-allow-origin"}
 _PUBLIC_PATHS = frozenset({"/health", "/v1/health"})
 _READ_WHOLE_LIMIT = 4 * 1024 * 1024  # non-streamed bodies up to this are sent in one go
 
@@ -82,69 +98,87 @@ def request_model(body: bytes) -> str | None:
         raise HTTPError(400, f"request body is not valid JSON: {exc}") from None
 
 
+def _decoded(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """A request body without its Content-Encoding (gzip or deflate), as llama-server
+    reads bodies plain. Raises a 400 or 413 :class:`HTTPError`."""
+    if encoding is None or encoding.strip().lower() in ("", "identity"):
+        return body
+    kind = encoding.strip().lower()
+    if kind not in ("gzip", "x-gzip", "deflate"):
+        raise HTTPError(415, f"unsupported Content-Encoding {encoding!r}; use gzip or deflate")
+    wbits = 47 if kind != "deflate" else 15  # gzip (or zlib) / zlib
+    try:
+        decoder = zlib.decompressobj(wbits)
+        data = decoder.decompress(body, limit + 1)
+        if len(data) > limit or decoder.unconsumed_tail:
+            raise HTTPError(413, f"request body too large once decoded: the limit is {limit} bytes")
+        return data + decoder.flush()
+    except zlib.error as exc:
+        raise HTTPError(400, f"request body is not valid {kind}: {exc}") from None
+
+
+def _line(name: bytes, value: str) -> bytes:
+    """One header line from a value we did not choose (names, ids): never two lines."""
+    clean = value.encode("latin-1", "replace").replace(b"\r", b" ").replace(b"\n", b" ")
+    return name + b": " + clean + b"\r\n"
+
+
 class _Retry(Exception):
     """The server failed before the response started; try another one."""
 
 
-def _describe(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}"
-
-
 class InferenceProxy:
-    """The inference listener's handlers."""
+    """The inference listener's handler."""
 
     def __init__(
         self,
         dispatcher: Dispatcher,
-        session: aiohttp.ClientSession,
+        pool: UpstreamPool,
         *,
         metrics: Metrics,
         api_keys: Iterable[str] = (),
         max_attempts: int = 5,
+        max_body_size: int = 64 * 1024 * 1024,
     ) -> None:
         self.dispatcher = dispatcher
         self.fleet = dispatcher.fleet
-        self.session = session
+        self.pool = pool
         self.api_keys = tuple(k.encode() for k in api_keys if k)
         self.max_attempts = max_attempts
+        self.max_body_size = max_body_size
         self.metrics = metrics
         self.started = int(time.time())
         self._light_turn = 0
 
-    def install(self, app: web.Application) -> None:
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-
     # ------------------------------------------------------------- routing
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        """Every request of the inference listener (no middleware: one frame less
-        per waiting request)."""
+    async def handle(self, request: Request, out: Responder) -> None:
+        """Every request of the inference listener."""
         try:
-            response = await self._route(request)
+            await self._route(request, out)
         except HTTPError as exc:
-            response = render(request, exc)
-        except web.HTTPException as exc:  # 413 from reading the body
-            if exc.status < 400:
-                raise
-            response = render(request, exc)
-        origin = request.headers.get("Origin")
-        if origin is not None and not response.prepared:
-            response.headers["Access-Control-Allow-Origin"] = origin
-        return response
+            log_error(request.method, request.path, request.remote, exc)
+            if out.started:  # pragma: no cover - errors are raised before responding
+                out.abort()
+                return
+            headers = list(exc.header_pairs())
+            origin = request.header(b"origin")
+            if origin is not None:
+                headers.append(("Access-Control-Allow-Origin", origin))
+            out.send_json(exc.status, exc.body(), headers)
 
-    async def _route(self, request: web.Request) -> web.StreamResponse:
+    async def _route(self, request: Request, out: Responder) -> None:
         path = request.path
         if request.method == "OPTIONS":
-            return _preflight(request)
+            return _preflight(request, out)
         kind = classify(request.method, path)
         if self.api_keys and path not in _PUBLIC_PATHS:
             self._check_key(request)
         if kind is Kind.SLOT:
-            return await self._proxy(request, slot=True)
+            return await self._proxy(request, out, slot=True)
         if kind is Kind.LIGHT:
-            return await self._proxy(request, slot=False)
+            return await self._proxy(request, out, slot=False)
         if kind is Kind.FLEET:
-            return self._fleet(path)
+            return self._fleet(request, out)
         if kind is Kind.BLOCKED:
             raise HTTPError(
                 404,
@@ -162,31 +196,36 @@ class InferenceProxy:
             404, f"no such endpoint: {request.method} {path}. Known: {', '.join(known_paths())}"
         )
 
-    def _check_key(self, request: web.Request) -> None:
-        header = request.headers.get("Authorization", "")
-        key = header[7:] if header[:7].lower() == "bearer " else request.headers.get("x-api-key")
+    def _check_key(self, request: Request) -> None:
+        header = request.header(b"authorization") or ""
+        key = header[7:] if header[:7].lower() == "bearer " else request.header(b"x-api-key")
         if key is not None:
-            given = key.strip().encode(errors="surrogateescape")
+            given = key.strip().encode("latin-1", "replace")
             if any(hmac.compare_digest(given, k) for k in self.api_keys):
                 return
         raise HTTPError(401, "Invalid API Key")
 
-    def _fleet(self, path: str) -> web.Response:
+    def _fleet(self, request: Request, out: Responder) -> None:
+        path = request.path
+        status = 200
+        body: object
         if path in ("/health", "/v1/health"):
             status, body = aggregate.health(self.fleet)
-            return web.json_response(body, status=status)
-        if path == "/props":
-            return web.json_response(aggregate.props(self.fleet))
-        if path == "/slots":
-            return web.json_response(aggregate.slots(self.fleet))
-        return web.json_response(aggregate.models(self.fleet, self.started))
+        elif path == "/props":
+            body = aggregate.props(self.fleet)
+        elif path == "/slots":
+            body = aggregate.slots(self.fleet)
+        else:
+            body = aggregate.models(self.fleet, self.started)
+        origin = request.header(b"origin")
+        out.send_json(status, body, [("Access-Control-Allow-Origin", origin)] if origin else ())
 
     # ----------------------------------------------------------- data path
-    async def _proxy(self, request: web.Request, *, slot: bool) -> web.StreamResponse:
+    async def _proxy(self, request: Request, out: Responder, *, slot: bool) -> None:
         loop = asyncio.get_running_loop()
-        ex = _Exchange(request.headers.get("X-Request-Id") or os.urandom(16).hex(), loop.time())
+        ex = _Exchange(request.header(b"x-request-id") or os.urandom(16).hex(), loop.time())
         try:
-            response = await self._attempts(request, ex, slot=slot)
+            await self._attempts(request, out, ex, slot=slot)
         except HTTPError as exc:
             exc.headers["X-Request-Id"] = ex.request_id
             ex.status = exc.status
@@ -197,21 +236,20 @@ class InferenceProxy:
                 self.metrics.buffer_rejections.labels("timeout").inc()
                 self.metrics.counts.rejected += 1
             raise
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, ConnectionError):
             ex.status = 499  # the client went away
             raise
         finally:
             self._finish(request, ex, loop.time())
-        return response
 
     async def _attempts(
-        self, request: web.Request, ex: _Exchange, *, slot: bool
-    ) -> web.StreamResponse:
-        body = await request.read()
-        if request.method == "POST" and "multipart" not in request.content_type:
+        self, request: Request, out: Responder, ex: _Exchange, *, slot: bool
+    ) -> None:
+        body = _decoded(request.body, request.header(b"content-encoding"), self.max_body_size)
+        if request.method == "POST" and "multipart" not in (request.header(b"content-type") or ""):
             ex.model = request_model(body)
         info = RequestInfo(request.path, ex.model)
-        headers = None  # built once a slot is found: nothing extra held while waiting
+        headers = b""  # built once a slot is found: nothing extra held while waiting
         last_error = ""
         for attempt in range(self.max_attempts):
             if attempt:
@@ -220,18 +258,17 @@ class InferenceProxy:
             ex.waited += target.waited
             ex.agent = target.name
             ex.served_model = target.model
-            if headers is None:
-                headers = _upstream_headers(request.headers)
-                headers["X-Request-Id"] = ex.request_id
+            if not headers:
+                headers = _upstream_headers(request.headers, ex.request_id)
             try:
-                return await self._forward(request, target, body, headers, ex, slot=slot)
+                return await self._forward(request, out, target, body, headers, ex, slot=slot)
             except _Retry as exc:
                 last_error = str(exc)
         raise HTTPError(
             502, f"Corral: {self.max_attempts} servers failed in turn; last error: {last_error}"
         )
 
-    def _finish(self, request: web.Request, ex: _Exchange, now: float) -> None:
+    def _finish(self, request: Request, ex: _Exchange, now: float) -> None:
         """Metrics and the log line of one request.
 
         Metrics are labelled with the model the server runs, never the client's
@@ -245,7 +282,7 @@ class InferenceProxy:
             self.metrics.count_tokens(model or ex.agent or "", ex.counted)
         self.request_log(request, ex, total)
 
-    def request_log(self, request: web.Request, ex: _Exchange, total: float) -> None:
+    def request_log(self, request: Request, ex: _Exchange, total: float) -> None:
         if not access_log.isEnabledFor(logging.INFO):
             return
         ttfb = ex.first_byte - ex.started if ex.first_byte is not None else None
@@ -290,47 +327,38 @@ class InferenceProxy:
 
     async def _forward(
         self,
-        request: web.Request,
+        request: Request,
+        out: Responder,
         target: Slot,
         body: bytes,
-        headers: CIMultiDict[str],
+        headers: bytes,
         ex: _Exchange,
         *,
         slot: bool,
-    ) -> web.StreamResponse:
+    ) -> None:
         """One attempt on one server. Frees the slot whatever happens."""
         healthy = True
         try:
             if target.api_key:
-                headers["Authorization"] = f"Bearer {target.api_key}"
-            else:
-                headers.popall("Authorization", None)
+                headers += _line(b"Authorization", f"Bearer {target.api_key}")
             try:
-                upstream = await self.session.request(
-                    request.method,
-                    target.address + request.path_qs,
-                    data=body or None,
-                    headers=headers,
+                upstream = await self.pool.request(
+                    target.address, request.method, request.target, headers, body
                 )
-            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-                healthy = False
+            except UpstreamError as exc:
                 self.metrics.upstream_failures.labels("connect").inc()
-                raise _Retry(f"{target.name}: {_describe(exc)}") from None
-            if upstream.status == 503:
-                healthy = False
-                self.metrics.upstream_failures.labels("unavailable").inc()
-                try:
-                    reason = (await upstream.read())[:200].decode(errors="replace")
-                except (aiohttp.ClientError, TimeoutError, OSError):
-                    reason = ""
-                finally:
-                    upstream.close()
-                raise _Retry(f"{target.name}: 503 {reason}")
+                raise _Retry(f"{target.name}: {exc}") from None
             try:
-                response, healthy = await self._relay(request, upstream, target, ex)
+                if upstream.status == 503:
+                    self.metrics.upstream_failures.labels("unavailable").inc()
+                    try:
+                        reason = (await upstream.read())[:200].decode(errors="replace")
+                    except UpstreamBroken:
+                        reason = ""
+                    raise _Retry(f"{target.name}: 503 {reason}")
+                healthy = await self._relay(request, out, upstream, target, ex)
             finally:
                 upstream.close()
-            return response
         except _Retry:
             healthy = False
             raise
@@ -345,67 +373,69 @@ class InferenceProxy:
 
     async def _relay(
         self,
-        request: web.Request,
-        upstream: aiohttp.ClientResponse,
+        request: Request,
+        out: Responder,
+        upstream: UpstreamResponse,
         target: Slot,
         ex: _Exchange,
-    ) -> tuple[web.StreamResponse, bool]:
-        headers = CIMultiDict(
-            (k, v) for k, v in upstream.headers.items() if k.lower() not in _HOP_BY_HOP
-        )
-        headers["X-Request-Id"] = ex.request_id
-        headers["X-Corral-Server"] = target.name
-        headers["X-Corral-Buffer-Wait"] = f"{ex.waited:.6f}"
-        origin = request.headers.get("Origin")
+    ) -> bool:
+        """Relay the response; ``False`` if the server broke off mid-response."""
+        origin = request.header(b"origin")
+        drop = _DROP_RESPONSE_CORS if origin is not None else _DROP_RESPONSE
+        head = bytearray()
+        for name, value in upstream.headers:
+            if name.lower() not in drop:
+                head += name + b": " + value + b"\r\n"
+        head += _line(b"X-Request-Id", ex.request_id)
+        head += _line(b"X-Corral-Server", target.name)
+        head += b"X-Corral-Buffer-Wait: %.6f\r\n" % ex.waited
         if origin is not None:  # browsers (the dashboard's playground) may read it
-            headers["Access-Control-Allow-Origin"] = origin
+            # one value only: browsers refuse a response that repeats this header
+            head += _line(b"Access-Control-Allow-Origin", origin)
         ex.status = upstream.status
         length = upstream.content_length
         if length is not None and length <= _READ_WHOLE_LIMIT:
             try:
                 data = await upstream.read()
-            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            except UpstreamBroken as exc:
                 self.metrics.upstream_failures.labels("mid_response").inc()
-                raise _Retry(f"{target.name}: {_describe(exc)}") from None
+                raise _Retry(f"{target.name}: {exc}") from None
             ex.first_byte = asyncio.get_running_loop().time()
             if upstream.status == 200 and (b'"usage"' in data or b'"timings"' in data):
                 ex.counted = data
-            return web.Response(status=upstream.status, body=data, headers=headers), True
+            out.send(upstream.status, bytes(head), data)
+            return True
 
-        response = web.StreamResponse(status=upstream.status, headers=headers)
-        await response.prepare(request)
-        sse = "event-stream" in upstream.headers.get("Content-Type", "")
+        out.start(upstream.status, bytes(head))
+        sse = "event-stream" in (upstream.header(b"content-type") or "")
         tail: deque[bytes] = deque(maxlen=16)  # the end of the stream, for token counts
-        content = upstream.content
         while True:
             try:
-                chunk = await content.readany()
-            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-                log.warning("%s failed mid-response: %s", target.name, _describe(exc))
+                chunk = await upstream.next_chunk()
+            except UpstreamBroken as exc:
+                log.warning("%s failed mid-response: %s", target.name, exc)
                 self.metrics.upstream_failures.labels("mid_response").inc()
+                ex.status = 502
                 if not sse:
                     # No way to say so in a plain body: cut the connection, so the
                     # client sees a truncated response rather than a complete one.
-                    ex.status = 502
-                    if request.transport is not None:
-                        request.transport.close()
-                    return response, False
-                await response.write(
+                    out.abort()
+                    return False
+                await out.write(
                     sse_error_event(502, f"Corral: the server {target.name} failed mid-response")
                 )
-                ex.status = 502
-                await response.write_eof()
-                return response, False
+                out.finish()
+                return False
             if not chunk:
                 break
             if ex.first_byte is None:
                 ex.first_byte = asyncio.get_running_loop().time()
             tail.append(chunk)
-            await response.write(chunk)
-        await response.write_eof()
+            await out.write(chunk)
+        out.finish()
         if sse and upstream.status == 200:
             ex.counted = last_counted_event(b"".join(tail))
-        return response, True
+        return True
 
 
 @dataclass(slots=True)
@@ -423,24 +453,25 @@ class _Exchange:
     counted: bytes | None = None  # the JSON that reports usage/timings
 
 
-def _upstream_headers(incoming: Mapping[str, str]) -> CIMultiDict[str]:
-    headers: CIMultiDict[str] = CIMultiDict()
-    for key, value in incoming.items():
-        if key.lower() not in _DROP_REQUEST:
-            headers.add(key, value)
-    return headers
+def _upstream_headers(incoming: list[tuple[bytes, bytes]], request_id: str) -> bytes:
+    head = bytearray()
+    for name, value in incoming:
+        if name.lower() not in _DROP_REQUEST:
+            head += name + b": " + value + b"\r\n"
+    head += _line(b"X-Request-Id", request_id)
+    return bytes(head)
 
 
-def _preflight(request: web.Request) -> web.Response:
+def _preflight(request: Request, out: Responder) -> None:
     """Answer a CORS preflight as llama-server does (browsers send it keyless)."""
-    asked = request.headers.get("Access-Control-Request-Headers", "*")
-    return web.Response(
-        status=200,
-        headers={
-            "Access-Control-Allow-Origin": request.headers.get("Origin", "*"),
-            "Access-Control-Allow-Credentials": "true",
-            "Access-Control-Allow-Methods": "GET, POST",
-            "Access-Control-Allow-Headers": asked,
-            "Access-Control-Expose-Headers": "X-Request-Id",
-        },
+    asked = request.header(b"access-control-request-headers") or "*"
+    headers = encode_headers(
+        [
+            ("Access-Control-Allow-Origin", request.header(b"origin") or "*"),
+            ("Access-Control-Allow-Credentials", "true"),
+            ("Access-Control-Allow-Methods", "GET, POST"),
+            ("Access-Control-Allow-Headers", asked),
+            ("Access-Control-Expose-Headers", "X-Request-Id"),
+        ]
     )
+    out.send(200, headers, b"")

@@ -1,10 +1,13 @@
 """The balancer process: configuration, the two listeners, and their lifecycle.
 
-Start-up order: HTTP client session, management listener (agents can connect),
-inference listener, background tasks. Shutdown runs in a fixed order, as uvicorn
-does: stop accepting connections, fail what waits in the buffer, let requests in
-flight finish up to ``shutdown_timeout``, close agent sockets, cancel the background
-tasks, close the client session.
+Start-up order: upstream connection pool, management listener (agents can
+connect), inference listener, background tasks. Shutdown runs in a fixed order, as
+uvicorn does: stop accepting connections, fail what waits in the buffer, let
+requests in flight finish up to ``shutdown_timeout``, close agent sockets, cancel
+the background tasks, close the upstream connections.
+
+The management listener is aiohttp (WebSockets, SSE, the dashboard); the inference
+listener is :mod:`corral.balancer.http_server`, a lean server for the data path.
 """
 
 from __future__ import annotations
@@ -16,17 +19,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 
 from corral.addr import Addr
 from corral.balancer.desired import DesiredStore, Rollout, StoreError
 from corral.balancer.dispatcher import Dispatcher
 from corral.balancer.errors import error_middleware
+from corral.balancer.http_server import HttpServer
 from corral.balancer.management import Management
 from corral.balancer.metrics import Metrics
 from corral.balancer.proxy import InferenceProxy
 from corral.balancer.statsd import StatsdReporter
+from corral.balancer.upstream import UpstreamPool
 from corral.core.buffer import Buffer
 from corral.core.clock import Clock, MonotonicClock
 from corral.core.fleet import Fleet
@@ -113,7 +117,8 @@ class Balancer:
         self.management.metrics = self.metrics
         self.dispatcher.on_change = self.rollout.tick
         self.dispatcher.on_pick = self.metrics.pick.observe
-        self._session: aiohttp.ClientSession | None = None
+        self._pool: UpstreamPool | None = None
+        self._inference: HttpServer | None = None
         self._runners: list[web.AppRunner] = []
         self._tasks: list[asyncio.Task[Any]] = []
         self.inference_port = 0
@@ -127,37 +132,27 @@ class Balancer:
         self.management.install(app)
         return app
 
-    def inference_app(self, session: aiohttp.ClientSession) -> web.Application:
-        app = web.Application(client_max_size=self.config.max_body_size)
-        InferenceProxy(
+    def inference_server(self, pool: UpstreamPool) -> HttpServer:
+        proxy = InferenceProxy(
             self.dispatcher,
-            session,
+            pool,
             metrics=self.metrics,
             api_keys=self.config.api_keys,
             max_attempts=self.config.max_attempts,
-        ).install(app)
-        return app
-
-    def client_session(self) -> aiohttp.ClientSession:
-        return aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
-            timeout=aiohttp.ClientTimeout(
-                total=None, sock_connect=self.config.upstream_connect_timeout
-            ),
-            auto_decompress=False,
-            skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
-            # a proxy keeps no cookies: one client's must never reach another's request
-            cookie_jar=aiohttp.DummyCookieJar(),
+            max_body_size=self.config.max_body_size,
         )
+        return HttpServer(proxy.handle, max_body_size=self.config.max_body_size)
 
     async def start(self) -> None:
-        self._session = self.client_session()
+        # The pool keeps no cookies (it has no cookie jar at all): one client's must
+        # never reach another's request.
+        self._pool = UpstreamPool(connect_timeout=self.config.upstream_connect_timeout)
         self.management_port = await self._listen(
             self.management_app(), self.config.management_addr
         )
-        self.inference_port = await self._listen(
-            self.inference_app(self._session), self.config.inference_addr
-        )
+        self._inference = self.inference_server(self._pool)
+        addr = self.config.inference_addr
+        self.inference_port = await self._inference.start(addr.host, addr.port)
         self.management.inference_port = self.inference_port
         self._tasks.append(asyncio.create_task(self._watch_heartbeats()))
         if self.config.statsd_addr is not None:
@@ -207,11 +202,11 @@ class Balancer:
         self.dispatcher.close()
         # 2. inference: stop accepting, let requests in flight finish, cancel the rest.
         # 3. agent sockets, then the management listener.
-        inference, management = self._runners[1:], self._runners[:1]
-        for runner in inference:
-            await runner.cleanup()
+        if self._inference is not None:
+            await self._inference.stop(self.config.shutdown_timeout)
+            self._inference = None
         await self.management.close()
-        for runner in management:
+        for runner in self._runners:
             await runner.cleanup()
         self._runners.clear()
         # 4. background tasks, then the client session.
@@ -221,8 +216,8 @@ class Balancer:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
-        if self._session is not None:
-            await self._session.close()
+        if self._pool is not None:
+            self._pool.close()
         log.info("balancer stopped")
 
     def __repr__(self) -> str:

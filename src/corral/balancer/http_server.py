@@ -1,0 +1,524 @@
+"""The inference listener's HTTP/1.1 server: an asyncio protocol over httptools.
+
+Why not aiohttp's web server here (the management listener uses it): the inference
+listener carries every request and every token, and a request waiting in the buffer
+holds its connection for seconds. aiohttp builds a request object, a header
+multidict, a payload stream, a response object and several handler frames for each
+request; this server keeps one slotted :class:`Request` (the raw header pairs as
+parsed) and one :class:`Responder`, which is what a proxy needs. It is the same
+design as uvicorn's httptools server: the parsing is llhttp's (C), the rest is a
+small state machine per connection:
+
+- requests are parsed as bytes arrive; complete ones queue in order (pipelining),
+  and one handler task runs at a time per connection;
+- a client that disconnects cancels its running handler (the proxy then closes the
+  upstream connection and frees the slot);
+- bodies over ``max_body_size`` get 413 and malformed requests 400, in order after
+  the responses before them, and the connection is closed;
+- ``Expect: 100-continue`` is answered when the connection is idle;
+- responses are written whole (with Content-Length) or streamed with chunked
+  transfer encoding (HTTP/1.0 clients: until the connection closes);
+- the writer honours the transport's flow control, so a slow client slows its own
+  stream and nothing piles up in memory;
+- idle keep-alive connections close after ``keepalive_timeout``;
+- shutdown follows uvicorn's order: stop accepting, close idle connections, let
+  handlers finish up to a timeout, cancel the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from http import HTTPStatus
+from typing import Any, cast
+from urllib.parse import unquote
+
+import httptools
+
+log = logging.getLogger("corral.http")
+
+Header = tuple[bytes, bytes]
+Handler = Callable[["Request", "Responder"], Awaitable[None]]
+
+_NO_UPGRADE = (
+    "protocol upgrades (Upgrade: websocket, h2c) are not supported here; "
+    "send the request again without the Upgrade header"
+)
+_MAX_PIPELINED = 16
+"""Complete requests queued behind the running one before reading pauses."""
+
+
+def _reason(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b"Unknown"
+
+
+_STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus}
+
+
+def status_line(status: int) -> bytes:
+    line = _STATUS_LINES.get(status)
+    return line if line is not None else b"HTTP/1.1 %d %s\r\n" % (status, _reason(status))
+
+
+def encode_headers(headers: Iterable[tuple[str | bytes, str | bytes]]) -> bytes:
+    """``Name: value\\r\\n`` lines. Values with CR or LF are refused (header injection)."""
+    out = bytearray()
+    for name, value in headers:
+        n = name.encode("latin-1") if isinstance(name, str) else name
+        v = value.encode("latin-1") if isinstance(value, str) else value
+        if b"\r" in v or b"\n" in v or b"\r" in n or b"\n" in n or b":" in n:
+            raise ValueError(f"invalid header {n!r}: {v!r}")
+        out += n + b": " + v + b"\r\n"
+    return bytes(out)
+
+
+class Request:
+    """One parsed request: what the handler reads. Header names keep their case."""
+
+    __slots__ = ("body", "headers", "keep_alive", "method", "path", "remote", "target", "version")
+
+    def __init__(
+        self,
+        method: str,
+        target: bytes,
+        headers: list[Header],
+        body: bytes,
+        version: str,
+        keep_alive: bool,
+        remote: str,
+    ) -> None:
+        self.method = method
+        self.target = target  # path and query as sent, for the upstream request
+        raw_path = target.split(b"?", 1)[0]
+        path = raw_path.decode("latin-1")
+        self.path = unquote(path) if "%" in path else path
+        self.headers = headers
+        self.body = body
+        self.version = version
+        self.keep_alive = keep_alive
+        self.remote = remote
+
+    def header(self, name: bytes) -> str | None:
+        """The first value of a header, by lower-case name."""
+        for key, value in self.headers:
+            if key.lower() == name:
+                return value.decode("latin-1")
+        return None
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.target.decode('latin-1')!r} from {self.remote}>"
+
+
+class Responder:
+    """Writes one response: :meth:`send` it whole, or :meth:`start`, :meth:`write`
+    chunks and :meth:`finish`. Writes after the client left are dropped; awaiting
+    :meth:`write` raises :class:`ConnectionResetError` once it has gone."""
+
+    __slots__ = ("_chunked", "_close", "_conn", "finished", "started", "status")
+
+    def __init__(self, conn: _Connection, keep_alive: bool, chunked: bool) -> None:
+        self._conn = conn
+        self._chunked = chunked  # False for HTTP/1.0: the body ends with the connection
+        self._close = not keep_alive
+        self.started = False
+        self.finished = False
+        self.status = 0
+
+    @property
+    def client_gone(self) -> bool:
+        return self._conn.closed
+
+    def _head(self, status: int, headers: bytes, framing: bytes) -> bytes:
+        self.status = status
+        self.started = True
+        if self._close:
+            connection = b"Connection: close\r\n"
+        elif not self._chunked:  # an HTTP/1.0 client that asked to keep the connection
+            connection = b"Connection: keep-alive\r\n"
+        else:
+            connection = b""
+        return status_line(status) + headers + framing + connection + b"\r\n"
+
+    def send(self, status: int, headers: bytes, body: bytes) -> None:
+        """The whole response; ``headers`` are encoded lines without framing ones."""
+        if self.started:
+            raise RuntimeError("response already started")
+        head = self._head(status, headers, b"Content-Length: %d\r\n" % len(body))
+        if len(body) < 16384:
+            self._conn.write(head + body)
+        else:
+            self._conn.write(head, body)
+        self.finished = True
+
+    def send_json(self, status: int, body: Any, headers: Iterable[tuple[str, str]] = ()) -> None:
+        data = json.dumps(body, separators=(",", ":")).encode()
+        self.send(status, encode_headers([("Content-Type", "application/json"), *headers]), data)
+
+    def start(self, status: int, headers: bytes) -> None:
+        """Send the head of a streamed response."""
+        if self.started:
+            raise RuntimeError("response already started")
+        if not self._chunked:
+            self._close = True
+        framing = b"Transfer-Encoding: chunked\r\n" if self._chunked else b""
+        self._conn.write(self._head(status, headers, framing))
+
+    async def write(self, chunk: bytes) -> None:
+        if not chunk:
+            return
+        if self._conn.closed:
+            raise ConnectionResetError("the client disconnected")
+        if self._chunked:
+            self._conn.write(b"%x\r\n" % len(chunk), chunk, b"\r\n")
+        else:
+            self._conn.write(chunk)
+        await self._conn.drain()
+
+    def finish(self) -> None:
+        """End a streamed response."""
+        if self.finished:
+            return
+        self.finished = True
+        if self._chunked:
+            self._conn.write(b"0\r\n\r\n")
+
+    def abort(self) -> None:
+        """Cut the connection: the client sees a truncated response, never a whole one."""
+        self.finished = True
+        self._close = True
+        self._conn.close()
+
+    @property
+    def closes(self) -> bool:
+        return self._close
+
+
+class _Error:
+    """A parse or size error, answered in order after the requests before it."""
+
+    __slots__ = ("message", "status")
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        self.message = message
+
+
+def error_body(status: int, message: str) -> dict[str, Any]:
+    kind = {400: "invalid_request_error", 413: "invalid_request_error"}.get(status, "server_error")
+    return {"error": {"code": status, "message": message, "type": kind}}
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: parser callbacks in, handler tasks out."""
+
+    __slots__ = (
+        "_body",
+        "_broken",
+        "_drain",
+        "_headers",
+        "_idle",
+        "_paused_reading",
+        "_queue",
+        "_size",
+        "_task",
+        "_too_large",
+        "_url",
+        "_write_paused",
+        "closed",
+        "loop",
+        "parser",
+        "remote",
+        "server",
+        "transport",
+    )
+
+    def __init__(self, server: HttpServer) -> None:
+        self.server = server
+        self.loop = server.loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.remote = "-"
+        self.closed = False
+        self._queue: list[Request | _Error] = []  # a list: a deque costs 600 bytes more
+        self._task: asyncio.Task[None] | None = None
+        self._paused_reading = False
+        self._write_paused = False
+        self._drain: asyncio.Future[None] | None = None
+        self._idle: asyncio.TimerHandle | None = None
+        self._broken = False  # a parse or size error: read no more
+        # the request being parsed
+        self._url = b""
+        self._headers: list[Header] = []
+        self._body: list[bytes] = []
+        self._size = 0
+        self._too_large = False
+
+    # ------------------------------------------------------------ transport
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple):
+            self.remote = str(peer[0])
+        self.server.connections.add(self)
+        self._arm_idle()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.server.connections.discard(self)
+        if self._idle is not None:
+            self._idle.cancel()
+        if self._task is not None and not self._task.done():
+            self._task.cancel()  # the client left: the proxy frees the slot
+        self._queue.clear()
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        if self._broken:
+            return
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(400, _NO_UPGRADE)  # (on_message_complete refused it already)
+        except httptools.HttpParserError as exc:
+            self._fail(400, f"malformed HTTP request: {exc}")
+        if self._task is None and not self._queue:
+            self._arm_idle()  # half a request so far: it has as long as an idle connection
+
+    def eof_received(self) -> bool | None:
+        return None  # close once the responses in progress are written
+
+    # ---------------------------------------------------- parser callbacks
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._body = []
+        self._size = 0
+        self._too_large = False
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        limit = self.server.max_body_size
+        for name, value in self._headers:
+            lower = name.lower()
+            if lower == b"content-length" and value.isdigit() and int(value) > limit:
+                self._too_large = True
+            elif (
+                lower == b"expect"
+                and value.lower() == b"100-continue"
+                and self._task is None
+                and not self._queue
+                and not self._too_large
+            ):
+                self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if self._too_large:
+            self._fail(413, f"request body too large: the limit is {limit} bytes")
+
+    def on_body(self, body: bytes) -> None:
+        if self._broken:
+            return
+        self._size += len(body)
+        if self._size > self.server.max_body_size:
+            limit = self.server.max_body_size
+            self._fail(413, f"request body too large: the limit is {limit} bytes")
+            return
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        if self._broken:
+            return
+        parser = self.parser
+        if parser.should_upgrade():  # llhttp left its body unread: refuse it whole
+            self._fail(400, _NO_UPGRADE)
+            return
+        request = Request(
+            parser.get_method().decode("ascii", "replace"),
+            self._url,
+            self._headers,
+            b"".join(self._body),
+            parser.get_http_version(),
+            parser.should_keep_alive(),
+            self.remote,
+        )
+        self._body = []
+        self._queue.append(request)
+        if len(self._queue) >= _MAX_PIPELINED and not self._paused_reading and self.transport:
+            self._paused_reading = True
+            self.transport.pause_reading()
+        if self._task is None:
+            self._next()
+
+    # -------------------------------------------------------------- serving
+    def _fail(self, status: int, message: str) -> None:
+        """Stop reading; answer ``status`` after the requests already queued."""
+        if self._broken:
+            return
+        self._broken = True
+        self._queue.append(_Error(status, message))
+        if self._task is None:
+            self._next()
+
+    def _next(self) -> None:
+        if self.closed:
+            return
+        if not self._queue:
+            self._task = None
+            if self._paused_reading and self.transport is not None:
+                self._paused_reading = False
+                self.transport.resume_reading()
+            self._arm_idle()
+            return
+        item = self._queue.pop(0)
+        if isinstance(item, _Error):
+            self._task = None
+            log.info("%s -> %d %s", self.remote, item.status, item.message)
+            responder = Responder(self, keep_alive=False, chunked=True)
+            responder.send_json(item.status, error_body(item.status, item.message))
+            self.close()
+            return
+        chunked = item.version != "1.0"
+        responder = Responder(self, item.keep_alive, chunked)
+        self._task = self.loop.create_task(self._serve(item, responder))
+
+    async def _serve(self, request: Request, responder: Responder) -> None:
+        try:
+            await self.server.handler(request, responder)
+        except asyncio.CancelledError:
+            if not self.closed:  # cancelled by shutdown, not by the client
+                self.close()
+            raise
+        except ConnectionError:
+            self.close()
+            return
+        except Exception:
+            log.exception("handler failed on %r", request)
+            if not responder.started:
+                responder.send_json(500, error_body(500, "Corral: internal error"))
+            self.close()
+            return
+        if not responder.finished:
+            if responder.started:
+                responder.finish()
+            else:
+                log.error("handler sent no response to %r", request)
+                responder.send_json(500, error_body(500, "Corral: no response"))
+                responder.abort()
+        if responder.closes:
+            self.close()
+        self._task = None
+        self._next()
+
+    def _arm_idle(self) -> None:
+        if self._idle is None and not self.closed:
+            self._idle = self.loop.call_later(self.server.keepalive_timeout, self._idle_close)
+
+    def _idle_close(self) -> None:
+        self._idle = None
+        if self._task is None and not self._queue:
+            self.close()
+
+    # --------------------------------------------------------------- output
+    def write(self, *parts: bytes | None) -> None:
+        if self.closed or self.transport is None:
+            return
+        data = [p for p in parts if p]
+        if len(data) == 1:
+            self.transport.write(data[0])
+        else:
+            self.transport.writelines(data)
+
+    async def drain(self) -> None:
+        if self._write_paused and not self.closed:
+            self._drain = self.loop.create_future()
+            await self._drain
+            if self.closed:
+                raise ConnectionResetError("the client disconnected")
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+        self.closed = True
+
+    @property
+    def busy(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def cancel(self) -> None:
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self.close()
+
+
+class HttpServer:
+    """A listening socket and its connections; ``await start()``, ``await stop()``."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        max_body_size: int,
+        keepalive_timeout: float = 75.0,
+    ) -> None:
+        self.handler = handler
+        self.max_body_size = max_body_size
+        self.keepalive_timeout = keepalive_timeout
+        """Seconds an idle keep-alive connection stays open (aiohttp's default, 75)."""
+        self.connections: set[_Connection] = set()
+        self.loop = asyncio.get_event_loop()
+        self._server: asyncio.base_events.Server | None = None
+        self.port = 0
+
+    async def start(self, host: str, port: int) -> int:
+        self.loop = asyncio.get_running_loop()
+        self._server = await self.loop.create_server(
+            lambda: _Connection(self), host, port, reuse_address=True, backlog=4096
+        )
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        return self.port
+
+    async def stop(self, timeout: float) -> None:  # noqa: ASYNC109 (a grace period)
+        """Stop accepting, close idle connections, let handlers finish up to
+        ``timeout`` seconds, then cancel them."""
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            if not conn.busy:
+                conn.close()
+        running = [c._task for c in self.connections if c.busy and c._task is not None]
+        if running:
+            await asyncio.wait(running, timeout=timeout)
+        await asyncio.gather(*(c.cancel() for c in list(self.connections)))
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+            self._server = None
+
+    def __repr__(self) -> str:
+        busy = sum(1 for c in self.connections if c.busy)
+        idle = len(self.connections) - busy
+        return f"<HttpServer :{self.port} [connections: {busy} busy, {idle} idle]>"
