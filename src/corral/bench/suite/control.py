@@ -309,9 +309,9 @@ async def run(env: SuiteEnv) -> Section:
         "flat.",
         f"- {memory['requests']:,} requests waiting in the buffer: RSS "
         f"{memory['before_mib']:.1f} MiB before, {memory['after_mib']:.1f} MiB with them: "
-        f"{per:,.0f} bytes each, {per * 10_000 / 2**20:,.0f} MiB for 10,000. Most of it is "
-        "aiohttp's per-connection state (transport, parser, request, handler task); Corral's "
-        "own buffer entry is a small slotted object and a future.",
+        f"{per:,.0f} bytes each, {per * 10_000 / 2**20:,.0f} MiB for 10,000. Each is an open "
+        "connection (transport, parser: about 3 KB when idle) plus the parsed request, "
+        "its handler task and Corral's buffer entry (a small slotted object and a future).",
         "",
         f"![control plane cost]({env.chart_link(chart.name)})",
     ]

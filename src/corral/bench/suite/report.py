@@ -166,10 +166,12 @@ def targets(data: dict[str, dict[str, Any]]) -> str:
     memory = control.get("buffer_memory")
     if memory:
         total = memory["per_request_bytes"] * 10_000 / 1e6
+        whole = memory.get("after_mib", 0) * 2**20 / 1e6
         rows.append(
             [
                 "10,000 waiting requests in under 100 MB (section 4)",
-                f"{total:.0f} MB ({memory['per_request_bytes']:,.0f} bytes each)",
+                f"{total:.0f} MB for the requests ({memory['per_request_bytes']:,.0f} bytes "
+                f"each); the balancer's whole RSS with them {whole:.0f} MB",
                 _met(total < 100),
             ]
         )

@@ -56,12 +56,13 @@ def test_the_foundation_targets_are_judged_from_the_sections_figures() -> None:
         },
         "control": {
             "rows": [{"agents": 10, "pick_p99": 9e-6}, {"agents": 1000, "pick_p99": 1.2e-5}],
-            "buffer_memory": {"per_request_bytes": 14_500.0},
+            "buffer_memory": {"per_request_bytes": 14_500.0, "after_mib": 180.0},
         },
     }
     table = targets(data)
     assert "p50 +0.60 ms, p99 +1.50 ms | p99 met, p50 not" in table
     assert "60,000 tokens/s" in table and "| yes |" in table
     assert "12.0 µs p99 with 1,000 agents (in-process) | yes" in table
-    assert "145 MB (14,500 bytes each) | **no**" in table
+    assert "145 MB for the requests (14,500 bytes each)" in table
+    assert "whole RSS with them 189 MB | **no**" in table
     assert targets({}) == ""
