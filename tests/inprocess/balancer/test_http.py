@@ -315,7 +315,7 @@ async def test_query_strings_reach_the_server_unchanged(recording: Recording, ha
     balancer = await harness.balancer()
     port, seen = await recording()
     await harness.agent(port, balancer, name="rec")
-    query = "?a=1&b=x%20y&b=2&c=%26%3D%2B+&u=%C3%A9&empty=&flag"
+    query = "?a=1&b=x%20y&b=2&c=%26%3D%2B+&u=%C3%A9&empty=&flag&p=%2F%3F%zz"
     for path, body in (("/tokenize", b'{"content": "hi"}'), ("/completion", completion())):
         async with connect(balancer) as (reader, writer):
             writer.write(request("POST", path + query, body))
