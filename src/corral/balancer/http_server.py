@@ -120,12 +120,13 @@ class Responder:
     chunks and :meth:`finish`. Writes after the client left are dropped; awaiting
     :meth:`write` raises :class:`ConnectionResetError` once it has gone."""
 
-    __slots__ = ("_chunked", "_close", "_conn", "finished", "started", "status")
+    __slots__ = ("_chunked", "_close", "_conn", "_held", "finished", "started", "status")
 
     def __init__(self, conn: _Connection, keep_alive: bool, chunked: bool) -> None:
         self._conn = conn
         self._chunked = chunked  # False for HTTP/1.0: the body ends with the connection
         self._close = not keep_alive
+        self._held = b""  # a streamed response's head, until its first chunk
         self.started = False
         self.finished = False
         self.status = 0
@@ -160,24 +161,39 @@ class Responder:
         data = json.dumps(body, separators=(",", ":")).encode()
         self.send(status, encode_headers([("Content-Type", "application/json"), *headers]), data)
 
-    def start(self, status: int, headers: bytes) -> None:
-        """Send the head of a streamed response."""
+    def start(self, status: int, headers: bytes, *, hold: bool = False) -> None:
+        """Begin a streamed response. With ``hold``, the head waits to leave with the
+        first chunk (one write instead of two) until :meth:`flush` or a write."""
         if self.started:
             raise RuntimeError("response already started")
         if not self._chunked:
             self._close = True
         framing = b"Transfer-Encoding: chunked\r\n" if self._chunked else b""
-        self._conn.write(self._head(status, headers, framing))
+        self._held = self._head(status, headers, framing)
+        if not hold:
+            self.flush()
 
-    async def write(self, chunk: bytes) -> None:
-        if not chunk:
-            return
+    def flush(self) -> None:
+        """Send a held head now."""
+        if self._held:
+            self._conn.write(self._held)
+            self._held = b""
+
+    async def write(self, chunk: bytes, *, last: bool = False) -> None:
+        """Send a piece of the body; ``last`` ends the response in the same write."""
         if self._conn.closed:
             raise ConnectionResetError("the client disconnected")
-        if self._chunked:
-            self._conn.write(b"%x\r\n" % len(chunk), chunk, b"\r\n")
+        end = b""
+        if last:
+            self.finished = True
+            end = b"0\r\n\r\n" if self._chunked else b""
+        if not chunk:
+            self._conn.write(self._held, end)
+        elif self._chunked:
+            self._conn.write(self._held, b"%x\r\n" % len(chunk), chunk, b"\r\n" + end)
         else:
-            self._conn.write(chunk)
+            self._conn.write(self._held, chunk)
+        self._held = b""
         await self._conn.drain()
 
     def finish(self) -> None:
@@ -185,8 +201,8 @@ class Responder:
         if self.finished:
             return
         self.finished = True
-        if self._chunked:
-            self._conn.write(b"0\r\n\r\n")
+        self._conn.write(self._held, b"0\r\n\r\n" if self._chunked else b"")
+        self._held = b""
 
     def abort(self) -> None:
         """Cut the connection: the client sees a truncated response, never a whole one."""

@@ -406,7 +406,8 @@ class InferenceProxy:
             out.send(upstream.status, bytes(head), data)
             return True
 
-        out.start(upstream.status, bytes(head))
+        # The head leaves with the first chunk when that has already arrived.
+        out.start(upstream.status, bytes(head), hold=upstream.waiting)
         sse = "event-stream" in (upstream.header(b"content-type") or "")
         tail: deque[bytes] = deque(maxlen=16)  # the end of the stream, for token counts
         while True:
@@ -431,7 +432,7 @@ class InferenceProxy:
             if ex.first_byte is None:
                 ex.first_byte = asyncio.get_running_loop().time()
             tail.append(chunk)
-            await out.write(chunk)
+            await out.write(chunk, last=upstream.at_end)
         out.finish()
         if sse and upstream.status == 200:
             ex.counted = last_counted_event(b"".join(tail))

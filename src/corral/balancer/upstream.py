@@ -75,8 +75,19 @@ class UpstreamResponse:
         return None
 
     # ------------------------------------------------------ reader side
+    @property
+    def waiting(self) -> bool:
+        """Whether body bytes have arrived that :meth:`next_chunk` has not returned."""
+        return bool(self._chunks)
+
+    @property
+    def at_end(self) -> bool:
+        """Whether the whole body has arrived and been read."""
+        return self._done and self._error is None and not self._chunks
+
     async def next_chunk(self) -> bytes:
-        """The next piece of the body as it came; ``b""`` at the end."""
+        """What has arrived of the body since the last call, as it came (pieces that
+        arrived together are joined, never split); ``b""`` at the end."""
         while not self._chunks:
             if self._error is not None:
                 raise UpstreamBroken(str(self._error) or type(self._error).__name__)
@@ -87,8 +98,10 @@ class UpstreamResponse:
                 await self._waiter
             finally:
                 self._waiter = None
-        chunk = self._chunks.popleft()
-        self._buffered -= len(chunk)
+        chunks = self._chunks
+        chunk = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self._buffered = 0
         if self._buffered < _HIGH_WATER // 2:
             self._conn.resume()
         return chunk
