@@ -13,7 +13,7 @@ import pytest
 from support.procs import children
 
 from corral.bench.suite.common import SuiteEnv
-from corral.bench.suite.overhead import TOKENS, run
+from corral.bench.suite.overhead import RELAY_QUICK, TOKENS, run
 
 pytestmark = pytest.mark.e2e
 
@@ -40,4 +40,30 @@ async def test_direct_nginx_and_corral_are_measured(tmp_path: Path) -> None:
     assert "wrk -t1 -c1" in section.markdown and "taskset" in section.markdown
     assert (tmp_path / "charts" / "overhead.png").stat().st_size > 1000
     assert "charts/overhead.png" in section.markdown
+
+    # The token-by-token part: the ticker reached directly and through Corral.
+    relay = section.data["token_relay"]
+    q = RELAY_QUICK
+    assert relay["scale"]["offered"] == q.connections * q.rate
+    paced = {r["name"]: r for r in relay["rows"]}
+    assert list(paced) == ["direct", "corral"]
+    for row in paced.values():
+        assert row["tokens"] > 0 and row["streams"] > 0
+        assert row["bad_streams"] == 0 and row["connection_errors"] == 0
+        # Tokens counted fit the streams that ended: at most one stream per
+        # connection straddles each end of the window.
+        assert (row["streams"] - q.connections) * q.tokens <= row["tokens"]
+        assert row["tokens"] <= (row["streams"] + q.connections) * q.tokens
+        assert row["tokens_per_second"] > 0 and row["backend_cpu_per_token_us"] > 0
+        assert len(relay["runs"][row["name"]]) == q.rounds
+    assert paced["direct"]["proxy_busy"] is None and paced["direct"]["cpu_per_token_us"] is None
+    corral = paced["corral"]
+    assert corral["proxy_busy"] > 0 and corral["cpu_per_token_us"] > 0
+    assert corral["tokens_per_core_second"] == pytest.approx(1e6 / corral["cpu_per_token_us"])
+    # The ticker wrote at least every token the driver counted, and finished streams.
+    assert relay["ticker"]["tokens"] >= sum(r["tokens"] for r in paced.values())
+    assert relay["ticker"]["finished"] >= sum(r["streams"] for r in paced.values())
+    assert "### Token by token" in section.markdown
+    for label in ("| direct (no proxy) |", "| **Corral** |"):
+        assert sum(line.startswith(label) for line in lines) == 2, label
     assert children() <= before  # every process it started is gone
