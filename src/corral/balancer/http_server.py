@@ -183,6 +183,12 @@ class Responder:
         """Send a piece of the body; ``last`` ends the response in the same write."""
         if self._conn.closed:
             raise ConnectionResetError("the client disconnected")
+        self.write_nowait(chunk, last=last)
+        await self._conn.drain()
+
+    def write_nowait(self, chunk: bytes, *, last: bool = False) -> bool:
+        """:meth:`write` without waiting: ``False`` when the client's side is full,
+        and the caller should stop producing until :meth:`when_drained` calls back."""
         end = b""
         if last:
             self.finished = True
@@ -194,7 +200,11 @@ class Responder:
         else:
             self._conn.write(self._held, chunk)
         self._held = b""
-        await self._conn.drain()
+        return not self._conn.write_paused
+
+    def when_drained(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the client's side can take more (or has gone)."""
+        self._conn.on_drained = callback
 
     def finish(self) -> None:
         """End a streamed response."""
@@ -245,13 +255,14 @@ class _Connection(asyncio.Protocol):
         "_task",
         "_too_large",
         "_url",
-        "_write_paused",
         "closed",
         "loop",
+        "on_drained",
         "parser",
         "remote",
         "server",
         "transport",
+        "write_paused",
     )
 
     def __init__(self, server: HttpServer) -> None:
@@ -264,7 +275,8 @@ class _Connection(asyncio.Protocol):
         self._queue: list[Request | _Error] = []  # a list: a deque costs 600 bytes more
         self._task: asyncio.Task[None] | None = None
         self._paused_reading = False
-        self._write_paused = False
+        self.write_paused = False
+        self.on_drained: Callable[[], None] | None = None
         self._drain: asyncio.Future[None] | None = None
         self._idle: asyncio.TimerHandle | None = None
         self._broken = False  # a parse or size error: read no more
@@ -292,16 +304,21 @@ class _Connection(asyncio.Protocol):
         if self._task is not None and not self._task.done():
             self._task.cancel()  # the client left: the proxy frees the slot
         self._queue.clear()
-        if self._drain is not None and not self._drain.done():
-            self._drain.set_result(None)
+        self._drained()
 
     def pause_writing(self) -> None:
-        self._write_paused = True
+        self.write_paused = True
 
     def resume_writing(self) -> None:
-        self._write_paused = False
+        self.write_paused = False
+        self._drained()
+
+    def _drained(self) -> None:
         if self._drain is not None and not self._drain.done():
             self._drain.set_result(None)
+        callback, self.on_drained = self.on_drained, None
+        if callback is not None:
+            callback()
 
     def data_received(self, data: bytes) -> None:
         if self._broken:
@@ -466,7 +483,7 @@ class _Connection(asyncio.Protocol):
             self.transport.writelines(data)
 
     async def drain(self) -> None:
-        if self._write_paused and not self.closed:
+        if self.write_paused and not self.closed:
             self._drain = self.loop.create_future()
             await self._drain
             if self.closed:

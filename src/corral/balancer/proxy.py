@@ -410,29 +410,37 @@ class InferenceProxy:
         out.start(upstream.status, bytes(head), hold=upstream.waiting)
         sse = "event-stream" in (upstream.header(b"content-type") or "")
         tail: deque[bytes] = deque(maxlen=16)  # the end of the stream, for token counts
-        while True:
-            try:
-                chunk = await upstream.next_chunk()
-            except UpstreamBroken as exc:
-                log.warning("%s failed mid-response: %s", target.name, exc)
-                self.metrics.upstream_failures.labels("mid_response").inc()
-                ex.status = 502
-                if not sse:
-                    # No way to say so in a plain body: cut the connection, so the
-                    # client sees a truncated response rather than a complete one.
-                    out.abort()
-                    return False
-                await out.write(
-                    sse_error_event(502, f"Corral: the server {target.name} failed mid-response")
-                )
-                out.finish()
+        loop = asyncio.get_running_loop()
+
+        def relay(chunk: bytes, last: bool) -> None:
+            """Straight from the server's socket to the client's, once per read."""
+            if chunk:
+                if ex.first_byte is None:
+                    ex.first_byte = loop.time()
+                tail.append(chunk)
+            if not out.write_nowait(chunk, last=last):  # the client reads slower
+                upstream.pause_reading()
+                out.when_drained(upstream.resume_reading)
+
+        upstream.relay(relay)
+        try:
+            await upstream.ended()
+        except UpstreamBroken as exc:
+            log.warning("%s failed mid-response: %s", target.name, exc)
+            self.metrics.upstream_failures.labels("mid_response").inc()
+            ex.status = 502
+            if not sse:
+                # No way to say so in a plain body: cut the connection, so the
+                # client sees a truncated response rather than a complete one.
+                out.abort()
                 return False
-            if not chunk:
-                break
-            if ex.first_byte is None:
-                ex.first_byte = asyncio.get_running_loop().time()
-            tail.append(chunk)
-            await out.write(chunk, last=upstream.at_end)
+            await out.write(
+                sse_error_event(502, f"Corral: the server {target.name} failed mid-response")
+            )
+            out.finish()
+            return False
+        if out.client_gone:
+            raise ConnectionResetError("the client disconnected")
         out.finish()
         if sse and upstream.status == 200:
             ex.counted = last_counted_event(b"".join(tail))

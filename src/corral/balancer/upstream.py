@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import cast
 
 import httptools
 
 Header = tuple[bytes, bytes]
+Sink = Callable[[bytes, bool], None]
+"""Takes body bytes straight from the socket, and whether they end the body."""
 
 _HIGH_WATER = 256 * 1024
 """Bytes of a response waiting to be relayed before reading from the server pauses."""
@@ -47,6 +49,7 @@ class UpstreamResponse:
         "_error",
         "_got_bytes",
         "_head",
+        "_sink",
         "_waiter",
         "chunked",
         "content_length",
@@ -67,6 +70,7 @@ class UpstreamResponse:
         self._done = False
         self._error: BaseException | None = None
         self._got_bytes = False
+        self._sink: Sink | None = None
 
     def header(self, name: bytes) -> str | None:
         for key, value in self.headers:
@@ -106,6 +110,49 @@ class UpstreamResponse:
             self._conn.resume()
         return chunk
 
+    def relay(self, sink: Sink) -> None:
+        """From now on, hand the body to ``sink`` as it arrives: once per read from the
+        socket, with what that read brought (``b""`` with ``True`` for an end that came
+        alone). No task wakes up per chunk; :meth:`ended` waits for the end."""
+        self._sink = sink
+        self._flush()
+
+    async def ended(self) -> None:
+        """Return when the whole body has arrived; raise :class:`UpstreamBroken` if it
+        broke off."""
+        while not self._done and self._error is None:
+            self._waiter = self._conn.loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        if self._error is not None:
+            raise UpstreamBroken(str(self._error) or type(self._error).__name__)
+
+    def pause_reading(self) -> None:
+        """Stop reading from the server (the client's side is full)."""
+        self._conn.pause()
+
+    def resume_reading(self) -> None:
+        self._conn.resume()
+
+    def _flush(self) -> None:
+        sink = self._sink
+        if sink is None:
+            return
+        chunks = self._chunks
+        end = self._done and self._error is None
+        if chunks:
+            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            chunks.clear()
+            self._buffered = 0
+            sink(data, end)
+        elif end:
+            self._sink = None  # the end is told once
+            sink(b"", True)
+        if end:
+            self._sink = None
+
     async def read(self) -> bytes:
         """The whole body."""
         parts = []
@@ -129,6 +176,8 @@ class UpstreamResponse:
     def _feed(self, chunk: bytes) -> None:
         self._chunks.append(chunk)
         self._buffered += len(chunk)
+        if self._sink is not None:
+            return  # handed over at the end of this read (_flush)
         if self._buffered > _HIGH_WATER:
             self._conn.pause()
         self._wake()
@@ -194,6 +243,7 @@ class _Connection(asyncio.Protocol):
                 and not response.chunked
             ):
                 response._finish()  # a body that ends with the connection
+                response._flush()
             else:
                 response._fail(exc or ConnectionResetError("the server closed the connection"))
 
@@ -201,12 +251,14 @@ class _Connection(asyncio.Protocol):
         if self.response is None:  # nothing asked: a server talking out of turn
             self.close()
             return
-        self.response._got_bytes = True
+        response = self.response
+        response._got_bytes = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self.response._fail(ValueError(f"malformed response from the server: {exc}"))
+            response._fail(ValueError(f"malformed response from the server: {exc}"))
             self.close()
+        response._flush()
 
     def eof_received(self) -> bool | None:
         return None

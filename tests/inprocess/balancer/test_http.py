@@ -457,3 +457,51 @@ async def test_idle_keep_alive_connections_do_not_hold_up_stopping(harness: Harn
         assert loop.time() - started < 2  # no request was running: no grace period
         assert await closed_by_server(used)
         assert await closed_by_server(silent)
+
+
+async def test_a_client_that_stops_reading_stops_the_server_not_the_balancer(harness: Harness):
+    """Back-pressure: a stream the client does not read waits in the server, not in
+    the balancer's memory."""
+    balancer = await harness.balancer()
+    app = make_app(SimConfig(name="big", tokens_per_second=1e6))
+    written = 0
+    total = 64 * 1024 * 1024  # far more than loopback sockets buffer
+
+    async def infill(request: web.Request) -> web.StreamResponse:
+        nonlocal written
+        await request.read()
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        block = b"data: " + b"x" * 65536 + b"\n\n"
+        while written < total:
+            await response.write(block)
+            written += len(block)
+        await response.write_eof()
+        return response
+
+    app.router.add_post("/infill", infill)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        await harness.agent(runner.addresses[0][1], balancer, name="big")
+        async with connect(balancer) as (reader, writer):
+            writer.write(request("POST", "/infill", b'{"input_prefix": "a"}'))
+            await reader.readuntil(b"\r\n\r\n")
+            await asyncio.sleep(0.5)  # and read nothing meanwhile
+            held = sum(
+                c.transport.get_write_buffer_size()
+                for c in balancer._inference.connections  # type: ignore[union-attr]
+                if c.transport is not None
+            )
+            assert written < total / 4, f"the server wrote {written} bytes to nobody"
+            assert held < 4 * 1024 * 1024, f"the balancer holds {held} bytes for the client"
+            got = 0
+            async with asyncio.timeout(30):
+                while chunk := await reader.read(1 << 20):
+                    got += len(chunk)
+                    if chunk.endswith(b"\r\n0\r\n\r\n"):
+                        break
+            assert written >= total and got > written  # all of it, with chunk framing
+    finally:
+        await runner.cleanup()
