@@ -143,15 +143,30 @@ def targets(data: dict[str, dict[str, Any]]) -> str:
                 _met(p50 <= 500 and p99 <= 2000, p99 <= 2000 and p50 > 500, "p99 met, p50 not"),
             ]
         )
-        tps = c["tokens_per_second"]
-        rows.append(
-            [
-                "50,000 streamed tokens/s relayed on one core (section 3)",
-                f"{tps:,.0f} tokens/s, {data['overhead'].get('tokens_per_response', '?')}-token "
-                "streams that arrive in one burst (token by token is not measured)",
-                _met(tps >= 50_000),
-            ]
-        )
+        relay = {r["name"]: r for r in data["overhead"].get("token_relay", {}).get("rows", [])}
+        token = relay.get("corral")
+        if token is not None and token.get("tokens_per_core_second"):
+            per_core = token["tokens_per_core_second"]
+            rows.append(
+                [
+                    "50,000 streamed tokens/s relayed on one core (section 3)",
+                    f"{per_core:,.0f} tokens/s per core ({token['cpu_per_token_us']:.1f} µs of "
+                    f"CPU per token, one event per write; {token['tokens_per_second']:,.0f} "
+                    f"tokens/s delivered in the run)",
+                    _met(per_core >= 50_000),
+                ]
+            )
+        else:
+            tps = c["tokens_per_second"]
+            rows.append(
+                [
+                    "50,000 streamed tokens/s relayed on one core (section 3)",
+                    f"{tps:,.0f} tokens/s, "
+                    f"{data['overhead'].get('tokens_per_response', '?')}-token streams that "
+                    "arrive in one burst (token by token is not measured)",
+                    _met(tps >= 50_000),
+                ]
+            )
     control = data.get("control", {})
     biggest = max(control.get("rows", []), key=lambda r: r["agents"], default=None)
     if biggest is not None:

@@ -66,3 +66,13 @@ def test_the_foundation_targets_are_judged_from_the_sections_figures() -> None:
     assert "145 MB for the requests (14,500 bytes each)" in table
     assert "whole RSS with them 189 MB | **no**" in table
     assert targets({}) == ""
+    data["overhead"]["token_relay"] = {
+        "rows": [
+            {"name": "direct", "tokens_per_core_second": None},
+            {"name": "corral", "tokens_per_core_second": 48_000.0, "cpu_per_token_us": 20.8,
+             "tokens_per_second": 45_000.0},
+        ]
+    }  # fmt: skip
+    table = targets(data)
+    assert "48,000 tokens/s per core (20.8 µs of CPU per token" in table
+    assert "45,000 tokens/s delivered in the run) | **no** |" in table
