@@ -13,7 +13,8 @@ import pytest
 from support.procs import children
 
 from corral.bench.suite.common import SuiteEnv
-from corral.bench.suite.overhead import RELAY_QUICK, TOKENS, run
+from corral.bench.suite.overhead import TOKENS, run
+from corral.bench.suite.relay import RELAY_QUICK
 
 pytestmark = pytest.mark.e2e
 

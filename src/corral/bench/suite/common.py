@@ -261,3 +261,8 @@ __all__ = [
     "section_main",
     "wait_http",
 ]
+
+
+def ratio(a: float, b: float) -> str:
+    """``a`` as a multiple of ``b`` (``1.50x``), or ``n/a`` when ``b`` is zero."""
+    return f"{a / b:.2f}x" if b > 0 else "n/a"

@@ -25,8 +25,6 @@ from corral.bench.suite.overhead import (
     backend_files,
     chat_stream,
     check,
-    cores_for,
-    cpu_ticks,
     findings,
     parse_wrk,
     setup_text,
@@ -35,6 +33,7 @@ from corral.bench.suite.overhead import (
     write_backend,
     wrk_script,
 )
+from corral.bench.suite.pinned import cores_for, cpu_ticks
 
 # Captured from wrk 4.1.0 (Debian) running wrk_script() against the instant backend.
 WRK_OK = """\
