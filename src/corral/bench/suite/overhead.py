@@ -58,6 +58,7 @@ from corral.bench.suite.pinned import (
     tree_cpu,
 )
 from corral.bench.suite.relay import run_relay
+from corral.bench.ticker import info_bodies
 
 MODEL = "instant"
 TOKENS = 32
@@ -130,32 +131,7 @@ def backend_files(tokens: int = TOKENS, slots: int = SLOTS) -> dict[str, str]:
     """Every answer of the backend, by URL path: the JSON of the endpoints Corral's
     agent reads (:mod:`corral.agent.reader`; all slots idle, one model, a context
     size) and the streamed chat completion."""
-    slot = {
-        "n_ctx": 4096,
-        "speculative": False,
-        "id_task": -1,
-        "is_processing": False,
-        "n_prompt_tokens": 0,
-        "next_token": [
-            {"has_next_token": False, "has_new_line": False, "n_remain": -1, "n_decoded": 0}
-        ],
-    }
-    props = {
-        "default_generation_settings": {"n_ctx": 4096},
-        "total_slots": slots,
-        "model_alias": MODEL,
-        "model_path": f"/models/{MODEL}.gguf",
-        "modalities": {"vision": False, "audio": False},
-        "build_info": "instant",
-    }
-    model = {"id": MODEL, "object": "model", "created": 1700000000, "owned_by": "llamacpp"}
-    bodies = {
-        "/health": {"status": "ok"},
-        "/slots": [{"id": i, **slot} for i in range(slots)],
-        "/props": props,
-        "/v1/models": {"object": "list", "data": [model]},
-    }
-    files = {path: json.dumps(body, separators=(",", ":")) for path, body in bodies.items()}
+    files = {path: body.decode() for path, body in info_bodies(slots, MODEL).items()}
     files[STREAM_PATH] = chat_stream(tokens)
     return files
 
