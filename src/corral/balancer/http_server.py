@@ -522,7 +522,7 @@ class HttpServer:
         self.keepalive_timeout = keepalive_timeout
         """Seconds an idle keep-alive connection stays open (aiohttp's default, 75)."""
         self.connections: set[_Connection] = set()
-        self.loop = asyncio.get_event_loop()
+        self.loop = asyncio.get_running_loop()  # made inside the running loop
         self._server: asyncio.base_events.Server | None = None
         self.port = 0
 

@@ -343,7 +343,7 @@ class UpstreamPool:
         """Idle connections older than this are closed rather than reused (llama-server
         itself closes idle connections after 5 s; a dead one is retried once)."""
         self.max_idle_per_server = max_idle_per_server
-        self.loop = asyncio.get_event_loop()
+        self.loop = asyncio.get_running_loop()  # made inside the running loop
         self._idle: dict[tuple[str, int], deque[_Connection]] = {}
         self._keys: dict[str, tuple[str, int, bytes]] = {}
         self._open: set[_Connection] = set()
