@@ -43,11 +43,16 @@ log = logging.getLogger("corral.http")
 Header = tuple[bytes, bytes]
 Handler = Callable[["Request", "Responder"], Awaitable[None]]
 
-_NO_UPGRADE = (
-    "protocol upgrades (Upgrade: websocket, h2c) are not supported here; "
-    "send the request again without the Upgrade header"
-)
+_NO_BODY = frozenset({204, 304})
+"""Statuses whose responses never have a body (nor a Content-Length here)."""
 _MAX_PIPELINED = 16
+_MAX_QUEUED_BYTES = 1024 * 1024
+"""Request bytes queued behind the running one before reading pauses."""
+MAX_HEAD_BYTES = 64 * 1024
+"""Largest request line and headers accepted (431 beyond)."""
+MAX_HEADERS = 100
+_LINGER = 1.0
+"""Seconds a connection stays open after an error answer, reading nothing."""
 """Complete requests queued behind the running one before reading pauses."""
 
 
@@ -120,11 +125,23 @@ class Responder:
     chunks and :meth:`finish`. Writes after the client left are dropped; awaiting
     :meth:`write` raises :class:`ConnectionResetError` once it has gone."""
 
-    __slots__ = ("_chunked", "_close", "_conn", "_held", "finished", "started", "status")
+    __slots__ = (
+        "_chunked",
+        "_close",
+        "_conn",
+        "_head_only",
+        "_held",
+        "finished",
+        "started",
+        "status",
+    )
 
-    def __init__(self, conn: _Connection, keep_alive: bool, chunked: bool) -> None:
+    def __init__(
+        self, conn: _Connection, keep_alive: bool, chunked: bool, head_only: bool = False
+    ) -> None:
         self._conn = conn
         self._chunked = chunked  # False for HTTP/1.0: the body ends with the connection
+        self._head_only = head_only  # a HEAD request: headers as for GET, never a body
         self._close = not keep_alive
         self._held = b""  # a streamed response's head, until its first chunk
         self.started = False
@@ -138,6 +155,8 @@ class Responder:
     def _head(self, status: int, headers: bytes, framing: bytes) -> bytes:
         self.status = status
         self.started = True
+        if self._conn.server.stopping:  # shutting down: this is the connection's last
+            self._close = True
         if self._close:
             connection = b"Connection: close\r\n"
         elif not self._chunked:  # an HTTP/1.0 client that asked to keep the connection
@@ -150,8 +169,14 @@ class Responder:
         """The whole response; ``headers`` are encoded lines without framing ones."""
         if self.started:
             raise RuntimeError("response already started")
+        if status in _NO_BODY:
+            self._conn.write(self._head(status, headers, b""))
+            self.finished = True
+            return
         head = self._head(status, headers, b"Content-Length: %d\r\n" % len(body))
-        if len(body) < 16384:
+        if self._head_only:
+            self._conn.write(head)
+        elif len(body) < 16384:
             self._conn.write(head + body)
         else:
             self._conn.write(head, body)
@@ -202,8 +227,9 @@ class Responder:
         self._held = b""
         return not self._conn.write_paused
 
-    def when_drained(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` once the client's side can take more (or has gone)."""
+    def when_drained(self, callback: Callable[[], None] | None) -> None:
+        """Call ``callback`` once the client's side can take more (or has gone);
+        ``None`` forgets a callback given before."""
         self._conn.on_drained = callback
 
     def finish(self) -> None:
@@ -215,10 +241,11 @@ class Responder:
         self._held = b""
 
     def abort(self) -> None:
-        """Cut the connection: the client sees a truncated response, never a whole one."""
+        """Cut the connection (a reset, not a clean close): the client sees a truncated
+        response, never a whole one."""
         self.finished = True
         self._close = True
-        self._conn.close()
+        self._conn.close(abort=True)
 
     @property
     def closes(self) -> bool:
@@ -236,7 +263,9 @@ class _Error:
 
 
 def error_body(status: int, message: str) -> dict[str, Any]:
-    kind = {400: "invalid_request_error", 413: "invalid_request_error"}.get(status, "server_error")
+    kind = "invalid_request_error" if 400 <= status < 500 else "server_error"
+    if status == 503:
+        kind = "unavailable_error"
     return {"error": {"code": status, "message": message, "type": kind}}
 
 
@@ -247,13 +276,15 @@ class _Connection(asyncio.Protocol):
         "_body",
         "_broken",
         "_drain",
+        "_head_bytes",
         "_headers",
         "_idle",
         "_paused_reading",
         "_queue",
+        "_queued_bytes",
+        "_raw",
         "_size",
         "_task",
-        "_too_large",
         "_url",
         "closed",
         "loop",
@@ -273,6 +304,7 @@ class _Connection(asyncio.Protocol):
         self.remote = "-"
         self.closed = False
         self._queue: list[Request | _Error] = []  # a list: a deque costs 600 bytes more
+        self._queued_bytes = 0
         self._task: asyncio.Task[None] | None = None
         self._paused_reading = False
         self.write_paused = False
@@ -283,9 +315,10 @@ class _Connection(asyncio.Protocol):
         # the request being parsed
         self._url = b""
         self._headers: list[Header] = []
+        self._head_bytes = 0
         self._body: list[bytes] = []
         self._size = 0
-        self._too_large = False
+        self._raw: tuple[Request, int] | None = None  # see _upgrade
 
     # ------------------------------------------------------------ transport
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -326,48 +359,59 @@ class _Connection(asyncio.Protocol):
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
+        if self._raw is not None:
+            self._raw_body(data)
+            return
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._fail(400, _NO_UPGRADE)  # (on_message_complete refused it already)
+        except httptools.HttpParserUpgrade as exc:
+            self._upgrade(data, int(exc.args[0]) if exc.args else len(data))
         except httptools.HttpParserError as exc:
             self._fail(400, f"malformed HTTP request: {exc}")
         if self._task is None and not self._queue:
             self._arm_idle()  # half a request so far: it has as long as an idle connection
 
     def eof_received(self) -> bool | None:
-        return None  # close once the responses in progress are written
+        # The transport closes at once (as with aiohttp and uvicorn): a client that
+        # half-closes after its request gets no answer.
+        return None
 
     # ---------------------------------------------------- parser callbacks
     def on_message_begin(self) -> None:
         self._url = b""
         self._headers = []
+        self._head_bytes = 0
         self._body = []
         self._size = 0
-        self._too_large = False
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+        self._head_bytes += len(url)
+        if self._head_bytes > MAX_HEAD_BYTES:
+            self._fail(431, f"request line and headers over {MAX_HEAD_BYTES} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._broken:
+            return
         self._headers.append((name, value))
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > MAX_HEAD_BYTES or len(self._headers) > MAX_HEADERS:
+            self._fail(431, f"headers over {MAX_HEAD_BYTES} bytes or {MAX_HEADERS} lines")
 
     def on_headers_complete(self) -> None:
+        if self._broken:
+            return
         limit = self.server.max_body_size
-        for name, value in self._headers:
-            lower = name.lower()
-            if lower == b"content-length" and value.isdigit() and int(value) > limit:
-                self._too_large = True
-            elif (
-                lower == b"expect"
-                and value.lower() == b"100-continue"
-                and self._task is None
-                and not self._queue
-                and not self._too_large
-            ):
-                self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        if self._too_large:
+        lengths = [v for n, v in self._headers if n.lower() == b"content-length"]
+        if any(v.strip().isdigit() and int(v) > limit for v in lengths):
             self._fail(413, f"request body too large: the limit is {limit} bytes")
+            return
+        expects = any(
+            n.lower() == b"expect" and v.strip().lower() == b"100-continue"
+            for n, v in self._headers
+        )
+        if expects and self._task is None and not self._queue:
+            self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
         if self._broken:
@@ -383,9 +427,6 @@ class _Connection(asyncio.Protocol):
         if self._broken:
             return
         parser = self.parser
-        if parser.should_upgrade():  # llhttp left its body unread: refuse it whole
-            self._fail(400, _NO_UPGRADE)
-            return
         request = Request(
             parser.get_method().decode("ascii", "replace"),
             self._url,
@@ -396,12 +437,62 @@ class _Connection(asyncio.Protocol):
             self.remote,
         )
         self._body = []
+        if parser.should_upgrade():  # its body, if any, is read in _upgrade
+            self._raw = (request, -1)
+            return
+        self._enqueue(request)
+
+    def _upgrade(self, data: bytes, offset: int) -> None:
+        """A request offering another protocol (``Upgrade: h2c`` from Java's HTTP
+        client, ``websocket``). The server may ignore the offer (RFC 9110 §7.8) and
+        does: the request is answered over HTTP/1.1 like any other. llhttp stops at
+        the end of the head, so the body is read here and a fresh parser takes the
+        bytes after it."""
+        if self._raw is None or self._broken:
+            self._fail(400, "malformed HTTP request: an upgrade with no request")
+            return
+        request = self._raw[0]
+        if request.header(b"transfer-encoding") is not None:
+            self._fail(400, "a chunked body with an Upgrade header is not supported")
+            return
+        length = request.header(b"content-length") or "0"
+        if not length.strip().isdigit():
+            self._fail(400, f"malformed HTTP request: Content-Length {length!r}")
+            return
+        self._raw = (request, int(length))
+        self.parser = httptools.HttpRequestParser(self)
+        self._raw_body(data[offset:])
+
+    def _raw_body(self, data: bytes) -> None:
+        assert self._raw is not None
+        request, left = self._raw
+        take = data[:left]
+        self._body.append(take)
+        left -= len(take)
+        if left > 0:
+            self._raw = (request, left)
+            return
+        self._raw = None
+        request.body = b"".join(self._body)
+        self._body = []
+        self._enqueue(request)
+        if len(data) > len(take):
+            self.data_received(data[len(take) :])
+
+    def _enqueue(self, request: Request) -> None:
         self._queue.append(request)
-        if len(self._queue) >= _MAX_PIPELINED and not self._paused_reading and self.transport:
-            self._paused_reading = True
-            self.transport.pause_reading()
+        self._queued_bytes += len(request.body)
+        if (
+            len(self._queue) >= _MAX_PIPELINED or self._queued_bytes > _MAX_QUEUED_BYTES
+        ) and not self._paused_reading:
+            self._pause_reading()
         if self._task is None:
             self._next()
+
+    def _pause_reading(self) -> None:
+        if self.transport is not None and not self._paused_reading:
+            self._paused_reading = True
+            self.transport.pause_reading()
 
     # -------------------------------------------------------------- serving
     def _fail(self, status: int, message: str) -> None:
@@ -418,6 +509,7 @@ class _Connection(asyncio.Protocol):
             return
         if not self._queue:
             self._task = None
+            self._queued_bytes = 0
             if self._paused_reading and self.transport is not None:
                 self._paused_reading = False
                 self.transport.resume_reading()
@@ -429,18 +521,33 @@ class _Connection(asyncio.Protocol):
             log.info("%s -> %d %s", self.remote, item.status, item.message)
             responder = Responder(self, keep_alive=False, chunked=True)
             responder.send_json(item.status, error_body(item.status, item.message))
+            self._linger()
+            return
+        if self.server.stopping:  # no new work while shutting down
+            responder = Responder(self, keep_alive=False, chunked=True)
+            message = "Corral: the balancer is shutting down; try again"
+            responder.send_json(503, error_body(503, message), [("Retry-After", "1")])
             self.close()
             return
+        self._queued_bytes -= len(item.body)
         chunked = item.version != "1.0"
-        responder = Responder(self, item.keep_alive, chunked)
+        responder = Responder(self, item.keep_alive, chunked, item.method == "HEAD")
         self._task = self.loop.create_task(self._serve(item, responder))
 
     async def _serve(self, request: Request, responder: Responder) -> None:
         try:
             await self.server.handler(request, responder)
+            if not responder.finished:
+                if responder.started:
+                    responder.finish()
+                else:
+                    log.error("handler sent no response to %r", request)
+                    responder.send_json(500, error_body(500, "Corral: no response"))
+                    self.close()
+            await self.drain()  # a client that reads nothing gets nothing more
         except asyncio.CancelledError:
             if not self.closed:  # cancelled by shutdown, not by the client
-                self.close()
+                self.close(abort=True)
             raise
         except ConnectionError:
             self.close()
@@ -451,17 +558,20 @@ class _Connection(asyncio.Protocol):
                 responder.send_json(500, error_body(500, "Corral: internal error"))
             self.close()
             return
-        if not responder.finished:
-            if responder.started:
-                responder.finish()
-            else:
-                log.error("handler sent no response to %r", request)
-                responder.send_json(500, error_body(500, "Corral: no response"))
-                responder.abort()
         if responder.closes:
             self.close()
         self._task = None
         self._next()
+
+    def _linger(self) -> None:
+        """Close after an error answer, giving the client time to read it: a close
+        with its body still arriving would reset the connection and lose the answer."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if transport.can_write_eof():
+            transport.write_eof()
+        self.loop.call_later(_LINGER, self.close)
 
     def _arm_idle(self) -> None:
         if self._idle is None and not self.closed:
@@ -479,7 +589,7 @@ class _Connection(asyncio.Protocol):
         data = [p for p in parts if p]
         if len(data) == 1:
             self.transport.write(data[0])
-        else:
+        elif data:
             self.transport.writelines(data)
 
     async def drain(self) -> None:
@@ -489,9 +599,16 @@ class _Connection(asyncio.Protocol):
             if self.closed:
                 raise ConnectionResetError("the client disconnected")
 
-    def close(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
+    def close(self, *, abort: bool = False) -> None:
+        """Close the connection; ``abort`` resets it at once, whatever is unsent."""
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            if abort:
+                transport.abort()
+            else:
+                transport.close()
+        elif transport is not None and abort:
+            transport.abort()  # closing, but maybe stuck on a client that reads nothing
         self.closed = True
 
     @property
@@ -504,7 +621,7 @@ class _Connection(asyncio.Protocol):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        self.close()
+        self.close(abort=True)
 
 
 class HttpServer:
@@ -522,6 +639,7 @@ class HttpServer:
         self.keepalive_timeout = keepalive_timeout
         """Seconds an idle keep-alive connection stays open (aiohttp's default, 75)."""
         self.connections: set[_Connection] = set()
+        self.stopping = False
         self.loop = asyncio.get_running_loop()  # made inside the running loop
         self._server: asyncio.base_events.Server | None = None
         self.port = 0
@@ -537,6 +655,7 @@ class HttpServer:
     async def stop(self, timeout: float) -> None:  # noqa: ASYNC109 (a grace period)
         """Stop accepting, close idle connections, let handlers finish up to
         ``timeout`` seconds, then cancel them."""
+        self.stopping = True  # responses say Connection: close; no new requests start
         if self._server is not None:
             self._server.close()
         for conn in list(self.connections):

@@ -18,6 +18,7 @@ once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import os
@@ -71,6 +72,7 @@ _DROP_REQUEST = _HOP_BY_HOP | {
     b"content-encoding",
     b"expect",
     b"x-request-id",
+    b"http2-settings",  # with Upgrade: h2c, which the balancer declines
 }
 # Headers the balancer sets itself replace the server's (never sent twice).
 _DROP_RESPONSE = _HOP_BY_HOP | {b"x-request-id", b"x-corral-server", b"x-corral-buffer-wait"}
@@ -170,7 +172,10 @@ class InferenceProxy:
         path = request.path
         if request.method == "OPTIONS":
             return _preflight(request, out)
-        kind = classify(request.method, path)
+        head = request.method == "HEAD"  # answered like GET, without the body
+        kind = classify("GET" if head else request.method, path)
+        if head and kind is not Kind.FLEET:
+            kind = None  # a HEAD is never proxied
         if self.api_keys and path not in _PUBLIC_PATHS:
             self._check_key(request)
         if kind is Kind.SLOT:
@@ -394,7 +399,7 @@ class InferenceProxy:
             head += _line(b"Access-Control-Allow-Origin", origin)
         ex.status = upstream.status
         length = upstream.content_length
-        if length is not None and length <= _READ_WHOLE_LIMIT:
+        if (length is not None and length <= _READ_WHOLE_LIMIT) or upstream.status in (204, 304):
             try:
                 data = await upstream.read()
             except UpstreamBroken as exc:
@@ -418,7 +423,7 @@ class InferenceProxy:
                 if ex.first_byte is None:
                     ex.first_byte = loop.time()
                 tail.append(chunk)
-            if not out.write_nowait(chunk, last=last):  # the client reads slower
+            if not out.write_nowait(chunk, last=last) and not last:  # the client is slower
                 upstream.pause_reading()
                 out.when_drained(upstream.resume_reading)
 
@@ -426,6 +431,7 @@ class InferenceProxy:
         try:
             await upstream.ended()
         except UpstreamBroken as exc:
+            out.when_drained(None)
             log.warning("%s failed mid-response: %s", target.name, exc)
             self.metrics.upstream_failures.labels("mid_response").inc()
             ex.status = 502
@@ -434,11 +440,12 @@ class InferenceProxy:
                 # client sees a truncated response rather than a complete one.
                 out.abort()
                 return False
-            await out.write(
-                sse_error_event(502, f"Corral: the server {target.name} failed mid-response")
-            )
-            out.finish()
+            message = f"Corral: the server {target.name} failed mid-response"
+            with contextlib.suppress(ConnectionError):  # the client may be gone too
+                await out.write(sse_error_event(502, message))
+                out.finish()
             return False
+        out.when_drained(None)  # the connection goes back to the pool: forget it here
         if out.client_gone:
             raise ConnectionResetError("the client disconnected")
         out.finish()

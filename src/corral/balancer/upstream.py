@@ -30,6 +30,13 @@ _HIGH_WATER = 256 * 1024
 """Bytes of a response waiting to be relayed before reading from the server pauses."""
 
 
+_STALE = 0.25
+"""A kept-alive connection that fails this soon after a request was written on it,
+with no byte of answer, was closed by the server while idle (the request was not
+read): it is sent again on a new connection. Later failures may come after the
+server ran the request, and are reported instead."""
+
+
 class UpstreamError(Exception):
     """The server could not be reached, or failed before its response started."""
 
@@ -163,7 +170,8 @@ class UpstreamResponse:
     def close(self) -> None:
         """Give the connection back if the response was read to its end, else close it."""
         conn = self._conn
-        if self._done and self._error is None and not self._chunks and conn.keep_alive:
+        reusable = self._done and self._error is None and not self._chunks
+        if reusable and conn.keep_alive and not conn.paused:
             conn.release()
         else:
             conn.close()
@@ -297,6 +305,10 @@ class _Connection(asyncio.Protocol):
         response._finish()
 
     # flow control, driven by the reader
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
     def pause(self) -> None:
         if not self._paused and self.transport is not None and not self.closed:
             self._paused = True
@@ -355,9 +367,13 @@ class UpstreamPool:
         if known is None:
             rest = address.split("://", 1)[-1].rstrip("/")
             host, _, port = rest.rpartition(":")
-            if not host or not port.isdigit():
+            try:
+                host_line = b"Host: " + rest.encode("idna") + b"\r\n"
+            except UnicodeError:
+                host_line = b""
+            if not host or not port.isdigit() or not host_line:
                 raise UpstreamError(f"not an http://HOST:PORT address: {address!r}")
-            known = (host.strip("[]"), int(port), b"Host: " + rest.encode("idna") + b"\r\n")
+            known = (host.strip("[]"), int(port), host_line)
             self._keys[address] = known
         return known
 
@@ -385,11 +401,12 @@ class UpstreamPool:
             if conn is None:
                 conn = await self._connect(key)
             response = conn.send(head, body)
+            sent = self.loop.time()
             try:
                 await response._head
             except UpstreamError:
                 conn.close()
-                if reused and not response._got_bytes:
+                if reused and not response._got_bytes and self.loop.time() - sent < _STALE:
                     continue  # the server had closed this idle connection: use a new one
                 raise
             except BaseException:

@@ -389,19 +389,73 @@ async def test_headers_the_balancer_sets_are_sent_once(harness: Harness):
         await runner.cleanup()
 
 
-async def test_protocol_upgrades_are_refused_whole(harness: Harness):
+async def test_an_upgrade_offer_is_declined_and_the_request_served(
+    recording: Recording, harness: Harness
+):
+    """Java's HTTP client offers ``Upgrade: h2c`` on plain http. The balancer keeps to
+    HTTP/1.1 and answers the request (body included, which llhttp leaves unread),
+    then the next request on the same connection."""
+    balancer = await harness.balancer()
+    port, seen = await recording()
+    await harness.agent(port, balancer, name="rec")
+    body = b'{"content": "hello upgrade"}'
+    async with connect(balancer) as (reader, writer):
+        offer = request("POST", "/tokenize", body, "Connection: Upgrade, HTTP2-Settings",
+                        "Upgrade: h2c", "HTTP2-Settings: AAMAAABkAAQAAP__")  # fmt: skip
+        writer.write(offer[: len(offer) - 5])  # the body arrives in two pieces
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(offer[len(offer) - 5 :] + request("POST", "/tokenize", b'{"content": "x"}'))
+        for expected in (body, b'{"content": "x"}'):
+            status, headers, answer = await read_response(reader)
+            assert status_of(status) == 200, answer
+            assert "upgrade" not in headers
+            assert seen[-1].body == expected
+    assert "Upgrade" not in seen[0].headers and "HTTP2-Settings" not in seen[0].headers
+
+
+async def test_head_is_answered_without_a_body_and_the_connection_goes_on(harness: Harness):
+    balancer = await one_server(harness, tokens_per_second=1e6)
+    async with connect(balancer) as (reader, writer):
+        writer.write(request("HEAD", "/health") + request("HEAD", "/completion"))
+        writer.write(request("GET", "/health"))
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert status_of(head.split(b"\r\n")[0]) == 200 and b"Content-Length: " in head
+        head = await reader.readuntil(b"\r\n\r\n")  # no body came between the two
+        assert status_of(head.split(b"\r\n")[0]) == 405
+        status, _, body = await read_response(reader)
+        assert status_of(status) == 200 and json.loads(body)["status"] == "ok"
+
+
+async def test_huge_headers_get_431(harness: Harness):
     balancer = await one_server(harness, tokens_per_second=1e6)
     async with connect(balancer) as (reader, writer):
         writer.write(
-            request("POST", "/completion", completion(),
-                    "Connection: Upgrade, HTTP2-Settings", "Upgrade: h2c")
-        )  # fmt: skip
+            request("GET", "/health", b"", *(f"X-Pad-{i}: {'a' * 1000}" for i in range(80)))
+        )
         status, _, body = await read_response(reader)
-        assert status_of(status) == 400
-        assert "Upgrade" in json.loads(body)["error"]["message"]
-        assert await closed_by_server(reader)
-    async with harness.http.get(url(balancer, "/health")) as r:
-        assert r.status == 200
+        assert status_of(status) == 431
+        assert "headers" in json.loads(body)["error"]["message"]
+
+
+async def test_a_client_that_reads_nothing_does_not_pile_up_answers(harness: Harness):
+    """Pipelined requests from a client that never reads: the balancer stops reading
+    them instead of buffering every answer."""
+    balancer = await one_server(harness, tokens_per_second=1e6, slots=64)
+    async with connect(balancer) as (_, writer):
+        burst = request("GET", "/slots") * 200
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.0):
+                for _ in range(500):  # until the balancer stops reading (writes block)
+                    writer.write(burst)
+                    await writer.drain()
+        held = sum(
+            c.transport.get_write_buffer_size()
+            for c in balancer._inference.connections  # type: ignore[union-attr]
+            if c.transport is not None
+        )
+        writer.transport.abort()  # it could not flush what it still has to send
+        assert held < 4 * 1024 * 1024, f"the balancer holds {held} bytes of answers"
 
 
 @pytest.mark.parametrize("loop_factory", LOOPS.values(), ids=LOOPS.keys())

@@ -170,3 +170,26 @@ async def test_a_slow_reader_pauses_the_server_instead_of_buffering_everything()
         assert got == total
         response.close()
     pool.close()
+
+
+async def test_a_connection_left_paused_is_closed_not_reused() -> None:
+    """A response that ended while its reader had paused the server (a slow client)
+    must not hand a connection that reads nothing to the next request."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(ok(b"x"))
+
+    pool = UpstreamPool()
+    async with raw_server(serve) as (address, accepted):
+        first = await pool.request(address, "GET", b"/props", b"", b"")
+        assert await first.read() == b"x"
+        first.pause_reading()
+        first.close()
+        async with asyncio.timeout(2):
+            second = await pool.request(address, "GET", b"/props", b"", b"")
+            assert await second.read() == b"x"
+        second.close()
+        assert len(accepted) == 2
+    pool.close()
