@@ -595,7 +595,7 @@ def setup_text(scale: Scale, cores: Cores, env: SuiteEnv, body_bytes: int) -> li
         "once and it reaches the proxy in one or a few TCP segments: these figures are "
         "the cost per request. A real llama-server writes each token when it is "
         "decoded, milliseconds apart, and then every token costs a proxy one more read "
-        "and write (for Corral, one more turn of its Python relay loop), which this "
+        "and write (for Corral, one more pass through its relay callback), which this "
         "table does not measure; streamed tokens/s here is therefore an upper bound "
         f"for {TOKENS}-token answers. The token-by-token part below measures it.",
     ]
