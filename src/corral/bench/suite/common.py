@@ -266,3 +266,39 @@ __all__ = [
 def ratio(a: float, b: float) -> str:
     """``a`` as a multiple of ``b`` (``1.50x``), or ``n/a`` when ``b`` is zero."""
     return f"{a / b:.2f}x" if b > 0 else "n/a"
+
+
+@dataclass(frozen=True, slots=True)
+class StartedBalancer:
+    pid: int
+    url: str
+    """The inference listener, ``http://127.0.0.1:PORT``."""
+    management_port: int
+    mgmt: str
+    """The management listener's URL."""
+
+
+async def start_balancer(
+    env: SuiteEnv,
+    procs: Processes,
+    core: str,
+    state_file: Path,
+    *options: str,
+    name: str = "corral-balancer",
+    log_level: str = "error",
+) -> StartedBalancer:
+    """``corral balancer`` pinned to ``core`` on free ports, with extra ``options``;
+    returns once its management listener answers."""
+    port, management = free_port(), free_port()
+    balancer = procs.start(
+        name,
+        env.pin(core, [
+            *CORRAL, "balancer", "--log-level", log_level,
+            "--inference-addr", f"127.0.0.1:{port}",
+            "--management-addr", f"127.0.0.1:{management}",
+            "--state-file", str(state_file), *options,
+        ]),
+    )  # fmt: skip
+    mgmt = f"http://127.0.0.1:{management}"
+    await wait_http(f"{mgmt}/health", procs=procs)
+    return StartedBalancer(balancer.pid, f"http://127.0.0.1:{port}", management, mgmt)

@@ -26,6 +26,7 @@ from corral.bench.suite.common import (
     agents_ready,
     free_port,
     require,
+    start_balancer,
     wait_http,
 )
 
@@ -141,31 +142,23 @@ async def start(
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     if name == "corral":
-        management = free_port()
-        procs.start(
-            "corral-balancer",
-            env.pin(core, [
-                *CORRAL, "balancer", "--log-level", "warning",
-                "--inference-addr", f"127.0.0.1:{port}",
-                "--management-addr", f"127.0.0.1:{management}",
-                "--max-buffered-requests", "100000",
-                "--buffered-request-timeout", str(queue_timeout),
-                "--state-file", str(env.work_dir / f"state-{management}.json"),
-            ]),
+        balancer = await start_balancer(
+            env, procs, core, env.work_dir / f"state-{port}.json",
+            "--max-buffered-requests", "100000",
+            "--buffered-request-timeout", str(queue_timeout),
+            log_level="warning",
         )  # fmt: skip
-        mgmt = f"http://127.0.0.1:{management}"
-        await wait_http(f"{mgmt}/health", procs=procs)
         for b in backends:
             procs.start(
                 f"corral-agent-{b.name}",
                 env.pin(agent_core, [
                     *CORRAL, "agent", "--log-level", "warning", "--name", b.name,
                     "--local-llamacpp-addr", b.addr,
-                    "--management-addr", f"127.0.0.1:{management}",
+                    "--management-addr", f"127.0.0.1:{balancer.management_port}",
                 ]),
             )  # fmt: skip
-        await agents_ready(mgmt, len(backends), procs)
-        return Running(name, url, mgmt)
+        await agents_ready(balancer.mgmt, len(backends), procs)
+        return Running(name, balancer.url, balancer.mgmt)
     if name.startswith("nginx-"):
         work = env.work_dir / f"{name}-{port}"
         work.mkdir(parents=True, exist_ok=True)

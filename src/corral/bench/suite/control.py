@@ -44,6 +44,7 @@ from corral.bench.suite.common import (
     processes,
     rss_bytes,
     section_main,
+    start_balancer,
     wait_http,
 )
 from corral.bench.workload import Workload, WorkloadSpec
@@ -131,18 +132,12 @@ def _get(url: str) -> str:
 
 async def measure(env: SuiteEnv, agents: int, window: float, backend: str) -> Row:
     with processes(env, f"control-{agents}") as procs:
-        inference, management = free_port(), free_port()
-        balancer = procs.start(
-            "balancer",
-            env.pin("0", [
-                *CORRAL, "balancer", "--log-level", "warning",
-                "--inference-addr", f"127.0.0.1:{inference}",
-                "--management-addr", f"127.0.0.1:{management}",
-                "--state-file", str(env.work_dir / f"control-{agents}.json"),
-            ]),
+        balancer = await start_balancer(
+            env, procs, "0", env.work_dir / f"control-{agents}.json",
+            name="balancer", log_level="warning",
         )  # fmt: skip
-        mgmt = f"http://127.0.0.1:{management}"
-        await wait_http(f"{mgmt}/health", procs=procs)
+        mgmt = balancer.mgmt
+        management = balancer.management_port
         procs.start(
             "fakeagents",
             env.pin("1", [
@@ -162,7 +157,7 @@ async def measure(env: SuiteEnv, agents: int, window: float, backend: str) -> Ro
         before = _pick_buckets(await asyncio.to_thread(_get, f"{mgmt}/metrics"))
         cpu0, t0 = cpu_seconds(balancer.pid), time.monotonic()
         outcomes = await Runner(
-            Target(f"http://127.0.0.1:{inference}", api="llamacpp"),
+            Target(balancer.url, api="llamacpp"),
             Workload(WorkloadSpec(prompt_tokens=4, output_tokens=1, stream_share=0.0)),
             Load(users=4, duration=window),
         ).run()
@@ -191,26 +186,18 @@ async def measure(env: SuiteEnv, agents: int, window: float, backend: str) -> Ro
 async def buffer_memory(env: SuiteEnv, count: int) -> dict[str, float]:
     """RSS of a balancer with no agent before and with ``count`` requests waiting."""
     with processes(env, "control-buffer") as procs:
-        inference, management = free_port(), free_port()
-        balancer = procs.start(
-            "balancer",
-            env.pin("0", [
-                *CORRAL, "balancer", "--log-level", "error",
-                "--inference-addr", f"127.0.0.1:{inference}",
-                "--management-addr", f"127.0.0.1:{management}",
-                "--max-buffered-requests", str(count),
-                "--buffered-request-timeout", "600",
-                "--state-file", str(env.work_dir / "control-buffer.json"),
-            ]),
+        balancer = await start_balancer(
+            env, procs, "0", env.work_dir / "control-buffer.json",
+            "--max-buffered-requests", str(count), "--buffered-request-timeout", "600",
+            name="balancer",
         )  # fmt: skip
-        mgmt = f"http://127.0.0.1:{management}"
-        await wait_http(f"{mgmt}/health", procs=procs)
+        mgmt = balancer.mgmt
         await asyncio.sleep(0.5)
         before = rss_bytes(balancer.pid)
         body = b'{"prompt": "hello", "n_predict": 16}'
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector) as session:
-            url = f"http://127.0.0.1:{inference}/completion"
+            url = f"{balancer.url}/completion"
             tasks = [asyncio.ensure_future(session.post(url, data=body)) for _ in range(count)]
             try:
                 deadline = time.monotonic() + 120

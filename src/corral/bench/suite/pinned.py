@@ -15,7 +15,7 @@ from corral.bench.suite.common import (
     SuiteError,
     agents_ready,
     cpu_seconds,
-    free_port,
+    start_balancer,
     wait_http,
 )
 
@@ -88,30 +88,20 @@ async def start_corral(
     """A balancer on the proxy core and an agent registering the backend at
     ``backend_port`` (on the backend core); return the balancer's URL and pid once
     the agent is ready."""
-    port, management = free_port(), free_port()
-    balancer = procs.start(
-        f"corral-balancer-{name}",
-        env.pin(cores.proxy, [
-            *CORRAL, "balancer", "--log-level", "error",
-            "--inference-addr", f"127.0.0.1:{port}",
-            "--management-addr", f"127.0.0.1:{management}",
-            "--state-file", str(work / f"corral-state-{name}.json"),
-        ]),
-    )  # fmt: skip
-    mgmt = f"http://127.0.0.1:{management}"
-    await wait_http(f"{mgmt}/health", procs=procs)
+    balancer = await start_balancer(
+        env, procs, cores.proxy, work / f"corral-state-{name}.json", name=f"corral-balancer-{name}"
+    )
     procs.start(
         f"corral-agent-{name}",
         env.pin(cores.backend, [
             *CORRAL, "agent", "--log-level", "error", "--name", name,
             "--local-llamacpp-addr", f"127.0.0.1:{backend_port}",
-            "--management-addr", f"127.0.0.1:{management}",
+            "--management-addr", f"127.0.0.1:{balancer.management_port}",
         ]),
     )  # fmt: skip
-    await agents_ready(mgmt, 1, procs)
-    corral = f"http://127.0.0.1:{port}"
-    await wait_http(f"{corral}/health", procs=procs)
-    return corral, balancer.pid
+    await agents_ready(balancer.mgmt, 1, procs)
+    await wait_http(f"{balancer.url}/health", procs=procs)
+    return balancer.url, balancer.pid
 
 
 @dataclass(slots=True)
