@@ -1,105 +1,69 @@
 """The ``corral`` command and its subcommands.
 
-Every flag can also be set from the environment: ``--inference-addr`` reads
-``CORRAL_INFERENCE_ADDR``; repeatable flags take a comma-separated list there.
-A flag on the command line wins over the environment.
+Every setting is declared once, in :mod:`corral.config.tables`; the flags, their
+environment variables and the config files are generated from there. A setting comes
+from, highest first: the command line, the environment (``--inference-addr`` reads
+``CORRAL_INFERENCE_ADDR``; repeatable flags take a comma-separated list there), the
+``--config`` file (``corral balancer`` and ``corral agent``), its default.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
 import json
 import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from corral import __version__
-from corral.addr import Addr, AddressError
+from corral.config import AGENT, BALANCER, COMMON, SIM, TOP, UP, ConfigError, Schema, Setting
+from corral.config import files as config_files
+from corral.config.schema import add_argument, build
 
 log = logging.getLogger("corral")
 
-
-def _addr(text: str) -> Addr:
-    try:
-        return Addr.parse(text)
-    except AddressError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
-        return value
-
-    parse.__name__ = kind.__name__
-    return parse
+_PRECEDENCE = (
+    "Each setting comes from, highest first: the command line, the environment (the "
+    "[env ...] after each flag; a repeatable flag takes a comma-separated list there), "
+    "the --config file, the default."
+)
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} cannot be negative")
-    return value
-
-
-def _env_name(flag: str, prefix: str) -> str:
-    return prefix + flag.lstrip("-").upper().replace("-", "_")
-
-
-def _flag(
-    parser: argparse.ArgumentParser, flag: str, help: str, prefix: str = "CORRAL_", **kw: Any
-) -> None:
-    """Add a flag whose default may come from ``<prefix><FLAG>`` (``CORRAL_<FLAG>``).
-
-    The balancer and the agent share one namespace on purpose (``--agent-token`` is
-    the same secret on both sides); ``sim`` and ``up`` have their own.
-    """
-    env = _env_name(flag, prefix)
-    value = os.environ.get(env)
-    if value is not None:
-        if kw.get("action") == "append":
-            convert = kw.get("type", str)
-            kw["default"] = [convert(v.strip()) for v in value.split(",") if v.strip()]
-        elif kw.get("action") == "store_true":
-            kw["default"] = value.lower() in ("1", "true", "yes", "on")
-        else:
-            kw["default"] = value
-    shown = kw.get("default")
-    suffix = (
-        f" (default: {shown})" if shown not in (None, [], False) and "token" not in flag else ""
-    )
-    parser.add_argument(flag, help=f"{help}{suffix} [env {env}]", **kw)
-
-
-def _common(parser: argparse.ArgumentParser) -> None:
-    _flag(
-        parser,
-        "--log-level",
-        "log verbosity",
-        default="info",
-        choices=["debug", "info", "warning", "error"],
-    )
-    _flag(
-        parser,
-        "--log-format",
-        "human-readable lines, or one JSON object per line",
-        default="text",
-        choices=["text", "json"],
-    )
+def _command(
+    sub: Any,
+    schema: Schema,
+    environ: Mapping[str, str],
+    *,
+    config_files: bool = False,
+    **kw: Any,
+) -> argparse.ArgumentParser:
+    """A subcommand whose flags are its schema's settings (``config_files``: with
+    ``--config`` and ``--print-config``)."""
+    if config_files:
+        kw.setdefault("epilog", _PRECEDENCE)
+    p: argparse.ArgumentParser = sub.add_parser(schema.command, **kw)
+    schema.add_arguments(p, environ)
+    if config_files:
+        group = p.add_argument_group("configuration file (TOML)")
+        group.add_argument(
+            "--config",
+            type=Path,
+            metavar="FILE",
+            help="read settings from this file; write one with --print-config [env CORRAL_CONFIG]",
+        )
+        group.add_argument(
+            "--print-config",
+            action="store_true",
+            help="print the effective settings as a config file, with where each came "
+            "from, and exit (secrets are not printed)",
+        )
+    p.set_defaults(schema=schema, config_files=config_files)
+    return p
 
 
 class _JsonFormatter(logging.Formatter):
@@ -119,9 +83,12 @@ class _JsonFormatter(logging.Formatter):
 
 
 # ---------------------------------------------------------------- balancer
-def _balancer_parser(sub: Any) -> None:
-    p = sub.add_parser(
-        "balancer",
+def _balancer_parser(sub: Any, environ: Mapping[str, str]) -> None:
+    p = _command(
+        sub,
+        BALANCER,
+        environ,
+        config_files=True,
         help="run a balancer",
         description=(
             "Run a balancer. Applications send llama.cpp / OpenAI requests to the "
@@ -130,88 +97,17 @@ def _balancer_parser(sub: Any) -> None:
             "bounded buffer while none is free."
         ),
     )
-    _flag(p, "--inference-addr", "HOST:PORT for applications", type=_addr, default="127.0.0.1:8061")
-    _flag(
-        p,
-        "--management-addr",
-        "HOST:PORT for agents and operators",
-        type=_addr,
-        default="127.0.0.1:8060",
-    )
-    _flag(
-        p,
-        "--max-buffered-requests",
-        "requests that may wait for a free slot; more get 429",
-        type=_non_negative_int,
-        default="1000",
-    )
-    _flag(
-        p,
-        "--buffered-request-timeout",
-        "seconds a request may wait for a slot before it gets 503",
-        type=_positive(float),
-        default="30",
-    )
-    _flag(
-        p,
-        "--heartbeat-timeout",
-        "seconds without a word from an agent before it gets no requests",
-        type=_positive(float),
-        default="5",
-    )
-    _flag(p, "--agent-token", "secret agents must present to register")
-    _flag(p, "--management-token", "secret required by the management API")
-    _flag(
-        p,
-        "--api-key",
-        "key clients must present on the inference listener (repeatable)",
-        action="append",
-        default=[],
-    )
-    _flag(p, "--api-key-file", "file with one accepted key per line", type=Path)
-    _flag(
-        p,
-        "--state-file",
-        "where the desired state is kept across restarts "
-        "(default: ~/.local/state/corral/desired-state-<management port>.json)",
-        type=Path,
-    )
-    _flag(
-        p,
-        "--rollout-share",
-        "share of supervised agents that may change settings at once (at least one)",
-        type=float,
-        default="0",
-    )
-    _flag(
-        p,
-        "--drain-timeout",
-        "seconds an agent gets to finish its requests before its settings change",
-        type=_positive(float),
-        default="60",
-    )
-    _flag(p, "--statsd-addr", "HOST:PORT of a StatsD server (UDP)", type=_addr)
-    _flag(p, "--statsd-prefix", "prefix of StatsD metric names", default="corral")
-    _flag(
-        p,
-        "--statsd-interval",
-        "seconds between StatsD sends",
-        type=_positive(float),
-        default="10",
-    )
-    _flag(
-        p,
-        "--max-body-size",
-        "largest request body in bytes",
-        type=_positive(int),
-        default=str(64 * 1024 * 1024),
-    )
-    _common(p)
     p.set_defaults(func=_run_balancer)
 
 
 def _run_balancer(args: argparse.Namespace) -> Coroutine[Any, Any, None]:
-    from corral.balancer import BalancerConfig, run
+    from corral.balancer import run
+
+    return run(_balancer_config(args))
+
+
+def _balancer_config(args: argparse.Namespace) -> Any:
+    from corral.balancer import BalancerConfig
 
     keys = list(args.api_key)
     if args.api_key_file is not None:
@@ -220,24 +116,14 @@ def _run_balancer(args: argparse.Namespace) -> Coroutine[Any, Any, None]:
         except OSError as exc:
             raise SystemExit(f"corral balancer: cannot read --api-key-file: {exc}") from None
         keys += [line.strip() for line in lines if line.strip() and not line.startswith("#")]
-    config = BalancerConfig(
-        inference_addr=args.inference_addr,
-        management_addr=args.management_addr,
-        max_buffered_requests=args.max_buffered_requests,
-        buffered_request_timeout=args.buffered_request_timeout,
-        heartbeat_timeout=args.heartbeat_timeout,
+    return build(
+        BalancerConfig,
+        vars(args),
         agent_token=args.agent_token or None,
         management_token=args.management_token or None,
         api_keys=tuple(keys),
-        max_body_size=args.max_body_size,
         state_file=args.state_file or _default_state_file(args.management_addr.port),
-        rollout_share=min(1.0, max(0.0, args.rollout_share)),
-        drain_timeout=args.drain_timeout,
-        statsd_addr=args.statsd_addr,
-        statsd_prefix=args.statsd_prefix,
-        statsd_interval=args.statsd_interval,
     )
-    return run(config)
 
 
 def _default_state_file(port: int) -> Path:
@@ -246,9 +132,12 @@ def _default_state_file(port: int) -> Path:
 
 
 # ------------------------------------------------------------------- agent
-def _agent_parser(sub: Any) -> None:
-    p = sub.add_parser(
-        "agent",
+def _agent_parser(sub: Any, environ: Mapping[str, str]) -> None:
+    p = _command(
+        sub,
+        AGENT,
+        environ,
+        config_files=True,
         help="run an agent beside a llama-server (or running one)",
         usage="corral agent [options] [-- extra llama-server arguments]",
         description=(
@@ -259,59 +148,6 @@ def _agent_parser(sub: Any) -> None:
             "it when the agent stops; arguments after -- go to llama-server."
         ),
     )
-    _flag(
-        p,
-        "--local-llamacpp-addr",
-        "HOST:PORT where the agent reads its llama-server (attach mode)",
-        type=_addr,
-    )
-    _flag(
-        p,
-        "--model",
-        "model to serve (supervisor mode): a GGUF path, pkg:<python package> carrying one, "
-        "or 'bundled' (Gemma 3 270M)",
-    )
-    _flag(p, "--slots", "slots of the supervised server", type=_positive(int), default="2")
-    _flag(
-        p,
-        "--ctx-size",
-        "context size per slot of the supervised server",
-        type=_positive(int),
-        default="2048",
-    )
-    _flag(p, "--threads", "CPU threads of the supervised server", type=_positive(int))
-    _flag(p, "--llama-server", "llama-server binary (default: the bundled build)", type=Path)
-    _flag(
-        p,
-        "--quiet-server",
-        "do not copy the supervised server's log into the agent's",
-        action="store_true",
-    )
-    _flag(
-        p,
-        "--external-llamacpp-addr",
-        "HOST:PORT where balancers reach the server (default: the local address)",
-        type=_addr,
-    )
-    _flag(
-        p,
-        "--management-addr",
-        "HOST:PORT of a balancer's management listener (repeat for several balancers)",
-        type=_addr,
-        action="append",
-        default=[],
-    )
-    _flag(p, "--name", "name shown on dashboards (default: host name and port)")
-    _flag(p, "--llamacpp-api-key", "the llama-server's --api-key, if it has one")
-    _flag(p, "--agent-token", "the balancers' --agent-token")
-    _flag(
-        p,
-        "--poll-interval",
-        "seconds between reads of the server",
-        type=_positive(float),
-        default="0.5",
-    )
-    _common(p)
     p.set_defaults(func=_run_agent)
 
 
@@ -327,6 +163,8 @@ def _run_agent(args: argparse.Namespace) -> Coroutine[Any, Any, None]:
         )
     if args.extra and args.model is None:
         raise SystemExit("corral agent: arguments after -- are for a supervised server (--model)")
+    if args.llamacpp_port is not None and args.model is None:
+        raise SystemExit("corral agent: --llamacpp-port is for a supervised server (--model)")
     import socket
 
     server = None
@@ -335,14 +173,13 @@ def _run_agent(args: argparse.Namespace) -> Coroutine[Any, Any, None]:
         name = args.name or f"{socket.gethostname()}:{Path(args.model).stem}"
     else:
         name = args.name or f"{socket.gethostname()}:{args.local_llamacpp_addr.port}"
-    config = AgentConfig(
-        local_llamacpp_addr=args.local_llamacpp_addr,
-        external_llamacpp_addr=args.external_llamacpp_addr,
+    config = build(
+        AgentConfig,
+        vars(args),
         management_addrs=tuple(args.management_addr),
         name=name,
         llamacpp_api_key=args.llamacpp_api_key or None,
         agent_token=args.agent_token or None,
-        poll_interval=args.poll_interval,
     )
     return run(config, server)
 
@@ -365,6 +202,7 @@ def _supervised_server(args: argparse.Namespace) -> Any:
         extra_args=tuple(args.extra),
         binary=binary,
         api_key=args.llamacpp_api_key or None,
+        port=args.llamacpp_port,
     )
     return Supervisor(
         settings, name=args.name or model.stem, log_server_output=not args.quiet_server
@@ -372,50 +210,33 @@ def _supervised_server(args: argparse.Namespace) -> Any:
 
 
 # --------------------------------------------------------------------- sim
-def _sim_parser(sub: Any) -> None:
-    sflag = functools.partial(_flag, prefix="CORRAL_SIM_")
-    p = sub.add_parser(
-        "sim",
+def _sim_parser(sub: Any, environ: Mapping[str, str]) -> None:
+    p = _command(
+        sub,
+        SIM,
+        environ,
         help="run a simulated llama-server (for tests and benchmarks)",
         description=(
             "A simulated llama-server: realistic /health, /slots, /props and streamed "
             "completions whose speed drops as more slots are busy. No model, no GPU."
         ),
     )
-    sflag(p, "--addr", "HOST:PORT to listen on", type=_addr, default="127.0.0.1:8090")
-    sflag(p, "--slots", "number of slots", type=_positive(int), default="4")
-    sflag(p, "--model", "model name to report", default="sim-model")
-    sflag(p, "--name", "server name (sent in X-Sim-Server)", default="sim")
-    sflag(
-        p,
-        "--tokens-per-second",
-        "generation speed of one slot alone",
-        type=_positive(float),
-        default="50",
-    )
-    sflag(p, "--api-key", "require this key, like llama-server's --api-key")
-    _common(p)
     p.set_defaults(func=_run_sim)
 
 
 def _run_sim(args: argparse.Namespace) -> Coroutine[Any, Any, None]:
     from corral.sim import SimConfig, serve
 
-    config = SimConfig(
-        name=args.name,
-        model=args.model,
-        slots=args.slots,
-        tokens_per_second=args.tokens_per_second,
-        api_key=args.api_key or None,
-    )
+    config = build(SimConfig, vars(args), api_key=args.api_key or None)
     return serve(config, args.addr.host, args.addr.port)
 
 
 # ---------------------------------------------------------------------- up
-def _up_parser(sub: Any) -> None:
-    uflag = functools.partial(_flag, prefix="CORRAL_UP_")
-    p = sub.add_parser(
-        "up",
+def _up_parser(sub: Any, environ: Mapping[str, str]) -> None:
+    p = _command(
+        sub,
+        UP,
+        environ,
         help="start a local fleet: a balancer, agents and llama-servers",
         description=(
             "Start a balancer and N llama-servers (the bundled llama.cpp build) each with "
@@ -423,71 +244,27 @@ def _up_parser(sub: Any) -> None:
             "Ctrl-C."
         ),
     )
-    uflag(p, "--model", "GGUF file to serve (default: the bundled Gemma 3 270M)", type=Path)
-    uflag(p, "--agents", "number of llama-servers and agents", type=_positive(int), default="2")
-    uflag(p, "--slots", "slots per server (default: sized for this machine)", type=_positive(int))
-    uflag(p, "--ctx-size", "context size per slot", type=_positive(int), default="2048")
-    uflag(
-        p,
-        "--inference-addr",
-        "balancer HOST:PORT for applications",
-        type=_addr,
-        default="127.0.0.1:8061",
-    )
-    uflag(
-        p,
-        "--management-addr",
-        "balancer HOST:PORT for agents",
-        type=_addr,
-        default="127.0.0.1:8060",
-    )
-    uflag(
-        p,
-        "--ready-timeout",
-        "seconds to wait for the fleet to be ready",
-        type=_positive(float),
-        default="300",
-    )
-    _common(p)
     p.set_defaults(func=_run_up)
 
 
 def _run_up(args: argparse.Namespace) -> Coroutine[Any, Any, None]:
     from corral.up import UpConfig, run
 
-    return run(
-        UpConfig(
-            model=args.model,
-            agents=args.agents,
-            slots=args.slots,
-            ctx_size=args.ctx_size,
-            inference_addr=args.inference_addr,
-            management_addr=args.management_addr,
-            ready_timeout=args.ready_timeout,
-            log_level=args.log_level,
-        )
-    )
+    return run(build(UpConfig, vars(args)))
 
 
 # --------------------------------------------------------------------- top
-def _top_parser(sub: Any) -> None:
-    p = sub.add_parser(
-        "top",
+def _top_parser(sub: Any, environ: Mapping[str, str]) -> None:
+    p = _command(
+        sub,
+        TOP,
+        environ,
         help="a live terminal dashboard of a balancer's fleet",
         description=(
             "Show a balancer's agents, slots, buffered requests and rates, live. "
             "Keys: s sorts, Enter shows an agent's detail and issues, q quits."
         ),
     )
-    _flag(
-        p,
-        "--management-addr",
-        "HOST:PORT of the balancer's management listener",
-        type=_addr,
-        default="127.0.0.1:8060",
-    )
-    _flag(p, "--management-token", "the balancer's --management-token, if it has one")
-    _common(p)
     p.set_defaults(func=_run_top)
 
 
@@ -499,7 +276,7 @@ def _run_top(args: argparse.Namespace) -> Coroutine[Any, Any, None]:
 
 
 # ------------------------------------------------------------------- bench
-def _bench_parser(sub: Any) -> None:
+def _bench_parser(sub: Any, environ: Mapping[str, str]) -> None:
     from corral.bench.command import add_arguments
 
     p = sub.add_parser(
@@ -514,9 +291,28 @@ def _bench_parser(sub: Any) -> None:
             "--charts for PNG charts."
         ),
     )
-    add_arguments(p, functools.partial(_flag, prefix="CORRAL_BENCH_"))
-    _common(p)
-    p.set_defaults(func=_run_bench)
+    declared: list[Setting] = []
+
+    def flag(parser: Any, flag: str, help: str, **kw: Any) -> None:
+        """A bench flag that may come from ``CORRAL_BENCH_<FLAG>``, as a setting."""
+        name = flag.lstrip("-").replace("-", "_")
+        setting = Setting(
+            name,
+            help,
+            kw.get("type", str),
+            default=kw.get("default"),
+            choices=tuple(kw.get("choices", ())),
+            secret="key" in name,
+            env="CORRAL_BENCH_" + name.upper(),
+        )
+        declared.append(setting)
+        add_argument(parser, setting, environ)
+
+    add_arguments(p, flag)
+    for setting in COMMON:
+        add_argument(p, setting, environ)
+    schema = Schema("bench", "CORRAL_BENCH_", (*declared, *COMMON))
+    p.set_defaults(func=_run_bench, schema=schema, config_files=False)
 
 
 def _run_bench(args: argparse.Namespace) -> Coroutine[Any, Any, int]:
@@ -526,20 +322,83 @@ def _run_bench(args: argparse.Namespace) -> Coroutine[Any, Any, int]:
 
 
 # --------------------------------------------------------------------- main
-def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(
+class _Parser(argparse.ArgumentParser):
+    """The top-level parser: after argparse has read the command line, every setting
+    of the chosen command is resolved (:func:`resolve`); a bad value in the
+    environment or the config file is an argparse error (usage, message, exit 2)."""
+
+    def __init__(self, *args: Any, environ: Mapping[str, str], **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.environ = environ
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, rest = super().parse_known_args(args, namespace)
+        try:
+            resolve(parsed, self.environ)
+        except ConfigError as exc:
+            self.error(str(exc))
+        return parsed, rest
+
+
+def parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
+    """The ``corral`` parser. Its ``parse_args`` resolves every setting of the chosen
+    command from the command line, ``environ`` (default: ``os.environ``), the config
+    file and the defaults: ``args.<setting>`` is the effective value and
+    ``args.resolved`` has the values with their sources."""
+    environ = os.environ if environ is None else environ
+    top = _Parser(
         prog="corral",
         description="Corral: a slot-aware load balancer and fleet manager for llama.cpp servers.",
+        environ=environ,
     )
     top.add_argument("--version", action="version", version=f"corral {__version__}")
-    sub = top.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    _balancer_parser(sub)
-    _agent_parser(sub)
-    _sim_parser(sub)
-    _up_parser(sub)
-    _top_parser(sub)
-    _bench_parser(sub)
+    sub = top.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=argparse.ArgumentParser
+    )
+    builders: list[Callable[[Any, Mapping[str, str]], None]] = [
+        _balancer_parser,
+        _agent_parser,
+        _sim_parser,
+        _up_parser,
+        _top_parser,
+        _bench_parser,
+    ]
+    for add in builders:
+        add(sub, environ)
     return top
+
+
+def resolve(args: argparse.Namespace, environ: Mapping[str, str]) -> None:
+    """Fill in ``args`` (from a parser without setting defaults): each setting of
+    ``args.schema`` from the command line, else the environment, else the config file
+    (``--config`` or ``CORRAL_CONFIG``), else its default. Sets ``args.resolved``.
+
+    Raises:
+        ConfigError: A bad value in the environment or the file, or a bad file.
+    """
+    schema: Schema = args.schema
+    given = {name: getattr(args, name) for name in schema.names if hasattr(args, name)}
+    file_values: dict[str, Any] = {}
+    file_name = "the config file"
+    if args.config_files:
+        file = args.config or environ.get("CORRAL_CONFIG")
+        if file:
+            file_values, file_name = config_files.load(Path(file)), str(file)
+    resolved = schema.resolve(given, environ, file_values, file_name)
+    for name, value in resolved.values.items():
+        setattr(args, name, value)
+    args.resolved = resolved
+
+
+def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> argparse.Namespace:
+    """``parser(environ).parse_args(argv)``: every setting resolved (see :func:`parser`).
+
+    Raises:
+        SystemExit: A bad flag or value (the reason is on stderr), or ``--help``.
+    """
+    return parser(environ).parse_args(argv)
 
 
 def _run(coro: Coroutine[Any, Any, int | None]) -> int | None:
@@ -568,14 +427,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "--" in argv:  # what follows goes to a supervised llama-server
         cut = argv.index("--")
         argv, extra = argv[:cut], argv[cut + 1 :]
-    try:
-        args = parser().parse_args(argv)
-        args.extra = extra
-        if extra and args.command != "agent":
-            raise argparse.ArgumentTypeError("arguments after -- are only for `corral agent`")
-    except argparse.ArgumentTypeError as exc:  # from an env default
-        print(f"corral: {exc}", file=sys.stderr)
+    args = parse_args(argv)
+    args.extra = extra
+    if extra and args.command != "agent":
+        print("corral: arguments after -- are only for `corral agent`", file=sys.stderr)
         return 2
+    if getattr(args, "print_config", False):
+        print(config_files.render(args.schema, args.resolved), end="")
+        return 0
     handler = logging.StreamHandler()
     if args.log_format == "json":
         handler.setFormatter(_JsonFormatter())

@@ -23,6 +23,7 @@ from pathlib import Path
 import aiohttp
 
 from corral.addr import Addr
+from corral.config import UP, default
 from corral.llamacpp import bundled_model, llama_server_path
 from corral.llamacpp.process import spawn, terminate
 
@@ -31,14 +32,16 @@ log = logging.getLogger("corral.up")
 
 @dataclass(frozen=True)
 class UpConfig:
-    model: Path | None = None
-    agents: int = 2
-    slots: int | None = None
-    ctx_size: int = 2048
-    inference_addr: Addr = Addr("127.0.0.1", 8061)  # noqa: RUF009 - frozen, immutable
-    management_addr: Addr = Addr("127.0.0.1", 8060)  # noqa: RUF009
-    ready_timeout: float = 300.0
-    log_level: str = "info"
+    """A local fleet; the defaults are :data:`corral.config.UP`'s."""
+
+    model: Path | None = default(UP, "model")
+    agents: int = default(UP, "agents")
+    slots: int | None = default(UP, "slots")
+    ctx_size: int = default(UP, "ctx_size")
+    inference_addr: Addr = default(UP, "inference_addr")
+    management_addr: Addr = default(UP, "management_addr")
+    ready_timeout: float = default(UP, "ready_timeout")
+    log_level: str = default(UP, "log_level")
 
 
 def default_slots() -> int:

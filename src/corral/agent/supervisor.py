@@ -20,7 +20,8 @@ Two layers, as everywhere in Corral (h11 style: decide without I/O, then act):
   at 0.5 s once a server had stayed ready for ``stable_after`` seconds.
 
 - :class:`Supervisor` does the I/O and asks the state what to do. One *run* task
-  spawns the process (on the same free port each time, if it can), polls ``/health`` only while
+  spawns the process (on the configured port, else on the same free port each time
+  if it can), polls ``/health`` only while
   the model loads, then simply awaits the process's exit; one *reader* task per
   process copies its merged stdout/stderr to the ``corral.llama-server`` logger and
   keeps the last lines for the crash report. :meth:`Supervisor.stop` shuts down in a
@@ -319,7 +320,10 @@ class ServerSettings:
     binary: Path | None = None
     """The llama-server to run; ``None`` finds one (see :func:`llama_server_path`)."""
     host: str = "127.0.0.1"
-    """Where the server listens; the port is picked afresh at every start."""
+    """Where the server listens."""
+    port: int | None = None
+    """The server's port; ``None`` picks a free one at the first start and keeps it
+    across restarts while it stays free."""
     api_key: str | None = field(default=None, repr=False)
     """The server's ``--api-key``, if any."""
 
@@ -593,8 +597,11 @@ class Supervisor:
         )
 
     def _pick_port(self) -> int:
-        """The last port again when it is free, so the server keeps its address across
-        restarts (balancers keep sending to it); else a fresh one."""
+        """The configured port; else the last port again when it is free, so the server
+        keeps its address across restarts (balancers keep sending to it); else a fresh
+        one. A configured port that is taken fails the start (llama-server says so)."""
+        if self.settings.port is not None:
+            return self.settings.port
         last = self._last_port
         if last is not None:
             with socket.socket() as probe:

@@ -31,6 +31,7 @@ from corral.balancer.metrics import Metrics
 from corral.balancer.proxy import InferenceProxy
 from corral.balancer.statsd import StatsdReporter
 from corral.balancer.upstream import UpstreamPool
+from corral.config import BALANCER, default
 from corral.core.buffer import Buffer
 from corral.core.clock import Clock, MonotonicClock
 from corral.core.fleet import Fleet
@@ -40,23 +41,23 @@ from corral.core.scheduler import Scheduler
 log = logging.getLogger("corral.balancer")
 
 
-_INFERENCE = Addr("127.0.0.1", 8061)
-_MANAGEMENT = Addr("127.0.0.1", 8060)
-
-
 @dataclass(frozen=True)
 class BalancerConfig:
-    inference_addr: Addr = _INFERENCE
+    """How a balancer runs. Fields that are ``corral balancer`` settings take their
+    defaults from :data:`corral.config.BALANCER`, which declares each one's flag,
+    environment variable and help."""
+
+    inference_addr: Addr = default(BALANCER, "inference_addr")
     """Where applications send requests (the llama.cpp / OpenAI API)."""
-    management_addr: Addr = _MANAGEMENT
+    management_addr: Addr = default(BALANCER, "management_addr")
     """Where agents connect and operators read the fleet's state."""
-    max_buffered_requests: int = 1000
+    max_buffered_requests: int = default(BALANCER, "max_buffered_requests")
     """Requests that may wait for a slot at once; more get 429 with Retry-After."""
-    buffered_request_timeout: float = 30.0
+    buffered_request_timeout: float = default(BALANCER, "buffered_request_timeout")
     """Seconds a request may wait for a slot before it gets 503 with Retry-After."""
     heartbeat_interval: float = 1.0
     """Seconds between agent heartbeats (told to agents when they register)."""
-    heartbeat_timeout: float = 5.0
+    heartbeat_timeout: float = default(BALANCER, "heartbeat_timeout")
     """Seconds without a word from an agent before it is marked unhealthy."""
     agent_token: str | None = None
     """If set, agents must present it (``Authorization: Bearer``) to register."""
@@ -65,7 +66,7 @@ class BalancerConfig:
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     """If any, the inference listener requires one (``Authorization: Bearer`` or
     ``x-api-key``), like llama-server's ``--api-key``."""
-    max_body_size: int = 64 * 1024 * 1024
+    max_body_size: int = default(BALANCER, "max_body_size")
     """Largest request body accepted, in bytes (images in base64 can be large)."""
     max_attempts: int = 5
     """Servers tried for one request when they fail before responding."""
@@ -75,14 +76,14 @@ class BalancerConfig:
     """Seconds requests in flight get to finish on shutdown."""
     state_file: Path | None = None
     """Where the desired state is kept across restarts (None: in memory only)."""
-    rollout_share: float = 0.0
+    rollout_share: float = default(BALANCER, "rollout_share")
     """Share of supervised agents that may change settings at once (at least one)."""
-    drain_timeout: float = 60.0
+    drain_timeout: float = default(BALANCER, "drain_timeout")
     """Seconds an agent gets to finish its requests before its settings change."""
     statsd_addr: Addr | None = None
     """Where to send StatsD metrics over UDP (None: not sent)."""
-    statsd_prefix: str = "corral"
-    statsd_interval: float = 10.0
+    statsd_prefix: str = default(BALANCER, "statsd_prefix")
+    statsd_interval: float = default(BALANCER, "statsd_interval")
     """Seconds between StatsD sends."""
 
 

@@ -3,29 +3,29 @@
 import pytest
 
 from corral.addr import Addr
-from corral.cli import main, parser
+from corral.cli import main, parse_args
 
 
 def test_flags_come_from_the_environment(monkeypatch):
     monkeypatch.setenv("CORRAL_INFERENCE_ADDR", "0.0.0.0:9000")
     monkeypatch.setenv("CORRAL_API_KEY", "a, b")
     monkeypatch.setenv("CORRAL_MAX_BUFFERED_REQUESTS", "7")
-    args = parser().parse_args(["balancer"])
+    args = parse_args(["balancer"])
     assert args.inference_addr == Addr("0.0.0.0", 9000)
-    assert args.api_key == ["a", "b"]
+    assert args.api_key == ("a", "b")
     assert args.max_buffered_requests == 7
 
 
 def test_command_line_wins_over_the_environment(monkeypatch):
     monkeypatch.setenv("CORRAL_INFERENCE_ADDR", "0.0.0.0:9000")
-    args = parser().parse_args(["balancer", "--inference-addr", "127.0.0.1:1"])
+    args = parse_args(["balancer", "--inference-addr", "127.0.0.1:1"])
     assert args.inference_addr == Addr("127.0.0.1", 1)
 
 
 def test_sim_has_its_own_namespace(monkeypatch):
     monkeypatch.setenv("CORRAL_SIM_SLOTS", "3")
     monkeypatch.setenv("CORRAL_API_KEY", "balancer-key")
-    args = parser().parse_args(["sim"])
+    args = parse_args(["sim"])
     assert args.slots == 3 and args.api_key is None
 
 
@@ -36,6 +36,20 @@ def test_sim_has_its_own_namespace(monkeypatch):
         (["balancer", "--buffered-request-timeout", "-1"], "must be greater than 0"),
         (["balancer", "--max-buffered-requests", "lots"], "not a whole number"),
         (["agent", "--local-llamacpp-addr", "127.0.0.1:8080"], "--management-addr"),
+        (
+            [
+                "agent",
+                "--management-addr",
+                "b:1",
+                "--local-llamacpp-addr",
+                "h:1",
+                "--llamacpp-port",
+                "8081",
+            ],
+            "--llamacpp-port is for a supervised server",
+        ),
+        (["agent", "--llamacpp-port", "70000"], "out of range 1-65535"),
+        (["agent", "--probe-addr", "nowhere"], "expected HOST:PORT"),
         (["launch"], "invalid choice"),
         (["bench", "http://x", "--users", "0"], "must be at least 1"),
         (["bench", "http://x", "--users", "2", "--rate", "3"], "not allowed with argument"),
@@ -63,7 +77,7 @@ def test_api_key_file(tmp_path, monkeypatch):
         captured["config"] = config
 
     monkeypatch.setattr("corral.balancer.run", fake_run)
-    args = parser().parse_args(["balancer", "--api-key", "k0", "--api-key-file", str(keys)])
+    args = parse_args(["balancer", "--api-key", "k0", "--api-key-file", str(keys)])
     coro = cli._run_balancer(args)
     import asyncio
 
@@ -72,7 +86,7 @@ def test_api_key_file(tmp_path, monkeypatch):
 
 
 def test_missing_api_key_file_is_a_clear_error(tmp_path):
-    args = parser().parse_args(["balancer", "--api-key-file", str(tmp_path / "nope")])
+    args = parse_args(["balancer", "--api-key-file", str(tmp_path / "nope")])
     from corral import cli
 
     with pytest.raises(SystemExit, match="cannot read --api-key-file"):
@@ -97,7 +111,7 @@ def test_bench_refuses_plans_that_cannot_work(argv, message, capsys):
 def test_bench_defaults_to_a_short_closed_loop():
     from corral.bench.command import plan
 
-    target, spec, load = plan(parser().parse_args(["bench", "http://h:1/"]))
+    target, spec, load = plan(parse_args(["bench", "http://h:1/"]))
     assert target.endpoint == "http://h:1/v1/chat/completions"
     assert (load.users, load.rate, load.requests, load.duration) == (4, None, 100, None)
     assert spec.shape == "fixed"

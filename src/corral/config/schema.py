@@ -1,0 +1,410 @@
+"""One declaration per setting: the schema behind flags, environment and config files.
+
+Theory of operation
+-------------------
+A :class:`Setting` says everything about one setting once: its name (the key in a
+config file and the attribute of the parsed command line), how its text is parsed and
+checked, its default (and, when the default is borrowed, where from), its help, its
+flag (``--name-with-dashes``) and its environment variable (``<PREFIX><NAME>``). A
+:class:`Schema` is one command's table of settings. Everything else is generated:
+
+- the argparse flags (:meth:`Schema.add_arguments`), whose help shows the default and
+  the environment variable;
+- the effective values with where each came from (:meth:`Schema.resolve`), which the
+  commands turn into their typed config objects (``BalancerConfig``, ...);
+- a config file and its loader (:mod:`corral.config.files`);
+- later, Kubernetes manifests: iterate ``schema.settings`` for names, env names,
+  defaults and help.
+
+Precedence, highest first: the command line, the environment, the config file, the
+default. The command line is parsed by argparse with no defaults, so what is in its
+namespace was given there; the other layers are filled in by :meth:`Schema.resolve`.
+
+No I/O and no asyncio here: resolving takes the environment and the file's values as
+plain mappings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+from corral.addr import Addr, AddressError
+
+T = TypeVar("T")
+Parse = Callable[[str], Any]
+"""Text to a typed value; raises :class:`argparse.ArgumentTypeError` with the reason."""
+
+
+class ConfigError(ValueError):
+    """A bad value in the environment or a config file (the message names which)."""
+
+
+# ------------------------------------------------------------------ parsers
+def addr(text: str) -> Addr:
+    """``HOST:PORT`` to an :class:`~corral.addr.Addr`."""
+    try:
+        return Addr.parse(text)
+    except AddressError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def positive(kind: Callable[[str], Any]) -> Parse:
+    """A number of ``kind`` (int or float) greater than 0."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def non_negative_int(text: str) -> int:
+    """A whole number, 0 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} cannot be negative")
+    return value
+
+
+def port(text: str) -> int:
+    """A TCP port, 1-65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is out of range 1-65535")
+    return value
+
+
+def share(text: str) -> float:
+    """A number, clamped to 0..1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    return min(1.0, max(0.0, value))
+
+
+def path(text: str) -> Path:
+    return Path(text)
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
+
+
+def switch(text: str) -> bool:
+    """``1/true/yes/on`` or ``0/false/no/off`` (any case)."""
+    word = text.strip().lower()
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(_TRUE + _FALSE[:-1])}")
+
+
+# ------------------------------------------------------------------ a setting
+@dataclass(frozen=True)
+class Setting:
+    """One setting of one command, declared once.
+
+    Args:
+        name: snake_case; the config file's key and the parsed attribute. The flag
+            is ``--`` and the name with dashes.
+        help: One line for ``--help`` and the config file's comment.
+        parse: Text to value (command line, environment, file strings); raises
+            :class:`argparse.ArgumentTypeError` with the reason.
+        default: The typed default (``None``: unset, or derived at run time; then
+            ``default_text`` says what happens).
+        default_text: Shown instead of the default, for one derived at run time.
+        default_from: Where a borrowed default comes from (e.g. llama.cpp).
+        choices: The allowed values, if a fixed set (of strings).
+        repeatable: The flag may be given several times; the value is a tuple; the
+            environment takes a comma-separated list, a file a list.
+        switch: A flag without a value (``store_true``); the environment takes
+            ``1/true/yes/on`` or ``0/false/no/off``.
+        secret: Never shown in ``--help`` or printed configurations.
+        env: The environment variable; empty: the schema's prefix and the name.
+    """
+
+    name: str
+    help: str
+    parse: Parse = str
+    default: Any = None
+    default_text: str | None = None
+    default_from: str | None = None
+    choices: tuple[str, ...] = ()
+    repeatable: bool = False
+    switch: bool = False
+    secret: bool = False
+    env: str = ""
+
+    def __post_init__(self) -> None:
+        if self.repeatable and self.default is None:
+            object.__setattr__(self, "default", ())
+        if self.switch and self.default is None:
+            object.__setattr__(self, "default", False)
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def parse_text(self, text: str) -> Any:
+        """One value from text (a whole list for a repeatable setting: comma-separated).
+
+        Raises:
+            argparse.ArgumentTypeError: The text is not a valid value.
+        """
+        if self.switch:
+            return switch(text)
+        if self.repeatable:
+            return tuple(self._one(part.strip()) for part in text.split(",") if part.strip())
+        return self._one(text)
+
+    def _one(self, text: str) -> Any:
+        if self.choices and text not in self.choices:
+            options = ", ".join(repr(c) for c in self.choices)
+            raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {options})")
+        return self.parse(text)
+
+    def parse_file_value(self, value: Any) -> Any:
+        """One value as a config file holds it (TOML string, number, bool or list).
+
+        Raises:
+            argparse.ArgumentTypeError: Not a valid value of this setting.
+        """
+        if self.switch:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str):
+                return switch(value)
+            raise argparse.ArgumentTypeError(f"{value!r} is not true or false")
+        if self.repeatable:
+            items = value if isinstance(value, list) else [value]
+            return tuple(self._one(self._scalar_text(item)) for item in items)
+        return self._one(self._scalar_text(value))
+
+    @staticmethod
+    def _scalar_text(value: Any) -> str:
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise argparse.ArgumentTypeError(f"{value!r} is not a single value")
+        return str(value)
+
+    def shown_default(self, value: Any = None) -> str | None:
+        """The default as ``--help`` shows it (``None``: nothing to show)."""
+        if self.secret:
+            return None
+        value = self.default if value is None else value
+        if value in (None, (), [], False):
+            return self.default_text
+        return format_value(value)
+
+
+def format_value(value: Any) -> str:
+    """A value as a person writes it on the command line (``30`` not ``30.0``)."""
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, tuple | list):
+        return ",".join(format_value(item) for item in value)
+    return str(value)
+
+
+# ------------------------------------------------------------------ a schema
+@dataclass(frozen=True)
+class Resolved:
+    """The effective values of a schema's settings and where each came from."""
+
+    values: dict[str, Any]
+    """Setting name to typed value, for every setting of the schema."""
+    sources: dict[str, str] = field(default_factory=dict)
+    """Setting name to ``"command line"``, ``"env NAME"``, ``"file PATH"`` or
+    ``"default"``."""
+
+
+@dataclass(frozen=True)
+class Schema:
+    """One command's settings, in the order ``--help`` shows them.
+
+    Args:
+        command: The subcommand (``balancer``, ``agent``, ...).
+        env_prefix: Prepended to a setting's upper-cased name for its environment
+            variable unless the setting names its own.
+        settings: The table.
+    """
+
+    command: str
+    env_prefix: str
+    settings: tuple[Setting, ...]
+
+    def __post_init__(self) -> None:
+        filled = tuple(
+            s if s.env else replace(s, env=self.env_prefix + s.name.upper()) for s in self.settings
+        )
+        object.__setattr__(self, "settings", filled)
+        names = [s.name for s in filled]
+        if len(set(names)) != len(names):
+            raise ValueError(f"{self.command}: a setting is declared twice: {names}")
+
+    def __iter__(self) -> Iterator[Setting]:
+        return iter(self.settings)
+
+    def __getitem__(self, name: str) -> Setting:
+        for setting in self.settings:
+            if setting.name == name:
+                return setting
+        raise KeyError(f"{self.command} has no setting {name!r}")
+
+    def __contains__(self, name: object) -> bool:
+        return any(s.name == name for s in self.settings)
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.settings]
+
+    def default(self, name: str) -> Any:
+        """The declared default of a setting (for the typed config objects)."""
+        return self[name].default
+
+    # ------------------------------------------------------------ generate
+    def add_arguments(
+        self, parser: argparse.ArgumentParser, environ: Mapping[str, str] | None = None
+    ) -> None:
+        """Add one flag per setting. The flags have no defaults (see :meth:`resolve`);
+        the help shows the default, from ``environ`` when set there, and the env name."""
+        for s in self.settings:
+            add_argument(parser, s, environ)
+
+    def resolve(
+        self,
+        given: Mapping[str, Any],
+        environ: Mapping[str, str],
+        file_values: Mapping[str, Any] | None = None,
+        file_name: str = "the config file",
+    ) -> Resolved:
+        """Every setting's value: from ``given`` (the command line, already parsed),
+        else ``environ``, else ``file_values`` (as a config file holds them), else
+        its default.
+
+        Raises:
+            ConfigError: A value in the environment or the file is invalid, or the
+                file names a setting this command does not have.
+        """
+        file_values = file_values or {}
+        unknown = sorted(set(file_values) - set(self.names))
+        if unknown:
+            raise ConfigError(
+                f"{file_name}: {self.command} has no setting {', '.join(map(repr, unknown))} "
+                f"(it has: {', '.join(self.names)})"
+            )
+        values: dict[str, Any] = {}
+        sources: dict[str, str] = {}
+        for s in self.settings:
+            if s.name in given:
+                value = given[s.name]
+                values[s.name] = tuple(value) if s.repeatable else value
+                sources[s.name] = "command line"
+            elif environ.get(s.env) is not None:
+                try:
+                    values[s.name] = s.parse_text(environ[s.env])
+                except argparse.ArgumentTypeError as exc:
+                    raise ConfigError(f"{s.env}: {exc}") from None
+                sources[s.name] = f"env {s.env}"
+            elif s.name in file_values:
+                try:
+                    values[s.name] = s.parse_file_value(file_values[s.name])
+                except argparse.ArgumentTypeError as exc:
+                    raise ConfigError(f"{file_name}: {s.name}: {exc}") from None
+                sources[s.name] = f"file {file_name}"
+            else:
+                values[s.name] = s.default
+                sources[s.name] = "default"
+        return Resolved(values, sources)
+
+    def defaults(self) -> Resolved:
+        """Every setting at its default."""
+        return self.resolve({}, {})
+
+
+def default(schema: Schema, name: str) -> Any:
+    """The declared default of a setting, for a typed config object's field.
+
+    Settings' defaults are immutable (numbers, strings, frozen addresses, tuples), so
+    ruff is told this call is safe in a dataclass default (see ``pyproject.toml``).
+
+    Raises:
+        KeyError: ``schema`` has no such setting.
+    """
+    return schema[name].default
+
+
+def add_argument(
+    parser: argparse.ArgumentParser | Any, s: Setting, environ: Mapping[str, str] | None = None
+) -> None:
+    """Add the flag of one setting to ``parser`` (or an argument group) with no default
+    (see :meth:`Schema.resolve`); its help shows the default, the value in ``environ``
+    when set there, and the environment variable."""
+    environ = {} if environ is None else environ
+    kw: dict[str, Any] = {"default": argparse.SUPPRESS, "dest": s.name}
+    if s.switch:
+        kw["action"] = "store_true"
+    else:
+        kw["type"] = s.parse
+        if s.choices:
+            kw["choices"] = s.choices
+        if s.repeatable:
+            kw["action"] = "append"
+    shown = s.shown_default()
+    if s.default_from and not s.secret:
+        shown = f"{shown}; {s.default_from}" if shown else s.default_from
+    if not s.secret and environ.get(s.env):
+        shown = environ[s.env]
+    suffix = f" (default: {shown})" if shown else ""
+    parser.add_argument(s.flag, help=f"{s.help}{suffix} [env {s.env}]", **kw)
+
+
+def build(cls: type[T], values: Mapping[str, Any], **extra: Any) -> T:
+    """A typed config object (a dataclass) from resolved values: every field named as
+    a setting takes that setting's value; ``extra`` sets the rest (renamed or derived
+    fields) and wins over ``values``.
+
+    Raises:
+        TypeError: ``extra`` names a field ``cls`` does not have.
+    """
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    given = {name: value for name, value in values.items() if name in names}
+    return cls(**{**given, **extra})
+
+
+__all__ = [
+    "ConfigError",
+    "Parse",
+    "Resolved",
+    "Schema",
+    "Setting",
+    "add_argument",
+    "addr",
+    "build",
+    "default",
+    "format_value",
+    "non_negative_int",
+    "path",
+    "port",
+    "positive",
+    "share",
+    "switch",
+]

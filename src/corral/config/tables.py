@@ -1,0 +1,282 @@
+"""The settings of every ``corral`` command, declared once each.
+
+The balancer, the agent and ``top`` share the ``CORRAL_`` namespace on purpose
+(``--agent-token`` is the same secret on both sides); ``sim``, ``up`` and ``bench``
+have their own. ``--log-level`` and ``--log-format`` are ``CORRAL_LOG_LEVEL`` and
+``CORRAL_LOG_FORMAT`` for every command.
+
+The typed config objects (``BalancerConfig``, ``AgentConfig``, ``SimConfig``,
+``UpConfig``) take their defaults for these settings from here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from corral.addr import Addr
+from corral.config.schema import (
+    Schema,
+    Setting,
+    addr,
+    non_negative_int,
+    port,
+    positive,
+    share,
+)
+
+COMMON = (
+    Setting(
+        "log_level",
+        "log verbosity",
+        default="info",
+        choices=("debug", "info", "warning", "error"),
+        env="CORRAL_LOG_LEVEL",
+    ),
+    Setting(
+        "log_format",
+        "human-readable lines, or one JSON object per line",
+        default="text",
+        choices=("text", "json"),
+        env="CORRAL_LOG_FORMAT",
+    ),
+)
+"""Settings every command has."""
+
+BALANCER = Schema(
+    "balancer",
+    "CORRAL_",
+    (
+        Setting(
+            "inference_addr",
+            "HOST:PORT for applications",
+            addr,
+            default=Addr("127.0.0.1", 8061),
+        ),
+        Setting(
+            "management_addr",
+            "HOST:PORT for agents and operators",
+            addr,
+            default=Addr("127.0.0.1", 8060),
+        ),
+        Setting(
+            "max_buffered_requests",
+            "requests that may wait for a free slot; more get 429",
+            non_negative_int,
+            default=1000,
+        ),
+        Setting(
+            "buffered_request_timeout",
+            "seconds a request may wait for a slot before it gets 503",
+            positive(float),
+            default=30.0,
+        ),
+        Setting(
+            "heartbeat_timeout",
+            "seconds without a word from an agent before it gets no requests",
+            positive(float),
+            default=5.0,
+        ),
+        Setting("agent_token", "secret agents must present to register", secret=True),
+        Setting("management_token", "secret required by the management API", secret=True),
+        Setting(
+            "api_key",
+            "key clients must present on the inference listener (repeatable)",
+            repeatable=True,
+            secret=True,
+        ),
+        Setting("api_key_file", "file with one accepted key per line", Path),
+        Setting(
+            "state_file",
+            "where the desired state is kept across restarts",
+            Path,
+            default_text="~/.local/state/corral/desired-state-<management port>.json",
+        ),
+        Setting(
+            "rollout_share",
+            "share of supervised agents that may change settings at once (at least one)",
+            share,
+            default=0.0,
+        ),
+        Setting(
+            "drain_timeout",
+            "seconds an agent gets to finish its requests before its settings change",
+            positive(float),
+            default=60.0,
+        ),
+        Setting("statsd_addr", "HOST:PORT of a StatsD server (UDP)", addr),
+        Setting("statsd_prefix", "prefix of StatsD metric names", default="corral"),
+        Setting(
+            "statsd_interval",
+            "seconds between StatsD sends",
+            positive(float),
+            default=10.0,
+        ),
+        Setting(
+            "max_body_size",
+            "largest request body in bytes",
+            positive(int),
+            default=64 * 1024 * 1024,
+        ),
+        *COMMON,
+    ),
+)
+
+AGENT = Schema(
+    "agent",
+    "CORRAL_",
+    (
+        Setting(
+            "local_llamacpp_addr",
+            "HOST:PORT where the agent reads its llama-server (attach mode)",
+            addr,
+        ),
+        Setting(
+            "model",
+            "model to serve (supervisor mode): a GGUF path, pkg:<python package> carrying "
+            "one, or 'bundled' (Gemma 3 270M)",
+        ),
+        Setting("slots", "slots of the supervised server", positive(int), default=2),
+        Setting(
+            "ctx_size",
+            "context size per slot of the supervised server",
+            positive(int),
+            default=2048,
+        ),
+        Setting(
+            "threads",
+            "CPU threads of the supervised server",
+            positive(int),
+            default_text="llama-server's own",
+            default_from="llama.cpp uses all CPU cores",
+        ),
+        Setting(
+            "llama_server",
+            "llama-server binary",
+            Path,
+            default_text="the bundled build",
+        ),
+        Setting(
+            "llamacpp_port",
+            "port of the supervised server",
+            port,
+            default_text="a free port, kept across restarts",
+        ),
+        Setting(
+            "quiet_server",
+            "do not copy the supervised server's log into the agent's",
+            switch=True,
+        ),
+        Setting(
+            "external_llamacpp_addr",
+            "HOST:PORT where balancers reach the server",
+            addr,
+            default_text="the local address",
+        ),
+        Setting(
+            "management_addr",
+            "HOST:PORT of a balancer's management listener (repeat for several balancers)",
+            addr,
+            repeatable=True,
+        ),
+        Setting("name", "name shown on dashboards", default_text="host name and port"),
+        Setting("llamacpp_api_key", "the llama-server's --api-key, if it has one", secret=True),
+        Setting("agent_token", "the balancers' --agent-token", secret=True),
+        Setting(
+            "poll_interval",
+            "seconds between reads of the server",
+            positive(float),
+            default=0.5,
+        ),
+        Setting(
+            "probe_addr",
+            "HOST:PORT for Kubernetes probes: GET /livez (the agent runs) and GET /readyz "
+            "(its server is ready and registered with a balancer)",
+            addr,
+            default_text="off",
+        ),
+        *COMMON,
+    ),
+)
+
+SIM = Schema(
+    "sim",
+    "CORRAL_SIM_",
+    (
+        Setting("addr", "HOST:PORT to listen on", addr, default=Addr("127.0.0.1", 8090)),
+        Setting(
+            "slots",
+            "number of slots",
+            positive(int),
+            default=4,
+            default_from="llama-server's --parallel default with a unified KV cache",
+        ),
+        Setting("model", "model name to report", default="sim-model"),
+        Setting("name", "server name (sent in X-Sim-Server)", default="sim"),
+        Setting(
+            "tokens_per_second",
+            "generation speed of one slot alone",
+            positive(float),
+            default=50.0,
+        ),
+        Setting("api_key", "require this key, like llama-server's --api-key", secret=True),
+        *COMMON,
+    ),
+)
+
+UP = Schema(
+    "up",
+    "CORRAL_UP_",
+    (
+        Setting("model", "GGUF file to serve", Path, default_text="the bundled Gemma 3 270M"),
+        Setting("agents", "number of llama-servers and agents", positive(int), default=2),
+        Setting(
+            "slots",
+            "slots per server",
+            positive(int),
+            default_text="sized for this machine",
+        ),
+        Setting("ctx_size", "context size per slot", positive(int), default=2048),
+        Setting(
+            "inference_addr",
+            "balancer HOST:PORT for applications",
+            addr,
+            default=Addr("127.0.0.1", 8061),
+        ),
+        Setting(
+            "management_addr",
+            "balancer HOST:PORT for agents",
+            addr,
+            default=Addr("127.0.0.1", 8060),
+        ),
+        Setting(
+            "ready_timeout",
+            "seconds to wait for the fleet to be ready",
+            positive(float),
+            default=300.0,
+        ),
+        *COMMON,
+    ),
+)
+
+TOP = Schema(
+    "top",
+    "CORRAL_",
+    (
+        Setting(
+            "management_addr",
+            "HOST:PORT of the balancer's management listener",
+            addr,
+            default=Addr("127.0.0.1", 8060),
+        ),
+        Setting(
+            "management_token",
+            "the balancer's --management-token, if it has one",
+            secret=True,
+        ),
+        *COMMON,
+    ),
+)
+
+SCHEMAS = {schema.command: schema for schema in (BALANCER, AGENT, SIM, UP, TOP)}
+"""The declared commands by name (``bench`` declares its own flags in
+:mod:`corral.bench.command`; the CLI collects them into a schema as it builds)."""

@@ -1,0 +1,313 @@
+"""The configuration schema: one declaration per setting, and what is generated from it."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from corral.addr import Addr
+from corral.agent import AgentConfig
+from corral.balancer import BalancerConfig
+from corral.cli import main, parse_args, parser
+from corral.config import AGENT, BALANCER, SCHEMAS, SIM, TOP, UP, Schema, Setting
+from corral.config import files as config_files
+from corral.config.schema import format_value, positive
+from corral.sim import SimConfig
+from corral.up import UpConfig
+
+ALL = list(SCHEMAS.values())
+PREFIXES = {"balancer": "CORRAL_", "agent": "CORRAL_", "top": "CORRAL_", "sim": "CORRAL_SIM_",
+            "up": "CORRAL_UP_"}  # fmt: skip
+
+
+def _subparser(command: str) -> argparse.ArgumentParser:
+    top = parser({})
+    action = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices[command]  # type: ignore[no-any-return]
+
+
+# ------------------------------------------------------------ the declarations
+@pytest.mark.parametrize("schema", ALL, ids=lambda s: s.command)
+def test_every_setting_has_help_and_a_unique_env_name(schema: Schema):
+    envs = [s.env for s in schema]
+    assert len(set(envs)) == len(envs)
+    for s in schema:
+        assert s.help.strip(), s.name
+        assert s.name.isidentifier() and s.name == s.name.lower()
+        if s.name in ("log_level", "log_format"):  # shared by every command
+            assert s.env == "CORRAL_" + s.name.upper()
+        else:
+            assert s.env == PREFIXES[schema.command] + s.name.upper()
+
+
+@pytest.mark.parametrize(
+    ("schema", "setting"),
+    [(schema, s) for schema in ALL for s in schema if s.default not in (None, (), False)],
+    ids=lambda x: getattr(x, "name", getattr(x, "command", "")),
+)
+def test_defaults_parse_through_their_own_parser(schema: Schema, setting: Setting):
+    assert setting.parse_text(format_value(setting.default)) == setting.default
+    if setting.choices:
+        assert setting.default in setting.choices
+
+
+def test_the_public_flags_and_env_names_stay():
+    """Renaming a flag or an env variable breaks deployments: this list changes only
+    by adding to it."""
+    balancer = {s.flag: s.env for s in BALANCER}
+    assert balancer == {
+        "--inference-addr": "CORRAL_INFERENCE_ADDR",
+        "--management-addr": "CORRAL_MANAGEMENT_ADDR",
+        "--max-buffered-requests": "CORRAL_MAX_BUFFERED_REQUESTS",
+        "--buffered-request-timeout": "CORRAL_BUFFERED_REQUEST_TIMEOUT",
+        "--heartbeat-timeout": "CORRAL_HEARTBEAT_TIMEOUT",
+        "--agent-token": "CORRAL_AGENT_TOKEN",
+        "--management-token": "CORRAL_MANAGEMENT_TOKEN",
+        "--api-key": "CORRAL_API_KEY",
+        "--api-key-file": "CORRAL_API_KEY_FILE",
+        "--state-file": "CORRAL_STATE_FILE",
+        "--rollout-share": "CORRAL_ROLLOUT_SHARE",
+        "--drain-timeout": "CORRAL_DRAIN_TIMEOUT",
+        "--statsd-addr": "CORRAL_STATSD_ADDR",
+        "--statsd-prefix": "CORRAL_STATSD_PREFIX",
+        "--statsd-interval": "CORRAL_STATSD_INTERVAL",
+        "--max-body-size": "CORRAL_MAX_BODY_SIZE",
+        "--log-level": "CORRAL_LOG_LEVEL",
+        "--log-format": "CORRAL_LOG_FORMAT",
+    }
+    assert [s.flag for s in AGENT] == [
+        "--local-llamacpp-addr", "--model", "--slots", "--ctx-size", "--threads",
+        "--llama-server", "--llamacpp-port", "--quiet-server", "--external-llamacpp-addr",
+        "--management-addr", "--name", "--llamacpp-api-key", "--agent-token",
+        "--poll-interval", "--probe-addr", "--log-level", "--log-format",
+    ]  # fmt: skip
+    assert [s.env for s in SIM][:6] == [
+        "CORRAL_SIM_ADDR", "CORRAL_SIM_SLOTS", "CORRAL_SIM_MODEL", "CORRAL_SIM_NAME",
+        "CORRAL_SIM_TOKENS_PER_SECOND", "CORRAL_SIM_API_KEY",
+    ]  # fmt: skip
+    assert [s.env for s in UP][:7] == [
+        "CORRAL_UP_MODEL", "CORRAL_UP_AGENTS", "CORRAL_UP_SLOTS", "CORRAL_UP_CTX_SIZE",
+        "CORRAL_UP_INFERENCE_ADDR", "CORRAL_UP_MANAGEMENT_ADDR", "CORRAL_UP_READY_TIMEOUT",
+    ]  # fmt: skip
+    assert [s.env for s in TOP][:2] == ["CORRAL_MANAGEMENT_ADDR", "CORRAL_MANAGEMENT_TOKEN"]
+
+
+@pytest.mark.parametrize("schema", ALL, ids=lambda s: s.command)
+def test_the_generated_flags_are_the_settings(schema: Schema):
+    p = _subparser(schema.command)
+    flags = [a.option_strings[0] for a in p._actions if a.option_strings]
+    extra = ["--config", "--print-config"] if schema.command in ("balancer", "agent") else []
+    assert flags == ["-h", *(s.flag for s in schema), *extra]
+
+
+@pytest.mark.parametrize(
+    ("cls", "schema"),
+    [(BalancerConfig, BALANCER), (AgentConfig, AGENT), (SimConfig, SIM), (UpConfig, UP)],
+)
+def test_the_typed_configs_take_their_defaults_from_the_schema(cls, schema: Schema):
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    shared = [s for s in schema if s.name in fields and s.name != "name"]
+    assert shared
+    for s in shared:
+        assert fields[s.name].default == s.default, s.name
+
+
+def test_default_arguments_make_the_default_balancer_config(tmp_path):
+    args = parse_args(["balancer", "--state-file", str(tmp_path / "s.json")], environ={})
+    from corral.cli import _balancer_config
+
+    assert _balancer_config(args) == BalancerConfig(state_file=tmp_path / "s.json")
+
+
+# ------------------------------------------------------------ precedence
+def test_command_line_beats_env_beats_file_beats_default(tmp_path):
+    file = tmp_path / "balancer.toml"
+    file.write_text(
+        'inference_addr = "10.0.0.1:1"\nmanagement_addr = "10.0.0.1:2"\nmax_buffered_requests = 3\n'
+    )
+    env = {"CORRAL_INFERENCE_ADDR": "10.0.0.2:1", "CORRAL_MANAGEMENT_ADDR": "10.0.0.2:2"}
+    args = parse_args(
+        ["balancer", "--config", str(file), "--inference-addr", "10.0.0.3:1"], environ=env
+    )
+    assert args.inference_addr == Addr("10.0.0.3", 1)  # command line
+    assert args.management_addr == Addr("10.0.0.2", 2)  # env over file
+    assert args.max_buffered_requests == 3  # file over default
+    assert args.heartbeat_timeout == 5.0  # default
+    assert args.resolved.sources == {
+        **{s.name: "default" for s in BALANCER},
+        "inference_addr": "command line",
+        "management_addr": "env CORRAL_MANAGEMENT_ADDR",
+        "max_buffered_requests": f"file {file}",
+    }
+
+
+def test_the_config_file_may_come_from_the_environment(tmp_path):
+    file = tmp_path / "agent.toml"
+    file.write_text('management_addr = ["b1:8060", "b2:8060"]\nquiet_server = true\n')
+    args = parse_args(["agent"], environ={"CORRAL_CONFIG": str(file)})
+    assert args.management_addr == (Addr("b1", 8060), Addr("b2", 8060))
+    assert args.quiet_server is True
+
+
+def test_repeatable_env_values_are_comma_separated():
+    args = parse_args(["agent"], environ={"CORRAL_MANAGEMENT_ADDR": "a:1, b:2,"})
+    assert args.management_addr == (Addr("a", 1), Addr("b", 2))
+
+
+@pytest.mark.parametrize(
+    ("env", "file_text", "message"),
+    [
+        ({"CORRAL_MAX_BUFFERED_REQUESTS": "x"}, "", "CORRAL_MAX_BUFFERED_REQUESTS: 'x' is not a"),
+        ({"CORRAL_LOG_LEVEL": "loud"}, "", "CORRAL_LOG_LEVEL: invalid choice: 'loud'"),
+        ({}, "heartbeat_timeout = -1\n", "heartbeat_timeout: '-1' must be greater than 0"),
+        ({}, "inference_adr = '1:1'\n", "balancer has no setting 'inference_adr'"),
+        ({}, "api_key = 5\n", ""),  # a number is a fine key text
+        ({}, "agent_token = ['a']\n", "agent_token: ['a'] is not a single value"),
+        ({}, "inference_addr = \n", "is not valid TOML"),
+    ],
+)  # fmt: skip
+def test_bad_env_and_file_values_name_their_source(tmp_path, env, file_text, message, capsys):
+    file = tmp_path / "b.toml"
+    file.write_text(file_text)
+    argv = ["balancer", "--config", str(file)]
+    if not message:
+        parse_args(argv, environ=env)
+        return
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(argv, environ=env)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_bad_values_are_a_clear_error_from_main(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CORRAL_HEARTBEAT_TIMEOUT", "soon")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["balancer"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: CORRAL_HEARTBEAT_TIMEOUT: 'soon' is not a number" in err
+    monkeypatch.delenv("CORRAL_HEARTBEAT_TIMEOUT")
+    with pytest.raises(SystemExit):
+        main(["balancer", "--config", str(tmp_path / "missing.toml")])
+    err = capsys.readouterr().err
+    assert "cannot read config file" in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------ files
+SAMPLES = {
+    "balancer": [
+        "--inference-addr", "[::1]:9000", "--max-buffered-requests", "0",
+        "--buffered-request-timeout", "0.25", "--agent-token", 'se"cr\\et\n\u00e9',
+        "--api-key", "k1", "--api-key", "k2", "--state-file", "/tmp/state dir/s.json",
+        "--rollout-share", "0.5", "--statsd-addr", "stats:8125", "--log-format", "json",
+    ],
+    "agent": [
+        "--model", "bundled", "--threads", "3", "--llamacpp-port", "8081", "--quiet-server",
+        "--management-addr", "a:1", "--management-addr", "b:2", "--name", "gpu\t3 \U0001f600",
+        "--probe-addr", "0.0.0.0:8079", "--poll-interval", "1e-3",
+    ],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("command", ["balancer", "agent"])
+@pytest.mark.parametrize("sample", [False, True])
+def test_render_then_load_gives_the_same_settings(tmp_path, command, sample):
+    argv = [command, *(SAMPLES[command] if sample else [])]
+    schema = SCHEMAS[command]
+    resolved = parse_args(argv, environ={}).resolved
+    text = config_files.render(schema, resolved, show_secrets=True)
+    file = tmp_path / "settings.toml"
+    file.write_text(text)
+    again = parse_args([command, "--config", str(file)], environ={}).resolved
+    assert again.values == resolved.values
+
+
+def test_printed_configs_hide_secrets_and_say_where_values_came_from(monkeypatch, capsys):
+    monkeypatch.setenv("CORRAL_AGENT_TOKEN", "hunter2")
+    monkeypatch.setenv("CORRAL_STATSD_PREFIX", "fleet")
+    assert main(["balancer", "--print-config", "--max-body-size", "10"]) == 0
+    out = capsys.readouterr().out
+    assert "hunter2" not in out
+    assert "# agent_token = (set; not shown)  # from env CORRAL_AGENT_TOKEN" in out
+    assert 'statsd_prefix = "fleet"  # from env CORRAL_STATSD_PREFIX' in out
+    assert "max_body_size = 10  # from command line" in out
+    assert "# flag --inference-addr, env CORRAL_INFERENCE_ADDR" in out
+    data = tomllib.loads(out)
+    assert data["inference_addr"] == "127.0.0.1:8061" and "agent_token" not in data
+
+
+def test_print_config_needs_no_complete_agent(capsys):
+    assert main(["agent", "--print-config"]) == 0
+    out = capsys.readouterr().out
+    assert "# management_addr =" in out and "poll_interval = 0.5" in out
+
+
+# ------------------------------------------------------------ help
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        ("balancer", ["(default: 127.0.0.1:8061) [env CORRAL_INFERENCE_ADDR]",
+                      "(default: 30) [env CORRAL_BUFFERED_REQUEST_TIMEOUT]",
+                      "[env CORRAL_AGENT_TOKEN]", "--config FILE", "--print-config",
+                      "highest first"]),
+        ("agent", ["(default: 2) [env CORRAL_SLOTS]", "(default: 0.5) [env CORRAL_POLL_INTERVAL]",
+                   "(default: off) [env CORRAL_PROBE_ADDR]", "[env CORRAL_LLAMACPP_PORT]",
+                   "--config FILE"]),
+    ],
+)  # fmt: skip
+def test_help_shows_env_names_and_defaults(command, expected, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.setenv("CORRAL_AGENT_TOKEN", "hunter2")
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    for text in expected:
+        assert text in out
+    assert "hunter2" not in out
+
+
+def test_help_shows_a_default_from_the_environment(monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.setenv("CORRAL_SIM_SLOTS", "7")
+    with pytest.raises(SystemExit):
+        main(["sim", "--help"])
+    assert "(default: 7) [env CORRAL_SIM_SLOTS]" in " ".join(capsys.readouterr().out.split())
+
+
+# ------------------------------------------------------------ the parts
+def test_a_schema_refuses_a_setting_declared_twice():
+    with pytest.raises(ValueError, match="declared twice"):
+        Schema("x", "X_", (Setting("a", "one"), Setting("a", "two")))
+
+
+def test_switches_take_words_and_refuse_others():
+    s = Setting("quiet", "q", switch=True)
+    assert [s.parse_text(w) for w in ("1", "TRUE", "on", "0", "no", "")] == [
+        True, True, True, False, False, False,
+    ]  # fmt: skip
+    with pytest.raises(argparse.ArgumentTypeError, match="is not one of"):
+        s.parse_text("maybe")
+
+
+def test_positive_refuses_nan_and_zero():
+    parse = positive(float)
+    for text in ("0", "-1", "nan"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse(text)
+    assert parse("0.5") == 0.5
+
+
+def test_toml_values_cover_every_setting_type():
+    assert config_files.toml_value(Path("/a b")) == '"/a b"'
+    assert config_files.toml_value(Addr("::1", 80)) == '"[::1]:80"'
+    assert config_files.toml_value((Addr("a", 1),)) == '["a:1"]'
+    assert config_files.toml_value(float("inf")) == "inf"
+    assert tomllib.loads("x = " + config_files.toml_value('\x7f\x00"\\'))["x"] == '\x7f\x00"\\'
+    with pytest.raises(TypeError):
+        config_files.toml_value(object())
