@@ -15,26 +15,25 @@ whose ``stop`` is true. If the client goes away, the request's slot (or its plac
 the queue) is freed at once.
 
 Start one in-process with :func:`start` (tests) or :func:`serve` (until cancelled);
-the CLI calls :func:`run_sim` with the options :func:`add_arguments` defines.
+``corral sim`` runs :func:`serve` with the settings of :data:`corral.config.SIM`.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
 import random
-import signal
 import string
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar
 
 import msgspec
 from aiohttp import web
 
+from corral.config import SIM, default
 from corral.sim._formats import (
     DEFAULT_PARAMS,
     SSE_DONE,
@@ -79,15 +78,15 @@ _T = TypeVar("_T")
 class SimConfig:
     """How one simulated llama-server behaves."""
 
-    name: str = "sim"
+    name: str = default(SIM, "name")
     """Sent as the ``X-Sim-Server`` header on every response, so tests see who answered."""
-    model: str = "sim-model"
+    model: str = default(SIM, "model")
     """Model id in ``/v1/models`` and in responses; ``/props`` says ``/models/<model>.gguf``."""
-    slots: int = 4
+    slots: int = default(SIM, "slots")
     """Parallel slots (llama-server's ``--parallel``; its default is 4 with a unified KV)."""
     n_ctx: int = 4096
     """Context size of each slot, in tokens (``/props`` ``default_generation_settings.n_ctx``)."""
-    tokens_per_second: float = 50.0
+    tokens_per_second: float = default(SIM, "tokens_per_second")
     """Decode speed of one slot when it is alone; 1e6 makes requests finish at once."""
     slowdown: float = 0.1
     """Contention: a slot's speed is ``tokens_per_second / (1 + slowdown * (busy - 1))``."""
@@ -133,8 +132,6 @@ class SimConfig:
             prompt_tokens_per_second=self.prompt_tokens_per_second,
         )
 
-
-_DEFAULTS = SimConfig()
 
 # --------------------------------------------------------------------------- errors
 
@@ -712,58 +709,3 @@ async def serve(config: SimConfig, host: str = "127.0.0.1", port: int = 8080) ->
     finally:
         await runner.cleanup()
         log.info("simulated llama-server %r stopped", config.name)
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the simulator's options to ``parser`` (names follow llama-server's)."""
-    d = _DEFAULTS
-    add = parser.add_argument
-    add("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
-    add("--port", type=int, default=8080, help="port; 0 picks a free one (default %(default)s)")
-    add("--name", default=d.name, help="sent as X-Sim-Server (default %(default)s)")
-    add("--alias", "--model", dest="model", default=d.model, help="model id")
-    add("-np", "--parallel", dest="slots", type=int, default=d.slots, help="slots")
-    add("--slot-ctx", dest="n_ctx", type=int, default=d.n_ctx, help="context per slot")
-    add("--tps", dest="tokens_per_second", type=float, default=d.tokens_per_second)
-    add("--slowdown", type=float, default=d.slowdown, help="contention between slots")
-    add(
-        "--prompt-tps",
-        dest="prompt_tokens_per_second",
-        type=float,
-        default=d.prompt_tokens_per_second,
-    )
-    add("-n", "--n-predict", dest="n_predict", type=int, default=d.n_predict)
-    add("--eos-after", type=int, default=None, help="end every answer after N tokens")
-    add("--api-key", default=None)
-    add("--no-slots", dest="slots_endpoint", action="store_false", help="/slots answers 501")
-    add("--no-embeddings", dest="embeddings", action="store_false")
-    add("--loading-seconds", type=float, default=d.loading_seconds)
-    add("--seed", type=int, default=d.seed)
-
-
-def config_from_args(args: argparse.Namespace) -> SimConfig:
-    """The :class:`SimConfig` that options from :func:`add_arguments` describe."""
-    given = {f.name: getattr(args, f.name) for f in fields(SimConfig) if hasattr(args, f.name)}
-    return SimConfig(**given)
-
-
-def run_sim(args: argparse.Namespace) -> int:
-    """Run a simulated server as a process until SIGINT or SIGTERM; the exit code."""
-    config = config_from_args(args)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve_until_signal(config, args.host, args.port))
-    return 0
-
-
-async def _serve_until_signal(config: SimConfig, host: str, port: int) -> None:
-    task = asyncio.current_task()
-    assert task is not None
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, task.cancel)
-    with contextlib.suppress(asyncio.CancelledError):
-        await serve(config, host, port)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -18,7 +17,6 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from corral.sim import SIM_ENGINE, SimConfig, SimEngine, make_app, serve, start
-from corral.sim.server import add_arguments, config_from_args
 
 FAST = SimConfig(tokens_per_second=1e6, prompt_tokens_per_second=1e9)
 
@@ -626,17 +624,3 @@ async def test_serve_logs_its_port_and_stops_when_cancelled(
     async with aiohttp.ClientSession() as session:
         with pytest.raises(aiohttp.ClientConnectionError):
             await session.get(f"http://127.0.0.1:{port}/health")
-
-
-def test_cli_options_make_a_config() -> None:
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    args = parser.parse_args(
-        ["--parallel", "2", "--tps", "1e6", "--no-slots", "--api-key", "k", "--alias", "m"]
-    )
-    config = config_from_args(args)
-    assert config == SimConfig(
-        slots=2, tokens_per_second=1e6, slots_endpoint=False, api_key="k", model="m"
-    )
-    assert (args.host, args.port) == ("127.0.0.1", 8080)
-    assert config_from_args(parser.parse_args([])) == SimConfig()
