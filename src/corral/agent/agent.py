@@ -27,7 +27,9 @@ import aiohttp
 import msgspec
 
 from corral.addr import Addr
+from corral.agent.probes import ProbeListener
 from corral.agent.reader import Fetched, interpret
+from corral.config import AGENT, default
 from corral.protocol import messages as m
 
 log = logging.getLogger("corral.agent")
@@ -35,6 +37,10 @@ log = logging.getLogger("corral.agent")
 
 @dataclass(frozen=True)
 class AgentConfig:
+    """How an agent runs. Fields that are ``corral agent`` settings take their defaults
+    from :data:`corral.config.AGENT`, which declares each one's flag, environment
+    variable and help."""
+
     local_llamacpp_addr: Addr | None = None
     """Where the agent reads its llama-server (None: the agent runs its own)."""
     management_addrs: tuple[Addr, ...] = ()
@@ -47,7 +53,7 @@ class AgentConfig:
     """The server's ``--api-key``, if it has one (sent to balancers for upstream use)."""
     agent_token: str | None = field(default=None, repr=False)
     """The balancers' ``--agent-token``."""
-    poll_interval: float = 0.5
+    poll_interval: float = default(AGENT, "poll_interval")
     """Seconds between reads of the server."""
     request_timeout: float = 3.0
     """Seconds a read of the server may take before it counts as unreachable."""
@@ -59,6 +65,9 @@ class AgentConfig:
     socket_heartbeat: float = 5.0
     """Seconds between WebSocket pings; a balancer that stops answering them is
     dropped and reconnected (a vanished peer is otherwise noticed only by TCP)."""
+    probe_addr: Addr | None = default(AGENT, "probe_addr")
+    """Where to answer liveness and readiness probes (``GET /livez``, ``GET /readyz``;
+    see :mod:`corral.agent.probes`); None: no probe listener."""
 
 
 class ServerProcess(Protocol):
@@ -123,6 +132,10 @@ class Agent:
         self._applying = False
         self._apply_task: asyncio.Task[None] | None = None
         self.links: dict[str, str] = {}  # balancer URL -> "connected" / reason
+        self.monitor_round_at: float | None = None
+        """When the monitor last finished a round (event loop clock; for ``/livez``)."""
+        self._monitor_task: asyncio.Task[None] | None = None
+        self.probes: ProbeListener | None = None
         self._delay: dict[str, float] = {}  # balancer URL -> next reconnect delay
 
     # ------------------------------------------------------------ monitor
@@ -237,6 +250,7 @@ class Agent:
                 await self.poll()
             except Exception:  # never let one odd answer stop the monitor
                 log.exception("reading the server failed")
+            self.monitor_round_at = asyncio.get_running_loop().time()
             if self.server is None:
                 await asyncio.sleep(self.config.poll_interval)
                 continue
@@ -448,18 +462,35 @@ class Agent:
         return False, reason
 
     # ----------------------------------------------------------- lifecycle
+    @property
+    def monitor_running(self) -> bool:
+        """Whether the monitor task runs (for ``/livez``)."""
+        return self._monitor_task is not None and not self._monitor_task.done()
+
     async def start(self) -> None:
+        """Start the probe listener (if configured), the server (in supervisor mode),
+        the monitor and one link per balancer.
+
+        Raises:
+            OSError: The probe address cannot be bound (nothing else was started).
+        """
+        if self.config.probe_addr is not None:
+            self.probes = ProbeListener(self, self.config.probe_addr)
+            await self.probes.start()
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.config.request_timeout)
         )
         if self.server is not None:
             await self.server.start()
         await self.poll()
-        self._tasks.append(asyncio.create_task(self._monitor()))
+        self._monitor_task = asyncio.create_task(self._monitor())
+        self._tasks.append(self._monitor_task)
         for addr in self.config.management_addrs:
             self._tasks.append(asyncio.create_task(self._link(addr)))
 
     async def stop(self) -> None:
+        if self.probes is not None:  # listeners first: probes then fail to connect
+            await self.probes.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
