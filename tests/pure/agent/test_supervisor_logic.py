@@ -1,19 +1,20 @@
-"""The supervisor's decisions, without processes or an event loop: backoff and the
-lifecycle state table."""
+"""The supervisor's decisions (:mod:`corral.agent.lifecycle`), without processes or
+an event loop: backoff and the lifecycle state table."""
 
 from __future__ import annotations
 
+import ast
 import copy
 from pathlib import Path
 
 import pytest
 
-from corral.agent.supervisor import (
+from corral.agent import lifecycle
+from corral.agent.lifecycle import (
     Backoff,
     ExitInfo,
     IllegalTransition,
     Phase,
-    ServerSettings,
     SupervisorState,
     crash_issue,
 )
@@ -213,7 +214,19 @@ def test_repr_reads_at_a_glance():
     assert repr(Backoff()) == "<Backoff next 0.5s (0.5-30s)>"
 
 
-def test_settings_hide_the_api_key():
-    settings = ServerSettings(model=Path("m.gguf"), api_key="sekrit")
-    assert "sekrit" not in repr(settings)
-    assert settings.host == "127.0.0.1" and settings.binary is None
+def test_the_lifecycle_does_no_io():
+    """Decide without I/O: the state table's module imports nothing that acts."""
+    tree = ast.parse(Path(lifecycle.__file__).read_text())
+    imported = {
+        name.split(".")[0]
+        for node in ast.walk(tree)
+        for name in (
+            [alias.name for alias in node.names]
+            if isinstance(node, ast.Import)
+            else [node.module or ""]
+            if isinstance(node, ast.ImportFrom)
+            else []
+        )
+    }
+    acting = {"asyncio", "aiohttp", "os", "socket", "subprocess", "time", "ctypes", "threading"}
+    assert imported & acting == set()
