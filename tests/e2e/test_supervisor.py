@@ -19,7 +19,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from corral.agent.supervisor import Phase, ServerSettings, Supervisor
+from corral.agent.lifecycle import Phase
+from corral.agent.supervisor import ServerSettings, Supervisor
 from corral.llamacpp import bundled_model
 
 pytestmark = pytest.mark.e2e
@@ -199,7 +200,8 @@ AGENT = textwrap.dedent(
     """
     import asyncio, sys
     from pathlib import Path
-    from corral.agent.supervisor import Phase, ServerSettings, Supervisor
+    from corral.agent.lifecycle import Phase
+    from corral.agent.supervisor import ServerSettings, Supervisor
 
     async def main():
         settings = ServerSettings(Path(sys.argv[1]), slots=1, ctx_size=512, threads=1)

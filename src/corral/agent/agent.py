@@ -27,6 +27,7 @@ import aiohttp
 import msgspec
 
 from corral.addr import Addr
+from corral.agent.lifecycle import crash_issue
 from corral.agent.probes import ProbeListener
 from corral.agent.reader import Fetched, interpret
 from corral.config import AGENT, default
@@ -93,8 +94,6 @@ class ServerProcess(Protocol):
 
 
 def supervisor_info(server: ServerProcess) -> m.SupervisorInfo:
-    from corral.agent.supervisor import crash_issue
-
     load = server.load_time
     last = server.last_exit
     return m.SupervisorInfo(

@@ -38,6 +38,8 @@ from urllib.parse import unquote
 
 import httptools
 
+from corral.balancer._flow import FlowControl
+
 log = logging.getLogger("corral.http")
 
 Header = tuple[bytes, bytes]
@@ -225,7 +227,7 @@ class Responder:
         else:
             self._conn.write(self._held, chunk)
         self._held = b""
-        return not self._conn.write_paused
+        return not self._conn.writing_paused
 
     def when_drained(self, callback: Callable[[], None] | None) -> None:
         """Call ``callback`` once the client's side can take more (or has gone);
@@ -269,47 +271,35 @@ def error_body(status: int, message: str) -> dict[str, Any]:
     return {"error": {"code": status, "message": message, "type": kind}}
 
 
-class _Connection(asyncio.Protocol):
-    """One client connection: parser callbacks in, handler tasks out."""
+class _Connection(FlowControl):
+    """One client connection: parser callbacks in, handler tasks out. Flow control
+    (pausing reads, waiting for writes to drain) is :class:`FlowControl`'s."""
 
     __slots__ = (
         "_body",
         "_broken",
-        "_drain",
         "_head_bytes",
         "_headers",
         "_idle",
-        "_paused_reading",
         "_queue",
         "_queued_bytes",
         "_raw",
         "_size",
         "_task",
         "_url",
-        "closed",
-        "loop",
-        "on_drained",
         "parser",
         "remote",
         "server",
-        "transport",
-        "write_paused",
     )
 
     def __init__(self, server: HttpServer) -> None:
+        super().__init__(server.loop)
         self.server = server
-        self.loop = server.loop
-        self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.remote = "-"
-        self.closed = False
         self._queue: list[Request | _Error] = []  # a list: a deque costs 600 bytes more
         self._queued_bytes = 0
         self._task: asyncio.Task[None] | None = None
-        self._paused_reading = False
-        self.write_paused = False
-        self.on_drained: Callable[[], None] | None = None
-        self._drain: asyncio.Future[None] | None = None
         self._idle: asyncio.TimerHandle | None = None
         self._broken = False  # a parse or size error: read no more
         # the request being parsed
@@ -337,21 +327,7 @@ class _Connection(asyncio.Protocol):
         if self._task is not None and not self._task.done():
             self._task.cancel()  # the client left: the proxy frees the slot
         self._queue.clear()
-        self._drained()
-
-    def pause_writing(self) -> None:
-        self.write_paused = True
-
-    def resume_writing(self) -> None:
-        self.write_paused = False
-        self._drained()
-
-    def _drained(self) -> None:
-        if self._drain is not None and not self._drain.done():
-            self._drain.set_result(None)
-        callback, self.on_drained = self.on_drained, None
-        if callback is not None:
-            callback()
+        self.connection_closed()  # wakes a writer waiting to drain
 
     def data_received(self, data: bytes) -> None:
         if self._broken:
@@ -482,17 +458,10 @@ class _Connection(asyncio.Protocol):
     def _enqueue(self, request: Request) -> None:
         self._queue.append(request)
         self._queued_bytes += len(request.body)
-        if (
-            len(self._queue) >= _MAX_PIPELINED or self._queued_bytes > _MAX_QUEUED_BYTES
-        ) and not self._paused_reading:
-            self._pause_reading()
+        if len(self._queue) >= _MAX_PIPELINED or self._queued_bytes > _MAX_QUEUED_BYTES:
+            self.pause_reading()
         if self._task is None:
             self._next()
-
-    def _pause_reading(self) -> None:
-        if self.transport is not None and not self._paused_reading:
-            self._paused_reading = True
-            self.transport.pause_reading()
 
     # -------------------------------------------------------------- serving
     def _fail(self, status: int, message: str) -> None:
@@ -510,9 +479,7 @@ class _Connection(asyncio.Protocol):
         if not self._queue:
             self._task = None
             self._queued_bytes = 0
-            if self._paused_reading and self.transport is not None:
-                self._paused_reading = False
-                self.transport.resume_reading()
+            self.resume_reading()
             self._arm_idle()
             return
         item = self._queue.pop(0)
@@ -592,13 +559,6 @@ class _Connection(asyncio.Protocol):
         elif data:
             self.transport.writelines(data)
 
-    async def drain(self) -> None:
-        if self.write_paused and not self.closed:
-            self._drain = self.loop.create_future()
-            await self._drain
-            if self.closed:
-                raise ConnectionResetError("the client disconnected")
-
     def close(self, *, abort: bool = False) -> None:
         """Close the connection; ``abort`` resets it at once, whatever is unsent."""
         transport = self.transport
@@ -614,6 +574,11 @@ class _Connection(asyncio.Protocol):
     @property
     def busy(self) -> bool:
         return self._task is not None and not self._task.done()
+
+    @property
+    def running(self) -> asyncio.Task[None] | None:
+        """The handler task serving the current request, if one is."""
+        return self._task
 
     async def cancel(self) -> None:
         task = self._task
@@ -661,7 +626,7 @@ class HttpServer:
         for conn in list(self.connections):
             if not conn.busy:
                 conn.close()
-        running = [c._task for c in self.connections if c.busy and c._task is not None]
+        running = [t for c in self.connections if (t := c.running) is not None and not t.done()]
         if running:
             await asyncio.wait(running, timeout=timeout)
         await asyncio.gather(*(c.cancel() for c in list(self.connections)))

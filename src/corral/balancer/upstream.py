@@ -7,6 +7,12 @@ kept as parsed, and body chunks are handed over as they arrive (no decoding, no
 copies). aiohttp's client did the same job with a request object, a response
 object, a URL object, a payload, timers and a stream reader per request.
 
+Three objects, each using only the others' public methods (httpcore's split): the
+:class:`UpstreamPool` decides which connection a request takes and whether one handed
+back is kept; an :class:`UpstreamConnection` (an asyncio protocol, its flow control
+from :mod:`corral.balancer._flow`) sends a request, parses the answer and feeds it to
+the :class:`UpstreamResponse`, which is what the proxy reads.
+
 Errors before the response starts are :class:`UpstreamError` (the proxy then tries
 another server); errors after it are :class:`UpstreamBroken`. A kept-alive
 connection the server closed while idle is not the server's fault: the request is
@@ -21,6 +27,8 @@ from collections.abc import Callable, Iterable
 from typing import cast
 
 import httptools
+
+from corral.balancer._flow import FlowControl
 
 Header = tuple[bytes, bytes]
 Sink = Callable[[bytes, bool], None]
@@ -46,7 +54,16 @@ class UpstreamBroken(Exception):
 
 
 class UpstreamResponse:
-    """One response as it arrives: status and headers first, then body chunks."""
+    """One response as it arrives: status and headers first, then body chunks.
+
+    It has two sides. The reader's (the proxy's): :attr:`status`, :attr:`headers`,
+    :meth:`read`, :meth:`next_chunk`, :meth:`relay`, :meth:`ended`, the reading flow
+    control and :meth:`close`. The connection's, called as the parser calls back and
+    by nobody else (as an asyncio protocol's methods are its transport's):
+    :meth:`feed`, :meth:`complete`, :meth:`fail` and :meth:`flush`. The connection
+    also fills in :attr:`status`, :attr:`headers`, :attr:`content_length` and
+    :attr:`chunked` before the pool hands the response over.
+    """
 
     __slots__ = (
         "_buffered",
@@ -54,8 +71,6 @@ class UpstreamResponse:
         "_conn",
         "_done",
         "_error",
-        "_got_bytes",
-        "_head",
         "_sink",
         "_waiter",
         "chunked",
@@ -64,22 +79,23 @@ class UpstreamResponse:
         "status",
     )
 
-    def __init__(self, conn: _Connection) -> None:
+    def __init__(self, conn: UpstreamConnection) -> None:
         self.status = 0
+        """The final status; 0 until the head has arrived (interim 1xx are skipped)."""
         self.headers: list[Header] = []
+        """The header pairs as parsed: names keep their case, values their bytes."""
         self.content_length: int | None = None
         self.chunked = False
         self._conn = conn
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
         self._waiter: asyncio.Future[None] | None = None
-        self._head: asyncio.Future[None] = conn.loop.create_future()
         self._done = False
         self._error: BaseException | None = None
-        self._got_bytes = False
         self._sink: Sink | None = None
 
     def header(self, name: bytes) -> str | None:
+        """The first value of a header, by lower-case name."""
         for key, value in self.headers:
             if key.lower() == name:
                 return value.decode("latin-1")
@@ -113,8 +129,7 @@ class UpstreamResponse:
         chunk = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
         chunks.clear()
         self._buffered = 0
-        if self._buffered < _HIGH_WATER // 2:
-            self._conn.resume()
+        self._conn.resume_reading()
         return chunk
 
     def relay(self, sink: Sink) -> None:
@@ -122,7 +137,7 @@ class UpstreamResponse:
         socket, with what that read brought (``b""`` with ``True`` for an end that came
         alone). No task wakes up per chunk; :meth:`ended` waits for the end."""
         self._sink = sink
-        self._flush()
+        self.flush()
 
     async def ended(self) -> None:
         """Return when the whole body has arrived; raise :class:`UpstreamBroken` if it
@@ -138,12 +153,49 @@ class UpstreamResponse:
 
     def pause_reading(self) -> None:
         """Stop reading from the server (the client's side is full)."""
-        self._conn.pause()
+        self._conn.pause_reading()
 
     def resume_reading(self) -> None:
-        self._conn.resume()
+        """Read from the server again."""
+        self._conn.resume_reading()
 
-    def _flush(self) -> None:
+    async def read(self) -> bytes:
+        """The whole body."""
+        parts = []
+        while chunk := await self.next_chunk():
+            parts.append(chunk)
+        return b"".join(parts)
+
+    def close(self) -> None:
+        """Done with the response: the connection goes back to the pool if the body was
+        read to its end (and the server keeps it alive), else it is closed."""
+        self._conn.response_closed(self.at_end)
+
+    # ------------------------------------------------------ connection side
+    def feed(self, chunk: bytes) -> None:
+        """Body bytes arrived (the parser's ``on_body``)."""
+        self._chunks.append(chunk)
+        self._buffered += len(chunk)
+        if self._sink is not None:
+            return  # handed over at the end of this read (flush)
+        if self._buffered > _HIGH_WATER:
+            self._conn.pause_reading()
+        self._wake()
+
+    def complete(self) -> None:
+        """The whole body has arrived."""
+        self._done = True
+        self._wake()
+
+    def fail(self, exc: BaseException) -> None:
+        """The response broke off (ignored once it is complete)."""
+        if self._done:
+            return
+        self._error = exc
+        self._wake()
+
+    def flush(self) -> None:
+        """The end of one read from the socket: a relay's sink gets what it brought."""
         sink = self._sink
         if sink is None:
             return
@@ -160,118 +212,163 @@ class UpstreamResponse:
         if end:
             self._sink = None
 
-    async def read(self) -> bytes:
-        """The whole body."""
-        parts = []
-        while chunk := await self.next_chunk():
-            parts.append(chunk)
-        return b"".join(parts)
-
-    def close(self) -> None:
-        """Give the connection back if the response was read to its end, else close it."""
-        conn = self._conn
-        reusable = self._done and self._error is None and not self._chunks
-        if reusable and conn.keep_alive and not conn.paused:
-            conn.release()
-        else:
-            conn.close()
-
-    # ------------------------------------------------------ parser side
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
-
-    def _feed(self, chunk: bytes) -> None:
-        self._chunks.append(chunk)
-        self._buffered += len(chunk)
-        if self._sink is not None:
-            return  # handed over at the end of this read (_flush)
-        if self._buffered > _HIGH_WATER:
-            self._conn.pause()
-        self._wake()
-
-    def _finish(self) -> None:
-        self._done = True
-        self._wake()
-
-    def _fail(self, exc: BaseException) -> None:
-        if self._done:
-            return
-        self._error = exc
-        if not self._head.done():
-            self._head.set_exception(UpstreamError(str(exc) or type(exc).__name__))
-            self._head.exception()  # retrieved: no "never retrieved" warning
-        self._wake()
 
     def __repr__(self) -> str:
         state = "done" if self._done else "failed" if self._error else "open"
         return f"<UpstreamResponse {self.status} {state}, {self._buffered} bytes waiting>"
 
 
-class _Connection(asyncio.Protocol):
+class _Stale(UpstreamError):
+    """A kept-alive connection failed as one the server closed while idle (see
+    :data:`_STALE`): the pool sends the request again on a new connection."""
+
+
+class UpstreamConnection(FlowControl):
+    """One kept-alive connection to a server, carrying one request at a time.
+
+    Its interface, and all that others touch: the pool calls :meth:`request` and
+    :meth:`close`, and reads :attr:`closed`, :attr:`key` and :attr:`idle_since`
+    (which it sets when it takes the connection back); the response calls
+    :meth:`response_closed` and the reading flow control (:class:`FlowControl`'s
+    :meth:`~FlowControl.pause_reading` and :meth:`~FlowControl.resume_reading`).
+    It calls the pool's :meth:`UpstreamPool.release` and
+    :meth:`UpstreamPool.discard` in turn. The rest is the parser's callbacks.
+    """
+
     __slots__ = (
-        "_paused",
-        "closed",
+        "_answered",
+        "_head",
         "idle_since",
         "keep_alive",
         "key",
-        "loop",
         "parser",
         "pool",
         "response",
-        "transport",
         "uses",
     )
 
     def __init__(self, pool: UpstreamPool, key: tuple[str, int]) -> None:
+        super().__init__(pool.loop)
         self.pool = pool
         self.key = key
-        self.loop = pool.loop
-        self.transport: asyncio.Transport | None = None
+        """The server's host and port."""
         self.parser = httptools.HttpResponseParser(self)
         self.response: UpstreamResponse | None = None
-        self.closed = False
+        """The response of the request in flight, until it is closed."""
         self.keep_alive = False
+        """The server keeps the connection open after the current response."""
         self.uses = 0
+        """Requests sent on it."""
         self.idle_since = 0.0
-        self._paused = False
+        """When it went back to the pool (the loop's clock)."""
+        self._head: asyncio.Future[None] | None = None  # the current response's head
+        self._answered = False  # a byte of the current response has arrived
 
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "busy" if self.response is not None else "idle"
+        return f"<UpstreamConnection {self.key[0]}:{self.key[1]} {state}, {self.uses} uses>"
+
+    # -------------------------------------------------------------- the pool's
+    async def request(self, head: bytes, body: bytes) -> UpstreamResponse:
+        """Send one request (its head and body as bytes) and return its response once
+        the response's head has arrived.
+
+        Raises:
+            UpstreamError: The server failed before its response started; the
+                connection is closed. (A private subclass tells the pool that the
+                server had closed the idle connection: see :data:`_STALE`.)
+        """
+        transport = self.transport
+        assert transport is not None and self.response is None
+        response = self.response = UpstreamResponse(self)
+        self._head = started = self.loop.create_future()
+        self.keep_alive = False
+        self._answered = False
+        self.uses += 1
+        if len(body) > 16384:
+            transport.writelines((head, body))
+        else:
+            transport.write(head + body)
+        sent = self.loop.time()
+        try:
+            await started
+        except UpstreamError as exc:
+            self.close()
+            if self.uses > 1 and not self._answered and self.loop.time() - sent < _STALE:
+                raise _Stale(str(exc)) from None
+            raise
+        except BaseException:
+            self.close()
+            raise
+        return response
+
+    def close(self) -> None:
+        """Close the connection (whatever is in flight breaks off)."""
+        self.closed = True
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.close()
+
+    # ---------------------------------------------------------- the response's
+    def response_closed(self, complete: bool) -> None:
+        """The reader is done with the response; ``complete`` if its body was read to
+        the end. Back to the pool if another request can follow, else closed."""
+        if complete and self.keep_alive and not self.reading_paused and not self.closed:
+            self.response = None
+            self.pool.release(self)
+        else:
+            self.close()
+
+    # --------------------------------------------------------------- transport
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        self.pool._open.discard(self)
+        self.connection_closed()
+        self.pool.discard(self)
         response = self.response
         if response is not None:
             if (
                 exc is None
-                and response._head.done()
+                and response.status
                 and response.content_length is None
                 and not response.chunked
             ):
-                response._finish()  # a body that ends with the connection
-                response._flush()
+                response.complete()  # a body that ends with the connection
+                response.flush()
             else:
-                response._fail(exc or ConnectionResetError("the server closed the connection"))
+                self._broken(exc or ConnectionResetError("the server closed the connection"))
 
     def data_received(self, data: bytes) -> None:
-        if self.response is None:  # nothing asked: a server talking out of turn
+        response = self.response
+        if response is None:  # nothing asked: a server talking out of turn
             self.close()
             return
-        response = self.response
-        response._got_bytes = True
+        self._answered = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            response._fail(ValueError(f"malformed response from the server: {exc}"))
+            self._broken(ValueError(f"malformed response from the server: {exc}"))
             self.close()
-        response._flush()
+        response.flush()
 
     def eof_received(self) -> bool | None:
         return None
 
-    # parser callbacks
+    def _broken(self, exc: BaseException) -> None:
+        """The exchange failed: before the head, the request fails (UpstreamError);
+        after it, the body breaks off."""
+        head = self._head
+        if head is not None and not head.done():
+            head.set_exception(UpstreamError(str(exc) or type(exc).__name__))
+            head.exception()  # retrieved: no "never retrieved" warning
+        if self.response is not None:
+            self.response.fail(exc)
+
+    # -------------------------------------------------------- parser callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
         assert self.response is not None
         self.response.headers.append((name, value))
@@ -290,58 +387,29 @@ class _Connection(asyncio.Protocol):
                 response.content_length = int(value)
             elif lower == b"transfer-encoding" and b"chunked" in value.lower():
                 response.chunked = True
-        if not response._head.done():
-            response._head.set_result(None)
+        head = self._head
+        if head is not None and not head.done():
+            head.set_result(None)
 
     def on_body(self, body: bytes) -> None:
         assert self.response is not None
-        self.response._feed(body)
+        self.response.feed(body)
 
     def on_message_complete(self) -> None:
         response = self.response
         if response is None or response.status == 0:
             return  # the end of an interim response
         self.keep_alive = self.parser.should_keep_alive()
-        response._finish()
-
-    # flow control, driven by the reader
-    @property
-    def paused(self) -> bool:
-        return self._paused
-
-    def pause(self) -> None:
-        if not self._paused and self.transport is not None and not self.closed:
-            self._paused = True
-            self.transport.pause_reading()
-
-    def resume(self) -> None:
-        if self._paused and self.transport is not None and not self.closed:
-            self._paused = False
-            self.transport.resume_reading()
-
-    def send(self, head: bytes, body: bytes) -> UpstreamResponse:
-        assert self.transport is not None
-        self.response = UpstreamResponse(self)
-        self.keep_alive = False
-        self.uses += 1
-        if body and len(body) > 16384:
-            self.transport.writelines((head, body))
-        else:
-            self.transport.write(head + body)
-        return self.response
-
-    def release(self) -> None:
-        self.response = None
-        self.pool._put(self)
-
-    def close(self) -> None:
-        self.closed = True
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
+        response.complete()
 
 
 class UpstreamPool:
-    """Kept-alive connections per server, reused most recent first."""
+    """Kept-alive connections per server, reused most recent first.
+
+    The pool decides which connection a request takes (:meth:`_take`: the most recent
+    idle one that has not expired, closing expired ones on the way) and whether one
+    handed back is kept (:meth:`release`); the connection does the I/O.
+    """
 
     def __init__(
         self,
@@ -356,9 +424,9 @@ class UpstreamPool:
         itself closes idle connections after 5 s; a dead one is retried once)."""
         self.max_idle_per_server = max_idle_per_server
         self.loop = asyncio.get_running_loop()  # made inside the running loop
-        self._idle: dict[tuple[str, int], deque[_Connection]] = {}
+        self._idle: dict[tuple[str, int], deque[UpstreamConnection]] = {}
         self._keys: dict[str, tuple[str, int, bytes]] = {}
-        self._open: set[_Connection] = set()
+        self._open: set[UpstreamConnection] = set()
         self._closed = False
 
     def _key(self, address: str) -> tuple[str, int, bytes]:
@@ -387,7 +455,13 @@ class UpstreamPool:
     ) -> UpstreamResponse:
         """Send a request and return once the response's head has arrived.
 
-        ``headers`` are encoded header lines, without Host and Content-Length."""
+        ``headers`` are encoded header lines, without Host and Content-Length; ``target``
+        is the path and query as the client sent them.
+
+        Raises:
+            UpstreamError: No connection, or the server failed before its response
+                started.
+        """
         host, port, host_line = self._key(address)
         key = (host, port)
         length = b""
@@ -397,24 +471,14 @@ class UpstreamPool:
         head = line + host_line + headers + length + b"\r\n"
         while True:
             conn = self._take(key)
-            reused = conn is not None
             if conn is None:
                 conn = await self._connect(key)
-            response = conn.send(head, body)
-            sent = self.loop.time()
             try:
-                await response._head
-            except UpstreamError:
-                conn.close()
-                if reused and not response._got_bytes and self.loop.time() - sent < _STALE:
-                    continue  # the server had closed this idle connection: use a new one
-                raise
-            except BaseException:
-                conn.close()
-                raise
-            return response
+                return await conn.request(head, body)
+            except _Stale:
+                continue  # the server had closed this idle connection: use a new one
 
-    def _take(self, key: tuple[str, int]) -> _Connection | None:
+    def _take(self, key: tuple[str, int]) -> UpstreamConnection | None:
         idle = self._idle.get(key)
         if not idle:
             return None
@@ -426,7 +490,11 @@ class UpstreamPool:
             conn.close()
         return None
 
-    def _put(self, conn: _Connection) -> None:
+    # ------------------------------------------------------ the connections'
+    def release(self, conn: UpstreamConnection) -> None:
+        """Take back a connection whose response was read to its end: kept idle for
+        the next request to its server, or closed (the pool is closing, or the server
+        already has ``max_idle_per_server`` idle: the oldest of those goes)."""
         if self._closed or conn.closed:
             conn.close()
             return
@@ -436,11 +504,15 @@ class UpstreamPool:
         conn.idle_since = self.loop.time()
         idle.append(conn)
 
-    async def _connect(self, key: tuple[str, int]) -> _Connection:
+    def discard(self, conn: UpstreamConnection) -> None:
+        """Forget a connection that was lost."""
+        self._open.discard(conn)
+
+    async def _connect(self, key: tuple[str, int]) -> UpstreamConnection:
         if self._closed:
             raise UpstreamError("the balancer is shutting down")
         self.loop = asyncio.get_running_loop()
-        conn = _Connection(self, key)
+        conn = UpstreamConnection(self, key)
         try:
             await asyncio.wait_for(
                 self.loop.create_connection(lambda: conn, key[0], key[1]), self.connect_timeout
@@ -462,7 +534,7 @@ class UpstreamPool:
         self._idle.clear()
         self._open.clear()
 
-    def _connections(self) -> Iterable[_Connection]:
+    def _connections(self) -> Iterable[UpstreamConnection]:
         yield from list(self._open)
         for idle in self._idle.values():
             yield from list(idle)

@@ -193,3 +193,49 @@ async def test_a_connection_left_paused_is_closed_not_reused() -> None:
         second.close()
         assert len(accepted) == 2
     pool.close()
+
+
+async def test_a_response_closed_before_its_end_closes_its_connection() -> None:
+    """The rest of an unread body must not reach the next request's response."""
+    bodies = iter([b"0123456789", b"fresh"])
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader)
+            body = next(bodies)
+            writer.write(ok(body)[: -len(body) // 2])  # half the body now
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            writer.write(ok(body)[-len(body) // 2 :])
+
+    pool = UpstreamPool()
+    async with raw_server(serve) as (address, accepted):
+        first = await pool.request(address, "GET", b"/props", b"", b"")
+        first.close()  # its body not read to the end
+        second = await pool.request(address, "GET", b"/props", b"", b"")
+        assert await second.read() == b"fresh"
+        second.close()
+        assert len(accepted) == 2
+        assert repr(pool) == "<UpstreamPool [connections: 0 active, 1 idle]>"
+    pool.close()
+
+
+async def test_a_kept_alive_connection_that_fails_late_is_reported_not_retried() -> None:
+    """Only a quick failure on a reused connection means the server had closed it
+    while idle; a later one may come after the server ran the request."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(ok(b"first"))
+        await read_request(reader)
+        await asyncio.sleep(0.5)  # longer than a stale connection takes to fail
+
+    pool = UpstreamPool()
+    async with raw_server(serve) as (address, accepted):
+        first = await pool.request(address, "GET", b"/props", b"", b"")
+        assert await first.read() == b"first"
+        first.close()
+        with pytest.raises(UpstreamError, match="closed"):
+            await pool.request(address, "POST", b"/completion", b"", b"{}")
+        assert len(accepted) == 1
+    pool.close()

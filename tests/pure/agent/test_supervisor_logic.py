@@ -1,19 +1,20 @@
-"""The supervisor's decisions, without processes or an event loop: backoff and the
-lifecycle state table."""
+"""The supervisor's decisions (:mod:`corral.agent.lifecycle`), without processes or
+an event loop: backoff and the lifecycle state table."""
 
 from __future__ import annotations
 
+import ast
 import copy
 from pathlib import Path
 
 import pytest
 
-from corral.agent.supervisor import (
+from corral.agent import lifecycle
+from corral.agent.lifecycle import (
     Backoff,
     ExitInfo,
     IllegalTransition,
     Phase,
-    ServerSettings,
     SupervisorState,
     crash_issue,
 )
@@ -213,17 +214,19 @@ def test_repr_reads_at_a_glance():
     assert repr(Backoff()) == "<Backoff next 0.5s (0.5-30s)>"
 
 
-def test_settings_hide_the_api_key():
-    settings = ServerSettings(model=Path("m.gguf"), api_key="sekrit")
-    assert "sekrit" not in repr(settings)
-    assert settings.host == "127.0.0.1" and settings.binary is None
-
-
-def test_a_fixed_port_is_kept_and_a_free_one_is_picked_once():
-    from corral.agent.supervisor import Supervisor
-
-    fixed = Supervisor(ServerSettings(Path("m.gguf"), port=18081), name="fixed")
-    assert [fixed._pick_port(), fixed._pick_port()] == [18081, 18081]
-    free = Supervisor(ServerSettings(Path("m.gguf")), name="free")
-    first = free._pick_port()
-    assert free._pick_port() == first  # still free: the server keeps its address
+def test_the_lifecycle_does_no_io():
+    """Decide without I/O: the state table's module imports nothing that acts."""
+    tree = ast.parse(Path(lifecycle.__file__).read_text())
+    imported = {
+        name.split(".")[0]
+        for node in ast.walk(tree)
+        for name in (
+            [alias.name for alias in node.names]
+            if isinstance(node, ast.Import)
+            else [node.module or ""]
+            if isinstance(node, ast.ImportFrom)
+            else []
+        )
+    }
+    acting = {"asyncio", "aiohttp", "os", "socket", "subprocess", "time", "ctypes", "threading"}
+    assert imported & acting == set()
