@@ -56,6 +56,18 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _ip_list(text: str) -> tuple[str, ...]:
+    """``127.0.0.1,10.0.0.0/8`` or ``*``; empty for none."""
+    from corral.balancer.forwarded import ProxyTrust
+
+    entries = tuple(e.strip() for e in text.split(",") if e.strip())
+    try:
+        ProxyTrust(entries)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return entries
+
+
 def _env_name(flag: str, prefix: str) -> str:
     return prefix + flag.lstrip("-").upper().replace("-", "_")
 
@@ -206,6 +218,14 @@ def _balancer_parser(sub: Any) -> None:
         type=_positive(int),
         default=str(64 * 1024 * 1024),
     )
+    _flag(
+        p,
+        "--forwarded-allow-ips",
+        "comma-separated peers (IPs, networks, or *) whose X-Forwarded-* and Forwarded "
+        "headers are kept and appended to; others' are replaced (as uvicorn's flag)",
+        type=_ip_list,
+        default="127.0.0.1",
+    )
     _common(p)
     p.set_defaults(func=_run_balancer)
 
@@ -230,6 +250,7 @@ def _run_balancer(args: argparse.Namespace) -> Coroutine[Any, Any, None]:
         management_token=args.management_token or None,
         api_keys=tuple(keys),
         max_body_size=args.max_body_size,
+        forwarded_allow_ips=args.forwarded_allow_ips,
         state_file=args.state_file or _default_state_file(args.management_addr.port),
         rollout_share=min(1.0, max(0.0, args.rollout_share)),
         drain_timeout=args.drain_timeout,

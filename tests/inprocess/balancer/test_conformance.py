@@ -286,6 +286,7 @@ async def test_a_good_request_in_an_unusual_shape_is_served(
     assert json.loads(body)["tokens"]
     assert [s.body for s in seen] == [BODY]
     assert not {"x-trailer", "transfer-encoding"} & names(seen[0].headers)
+    assert seen[0].get("X-Forwarded-For") == ["127.0.0.1"]  # never from a trailer
 
 
 @pytest.mark.parametrize(
@@ -323,3 +324,117 @@ async def test_the_query_is_forwarded_as_sent_and_does_not_change_the_route(back
     )
     assert status == 200
     assert [(s.method, s.target) for s in seen] == [("POST", target)]
+
+
+# ------------------------------------------------------------- hop-by-hop
+HOP_BY_HOP_SENT = [
+    "Connection: keep-alive, X-Hop, X-Forwarded-Host",
+    "X-Hop: not for the server",
+    "X-Forwarded-Host: named in Connection",
+    "Proxy-Connection: keep-alive",
+    "Keep-Alive: timeout=5",
+    "TE: trailers",
+    "Trailer: X-Checksum",
+    "Upgrade: something",
+    "Proxy-Authorization: Basic c2VjcmV0",
+    "X-End-To-End: kept",
+]
+
+
+async def test_hop_by_hop_request_headers_are_not_forwarded(backend: Backend):
+    balancer, seen = await backend()
+    data = head("Host: a", *HOP_BY_HOP_SENT, f"Content-Length: {len(BODY)}") + BODY
+    status, _, body = await exchange(balancer, data)
+    assert status == 200, body
+    (upstream,) = seen
+    hop = {
+        "connection",
+        "x-hop",
+        "proxy-connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "upgrade",
+        "proxy-authorization",
+    }
+    assert not hop & names(upstream.headers), upstream.headers
+    assert upstream.get("X-End-To-End") == ["kept"]
+    assert upstream.get("X-Forwarded-Host") == ["a"]  # the balancer's own, from Host
+    assert upstream.get("Host") != ["a"]  # the server's address, set by the pool
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+async def test_hop_by_hop_response_headers_are_not_relayed(backend: Backend, stream: bool):
+    balancer, seen = await backend(
+        response_headers=(
+            ("Connection", "keep-alive, X-Hop"),
+            ("X-Hop", "not for the client"),
+            ("Keep-Alive", "timeout=5"),
+            ("Proxy-Connection", "keep-alive"),
+            ("Trailer", "X-Checksum"),
+            ("X-Upstream-Says", "hello"),
+        )
+    )
+    body = json.dumps({"prompt": "hi", "n_predict": 2, "stream": stream}).encode()
+    data = head("Host: a", f"Content-Length: {len(body)}", target="/completion") + body
+    async with connect(balancer) as (reader, writer):
+        writer.write(data)
+        status, headers, answer = await read_response(reader)
+        assert status == 200, answer
+        assert ("X-Upstream-Says", "hello") in headers
+        assert not {"x-hop", "keep-alive", "proxy-connection", "trailer"} & names(headers)
+        assert "connection" not in names(headers)  # the client's connection stays open
+        writer.write(head("Host: a", f"Content-Length: {len(BODY)}") + BODY)
+        status, _, _ = await read_response(reader)
+        assert status == 200
+    assert len(seen) == 2
+
+
+# ---------------------------------------------------------------- forwarded
+SPOOFED = [
+    "X-Forwarded-For: 203.0.113.7",
+    "X-Forwarded-For: 198.51.100.1",
+    "X-Forwarded-Proto: https",
+    "X-Forwarded-Host: public.example",
+    "Forwarded: for=203.0.113.7;proto=https",
+    "X-Real-IP: 203.0.113.7",
+]
+
+
+async def test_forwarded_headers_from_an_untrusted_peer_are_replaced(backend: Backend):
+    balancer, seen = await backend(forwarded_allow_ips=())
+    data = head("Host: corral.test:8061", *SPOOFED, f"Content-Length: {len(BODY)}") + BODY
+    status, _, _ = await exchange(balancer, data)
+    assert status == 200
+    (upstream,) = seen
+    assert upstream.get("X-Forwarded-For") == ["127.0.0.1"]
+    assert upstream.get("X-Forwarded-Proto") == ["http"]
+    assert upstream.get("X-Forwarded-Host") == ["corral.test:8061"]
+    assert upstream.get("Forwarded") == ['for=127.0.0.1;host="corral.test:8061";proto=http']
+    assert upstream.get("X-Real-IP") == []
+
+
+async def test_forwarded_headers_from_a_trusted_proxy_are_appended_to(backend: Backend):
+    balancer, seen = await backend()  # trusts 127.0.0.1 by default, as uvicorn does
+    data = head("Host: corral.test", *SPOOFED, f"Content-Length: {len(BODY)}") + BODY
+    status, _, _ = await exchange(balancer, data)
+    assert status == 200
+    (upstream,) = seen
+    assert upstream.get("X-Forwarded-For") == ["203.0.113.7, 198.51.100.1, 127.0.0.1"]
+    assert upstream.get("X-Forwarded-Proto") == ["https"]
+    assert upstream.get("X-Forwarded-Host") == ["public.example"]
+    assert upstream.get("Forwarded") == [
+        "for=203.0.113.7;proto=https, for=127.0.0.1;host=corral.test;proto=http"
+    ]
+    assert upstream.get("X-Real-IP") == ["203.0.113.7"]
+
+
+async def test_forwarded_headers_are_set_on_a_plain_request(backend: Backend):
+    balancer, seen = await backend()
+    status, _, _ = await exchange(balancer, head(f"Content-Length: {len(BODY)}",
+                                                 version="1.0") + BODY)  # fmt: skip
+    assert status == 200
+    (upstream,) = seen
+    assert upstream.get("X-Forwarded-For") == ["127.0.0.1"]
+    assert upstream.get("X-Forwarded-Host") == []  # no Host to tell
+    assert upstream.get("Forwarded") == ["for=127.0.0.1;proto=http"]
