@@ -13,8 +13,10 @@ small state machine per connection:
   and one handler task runs at a time per connection;
 - a client that disconnects cancels its running handler (the proxy then closes the
   upstream connection and frees the slot);
-- bodies over ``max_body_size`` get 413 and malformed requests 400, in order after
-  the responses before them, and the connection is closed;
+- bodies over ``max_body_size`` get 413 and malformed requests 400 (505, 501 for an
+  HTTP version or transfer coding not spoken), in order after the responses before
+  them, and the connection is closed: llhttp's strict parsing plus the checks in
+  :func:`_head_problem` (what is refused and why: ``docs/http.md``);
 - ``Expect: 100-continue`` is answered when the connection is idle;
 - responses are written whole (with Content-Length) or streamed with chunked
   transfer encoding (HTTP/1.0 clients: until the connection closes);
@@ -31,10 +33,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable, Iterable
 from http import HTTPStatus
 from typing import Any, cast
-from urllib.parse import unquote
 
 import httptools
 
@@ -58,6 +60,40 @@ _LINGER = 1.0
 """Complete requests queued behind the running one before reading pauses."""
 
 
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+"""A header name (RFC 9110 §5.6.2)."""
+_HOST = re.compile(rb"[ \t]*[A-Za-z0-9\-._~%!$&'()*+,;=:\[\]]*[ \t]*")
+"""A ``Host`` value: ``uri-host [ ":" port ]`` (RFC 9112 §3.2), between optional spaces."""
+
+
+def _head_problem(
+    version: str, target: bytes, hosts: int, coding: bytes | None
+) -> tuple[int, str] | None:
+    """What makes a parsed request head unacceptable, as (status, message), or ``None``.
+
+    llhttp already refuses most framing attacks (Content-Length with
+    Transfer-Encoding, duplicate or non-digit Content-Length, obsolete line folding,
+    bare CR or LF, bad chunk sizes, chunked not last); these are what it lets through:
+    HTTP versions other than 1.0 and 1.1 (505), a fragment in the target, a missing
+    (HTTP/1.1) or repeated ``Host``, a Transfer-Encoding in HTTP/1.0 (RFC 9112 §6.1:
+    faulty framing) and transfer codings other than chunked (501)."""
+    if version != "1.1" and version != "1.0":
+        return 505, f"HTTP/{version} is not supported; use HTTP/1.1"
+    if b"#" in target:
+        return 400, "malformed HTTP request: a fragment (#) in the request target"
+    if hosts != 1 and (hosts or version == "1.1"):
+        return 400, "malformed HTTP request: one Host header is required (none: HTTP/1.0 only)"
+    if coding is not None:
+        if version == "1.0":
+            return 400, "malformed HTTP request: Transfer-Encoding in an HTTP/1.0 request"
+        if coding.strip().lower() != b"chunked":
+            return (
+                501,
+                f"Transfer-Encoding {coding.decode('latin-1')!r} is not supported; use chunked",
+            )
+    return None
+
+
 def _reason(status: int) -> bytes:
     try:
         return HTTPStatus(status).phrase.encode()
@@ -74,12 +110,13 @@ def status_line(status: int) -> bytes:
 
 
 def encode_headers(headers: Iterable[tuple[str | bytes, str | bytes]]) -> bytes:
-    """``Name: value\\r\\n`` lines. Values with CR or LF are refused (header injection)."""
+    """``Name: value\\r\\n`` lines. Raises :class:`ValueError` for a name that is not a
+    token or a value with CR, LF or NUL (header injection)."""
     out = bytearray()
     for name, value in headers:
         n = name.encode("latin-1") if isinstance(name, str) else name
         v = value.encode("latin-1") if isinstance(value, str) else value
-        if b"\r" in v or b"\n" in v or b"\r" in n or b"\n" in n or b":" in n:
+        if b"\r" in v or b"\n" in v or b"\0" in v or not _TOKEN.fullmatch(n):
             raise ValueError(f"invalid header {n!r}: {v!r}")
         out += n + b": " + v + b"\r\n"
     return bytes(out)
@@ -102,9 +139,10 @@ class Request:
     ) -> None:
         self.method = method
         self.target = target  # path and query as sent, for the upstream request
-        raw_path = target.split(b"?", 1)[0]
-        path = raw_path.decode("latin-1")
-        self.path = unquote(path) if "%" in path else path
+        # The path as sent, not percent-decoded: routes are chosen by what is forwarded
+        # (``/v1/chat%2Fcompletions`` is no route; decoded, it would be routed as chat
+        # while the server behind got a different path).
+        self.path = target.split(b"?", 1)[0].decode("latin-1")
         self.headers = headers
         self.body = body
         self.version = version
@@ -286,6 +324,7 @@ class _Connection(FlowControl):
         "_raw",
         "_size",
         "_task",
+        "_trailers",
         "_url",
         "parser",
         "remote",
@@ -305,6 +344,7 @@ class _Connection(FlowControl):
         # the request being parsed
         self._url = b""
         self._headers: list[Header] = []
+        self._trailers = False
         self._head_bytes = 0
         self._body: list[bytes] = []
         self._size = 0
@@ -356,6 +396,7 @@ class _Connection(FlowControl):
     def on_message_begin(self) -> None:
         self._url = b""
         self._headers = []
+        self._trailers = False
         self._head_bytes = 0
         self._body = []
         self._size = 0
@@ -369,23 +410,40 @@ class _Connection(FlowControl):
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._broken:
             return
-        self._headers.append((name, value))
         self._head_bytes += len(name) + len(value) + 4
+        if not self._trailers:  # a trailer is read and dropped: never a header upstream
+            self._headers.append((name, value))
         if self._head_bytes > MAX_HEAD_BYTES or len(self._headers) > MAX_HEADERS:
             self._fail(431, f"headers over {MAX_HEAD_BYTES} bytes or {MAX_HEADERS} lines")
 
     def on_headers_complete(self) -> None:
         if self._broken:
             return
+        self._trailers = True  # header lines after this are a chunked body's trailer
+        hosts = 0
+        length = coding = None
+        expects = False
+        for name, value in self._headers:
+            lower = name.lower()
+            if lower == b"host":
+                hosts += 1
+                if not _HOST.fullmatch(value):
+                    return self._fail(400, f"malformed HTTP request: Host {value!r}")
+            elif lower == b"content-length":
+                length = value
+            elif lower == b"transfer-encoding":
+                coding = value if coding is None else coding + b"," + value
+            elif lower == b"expect":
+                expects = value.strip().lower() == b"100-continue"
+        if problem := _head_problem(self.parser.get_http_version(), self._url, hosts, coding):
+            return self._fail(*problem)
+        pairs = b"".join(b"".join(pair) for pair in self._headers)
+        if b"\r" in pairs or b"\n" in pairs or b"\0" in pairs:  # llhttp refuses them too
+            return self._fail(400, "malformed HTTP request: CR, LF or NUL in a header")
         limit = self.server.max_body_size
-        lengths = [v for n, v in self._headers if n.lower() == b"content-length"]
-        if any(v.strip().isdigit() and int(v) > limit for v in lengths):
+        if length is not None and length.strip().isdigit() and int(length) > limit:
             self._fail(413, f"request body too large: the limit is {limit} bytes")
             return
-        expects = any(
-            n.lower() == b"expect" and v.strip().lower() == b"100-continue"
-            for n, v in self._headers
-        )
         if expects and self._task is None and not self._queue:
             self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 

@@ -33,6 +33,7 @@ import msgspec
 from corral.balancer import aggregate
 from corral.balancer.dispatcher import Dispatcher, Slot
 from corral.balancer.errors import HTTPError, log_error, sse_error_event
+from corral.balancer.forwarded import FORWARDED_HEADERS, ProxyTrust, forwarded_lines
 from corral.balancer.http_server import Request, Responder, encode_headers
 from corral.balancer.metrics import Metrics, last_counted_event
 from corral.balancer.upstream import (
@@ -53,6 +54,7 @@ _HOP_BY_HOP = frozenset(
     {
         b"connection",
         b"keep-alive",
+        b"proxy-connection",
         b"proxy-authenticate",
         b"proxy-authorization",
         b"te",
@@ -64,16 +66,22 @@ _HOP_BY_HOP = frozenset(
         b"content-length",
     }
 )
-# Bodies are sent upstream decoded (see _decoded), so their encoding goes too; the
-# balancer answers Expect itself and sets its own X-Request-Id.
-_DROP_REQUEST = _HOP_BY_HOP | {
-    b"authorization",
-    b"x-api-key",
-    b"content-encoding",
-    b"expect",
-    b"x-request-id",
-    b"http2-settings",  # with Upgrade: h2c, which the balancer declines
-}
+# RFC 9110 §7.6.1, and Host and Content-Length, which the pool sets; so are the
+# headers a Connection header names (_nominated). Bodies are sent upstream decoded
+# (see _decoded), so their encoding goes too; the balancer answers Expect itself,
+# sets its own X-Request-Id and the forwarded headers (corral.balancer.forwarded).
+_DROP_REQUEST = (
+    FORWARDED_HEADERS
+    | _HOP_BY_HOP
+    | {
+        b"authorization",
+        b"x-api-key",
+        b"content-encoding",
+        b"expect",
+        b"x-request-id",
+        b"http2-settings",  # with Upgrade: h2c, which the balancer declines
+    }
+)
 # Headers the balancer sets itself replace the server's (never sent twice).
 _DROP_RESPONSE = _HOP_BY_HOP | {b"x-request-id", b"x-corral-server", b"x-corral-buffer-wait"}
 _DROP_RESPONSE_CORS = _DROP_RESPONSE | {b"access-control-allow-origin"}
@@ -141,6 +149,7 @@ class InferenceProxy:
         api_keys: Iterable[str] = (),
         max_attempts: int = 5,
         max_body_size: int = 64 * 1024 * 1024,
+        trust: ProxyTrust | None = None,
     ) -> None:
         self.dispatcher = dispatcher
         self.fleet = dispatcher.fleet
@@ -149,6 +158,8 @@ class InferenceProxy:
         self.max_attempts = max_attempts
         self.max_body_size = max_body_size
         self.metrics = metrics
+        self.trust = trust if trust is not None else ProxyTrust()
+        """Peers whose X-Forwarded-* and Forwarded headers are believed."""
         self.started = int(time.time())
         self._light_turn = 0
 
@@ -264,7 +275,8 @@ class InferenceProxy:
             ex.agent = target.name
             ex.served_model = target.model
             if not headers:
-                headers = _upstream_headers(request.headers, ex.request_id)
+                trusted = self.trust.trusts(request.remote)
+                headers = _upstream_headers(request, ex.request_id, trusted)
             try:
                 return await self._forward(request, out, target, body, headers, ex, slot=slot)
             except _Retry as exc:
@@ -387,10 +399,7 @@ class InferenceProxy:
         """Relay the response; ``False`` if the server broke off mid-response."""
         origin = request.header(b"origin")
         drop = _DROP_RESPONSE_CORS if origin is not None else _DROP_RESPONSE
-        head = bytearray()
-        for name, value in upstream.headers:
-            if name.lower() not in drop:
-                head += name + b": " + value + b"\r\n"
+        head = _response_headers(upstream.headers, drop, target.name)
         head += _line(b"X-Request-Id", ex.request_id)
         head += _line(b"X-Corral-Server", target.name)
         head += b"X-Corral-Buffer-Wait: %.6f\r\n" % ex.waited
@@ -469,13 +478,74 @@ class _Exchange:
     counted: bytes | None = None  # the JSON that reports usage/timings
 
 
-def _upstream_headers(incoming: list[tuple[bytes, bytes]], request_id: str) -> bytes:
+def _nominated(values: list[bytes]) -> frozenset[bytes]:
+    """The header names ``Connection`` values list: hop-by-hop, never forwarded (RFC
+    9110 §7.6.1). ``Connection: close, X-Foo`` names ``x-foo``."""
+    names = {n.strip().lower() for value in values for n in value.split(b",")}
+    names.discard(b"close")
+    return frozenset(names)
+
+
+def _upstream_headers(
+    request: Request, request_id: str, trusted: bool, drop: frozenset[bytes] = _DROP_REQUEST
+) -> bytes:
+    """The request's header lines for the server: end-to-end ones as they came, then
+    X-Request-Id and the forwarded headers. Values were checked by the HTTP server
+    (no CR, LF or NUL; at most one valid Host)."""
     head = bytearray()
-    for name, value in incoming:
-        if name.lower() not in _DROP_REQUEST:
+    forwarded: dict[bytes, list[bytes]] = {}
+    host = None
+    connection = []
+    for name, value in request.headers:
+        lower = name.lower()
+        if lower not in drop:
             head += name + b": " + value + b"\r\n"
+        elif lower == b"host":
+            host = value.strip()
+        elif lower == b"connection":
+            connection.append(value)
+        elif lower in FORWARDED_HEADERS:
+            forwarded.setdefault(lower, []).append(value.strip())
+    if connection:  # rarely names more than keep-alive: then go again without them
+        nominated = _nominated(connection)
+        if not nominated <= drop:
+            return _upstream_headers(request, request_id, trusted, drop | nominated)
+        for name in nominated & FORWARDED_HEADERS:
+            forwarded.pop(name, None)
     head += _line(b"X-Request-Id", request_id)
+    head += forwarded_lines(forwarded, request.remote, host, trusted)
     return bytes(head)
+
+
+def _response_headers(
+    headers: list[tuple[bytes, bytes]], drop: frozenset[bytes], server: str
+) -> bytearray:
+    """The server's response header lines for the client, less hop-by-hop ones (and
+    those its ``Connection`` names) and ``drop``. A header with CR, LF or NUL in it
+    (llhttp lets none through) is left out: one line in, one line out."""
+    head = bytearray()
+    lines = 0
+    connection = []
+    for name, value in headers:
+        lower = name.lower()
+        if lower not in drop:
+            head += name + b": " + value + b"\r\n"
+            lines += 1
+        elif lower == b"connection":
+            connection.append(value)
+    if connection and not (nominated := _nominated(connection)) <= drop:
+        return _response_headers(headers, drop | nominated, server)
+    if head.count(b"\n") == lines == head.count(b"\r") and b"\0" not in head:
+        return head
+    head.clear()
+    for name, value in headers:
+        if name.lower() in drop:
+            continue
+        if any(c in name or c in value for c in (b"\r", b"\n", b"\0")):
+            log.warning("%s sent an invalid header, not relayed: %r", server, name)
+            continue
+        head += name + b": " + value + b"\r\n"
+    return head
 
 
 def _preflight(request: Request, out: Responder) -> None:

@@ -25,6 +25,7 @@ from corral.addr import Addr
 from corral.balancer.desired import DesiredStore, Rollout, StoreError
 from corral.balancer.dispatcher import Dispatcher
 from corral.balancer.errors import error_middleware
+from corral.balancer.forwarded import ProxyTrust
 from corral.balancer.http_server import HttpServer
 from corral.balancer.management import Management
 from corral.balancer.metrics import Metrics
@@ -68,6 +69,11 @@ class BalancerConfig:
     ``x-api-key``), like llama-server's ``--api-key``."""
     max_body_size: int = default(BALANCER, "max_body_size")
     """Largest request body accepted, in bytes (images in base64 can be large)."""
+    forwarded_allow_ips: tuple[str, ...] = default(BALANCER, "forwarded_allow_ips")
+    """Peers (IP addresses, networks such as ``10.0.0.0/8``, or ``*``) whose
+    ``X-Forwarded-*`` and ``Forwarded`` headers are kept and appended to; from any
+    other peer they are replaced. The default, ``127.0.0.1``, is uvicorn's
+    ``--forwarded-allow-ips``. See :mod:`corral.balancer.forwarded`."""
     max_attempts: int = 5
     """Servers tried for one request when they fail before responding."""
     upstream_connect_timeout: float = 5.0
@@ -141,6 +147,7 @@ class Balancer:
             api_keys=self.config.api_keys,
             max_attempts=self.config.max_attempts,
             max_body_size=self.config.max_body_size,
+            trust=ProxyTrust(self.config.forwarded_allow_ips),
         )
         return HttpServer(proxy.handle, max_body_size=self.config.max_body_size)
 

@@ -100,6 +100,26 @@ def share(text: str) -> float:
     return min(1.0, max(0.0, value))
 
 
+def ip_list(text: str) -> tuple[str, ...]:
+    """``127.0.0.1,10.0.0.0/8`` or ``*``: IP addresses and networks; empty for none."""
+    import ipaddress
+
+    entries = tuple(e.strip() for e in text.split(",") if e.strip())
+    for entry in entries:
+        if entry == "*":
+            continue
+        try:
+            if "/" in entry:
+                ipaddress.ip_network(entry, strict=False)
+            else:
+                ipaddress.ip_address(entry)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{entry!r} is not an IP address, a network (10.0.0.0/8) or *"
+            ) from None
+    return entries
+
+
 def path(text: str) -> Path:
     return Path(text)
 
@@ -197,6 +217,10 @@ class Setting:
         if self.repeatable:
             items = value if isinstance(value, list) else [value]
             return tuple(self._one(self._scalar_text(item)) for item in items)
+        if isinstance(value, list) and isinstance(self.default, tuple):
+            # a list-valued setting given as one comma-separated text on the command
+            # line (--forwarded-allow-ips a,b) is a TOML list in a file
+            return self._one(",".join(self._scalar_text(item) for item in value))
         return self._one(self._scalar_text(value))
 
     @staticmethod
@@ -401,6 +425,7 @@ __all__ = [
     "build",
     "default",
     "format_value",
+    "ip_list",
     "non_negative_int",
     "path",
     "port",

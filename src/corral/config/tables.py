@@ -18,6 +18,7 @@ from corral.config.schema import (
     Schema,
     Setting,
     addr,
+    ip_list,
     non_negative_int,
     port,
     positive,
@@ -116,6 +117,14 @@ BALANCER = Schema(
             "largest request body in bytes",
             positive(int),
             default=64 * 1024 * 1024,
+        ),
+        Setting(
+            "forwarded_allow_ips",
+            "comma-separated peers (IPs, networks, or *) whose X-Forwarded-* and Forwarded "
+            "headers are kept and appended to; others' are replaced",
+            ip_list,
+            default=("127.0.0.1",),
+            default_from="uvicorn's --forwarded-allow-ips",
         ),
         *COMMON,
     ),

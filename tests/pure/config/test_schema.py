@@ -76,6 +76,7 @@ def test_the_public_flags_and_env_names_stay():
         "--statsd-prefix": "CORRAL_STATSD_PREFIX",
         "--statsd-interval": "CORRAL_STATSD_INTERVAL",
         "--max-body-size": "CORRAL_MAX_BODY_SIZE",
+        "--forwarded-allow-ips": "CORRAL_FORWARDED_ALLOW_IPS",
         "--log-level": "CORRAL_LOG_LEVEL",
         "--log-format": "CORRAL_LOG_FORMAT",
     }
