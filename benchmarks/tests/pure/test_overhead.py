@@ -7,10 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from corral.agent.reader import Fetched, interpret
-from corral.balancer.metrics import last_counted_event, token_counts
-from corral.bench.suite.common import SuiteEnv, SuiteError
-from corral.bench.suite.overhead import (
+from comparison.common import SuiteEnv, SuiteError
+from comparison.overhead import (
     FULL,
     MODEL,
     QUICK,
@@ -33,7 +31,9 @@ from corral.bench.suite.overhead import (
     write_backend,
     wrk_script,
 )
-from corral.bench.suite.pinned import cores_for, cpu_ticks
+from comparison.pinned import cores_for, cpu_ticks
+from corral.agent.reader import Fetched, interpret
+from corral.balancer.metrics import last_counted_event, token_counts
 
 # Captured from wrk 4.1.0 (Debian) running wrk_script() against the instant backend.
 WRK_OK = """\

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from support.procs import children
 
-from corral.bench.suite.common import SuiteEnv
-from corral.bench.suite.control import run
+from comparison.common import SuiteEnv
+from comparison.control import run
 
 pytestmark = pytest.mark.e2e
 

@@ -9,7 +9,7 @@ Capacity is measured first: a closed loop with one user per slot through Corral 
 slot busy all the time) gives the requests/s the servers finish; the runs then send
 Poisson arrivals at a share of it.
 
-    python -m corral.bench.suite.real_engine [--quick]
+    PYTHONPATH=benchmarks python -m comparison.real_engine [--quick]
 """
 
 from __future__ import annotations
@@ -17,9 +17,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from corral.bench.driver import Load, Runner, Target
-from corral.bench.stats import summarise
-from corral.bench.suite.common import (
+from comparison.common import (
     Section,
     SuiteEnv,
     SuiteError,
@@ -28,8 +26,10 @@ from corral.bench.suite.common import (
     section_main,
     wait_http,
 )
-from corral.bench.suite.contenders import Backend, start
-from corral.bench.suite.routing import compare, draw, ratio_lines, tables
+from comparison.contenders import Backend, start
+from comparison.routing import compare, draw, ratio_lines, tables
+from corral.bench.driver import Load, Runner, Target
+from corral.bench.stats import summarise
 from corral.bench.workload import Workload, WorkloadSpec
 from corral.llamacpp import LlamaCppNotFound, ModelError, bundled_model, llama_server_path
 from corral.llamacpp.process import llama_server_command

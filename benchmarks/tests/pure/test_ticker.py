@@ -1,4 +1,4 @@
-"""The ticker backend's framing and counting (:mod:`corral.bench.ticker`), without
+"""The ticker backend's framing and counting (:mod:`comparison.ticker`), without
 sockets."""
 
 from __future__ import annotations
@@ -7,9 +7,7 @@ import json
 
 import pytest
 
-from corral.agent.reader import Fetched, interpret
-from corral.balancer.metrics import last_counted_event, token_counts
-from corral.bench.ticker import (
+from comparison.ticker import (
     DONE,
     RESULT_MARK,
     ROLE_EVENT,
@@ -26,6 +24,8 @@ from corral.bench.ticker import (
     requested_tokens,
     stream_body,
 )
+from corral.agent.reader import Fetched, interpret
+from corral.balancer.metrics import last_counted_event, token_counts
 
 
 def _events(body: bytes) -> list[str]:

@@ -28,8 +28,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from comparison.common import Section, SuiteEnv, SuiteError, markdown_table
 from corral import __version__
-from corral.bench.suite.common import Section, SuiteEnv, SuiteError, markdown_table
 
 SECTIONS = ("routing", "real_engine", "overhead", "control")
 
@@ -216,7 +216,7 @@ def _load(path: Path) -> tuple[Section, dict[str, str]] | None:
 async def run_sections(env: SuiteEnv, names: Sequence[str]) -> dict[str, Section]:
     done = {}
     for name in names:
-        module = importlib.import_module(f"corral.bench.suite.{name}")
+        module = importlib.import_module(f"comparison.{name}")
         print(f"[bench] section {name}...", file=sys.stderr)
         started = time.monotonic()
         section: Section = await module.run(env)

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from support.procs import children
 
-from corral.bench.suite.common import SuiteEnv
-from corral.bench.suite.routing import run
+from comparison.common import SuiteEnv
+from comparison.routing import run
 
 pytestmark = pytest.mark.e2e
 

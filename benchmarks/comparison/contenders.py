@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from corral.bench.suite.common import (
+from comparison.common import (
     CORRAL,
     Processes,
     SuiteEnv,

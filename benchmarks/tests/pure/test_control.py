@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from corral.bench.suite.control import _pick_buckets, histogram_quantile, pick_in_process
+from comparison.control import _pick_buckets, histogram_quantile, pick_in_process
 
 INF = float("inf")
 

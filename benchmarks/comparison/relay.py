@@ -1,9 +1,9 @@
 """Section 3, second part: the relay of streams token by token.
 
-A paced streaming backend (:mod:`corral.bench.ticker`: one SSE event per token, each
+A paced streaming backend (:mod:`comparison.ticker`: one SSE event per token, each
 in its own write) is read directly and through Corral by many concurrent streams;
 the part measures the tokens/s delivered, Corral's CPU per token and so the tokens/s
-one core can relay. :mod:`corral.bench.suite.overhead` runs it after its first part.
+one core can relay. :mod:`comparison.overhead` runs it after its first part.
 """
 
 from __future__ import annotations
@@ -17,23 +17,25 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from corral.bench.suite.common import (
+from comparison.common import (
     Processes,
     SuiteEnv,
     SuiteError,
+    child_env,
     free_port,
     get_json,
+    harness_command,
     markdown_table,
     ratio,
     wait_http,
 )
-from corral.bench.suite.pinned import Cores, Route, core_ticks, start_corral, tree_cpu
-from corral.bench.ticker import GO, STOP, TOKEN_EVENT, DriveResult, parse_result
+from comparison.pinned import Cores, Route, core_ticks, start_corral, tree_cpu
+from comparison.ticker import GO, STOP, TOKEN_EVENT, DriveResult, parse_result
 
 
 @dataclass(frozen=True, slots=True)
 class RelayScale:
-    """The token-by-token part: paced streams from :mod:`corral.bench.ticker`."""
+    """The token-by-token part: paced streams from :mod:`comparison.ticker`."""
 
     rounds: int
     warmup: float
@@ -144,7 +146,7 @@ async def start_relay(
     work = env.work_dir / "overhead"
     port = free_port()
     ticker = procs.start("ticker", env.pin(cores.backend, [
-        sys.executable, "-m", "corral.bench.ticker", "--port", str(port),
+        *harness_command("ticker"), "--port", str(port),
         "--slots", str(2 * scale.connections), "--tokens", str(scale.tokens),
         "--rate", str(scale.rate),
     ]))  # fmt: skip
@@ -165,12 +167,12 @@ async def drive_once(
     """One run of the ticker's driver (pinned to the load core) against ``route``,
     with the CPU counters read when it says counting starts and stops."""
     command = env.pin(cores.load, [
-        sys.executable, "-m", "corral.bench.ticker", "--drive", route.url,
+        *harness_command("ticker"), "--drive", route.url,
         "--connections", str(scale.connections), "--tokens", str(scale.tokens),
         "--warmup", str(scale.warmup), "--seconds", str(scale.seconds),
     ])  # fmt: skip
     proc = await asyncio.create_subprocess_exec(
-        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=child_env()
     )
 
     Sample = tuple[float, float, tuple[int, int], tuple[int, int], float]
@@ -314,7 +316,7 @@ def relay_text(scale: RelayScale, cores: Cores, env: SuiteEnv) -> list[str]:
         "",
         "The figures above are per request. Here the tokens arrive apart in time, as "
         "from a decoding server, so every token costs the proxy a read and a write. The "
-        "backend is `python -m corral.bench.ticker` (one Python process, uvloop and "
+        "backend is `python -m comparison.ticker` (one Python process, uvloop and "
         "httptools), which poses as a llama-server with "
         f"{2 * scale.connections} idle slots and streams paced tokens: every open "
         f"stream gets one `chat.completion.chunk` event ({event} bytes, its own write "

@@ -30,6 +30,24 @@ from corral.llamacpp.process import free_port, spawn, terminate
 CORRAL = [sys.executable, "-m", "corral"]
 """How a section starts Corral's own commands (balancer, agent, sim, bench)."""
 
+BENCHMARKS_DIR = Path(__file__).resolve().parents[1]
+"""``benchmarks/``, the directory that holds this package (it is not installed)."""
+
+
+def harness_command(module: str) -> list[str]:
+    """How a section starts one of this package's own programs (``ticker``,
+    ``fakeagents``, ``simfleet``): ``python -m comparison.<module>``. Start it with
+    :func:`child_env` (:class:`Processes` does), so that it finds the package."""
+    return [sys.executable, "-m", f"{__package__}.{module}"]
+
+
+def child_env() -> dict[str, str]:
+    """This process's environment with :data:`BENCHMARKS_DIR` first on ``PYTHONPATH``."""
+    env = dict(os.environ)
+    path = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = os.pathsep.join([str(BENCHMARKS_DIR), *([path] if path else [])])
+    return env
+
 
 class SuiteError(RuntimeError):
     """A section cannot run (a missing program, a process that did not come up)."""
@@ -93,9 +111,16 @@ class Processes:
         log_dir.mkdir(parents=True, exist_ok=True)
 
     def start(self, name: str, command: Sequence[str]) -> subprocess.Popen[bytes]:
-        """Start ``command``; its output goes to ``<log_dir>/<name>.log``."""
+        """Start ``command`` (with :func:`child_env`); its output goes to
+        ``<log_dir>/<name>.log``."""
         log = (self._log_dir / f"{name}.log").open("wb")
-        proc = spawn(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        proc = spawn(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=child_env(),
+        )
         log.close()
         self._procs.append((name, proc))
         return proc
@@ -212,10 +237,10 @@ def section_main(
     argv: Sequence[str] | None = None,
     contenders: Sequence[str] | None = None,
 ) -> int:
-    """``python -m corral.bench.suite.<name> [--quick] [--out DIR]``: run one section
+    """``python -m comparison.<name> [--quick] [--out DIR]``: run one section
     alone and print its Markdown (charts go to ``--out``)."""
     p = argparse.ArgumentParser(
-        prog=f"python -m corral.bench.suite.{name}",
+        prog=f"python -m comparison.{name}",
         description=doc.split("\n\n")[0] if doc else None,
     )
     p.add_argument("--quick", action="store_true", help="tiny scale, a few seconds per run")
@@ -245,15 +270,18 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> s
 
 
 __all__ = [
+    "BENCHMARKS_DIR",
     "CORRAL",
     "Processes",
     "Section",
     "SuiteEnv",
     "SuiteError",
     "agents_ready",
+    "child_env",
     "cpu_seconds",
     "free_port",
     "get_json",
+    "harness_command",
     "markdown_table",
     "processes",
     "require",

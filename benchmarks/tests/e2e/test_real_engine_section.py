@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from support.procs import children
 
-from corral.bench.suite.common import SuiteEnv
-from corral.bench.suite.real_engine import run
+from comparison.common import SuiteEnv
+from comparison.real_engine import run
 
 pytestmark = pytest.mark.e2e
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from support.procs import children
 
-from corral.bench.suite.common import SuiteEnv
-from corral.bench.suite.overhead import TOKENS, run
-from corral.bench.suite.relay import RELAY_QUICK
+from comparison.common import SuiteEnv
+from comparison.overhead import TOKENS, run
+from comparison.relay import RELAY_QUICK
 
 pytestmark = pytest.mark.e2e
 

@@ -1,6 +1,6 @@
 """A fleet of simulated llama-servers in one process, and how evenly they were used.
 
-    python -m corral.bench.simfleet --ports 9001,9002,9003 --slots 4 --tps 50 \\
+    PYTHONPATH=benchmarks python -m comparison.simfleet --ports 9001,9002,9003 --slots 4 --tps 50 \\
         --stats-port 9000
 
 Each port gets one simulated llama-server (:mod:`corral.sim`), named ``sim-1``,
@@ -153,7 +153,7 @@ def _ports(text: str) -> list[int]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m corral.bench.simfleet",
+        prog="python -m comparison.simfleet",
         description="Simulated llama-servers in one process, with usage statistics.",
     )
     p.add_argument("--ports", type=_ports, required=True, help="one port per server: 9001,9002")

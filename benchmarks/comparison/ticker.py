@@ -24,8 +24,8 @@ one after another on a kept-alive connection), warms up, prints ``go``, counts t
 token events that arrive for ``--seconds``, prints ``stop`` and one JSON line of
 counts.
 
-    python -m corral.bench.ticker --port 8080 --slots 256 --tokens 400 --rate 200
-    python -m corral.bench.ticker --drive http://127.0.0.1:8080 --connections 256
+    PYTHONPATH=benchmarks python -m comparison.ticker --port 8080 --slots 256 --rate 200
+    PYTHONPATH=benchmarks python -m comparison.ticker --drive http://127.0.0.1:8080
 """
 
 from __future__ import annotations
@@ -646,7 +646,7 @@ def _loop_factory() -> Any:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m corral.bench.ticker",
+        prog="python -m comparison.ticker",
         description=(
             "A paced streaming backend posing as llama-server: every stream gets one "
             "token event per tick, RATE ticks a second, from one loop-wide timer. "

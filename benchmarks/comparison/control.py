@@ -1,7 +1,7 @@
 """Section 4: the control plane, from 10 to 1,000 agents.
 
 For each fleet size a fresh balancer (pinned to core 0) gets that many lightweight
-agents (:mod:`corral.bench.fakeagents`, all in one process on the other core) with 4
+agents (:mod:`comparison.fakeagents`, all in one process on the other core) with 4
 to 8 slots each, each reporting a changed status every second. Then:
 
 - *reports only*: the balancer's CPU and memory while it takes the reports;
@@ -12,7 +12,7 @@ to 8 slots each, each reporting a changed status every second. Then:
 
 Last, the memory of 10,000 requests waiting in the buffer of a balancer with no agent.
 
-    python -m corral.bench.suite.control [--quick]
+    PYTHONPATH=benchmarks python -m comparison.control [--quick]
 """
 
 from __future__ import annotations
@@ -28,10 +28,7 @@ from dataclasses import asdict, dataclass
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from corral.bench import charts
-from corral.bench.driver import Load, Runner, Target
-from corral.bench.stats import percentile, summarise
-from corral.bench.suite.common import (
+from comparison.common import (
     CORRAL,
     Section,
     SuiteEnv,
@@ -40,6 +37,7 @@ from corral.bench.suite.common import (
     cpu_seconds,
     free_port,
     get_json,
+    harness_command,
     markdown_table,
     processes,
     rss_bytes,
@@ -47,6 +45,9 @@ from corral.bench.suite.common import (
     start_balancer,
     wait_http,
 )
+from corral.bench import charts
+from corral.bench.driver import Load, Runner, Target
+from corral.bench.stats import percentile, summarise
 from corral.bench.workload import Workload, WorkloadSpec
 from corral.core import Condition, Dispatch, Fleet, Policy, Report, RequestInfo
 
@@ -141,7 +142,7 @@ async def measure(env: SuiteEnv, agents: int, window: float, backend: str) -> Ro
         procs.start(
             "fakeagents",
             env.pin("1", [
-                sys.executable, "-m", "corral.bench.fakeagents",
+                *harness_command("fakeagents"),
                 "--management-addr", f"127.0.0.1:{management}", "--agents", str(agents),
                 "--backend", backend, "--seed", str(env.seed),
             ]),
@@ -275,7 +276,7 @@ async def run(env: SuiteEnv) -> Section:
     md = [
         f"Fleet sizes {', '.join(str(s) for s in sizes)}: each a fresh balancer on core 0 and "
         "that many fake agents in one process on core 1 "
-        "(`python -m corral.bench.fakeagents`), 4 to 8 slots each (seeded), each sending a "
+        "(`python -m comparison.fakeagents`), 4 to 8 slots each (seeded), each sending a "
         f"changed status every second. Windows of {window:g} s. *CPU* is the balancer's CPU "
         "time over wall time (100% is one core). *With requests*: 4 closed-loop users send "
         "one-token `/completion` requests through the balancer to one simulated server that "

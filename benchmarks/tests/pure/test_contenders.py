@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from corral.bench.simfleet import Usage
-from corral.bench.suite.common import SuiteError, markdown_table
-from corral.bench.suite.contenders import Backend, haproxy_config, nginx_config
-from corral.bench.suite.routing import Scale, capacity
+from comparison.common import SuiteError, markdown_table
+from comparison.contenders import Backend, haproxy_config, nginx_config
+from comparison.routing import Scale, capacity
+from comparison.simfleet import Usage
 
 BACKENDS = [Backend("sim-1", 9001, 4), Backend("sim-2", 9002, 2)]
 

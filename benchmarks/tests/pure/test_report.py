@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from corral.bench.suite.common import Section
-from corral.bench.suite.report import SECTIONS, main, render
+from comparison.common import Section
+from comparison.report import SECTIONS, main, render
 
 
 def test_the_page_has_the_command_the_environment_and_the_sections_in_order() -> None:
@@ -30,7 +30,7 @@ def test_unknown_sections_are_refused(capsys) -> None:
 
 
 def test_a_section_kept_from_an_earlier_run_says_when_it_ran(tmp_path) -> None:
-    from corral.bench.suite.report import _load, _save
+    from comparison.report import _load, _save
 
     when = {"date": "2026-11-21", "commit": "abc1234", "command": "python x.py"}
     _save(tmp_path / "routing.json", Section("Routing", "| a |", {"n": 1}), when)
@@ -44,7 +44,7 @@ def test_a_section_kept_from_an_earlier_run_says_when_it_ran(tmp_path) -> None:
 
 
 def test_the_foundation_targets_are_judged_from_the_sections_figures() -> None:
-    from corral.bench.suite.report import targets
+    from comparison.report import targets
 
     data = {
         "overhead": {

@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from corral.bench.suite.common import (
+from comparison.common import (
     CORRAL,
     Processes,
     SuiteEnv,

@@ -13,12 +13,12 @@ in one write. This section therefore measures what a proxy costs per request; th
 per-token cost of a stream whose tokens arrive apart in time is not measured by it
 (the text says so next to the figures).
 
-A second part measures that cost, token by token: :mod:`corral.bench.ticker`, a cheap
+A second part measures that cost, token by token: :mod:`comparison.ticker`, a cheap
 Python backend that paces every stream at a fixed rate (one event per token, each in
 its own write), reached directly and through Corral by hundreds of concurrent
 streams; it reports tokens/s delivered and Corral's CPU time per token.
 
-    python -m corral.bench.suite.overhead [--quick]
+    PYTHONPATH=benchmarks python -m comparison.overhead [--quick]
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from corral.bench.suite.common import (
+from comparison.common import (
     Processes,
     Section,
     SuiteEnv,
@@ -48,8 +48,8 @@ from corral.bench.suite.common import (
     section_main,
     wait_http,
 )
-from corral.bench.suite.contenders import Backend, nginx_config
-from corral.bench.suite.pinned import (
+from comparison.contenders import Backend, nginx_config
+from comparison.pinned import (
     Cores,
     Route,
     core_ticks,
@@ -57,8 +57,8 @@ from corral.bench.suite.pinned import (
     start_corral,
     tree_cpu,
 )
-from corral.bench.suite.relay import run_relay
-from corral.bench.ticker import info_bodies
+from comparison.relay import run_relay
+from comparison.ticker import info_bodies
 
 MODEL = "instant"
 TOKENS = 32

@@ -7,7 +7,7 @@ import contextlib
 
 from support.harness import Harness, eventually
 
-from corral.bench.fakeagents import Swarm
+from comparison.fakeagents import Swarm
 
 
 async def test_a_swarm_registers_reports_and_leaves(harness: Harness) -> None:

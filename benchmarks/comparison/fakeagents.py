@@ -1,7 +1,7 @@
 """Many lightweight agents in one process, to load a balancer's control plane.
 
-    python -m corral.bench.fakeagents --management-addr 127.0.0.1:8060 --agents 1000 \\
-        --backend http://127.0.0.1:9000
+    PYTHONPATH=benchmarks python -m comparison.fakeagents \\
+        --management-addr 127.0.0.1:8060 --agents 1000 --backend http://127.0.0.1:9000
 
 Each fake agent speaks Corral's agent protocol (:mod:`corral.protocol`) over its own
 WebSocket: it registers with 4 to 8 slots (seeded), then sends a status every
@@ -127,7 +127,7 @@ class Swarm:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m corral.bench.fakeagents",
+        prog="python -m comparison.fakeagents",
         description="Lightweight fake agents, many per process, reporting to a balancer.",
     )
     p.add_argument("--management-addr", required=True, help="balancer HOST:PORT for agents")

@@ -1,12 +1,12 @@
 """Section 1: routing quality on a fleet of simulated llama-servers.
 
-Every contender gets the same servers (one :mod:`corral.bench.simfleet` process),
+Every contender gets the same servers (one :mod:`comparison.simfleet` process),
 the same seeded heavy-tailed workload and the same Poisson arrival trace, at several
 loads relative to the fleet's capacity. The servers behave like llama-server: a
 fixed number of slots, a FIFO queue behind them, and slots that slow each other down
 a little. What differs is only where each request is sent.
 
-    python -m corral.bench.suite.routing [--quick]
+    PYTHONPATH=benchmarks python -m comparison.routing [--quick]
 """
 
 from __future__ import annotations
@@ -19,21 +19,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from corral.bench import charts
-from corral.bench.driver import Load, Runner, Target
-from corral.bench.stats import Outcome, Summary, summarise
-from corral.bench.suite.common import (
+from comparison.common import (
     Processes,
     Section,
     SuiteEnv,
     free_port,
     get_json,
+    harness_command,
     markdown_table,
     processes,
     section_main,
     wait_http,
 )
-from corral.bench.suite.contenders import NAMES, Backend, start
+from comparison.contenders import NAMES, Backend, start
+from corral.bench import charts
+from corral.bench.driver import Load, Runner, Target
+from corral.bench.stats import Outcome, Summary, summarise
 from corral.bench.workload import Workload, WorkloadSpec
 from corral.sim.model import SpeedModel
 
@@ -239,7 +240,7 @@ async def run(env: SuiteEnv, contenders: Sequence[str] = NAMES) -> Section:
         procs.start(
             "simfleet",
             env.pin("1", [
-                sys.executable, "-m", "corral.bench.simfleet",
+                *harness_command("simfleet"),
                 "--ports", ",".join(map(str, ports)), "--stats-port", str(stats),
                 "--slots", str(scale.slots), "--tps", str(scale.tokens_per_second),
                 "--slowdown", str(scale.slowdown), "--seed", str(env.seed),
