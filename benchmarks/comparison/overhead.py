@@ -58,7 +58,7 @@ from comparison.pinned import (
     tree_cpu,
 )
 from comparison.relay import run_relay
-from comparison.ticker import info_bodies
+from comparison.ticker.backend import info_bodies
 
 MODEL = "instant"
 TOKENS = 32

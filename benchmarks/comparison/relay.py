@@ -30,7 +30,8 @@ from comparison.common import (
     wait_http,
 )
 from comparison.pinned import Cores, Route, core_ticks, start_corral, tree_cpu
-from comparison.ticker import GO, STOP, TOKEN_EVENT, DriveResult, parse_result
+from comparison.ticker.drive import GO, STOP, DriveResult, parse_result
+from comparison.ticker.framing import TOKEN_EVENT
 
 
 @dataclass(frozen=True, slots=True)
