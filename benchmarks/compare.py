@@ -2,12 +2,13 @@
 
     .venv/bin/python benchmarks/compare.py [--quick] [--sections routing,overhead]
 
-See src/corral/bench/suite/ for what each section measures and how.
+See benchmarks/comparison/ for what each section measures and how. This script's
+directory is on the import path when it runs, so ``comparison`` imports from there.
 """
 
 import sys
 
-from corral.bench.suite.report import main
+from comparison.report import main
 
 if __name__ == "__main__":
     sys.exit(main())

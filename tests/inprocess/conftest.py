@@ -1,15 +1,5 @@
 """Tier 2 fixtures (see tests/support/harness.py)."""
 
-from collections.abc import AsyncIterator
+from support.harness import harness_fixture
 
-import pytest
-from support.harness import Harness
-
-
-@pytest.fixture
-async def harness() -> AsyncIterator[Harness]:
-    h = Harness()
-    try:
-        yield h
-    finally:
-        await h.close()
+__all__ = ["harness_fixture"]

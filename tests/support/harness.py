@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
+import pytest
 
 from corral.addr import Addr
 from corral.agent import Agent, AgentConfig
@@ -85,6 +86,17 @@ class Harness:
             with contextlib.suppress(Exception):
                 await stop()
         await self.http.close()
+
+
+@pytest.fixture(name="harness")
+async def harness_fixture() -> AsyncIterator[Harness]:
+    """The ``harness`` fixture: a :class:`Harness`, closed after the test. A tier 2
+    conftest makes it available by importing it."""
+    h = Harness()
+    try:
+        yield h
+    finally:
+        await h.close()
 
 
 def url(balancer: Balancer, path: str) -> str:

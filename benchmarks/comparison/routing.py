@@ -1,0 +1,301 @@
+"""Section 1: routing quality on a fleet of simulated llama-servers.
+
+Every contender gets the same servers (one :mod:`comparison.simfleet` process),
+the same seeded heavy-tailed workload and the same Poisson arrival trace, at several
+loads relative to the fleet's capacity. The servers behave like llama-server: a
+fixed number of slots, a FIFO queue behind them, and slots that slow each other down
+a little. What differs is only where each request is sent.
+
+    PYTHONPATH=benchmarks python -m comparison.routing [--quick]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import sys
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from comparison.common import (
+    Processes,
+    Section,
+    SuiteEnv,
+    free_port,
+    get_json,
+    harness_command,
+    markdown_table,
+    processes,
+    section_main,
+    wait_http,
+)
+from comparison.contenders import NAMES, Backend, start
+from corral.bench import charts
+from corral.bench.driver import Load, Runner, Target
+from corral.bench.stats import Outcome, Summary, summarise
+from corral.bench.workload import Workload, WorkloadSpec
+from corral.sim.model import SpeedModel
+
+
+@dataclass(frozen=True, slots=True)
+class Scale:
+    servers: int
+    slots: int
+    tokens_per_second: float
+    slowdown: float
+    median_tokens: int
+    max_tokens: int
+    loads: tuple[float, ...]
+    duration: float
+
+
+FULL = Scale(4, 4, 50.0, 0.1, 32, 1024, (0.5, 0.9, 1.5), 40.0)
+QUICK = Scale(2, 2, 400.0, 0.1, 8, 64, (0.5, 1.5), 2.5)
+
+
+@dataclass(slots=True)
+class Result:
+    contender: str
+    load: float
+    rate: float
+    summary: Summary
+    outcomes: list[Outcome]
+    usage: dict[str, Any] = field(default_factory=dict)
+
+
+def capacity(scale: Scale, mean_tokens: float, prompt_tokens: int) -> float:
+    """Requests per second the fleet finishes with every slot busy."""
+    speed = SpeedModel(scale.tokens_per_second, scale.slowdown)
+    service = speed.prompt_delay(prompt_tokens) + mean_tokens / speed.slot_speed(scale.slots)
+    return scale.servers * scale.slots / service
+
+
+def _post(url: str) -> None:
+    request = urllib.request.Request(url, data=b"", method="POST")
+    with urllib.request.urlopen(request, timeout=5):
+        pass
+
+
+async def compare(
+    env: SuiteEnv,
+    procs: Processes,
+    backends: Sequence[Backend],
+    spec: WorkloadSpec,
+    rates: Sequence[tuple[float, float]],
+    duration: float,
+    contenders: Sequence[str],
+    usage_url: str | None = None,
+    timeout: float = 600.0,  # noqa: ASYNC109 (each request's limit, passed to the client)
+) -> list[Result]:
+    """Run every contender at every (load, rate) in front of ``backends``.
+
+    Loads are the outer loop and the contenders take turns within each load, starting
+    with a different one each time, so a machine that slows down over the run does not
+    favour whoever went first.
+    """
+    results = []
+    for turn, (load, rate) in enumerate(rates):
+        shift = turn % len(contenders)
+        for name in [*contenders[shift:], *contenders[:shift]]:
+            mark = procs.mark()
+            running = await start(name, backends, procs, env)
+            try:
+                if usage_url:
+                    await asyncio.to_thread(_post, f"{usage_url}/reset")
+                runner = Runner(
+                    Target(running.url, api="chat", timeout=timeout),
+                    Workload(spec),
+                    Load(rate=rate, duration=duration, seed=env.seed),
+                )
+                outcomes = await runner.run()
+                usage = await asyncio.to_thread(get_json, usage_url) if usage_url else {}
+            finally:
+                procs.stop_since(mark)
+            summary = summarise(outcomes)
+            results.append(Result(name, load, rate, summary, outcomes, usage))
+            print(
+                f"  {name:<17} load {load:>4.0%}: {summary.succeeded}/{summary.requests} ok,"
+                f" TTFT p99 {_s(summary, 'ttft', 'p99')} s",
+                file=sys.stderr,
+            )
+    order = {name: i for i, name in enumerate(contenders)}
+    return sorted(results, key=lambda r: (r.load, order[r.contender]))
+
+
+def _s(summary: Summary, measure: str, quantile: str) -> str:
+    dist = getattr(summary, measure)
+    return "-" if dist is None else f"{getattr(dist, quantile):.2f}"
+
+
+def _row(r: Result, with_usage: bool) -> list[object]:
+    s = r.summary
+    errors = ", ".join(f"{k} {v}" for k, v in s.errors.items()) or "0"
+    row: list[object] = [
+        f"**{r.contender}**" if r.contender == "corral" else r.contender,
+        _s(s, "ttft", "p50"),
+        _s(s, "ttft", "p99"),
+        _s(s, "latency", "p50"),
+        _s(s, "latency", "p99"),
+        f"{s.output_tokens_per_second:,.0f}",
+        errors,
+    ]
+    if with_usage:
+        row += [
+            f"{r.usage.get('busy_share_spread', 0):.0%}",
+            f"{r.usage.get('queued_in_servers', 0):.1f}",
+            f"{r.usage.get('misplaced', 0):.1f}",
+        ]
+    return row
+
+
+HEADER = ["contender", "TTFT p50 (s)", "TTFT p99 (s)", "e2e p50 (s)", "e2e p99 (s)",
+          "output tok/s", "errors"]  # fmt: skip
+USAGE_HEADER = ["busy spread", "queued in servers", "misplaced"]
+
+
+def tables(results: Sequence[Result], with_usage: bool) -> str:
+    out = []
+    for load in sorted({r.load for r in results}):
+        rows = [r for r in results if r.load == load]
+        rate = rows[0].rate
+        out.append(f"**{load:.0%} of capacity** ({rate:.2f} requests/s, Poisson):\n")
+        header = HEADER + (USAGE_HEADER if with_usage else [])
+        out.append(markdown_table(header, [_row(r, with_usage) for r in rows]))
+        out.append("")
+    return "\n".join(out)
+
+
+def ratio_lines(results: Sequence[Result]) -> list[str]:
+    """One line per load: each contender's TTFT p99 and throughput relative to Corral's."""
+    lines = []
+    for load in sorted({r.load for r in results}):
+        at = {r.contender: r for r in results if r.load == load}
+        corral = at.get("corral")
+        if corral is None or corral.summary.ttft is None:
+            continue
+        base, tps = corral.summary.ttft.p99, corral.summary.output_tokens_per_second
+        parts = []
+        for name, r in at.items():
+            if name == "corral" or r.summary.ttft is None:
+                continue
+            ttft = r.summary.ttft.p99 / max(base, 1e-9)
+            share = r.summary.output_tokens_per_second / max(tps, 1e-9)
+            parts.append(f"{name} {ttft:.2f}x TTFT p99, {share:.0%} of the tokens/s")
+        if parts:
+            lines.append(
+                f"- at {load:.0%}, next to Corral ({base:.2f} s TTFT p99): " + "; ".join(parts)
+            )
+    return lines
+
+
+def draw(results: Sequence[Result], env: SuiteEnv, prefix: str, title: str) -> list[str]:
+    """Charts: TTFT p99 per load and contender; TTFT CDFs at the middle load."""
+    loads = sorted({r.load for r in results})
+    names = list(dict.fromkeys(r.contender for r in results))
+    p99 = {
+        n: [
+            next((r.summary.ttft.p99 for r in results
+                  if r.contender == n and r.load == load and r.summary.ttft), 0.0)
+            for load in loads
+        ]
+        for n in names
+    }  # fmt: skip
+    env.out_dir.mkdir(parents=True, exist_ok=True)
+    bars = env.out_dir / f"{prefix}-ttft-p99.png"
+    charts.grouped_bars(
+        [f"{load:.0%} load" for load in loads], p99, bars,
+        ylabel="time to first token, p99 (s)", title=title, log=True,
+    )  # fmt: skip
+    middle = loads[len(loads) // 2]
+    cdf = env.out_dir / f"{prefix}-cdf.png"
+    charts.latency_cdfs(
+        {r.contender: r.outcomes for r in results if r.load == middle},
+        cdf,
+        f"{title}: {middle:.0%} load",
+    )
+    return [
+        f"![TTFT p99 by load]({env.chart_link(bars.name)})",
+        f"![latency distributions]({env.chart_link(cdf.name)})",
+    ]
+
+
+async def run(env: SuiteEnv, contenders: Sequence[str] = NAMES) -> Section:
+    scale = QUICK if env.quick else FULL
+    spec = WorkloadSpec(
+        shape="heavy-tail",
+        prompt_tokens=64,
+        output_tokens=scale.median_tokens,
+        max_output_tokens=scale.max_tokens,
+        seed=env.seed,
+    )
+    planned = [c.max_tokens for c in Workload(spec).take(5000)]
+    mean_tokens = statistics.mean(planned)
+    cap = capacity(scale, mean_tokens, spec.prompt_tokens)
+    rates = [(load, load * cap) for load in scale.loads]
+    with processes(env, "routing") as procs:
+        ports = [free_port() for _ in range(scale.servers)]
+        stats = free_port()
+        procs.start(
+            "simfleet",
+            env.pin("1", [
+                *harness_command("simfleet"),
+                "--ports", ",".join(map(str, ports)), "--stats-port", str(stats),
+                "--slots", str(scale.slots), "--tps", str(scale.tokens_per_second),
+                "--slowdown", str(scale.slowdown), "--seed", str(env.seed),
+            ]),
+        )  # fmt: skip
+        usage_url = f"http://127.0.0.1:{stats}/usage"
+        await wait_http(usage_url, procs=procs)
+        backends = [Backend(f"sim-{i}", p, scale.slots) for i, p in enumerate(ports, 1)]
+        results = await compare(
+            env, procs, backends, spec, rates, scale.duration, contenders, usage_url
+        )
+    speed = SpeedModel(scale.tokens_per_second, scale.slowdown)
+    p99_planned = sorted(planned)[int(0.99 * len(planned))]
+    md = [
+        f"{scale.servers} simulated llama-servers with {scale.slots} slots each "
+        f"({scale.servers * scale.slots} slots). One slot alone decodes "
+        f"{scale.tokens_per_second:g} tokens/s; with all {scale.slots} busy each decodes "
+        f"{speed.slot_speed(scale.slots):.1f} (contention {scale.slowdown:g} per extra busy "
+        "slot). Requests beyond a server's slots wait in that server's queue, as in "
+        "llama-server.",
+        "",
+        f"Workload: `heavy-tail`, seed {env.seed}: {spec.prompt_tokens}-word prompts, "
+        f"answers with a median of {scale.median_tokens} tokens, a mean of "
+        f"{mean_tokens:.0f} and a p99 of {p99_planned} (cap {scale.max_tokens}), all "
+        f"streamed. Capacity with every slot busy: {cap:.2f} requests/s. Each run sends "
+        f"Poisson arrivals for {scale.duration:g} s and waits for every answer; every "
+        "contender gets the same arrival trace and the same requests.",
+        "",
+        "Columns: TTFT is time to first token and e2e end-to-end latency, over successful "
+        "requests. *busy spread*: the difference between the busiest and the idlest "
+        "server's share of busy slot-time. *queued in servers*: requests waiting inside "
+        "the servers' own queues, on average. *misplaced*: of those, requests waiting in "
+        "one server while another had a free slot, on average (the cost of routing "
+        "blind). Corral and HAProxy hold requests in their own queue instead.",
+        "",
+        tables(results, with_usage=True),
+        *ratio_lines(results),
+        "",
+        *draw(results, env, "routing", "simulated fleet"),
+    ]
+    data = {
+        "scale": scale.__dict__ if hasattr(scale, "__dict__") else repr(scale),
+        "capacity_rps": cap,
+        "results": [
+            {"contender": r.contender, "load": r.load, "rate": r.rate,
+             "summary": r.summary.to_dict(), "usage": r.usage}
+            for r in results
+        ],
+    }  # fmt: skip
+    return Section("Routing quality: a simulated fleet", "\n".join(md), data)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return section_main("routing", __doc__, run, argv, contenders=NAMES)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""The real-engine comparison at tiny scale: real llama-servers, Corral and nginx.
+
+It checks the harness (capacity measured, every run answered, tables and charts
+written, nothing left running), never timings.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from support.procs import children
+
+from comparison.common import SuiteEnv
+from comparison.real_engine import run
+
+pytestmark = pytest.mark.e2e
+
+
+async def test_real_servers_behind_each_contender(tmp_path: Path) -> None:
+    before = children()
+    env = SuiteEnv(out_dir=tmp_path / "charts", docs_dir=tmp_path, quick=True)
+    section = await run(env, contenders=("corral", "nginx-rr"))
+    assert section.data["capacity_rps"] > 0
+    results = section.data["results"]
+    assert [(r["contender"], r["load"]) for r in results] == [
+        (name, load) for load in (0.9, 1.5) for name in ("corral", "nginx-rr")
+    ]
+    for r in results:
+        s = r["summary"]
+        assert s["requests"] == s["succeeded"] + s["failed"] > 0
+        assert s["failed"] == 0, (r["contender"], s["errors"])
+        assert s["output_tokens"] > 0
+    assert "Measured capacity" in section.markdown and "| **corral** |" in section.markdown
+    assert (tmp_path / "charts" / "real-engine-ttft-p99.png").stat().st_size > 1000
+    assert children() <= before
