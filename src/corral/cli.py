@@ -288,7 +288,7 @@ def _bench_parser(sub: Any, environ: Mapping[str, str]) -> None:
             "(--rate, Poisson arrivals), and report time to first token, inter-token "
             "latency, end-to-end latency, throughput, errors by kind and, through Corral, "
             "the time spent in its buffer. Text on the terminal, --json for machines, "
-            "--charts for PNG charts."
+            "--charts for PNG charts (needs the charts extra: pip install 'corral[charts]')."
         ),
     )
     declared: list[Setting] = []
