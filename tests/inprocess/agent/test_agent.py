@@ -100,5 +100,5 @@ async def test_slots_are_read_only_after_a_quiet_gap_whatever_asks():
     gaps = [b - a for a, b in zip(answered, asked[1:], strict=False)]
     assert len(asked) >= 3, log  # busy slots are still read, about every 1.3 s
     assert min(gaps) >= 1.25, gaps
-    assert max(gaps) < 1.5, gaps  # and no later than needed
+    assert max(gaps) < 1.75, gaps  # and not much later than allowed
     assert sum(what == "health" for what, _ in log) > 30  # /health at the poll rate
