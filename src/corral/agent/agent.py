@@ -2,8 +2,10 @@
 
 Two kinds of task, kept in one place (:class:`Agent`):
 
-- the **monitor** reads the server every ``poll_interval`` (and at once when a
-  balancer asks, after a failed request) and keeps the latest
+- the **monitor** reads the server's ``/health`` every ``poll_interval`` (and at
+  once when a balancer asks, after a failed request), its ``/slots`` and ``/props``
+  as :class:`~corral.agent.reader.ReadSchedule` allows (reading ``/slots`` too
+  often stops llama-server from noticing clients that left), and keeps the latest
   :class:`~corral.protocol.messages.ServerStatus`;
 - one **link** per balancer keeps a WebSocket open: register, then a status on every
   change and a heartbeat every interval the balancer asked for. A lost link is
@@ -29,7 +31,7 @@ import msgspec
 from corral.addr import Addr
 from corral.agent.lifecycle import crash_issue
 from corral.agent.probes import ProbeListener
-from corral.agent.reader import Fetched, interpret
+from corral.agent.reader import Fetched, ReadSchedule, interpret
 from corral.config import AGENT, default
 from corral.protocol import messages as m
 
@@ -55,7 +57,10 @@ class AgentConfig:
     agent_token: str | None = field(default=None, repr=False)
     """The balancers' ``--agent-token``."""
     poll_interval: float = default(AGENT, "poll_interval")
-    """Seconds between reads of the server."""
+    """Seconds between reads of the server's ``/health``."""
+    slots_gap: float = default(AGENT, "slots_gap")
+    """Seconds from one ``/slots`` answer to the next ``/slots`` request; must exceed
+    llama-server's 1 s wait for a client that left (see :mod:`corral.agent.reader`)."""
     request_timeout: float = 3.0
     """Seconds a read of the server may take before it counts as unreachable."""
     reconnect_min: float = 0.2
@@ -117,11 +122,14 @@ class Agent:
         self._changed = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[Any]] = []
+        self._schedule = ReadSchedule(config.slots_gap, config.props_every)
         self._props: Fetched | None = None
         self._models: Fetched | None = None
-        self._props_at = 0.0
+        self._slots: Fetched | None = None  # the last /slots read, None: read anew
+        self._slots_at = 0.0  # when that read began
+        self._slots_lock = asyncio.Lock()
         self._poll_lock = asyncio.Lock()
-        self._reading_at = 0.0  # when the last read of the server's slots began
+        self._reading_at = 0.0  # when the read of the server's slots began
         self.status_read_at = 0.0
         """When the read that produced :attr:`status` began (event loop clock)."""
         self._server_port = 0
@@ -210,23 +218,50 @@ class Agent:
         return m.ServerStatus(condition="error", issues=issues, supervisor=info)
 
     async def _read(self) -> m.ServerStatus:
-        self._reading_at = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        self._reading_at = loop.time()
         if self.server is not None and self.server.phase.value != "ready":
+            self._slots = None
             return m.ServerStatus(condition="loading")
         health = await self._get("/health")
-        props = slots = models = None
-        if health.ok:
-            now = asyncio.get_running_loop().time()
-            stale = now - self._props_at > self.config.props_every
-            if stale or self.status.condition != "ready" or self._props is None:
-                self._props, self._models = await asyncio.gather(
-                    self._get("/props"), self._get("/v1/models")
-                )
-                self._props_at = now
-            props, models = self._props, self._models
-            self._reading_at = asyncio.get_running_loop().time()
-            slots = await self._get("/slots")
-        return interpret(health, props, slots, models)
+        if not health.ok:
+            self._slots = None  # what comes back may be another server
+            return interpret(health)
+        now = loop.time()
+        if self._props is None or self._schedule.props_due(now, self.status.condition == "ready"):
+            self._props, self._models = await asyncio.gather(
+                self._get("/props"), self._get("/v1/models")
+            )
+            self._schedule.props_read(now)
+        if self._slots is None or self._schedule.slots_wait(loop.time()) == 0:
+            await self._read_slots()
+        assert self._slots is not None
+        self._reading_at = self._slots_at
+        return interpret(health, self._props, self._slots, self._models)
+
+    async def _read_slots(self) -> Fetched:
+        """Read ``/slots`` as soon as the schedule allows (waiting for it if need be)."""
+        loop = asyncio.get_running_loop()
+        async with self._slots_lock:
+            wait = self._schedule.slots_wait(loop.time())
+            if wait > 0:
+                await asyncio.sleep(wait)
+            started = loop.time()
+            self._schedule.slots_asked(started)
+            try:
+                fetched = await self._get("/slots")
+            finally:
+                self._schedule.slots_answered(loop.time())
+            self._slots, self._slots_at = fetched, started
+            return fetched
+
+    def _next_poll_in(self) -> float:
+        """Seconds to the next read: ``poll_interval``, or sooner when ``/slots`` may be
+        read again (so busy slots are reported as early as the schedule allows)."""
+        delay = self.config.poll_interval
+        if self._slots is not None:
+            delay = min(delay, self._schedule.slots_wait(asyncio.get_running_loop().time()))
+        return max(delay, 0.01)
 
     def _log_change(self, status: m.ServerStatus) -> None:
         if status.condition != self.status.condition or status.issues != self.status.issues:
@@ -251,11 +286,11 @@ class Agent:
                 log.exception("reading the server failed")
             self.monitor_round_at = asyncio.get_running_loop().time()
             if self.server is None:
-                await asyncio.sleep(self.config.poll_interval)
+                await asyncio.sleep(self._next_poll_in())
                 continue
             # a supervised server's changes (crash, ready) are reported at once
             changed = asyncio.ensure_future(self.server.wait_changed())
-            await asyncio.wait({changed}, timeout=self.config.poll_interval)
+            await asyncio.wait({changed}, timeout=self._next_poll_in())
             changed.cancel()
 
     # --------------------------------------------------------------- links
@@ -434,12 +469,11 @@ class Agent:
         """Wait until the server has no request in flight (from anywhere)."""
         deadline = asyncio.get_running_loop().time() + limit
         while asyncio.get_running_loop().time() < deadline:
-            slots = await self._get("/slots")
+            slots = await self._read_slots()  # no sooner than the schedule allows
             if not slots.ok or not any(
                 isinstance(s, dict) and s.get("is_processing") for s in slots.body or []
             ):
                 return
-            await asyncio.sleep(0.1)
         log.warning("drain timed out after %.0fs: restarting anyway", limit)
 
     async def _restart(self, settings: Any, limit: float = 300.0) -> tuple[bool, str]:

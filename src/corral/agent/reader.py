@@ -18,14 +18,51 @@ anything else non-200     ``error``, with the status and message
 
 A balancer answers these endpoints in the same format, so an agent can watch a
 balancer (a tree of balancers).
+
+When to read what (:class:`ReadSchedule`)
+-----------------------------------------
+Watching a server must never change how it behaves. One read does: ``/slots``.
+llama-server answers it through its task queue, and every task result wakes every
+HTTP handler that waits on that queue. A handler waiting for a non-streamed
+generation checks whether its client left only when its wait of
+``HTTP_POLLING_SECONDS`` (1 s, ``tools/server/server-context.cpp``) ends with no
+result at all; each wake starts a new second. Read ``/slots`` every 0.5 s and that
+second never ends: a client that gives up is never noticed, and its slot generates
+until ``n_predict`` or the context runs out. ``/metrics`` goes through the same
+queue (and also resets the gauges that the server averages between two scrapes).
+``/health``, ``/props`` and ``/v1/models`` are answered without a task and are safe
+at any rate. The figures are in docs/llamacpp.md ("Cancellation"), measured with
+``benchmarks/agent_reads.py``.
+
+So the agent reads:
+
+- ``/health`` every ``poll_interval`` (0.5 s): crashes, restarts and loading are
+  seen at once;
+- ``/props`` and ``/v1/models`` every ``props_every`` (30 s) and whenever the server
+  becomes ready;
+- ``/slots`` only ``slots_gap`` seconds (1.25 s) after its previous answer arrived,
+  never sooner, by anyone in the agent (the monitor, a balancer's refresh, a drain).
+  The server posted that answer before the agent got it, and posts the next one
+  after the agent asks, so the server sees a quiet stretch longer than its 1 s wait:
+  every waiting handler wakes once, checks its client, and an abandoned request is
+  cancelled at most ``slots_gap`` seconds after its client left (1 s on a server
+  nobody watches). Busy slots are reported at most about 1.3 s late; the balancer
+  counts its own requests at once and uses the report only for load from elsewhere.
+
+``/metrics`` is never read.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 from corral.protocol.messages import IssueInfo, ServerStatus
+
+SERVER_WAIT = 1.0
+"""Seconds llama-server waits on its result queue before it checks whether a client
+left (``HTTP_POLLING_SECONDS`` in llama.cpp's ``tools/server/server-context.cpp``)."""
 
 _PROPS_KEPT = ("total_slots", "model_path", "build_info", "modalities", "chat_template")
 _MAX_PROP_TEXT = 8192
@@ -42,6 +79,65 @@ class Fetched:
     @property
     def ok(self) -> bool:
         return self.error is None and self.status == 200
+
+
+class ReadSchedule:
+    """When the agent may read ``/slots`` and ``/props``. Pure: times in, waits out.
+
+    Times are seconds on one monotonic clock (the agent's event loop). See the module
+    docstring for why ``/slots`` needs a quiet gap.
+
+    Args:
+        slots_gap: Seconds from one ``/slots`` answer to the next ``/slots`` request;
+            must exceed :data:`SERVER_WAIT` (else ``ValueError``).
+        props_every: Seconds between reads of ``/props`` and ``/v1/models`` while the
+            server stays ready.
+    """
+
+    def __init__(self, slots_gap: float = 1.25, props_every: float = 30.0) -> None:
+        if not slots_gap > SERVER_WAIT:
+            raise ValueError(
+                f"slots_gap must exceed {SERVER_WAIT:g} s (llama-server's wait for a "
+                f"client that left); got {slots_gap!r}"
+            )
+        self.slots_gap = slots_gap
+        self.props_every = props_every
+        self._slots_answered = -math.inf  # when the last /slots answer arrived
+        self._slots_asking = False  # a /slots read is under way
+        self._props_at = -math.inf
+
+    def slots_wait(self, now: float) -> float:
+        """Seconds until ``/slots`` may be asked (0: now). ``inf`` while a read of it is
+        under way (its answer starts the next gap)."""
+        if self._slots_asking:
+            return math.inf
+        return max(0.0, self._slots_answered + self.slots_gap - now)
+
+    def slots_asked(self, now: float) -> None:
+        """A ``/slots`` request goes out now. Raises ``ValueError`` if it is too soon."""
+        wait = self.slots_wait(now)
+        if wait > 0:
+            raise ValueError(f"/slots asked {wait:.3f} s too soon")
+        self._slots_asking = True
+
+    def slots_answered(self, now: float) -> None:
+        """The ``/slots`` read ended now (answered or failed): the gap starts."""
+        self._slots_asking = False
+        self._slots_answered = now
+
+    def props_due(self, now: float, ready: bool) -> bool:
+        """Whether to read ``/props`` and ``/v1/models`` now: the server was not ready
+        at the last report, or the last read is ``props_every`` old."""
+        return not ready or now - self._props_at >= self.props_every
+
+    def props_read(self, now: float) -> None:
+        self._props_at = now
+
+    def __repr__(self) -> str:
+        return (
+            f"<ReadSchedule /slots {self.slots_gap:g} s after answer"
+            f"{' (asking)' if self._slots_asking else ''}, /props every {self.props_every:g} s>"
+        )
 
 
 def _message(fetched: Fetched) -> str:

@@ -11,6 +11,7 @@ The typed config objects (``BalancerConfig``, ``AgentConfig``, ``SimConfig``,
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from corral.addr import Addr
@@ -24,6 +25,18 @@ from corral.config.schema import (
     positive,
     share,
 )
+
+
+def more_than_a_second(text: str) -> float:
+    """Seconds, more than llama-server's 1 s wait for a client that left."""
+    value = positive(float)(text)
+    if not value > 1.0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} must be more than 1 (llama-server checks for clients that left "
+            "only after 1 s without a reader's answer)"
+        )
+    return float(value)
+
 
 COMMON = (
     Setting(
@@ -192,9 +205,16 @@ AGENT = Schema(
         Setting("agent_token", "the balancers' --agent-token", secret=True),
         Setting(
             "poll_interval",
-            "seconds between reads of the server",
+            "seconds between reads of the server's /health",
             positive(float),
             default=0.5,
+        ),
+        Setting(
+            "slots_gap",
+            "seconds from one /slots answer to the next /slots read; over 1 s, or the "
+            "server never notices clients that gave up (docs/llamacpp.md)",
+            more_than_a_second,
+            default=1.25,
         ),
         Setting(
             "probe_addr",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 from support.harness import Harness, eventually
 
@@ -42,3 +44,61 @@ async def test_odd_bytes_do_not_stop_the_monitor(harness: Harness):
     finally:
         await agent.stop()
         await runner.cleanup()
+
+
+async def test_slots_are_read_only_after_a_quiet_gap_whatever_asks():
+    # llama-server notices a client that left only after 1 s with no task result;
+    # every /slots answer is one. The agent must leave a longer gap between a /slots
+    # answer and its next /slots request, even when it is asked to read at once.
+    log: list[tuple[str, float]] = []
+    loop = asyncio.get_running_loop()
+
+    async def health(request: web.Request) -> web.Response:
+        log.append(("health", loop.time()))
+        return web.json_response({"status": "ok"})
+
+    async def props(request: web.Request) -> web.Response:
+        return web.json_response({"total_slots": 2})
+
+    async def models(request: web.Request) -> web.Response:
+        return web.json_response({"data": [{"id": "m"}]})
+
+    async def slots(request: web.Request) -> web.Response:
+        log.append(("slots asked", loop.time()))
+        await asyncio.sleep(0.02)
+        log.append(("slots answered", loop.time()))
+        return web.json_response(
+            [{"id": 0, "is_processing": True}, {"id": 1, "is_processing": False}]
+        )
+
+    app = web.Application()
+    for path, handler in (("/health", health), ("/props", props), ("/slots", slots)):
+        app.router.add_get(path, handler)
+    app.router.add_get("/v1/models", models)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    agent = Agent(
+        AgentConfig(local_llamacpp_addr=Addr("127.0.0.1", port), name="gap", poll_interval=0.02)
+    )
+    try:
+        await agent.start()
+        assert (agent.status.slots_total, agent.status.slots_processing) == (2, 1)
+        end = loop.time() + 3.0
+        while loop.time() < end:  # a balancer asking again and again (Refresh)
+            status = await agent.poll()
+            assert status.slots_processing == 1
+            await asyncio.sleep(0.05)
+    finally:
+        await agent.stop()
+        await runner.cleanup()
+
+    answered = [t for what, t in log if what == "slots answered"]
+    asked = [t for what, t in log if what == "slots asked"]
+    gaps = [b - a for a, b in zip(answered, asked[1:], strict=False)]
+    assert len(asked) >= 3, log  # busy slots are still read, about every 1.3 s
+    assert min(gaps) >= 1.25, gaps
+    assert max(gaps) < 1.75, gaps  # and not much later than allowed
+    assert sum(what == "health" for what, _ in log) > 30  # /health at the poll rate

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections import Counter
 
@@ -187,6 +188,36 @@ async def test_client_disconnect_frees_the_slot_at_once(harness: Harness):
             return not any(s["is_processing"] for s in await r.json())
 
     await eventually(server_idle, within=2, what="server slot freed")
+
+
+async def test_client_giving_up_on_a_whole_answer_closes_the_upstream_connection(
+    harness: Harness,
+):
+    # Not streamed: nothing reaches the client until the end, so only the closed
+    # upstream connection tells the server to stop (llama-server checks its socket).
+    balancer = await harness.balancer()
+    _, port = await harness.sim(name="s", slots=1, tokens_per_second=5)
+    await harness.agent(port, balancer, name="s")
+    agent = next(iter(balancer.fleet))
+
+    async def server_busy() -> int:
+        async with harness.http.get(f"http://127.0.0.1:{port}/slots") as r:
+            return sum(s["is_processing"] for s in await r.json())
+
+    request = asyncio.ensure_future(
+        harness.http.post(url(balancer, CHAT), json=chat(max_tokens=50, stream=False))
+    )
+    await eventually(server_busy, within=2, what="the server generating")
+    assert agent.reserved == 1
+    request.cancel()  # the client hangs up before any byte of the answer
+    with contextlib.suppress(asyncio.CancelledError):
+        await request
+    await eventually(lambda: agent.reserved == 0, within=1, what="slot freed")
+
+    async def server_idle() -> bool:
+        return await server_busy() == 0
+
+    await eventually(server_idle, within=1, what="server slot freed")
 
 
 async def test_server_dying_mid_stream_ends_with_an_error_event(harness: Harness):

@@ -1,6 +1,11 @@
-"""The agent's reading of llama-server answers, case by case."""
+"""The agent's reading of llama-server answers, case by case, and when it reads."""
 
-from corral.agent.reader import Fetched, interpret
+import itertools
+import math
+
+import pytest
+
+from corral.agent.reader import SERVER_WAIT, Fetched, ReadSchedule, interpret
 
 HEALTHY = Fetched(200, {"status": "ok"})
 PROPS = Fetched(
@@ -85,3 +90,60 @@ def test_missing_model_id_is_an_issue_not_a_failure():
     status = interpret(HEALTHY, PROPS, SLOTS, Fetched(200, {"data": []}))
     assert status.condition == "ready" and status.model is None
     assert codes(status) == ["no_model_id"]
+
+
+# ------------------------------------------------------------- the read schedule
+def test_slots_wait_for_a_gap_longer_than_the_servers_wait_after_each_answer():
+    schedule = ReadSchedule(slots_gap=1.25)
+    assert schedule.slots_wait(0.0) == 0  # never read: at once
+    schedule.slots_asked(0.0)
+    assert schedule.slots_wait(0.5) == math.inf  # a read is under way
+    schedule.slots_answered(0.3)  # the gap runs from the answer, not the request
+    assert schedule.slots_wait(0.3) == pytest.approx(1.25)
+    assert schedule.slots_wait(1.0) == pytest.approx(0.55)
+    assert schedule.slots_wait(1.55) == 0
+    with pytest.raises(ValueError, match="too soon"):
+        schedule.slots_asked(1.5)
+    schedule.slots_asked(1.55)
+
+
+def test_a_poll_at_any_rate_leaves_the_server_a_quiet_second_between_slots_reads():
+    # Simulate the agent's monitor: /health every 0.1 s, /slots whenever the schedule
+    # allows, each /slots taking 20 ms. The server must see gaps over 1 s (SERVER_WAIT)
+    # between two /slots answers, so its handlers check for clients that left.
+    schedule = ReadSchedule()
+    answers: list[float] = []
+    now = 0.0
+    while now < 30.0:
+        if schedule.slots_wait(now) == 0:
+            schedule.slots_asked(now)
+            now += 0.02
+            schedule.slots_answered(now)
+            answers.append(now)
+        now += min(0.1, max(schedule.slots_wait(now), 0.01))
+    gaps = [b - a for a, b in itertools.pairwise(answers)]
+    assert len(answers) > 20  # busy slots still read about every 1.3 s
+    assert min(gaps) > SERVER_WAIT
+    assert max(gaps) < 1.4
+
+
+def test_a_gap_within_the_servers_wait_is_refused():
+    with pytest.raises(ValueError, match="exceed 1 s"):
+        ReadSchedule(slots_gap=0.5)
+    with pytest.raises(ValueError):
+        ReadSchedule(slots_gap=1.0)
+
+
+def test_props_are_read_when_not_ready_or_stale():
+    schedule = ReadSchedule(props_every=30.0)
+    assert schedule.props_due(0.0, ready=True)
+    schedule.props_read(0.0)
+    assert not schedule.props_due(10.0, ready=True)
+    assert schedule.props_due(10.0, ready=False)
+    assert schedule.props_due(30.0, ready=True)
+
+
+def test_schedule_repr_reads_at_a_glance():
+    schedule = ReadSchedule()
+    schedule.slots_asked(0.0)
+    assert repr(schedule) == "<ReadSchedule /slots 1.25 s after answer (asking), /props every 30 s>"

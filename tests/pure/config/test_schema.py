@@ -84,7 +84,7 @@ def test_the_public_flags_and_env_names_stay():
         "--local-llamacpp-addr", "--model", "--slots", "--ctx-size", "--threads",
         "--llama-server", "--llamacpp-port", "--quiet-server", "--external-llamacpp-addr",
         "--management-addr", "--name", "--llamacpp-api-key", "--agent-token",
-        "--poll-interval", "--probe-addr", "--log-level", "--log-format",
+        "--poll-interval", "--slots-gap", "--probe-addr", "--log-level", "--log-format",
     ]  # fmt: skip
     assert [s.env for s in SIM][:6] == [
         "CORRAL_SIM_ADDR", "CORRAL_SIM_SLOTS", "CORRAL_SIM_MODEL", "CORRAL_SIM_NAME",
@@ -210,7 +210,7 @@ SAMPLES = {
     "agent": [
         "--model", "bundled", "--threads", "3", "--llamacpp-port", "8081", "--quiet-server",
         "--management-addr", "a:1", "--management-addr", "b:2", "--name", "gpu\t3 \U0001f600",
-        "--probe-addr", "0.0.0.0:8079", "--poll-interval", "1e-3",
+        "--probe-addr", "0.0.0.0:8079", "--poll-interval", "1e-3", "--slots-gap", "2.5",
     ],
 }  # fmt: skip
 
