@@ -103,9 +103,9 @@ def pick_in_process(agents: int, seed: int, rounds: int) -> tuple[float, float]:
         t0 = clock()
         decision = policy.pick(fleet, request)
         if isinstance(decision, Dispatch):
-            fleet.reserve(decision.agent_id)
+            fleet.reserve(decision.backend_id)
             t1 = clock()
-            fleet.release(decision.agent_id)
+            fleet.release(decision.backend_id)
         else:
             t1 = clock()
         times.append(t1 - t0)

@@ -37,10 +37,10 @@ class FlowControl(asyncio.Protocol):
     """
 
     __slots__ = (
-        "_drain_waiter",
+        "_writable_waiter",
         "closed",
         "loop",
-        "on_drained",
+        "on_writable",
         "reading_paused",
         "transport",
         "writing_paused",
@@ -55,10 +55,10 @@ class FlowControl(asyncio.Protocol):
         """Reading is paused (by this protocol, never by the transport)."""
         self.writing_paused = False
         """The transport's write buffer is over its high-water mark."""
-        self.on_drained: Callable[[], None] | None = None
+        self.on_writable: Callable[[], None] | None = None
         """Called once when the write buffer drains (or the connection is lost), then
         forgotten. Set it after a write left :attr:`writing_paused` true."""
-        self._drain_waiter: asyncio.Future[None] | None = None
+        self._writable_waiter: asyncio.Future[None] | None = None
 
     # ---------------------------------------------------------------- reading
     def pause_reading(self) -> None:
@@ -85,16 +85,16 @@ class FlowControl(asyncio.Protocol):
         self.writing_paused = False
         self._wake_writers()
 
-    async def drain(self) -> None:
+    async def wait_writable(self) -> None:
         """Return once the peer can take more: at once unless writing is paused.
 
         Raises:
             ConnectionResetError: The connection was lost while waiting (or before).
         """
         if self.writing_paused and not self.closed:
-            waiter = self._drain_waiter
+            waiter = self._writable_waiter
             if waiter is None:
-                waiter = self._drain_waiter = self.loop.create_future()
+                waiter = self._writable_waiter = self.loop.create_future()
             await waiter
             if self.closed:
                 raise ConnectionResetError("the peer disconnected")
@@ -105,12 +105,12 @@ class FlowControl(asyncio.Protocol):
         self._wake_writers()
 
     def _wake_writers(self) -> None:
-        waiter = self._drain_waiter
+        waiter = self._writable_waiter
         if waiter is not None:
-            self._drain_waiter = None
+            self._writable_waiter = None
             if not waiter.done():
                 waiter.set_result(None)
-        callback = self.on_drained
+        callback = self.on_writable
         if callback is not None:
-            self.on_drained = None
+            self.on_writable = None
             callback()

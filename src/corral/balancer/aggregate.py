@@ -9,15 +9,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from corral.core.fleet import Agent, Fleet
+from corral.core.fleet import Backend, Fleet
 
 
 def health(fleet: Fleet) -> tuple[int, dict[str, Any]]:
     """200 with the fleet's idle and busy slots while a server is ready, else 503."""
     idle, processing = fleet.totals()
-    if any(agent.routable for agent in fleet):
+    if any(backend.routable for backend in fleet):
         return 200, {"status": "ok", "slots_idle": idle, "slots_processing": processing}
-    states = sorted({agent.state.value for agent in fleet})
+    states = sorted({backend.state.value for backend in fleet})
     reason = (
         "no server has registered"
         if not len(fleet)
@@ -27,19 +27,19 @@ def health(fleet: Fleet) -> tuple[int, dict[str, Any]]:
     return 503, {"error": error, "slots_idle": 0, "slots_processing": 0}
 
 
-def _ready(fleet: Fleet) -> list[Agent]:
-    return [agent for agent in fleet if agent.routable]
+def _ready(fleet: Fleet) -> list[Backend]:
+    return [backend for backend in fleet if backend.routable]
 
 
 def props(fleet: Fleet) -> dict[str, Any]:
     """One ready server's ``/props`` with the fleet's ``total_slots``."""
     ready = _ready(fleet)
     base: dict[str, Any] = {}
-    for agent in ready or list(fleet):
-        if agent.props:
-            base = dict(agent.props)
+    for backend in ready or list(fleet):
+        if backend.props:
+            base = dict(backend.props)
             break
-    base["total_slots"] = sum(agent.slots_total for agent in ready)
+    base["total_slots"] = sum(backend.slots_total for backend in ready)
     base["corral"] = {
         "agents": len(fleet),
         "agents_ready": len(ready),
@@ -51,10 +51,10 @@ def props(fleet: Fleet) -> dict[str, Any]:
 def slots(fleet: Fleet) -> list[dict[str, Any]]:
     """One synthetic entry per slot of the ready servers, in llama-server's format."""
     entries: list[dict[str, Any]] = []
-    for agent in _ready(fleet):
-        n_ctx = _n_ctx(agent)
-        busy = agent.busy
-        for index in range(agent.slots_total):
+    for backend in _ready(fleet):
+        n_ctx = _n_ctx(backend)
+        busy = backend.busy
+        for index in range(backend.slots_total):
             entries.append(
                 {
                     "id": len(entries),
@@ -62,14 +62,14 @@ def slots(fleet: Fleet) -> list[dict[str, Any]]:
                     "n_ctx": n_ctx,
                     "speculative": False,
                     "is_processing": index < busy,
-                    "corral_agent": agent.name,
+                    "corral_agent": backend.name,
                 }
             )
     return entries
 
 
-def _n_ctx(agent: Agent) -> int:
-    settings = agent.props.get("default_generation_settings")
+def _n_ctx(backend: Backend) -> int:
+    settings = backend.props.get("default_generation_settings")
     if isinstance(settings, dict):
         value = settings.get("n_ctx")
         if isinstance(value, int):
@@ -84,7 +84,7 @@ def models(fleet: Fleet, created: int) -> dict[str, Any]:
     """
     data = []
     for model in fleet.models():
-        agents = [agent for agent in fleet if agent.model == model]
+        backends = [backend for backend in fleet if backend.model == model]
         data.append(
             {
                 "id": model,
@@ -92,8 +92,8 @@ def models(fleet: Fleet, created: int) -> dict[str, Any]:
                 "created": created,
                 "owned_by": "llamacpp",
                 "meta": {
-                    "corral_agents": len(agents),
-                    "corral_agents_ready": sum(1 for a in agents if a.routable),
+                    "corral_agents": len(backends),
+                    "corral_agents_ready": sum(1 for a in backends if a.routable),
                 },
             }
         )

@@ -97,26 +97,28 @@ class Rollout:
             return False
         now = self.clock.now()
         returned = False
-        for agent in list(self.fleet):
-            if agent.draining and agent.apply_sent == generation and done(agent, generation):
-                self.fleet.undrain(agent.id)
+        for backend in list(self.fleet):
+            if backend.cordoned and backend.apply_sent == generation and done(backend, generation):
+                self.fleet.uncordon(backend.id)
                 returned = True
-                if agent.failed_generation == generation:
+                if backend.failed_generation == generation:
                     log.warning(
-                        "%s could not apply generation %d: rollout halted", agent.name, generation
+                        "%s could not apply generation %d: rollout halted", backend.name, generation
                     )
                 else:
-                    log.info("%s runs generation %d", agent.name, generation)
-        for agent_id in plan(self.fleet, generation, self.share):
-            agent = self.fleet.drain(agent_id, now)
-            log.info("draining %s for generation %d", agent.name, generation)
+                    log.info("%s runs generation %d", backend.name, generation)
+        for backend_id in plan(self.fleet, generation, self.share):
+            backend = self.fleet.cordon(backend_id, now)
+            log.info("draining %s for generation %d", backend.name, generation)
         waiting = False
-        for agent in list(self.fleet):
-            if agent.apply_sent != generation and ready_to_apply(agent, now, self.drain_timeout):
-                agent.apply_sent = generation
-                log.info("%s drained: applying generation %d", agent.name, generation)
-                self.send(agent.id, m.Apply(generation, state, self.drain_timeout))
-            elif agent.draining and agent.apply_sent != generation:
+        for backend in list(self.fleet):
+            if backend.apply_sent != generation and ready_to_apply(
+                backend, now, self.drain_timeout
+            ):
+                backend.apply_sent = generation
+                log.info("%s drained: applying generation %d", backend.name, generation)
+                self.send(backend.id, m.Apply(generation, state, self.drain_timeout))
+            elif backend.cordoned and backend.apply_sent != generation:
                 waiting = True
         self._seen = (generation, self.fleet.membership)
         self._waiting = waiting
@@ -124,13 +126,13 @@ class Rollout:
 
     def status(self) -> dict[str, Any]:
         generation = self.store.generation
-        agents = [
+        backends = [
             {
                 "name": a.name,
                 "id": a.id,
                 "applied_generation": a.applied_generation,
                 "matches": a.applied_generation == generation,
-                "changing": a.draining or a.applying,
+                "changing": a.cordoned or a.applying,
                 "failed_generation": a.failed_generation,
             }
             for a in self.fleet
@@ -140,5 +142,5 @@ class Rollout:
             "generation": generation,
             "desired": msgspec.to_builtins(self.store.state) if self.store.state else None,
             "halted": halted(self.fleet, generation),
-            "agents": agents,
+            "agents": backends,
         }

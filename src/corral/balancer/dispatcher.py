@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from corral.balancer.errors import HTTPError
 from corral.core.buffer import BufferFull, Waiter
 from corral.core.clock import Clock
-from corral.core.fleet import Agent, Fleet, FleetError
+from corral.core.fleet import Backend, Fleet, FleetError
 from corral.core.policy import Dispatch, Reject, RequestInfo
 from corral.core.scheduler import Assigned, Scheduler
 
@@ -25,10 +25,10 @@ log = logging.getLogger("corral.balancer")
 
 
 @dataclass(frozen=True, slots=True)
-class Slot:
+class Reservation:
     """A reserved slot: where to send the request, and proof to give it back."""
 
-    agent_id: str
+    backend_id: str
     address: str
     api_key: str | None
     name: str
@@ -42,7 +42,7 @@ class Dispatcher:
         scheduler: Scheduler,
         clock: Clock,
         *,
-        on_set_aside: Callable[[Agent], None] | None = None,
+        on_set_aside: Callable[[Backend], None] | None = None,
     ) -> None:
         self.scheduler = scheduler
         self.fleet: Fleet = scheduler.fleet
@@ -58,7 +58,7 @@ class Dispatcher:
         """Told how many seconds each new request's routing decision took (metrics)."""
 
     # ------------------------------------------------------------ requests
-    async def acquire(self, request: RequestInfo) -> Slot:
+    async def acquire(self, request: RequestInfo) -> Reservation:
         """Reserve a slot for this request, waiting in the buffer if need be.
 
         Raises :class:`HTTPError`: 404 unknown model, 429 buffer full, 503 waited
@@ -80,54 +80,56 @@ class Dispatcher:
             self.on_pick(time.perf_counter() - started)
         if isinstance(result, Dispatch):
             self._notify()
-            return self._slot(result.agent_id, 0.0)
+            return self._reservation(result.backend_id, 0.0)
         if isinstance(result, Reject):
             raise _reject_error(result)
         return await self._wait(result, request)
 
-    async def _wait(self, waiter: Waiter, request: RequestInfo) -> Slot:
+    async def _wait(self, waiter: Waiter, request: RequestInfo) -> Reservation:
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         waiter.token = future
         self._arm_expiry()
         self._notify()
         try:
-            agent_id = await future
+            backend_id = await future
         except asyncio.CancelledError:
             if self.scheduler.buffer.cancel(waiter):
                 self._notify()
             elif future.done() and not future.cancelled() and future.exception() is None:
                 self.release(future.result())  # got a slot just as the client left
             raise
-        if agent_id not in self.fleet:  # it left between the assignment and now
+        if backend_id not in self.fleet:  # it left between the assignment and now
             return await self.acquire(request)
-        return self._slot(agent_id, waiter.waited(self.clock.now()))
+        return self._reservation(backend_id, waiter.waited(self.clock.now()))
 
-    def _slot(self, agent_id: str, waited: float) -> Slot:
-        agent = self.fleet.get(agent_id)
-        return Slot(agent_id, agent.address, agent.api_key, agent.name, waited, agent.model)
+    def _reservation(self, backend_id: str, waited: float) -> Reservation:
+        backend = self.fleet.get(backend_id)
+        return Reservation(
+            backend_id, backend.address, backend.api_key, backend.name, waited, backend.model
+        )
 
-    def release(self, agent_id: str, *, ok: bool = True) -> None:
+    def release(self, backend_id: str, *, ok: bool = True) -> None:
         """The request on this slot finished (or failed after it started)."""
         try:
-            self.fleet.release(agent_id, self.clock.now())
+            self.fleet.release(backend_id, self.clock.now())
         except FleetError:
             log.exception("release of a slot that was not reserved")
         if ok:
-            self.fleet.succeeded(agent_id)
+            self.fleet.succeeded(backend_id)
         self.changed()
 
-    def failed(self, agent_id: str, reason: str) -> None:
+    def failed(self, backend_id: str, reason: str) -> None:
         """A request on this slot failed in the server: set it aside, free the slot."""
-        self.set_aside(agent_id, reason)
-        self.release(agent_id, ok=False)
+        self.set_aside(backend_id, reason)
+        self.release(backend_id, ok=False)
 
-    def set_aside(self, agent_id: str, reason: str) -> None:
+    def set_aside(self, backend_id: str, reason: str) -> None:
         """Send nothing more to this server until its agent reports it ready."""
-        agent = self.fleet.set_aside(agent_id)
-        if agent is not None:
-            log.warning("set aside %r: %s", agent, reason)
+        backend = self.fleet.set_aside(backend_id)
+        if backend is not None:
+            log.warning("set aside %r: %s", backend, reason)
             if self._on_set_aside is not None:
-                self._on_set_aside(agent)
+                self._on_set_aside(backend)
             self._notify()
 
     # -------------------------------------------------------------- events
@@ -136,15 +138,15 @@ class Dispatcher:
         again = True
         while again:
             again = False
-            for outcome in self.scheduler.drain(self.clock.now()):
+            for outcome in self.scheduler.assign(self.clock.now()):
                 future = outcome.waiter.token
                 assert isinstance(future, asyncio.Future)
                 if isinstance(outcome, Assigned):
                     if future.done():  # its client left: the slot goes to the next one
-                        self.fleet.release(outcome.agent_id, self.clock.now())
+                        self.fleet.release(outcome.backend_id, self.clock.now())
                         again = True
                         continue
-                    future.set_result(outcome.agent_id)
+                    future.set_result(outcome.backend_id)
                 elif not future.done():
                     future.set_exception(_reject_error(outcome.reject))
             if self.on_change is not None and self.on_change():

@@ -249,7 +249,7 @@ class Responder:
         if self._conn.closed:
             raise ConnectionResetError("the client disconnected")
         self.write_nowait(chunk, last=last)
-        await self._conn.drain()
+        await self._conn.wait_writable()
 
     def write_nowait(self, chunk: bytes, *, last: bool = False) -> bool:
         """:meth:`write` without waiting: ``False`` when the client's side is full,
@@ -267,10 +267,10 @@ class Responder:
         self._held = b""
         return not self._conn.writing_paused
 
-    def when_drained(self, callback: Callable[[], None] | None) -> None:
+    def when_writable(self, callback: Callable[[], None] | None) -> None:
         """Call ``callback`` once the client's side can take more (or has gone);
         ``None`` forgets a callback given before."""
-        self._conn.on_drained = callback
+        self._conn.on_writable = callback
 
     def finish(self) -> None:
         """End a streamed response."""
@@ -569,7 +569,7 @@ class _Connection(FlowControl):
                     log.error("handler sent no response to %r", request)
                     responder.send_json(500, error_body(500, "Corral: no response"))
                     self.close()
-            await self.drain()  # a client that reads nothing gets nothing more
+            await self.wait_writable()  # a client that reads nothing gets nothing more
         except asyncio.CancelledError:
             if not self.closed:  # cancelled by shutdown, not by the client
                 self.close(abort=True)

@@ -28,7 +28,7 @@ from corral.balancer.dispatcher import Dispatcher
 from corral.balancer.errors import HTTPError
 from corral.balancer.metrics import Metrics
 from corral.core.clock import Clock
-from corral.core.fleet import Agent, Condition, Issue, Report
+from corral.core.fleet import Backend, Condition, Issue, Report
 from corral.protocol import messages as m
 
 log = logging.getLogger("corral.management")
@@ -37,26 +37,26 @@ MAX_FRAME = 1024 * 1024
 MAX_BAD_FRAMES = 20  # consecutive bad frames before a socket is closed
 
 
-def agent_json(agent: Agent, now: float) -> dict[str, Any]:
-    """An agent as operators see it (never its API key)."""
+def backend_json(backend: Backend, now: float) -> dict[str, Any]:
+    """A backend (an agent and its server) as operators see it (never its API key)."""
     return {
-        "id": agent.id,
-        "name": agent.name,
-        "address": agent.address,
-        "model": agent.model,
-        "state": agent.state.value,
-        "condition": agent.condition.value,
-        "slots_total": agent.slots_total,
-        "slots_busy": agent.busy,
-        "slots_free": agent.free,
-        "slots_processing_reported": agent.slots_processing,
-        "reserved": agent.reserved,
-        "set_aside": agent.set_aside,
-        "issues": [{"code": i.code, "message": i.message} for i in agent.issues],
-        "supervisor": agent.supervisor,
-        "applied_generation": agent.applied_generation if agent.supervised else None,
-        "last_seen_ago_s": round(max(0.0, now - agent.last_seen), 3),
-        "registered_ago_s": round(max(0.0, now - agent.registered_at), 3),
+        "id": backend.id,
+        "name": backend.name,
+        "address": backend.address,
+        "model": backend.model,
+        "state": backend.state.value,
+        "condition": backend.condition.value,
+        "slots_total": backend.slots_total,
+        "slots_busy": backend.busy,
+        "slots_free": backend.free,
+        "slots_processing_reported": backend.slots_processing,
+        "reserved": backend.reserved,
+        "set_aside": backend.set_aside,
+        "issues": [{"code": i.code, "message": i.message} for i in backend.issues],
+        "supervisor": backend.supervisor,
+        "applied_generation": backend.applied_generation if backend.supervised else None,
+        "last_seen_ago_s": round(max(0.0, now - backend.last_seen), 3),
+        "registered_ago_s": round(max(0.0, now - backend.registered_at), 3),
     }
 
 
@@ -140,7 +140,7 @@ class Management:
         now = self.clock.now()
         idle, processing = self.fleet.totals()
         return {
-            "agents": [agent_json(a, now) for a in self.fleet],
+            "agents": [backend_json(b, now) for b in self.fleet],
             "slots_idle": idle,
             "slots_processing": processing,
             "buffered_requests": len(self.dispatcher.scheduler.buffer),
@@ -261,9 +261,9 @@ class Management:
             session.leave()
         return ws
 
-    def refresh(self, agent: Agent) -> None:
+    def refresh(self, backend: Backend) -> None:
         """Ask an agent to read its server again (after a failed request)."""
-        ws = self.sockets.get(agent.id)
+        ws = self.sockets.get(backend.id)
         if ws is not None and not ws.closed:
             self._spawn(ws.send_bytes(m.encode(m.Refresh())))
 

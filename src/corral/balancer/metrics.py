@@ -21,7 +21,7 @@ from prometheus_client.registry import Collector
 
 from corral.balancer.statsd import Counts
 from corral.core.buffer import Buffer
-from corral.core.fleet import AgentState, Fleet
+from corral.core.fleet import BackendState, Fleet
 
 LATENCY_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
@@ -39,7 +39,7 @@ class _FleetCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         states = GaugeMetricFamily("corral_agents", "Agents registered, by state", labels=["state"])
-        counts = dict.fromkeys(AgentState, 0)
+        counts = dict.fromkeys(BackendState, 0)
         slots = GaugeMetricFamily(
             "corral_agent_slots",
             "Slots of each agent's server, by kind (total, idle, processing)",
@@ -47,20 +47,20 @@ class _FleetCollector(Collector):
         )
         per_model: dict[str, list[int]] = {}
         total = idle = processing = 0
-        for agent in self.fleet:
-            counts[agent.state] += 1
-            model = agent.model or ""
-            free = agent.free if agent.routable else 0
-            busy = agent.busy if agent.routable else 0
-            slots.add_metric([agent.name, model, "total"], agent.slots_total)
-            slots.add_metric([agent.name, model, "idle"], free)
-            slots.add_metric([agent.name, model, "processing"], busy)
+        for backend in self.fleet:
+            counts[backend.state] += 1
+            model = backend.model or ""
+            free = backend.free if backend.routable else 0
+            busy = backend.busy if backend.routable else 0
+            slots.add_metric([backend.name, model, "total"], backend.slots_total)
+            slots.add_metric([backend.name, model, "idle"], free)
+            slots.add_metric([backend.name, model, "processing"], busy)
             sums = per_model.setdefault(model, [0, 0, 0])
-            if agent.routable:
-                sums[0] += agent.slots_total
+            if backend.routable:
+                sums[0] += backend.slots_total
                 sums[1] += free
                 sums[2] += busy
-                total += agent.slots_total
+                total += backend.slots_total
                 idle += free
                 processing += busy
         for state, count in counts.items():

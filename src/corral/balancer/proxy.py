@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import msgspec
 
 from corral.balancer import aggregate
-from corral.balancer.dispatcher import Dispatcher, Slot
+from corral.balancer.dispatcher import Dispatcher, Reservation
 from corral.balancer.errors import HTTPError, log_error, sse_error_event
 from corral.balancer.forwarded import FORWARDED_HEADERS, ProxyTrust, forwarded_lines
 from corral.balancer.http_server import Request, Responder, encode_headers
@@ -43,7 +43,7 @@ from corral.balancer.upstream import (
     UpstreamResponse,
 )
 from corral.core.endpoints import Kind, classify, known_paths
-from corral.core.fleet import Agent
+from corral.core.fleet import Backend
 from corral.core.policy import Reject, RequestInfo, resolve_pools
 
 log = logging.getLogger("corral.proxy")
@@ -189,10 +189,10 @@ class InferenceProxy:
             kind = None  # a HEAD is never proxied
         if self.api_keys and path not in _PUBLIC_PATHS:
             self._check_key(request)
-        if kind is Kind.SLOT:
-            return await self._proxy(request, out, slot=True)
+        if kind is Kind.INFERENCE:
+            return await self._proxy(request, out, inference=True)
         if kind is Kind.LIGHT:
-            return await self._proxy(request, out, slot=False)
+            return await self._proxy(request, out, inference=False)
         if kind is Kind.FLEET:
             return self._fleet(request, out)
         if kind is Kind.BLOCKED:
@@ -237,11 +237,11 @@ class InferenceProxy:
         out.send_json(status, body, [("Access-Control-Allow-Origin", origin)] if origin else ())
 
     # ----------------------------------------------------------- data path
-    async def _proxy(self, request: Request, out: Responder, *, slot: bool) -> None:
+    async def _proxy(self, request: Request, out: Responder, *, inference: bool) -> None:
         loop = asyncio.get_running_loop()
         ex = _Exchange(request.header(b"x-request-id") or os.urandom(16).hex(), loop.time())
         try:
-            await self._attempts(request, out, ex, slot=slot)
+            await self._attempts(request, out, ex, inference=inference)
         except HTTPError as exc:
             exc.headers["X-Request-Id"] = ex.request_id
             ex.status = exc.status
@@ -259,7 +259,7 @@ class InferenceProxy:
             self._finish(request, ex, loop.time())
 
     async def _attempts(
-        self, request: Request, out: Responder, ex: _Exchange, *, slot: bool
+        self, request: Request, out: Responder, ex: _Exchange, *, inference: bool
     ) -> None:
         body = _decoded(request.body, request.header(b"content-encoding"), self.max_body_size)
         if request.method == "POST" and "multipart" not in (request.header(b"content-type") or ""):
@@ -270,15 +270,17 @@ class InferenceProxy:
         for attempt in range(self.max_attempts):
             if attempt:
                 self.metrics.retries.inc()
-            target = await self.dispatcher.acquire(info) if slot else self._any_ready(info)
+            target = await self.dispatcher.acquire(info) if inference else self._any_ready(info)
             ex.waited += target.waited
-            ex.agent = target.name
+            ex.backend = target.name
             ex.served_model = target.model
             if not headers:
                 trusted = self.trust.trusts(request.remote)
                 headers = _upstream_headers(request, ex.request_id, trusted)
             try:
-                return await self._forward(request, out, target, body, headers, ex, slot=slot)
+                return await self._forward(
+                    request, out, target, body, headers, ex, inference=inference
+                )
             except _Retry as exc:
                 last_error = str(exc)
         raise HTTPError(
@@ -296,7 +298,7 @@ class InferenceProxy:
         model = ex.served_model or ""
         self.metrics.request_done(request.path, model, ex.status, total, ex.waited, ttfb)
         if ex.counted is not None:
-            self.metrics.count_tokens(model or ex.agent or "", ex.counted)
+            self.metrics.count_tokens(model or ex.backend or "", ex.counted)
         self.request_log(request, ex, total)
 
     def request_log(self, request: Request, ex: _Exchange, total: float) -> None:
@@ -309,7 +311,7 @@ class InferenceProxy:
             "path": request.path,
             "status": ex.status,
             "model": ex.model,
-            "agent": ex.agent,
+            "agent": ex.backend,
             "buffer_wait_s": round(ex.waited, 6),
             "ttfb_s": round(ttfb, 6) if ttfb is not None else None,
             "duration_s": round(total, 6),
@@ -321,14 +323,14 @@ class InferenceProxy:
             request.path,
             ex.status,
             ex.model or "-",
-            ex.agent or "-",
+            ex.backend or "-",
             ex.waited,
             f"{ttfb:.3f}s" if ttfb is not None else "-",
             total,
             extra={"fields": fields},
         )
 
-    def _any_ready(self, info: RequestInfo) -> Slot:
+    def _any_ready(self, info: RequestInfo) -> Reservation:
         """A routable server for a request that takes no slot, in rotating order."""
         pools = resolve_pools(self.fleet, info)
         if isinstance(pools, list):
@@ -336,8 +338,10 @@ class InferenceProxy:
             ready = [a for a in self.fleet if a.routable and a.model in models]
             if ready:
                 self._light_turn += 1
-                agent: Agent = ready[self._light_turn % len(ready)]
-                return Slot(agent.id, agent.address, agent.api_key, agent.name, 0.0, agent.model)
+                backend: Backend = ready[self._light_turn % len(ready)]
+                return Reservation(
+                    backend.id, backend.address, backend.api_key, backend.name, 0.0, backend.model
+                )
         elif isinstance(pools, Reject):
             raise HTTPError(pools.status, pools.message)
         raise HTTPError(503, "Corral: no server is ready", retry_after=1)
@@ -346,12 +350,12 @@ class InferenceProxy:
         self,
         request: Request,
         out: Responder,
-        target: Slot,
+        target: Reservation,
         body: bytes,
         headers: bytes,
         ex: _Exchange,
         *,
-        slot: bool,
+        inference: bool,
     ) -> None:
         """One attempt on one server. Frees the slot whatever happens."""
         healthy = True
@@ -381,19 +385,19 @@ class InferenceProxy:
             raise
         finally:
             if healthy:
-                if slot:
-                    self.dispatcher.release(target.agent_id)
-            elif slot:
-                self.dispatcher.failed(target.agent_id, "request failed")
+                if inference:
+                    self.dispatcher.release(target.backend_id)
+            elif inference:
+                self.dispatcher.failed(target.backend_id, "request failed")
             else:
-                self.dispatcher.set_aside(target.agent_id, "request failed")
+                self.dispatcher.set_aside(target.backend_id, "request failed")
 
     async def _relay(
         self,
         request: Request,
         out: Responder,
         upstream: UpstreamResponse,
-        target: Slot,
+        target: Reservation,
         ex: _Exchange,
     ) -> bool:
         """Relay the response; ``False`` if the server broke off mid-response."""
@@ -434,13 +438,13 @@ class InferenceProxy:
                 tail.append(chunk)
             if not out.write_nowait(chunk, last=last) and not last:  # the client is slower
                 upstream.pause_reading()
-                out.when_drained(upstream.resume_reading)
+                out.when_writable(upstream.resume_reading)
 
         upstream.relay(relay)
         try:
             await upstream.ended()
         except UpstreamBroken as exc:
-            out.when_drained(None)
+            out.when_writable(None)
             log.warning("%s failed mid-response: %s", target.name, exc)
             self.metrics.upstream_failures.labels("mid_response").inc()
             ex.status = 502
@@ -454,7 +458,7 @@ class InferenceProxy:
                 await out.write(sse_error_event(502, message))
                 out.finish()
             return False
-        out.when_drained(None)  # the connection goes back to the pool: forget it here
+        out.when_writable(None)  # the connection goes back to the pool: forget it here
         if out.client_gone:
             raise ConnectionResetError("the client disconnected")
         out.finish()
@@ -471,7 +475,7 @@ class _Exchange:
     started: float
     model: str | None = None  # as the client asked (logs only)
     served_model: str | None = None  # what the server that answered runs
-    agent: str | None = None
+    backend: str | None = None
     status: int = 500
     waited: float = 0.0
     first_byte: float | None = None

@@ -8,14 +8,14 @@ Start with :mod:`corral.core.policy` (who gets a request), then
 from corral.core.buffer import Buffer, BufferFull, Waiter
 from corral.core.clock import Clock, ManualClock, MonotonicClock
 from corral.core.endpoints import Kind, classify
-from corral.core.fleet import Agent, AgentState, Condition, Fleet, FleetError, Issue, Report
+from corral.core.fleet import Backend, BackendState, Condition, Fleet, FleetError, Issue, Report
 from corral.core.policy import Decision, Dispatch, Policy, Reject, RequestInfo, Rule, Wait
 from corral.core.scheduler import Assigned, Refused, Scheduler
 
 __all__ = [
-    "Agent",
-    "AgentState",
     "Assigned",
+    "Backend",
+    "BackendState",
     "Buffer",
     "BufferFull",
     "Clock",

@@ -3,7 +3,7 @@
 One table, decided once at start-up, so the data path does a single dict lookup per
 request. Every route llama-server exposes is listed with a :class:`Kind`:
 
-- ``SLOT``: occupies a server slot while it runs (generation, embeddings, reranking,
+- ``INFERENCE``: occupies a server slot while it runs (generation, embeddings, reranking,
   infill). Routed slot-aware, buffered when no slot is free.
 - ``LIGHT``: answered by any ready server without taking a slot (tokenize, props...).
 - ``FLEET``: answered by the balancer itself, aggregated across the fleet
@@ -23,13 +23,13 @@ from typing import Final
 
 
 class Kind(enum.Enum):
-    SLOT = "slot"
+    INFERENCE = "inference"
     LIGHT = "light"
     FLEET = "fleet"
     BLOCKED = "blocked"
 
 
-_SLOT_POST: Final = (
+_INFERENCE_POST: Final = (
     "/completion",
     "/completions",
     "/v1/completions",
@@ -76,7 +76,7 @@ _BLOCKED: Final = (
 )
 
 ROUTES: Final[dict[tuple[str, str], Kind]] = {
-    **{("POST", p): Kind.SLOT for p in _SLOT_POST},
+    **{("POST", p): Kind.INFERENCE for p in _INFERENCE_POST},
     **{("POST", p): Kind.LIGHT for p in _LIGHT_POST},
     **{("GET", p): Kind.LIGHT for p in _LIGHT_GET},
     **{("GET", p): Kind.FLEET for p in _FLEET_GET},

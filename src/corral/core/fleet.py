@@ -1,4 +1,5 @@
-"""Fleet state: the agents, their slots, and the balancer's own reservations.
+"""Fleet state: the backends (each a llama-server and its agent), their slots, and the
+balancer's own reservations.
 
 Theory of operation
 -------------------
@@ -29,11 +30,11 @@ would leave a slot idle until the next report. A report that says nothing of its
 report can only overstate ``external``: slots stay unused for a while, never
 overloaded.
 
-An agent can be picked when it is *routable*: its server reports ready, its
+A backend can be picked when it is *routable*: its server reports ready, its
 heartbeats are on time, and no request to it failed since its last ready report
-("set aside"). Routable agents with a free slot sit in a per-model index of buckets
-keyed by free slots, so the policy finds the agent with the most free slots without
-scanning the fleet; ties rotate because a touched agent goes to the back of its
+("set aside"). Routable backends with a free slot sit in a per-model index of buckets
+keyed by free slots, so the policy finds the backend with the most free slots without
+scanning the fleet; ties rotate because a touched backend goes to the back of its
 bucket.
 
 Every method is a state transition. An illegal one raises :class:`FleetError` and
@@ -51,7 +52,7 @@ from typing import Any
 
 
 class FleetError(Exception):
-    """An illegal transition (unknown agent, double registration, no free slot...)."""
+    """An illegal transition (unknown backend, double registration, no free slot...)."""
 
 
 class Condition(enum.Enum):
@@ -65,8 +66,8 @@ class Condition(enum.Enum):
     ERROR = "error"  # anything else (5xx...)
 
 
-class AgentState(enum.Enum):
-    """What the balancer makes of an agent, as operators see it."""
+class BackendState(enum.Enum):
+    """What the balancer makes of a backend, as operators see it."""
 
     READY = "ready"
     LOADING = "loading"
@@ -106,8 +107,9 @@ class Report:
 
 
 @dataclass(eq=False, slots=True)
-class Agent:
-    """One agent and its server, as the balancer sees it."""
+class Backend:
+    """One backend: a llama-server and the agent that reports it, as the balancer sees
+    them. Its ``id`` is the id its agent registered with (the API's agent id)."""
 
     id: str
     name: str
@@ -123,8 +125,8 @@ class Agent:
     applied_generation: int = 0
     failed_generation: int | None = None
     applying: bool = False
-    draining: bool = False  # the balancer sends it nothing: a change is coming
-    drain_started: float = 0.0
+    cordoned: bool = False  # the balancer sends it nothing: a change is coming
+    cordoned_at: float = 0.0
     apply_sent: int = 0  # generation of the last Apply sent to it
     reserved: int = 0
     reserved_at_report: int = 0
@@ -137,7 +139,7 @@ class Agent:
     heartbeat_ok: bool = True
     set_aside: bool = False
     failures: int = 0
-    _slot: tuple[str | None, int] | None = None  # where it sits in the index
+    _bucket: tuple[str | None, int] | None = None  # where it sits in the index
 
     @property
     def external(self) -> int:
@@ -158,7 +160,7 @@ class Agent:
             self.condition is Condition.READY
             and self.heartbeat_ok
             and not self.set_aside
-            and not self.draining
+            and not self.cordoned
             and not self.applying
         )
 
@@ -167,40 +169,40 @@ class Agent:
         return self.supervisor is not None
 
     @property
-    def state(self) -> AgentState:
+    def state(self) -> BackendState:
         if not self.heartbeat_ok:
-            return AgentState.UNHEALTHY
-        if self.draining or self.applying:
-            return AgentState.DRAINING
+            return BackendState.UNHEALTHY
+        if self.cordoned or self.applying:
+            return BackendState.DRAINING
         if self.condition is Condition.READY:
-            return AgentState.READY
+            return BackendState.READY
         if self.condition is Condition.LOADING:
-            return AgentState.LOADING
-        return AgentState.ERROR
+            return BackendState.LOADING
+        return BackendState.ERROR
 
     def __repr__(self) -> str:
         flags = " set-aside" if self.set_aside else ""
         return (
-            f"<Agent {self.name} {self.state.name}{flags} slots {self.busy}/{self.slots_total}"
+            f"<Backend {self.name} {self.state.name}{flags} slots {self.busy}/{self.slots_total}"
             f" busy (reserved {self.reserved}) model={self.model}>"
         )
 
 
 class _Pool:
-    """The routable agents of one model with a free slot, bucketed by free slots."""
+    """The routable backends of one model with a free slot, bucketed by free slots."""
 
     __slots__ = ("buckets",)
 
     def __init__(self) -> None:
-        # free slots -> agents, in insertion order (dicts keep it; used as ordered sets)
-        self.buckets: dict[int, dict[str, Agent]] = {}
+        # free slots -> backends, in insertion order (dicts keep it; used as ordered sets)
+        self.buckets: dict[int, dict[str, Backend]] = {}
 
-    def add(self, agent: Agent, free: int) -> None:
-        self.buckets.setdefault(free, {})[agent.id] = agent
+    def add(self, backend: Backend, free: int) -> None:
+        self.buckets.setdefault(free, {})[backend.id] = backend
 
-    def remove(self, agent_id: str, free: int) -> None:
+    def remove(self, backend_id: str, free: int) -> None:
         bucket = self.buckets[free]
-        del bucket[agent_id]
+        del bucket[backend_id]
         if not bucket:
             del self.buckets[free]
 
@@ -209,48 +211,48 @@ class _Pool:
 
 
 class Fleet:
-    """All agents known to one balancer. Pure state: no I/O, time passed in."""
+    """All backends known to one balancer. Pure state: no I/O, time passed in."""
 
     def __init__(self) -> None:
-        self._agents: dict[str, Agent] = {}
+        self._backends: dict[str, Backend] = {}
         self._pools: dict[str | None, _Pool] = {}
-        # model (None: the server named none) -> number of agents reporting it
+        # model (None: the server named none) -> number of backends reporting it
         self._model_refs: dict[str | None, int] = {}
         self._models: list[str] | None = None  # sorted named models, cached
         self.version = 0  # bumped on every change, for watchers
         self.membership = 0
-        """Bumped when agents join, leave or drain, or a report changes what a rollout
+        """Bumped when backends join, leave or are cordoned, or a report changes what a rollout
         looks at (condition, model, generations, applying): not per request, and not for
         busy-slot counts, so a rollout's scan of the fleet stays off the hot paths."""
 
     # ------------------------------------------------------------------ queries
     def __len__(self) -> int:
-        return len(self._agents)
+        return len(self._backends)
 
-    def __iter__(self) -> Iterator[Agent]:
-        return iter(self._agents.values())
+    def __iter__(self) -> Iterator[Backend]:
+        return iter(self._backends.values())
 
-    def __contains__(self, agent_id: object) -> bool:
-        return agent_id in self._agents
+    def __contains__(self, backend_id: object) -> bool:
+        return backend_id in self._backends
 
-    def get(self, agent_id: str) -> Agent:
+    def get(self, backend_id: str) -> Backend:
         try:
-            return self._agents[agent_id]
+            return self._backends[backend_id]
         except KeyError:
-            raise FleetError(f"unknown agent {agent_id!r}") from None
+            raise FleetError(f"unknown backend {backend_id!r}") from None
 
     def models(self) -> list[str]:
-        """Models named by any registered agent (ready or not), sorted."""
+        """Models named by any registered backend (ready or not), sorted."""
         if self._models is None:
             self._models = sorted(m for m in self._model_refs if m is not None)
         return self._models
 
     def has_unnamed_model(self) -> bool:
-        """Whether some agent's server did not say which model it runs."""
+        """Whether some backend's server did not say which model it runs."""
         return None in self._model_refs
 
-    def candidates(self, models: Iterable[str | None]) -> Iterator[Agent]:
-        """Routable agents of these models with a free slot, most free slots first.
+    def candidates(self, models: Iterable[str | None]) -> Iterator[Backend]:
+        """Routable backends of these models with a free slot, most free slots first.
 
         Cost is proportional to the number of distinct free-slot counts, not to the
         size of the fleet. Stop iterating before changing the fleet.
@@ -272,168 +274,173 @@ class Fleet:
         return any(self._pools.values())
 
     def totals(self) -> tuple[int, int]:
-        """``(slots_idle, slots_processing)`` over ready agents."""
+        """``(slots_idle, slots_processing)`` over ready backends."""
         idle = processing = 0
-        for agent in self._agents.values():
-            if agent.routable:
-                idle += agent.free
-                processing += agent.busy
+        for backend in self._backends.values():
+            if backend.routable:
+                idle += backend.free
+                processing += backend.busy
         return idle, processing
 
     def __repr__(self) -> str:
         idle, processing = self.totals()
-        ready = sum(1 for a in self._agents.values() if a.routable)
+        ready = sum(1 for a in self._backends.values() if a.routable)
         return (
-            f"<Fleet [Agents: {len(self._agents)}, {ready} ready | "
+            f"<Fleet [Backends: {len(self._backends)}, {ready} ready | "
             f"Slots: {processing} busy, {idle} idle | Models: {', '.join(self.models()) or '-'}]>"
         )
 
     # -------------------------------------------------------------- transitions
     def register(
-        self, agent_id: str, *, name: str, address: str, api_key: str | None, now: float
-    ) -> Agent:
-        if agent_id in self._agents:
-            raise FleetError(f"agent {agent_id!r} is already registered")
-        agent = Agent(
-            id=agent_id,
+        self, backend_id: str, *, name: str, address: str, api_key: str | None, now: float
+    ) -> Backend:
+        if backend_id in self._backends:
+            raise FleetError(f"backend {backend_id!r} is already registered")
+        backend = Backend(
+            id=backend_id,
             name=name,
             address=address,
             api_key=api_key,
             registered_at=now,
             last_seen=now,
         )
-        self._agents[agent_id] = agent
+        self._backends[backend_id] = backend
         self._ref_model(None)
         self.membership += 1
         self._changed()
-        return agent
+        return backend
 
-    def report(self, agent_id: str, report: Report, now: float) -> Agent:
+    def report(self, backend_id: str, report: Report, now: float) -> Backend:
         """Apply a status report. A ready report clears "set aside"."""
-        agent = self.get(agent_id)
-        self._unindex(agent)
-        before = _rollout_view(agent)
-        if agent.model != report.model:
-            self._unref_model(agent.model)
+        backend = self.get(backend_id)
+        self._unindex(backend)
+        before = _rollout_view(backend)
+        if backend.model != report.model:
+            self._unref_model(backend.model)
             self._ref_model(report.model)
-        agent.condition = report.condition
-        agent.model = report.model
-        agent.slots_total = report.slots_total
-        agent.slots_processing = report.slots_processing
-        agent.issues = report.issues
-        agent.supervisor = report.supervisor
-        agent.applied_generation = report.applied_generation
-        agent.failed_generation = report.failed_generation
-        agent.applying = report.applying
+        backend.condition = report.condition
+        backend.model = report.model
+        backend.slots_total = report.slots_total
+        backend.slots_processing = report.slots_processing
+        backend.issues = report.issues
+        backend.supervisor = report.supervisor
+        backend.applied_generation = report.applied_generation
+        backend.failed_generation = report.failed_generation
+        backend.applying = report.applying
         if report.props:
-            agent.props = report.props
-        agent.reserved_at_report = _in_flight_at(agent, report.read_at)
-        agent.last_seen = agent.last_report = now
-        agent.heartbeat_ok = True
+            backend.props = report.props
+        backend.reserved_at_report = _in_flight_at(backend, report.read_at)
+        backend.last_seen = backend.last_report = now
+        backend.heartbeat_ok = True
         if report.condition is Condition.READY:
-            agent.set_aside = False
-        if _rollout_view(agent) != before:
+            backend.set_aside = False
+        if _rollout_view(backend) != before:
             self.membership += 1
-        self._index(agent)
+        self._index(backend)
         self._changed()
-        return agent
+        return backend
 
-    def heartbeat(self, agent_id: str, now: float) -> bool:
+    def heartbeat(self, backend_id: str, now: float) -> bool:
         """Note that the agent is alive; ``True`` if that changed its state."""
-        agent = self.get(agent_id)
-        agent.last_seen = now
-        if agent.heartbeat_ok:
+        backend = self.get(backend_id)
+        backend.last_seen = now
+        if backend.heartbeat_ok:
             return False
-        agent.heartbeat_ok = True
-        self._reindex(agent)
+        backend.heartbeat_ok = True
+        self._reindex(backend)
         self._changed()
         return True
 
-    def remove(self, agent_id: str) -> Agent:
-        agent = self.get(agent_id)
-        self._unindex(agent)
-        self._unref_model(agent.model)
-        del self._agents[agent_id]
+    def remove(self, backend_id: str) -> Backend:
+        backend = self.get(backend_id)
+        self._unindex(backend)
+        self._unref_model(backend.model)
+        del self._backends[backend_id]
         self.membership += 1
         self._changed()
-        return agent
+        return backend
 
-    def reserve(self, agent_id: str, now: float | None = None) -> Agent:
-        """Take one slot on this agent for a request the balancer is about to send.
+    def reserve(self, backend_id: str, now: float | None = None) -> Backend:
+        """Take one slot on this backend for a request the balancer is about to send.
 
         ``now`` (the balancer's clock) lets later reports place it in time."""
-        agent = self.get(agent_id)
-        if not agent.routable:
-            raise FleetError(f"cannot reserve on {agent!r}: not routable")
-        if agent.free < 1:
-            raise FleetError(f"cannot reserve on {agent!r}: no free slot")
-        self._unindex(agent)
-        agent.reserved += 1
-        _log(agent, now, +1)
-        self._index(agent)
+        backend = self.get(backend_id)
+        if not backend.routable:
+            raise FleetError(f"cannot reserve on {backend!r}: not routable")
+        if backend.free < 1:
+            raise FleetError(f"cannot reserve on {backend!r}: no free slot")
+        self._unindex(backend)
+        backend.reserved += 1
+        _log(backend, now, +1)
+        self._index(backend)
         self._changed()
-        return agent
+        return backend
 
-    def release(self, agent_id: str, now: float | None = None) -> Agent | None:
-        """Give back a slot taken by :meth:`reserve`. ``None`` if the agent has left."""
-        agent = self._agents.get(agent_id)
-        if agent is None:
+    def release(self, backend_id: str, now: float | None = None) -> Backend | None:
+        """Give back a slot taken by :meth:`reserve`. ``None`` if the backend has left."""
+        backend = self._backends.get(backend_id)
+        if backend is None:
             return None
-        if agent.reserved < 1:
-            raise FleetError(f"release on {agent!r} without a reservation")
-        self._unindex(agent)
-        agent.reserved -= 1
-        _log(agent, now, -1)
+        if backend.reserved < 1:
+            raise FleetError(f"release on {backend!r} without a reservation")
+        self._unindex(backend)
+        backend.reserved -= 1
+        _log(backend, now, -1)
         # reserved_at_report stays: the last report still counts this request as busy
         # if it had reached the server, and the two cancel out in ``external``.
-        self._index(agent)
+        self._index(backend)
         self._changed()
-        return agent
+        return backend
 
-    def set_aside(self, agent_id: str) -> Agent | None:
-        """A request to this agent's server failed: send nothing until it reports ready."""
-        agent = self._agents.get(agent_id)
-        if agent is None:
+    def set_aside(self, backend_id: str) -> Backend | None:
+        """A request to this backend failed: send nothing until it reports ready."""
+        backend = self._backends.get(backend_id)
+        if backend is None:
             return None
-        agent.failures += 1
-        if not agent.set_aside:
-            agent.set_aside = True
-            self._reindex(agent)
+        backend.failures += 1
+        if not backend.set_aside:
+            backend.set_aside = True
+            self._reindex(backend)
             self._changed()
-        return agent
+        return backend
 
-    def drain(self, agent_id: str, now: float) -> Agent:
-        """Send this agent nothing more: its settings are about to change."""
-        agent = self.get(agent_id)
-        if agent.draining:
-            raise FleetError(f"{agent!r} is already draining")
-        agent.draining = True
-        agent.drain_started = now
+    def cordon(self, backend_id: str, now: float) -> Backend:
+        """Cordon this backend: send it nothing new (its settings are about to change).
+
+        Its requests in flight run to their end; the rollout waits for them (cordon
+        and wait: a drain, in Kubernetes' words)."""
+        backend = self.get(backend_id)
+        if backend.cordoned:
+            raise FleetError(f"{backend!r} is already draining")
+        backend.cordoned = True
+        backend.cordoned_at = now
         self.membership += 1
-        self._reindex(agent)
+        self._reindex(backend)
         self._changed()
-        return agent
+        return backend
 
-    def undrain(self, agent_id: str) -> Agent:
-        agent = self.get(agent_id)
-        if agent.draining:
-            agent.draining = False
+    def uncordon(self, backend_id: str) -> Backend:
+        backend = self.get(backend_id)
+        if backend.cordoned:
+            backend.cordoned = False
             self.membership += 1
-            self._reindex(agent)
+            self._reindex(backend)
             self._changed()
-        return agent
+        return backend
 
-    def succeeded(self, agent_id: str) -> None:
-        agent = self._agents.get(agent_id)
-        if agent is not None:
-            agent.failures = 0
+    def succeeded(self, backend_id: str) -> None:
+        backend = self._backends.get(backend_id)
+        if backend is not None:
+            backend.failures = 0
 
-    def expire(self, now: float, timeout: float) -> list[Agent]:
-        """Mark agents not heard from for ``timeout`` seconds unhealthy; return them."""
-        stale = [a for a in self._agents.values() if a.heartbeat_ok and now - a.last_seen > timeout]
-        for agent in stale:
-            agent.heartbeat_ok = False
-            self._reindex(agent)
+    def expire(self, now: float, timeout: float) -> list[Backend]:
+        """Mark backends not heard from for ``timeout`` seconds unhealthy; return them."""
+        stale = [
+            a for a in self._backends.values() if a.heartbeat_ok and now - a.last_seen > timeout
+        ]
+        for backend in stale:
+            backend.heartbeat_ok = False
+            self._reindex(backend)
         if stale:
             self._changed()
         return stale
@@ -456,51 +463,51 @@ class Fleet:
             del self._model_refs[model]
             self._models = None
 
-    def _index(self, agent: Agent) -> None:
-        free = agent.free
-        if agent.routable and free > 0:
-            self._pools.setdefault(agent.model, _Pool()).add(agent, free)
-            agent._slot = (agent.model, free)
+    def _index(self, backend: Backend) -> None:
+        free = backend.free
+        if backend.routable and free > 0:
+            self._pools.setdefault(backend.model, _Pool()).add(backend, free)
+            backend._bucket = (backend.model, free)
 
-    def _unindex(self, agent: Agent) -> None:
-        if agent._slot is not None:
-            model, free = agent._slot
+    def _unindex(self, backend: Backend) -> None:
+        if backend._bucket is not None:
+            model, free = backend._bucket
             pool = self._pools[model]
-            pool.remove(agent.id, free)
+            pool.remove(backend.id, free)
             if not pool:
                 del self._pools[model]
-            agent._slot = None
+            backend._bucket = None
 
-    def _reindex(self, agent: Agent) -> None:
-        self._unindex(agent)
-        self._index(agent)
+    def _reindex(self, backend: Backend) -> None:
+        self._unindex(backend)
+        self._index(backend)
 
     def check_index(self) -> None:
-        """Assert the index matches the agents (for tests)."""
+        """Assert the index matches the backends (for tests)."""
         seen = set()
         for model, pool in self._pools.items():
             for free, bucket in pool.buckets.items():
                 assert bucket, "empty bucket left behind"
-                for agent_id, agent in bucket.items():
-                    assert self._agents.get(agent_id) is agent, f"stale {agent_id}"
-                    assert agent.model == model and agent.free == free, repr(agent)
-                    assert agent.routable, repr(agent)
-                    seen.add(agent_id)
-        for agent in self._agents.values():
-            assert (agent.id in seen) == (agent.routable and agent.free > 0), repr(agent)
+                for backend_id, backend in bucket.items():
+                    assert self._backends.get(backend_id) is backend, f"stale {backend_id}"
+                    assert backend.model == model and backend.free == free, repr(backend)
+                    assert backend.routable, repr(backend)
+                    seen.add(backend_id)
+        for backend in self._backends.values():
+            assert (backend.id in seen) == (backend.routable and backend.free > 0), repr(backend)
 
 
-def _rollout_view(agent: Agent) -> tuple[object, ...]:
+def _rollout_view(backend: Backend) -> tuple[object, ...]:
     """What of an agent's report the rollout reads (see :attr:`Fleet.membership`)."""
     return (
-        agent.condition,
-        agent.model,
-        agent.supervisor is None,
-        agent.applied_generation,
-        agent.failed_generation,
-        agent.applying,
-        agent.set_aside,
-        agent.heartbeat_ok,
+        backend.condition,
+        backend.model,
+        backend.supervisor is None,
+        backend.applied_generation,
+        backend.failed_generation,
+        backend.applying,
+        backend.set_aside,
+        backend.heartbeat_ok,
     )
 
 
@@ -509,27 +516,27 @@ LOG_SECONDS = 10.0
 say when their reading began (a report read longer ago counts as read on arrival)."""
 
 
-def _log(agent: Agent, now: float | None, delta: int) -> None:
+def _log(backend: Backend, now: float | None, delta: int) -> None:
     if now is None:  # an event at an unknown time: reads before the next known event
-        agent._log.clear()  # fall back to counting on arrival
-        agent._log_from = math.inf
+        backend._log.clear()  # fall back to counting on arrival
+        backend._log_from = math.inf
         return
-    if agent._log_from == math.inf:
-        agent._log_from = now
-    log = agent._log
+    if backend._log_from == math.inf:
+        backend._log_from = now
+    log = backend._log
     log.append((now, delta))
     horizon = now - LOG_SECONDS
     while log and log[0][0] < horizon:
-        agent._log_from = log.popleft()[0]
+        backend._log_from = log.popleft()[0]
 
 
-def _in_flight_at(agent: Agent, read_at: float | None) -> int:
-    """The balancer's requests in flight on ``agent`` at ``read_at`` (now if unknown)."""
-    if read_at is None or read_at < agent._log_from:
-        return agent.reserved
+def _in_flight_at(backend: Backend, read_at: float | None) -> int:
+    """The balancer's requests in flight on ``backend`` at ``read_at`` (now if unknown)."""
+    if read_at is None or read_at < backend._log_from:
+        return backend.reserved
     after = 0
-    for when, delta in reversed(agent._log):
+    for when, delta in reversed(backend._log):
         if when <= read_at:
             break
         after += delta
-    return max(0, agent.reserved - after)
+    return max(0, backend.reserved - after)

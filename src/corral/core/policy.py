@@ -6,7 +6,7 @@ Theory of operation
 moment (the caller does not await between the pick and the reservation, so the fleet
 it reads is a consistent snapshot). It answers one of:
 
-- :class:`Dispatch`: send it to this agent (the caller reserves the slot at once);
+- :class:`Dispatch`: send it to this backend (the caller reserves the slot at once);
 - :class:`Wait`: no server can take it now; buffer it;
 - :class:`Reject`: it can never be served as asked (an unknown model).
 
@@ -16,7 +16,7 @@ A pick runs in three steps, each a place to extend the policy:
    model in the fleet any ``model`` value is accepted, as llama-server does; with
    several, ``model`` picks the pool and an unknown one is rejected. Servers that
    name no model take requests that name none, or any name when no server names one.
-2. **Candidates**: routable agents of those pools with a free slot, most free slots
+2. **Candidates**: routable backends of those pools with a free slot, most free slots
    first, ties in rotating order (from the fleet's index; no scan of the fleet).
 3. **Rules**: each :class:`Rule` may veto a candidate (a LoRA adapter it lacks, a
    priority class it does not serve...). The first candidate no rule vetoes wins.
@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from corral.core.fleet import Agent, Fleet
+from corral.core.fleet import Backend, Fleet
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +43,7 @@ class RequestInfo:
 
 @dataclass(frozen=True, slots=True)
 class Dispatch:
-    agent_id: str
+    backend_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +64,7 @@ Decision = Dispatch | Wait | Reject
 class Rule(Protocol):
     """A piece of policy that may veto a candidate for a request."""
 
-    def accepts(self, agent: Agent, request: RequestInfo) -> bool: ...
+    def accepts(self, backend: Backend, request: RequestInfo) -> bool: ...
 
 
 def resolve_pools(fleet: Fleet, request: RequestInfo) -> list[str | None] | Reject | Wait:
@@ -95,9 +95,9 @@ class Policy:
         pools = resolve_pools(fleet, request)
         if not isinstance(pools, list):
             return pools
-        for agent in fleet.candidates(pools):
-            if all(rule.accepts(agent, request) for rule in self.rules):
-                return Dispatch(agent.id)
+        for backend in fleet.candidates(pools):
+            if all(rule.accepts(backend, request) for rule in self.rules):
+                return Dispatch(backend.id)
         return Wait("no free slot")
 
     def __repr__(self) -> str:

@@ -25,10 +25,10 @@ from corral.core.policy import Dispatch, Policy, Reject, RequestInfo, Wait
 
 @dataclass(frozen=True, slots=True)
 class Assigned:
-    """A buffered request got a slot (already reserved) on this agent."""
+    """A buffered request got a slot (already reserved) on this backend."""
 
     waiter: Waiter
-    agent_id: str
+    backend_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,13 +54,13 @@ class Scheduler:
         """
         decision = self.policy.pick(self.fleet, request)
         if isinstance(decision, Dispatch):
-            self.fleet.reserve(decision.agent_id, now)
+            self.fleet.reserve(decision.backend_id, now)
             return decision
         if isinstance(decision, Reject):
             return decision
         return self.buffer.push(request, now, token)
 
-    def drain(self, now: float | None = None) -> list[Assigned | Refused]:
+    def assign(self, now: float | None = None) -> list[Assigned | Refused]:
         """Give free slots to buffered requests, oldest first."""
         outcomes: list[Assigned | Refused] = []
         while len(self.buffer) and self.fleet.has_free_slot():
@@ -71,8 +71,8 @@ class Scheduler:
                     continue
                 self.buffer.take(waiter)
                 if isinstance(decision, Dispatch):
-                    self.fleet.reserve(decision.agent_id, now)
-                    outcomes.append(Assigned(waiter, decision.agent_id))
+                    self.fleet.reserve(decision.backend_id, now)
+                    outcomes.append(Assigned(waiter, decision.backend_id))
                 else:
                     outcomes.append(Refused(waiter, decision))
                 progressed = True

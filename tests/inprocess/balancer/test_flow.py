@@ -59,13 +59,13 @@ async def test_reading_is_left_alone_before_connecting_and_after_closing() -> No
 async def test_drain_returns_at_once_unless_writing_is_paused() -> None:
     flow, _ = connected()
     async with asyncio.timeout(1):
-        await flow.drain()
+        await flow.wait_writable()
 
 
 async def test_drain_waits_for_resume_writing_and_wakes_every_writer() -> None:
     flow, _ = connected()
     flow.pause_writing()
-    writers = [asyncio.create_task(flow.drain()) for _ in range(2)]
+    writers = [asyncio.create_task(flow.wait_writable()) for _ in range(2)]
     await asyncio.sleep(0.01)
     assert not any(writer.done() for writer in writers)
     flow.resume_writing()
@@ -77,26 +77,26 @@ async def test_drain_waits_for_resume_writing_and_wakes_every_writer() -> None:
 async def test_a_lost_connection_fails_the_writers_waiting_to_drain() -> None:
     flow, _ = connected()
     flow.pause_writing()
-    writer = asyncio.create_task(flow.drain())
+    writer = asyncio.create_task(flow.wait_writable())
     await asyncio.sleep(0.01)
     flow.connection_closed()
     with pytest.raises(ConnectionResetError):
         async with asyncio.timeout(1):
             await writer
     async with asyncio.timeout(1):
-        await flow.drain()  # closed: nothing to wait for (a write would be dropped)
+        await flow.wait_writable()  # closed: nothing to wait for (a write would be dropped)
 
 
 async def test_the_drained_callback_runs_once_then_is_forgotten() -> None:
     flow, _ = connected()
     calls: list[int] = []
     flow.pause_writing()
-    flow.on_drained = lambda: calls.append(1)
+    flow.on_writable = lambda: calls.append(1)
     flow.resume_writing()
     flow.pause_writing()
     flow.resume_writing()
-    assert calls == [1] and flow.on_drained is None
-    flow.on_drained = lambda: calls.append(2)
+    assert calls == [1] and flow.on_writable is None
+    flow.on_writable = lambda: calls.append(2)
     flow.connection_closed()  # a lost connection calls it too: nothing waits forever
     assert calls == [1, 2]
 
@@ -127,16 +127,16 @@ async def test_a_peer_that_reads_nothing_pauses_the_writer_until_it_reads() -> N
             if protocol.writing_paused:
                 break
         assert protocol.writing_paused, "the transport never said its buffer was full"
-        drained = asyncio.create_task(protocol.drain())
+        writable = asyncio.create_task(protocol.wait_writable())
         await asyncio.sleep(0.05)
-        assert not drained.done()
+        assert not writable.done()
         async with asyncio.timeout(5):
-            while not drained.done():  # the peer reads: the buffer empties
+            while not writable.done():  # the peer reads: the buffer empties
                 with contextlib.suppress(BlockingIOError):
                     while theirs.recv(1 << 20):
                         pass
                 await asyncio.sleep(0.001)
-        await drained
+        await writable
         assert not protocol.writing_paused
     finally:
         transport.close()

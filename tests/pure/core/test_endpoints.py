@@ -12,7 +12,7 @@ def test_generation_and_embeddings_take_slots():
         "/v1/embeddings",
         "/reranking",
     ):
-        assert classify("POST", path) is Kind.SLOT, path
+        assert classify("POST", path) is Kind.INFERENCE, path
 
 
 def test_light_fleet_and_blocked_routes():

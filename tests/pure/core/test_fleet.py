@@ -3,7 +3,7 @@
 import pytest
 
 from corral.core import Condition, Fleet, FleetError, Report
-from corral.core.fleet import AgentState
+from corral.core.fleet import BackendState
 
 
 def ready(slots: int = 4, busy: int = 0, model: str = "m") -> Report:
@@ -20,12 +20,12 @@ def fleet_with(*specs: tuple[str, int]) -> Fleet:
 
 def test_registered_agent_is_loading_until_it_reports():
     fleet = Fleet()
-    agent = fleet.register("a", name="a", address="http://a", api_key=None, now=0)
-    assert agent.state is AgentState.LOADING
-    assert not agent.routable
+    backend = fleet.register("a", name="a", address="http://a", api_key=None, now=0)
+    assert backend.state is BackendState.LOADING
+    assert not backend.routable
     assert list(fleet.candidates([None])) == []
     fleet.report("a", ready(2), now=1)
-    assert agent.state is AgentState.READY
+    assert backend.state is BackendState.READY
     assert [a.id for a in fleet.candidates(["m"])] == ["a"]
     fleet.check_index()
 
@@ -61,11 +61,11 @@ def test_release_after_agent_left_is_a_no_op():
     assert len(fleet) == 0
 
 
-def test_double_register_and_unknown_agent_raise():
+def test_double_register_and_unknown_backend_raise():
     fleet = fleet_with(("a", 2))
     with pytest.raises(FleetError, match="already registered"):
         fleet.register("a", name="a", address="x", api_key=None, now=0)
-    with pytest.raises(FleetError, match="unknown agent"):
+    with pytest.raises(FleetError, match="unknown backend"):
         fleet.report("zzz", ready(), now=0)
 
 
@@ -83,11 +83,11 @@ def test_our_own_requests_are_not_counted_twice():
     fleet.reserve("a")
     # The server now reports our two requests as processing.
     fleet.report("a", ready(4, busy=2), now=1)
-    agent = fleet.get("a")
-    assert (agent.external, agent.free) == (0, 2)
+    backend = fleet.get("a")
+    assert (backend.external, backend.free) == (0, 2)
     # One finishes: its slot is free at once, before any report.
     fleet.release("a")
-    assert agent.free == 3
+    assert backend.free == 3
 
 
 def test_stale_report_never_overloads():
@@ -118,8 +118,8 @@ def test_requests_that_finish_while_the_agent_reads_are_no_phantom_load():
     fleet.release("a", now=2.1)
     fleet.release("a", now=2.2)
     fleet.report("a", read_at(ready(2, busy=2), 2.0), now=2.3)
-    agent = fleet.get("a")
-    assert (agent.reserved_at_report, agent.external, agent.free) == (2, 0, 2)
+    backend = fleet.get("a")
+    assert (backend.reserved_at_report, backend.external, backend.free) == (2, 0, 2)
 
 
 def test_requests_sent_after_the_read_began_are_not_in_the_report():
@@ -127,9 +127,9 @@ def test_requests_sent_after_the_read_began_are_not_in_the_report():
     # someone else keeps 2 slots busy; we send one request after the read began
     fleet.reserve("a", now=5.05)
     fleet.report("a", read_at(ready(4, busy=2), 5.0), now=5.1)
-    agent = fleet.get("a")
+    backend = fleet.get("a")
     # counting on arrival would say 1 external; the read saw only the 2 others
-    assert (agent.reserved_at_report, agent.external, agent.free) == (0, 2, 1)
+    assert (backend.reserved_at_report, backend.external, backend.free) == (0, 2, 1)
 
 
 def test_a_report_older_than_the_log_counts_on_arrival():
@@ -173,10 +173,10 @@ def test_heartbeat_expiry_marks_unhealthy_and_a_heartbeat_restores():
     fleet = fleet_with(("a", 2))
     assert fleet.expire(now=4, timeout=5) == []
     [stale] = fleet.expire(now=6, timeout=5)
-    assert stale.state is AgentState.UNHEALTHY
+    assert stale.state is BackendState.UNHEALTHY
     assert list(fleet.candidates(["m"])) == []
     fleet.heartbeat("a", now=7)
-    assert fleet.get("a").state is AgentState.READY
+    assert fleet.get("a").state is BackendState.READY
     fleet.check_index()
 
 
@@ -202,8 +202,8 @@ def test_models_are_reference_counted():
 def test_repr_reads_at_a_glance():
     fleet = fleet_with(("gpu-3", 4))
     fleet.reserve("gpu-3")
-    assert repr(fleet.get("gpu-3")) == ("<Agent gpu-3 READY slots 1/4 busy (reserved 1) model=m>")
-    assert repr(fleet) == "<Fleet [Agents: 1, 1 ready | Slots: 1 busy, 3 idle | Models: m]>"
+    assert repr(fleet.get("gpu-3")) == ("<Backend gpu-3 READY slots 1/4 busy (reserved 1) model=m>")
+    assert repr(fleet) == "<Fleet [Backends: 1, 1 ready | Slots: 1 busy, 3 idle | Models: m]>"
 
 
 def test_report_rejects_negative_counts():

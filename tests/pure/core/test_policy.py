@@ -3,12 +3,12 @@
 from dataclasses import dataclass
 
 from corral.core import Condition, Dispatch, Fleet, Policy, Reject, Report, RequestInfo, Wait
-from corral.core.fleet import Agent
+from corral.core.fleet import Backend
 
 
-def fleet_of(*agents: tuple[str, str, int]) -> Fleet:
+def fleet_of(*backends: tuple[str, str, int]) -> Fleet:
     fleet = Fleet()
-    for name, model, slots in agents:
+    for name, model, slots in backends:
         fleet.register(name, name=name, address=f"http://{name}", api_key=None, now=0)
         fleet.report(name, Report(Condition.READY, model=model, slots_total=slots), now=0)
     return fleet
@@ -68,8 +68,8 @@ class OnlyNamed:
 
     name: str
 
-    def accepts(self, agent: Agent, request: RequestInfo) -> bool:
-        return agent.name == self.name
+    def accepts(self, backend: Backend, request: RequestInfo) -> bool:
+        return backend.name == self.name
 
 
 def test_rules_veto_candidates():
@@ -85,8 +85,8 @@ def test_ties_are_broken_fairly():
     for _ in range(8):
         decision = policy.pick(fleet, RequestInfo(CHAT))
         assert isinstance(decision, Dispatch)
-        fleet.reserve(decision.agent_id)
-        picks.append(decision.agent_id)
+        fleet.reserve(decision.backend_id)
+        picks.append(decision.backend_id)
     assert sorted(picks) == sorted([f"s{i}" for i in range(4)] * 2)
 
 

@@ -34,7 +34,7 @@ def test_nothing_to_do_without_a_desired_state():
 def test_one_at_a_time_by_default_and_never_all():
     fleet = fleet_of(3)
     assert plan(fleet, 1) == ["s0"]
-    fleet.drain("s0", now=0)
+    fleet.cordon("s0", now=0)
     assert plan(fleet, 1) == []  # one is changing already
     assert plan(fleet_of(3), 1, share=1.0) == ["s0", "s1"]  # all but one
     assert plan(fleet_of(1), 1, share=1.0) == ["s0"]  # a lone agent has to go
@@ -63,22 +63,22 @@ def test_unsupervised_agents_are_not_touched():
 def test_drained_agent_is_told_once_its_requests_finish():
     fleet = fleet_of(2)
     fleet.reserve("s0")
-    agent = fleet.drain("s0", now=10)
-    assert not agent.routable and agent.state.value == "draining"
-    assert not ready_to_apply(agent, now=11, drain_timeout=60)
+    backend = fleet.cordon("s0", now=10)
+    assert not backend.routable and backend.state.value == "draining"
+    assert not ready_to_apply(backend, now=11, drain_timeout=60)
     fleet.release("s0")
-    assert ready_to_apply(agent, now=11, drain_timeout=60)
+    assert ready_to_apply(backend, now=11, drain_timeout=60)
     fleet.reserve("s1")
-    assert ready_to_apply(fleet.drain("s1", now=0), now=61, drain_timeout=60)  # timed out
+    assert ready_to_apply(fleet.cordon("s1", now=0), now=61, drain_timeout=60)  # timed out
 
 
 def test_done_after_applying_or_failing():
     fleet = fleet_of(1)
-    agent = fleet.get("s0")
-    assert not done(agent, 1)
+    backend = fleet.get("s0")
+    assert not done(backend, 1)
     fleet.report("s0", report(applied=0, applying=True), now=1)
-    assert not done(agent, 1)
+    assert not done(backend, 1)
     fleet.report("s0", report(applied=1), now=2)
-    assert done(agent, 1)
+    assert done(backend, 1)
     fleet.report("s0", report(applied=1, failed=2), now=3)
-    assert done(agent, 2)
+    assert done(backend, 2)

@@ -39,14 +39,14 @@ def test_scale_from_zero_buffered_requests_go_to_the_first_server():
     waiters = [s.submit(RequestInfo("/completion"), now=0) for _ in range(3)]
     assert all(isinstance(w, Waiter) for w in waiters)
     join(s, "a", slots=2)
-    outcomes = s.drain()
-    assert [(o.waiter, o.agent_id) for o in outcomes if isinstance(o, Assigned)] == [
+    outcomes = s.assign()
+    assert [(o.waiter, o.backend_id) for o in outcomes if isinstance(o, Assigned)] == [
         (waiters[0], "a"),
         (waiters[1], "a"),
     ]
     assert len(s.buffer) == 1
     s.fleet.release("a")
-    [third] = s.drain()
+    [third] = s.assign()
     assert isinstance(third, Assigned) and third.waiter is waiters[2]
 
 
@@ -66,7 +66,7 @@ def test_no_head_of_line_blocking_across_models():
     gemma_waiter = s.submit(RequestInfo("/c", "gemma"), 1)
     qwen_waiter = s.submit(RequestInfo("/c", "qwen"), 2)
     s.fleet.release("b")
-    [outcome] = s.drain()
+    [outcome] = s.assign()
     assert isinstance(outcome, Assigned) and outcome.waiter is qwen_waiter
     assert list(s.buffer) == [gemma_waiter]
 
@@ -76,7 +76,7 @@ def test_waiting_request_for_a_model_that_never_came_is_refused():
     waiter = s.submit(RequestInfo("/c", "llama"), 0)
     join(s, "a", 1, model="gemma")
     join(s, "b", 1, model="qwen")
-    outcomes = s.drain()
+    outcomes = s.assign()
     assert any(isinstance(o, Refused) and o.waiter is waiter for o in outcomes)
 
 
@@ -145,7 +145,7 @@ class FleetMachine(RuleBasedStateMachine):
         except BufferFull:
             return
         if isinstance(result, Dispatch):
-            self._dispatched(result.agent_id)
+            self._dispatched(result.backend_id)
 
     @precondition(lambda self: any(self.sent.values()))
     @rule(data=st.data())
@@ -179,10 +179,10 @@ class FleetMachine(RuleBasedStateMachine):
         read_at, busy = self.snapshots[name].pop(0)
         timed = data.draw(st.booleans())
         self.now += 0.01
-        agent = self.s.fleet.get(name)
+        backend = self.s.fleet.get(name)
         report = Report(
             Condition.READY,
-            model=agent.model,
+            model=backend.model,
             slots_total=self.slots[name],
             slots_processing=busy,
             read_at=read_at if timed else None,
@@ -195,9 +195,9 @@ class FleetMachine(RuleBasedStateMachine):
         self.sent[name] += 1
 
     def _drain(self) -> None:
-        for outcome in self.s.drain(self.now):
+        for outcome in self.s.assign(self.now):
             if isinstance(outcome, Assigned):
-                self._dispatched(outcome.agent_id)
+                self._dispatched(outcome.backend_id)
 
     # -- what must always hold
     @invariant()
@@ -215,8 +215,8 @@ class FleetMachine(RuleBasedStateMachine):
             return
         for name in self.slots:
             if self.timed[name]:
-                agent = self.s.fleet.get(name)
-                assert agent.external == 0, agent
+                backend = self.s.fleet.get(name)
+                assert backend.external == 0, backend
 
     @invariant()
     def index_matches_agents(self) -> None:
@@ -242,10 +242,10 @@ class ExternalLoadMachine(FleetMachine):
         # With external traffic the balancer counts what the last report said:
         # its reservations plus the external estimate never exceed the slots.
         for name, slots in self.slots.items():
-            agent = self.s.fleet.get(name)
-            assert agent.reserved == self.sent[name] + self.arrived[name]
-            assert agent.free >= 0
-            assert agent.reserved <= slots
+            backend = self.s.fleet.get(name)
+            assert backend.reserved == self.sent[name] + self.arrived[name]
+            assert backend.free >= 0
+            assert backend.reserved <= slots
 
 
 TestFleetMachine = FleetMachine.TestCase
