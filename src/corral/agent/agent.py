@@ -60,8 +60,6 @@ class AgentConfig:
     reconnect_min: float = 0.2
     reconnect_max: float = 10.0
     """Backoff bounds, in seconds, for reconnecting to a balancer."""
-    props_every: float = 30.0
-    """Seconds between reads of ``/props`` and ``/v1/models`` while the server is up."""
     socket_heartbeat: float = 5.0
     """Seconds between WebSocket pings; a balancer that stops answering them is
     dropped and reconnected (a vanished peer is otherwise noticed only by TCP)."""
@@ -118,9 +116,8 @@ class Agent:
         self._changed = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[Any]] = []
-        self._props: Fetched | None = None
         self._models: Fetched | None = None
-        self._props_at = 0.0
+        self._models_of: str | None = None  # the model_path /v1/models was read for
         self._poll_lock = asyncio.Lock()
         self._reading_at = 0.0  # when the last read of the server's slots began
         self.status_read_at = 0.0
@@ -217,17 +214,22 @@ class Agent:
         health = await self._get("/health")
         props = slots = models = None
         if health.ok:
-            now = asyncio.get_running_loop().time()
-            stale = now - self._props_at > self.config.props_every
-            if stale or self.status.condition != "ready" or self._props is None:
-                self._props, self._models = await asyncio.gather(
-                    self._get("/props"), self._get("/v1/models")
-                )
-                self._props_at = now
-            props, models = self._props, self._models
+            # /props every round (reading it at the poll rate changes nothing in the
+            # server, not even its sleep), so changing fields such as is_sleeping stay
+            # current; /v1/models once per start of the server and on a model change.
+            props = await self._get("/props")
+            if self._models is None or self._stale_models(props):
+                self._models = await self._get("/v1/models")
+                self._models_of = _model_path(props)
+            models = self._models
             self._reading_at = asyncio.get_running_loop().time()
             slots = await self._get("/slots")
+        else:
+            self._models = None  # down or loading: read it again once it is back
         return interpret(health, props, slots, models)
+
+    def _stale_models(self, props: Fetched) -> bool:
+        return self.status.condition != "ready" or _model_path(props) != self._models_of
 
     def _log_change(self, status: m.ServerStatus) -> None:
         if status.condition != self.status.condition or status.issues != self.status.issues:
@@ -508,6 +510,12 @@ class Agent:
             f"<Agent {self.config.name} {s.condition} slots {s.slots_processing}/{s.slots_total}"
             f" model={s.model} balancers={len(self.config.management_addrs)}>"
         )
+
+
+def _model_path(props: Fetched) -> str | None:
+    body = props.body
+    path = body.get("model_path") if props.ok and isinstance(body, dict) else None
+    return path if isinstance(path, str) else None
 
 
 def settings_for(state: m.DesiredState, current: Any) -> Any:

@@ -27,8 +27,8 @@ from typing import Any
 
 from corral.protocol.messages import IssueInfo, ServerStatus
 
-_PROPS_KEPT = ("total_slots", "model_path", "build_info", "modalities", "chat_template")
-_MAX_PROP_TEXT = 8192
+_MAX_TEXT = 256 * 1024
+"""Longest text kept from the server's answers (a chat template is a few KiB)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +142,8 @@ def interpret(
         slots_total=total,
         slots_processing=min(processing, total),
         issues=issues,
-        props=_kept_props(props.body),
+        props=_bounded(props.body),
+        model_list=_bounded(models.body) if models is not None and models.ok else {},
     )
 
 
@@ -157,15 +158,19 @@ def _model_id(models: Fetched) -> str | None:
     return None
 
 
-def _kept_props(props: dict[str, Any]) -> dict[str, Any]:
-    kept: dict[str, Any] = {}
-    for key in _PROPS_KEPT:
-        value = props.get(key)
-        if isinstance(value, str):
-            value = value[:_MAX_PROP_TEXT]
-        if value is not None:
-            kept[key] = value
-    settings = props.get("default_generation_settings")
-    if isinstance(settings, dict) and isinstance(settings.get("n_ctx"), int):
-        kept["default_generation_settings"] = {"n_ctx": settings["n_ctx"]}
-    return kept
+def _bounded(value: Any) -> Any:
+    """``value`` (decoded JSON) whole, with texts longer than ``_MAX_TEXT`` trimmed, so
+    one odd answer cannot make every report huge. Non-objects become ``{}``."""
+    if not isinstance(value, dict):
+        return {}
+    return _trim(value)
+
+
+def _trim(value: Any) -> Any:
+    if isinstance(value, str):
+        return value[:_MAX_TEXT]
+    if isinstance(value, dict):
+        return {key: _trim(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_trim(item) for item in value]
+    return value

@@ -219,7 +219,7 @@ class InferenceProxy:
         elif path == "/props":
             body = aggregate.props(self.fleet)
         elif path == "/slots":
-            body = aggregate.slots(self.fleet)
+            status, body = aggregate.slots(self.fleet)
         else:
             body = aggregate.models(self.fleet, self.started)
         origin = request.header(b"origin")

@@ -93,6 +93,7 @@ class Report:
     slots_processing: int = 0
     issues: tuple[Issue, ...] = ()
     props: dict[str, Any] = field(default_factory=dict)
+    model_list: dict[str, Any] = field(default_factory=dict)  # the server's /v1/models
     supervisor: dict[str, Any] | None = None  # shown to operators; not used to route
     applied_generation: int = 0  # which desired state it runs (supervisor mode)
     failed_generation: int | None = None
@@ -119,6 +120,7 @@ class Agent:
     slots_processing: int = 0
     issues: tuple[Issue, ...] = ()
     props: dict[str, Any] = field(default_factory=dict)
+    model_list: dict[str, Any] = field(default_factory=dict)
     supervisor: dict[str, Any] | None = None
     applied_generation: int = 0
     failed_generation: int | None = None
@@ -327,6 +329,8 @@ class Fleet:
         agent.applying = report.applying
         if report.props:
             agent.props = report.props
+        if report.model_list:
+            agent.model_list = report.model_list
         agent.reserved_at_report = _in_flight_at(agent, report.read_at)
         agent.last_seen = agent.last_report = now
         agent.heartbeat_ok = True

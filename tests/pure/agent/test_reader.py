@@ -25,8 +25,15 @@ def test_ready_server():
     assert status.condition == "ready"
     assert (status.slots_total, status.slots_processing) == (2, 1)
     assert status.model == "gemma-3-270m"
-    assert status.props["default_generation_settings"] == {"n_ctx": 2048}
-    assert len(status.props["chat_template"]) == 8192  # long texts are trimmed
+    assert status.props == {**PROPS.body, "chat_template": "x" * 100_000}  # every field
+    assert status.model_list == MODELS.body
+    assert status.issues == []
+
+
+def test_long_texts_are_trimmed():
+    long = Fetched(200, {**PROPS.body, "chat_template": "x" * 1_000_000})
+    status = interpret(HEALTHY, long, SLOTS, MODELS)
+    assert len(status.props["chat_template"]) == 256 * 1024
     assert status.issues == []
 
 
