@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import msgspec
 
 from corral.balancer import aggregate
+from corral.balancer.cors import Cors
 from corral.balancer.dispatcher import Dispatcher, Slot
 from corral.balancer.errors import HTTPError, log_error, sse_error_event
 from corral.balancer.http_server import Request, Responder, encode_headers
@@ -75,8 +76,14 @@ _DROP_REQUEST = _HOP_BY_HOP | {
     b"http2-settings",  # with Upgrade: h2c, which the balancer declines
 }
 # Headers the balancer sets itself replace the server's (never sent twice).
-_DROP_RESPONSE = _HOP_BY_HOP | {b"x-request-id", b"x-corral-server", b"x-corral-buffer-wait"}
-_DROP_RESPONSE_CORS = _DROP_RESPONSE | {b"access-control-allow-origin"}
+# CORS is the balancer's (corral.balancer.cors), whatever the servers' settings.
+_DROP_RESPONSE = _HOP_BY_HOP | {
+    b"x-request-id",
+    b"x-corral-server",
+    b"x-corral-buffer-wait",
+    b"access-control-allow-origin",
+    b"access-control-allow-credentials",
+}
 _PUBLIC_PATHS = frozenset({"/health", "/v1/health"})
 _READ_WHOLE_LIMIT = 4 * 1024 * 1024  # non-streamed bodies up to this are sent in one go
 
@@ -141,6 +148,7 @@ class InferenceProxy:
         api_keys: Iterable[str] = (),
         max_attempts: int = 5,
         max_body_size: int = 64 * 1024 * 1024,
+        cors: Cors | None = None,
     ) -> None:
         self.dispatcher = dispatcher
         self.fleet = dispatcher.fleet
@@ -149,6 +157,7 @@ class InferenceProxy:
         self.max_attempts = max_attempts
         self.max_body_size = max_body_size
         self.metrics = metrics
+        self.cors = cors or Cors()
         self.started = int(time.time())
         self._light_turn = 0
 
@@ -163,15 +172,14 @@ class InferenceProxy:
                 out.abort()
                 return
             headers = list(exc.header_pairs())
-            origin = request.header(b"origin")
-            if origin is not None:
-                headers.append(("Access-Control-Allow-Origin", origin))
+            headers += self.cors.response_headers(request.header(b"origin"))
             out.send_json(exc.status, exc.body(), headers)
 
     async def _route(self, request: Request, out: Responder) -> None:
         path = request.path
-        if request.method == "OPTIONS":
-            return _preflight(request, out)
+        if request.method == "OPTIONS":  # browsers send preflights keyless
+            headers = self.cors.preflight_headers(request.header(b"origin"))
+            return out.send(200, encode_headers(headers), b"")
         head = request.method == "HEAD"  # answered like GET, without the body
         kind = classify("GET" if head else request.method, path)
         if head and kind is not Kind.FLEET:
@@ -222,8 +230,7 @@ class InferenceProxy:
             status, body = aggregate.slots(self.fleet)
         else:
             body = aggregate.models(self.fleet, self.started)
-        origin = request.header(b"origin")
-        out.send_json(status, body, [("Access-Control-Allow-Origin", origin)] if origin else ())
+        out.send_json(status, body, self.cors.response_headers(request.header(b"origin")))
 
     # ----------------------------------------------------------- data path
     async def _proxy(self, request: Request, out: Responder, *, slot: bool) -> None:
@@ -385,18 +392,18 @@ class InferenceProxy:
         ex: _Exchange,
     ) -> bool:
         """Relay the response; ``False`` if the server broke off mid-response."""
-        origin = request.header(b"origin")
-        drop = _DROP_RESPONSE_CORS if origin is not None else _DROP_RESPONSE
         head = bytearray()
         for name, value in upstream.headers:
-            if name.lower() not in drop:
+            if name.lower() not in _DROP_RESPONSE:
                 head += name + b": " + value + b"\r\n"
         head += _line(b"X-Request-Id", ex.request_id)
         head += _line(b"X-Corral-Server", target.name)
         head += b"X-Corral-Buffer-Wait: %.6f\r\n" % ex.waited
-        if origin is not None:  # browsers (the dashboard's playground) may read it
-            # one value only: browsers refuse a response that repeats this header
-            head += _line(b"Access-Control-Allow-Origin", origin)
+        # browsers (the dashboard's playground) may read it; one value only: browsers
+        # refuse a response that repeats this header
+        allowed = self.cors.allow_origin(request.header(b"origin"))
+        if allowed is not None:
+            head += _line(b"Access-Control-Allow-Origin", allowed)
         ex.status = upstream.status
         length = upstream.content_length
         if (length is not None and length <= _READ_WHOLE_LIMIT) or upstream.status in (204, 304):
@@ -476,18 +483,3 @@ def _upstream_headers(incoming: list[tuple[bytes, bytes]], request_id: str) -> b
             head += name + b": " + value + b"\r\n"
     head += _line(b"X-Request-Id", request_id)
     return bytes(head)
-
-
-def _preflight(request: Request, out: Responder) -> None:
-    """Answer a CORS preflight as llama-server does (browsers send it keyless)."""
-    asked = request.header(b"access-control-request-headers") or "*"
-    headers = encode_headers(
-        [
-            ("Access-Control-Allow-Origin", request.header(b"origin") or "*"),
-            ("Access-Control-Allow-Credentials", "true"),
-            ("Access-Control-Allow-Methods", "GET, POST"),
-            ("Access-Control-Allow-Headers", asked),
-            ("Access-Control-Expose-Headers", "X-Request-Id"),
-        ]
-    )
-    out.send(200, headers, b"")
