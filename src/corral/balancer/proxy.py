@@ -27,10 +27,11 @@ import zlib
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 
-from corral.balancer import aggregate
+from corral.balancer import aggregate, llamacpp_metrics, slot_actions
 from corral.balancer.cors import Cors
 from corral.balancer.dispatcher import Dispatcher, Slot
 from corral.balancer.errors import HTTPError, log_error, sse_error_event
@@ -90,6 +91,7 @@ _READ_WHOLE_LIMIT = 4 * 1024 * 1024  # non-streamed bodies up to this are sent i
 
 class _Body(msgspec.Struct):
     model: str | None = None
+    id_slot: Any = None
 
 
 _body_decoder = msgspec.json.Decoder(_Body)
@@ -97,10 +99,16 @@ _body_decoder = msgspec.json.Decoder(_Body)
 
 def request_model(body: bytes) -> str | None:
     """The ``model`` field of a JSON request body. Raises a 400 :class:`HTTPError`."""
+    return request_fields(body).model
+
+
+def request_fields(body: bytes) -> _Body:
+    """The fields of a JSON request body the balancer reads (``model``, ``id_slot``).
+    Raises a 400 :class:`HTTPError`."""
     if not body:
         raise HTTPError(400, "request body is empty; expected a JSON object")
     try:
-        return _body_decoder.decode(body).model
+        return _body_decoder.decode(body)
     except msgspec.ValidationError as exc:
         raise HTTPError(400, f"invalid request body: {exc}") from None
     except msgspec.DecodeError as exc:
@@ -190,13 +198,17 @@ class InferenceProxy:
             return await self._proxy(request, out, slot=True)
         if kind is Kind.LIGHT:
             return await self._proxy(request, out, slot=False)
+        if kind is Kind.SLOT_ACTION:
+            return await self._slot_action(request, out)
+        if kind is Kind.FLEET and path == "/metrics":
+            return await self._metrics(request, out)
         if kind is Kind.FLEET:
             return self._fleet(request, out)
         if kind is Kind.BLOCKED:
             raise HTTPError(
                 404,
-                f"{request.method} {path} is a per-server endpoint and is not exposed "
-                "through the balancer (fleet metrics are on the management listener)",
+                f"{request.method} {path} changes one server and is not exposed "
+                "through the balancer",
             )
         if any(classify(m, path) is not None for m in ("GET", "POST")):
             allowed = [m for m in ("GET", "POST") if classify(m, path) is not None]
@@ -232,6 +244,29 @@ class InferenceProxy:
             body = aggregate.models(self.fleet, self.started)
         out.send_json(status, body, self.cors.response_headers(request.header(b"origin")))
 
+    async def _metrics(self, request: Request, out: Responder) -> None:
+        """llama.cpp's metrics of the ready servers, combined (read on scrape)."""
+        answer = await llamacpp_metrics.scrape(self.pool, [a for a in self.fleet if a.routable])
+        headers = [
+            ("Content-Type", answer.content_type),
+            ("Process-Start-Time-Unix", str(self.started)),
+            *self.cors.response_headers(request.header(b"origin")),
+        ]
+        out.send(answer.status, encode_headers(headers), answer.body)
+
+    async def _slot_action(self, request: Request, out: Responder) -> None:
+        """``POST /slots/<fleet id>?action=...`` on the server that holds the slot."""
+        request_id = request.header(b"x-request-id") or os.urandom(16).hex()
+        headers = _upstream_headers(request.headers, request_id)
+        status, body, server = await slot_actions.forward(self.fleet, self.pool, request, headers)
+        pairs = [
+            ("Content-Type", "application/json; charset=utf-8"),
+            ("X-Request-Id", request_id),
+            ("X-Corral-Server", server),
+            *self.cors.response_headers(request.header(b"origin")),
+        ]
+        out.send(status, encode_headers(pairs), body)
+
     # ----------------------------------------------------------- data path
     async def _proxy(self, request: Request, out: Responder, *, slot: bool) -> None:
         loop = asyncio.get_running_loop()
@@ -258,9 +293,14 @@ class InferenceProxy:
         self, request: Request, out: Responder, ex: _Exchange, *, slot: bool
     ) -> None:
         body = _decoded(request.body, request.header(b"content-encoding"), self.max_body_size)
+        pinned = None
         if request.method == "POST" and "multipart" not in (request.header(b"content-type") or ""):
-            ex.model = request_model(body)
-        info = RequestInfo(request.path, ex.model)
+            fields = request_fields(body)
+            ex.model = fields.model
+            id_slot = fields.id_slot
+            if slot and type(id_slot) is int and id_slot >= 0:  # a fleet slot id
+                body, pinned = slot_actions.pin(self.fleet, body, id_slot)
+        info = RequestInfo(request.path, ex.model, pinned)
         headers = b""  # built once a slot is found: nothing extra held while waiting
         last_error = ""
         for attempt in range(self.max_attempts):
