@@ -41,7 +41,7 @@ async def test_bad_bodies_and_routes_get_clear_json_errors(harness: Harness):
         assert "/v1/chat/completions" in (await error_of(r))["message"]
     async with http.get(url(balancer, CHAT)) as r:
         assert r.status == 405 and r.headers["Allow"] == "POST"
-    async with http.get(url(balancer, "/metrics")) as r:
+    async with http.post(url(balancer, "/props"), data=b"{}") as r:
         assert r.status == 404
         assert "not exposed" in (await error_of(r))["message"]
     # and nothing was disturbed
