@@ -75,12 +75,14 @@ class Fleet:
         self.procs.append(proc)
         return proc
 
-    def llama_server(self, name: str, slots: int = 2, ctx: int = 1024) -> tuple[Proc, int]:
+    def llama_server(
+        self, name: str, slots: int = 2, ctx: int = 1024, *extra: str
+    ) -> tuple[Proc, int]:
         port = free_port()
         command = llama_server_command(
             llama_server_path(), bundled_model(), port=port, slots=slots, ctx_size=ctx, threads=1
         )
-        proc = self._start(name, command)
+        proc = self._start(name, [*command, *extra])
         wait_until(
             lambda: get_json(f"http://127.0.0.1:{port}/health")[0] == 200,
             120,
@@ -107,7 +109,7 @@ class Fleet:
         )
         return proc, inference, management
 
-    def agent(self, name: str, server_port: int, management_port: int) -> Proc:
+    def agent(self, name: str, server_port: int, management_port: int, *extra: str) -> Proc:
         proc = self._start(
             f"agent-{name}",
             [
@@ -116,6 +118,7 @@ class Fleet:
                 "--management-addr", f"127.0.0.1:{management_port}",
                 "--name", name,
                 "--poll-interval", "0.1",
+                *extra,
             ],
         )  # fmt: skip
         wait_until(

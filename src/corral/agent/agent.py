@@ -66,8 +66,6 @@ class AgentConfig:
     reconnect_min: float = 0.2
     reconnect_max: float = 10.0
     """Backoff bounds, in seconds, for reconnecting to a balancer."""
-    props_every: float = 30.0
-    """Seconds between reads of ``/props`` and ``/v1/models`` while the server is up."""
     socket_heartbeat: float = 5.0
     """Seconds between WebSocket pings; a balancer that stops answering them is
     dropped and reconnected (a vanished peer is otherwise noticed only by TCP)."""
@@ -122,9 +120,9 @@ class Agent:
         self._changed = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[Any]] = []
-        self._schedule = ReadSchedule(config.slots_gap, config.props_every)
-        self._props: Fetched | None = None
+        self._schedule = ReadSchedule(config.slots_gap)
         self._models: Fetched | None = None
+        self._models_of: str | None = None  # the model_path /v1/models was read for
         self._slots: Fetched | None = None  # the last /slots read, None: read anew
         self._slots_at = 0.0  # when that read began
         self._slots_lock = asyncio.Lock()
@@ -226,18 +224,23 @@ class Agent:
         health = await self._get("/health")
         if not health.ok:
             self._slots = None  # what comes back may be another server
+            self._models = None  # down or loading: read it again once it is back
             return interpret(health)
-        now = loop.time()
-        if self._props is None or self._schedule.props_due(now, self.status.condition == "ready"):
-            self._props, self._models = await asyncio.gather(
-                self._get("/props"), self._get("/v1/models")
-            )
-            self._schedule.props_read(now)
-        if self._slots is None or self._schedule.slots_wait(loop.time()) == 0:
+        # /props every round (answered without a task: safe at any rate, and it keeps
+        # changing fields such as is_sleeping current); /v1/models once per start of
+        # the server and on a change of model; /slots on its schedule, and not while
+        # the server sleeps (a /slots read wakes it).
+        props = await self._get("/props")
+        if self._models is None or self._stale_models(props):
+            self._models = await self._get("/v1/models")
+            self._models_of = _model_path(props)
+        if self._slots is None or (
+            not _sleeping(props) and self._schedule.slots_wait(loop.time()) == 0
+        ):
             await self._read_slots()
         assert self._slots is not None
         self._reading_at = self._slots_at
-        return interpret(health, self._props, self._slots, self._models)
+        return interpret(health, props, self._slots, self._models)
 
     async def _read_slots(self) -> Fetched:
         """Read ``/slots`` as soon as the schedule allows (waiting for it if need be)."""
@@ -262,6 +265,9 @@ class Agent:
         if self._slots is not None:
             delay = min(delay, self._schedule.slots_wait(asyncio.get_running_loop().time()))
         return max(delay, 0.01)
+
+    def _stale_models(self, props: Fetched) -> bool:
+        return self.status.condition != "ready" or _model_path(props) != self._models_of
 
     def _log_change(self, status: m.ServerStatus) -> None:
         if status.condition != self.status.condition or status.issues != self.status.issues:
@@ -541,6 +547,17 @@ class Agent:
             f"<Agent {self.config.name} {s.condition} slots {s.slots_processing}/{s.slots_total}"
             f" model={s.model} balancers={len(self.config.management_addrs)}>"
         )
+
+
+def _sleeping(props: Fetched) -> bool:
+    """Whether ``/props`` says the server sleeps (``--sleep-idle-seconds``)."""
+    return props.ok and isinstance(props.body, dict) and props.body.get("is_sleeping") is True
+
+
+def _model_path(props: Fetched) -> str | None:
+    body = props.body
+    path = body.get("model_path") if props.ok and isinstance(body, dict) else None
+    return path if isinstance(path, str) else None
 
 
 def settings_for(state: m.DesiredState, current: Any) -> Any:

@@ -38,8 +38,8 @@ So the agent reads:
 
 - ``/health`` every ``poll_interval`` (0.5 s): crashes, restarts and loading are
   seen at once;
-- ``/props`` and ``/v1/models`` every ``props_every`` (30 s) and whenever the server
-  becomes ready;
+- ``/props`` at the same rate (its changing fields, such as ``is_sleeping``, stay
+  current), and ``/v1/models`` once per start of the server and on a change of model;
 - ``/slots`` only ``slots_gap`` seconds (1.25 s) after its previous answer arrived,
   never sooner, by anyone in the agent (the monitor, a balancer's refresh, a drain).
   The server posted that answer before the agent got it, and posts the next one
@@ -48,6 +48,7 @@ So the agent reads:
   cancelled at most ``slots_gap`` seconds after its client left (1 s on a server
   nobody watches). Busy slots are reported at most about 1.3 s late; the balancer
   counts its own requests at once and uses the report only for load from elsewhere.
+  Not while ``/props`` says the server sleeps: a ``/slots`` read wakes it.
 
 ``/metrics`` is never read.
 """
@@ -64,8 +65,8 @@ SERVER_WAIT = 1.0
 """Seconds llama-server waits on its result queue before it checks whether a client
 left (``HTTP_POLLING_SECONDS`` in llama.cpp's ``tools/server/server-context.cpp``)."""
 
-_PROPS_KEPT = ("total_slots", "model_path", "build_info", "modalities", "chat_template")
-_MAX_PROP_TEXT = 8192
+_MAX_TEXT = 256 * 1024
+"""Longest text kept from the server's answers (a chat template is a few KiB)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +83,7 @@ class Fetched:
 
 
 class ReadSchedule:
-    """When the agent may read ``/slots`` and ``/props``. Pure: times in, waits out.
+    """When the agent may read ``/slots``. Pure: times in, waits out.
 
     Times are seconds on one monotonic clock (the agent's event loop). See the module
     docstring for why ``/slots`` needs a quiet gap.
@@ -90,21 +91,17 @@ class ReadSchedule:
     Args:
         slots_gap: Seconds from one ``/slots`` answer to the next ``/slots`` request;
             must exceed :data:`SERVER_WAIT` (else ``ValueError``).
-        props_every: Seconds between reads of ``/props`` and ``/v1/models`` while the
-            server stays ready.
     """
 
-    def __init__(self, slots_gap: float = 1.25, props_every: float = 30.0) -> None:
+    def __init__(self, slots_gap: float = 1.25) -> None:
         if not slots_gap > SERVER_WAIT:
             raise ValueError(
                 f"slots_gap must exceed {SERVER_WAIT:g} s (llama-server's wait for a "
                 f"client that left); got {slots_gap!r}"
             )
         self.slots_gap = slots_gap
-        self.props_every = props_every
         self._slots_answered = -math.inf  # when the last /slots answer arrived
         self._slots_asking = False  # a /slots read is under way
-        self._props_at = -math.inf
 
     def slots_wait(self, now: float) -> float:
         """Seconds until ``/slots`` may be asked (0: now). ``inf`` while a read of it is
@@ -125,18 +122,10 @@ class ReadSchedule:
         self._slots_asking = False
         self._slots_answered = now
 
-    def props_due(self, now: float, ready: bool) -> bool:
-        """Whether to read ``/props`` and ``/v1/models`` now: the server was not ready
-        at the last report, or the last read is ``props_every`` old."""
-        return not ready or now - self._props_at >= self.props_every
-
-    def props_read(self, now: float) -> None:
-        self._props_at = now
-
     def __repr__(self) -> str:
         return (
             f"<ReadSchedule /slots {self.slots_gap:g} s after answer"
-            f"{' (asking)' if self._slots_asking else ''}, /props every {self.props_every:g} s>"
+            f"{' (asking)' if self._slots_asking else ''}>"
         )
 
 
@@ -238,7 +227,8 @@ def interpret(
         slots_total=total,
         slots_processing=min(processing, total),
         issues=issues,
-        props=_kept_props(props.body),
+        props=_bounded(props.body),
+        model_list=_bounded(models.body) if models is not None and models.ok else {},
     )
 
 
@@ -253,15 +243,19 @@ def _model_id(models: Fetched) -> str | None:
     return None
 
 
-def _kept_props(props: dict[str, Any]) -> dict[str, Any]:
-    kept: dict[str, Any] = {}
-    for key in _PROPS_KEPT:
-        value = props.get(key)
-        if isinstance(value, str):
-            value = value[:_MAX_PROP_TEXT]
-        if value is not None:
-            kept[key] = value
-    settings = props.get("default_generation_settings")
-    if isinstance(settings, dict) and isinstance(settings.get("n_ctx"), int):
-        kept["default_generation_settings"] = {"n_ctx": settings["n_ctx"]}
-    return kept
+def _bounded(value: Any) -> Any:
+    """``value`` (decoded JSON) whole, with texts longer than ``_MAX_TEXT`` trimmed, so
+    one odd answer cannot make every report huge. Non-objects become ``{}``."""
+    if not isinstance(value, dict):
+        return {}
+    return _trim(value)
+
+
+def _trim(value: Any) -> Any:
+    if isinstance(value, str):
+        return value[:_MAX_TEXT]
+    if isinstance(value, dict):
+        return {key: _trim(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_trim(item) for item in value]
+    return value

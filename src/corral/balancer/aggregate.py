@@ -32,14 +32,21 @@ def _ready(fleet: Fleet) -> list[Backend]:
 
 
 def props(fleet: Fleet) -> dict[str, Any]:
-    """One ready server's ``/props`` with the fleet's ``total_slots``."""
+    """The fleet's ``/props``: every field one ready server reports, as it reports it
+    (the first registered ready server; any server when none is ready), except:
+
+    - ``total_slots``: the sum over the ready servers;
+    - ``is_sleeping``: true only while every server that reports it sleeps (a request
+      to a balancer wakes at most one server);
+    - ``corral``: added, the balancer's own (agents, ready agents, models).
+    """
     ready = _ready(fleet)
-    base: dict[str, Any] = {}
-    for backend in ready or list(fleet):
-        if backend.props:
-            base = dict(backend.props)
-            break
+    sources = [backend.props for backend in (ready or list(fleet)) if backend.props]
+    base: dict[str, Any] = dict(sources[0]) if sources else {}
     base["total_slots"] = sum(backend.slots_total for backend in ready)
+    sleeping = [p["is_sleeping"] for p in sources if isinstance(p.get("is_sleeping"), bool)]
+    if sleeping:
+        base["is_sleeping"] = all(sleeping)
     base["corral"] = {
         "agents": len(fleet),
         "agents_ready": len(ready),
@@ -48,24 +55,62 @@ def props(fleet: Fleet) -> dict[str, Any]:
     return base
 
 
-def slots(fleet: Fleet) -> list[dict[str, Any]]:
-    """One synthetic entry per slot of the ready servers, in llama-server's format."""
+SLOTS_DISABLED = {
+    "code": 501,
+    "message": "This server does not support slots endpoint. Start it with `--slots`",
+    "type": "not_supported_error",
+}
+"""llama-server's answer to ``GET /slots`` when started with ``--no-slots``."""
+
+
+def slots(fleet: Fleet) -> tuple[int, Any]:
+    """``/slots``: one entry per slot of the ready servers, in llama-server's format,
+    numbered across the fleet (see :func:`slot_owner`); each entry adds ``corral``
+    (the agent and the slot's id on its server). 501 as llama-server answers when
+    every ready server runs with ``--no-slots``.
+
+    Returns:
+        ``(status, body)``.
+    """
+    ready = _ready(fleet)
+    if ready and all(_slots_disabled(backend) for backend in ready):
+        return 501, {"error": SLOTS_DISABLED}
     entries: list[dict[str, Any]] = []
-    for backend in _ready(fleet):
+    for backend in ready:
         n_ctx = _n_ctx(backend)
         busy = backend.busy
         for index in range(backend.slots_total):
             entries.append(
                 {
                     "id": len(entries),
-                    "id_task": -1,
                     "n_ctx": n_ctx,
                     "speculative": False,
                     "is_processing": index < busy,
-                    "corral_agent": backend.name,
+                    "corral": {"agent": backend.name, "id": index},
                 }
             )
-    return entries
+    return 200, entries
+
+
+def slot_owner(fleet: Fleet, fleet_slot: int) -> tuple[Backend, int] | None:
+    """The server and local slot id behind a fleet slot id of :func:`slots`, or
+    ``None`` when there is no such slot.
+
+    Fleet slots number the ready servers' slots in registration order: the first
+    server's slots 0..n-1, then the next server's. The numbering holds while the set
+    of ready servers does not change.
+    """
+    if fleet_slot < 0:
+        return None
+    for backend in _ready(fleet):
+        if fleet_slot < backend.slots_total:
+            return backend, fleet_slot
+        fleet_slot -= backend.slots_total
+    return None
+
+
+def _slots_disabled(backend: Backend) -> bool:
+    return any(issue.code == "slots_disabled" for issue in backend.issues)
 
 
 def _n_ctx(backend: Backend) -> int:
@@ -78,23 +123,38 @@ def _n_ctx(backend: Backend) -> int:
 
 
 def models(fleet: Fleet, created: int) -> dict[str, Any]:
-    """``/v1/models``: every model the fleet serves, in OpenAI's list format.
+    """``/v1/models`` (and ``/models``): every model the fleet serves.
 
-    ``created`` is a Unix time (llama-server gives its own start time).
+    Each model's entries are what one of its servers answered (``data`` in OpenAI's
+    format with llama-server's ``aliases``, ``tags``, ``architecture`` and ``meta``;
+    ``models`` in Ollama's), with ``corral`` added to each ``data`` entry: how many
+    agents serve the model and how many are ready. A server whose agent sent no list
+    (an older agent) gets a minimal entry; ``created`` is then its Unix time.
     """
-    data = []
+    data: list[dict[str, Any]] = []
+    ollama: list[dict[str, Any]] = []
     for model in fleet.models():
         backends = [backend for backend in fleet if backend.model == model]
-        data.append(
-            {
-                "id": model,
-                "object": "model",
-                "created": created,
-                "owned_by": "llamacpp",
-                "meta": {
-                    "corral_agents": len(backends),
-                    "corral_agents_ready": sum(1 for a in backends if a.routable),
-                },
-            }
-        )
-    return {"object": "list", "data": data}
+        ready = [backend for backend in backends if backend.routable]
+        entry, listed = _listed(ready + [a for a in backends if not a.routable], model)
+        if entry is None:
+            entry = {"id": model, "object": "model", "created": created, "owned_by": "llamacpp"}
+        entry["corral"] = {"agents": len(backends), "agents_ready": len(ready)}
+        data.append(entry)
+        ollama.extend(listed)
+    body: dict[str, Any] = {"object": "list", "data": data}
+    return {"models": ollama, **body} if ollama else body
+
+
+def _listed(backends: list[Backend], model: str) -> tuple[dict[str, Any] | None, list[Any]]:
+    """The first of these agents' ``/v1/models`` entries for ``model`` (a copy), and
+    the Ollama-style ``models`` entries that came with it."""
+    for backend in backends:
+        data = backend.model_list.get("data")
+        if not isinstance(data, list):
+            continue
+        for entry in data:
+            if isinstance(entry, dict) and entry.get("id") == model:
+                listed = backend.model_list.get("models")
+                return dict(entry), list(listed) if isinstance(listed, list) else []
+    return None, []

@@ -68,6 +68,7 @@ def to_report(status: m.ServerStatus) -> Report:
         slots_processing=min(status.slots_processing, status.slots_total),
         issues=tuple(Issue(i.code, i.message) for i in status.issues),
         props=status.props,
+        model_list=status.model_list,
         supervisor=msgspec.to_builtins(status.supervisor) if status.supervisor else None,
         applied_generation=status.applied.generation if status.applied else 0,
         failed_generation=status.failed_generation,

@@ -27,10 +27,12 @@ import zlib
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 
-from corral.balancer import aggregate
+from corral.balancer import aggregate, llamacpp_metrics, slot_actions
+from corral.balancer.cors import Cors
 from corral.balancer.dispatcher import Dispatcher, Reservation
 from corral.balancer.errors import HTTPError, log_error, sse_error_event
 from corral.balancer.forwarded import FORWARDED_HEADERS, ProxyTrust, forwarded_lines
@@ -83,14 +85,21 @@ _DROP_REQUEST = (
     }
 )
 # Headers the balancer sets itself replace the server's (never sent twice).
-_DROP_RESPONSE = _HOP_BY_HOP | {b"x-request-id", b"x-corral-server", b"x-corral-buffer-wait"}
-_DROP_RESPONSE_CORS = _DROP_RESPONSE | {b"access-control-allow-origin"}
+# CORS is the balancer's (corral.balancer.cors), whatever the servers' settings.
+_DROP_RESPONSE = _HOP_BY_HOP | {
+    b"x-request-id",
+    b"x-corral-server",
+    b"x-corral-buffer-wait",
+    b"access-control-allow-origin",
+    b"access-control-allow-credentials",
+}
 _PUBLIC_PATHS = frozenset({"/health", "/v1/health"})
 _READ_WHOLE_LIMIT = 4 * 1024 * 1024  # non-streamed bodies up to this are sent in one go
 
 
 class _Body(msgspec.Struct):
     model: str | None = None
+    id_slot: Any = None
 
 
 _body_decoder = msgspec.json.Decoder(_Body)
@@ -98,10 +107,16 @@ _body_decoder = msgspec.json.Decoder(_Body)
 
 def request_model(body: bytes) -> str | None:
     """The ``model`` field of a JSON request body. Raises a 400 :class:`HTTPError`."""
+    return request_fields(body).model
+
+
+def request_fields(body: bytes) -> _Body:
+    """The fields of a JSON request body the balancer reads (``model``, ``id_slot``).
+    Raises a 400 :class:`HTTPError`."""
     if not body:
         raise HTTPError(400, "request body is empty; expected a JSON object")
     try:
-        return _body_decoder.decode(body).model
+        return _body_decoder.decode(body)
     except msgspec.ValidationError as exc:
         raise HTTPError(400, f"invalid request body: {exc}") from None
     except msgspec.DecodeError as exc:
@@ -150,6 +165,7 @@ class InferenceProxy:
         max_attempts: int = 5,
         max_body_size: int = 64 * 1024 * 1024,
         trust: ProxyTrust | None = None,
+        cors: Cors | None = None,
     ) -> None:
         self.dispatcher = dispatcher
         self.fleet = dispatcher.fleet
@@ -160,6 +176,7 @@ class InferenceProxy:
         self.metrics = metrics
         self.trust = trust if trust is not None else ProxyTrust()
         """Peers whose X-Forwarded-* and Forwarded headers are believed."""
+        self.cors = cors or Cors()
         self.started = int(time.time())
         self._light_turn = 0
 
@@ -174,15 +191,14 @@ class InferenceProxy:
                 out.abort()
                 return
             headers = list(exc.header_pairs())
-            origin = request.header(b"origin")
-            if origin is not None:
-                headers.append(("Access-Control-Allow-Origin", origin))
+            headers += self.cors.response_headers(request.header(b"origin"))
             out.send_json(exc.status, exc.body(), headers)
 
     async def _route(self, request: Request, out: Responder) -> None:
         path = request.path
-        if request.method == "OPTIONS":
-            return _preflight(request, out)
+        if request.method == "OPTIONS":  # browsers send preflights keyless
+            headers = self.cors.preflight_headers(request.header(b"origin"))
+            return out.send(200, encode_headers(headers), b"")
         head = request.method == "HEAD"  # answered like GET, without the body
         kind = classify("GET" if head else request.method, path)
         if head and kind is not Kind.FLEET:
@@ -193,13 +209,17 @@ class InferenceProxy:
             return await self._proxy(request, out, inference=True)
         if kind is Kind.LIGHT:
             return await self._proxy(request, out, inference=False)
+        if kind is Kind.SLOT_ACTION:
+            return await self._slot_action(request, out)
+        if kind is Kind.FLEET and path == "/metrics":
+            return await self._metrics(request, out)
         if kind is Kind.FLEET:
             return self._fleet(request, out)
         if kind is Kind.BLOCKED:
             raise HTTPError(
                 404,
-                f"{request.method} {path} is a per-server endpoint and is not exposed "
-                "through the balancer (fleet metrics are on the management listener)",
+                f"{request.method} {path} changes one server and is not exposed "
+                "through the balancer",
             )
         if any(classify(m, path) is not None for m in ("GET", "POST")):
             allowed = [m for m in ("GET", "POST") if classify(m, path) is not None]
@@ -230,11 +250,33 @@ class InferenceProxy:
         elif path == "/props":
             body = aggregate.props(self.fleet)
         elif path == "/slots":
-            body = aggregate.slots(self.fleet)
+            status, body = aggregate.slots(self.fleet)
         else:
             body = aggregate.models(self.fleet, self.started)
-        origin = request.header(b"origin")
-        out.send_json(status, body, [("Access-Control-Allow-Origin", origin)] if origin else ())
+        out.send_json(status, body, self.cors.response_headers(request.header(b"origin")))
+
+    async def _metrics(self, request: Request, out: Responder) -> None:
+        """llama.cpp's metrics of the ready servers, combined (read on scrape)."""
+        answer = await llamacpp_metrics.scrape(self.pool, [a for a in self.fleet if a.routable])
+        headers = [
+            ("Content-Type", answer.content_type),
+            ("Process-Start-Time-Unix", str(self.started)),
+            *self.cors.response_headers(request.header(b"origin")),
+        ]
+        out.send(answer.status, encode_headers(headers), answer.body)
+
+    async def _slot_action(self, request: Request, out: Responder) -> None:
+        """``POST /slots/<fleet id>?action=...`` on the server that holds the slot."""
+        request_id = request.header(b"x-request-id") or os.urandom(16).hex()
+        headers = _upstream_headers(request, request_id, self.trust.trusts(request.remote))
+        status, body, server = await slot_actions.forward(self.fleet, self.pool, request, headers)
+        pairs = [
+            ("Content-Type", "application/json; charset=utf-8"),
+            ("X-Request-Id", request_id),
+            ("X-Corral-Server", server),
+            *self.cors.response_headers(request.header(b"origin")),
+        ]
+        out.send(status, encode_headers(pairs), body)
 
     # ----------------------------------------------------------- data path
     async def _proxy(self, request: Request, out: Responder, *, inference: bool) -> None:
@@ -262,9 +304,14 @@ class InferenceProxy:
         self, request: Request, out: Responder, ex: _Exchange, *, inference: bool
     ) -> None:
         body = _decoded(request.body, request.header(b"content-encoding"), self.max_body_size)
+        pinned = None
         if request.method == "POST" and "multipart" not in (request.header(b"content-type") or ""):
-            ex.model = request_model(body)
-        info = RequestInfo(request.path, ex.model)
+            fields = request_fields(body)
+            ex.model = fields.model
+            id_slot = fields.id_slot
+            if inference and type(id_slot) is int and id_slot >= 0:  # a fleet slot id
+                body, pinned = slot_actions.pin(self.fleet, body, id_slot)
+        info = RequestInfo(request.path, ex.model, pinned)
         headers = b""  # built once a slot is found: nothing extra held while waiting
         last_error = ""
         for attempt in range(self.max_attempts):
@@ -401,15 +448,15 @@ class InferenceProxy:
         ex: _Exchange,
     ) -> bool:
         """Relay the response; ``False`` if the server broke off mid-response."""
-        origin = request.header(b"origin")
-        drop = _DROP_RESPONSE_CORS if origin is not None else _DROP_RESPONSE
-        head = _response_headers(upstream.headers, drop, target.name)
+        head = _response_headers(upstream.headers, _DROP_RESPONSE, target.name)
         head += _line(b"X-Request-Id", ex.request_id)
         head += _line(b"X-Corral-Server", target.name)
         head += b"X-Corral-Buffer-Wait: %.6f\r\n" % ex.waited
-        if origin is not None:  # browsers (the dashboard's playground) may read it
-            # one value only: browsers refuse a response that repeats this header
-            head += _line(b"Access-Control-Allow-Origin", origin)
+        # browsers (the dashboard's playground) may read it; one value only: browsers
+        # refuse a response that repeats this header
+        allowed = self.cors.allow_origin(request.header(b"origin"))
+        if allowed is not None:
+            head += _line(b"Access-Control-Allow-Origin", allowed)
         ex.status = upstream.status
         length = upstream.content_length
         if (length is not None and length <= _READ_WHOLE_LIMIT) or upstream.status in (204, 304):
@@ -550,18 +597,3 @@ def _response_headers(
             continue
         head += name + b": " + value + b"\r\n"
     return head
-
-
-def _preflight(request: Request, out: Responder) -> None:
-    """Answer a CORS preflight as llama-server does (browsers send it keyless)."""
-    asked = request.header(b"access-control-request-headers") or "*"
-    headers = encode_headers(
-        [
-            ("Access-Control-Allow-Origin", request.header(b"origin") or "*"),
-            ("Access-Control-Allow-Credentials", "true"),
-            ("Access-Control-Allow-Methods", "GET, POST"),
-            ("Access-Control-Allow-Headers", asked),
-            ("Access-Control-Expose-Headers", "X-Request-Id"),
-        ]
-    )
-    out.send(200, headers, b"")

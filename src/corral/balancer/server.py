@@ -22,6 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from corral.addr import Addr
+from corral.balancer.cors import Cors
 from corral.balancer.desired import DesiredStore, Rollout, StoreError
 from corral.balancer.dispatcher import Dispatcher
 from corral.balancer.errors import error_middleware
@@ -91,6 +92,13 @@ class BalancerConfig:
     statsd_prefix: str = default(BALANCER, "statsd_prefix")
     statsd_interval: float = default(BALANCER, "statsd_interval")
     """Seconds between StatsD sends."""
+    cors_origins: str = default(BALANCER, "cors_origins")
+    """Origins allowed for CORS, as llama-server's ``--cors-origins`` (see
+    :mod:`corral.balancer.cors`)."""
+    cors_methods: str = default(BALANCER, "cors_methods")
+    cors_headers: str = default(BALANCER, "cors_headers")
+    cors_credentials: bool = default(BALANCER, "cors_credentials")
+    """Off by default, unlike llama-server (see :mod:`corral.balancer.cors`)."""
 
 
 class Balancer:
@@ -148,6 +156,12 @@ class Balancer:
             max_attempts=self.config.max_attempts,
             max_body_size=self.config.max_body_size,
             trust=ProxyTrust(self.config.forwarded_allow_ips),
+            cors=Cors(
+                self.config.cors_origins,
+                self.config.cors_methods,
+                self.config.cors_headers,
+                self.config.cors_credentials,
+            ),
         )
         return HttpServer(proxy.handle, max_body_size=self.config.max_body_size)
 

@@ -158,6 +158,8 @@ class Setting:
             environment takes a comma-separated list, a file a list.
         switch: A flag without a value (``store_true``); the environment takes
             ``1/true/yes/on`` or ``0/false/no/off``.
+        negatable: A switch that also has a ``--no-`` flag (as llama-server's
+            ``--cors-credentials, --no-cors-credentials``).
         secret: Never shown in ``--help`` or printed configurations.
         env: The environment variable; empty: the schema's prefix and the name.
     """
@@ -171,6 +173,7 @@ class Setting:
     choices: tuple[str, ...] = ()
     repeatable: bool = False
     switch: bool = False
+    negatable: bool = False
     secret: bool = False
     env: str = ""
 
@@ -385,7 +388,7 @@ def add_argument(
     environ = {} if environ is None else environ
     kw: dict[str, Any] = {"default": argparse.SUPPRESS, "dest": s.name}
     if s.switch:
-        kw["action"] = "store_true"
+        kw["action"] = argparse.BooleanOptionalAction if s.negatable else "store_true"
     else:
         kw["type"] = s.parse
         if s.choices:

@@ -139,6 +139,34 @@ BALANCER = Schema(
             default=("127.0.0.1",),
             default_from="uvicorn's --forwarded-allow-ips",
         ),
+        Setting(
+            "cors_origins",
+            "comma-separated list of allowed origins for CORS; '*' any, 'localhost' "
+            "reflects the Origin header only if it is localhost",
+            default="*",
+            default_from="llama-server's --cors-origins",
+        ),
+        Setting(
+            "cors_methods",
+            "comma-separated list of allowed methods for CORS",
+            default="GET, POST, DELETE, OPTIONS",
+            default_from="llama-server's --cors-methods",
+        ),
+        Setting(
+            "cors_headers",
+            "comma-separated list of allowed headers for CORS",
+            default="*",
+            default_from="llama-server's --cors-headers",
+        ),
+        Setting(
+            "cors_credentials",
+            "whether to allow credentials for CORS; with --cors-origins '*' the Origin "
+            "header is then echoed back with credentials allowed",
+            switch=True,
+            negatable=True,
+            default_text="disabled; llama-server enables it, which lets any page use a "
+            "visitor's credentials",
+        ),
         *COMMON,
     ),
 )

@@ -52,7 +52,7 @@ class Buffer:
             raise ValueError("timeout must be positive")
         self.capacity = capacity
         self.timeout = timeout
-        self._groups: dict[str | None, deque[Waiter]] = {}
+        self._groups: dict[tuple[str | None, str | None], deque[Waiter]] = {}
         self._seq = itertools.count()
         self._live = 0
 
@@ -63,7 +63,7 @@ class Buffer:
         if self._live >= self.capacity:
             raise BufferFull(f"{self._live} requests are already waiting (the limit)")
         waiter = Waiter(next(self._seq), request, now, now + self.timeout, token)
-        self._groups.setdefault(request.model, deque()).append(waiter)
+        self._groups.setdefault(request.group, deque()).append(waiter)
         self._live += 1
         return waiter
 
@@ -78,20 +78,20 @@ class Buffer:
     def heads(self) -> list[Waiter]:
         """The oldest live request of each group, oldest first."""
         heads = []
-        for model in list(self._groups):
-            queue = self._groups[model]
+        for group in list(self._groups):
+            queue = self._groups[group]
             while queue and queue[0].done:
                 queue.popleft()
             if queue:
                 heads.append(queue[0])
             else:
-                del self._groups[model]
+                del self._groups[group]
         heads.sort(key=lambda w: w.seq)
         return heads
 
     def take(self, waiter: Waiter) -> None:
         """Remove a head returned by :meth:`heads` to serve it."""
-        queue = self._groups[waiter.request.model]
+        queue = self._groups[waiter.request.group]
         if queue[0] is not waiter or waiter.done:
             raise ValueError(f"{waiter!r} is not at the head of its queue")
         queue.popleft()

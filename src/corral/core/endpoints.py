@@ -7,10 +7,12 @@ request. Every route llama-server exposes is listed with a :class:`Kind`:
   infill). Routed slot-aware, buffered when no slot is free.
 - ``LIGHT``: answered by any ready server without taking a slot (tokenize, props...).
 - ``FLEET``: answered by the balancer itself, aggregated across the fleet
-  (``/health``, ``/props``, ``/slots``, ``/v1/models``), so a balancer looks like one
-  llama-server and balancers can be stacked.
-- ``BLOCKED``: per-server internals that must not leak through a balancer
-  (``/metrics``, slot save/restore, changing one server's props or adapters).
+  (``/health``, ``/props``, ``/slots``, ``/v1/models``, ``/metrics``), so a balancer
+  looks like one llama-server and balancers can be stacked.
+- ``SLOT_ACTION``: ``POST /slots/<id>?action=save|restore|erase``, sent to the server
+  that holds fleet slot ``<id>`` (see :func:`corral.balancer.aggregate.slot_owner`).
+- ``BLOCKED``: changing one server's settings through a balancer (``POST /props``,
+  ``POST /lora-adapters``).
 
 Routes follow llama.cpp's ``tools/server/server.cpp`` (release b-series pinned in
 ``corral.llamacpp``), including its aliases.
@@ -26,6 +28,7 @@ class Kind(enum.Enum):
     INFERENCE = "inference"
     LIGHT = "light"
     FLEET = "fleet"
+    SLOT_ACTION = "slot_action"
     BLOCKED = "blocked"
 
 
@@ -66,10 +69,10 @@ _FLEET_GET: Final = (
     "/slots",
     "/models",
     "/v1/models",
+    "/metrics",
 )
 
 _BLOCKED: Final = (
-    ("GET", "/metrics"),
     ("POST", "/props"),
     ("POST", "/lora-adapters"),
     ("POST", "/slots"),
@@ -85,14 +88,10 @@ ROUTES: Final[dict[tuple[str, str], Kind]] = {
 
 
 def classify(method: str, path: str) -> Kind | None:
-    """The kind of a route, or ``None`` when llama-server has no such route.
-
-    ``POST /slots/<id>?action=...`` (save, restore, erase one server's slot) is
-    blocked: through a balancer the caller cannot know which server holds a slot.
-    """
+    """The kind of a route, or ``None`` when llama-server has no such route."""
     kind = ROUTES.get((method, path))
-    if kind is None and path.startswith("/slots/"):
-        return Kind.BLOCKED
+    if kind is None and method == "POST" and path.startswith("/slots/"):
+        return Kind.SLOT_ACTION
     return kind
 
 

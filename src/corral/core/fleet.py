@@ -94,6 +94,7 @@ class Report:
     slots_processing: int = 0
     issues: tuple[Issue, ...] = ()
     props: dict[str, Any] = field(default_factory=dict)
+    model_list: dict[str, Any] = field(default_factory=dict)  # the server's /v1/models
     supervisor: dict[str, Any] | None = None  # shown to operators; not used to route
     applied_generation: int = 0  # which desired state it runs (supervisor mode)
     failed_generation: int | None = None
@@ -121,6 +122,7 @@ class Backend:
     slots_processing: int = 0
     issues: tuple[Issue, ...] = ()
     props: dict[str, Any] = field(default_factory=dict)
+    model_list: dict[str, Any] = field(default_factory=dict)
     supervisor: dict[str, Any] | None = None
     applied_generation: int = 0
     failed_generation: int | None = None
@@ -329,6 +331,8 @@ class Fleet:
         backend.applying = report.applying
         if report.props:
             backend.props = report.props
+        if report.model_list:
+            backend.model_list = report.model_list
         backend.reserved_at_report = _in_flight_at(backend, report.read_at)
         backend.last_seen = backend.last_report = now
         backend.heartbeat_ok = True

@@ -18,7 +18,8 @@ A pick runs in three steps, each a place to extend the policy:
    name no model take requests that name none, or any name when no server names one.
 2. **Candidates**: routable backends of those pools with a free slot, most free slots
    first, ties in rotating order (from the fleet's index; no scan of the fleet).
-3. **Rules**: each :class:`Rule` may veto a candidate (a LoRA adapter it lacks, a
+3. **Pin**: a request pinned to one agent (``RequestInfo.agent_id``) waits for it.
+4. **Rules**: each :class:`Rule` may veto a candidate (a LoRA adapter it lacks, a
    priority class it does not serve...). The first candidate no rule vetoes wins.
    Preferences such as prefix-cache affinity fit here as a rule that vetoes every
    candidate but the preferred one while the preferred one has a free slot.
@@ -35,10 +36,18 @@ from corral.core.fleet import Backend, Fleet
 
 @dataclass(frozen=True, slots=True)
 class RequestInfo:
-    """What the policy knows of a request: its route and the model it asks for."""
+    """What the policy knows of a request: its route, the model it asks for, and the
+    one agent it must go to, if any (a request that names a fleet slot, ``id_slot``)."""
 
     path: str
     model: str | None = None
+    backend_id: str | None = None
+
+    @property
+    def group(self) -> tuple[str | None, str | None]:
+        """Requests that wait in one queue: the same model and the same pinned agent
+        (a pinned request never holds up others while its agent is busy)."""
+        return self.model, self.backend_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +105,8 @@ class Policy:
         if not isinstance(pools, list):
             return pools
         for backend in fleet.candidates(pools):
+            if request.backend_id is not None and backend.id != request.backend_id:
+                continue
             if all(rule.accepts(backend, request) for rule in self.rules):
                 return Dispatch(backend.id)
         return Wait("no free slot")

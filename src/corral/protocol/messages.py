@@ -75,6 +75,10 @@ class ServerStatus(msgspec.Struct, frozen=True, omit_defaults=True):
     slots_processing: Count = 0
     issues: list[IssueInfo] = []
     props: dict[str, Any] = {}
+    """The server's ``/props``, every field as it answered (long texts trimmed)."""
+    model_list: dict[str, Any] = {}
+    """The server's ``/v1/models``, as it answered (read when the server becomes ready
+    or changes model). Empty: not read (older agents send none)."""
     supervisor: SupervisorInfo | None = None
     applied: Applied | None = None  # the desired state now running (supervisor mode)
     failed_generation: int | None = None  # the last desired state that failed to apply

@@ -41,7 +41,7 @@ async def test_bad_bodies_and_routes_get_clear_json_errors(harness: Harness):
         assert "/v1/chat/completions" in (await error_of(r))["message"]
     async with http.get(url(balancer, CHAT)) as r:
         assert r.status == 405 and r.headers["Allow"] == "POST"
-    async with http.get(url(balancer, "/metrics")) as r:
+    async with http.post(url(balancer, "/props"), data=b"{}") as r:
         assert r.status == 404
         assert "not exposed" in (await error_of(r))["message"]
     # and nothing was disturbed
@@ -232,7 +232,11 @@ async def test_cors_preflight_and_gzip_bodies(harness: Harness):
     headers = {"Origin": "http://app", "Access-Control-Request-Headers": "authorization"}
     async with harness.http.options(url(balancer, CHAT), headers=headers) as r:
         assert r.status == 200  # no key needed for a preflight, as in llama-server
-        assert r.headers["Access-Control-Allow-Origin"] == "http://app"
+        # the safe default: any origin, never with credentials
+        assert r.headers["Access-Control-Allow-Origin"] == "*"
+        assert r.headers["Access-Control-Allow-Credentials"] == "false"
+        assert r.headers["Access-Control-Allow-Headers"] == "*"  # configured, not echoed
+        assert r.headers["Access-Control-Allow-Methods"] == "GET, POST, DELETE, OPTIONS"
     body = gzip.compress(b'{"content": "hello world"}')
     headers = {"Authorization": "Bearer k", "Content-Encoding": "gzip"}
     async with harness.http.post(url(balancer, "/tokenize"), data=body, headers=headers) as r:

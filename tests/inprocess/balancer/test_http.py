@@ -353,7 +353,7 @@ async def test_headers_both_ways(recording: Recording, harness: Harness):
 async def test_headers_the_balancer_sets_are_sent_once(harness: Harness):
     """A server that sets CORS and request-id headers itself: the client sees one
     value of each (browsers refuse a repeated Access-Control-Allow-Origin)."""
-    balancer = await harness.balancer()
+    balancer = await harness.balancer(cors_origins="http://dash.test")
     app = make_app(SimConfig(name="cors", tokens_per_second=1e6))
 
     async def own_headers(request: web.Request, response: web.StreamResponse) -> None:

@@ -30,8 +30,15 @@ def test_ready_server():
     assert status.condition == "ready"
     assert (status.slots_total, status.slots_processing) == (2, 1)
     assert status.model == "gemma-3-270m"
-    assert status.props["default_generation_settings"] == {"n_ctx": 2048}
-    assert len(status.props["chat_template"]) == 8192  # long texts are trimmed
+    assert status.props == {**PROPS.body, "chat_template": "x" * 100_000}  # every field
+    assert status.model_list == MODELS.body
+    assert status.issues == []
+
+
+def test_long_texts_are_trimmed():
+    long = Fetched(200, {**PROPS.body, "chat_template": "x" * 1_000_000})
+    status = interpret(HEALTHY, long, SLOTS, MODELS)
+    assert len(status.props["chat_template"]) == 256 * 1024
     assert status.issues == []
 
 
@@ -134,16 +141,7 @@ def test_a_gap_within_the_servers_wait_is_refused():
         ReadSchedule(slots_gap=1.0)
 
 
-def test_props_are_read_when_not_ready_or_stale():
-    schedule = ReadSchedule(props_every=30.0)
-    assert schedule.props_due(0.0, ready=True)
-    schedule.props_read(0.0)
-    assert not schedule.props_due(10.0, ready=True)
-    assert schedule.props_due(10.0, ready=False)
-    assert schedule.props_due(30.0, ready=True)
-
-
 def test_schedule_repr_reads_at_a_glance():
     schedule = ReadSchedule()
     schedule.slots_asked(0.0)
-    assert repr(schedule) == "<ReadSchedule /slots 1.25 s after answer (asking), /props every 30 s>"
+    assert repr(schedule) == "<ReadSchedule /slots 1.25 s after answer (asking)>"

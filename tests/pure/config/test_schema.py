@@ -15,7 +15,7 @@ from corral.balancer import BalancerConfig
 from corral.cli import main, parse_args, parser
 from corral.config import AGENT, BALANCER, SCHEMAS, SIM, TOP, UP, Schema, Setting
 from corral.config import files as config_files
-from corral.config.schema import format_value, positive
+from corral.config.schema import add_argument, format_value, positive
 from corral.sim import SimConfig
 from corral.up import UpConfig
 
@@ -77,6 +77,10 @@ def test_the_public_flags_and_env_names_stay():
         "--statsd-interval": "CORRAL_STATSD_INTERVAL",
         "--max-body-size": "CORRAL_MAX_BODY_SIZE",
         "--forwarded-allow-ips": "CORRAL_FORWARDED_ALLOW_IPS",
+        "--cors-origins": "CORRAL_CORS_ORIGINS",
+        "--cors-methods": "CORRAL_CORS_METHODS",
+        "--cors-headers": "CORRAL_CORS_HEADERS",
+        "--cors-credentials": "CORRAL_CORS_CREDENTIALS",
         "--log-level": "CORRAL_LOG_LEVEL",
         "--log-format": "CORRAL_LOG_FORMAT",
     }
@@ -312,3 +316,13 @@ def test_toml_values_cover_every_setting_type():
     assert tomllib.loads("x = " + config_files.toml_value('\x7f\x00"\\'))["x"] == '\x7f\x00"\\'
     with pytest.raises(TypeError):
         config_files.toml_value(object())
+
+
+def test_a_negatable_switch_takes_its_no_flag():
+    """``--no-cors-credentials`` as llama-server spells it; the last flag given wins."""
+    parser = argparse.ArgumentParser()
+    for s in BALANCER:
+        add_argument(parser, s)
+    assert parser.parse_args(["--cors-credentials"]).cors_credentials is True
+    assert parser.parse_args(["--no-cors-credentials"]).cors_credentials is False
+    assert "cors_credentials" not in vars(parser.parse_args([]))

@@ -20,7 +20,9 @@ def test_light_fleet_and_blocked_routes():
     assert classify("POST", "/apply-template") is Kind.LIGHT
     assert classify("GET", "/v1/models") is Kind.FLEET
     assert classify("GET", "/slots") is Kind.FLEET
-    assert classify("GET", "/metrics") is Kind.BLOCKED
-    assert classify("POST", "/slots/0") is Kind.BLOCKED
+    assert classify("GET", "/metrics") is Kind.FLEET
+    assert classify("POST", "/slots/0") is Kind.SLOT_ACTION
+    assert classify("GET", "/slots/0") is None
+    assert classify("POST", "/props") is Kind.BLOCKED
     assert classify("GET", "/nope") is None
     assert classify("GET", "/completion") is None

@@ -97,3 +97,19 @@ def test_servers_that_name_no_model_still_serve():
     assert fleet.models() == []
     assert Policy().pick(fleet, RequestInfo(CHAT, "whatever")) == Dispatch("a")
     assert Policy().pick(fleet, RequestInfo(CHAT)) == Dispatch("a")
+
+
+def test_a_pinned_request_waits_for_its_agent():
+    from corral.core import Condition, Fleet, Report
+    from corral.core.policy import Dispatch, Policy, RequestInfo, Wait
+
+    fleet = Fleet()
+    for name, slots in (("a", 2), ("b", 1)):
+        fleet.register(name, name=name, address=f"http://{name}", api_key=None, now=0)
+        fleet.report(name, Report(Condition.READY, model="m", slots_total=slots), now=0)
+    pinned = RequestInfo("/completion", backend_id="b")
+    assert Policy().pick(fleet, pinned) == Dispatch("b")  # not the freest, a
+    fleet.reserve("b")
+    assert isinstance(Policy().pick(fleet, pinned), Wait)
+    assert Policy().pick(fleet, RequestInfo("/completion")) == Dispatch("a")
+    assert pinned.group != RequestInfo("/completion").group  # queued apart
