@@ -57,7 +57,7 @@ class Swarm:
 
     def _status(self, slots: int, busy: int) -> m.ServerStatus:
         return m.ServerStatus(
-            condition="ready", model=self.model, slots_total=slots, slots_processing=busy
+            condition=m.Condition.READY, model=self.model, slots_total=slots, slots_processing=busy
         )
 
     async def _agent(

@@ -33,6 +33,7 @@ from corral.agent.lifecycle import crash_issue
 from corral.agent.probes import ProbeListener
 from corral.agent.reader import Fetched, ReadSchedule, interpret
 from corral.config import AGENT, default
+from corral.core.fleet import Condition
 from corral.protocol import messages as m
 
 log = logging.getLogger("corral.agent")
@@ -116,7 +117,7 @@ class Agent:
             raise ValueError("give either a local llama-server address or a server to run")
         self.config = config
         self.server = server
-        self.status = m.ServerStatus(condition="loading", issues=[])
+        self.status = m.ServerStatus(condition=Condition.LOADING, issues=[])
         self._changed = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -204,7 +205,7 @@ class Agent:
             )
         if self._applying:
             return m.ServerStatus(
-                condition="loading",
+                condition=Condition.LOADING,
                 issues=issues,
                 supervisor=info,
                 applied=self._applied,
@@ -212,15 +213,15 @@ class Agent:
                 applying=True,
             )
         if info.state == "starting":
-            return m.ServerStatus(condition="loading", issues=issues, supervisor=info)
-        return m.ServerStatus(condition="error", issues=issues, supervisor=info)
+            return m.ServerStatus(condition=Condition.LOADING, issues=issues, supervisor=info)
+        return m.ServerStatus(condition=Condition.ERROR, issues=issues, supervisor=info)
 
     async def _read(self) -> m.ServerStatus:
         loop = asyncio.get_running_loop()
         self._reading_at = loop.time()
         if self.server is not None and self.server.phase.value != "ready":
             self._slots = None
-            return m.ServerStatus(condition="loading")
+            return m.ServerStatus(condition=Condition.LOADING)
         health = await self._get("/health")
         if not health.ok:
             self._slots = None  # what comes back may be another server
@@ -267,12 +268,16 @@ class Agent:
         return max(delay, 0.01)
 
     def _stale_models(self, props: Fetched) -> bool:
-        return self.status.condition != "ready" or _model_path(props) != self._models_of
+        return self.status.condition != Condition.READY or _model_path(props) != self._models_of
 
     def _log_change(self, status: m.ServerStatus) -> None:
         if status.condition != self.status.condition or status.issues != self.status.issues:
             issues = "; ".join(i.message for i in status.issues)
-            level = logging.INFO if status.condition in ("ready", "loading") else logging.WARNING
+            level = (
+                logging.INFO
+                if status.condition in (Condition.READY, Condition.LOADING)
+                else logging.WARNING
+            )
             log.log(
                 level,
                 "server %s: %s%s (slots %d/%d busy, model %s)",

@@ -31,7 +31,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from corral.protocol.messages import Condition, IssueInfo
+from corral.core.fleet import Condition
+from corral.protocol.messages import IssueInfo
 
 ISSUE_LINES: Final = 10
 """Of the server's last lines, how many an issue quotes (the end of the log says why
@@ -60,11 +61,11 @@ class Phase(enum.Enum):
 
 
 _CONDITIONS: Final[dict[Phase, Condition]] = {
-    Phase.STOPPED: "unreachable",
-    Phase.STARTING: "loading",
-    Phase.READY: "ready",
-    Phase.BACKOFF: "error",
-    Phase.STOPPING: "unreachable",
+    Phase.STOPPED: Condition.UNREACHABLE,
+    Phase.STARTING: Condition.LOADING,
+    Phase.READY: Condition.READY,
+    Phase.BACKOFF: Condition.ERROR,
+    Phase.STOPPING: Condition.UNREACHABLE,
 }
 
 

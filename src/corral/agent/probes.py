@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from corral.addr import Addr
+from corral.core.fleet import Condition
 from corral.protocol import messages as m
 
 if TYPE_CHECKING:
@@ -66,7 +67,7 @@ def readiness(status: m.ServerStatus, links: Mapping[str, str]) -> list[str]:
         links: Balancer URL to ``"connected"`` or why not.
     """
     reasons = []
-    if status.condition != "ready":
+    if status.condition != Condition.READY:
         issues = "; ".join(issue.message for issue in status.issues)
         reasons.append(f"llama-server is {status.condition}" + (f": {issues}" if issues else ""))
     if not any(state == "connected" for state in links.values()):

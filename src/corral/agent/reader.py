@@ -59,6 +59,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from corral.core.fleet import Condition
 from corral.protocol.messages import IssueInfo, ServerStatus
 
 SERVER_WAIT = 1.0
@@ -136,25 +137,27 @@ def _message(fetched: Fetched) -> str:
     return str(body)[:300] if body is not None else ""
 
 
-def _status(condition: str, code: str, message: str, **kw: Any) -> ServerStatus:
-    return ServerStatus(condition=condition, issues=[IssueInfo(code, message)], **kw)  # type: ignore[arg-type]
+def _status(condition: Condition, code: str, message: str, **kw: Any) -> ServerStatus:
+    return ServerStatus(condition=condition, issues=[IssueInfo(code, message)], **kw)
 
 
 def _failure(endpoint: str, fetched: Fetched) -> ServerStatus | None:
     """The status to report when ``fetched`` failed, or ``None`` if it is fine."""
     if fetched.error is not None and fetched.status == 0:
-        return _status("unreachable", "unreachable", f"{endpoint}: {fetched.error}")
+        return _status(Condition.UNREACHABLE, "unreachable", f"{endpoint}: {fetched.error}")
     if fetched.status == 401:
         return _status(
-            "unauthorized",
+            Condition.UNAUTHORIZED,
             "api_key_rejected",
             f"{endpoint} answered 401: the API key is missing or wrong (--llamacpp-api-key)",
         )
     if fetched.error is not None:
-        return _status("bad_response", "bad_response", f"{endpoint}: {fetched.error}")
+        return _status(Condition.BAD_RESPONSE, "bad_response", f"{endpoint}: {fetched.error}")
     if fetched.status != 200:
         return _status(
-            "error", "http_error", f"{endpoint} answered {fetched.status}: {_message(fetched)}"
+            Condition.ERROR,
+            "http_error",
+            f"{endpoint} answered {fetched.status}: {_message(fetched)}",
         )
     return None
 
@@ -173,23 +176,25 @@ def interpret(
     if health.status == 503:
         message = _message(health) or "server unavailable"
         if "loading" in message.lower():
-            return _status("loading", "loading", message)
-        return _status("error", "unavailable", f"/health answered 503: {message}")
+            return _status(Condition.LOADING, "loading", message)
+        return _status(Condition.ERROR, "unavailable", f"/health answered 503: {message}")
     failure = _failure("/health", health)
     if failure is not None:
         return failure
     if props is None or slots is None:
-        return ServerStatus(condition="loading")
+        return ServerStatus(condition=Condition.LOADING)
 
     failure = _failure("/props", props)
     if failure is not None:
         return failure
     if not isinstance(props.body, dict):
-        return _status("bad_response", "bad_response", "/props is not a JSON object")
+        return _status(Condition.BAD_RESPONSE, "bad_response", "/props is not a JSON object")
     total = props.body.get("total_slots")
     if not isinstance(total, int) or isinstance(total, bool) or total < 0:
         return _status(
-            "bad_response", "bad_response", f"/props has no valid total_slots (got {total!r})"
+            Condition.BAD_RESPONSE,
+            "bad_response",
+            f"/props has no valid total_slots (got {total!r})",
         )
 
     issues: list[IssueInfo] = []
@@ -207,10 +212,14 @@ def interpret(
         if failure is not None:
             return failure
         if not isinstance(slots.body, list) or not all(isinstance(s, dict) for s in slots.body):
-            return _status("bad_response", "bad_response", "/slots is not a list of objects")
+            return _status(
+                Condition.BAD_RESPONSE, "bad_response", "/slots is not a list of objects"
+            )
         if not all(isinstance(s.get("is_processing"), bool) for s in slots.body):
             return _status(
-                "bad_response", "bad_response", "/slots entries lack a boolean is_processing"
+                Condition.BAD_RESPONSE,
+                "bad_response",
+                "/slots entries lack a boolean is_processing",
             )
         processing = sum(1 for s in slots.body if s["is_processing"])
         total = len(slots.body)
@@ -222,7 +231,7 @@ def interpret(
             issues.append(IssueInfo("no_model_id", "/v1/models did not name a model"))
 
     return ServerStatus(
-        condition="ready",
+        condition=Condition.READY,
         model=model,
         slots_total=total,
         slots_processing=min(processing, total),

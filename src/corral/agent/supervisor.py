@@ -43,9 +43,10 @@ from typing import Final
 import aiohttp
 
 from corral.agent.lifecycle import Backoff, ExitInfo, IllegalTransition, Phase, SupervisorState
+from corral.core.fleet import Condition
 from corral.llamacpp.binary import LlamaCppNotFound, llama_server_path
 from corral.llamacpp.process import free_port, llama_server_command
-from corral.protocol.messages import Condition, IssueInfo
+from corral.protocol.messages import IssueInfo
 
 log = logging.getLogger("corral.supervisor")
 server_log = logging.getLogger("corral.llama-server")

@@ -1,5 +1,5 @@
 """The balancer: proxies the llama.cpp API to a fleet, slot-aware, with a buffer."""
 
-from corral.balancer.server import Balancer, BalancerConfig, run
+from corral.balancer.balancer import Balancer, BalancerConfig, run
 
 __all__ = ["Balancer", "BalancerConfig", "run"]

@@ -28,7 +28,7 @@ from corral.balancer.dispatcher import Dispatcher
 from corral.balancer.errors import HTTPError
 from corral.balancer.metrics import Metrics
 from corral.core.clock import Clock
-from corral.core.fleet import Backend, Condition, Issue, Report
+from corral.core.fleet import Backend, Issue, Report
 from corral.protocol import messages as m
 
 log = logging.getLogger("corral.management")
@@ -62,7 +62,7 @@ def backend_json(backend: Backend, now: float) -> dict[str, Any]:
 
 def to_report(status: m.ServerStatus) -> Report:
     return Report(
-        condition=Condition(status.condition),
+        condition=status.condition,
         model=status.model,
         slots_total=status.slots_total,
         slots_processing=min(status.slots_processing, status.slots_total),

@@ -55,8 +55,9 @@ class FleetError(Exception):
     """An illegal transition (unknown backend, double registration, no free slot...)."""
 
 
-class Condition(enum.Enum):
-    """What an agent says about its llama-server."""
+class Condition(enum.StrEnum):
+    """What an agent says about its llama-server: one type for the fleet state and the
+    agent protocol (where it travels as its value, ``"ready"``...)."""
 
     READY = "ready"
     LOADING = "loading"  # llama-server answers 503 while it loads the model

@@ -16,13 +16,14 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from corral.core.fleet import Condition as Condition  # the protocol speaks its values
+
 PROTOCOL_VERSION = 1
 """Bumped on any incompatible change. A balancer refuses agents of other versions."""
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 Address = Annotated[str, msgspec.Meta(min_length=1, max_length=2048)]
 Count = Annotated[int, msgspec.Meta(ge=0, le=1_000_000)]
-Condition = Literal["ready", "loading", "unreachable", "unauthorized", "bad_response", "error"]
 
 
 class ProtocolError(Exception):
