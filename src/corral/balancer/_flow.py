@@ -9,12 +9,12 @@ listener's connections (:mod:`corral.balancer.http_server`) and the pool's
   whether they paused.
 - *Writing*: the transport calls :meth:`~FlowControl.pause_writing` when its write
   buffer passes the high-water mark and :meth:`~FlowControl.resume_writing` when it
-  falls below the low one. A writer either awaits :meth:`~FlowControl.drain` (one
+  falls below the low one. A writer either awaits :meth:`~FlowControl.wait_writable` (one
   future, shared by all who wait), or, on the relay's path where no task runs per
   chunk, checks :attr:`~FlowControl.writing_paused` after a write and leaves a
-  callback in :attr:`~FlowControl.on_drained`.
+  callback in :attr:`~FlowControl.on_writable`.
 
-A lost connection wakes every writer (:meth:`~FlowControl.drain` then raises), and
+A lost connection wakes every writer (:meth:`~FlowControl.wait_writable` then raises), and
 calls the callback, so nothing waits forever on a client that left.
 
 :class:`FlowControl` is a base class rather than an object the connection holds: the
@@ -33,7 +33,7 @@ class FlowControl(asyncio.Protocol):
     ``connection_made`` and call :meth:`connection_closed` in ``connection_lost``.
 
     Args:
-        loop: The event loop the connection runs on (for :meth:`drain`'s future).
+        loop: The event loop the connection runs on (for :meth:`wait_writable`'s future).
     """
 
     __slots__ = (
@@ -56,8 +56,9 @@ class FlowControl(asyncio.Protocol):
         self.writing_paused = False
         """The transport's write buffer is over its high-water mark."""
         self.on_writable: Callable[[], None] | None = None
-        """Called once when the write buffer drains (or the connection is lost), then
-        forgotten. Set it after a write left :attr:`writing_paused` true."""
+        """Called once when the write buffer falls below its low-water mark (or the
+        connection is lost), then forgotten. Set it after a write left
+        :attr:`writing_paused` true."""
         self._writable_waiter: asyncio.Future[None] | None = None
 
     # ---------------------------------------------------------------- reading

@@ -253,7 +253,7 @@ class Responder:
 
     def write_nowait(self, chunk: bytes, *, last: bool = False) -> bool:
         """:meth:`write` without waiting: ``False`` when the client's side is full,
-        and the caller should stop producing until :meth:`when_drained` calls back."""
+        and the caller should stop producing until :meth:`when_writable` calls back."""
         end = b""
         if last:
             self.finished = True
@@ -311,7 +311,7 @@ def error_body(status: int, message: str) -> dict[str, Any]:
 
 class _Connection(FlowControl):
     """One client connection: parser callbacks in, handler tasks out. Flow control
-    (pausing reads, waiting for writes to drain) is :class:`FlowControl`'s."""
+    (pausing reads, waiting until writable) is :class:`FlowControl`'s."""
 
     __slots__ = (
         "_body",
@@ -367,7 +367,7 @@ class _Connection(FlowControl):
         if self._task is not None and not self._task.done():
             self._task.cancel()  # the client left: the proxy frees the slot
         self._queue.clear()
-        self.connection_closed()  # wakes a writer waiting to drain
+        self.connection_closed()  # wakes a writer waiting until writable
 
     def data_received(self, data: bytes) -> None:
         if self._broken:

@@ -2,7 +2,7 @@
 
 Start with :mod:`corral.core.policy` (who gets a request), then
 :mod:`corral.core.fleet` (what the balancer knows of each server) and
-:mod:`corral.core.scheduler` (how the buffer is drained).
+:mod:`corral.core.scheduler` (how waiting requests get the slots that free up).
 """
 
 from corral.core.buffer import Buffer, BufferFull, Waiter

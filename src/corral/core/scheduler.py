@@ -8,7 +8,7 @@ it when the buffer is full); a reject goes back to the client.
 
 Whenever the fleet changes in a way that may free capacity (a request finished, an
 agent registered or reported, a server came back), the caller runs
-:meth:`Scheduler.drain`, which hands free slots to waiting requests, oldest first,
+:meth:`Scheduler.assign`, which hands free slots to waiting requests, oldest first,
 and returns what happened so the async layer can wake exactly those requests. The
 buffer is event-driven: nothing polls it. :meth:`Scheduler.expire` removes requests
 that waited too long.
