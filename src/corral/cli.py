@@ -173,15 +173,42 @@ def _run_agent(args: argparse.Namespace) -> Coroutine[Any, Any, None]:
         name = args.name or f"{socket.gethostname()}:{Path(args.model).stem}"
     else:
         name = args.name or f"{socket.gethostname()}:{args.local_llamacpp_addr.port}"
+    idle = args.idle_slots_interval
+    sleep = _sleep_idle_seconds(args.extra)
+    if sleep > 0 and 0 < idle < sleep:
+        log.info(
+            "the server sleeps after %gs idle: /slots is not read while it is idle "
+            "(--idle-slots-interval %g would keep it awake)",
+            sleep,
+            idle,
+        )
+        idle = 0.0
     config = build(
         AgentConfig,
         vars(args),
+        idle_slots_interval=idle,
         management_addrs=tuple(args.management_addr),
         name=name,
         llamacpp_api_key=args.llamacpp_api_key or None,
         agent_token=args.agent_token or None,
     )
     return run(config, server)
+
+
+def _sleep_idle_seconds(extra: Sequence[str]) -> float:
+    """The ``--sleep-idle-seconds`` among a supervised server's arguments (0: none)."""
+    for index, arg in enumerate(extra):
+        text = None
+        if arg == "--sleep-idle-seconds" and index + 1 < len(extra):
+            text = extra[index + 1]
+        elif arg.startswith("--sleep-idle-seconds="):
+            text = arg.split("=", 1)[1]
+        if text is not None:
+            try:
+                return max(0.0, float(text))
+            except ValueError:
+                return 0.0
+    return 0.0
 
 
 def _supervised_server(args: argparse.Namespace) -> Any:

@@ -62,6 +62,9 @@ class AgentConfig:
     slots_gap: float = default(AGENT, "slots_gap")
     """Seconds from one ``/slots`` answer to the next ``/slots`` request; must exceed
     llama-server's 1 s wait for a client that left (see :mod:`corral.agent.reader`)."""
+    idle_slots_interval: float = default(AGENT, "idle_slots_interval")
+    """Seconds between ``/slots`` reads while every slot is idle; 0: none (a server with
+    ``--sleep-idle-seconds`` can then fall asleep)."""
     request_timeout: float = 3.0
     """Seconds a read of the server may take before it counts as unreachable."""
     reconnect_min: float = 0.2
@@ -121,7 +124,7 @@ class Agent:
         self._changed = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[Any]] = []
-        self._schedule = ReadSchedule(config.slots_gap)
+        self._schedule = ReadSchedule(config.slots_gap, config.idle_slots_interval or None)
         self._models: Fetched | None = None
         self._models_of: str | None = None  # the model_path /v1/models was read for
         self._slots: Fetched | None = None  # the last /slots read, None: read anew
@@ -236,7 +239,7 @@ class Agent:
             self._models = await self._get("/v1/models")
             self._models_of = _model_path(props)
         if self._slots is None or (
-            not _sleeping(props) and self._schedule.slots_wait(loop.time()) == 0
+            not _sleeping(props) and self._schedule.slots_due(loop.time()) == 0
         ):
             await self._read_slots()
         assert self._slots is not None
@@ -252,10 +255,11 @@ class Agent:
                 await asyncio.sleep(wait)
             started = loop.time()
             self._schedule.slots_asked(started)
+            fetched = Fetched(error="not read")
             try:
                 fetched = await self._get("/slots")
             finally:
-                self._schedule.slots_answered(loop.time())
+                self._schedule.slots_answered(loop.time(), idle=_all_idle(fetched))
             self._slots, self._slots_at = fetched, started
             return fetched
 
@@ -264,7 +268,7 @@ class Agent:
         read again (so busy slots are reported as early as the schedule allows)."""
         delay = self.config.poll_interval
         if self._slots is not None:
-            delay = min(delay, self._schedule.slots_wait(asyncio.get_running_loop().time()))
+            delay = min(delay, self._schedule.slots_due(asyncio.get_running_loop().time()))
         return max(delay, 0.01)
 
     def _stale_models(self, props: Fetched) -> bool:
@@ -552,6 +556,16 @@ class Agent:
             f"<Agent {self.config.name} {s.condition} slots {s.slots_processing}/{s.slots_total}"
             f" model={s.model} balancers={len(self.config.management_addrs)}>"
         )
+
+
+def _all_idle(slots: Fetched) -> bool:
+    """Whether a ``/slots`` answer shows every slot idle."""
+    body = slots.body
+    return (
+        slots.ok
+        and isinstance(body, list)
+        and all(isinstance(s, dict) and s.get("is_processing") is False for s in body)
+    )
 
 
 def _sleeping(props: Fetched) -> bool:

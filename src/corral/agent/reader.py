@@ -49,6 +49,13 @@ So the agent reads:
   nobody watches). Busy slots are reported at most about 1.3 s late; the balancer
   counts its own requests at once and uses the report only for load from elsewhere.
   Not while ``/props`` says the server sleeps: a ``/slots`` read wakes it.
+- while the last ``/slots`` answer showed every slot idle, ``/slots`` only every
+  ``idle_interval`` (30 s), or never (``--idle-slots-interval 0``, and the default in
+  supervisor mode when the server runs with ``--sleep-idle-seconds``). A ``/slots``
+  read is a task, and llama-server counts tasks as activity: read every 1.25 s, an
+  idle server would never fall asleep. The balancer counts its own requests at once,
+  so an idle server's stale report costs nothing but a late view of requests that
+  reach it from elsewhere.
 
 ``/metrics`` is never read.
 """
@@ -87,29 +94,48 @@ class ReadSchedule:
     """When the agent may read ``/slots``. Pure: times in, waits out.
 
     Times are seconds on one monotonic clock (the agent's event loop). See the module
-    docstring for why ``/slots`` needs a quiet gap.
+    docstring for why ``/slots`` needs a quiet gap, and why an idle server is read
+    rarely.
 
     Args:
         slots_gap: Seconds from one ``/slots`` answer to the next ``/slots`` request;
             must exceed :data:`SERVER_WAIT` (else ``ValueError``).
+        idle_interval: Seconds from a ``/slots`` answer that showed every slot idle to
+            the monitor's next read; ``None``: none while it stays idle (a server with
+            ``--sleep-idle-seconds`` then falls asleep). Must not be below
+            ``slots_gap`` (else ``ValueError``).
     """
 
-    def __init__(self, slots_gap: float = 1.25) -> None:
+    def __init__(self, slots_gap: float = 1.25, idle_interval: float | None = 30.0) -> None:
         if not slots_gap > SERVER_WAIT:
             raise ValueError(
                 f"slots_gap must exceed {SERVER_WAIT:g} s (llama-server's wait for a "
                 f"client that left); got {slots_gap!r}"
             )
+        if idle_interval is not None and idle_interval < slots_gap:
+            raise ValueError(f"idle_interval must be at least slots_gap; got {idle_interval!r}")
         self.slots_gap = slots_gap
+        self.idle_interval = idle_interval
         self._slots_answered = -math.inf  # when the last /slots answer arrived
         self._slots_asking = False  # a /slots read is under way
+        self._idle = False  # the last answer showed every slot idle
 
     def slots_wait(self, now: float) -> float:
-        """Seconds until ``/slots`` may be asked (0: now). ``inf`` while a read of it is
-        under way (its answer starts the next gap)."""
+        """Seconds until ``/slots`` may be asked at all (0: now), for reads that must
+        happen (a drain before a restart). ``inf`` while a read of it is under way (its
+        answer starts the next gap)."""
         if self._slots_asking:
             return math.inf
         return max(0.0, self._slots_answered + self.slots_gap - now)
+
+    def slots_due(self, now: float) -> float:
+        """Seconds until the monitor's next ``/slots`` read (0: now; ``inf``: not while
+        the server stays idle)."""
+        if not self._idle:
+            return self.slots_wait(now)
+        if self._slots_asking or self.idle_interval is None:
+            return math.inf
+        return max(0.0, self._slots_answered + self.idle_interval - now)
 
     def slots_asked(self, now: float) -> None:
         """A ``/slots`` request goes out now. Raises ``ValueError`` if it is too soon."""
@@ -118,15 +144,18 @@ class ReadSchedule:
             raise ValueError(f"/slots asked {wait:.3f} s too soon")
         self._slots_asking = True
 
-    def slots_answered(self, now: float) -> None:
-        """The ``/slots`` read ended now (answered or failed): the gap starts."""
+    def slots_answered(self, now: float, *, idle: bool = False) -> None:
+        """The ``/slots`` read ended now (answered or failed): the gap starts. ``idle``:
+        the answer showed every slot idle."""
         self._slots_asking = False
         self._slots_answered = now
+        self._idle = idle
 
     def __repr__(self) -> str:
+        idle = "never" if self.idle_interval is None else f"{self.idle_interval:g} s"
         return (
-            f"<ReadSchedule /slots {self.slots_gap:g} s after answer"
-            f"{' (asking)' if self._slots_asking else ''}>"
+            f"<ReadSchedule /slots {self.slots_gap:g} s after answer, {idle} when idle"
+            f"{' (idle)' if self._idle else ''}{' (asking)' if self._slots_asking else ''}>"
         )
 
 

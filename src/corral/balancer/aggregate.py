@@ -12,19 +12,36 @@ from typing import Any
 from corral.core.fleet import Backend, Fleet
 
 
-def health(fleet: Fleet) -> tuple[int, dict[str, Any]]:
-    """200 with the fleet's idle and busy slots while a server is ready, else 503."""
-    idle, processing = fleet.totals()
+def not_ready(fleet: Fleet) -> dict[str, Any] | None:
+    """The answer of every fleet route while no server is ready, else ``None``.
+
+    llama-server answers every endpoint with 503 and this error while it loads its
+    model; a fleet with no ready server (all loading, down, or none registered yet: a
+    fleet scaling from zero) answers the same, so clients and balancers above that wait
+    for a server to load wait for Corral alike. ``corral.reason`` says why in words.
+    """
     if any(backend.routable for backend in fleet):
-        return 200, {"status": "ok", "slots_idle": idle, "slots_processing": processing}
+        return None
     states = sorted({backend.state.value for backend in fleet})
     reason = (
         "no server has registered"
         if not len(fleet)
         else f"no server is ready ({', '.join(states)})"
     )
-    error = {"code": 503, "message": f"Corral: {reason}", "type": "unavailable_error"}
-    return 503, {"error": error, "slots_idle": 0, "slots_processing": 0}
+    return {
+        "error": {"code": 503, "message": "Loading model", "type": "unavailable_error"},
+        "corral": {"reason": reason},
+    }
+
+
+def health(fleet: Fleet) -> tuple[int, dict[str, Any]]:
+    """200 with the fleet's idle and busy slots while a server is ready, else 503 as
+    llama-server answers while loading (see :func:`not_ready`)."""
+    down = not_ready(fleet)
+    if down is not None:
+        return 503, {**down, "slots_idle": 0, "slots_processing": 0}
+    idle, processing = fleet.totals()
+    return 200, {"status": "ok", "slots_idle": idle, "slots_processing": processing}
 
 
 def _ready(fleet: Fleet) -> list[Backend]:

@@ -245,8 +245,11 @@ class InferenceProxy:
         path = request.path
         status = 200
         body: object
+        down = aggregate.not_ready(self.fleet)
         if path in ("/health", "/v1/health"):
             status, body = aggregate.health(self.fleet)
+        elif down is not None:  # as llama-server while it loads: 503 on every route
+            status, body = 503, down
         elif path == "/props":
             body = aggregate.props(self.fleet)
         elif path == "/slots":
@@ -257,6 +260,8 @@ class InferenceProxy:
 
     async def _metrics(self, request: Request, out: Responder) -> None:
         """llama.cpp's metrics of the ready servers, combined (read on scrape)."""
+        if (down := aggregate.not_ready(self.fleet)) is not None:
+            return out.send_json(503, down, self.cors.response_headers(request.header(b"origin")))
         answer = await llamacpp_metrics.scrape(self.pool, [a for a in self.fleet if a.routable])
         headers = [
             ("Content-Type", answer.content_type),

@@ -38,6 +38,17 @@ def more_than_a_second(text: str) -> float:
     return float(value)
 
 
+def non_negative_float(text: str) -> float:
+    """Seconds, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} cannot be negative")
+    return value
+
+
 COMMON = (
     Setting(
         "log_level",
@@ -243,6 +254,14 @@ AGENT = Schema(
             "server never notices clients that gave up (docs/llamacpp.md)",
             more_than_a_second,
             default=1.25,
+        ),
+        Setting(
+            "idle_slots_interval",
+            "seconds between /slots reads while every slot is idle; 0: none, so a server "
+            "with --sleep-idle-seconds can fall asleep (the default in supervisor mode "
+            "when its arguments ask for sleep)",
+            non_negative_float,
+            default=30.0,
         ),
         Setting(
             "probe_addr",

@@ -144,4 +144,23 @@ def test_a_gap_within_the_servers_wait_is_refused():
 def test_schedule_repr_reads_at_a_glance():
     schedule = ReadSchedule()
     schedule.slots_asked(0.0)
-    assert repr(schedule) == "<ReadSchedule /slots 1.25 s after answer (asking)>"
+    assert repr(schedule) == "<ReadSchedule /slots 1.25 s after answer, 30 s when idle (asking)>"
+
+
+def test_an_idle_server_is_read_rarely_or_never():
+    """A /slots read is a task, and llama-server counts tasks as activity: read every
+    1.25 s, an idle server with --sleep-idle-seconds would never fall asleep."""
+    schedule = ReadSchedule(slots_gap=1.25, idle_interval=30.0)
+    schedule.slots_asked(0.0)
+    schedule.slots_answered(1.0, idle=True)
+    assert schedule.slots_due(2.25) == pytest.approx(28.75)  # not after the gap: idle
+    assert schedule.slots_wait(2.25) == 0  # a read that must happen (a drain) may
+    schedule.slots_asked(31.0)
+    schedule.slots_answered(31.5, idle=False)
+    assert schedule.slots_due(32.75) == 0  # busy: every gap again
+    never = ReadSchedule(idle_interval=None)
+    never.slots_asked(0.0)
+    never.slots_answered(0.5, idle=True)
+    assert never.slots_due(1000.0) == math.inf
+    with pytest.raises(ValueError, match="at least slots_gap"):
+        ReadSchedule(slots_gap=2.0, idle_interval=1.5)

@@ -115,3 +115,13 @@ def test_bench_defaults_to_a_short_closed_loop():
     assert target.endpoint == "http://h:1/v1/chat/completions"
     assert (load.users, load.rate, load.requests, load.duration) == (4, None, 100, None)
     assert spec.shape == "fixed"
+
+
+def test_a_supervised_server_that_sleeps_is_not_kept_awake_by_slots_reads():
+    from corral.cli import _sleep_idle_seconds
+
+    assert _sleep_idle_seconds(["--flash-attn", "on", "--sleep-idle-seconds", "300"]) == 300
+    assert _sleep_idle_seconds(["--sleep-idle-seconds=60"]) == 60
+    assert _sleep_idle_seconds(["--sleep-idle-seconds", "-1"]) == 0  # llama.cpp: disabled
+    assert _sleep_idle_seconds(["--sleep-idle-seconds"]) == 0
+    assert _sleep_idle_seconds([]) == 0

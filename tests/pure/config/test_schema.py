@@ -88,7 +88,8 @@ def test_the_public_flags_and_env_names_stay():
         "--local-llamacpp-addr", "--model", "--slots", "--ctx-size", "--threads",
         "--llama-server", "--llamacpp-port", "--quiet-server", "--external-llamacpp-addr",
         "--management-addr", "--name", "--llamacpp-api-key", "--agent-token",
-        "--poll-interval", "--slots-gap", "--probe-addr", "--log-level", "--log-format",
+        "--poll-interval", "--slots-gap", "--idle-slots-interval", "--probe-addr",
+        "--log-level", "--log-format",
     ]  # fmt: skip
     assert [s.env for s in SIM][:6] == [
         "CORRAL_SIM_ADDR", "CORRAL_SIM_SLOTS", "CORRAL_SIM_MODEL", "CORRAL_SIM_NAME",
