@@ -42,12 +42,12 @@ class Prompt:
         self._hashes: list[int] = []
 
     @classmethod
-    def of_chat(cls, messages: Iterable[tuple[str, bytes]], tools: bytes | None) -> Prompt:
+    def of_chat(cls, messages: Iterable[tuple[bytes, bytes]], tools: bytes | None) -> Prompt:
         """From a chat request: the tools (raw JSON), then each ``(role, content)``
         (content as raw JSON) in order."""
         parts = [b"\x1dtools\x1e", tools or b"", b"\x1f"]
         for role, content in messages:
-            parts += (b"\x1d", role.encode(), b"\x1e", content, b"\x1f")
+            parts += (b"\x1d", role, b"\x1e", content, b"\x1f")
         return cls(b"".join(parts))
 
     def hashes(self, block: int) -> list[int]:
