@@ -10,7 +10,7 @@ BLOCK = 8
 
 def chat(*turns: str) -> Prompt:
     roles = ["system"] + ["user", "assistant"] * len(turns)
-    messages = [(r, f'"{t}"'.encode()) for r, t in zip(roles, turns, strict=False)]
+    messages = [(r.encode(), f'"{t}"'.encode()) for r, t in zip(roles, turns, strict=False)]
     return Prompt.of_chat(messages, None)
 
 
