@@ -212,7 +212,7 @@ def _sleep_idle_seconds(extra: Sequence[str]) -> float:
 
 
 def _supervised_server(args: argparse.Namespace) -> Any:
-    from corral.agent.supervisor import ServerSettings, Supervisor
+    from corral.agent.supervisor import ServerSettings, Supervisor, default_cache_ram_mib
     from corral.llamacpp import LlamaCppNotFound, llama_server_path
     from corral.llamacpp.sources import ModelSourceError, resolve
 
@@ -226,6 +226,7 @@ def _supervised_server(args: argparse.Namespace) -> Any:
         slots=args.slots,
         ctx_size=args.ctx_size,
         threads=args.threads,
+        cache_ram_mib=default_cache_ram_mib() if args.cache_ram is None else args.cache_ram,
         extra_args=tuple(args.extra),
         binary=binary,
         api_key=args.llamacpp_api_key or None,

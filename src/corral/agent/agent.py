@@ -199,8 +199,10 @@ class Agent:
         info = supervisor_info(self.server)
         issues = [*self._apply_issues, *self.server.issues, *status.issues]
         if info.state == "ready" and not self._applying:
+            settings = getattr(self.server, "settings", None)
             return msgspec.structs.replace(
                 status,
+                cache_ram_mib=getattr(settings, "cache_ram_mib", None),
                 supervisor=info,
                 issues=issues,
                 applied=self._applied,

@@ -70,6 +70,10 @@ class ServerSettings:
     """Context tokens *per slot* (llama-server gets ``ctx_size * slots``)."""
     threads: int | None = None
     """``--threads``; ``None`` leaves llama.cpp's default (its count of CPU cores)."""
+    cache_ram_mib: int | None = None
+    """``--cache-ram``: host memory for prompts evicted from the slots, MiB (-1 no
+    limit, 0 off); ``None`` leaves llama-server's default (8192 MiB in the pinned
+    build). See :func:`default_cache_ram_mib` for the agent's default."""
     extra_args: tuple[str, ...] = ()
     """More llama-server arguments, passed as they are, last."""
     binary: Path | None = None
@@ -81,6 +85,23 @@ class ServerSettings:
     across restarts while it stays free."""
     api_key: str | None = field(default=None, repr=False)
     """The server's ``--api-key``, if any."""
+
+
+LLAMA_CACHE_RAM_MIB: Final = 8192
+"""llama-server's own ``--cache-ram`` default in the pinned build (``--help``)."""
+
+
+def default_cache_ram_mib(physical_mib: int | None = None) -> int:
+    """A host prompt cache sized for this machine, MiB: an eighth of its memory, at
+    most llama-server's own default (8 GiB), at least 256 MiB. An eighth leaves room
+    for the model and for a few servers on one machine. ``physical_mib``: the
+    machine's memory (read from the OS when None; llama-server's default if unknown)."""
+    if physical_mib is None:
+        try:
+            physical_mib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+        except (ValueError, OSError, AttributeError):
+            return LLAMA_CACHE_RAM_MIB
+    return max(256, min(LLAMA_CACHE_RAM_MIB, physical_mib // 8))
 
 
 class _StartFailed(Exception):
@@ -348,6 +369,7 @@ class Supervisor:
             ctx_size=settings.ctx_size,
             threads=settings.threads,
             api_key=settings.api_key,
+            cache_ram_mib=settings.cache_ram_mib,
             extra=settings.extra_args,
         )
 

@@ -37,7 +37,7 @@ from corral.config import BALANCER, default
 from corral.core.buffer import Buffer
 from corral.core.clock import Clock, MonotonicClock
 from corral.core.fleet import Fleet
-from corral.core.policy import Policy
+from corral.core.routing import RoutingOptions, make_policy
 from corral.core.scheduler import Scheduler
 
 log = logging.getLogger("corral.balancer")
@@ -87,6 +87,12 @@ class BalancerConfig:
     """Share of supervised agents that may change settings at once (at least one)."""
     drain_timeout: float = default(BALANCER, "drain_timeout")
     """Seconds an agent gets to finish its requests before its settings change."""
+    routing: str = default(BALANCER, "routing")
+    """The routing policy by name (:data:`corral.core.routing.POLICIES`): ``slots`` or
+    ``prefix``."""
+    prefix_max_wait: float = default(BALANCER, "prefix_max_wait")
+    """With ``prefix`` routing: seconds a request may wait for the busy holder of its
+    prompt (0: never)."""
     statsd_addr: Addr | None = None
     """Where to send StatsD metrics over UDP (None: not sent)."""
     statsd_prefix: str = default(BALANCER, "statsd_prefix")
@@ -109,7 +115,10 @@ class Balancer:
         self.clock = clock or MonotonicClock()
         self.fleet = Fleet()
         self.buffer = Buffer(config.max_buffered_requests, config.buffered_request_timeout)
-        self.scheduler = Scheduler(self.fleet, Policy(), self.buffer)
+        policy = make_policy(
+            config.routing, RoutingOptions(prefix_max_wait=config.prefix_max_wait), self.clock.now
+        )
+        self.scheduler = Scheduler(self.fleet, policy, self.buffer)
         self.dispatcher = Dispatcher(self.scheduler, self.clock, on_set_aside=self._refresh)
         self.management = Management(
             self.dispatcher,

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from corral.balancer.errors import HTTPError
 from corral.core.buffer import BufferFull, Waiter
 from corral.core.clock import Clock
+from corral.core.events import Timings
 from corral.core.fleet import Backend, Fleet, FleetError
 from corral.core.policy import Dispatch, Reject, RequestInfo
 from corral.core.scheduler import Assigned, Scheduler
@@ -86,9 +87,13 @@ class Dispatcher:
         return await self._wait(result, request)
 
     async def _wait(self, waiter: Waiter, request: RequestInfo) -> Reservation:
-        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[str] = loop.create_future()
         waiter.token = future
         self._arm_expiry()
+        until = request.note.wait_until  # waiting for a busy server, for so long at most
+        if until is not None:
+            loop.call_later(max(0.0, until - self.clock.now()) + 0.001, self.changed)
         self._notify()
         try:
             backend_id = await future
@@ -108,20 +113,28 @@ class Dispatcher:
             backend_id, backend.address, backend.api_key, backend.name, waited, backend.model
         )
 
-    def release(self, backend_id: str, *, ok: bool = True) -> None:
-        """The request on this slot finished (or failed after it started)."""
+    def release(
+        self,
+        backend_id: str,
+        *,
+        ok: bool = True,
+        request: RequestInfo | None = None,
+        timings: Timings | None = None,
+    ) -> None:
+        """The request on this slot finished (or failed after it started); ``request``
+        and its answer's ``timings`` go to the fleet's subscribers (the prefix index)."""
         try:
-            self.fleet.release(backend_id, self.clock.now())
+            self.fleet.release(backend_id, self.clock.now(), request, timings)
         except FleetError:
             log.exception("release of a slot that was not reserved")
         if ok:
             self.fleet.succeeded(backend_id)
         self.changed()
 
-    def failed(self, backend_id: str, reason: str) -> None:
+    def failed(self, backend_id: str, reason: str, request: RequestInfo | None = None) -> None:
         """A request on this slot failed in the server: set it aside, free the slot."""
         self.set_aside(backend_id, reason)
-        self.release(backend_id, ok=False)
+        self.release(backend_id, ok=False, request=request)
 
     def set_aside(self, backend_id: str, reason: str) -> None:
         """Send nothing more to this server until its agent reports it ready."""

@@ -62,6 +62,7 @@ def backend_json(backend: Backend, now: float) -> dict[str, Any]:
 
 def to_report(status: m.ServerStatus) -> Report:
     return Report(
+        cache_ram_mib=status.cache_ram_mib,
         condition=status.condition,
         model=status.model,
         slots_total=status.slots_total,

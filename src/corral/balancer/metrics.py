@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 
 from corral.balancer.statsd import Counts
 from corral.core.buffer import Buffer
+from corral.core.events import Timings
 from corral.core.fleet import BackendState, Fleet
 
 LATENCY_BUCKETS = (
@@ -149,6 +150,42 @@ class Metrics:
         self.generated_tokens = Counter(
             "corral_generated_tokens", "Tokens generated", ["model"], registry=r
         )
+        # prefix routing (--routing prefix): how well the index predicts the servers' caches
+        self.cached_predicted = Counter(
+            "corral_agent_cached_prompt_tokens_predicted",
+            "Prompt tokens the balancer predicted each server had cached, for answers "
+            "that reported timings",
+            ["agent"],
+            registry=r,
+        )
+        self.cached_measured = Counter(
+            "corral_agent_cached_prompt_tokens",
+            "Prompt tokens each server reported reusing from its cache (timings.cache_n)",
+            ["agent"],
+            registry=r,
+        )
+        self.prompt_measured = Counter(
+            "corral_agent_timed_prompt_tokens",
+            "Prompt tokens of answers that reported timings (prompt_n + cache_n): the "
+            "denominator of the cache hit rate",
+            ["agent"],
+            registry=r,
+        )
+        self.fleet_cached_predicted = Counter(
+            "corral_cached_prompt_tokens_predicted",
+            "Prompt tokens predicted cached, fleet-wide",
+            registry=r,
+        )
+        self.fleet_cached_measured = Counter(
+            "corral_cached_prompt_tokens",
+            "Prompt tokens the servers reported reusing from their caches, fleet-wide",
+            registry=r,
+        )
+        self.fleet_prompt_measured = Counter(
+            "corral_timed_prompt_tokens",
+            "Prompt tokens of answers that reported timings, fleet-wide",
+            registry=r,
+        )
 
         self._children: dict[tuple[object, ...], Any] = {}
 
@@ -178,6 +215,15 @@ class Metrics:
         if first_byte is not None:
             self._child(self.first_byte, endpoint).observe(first_byte)
 
+    def count_cached(self, agent: str, predicted: int, timings: Timings) -> None:
+        """One answer's predicted and measured cached prompt tokens (prefix routing)."""
+        self._child(self.cached_predicted, agent).inc(predicted)
+        self._child(self.cached_measured, agent).inc(timings.cache_n)
+        self._child(self.prompt_measured, agent).inc(timings.prompt_tokens)
+        self.fleet_cached_predicted.inc(predicted)
+        self.fleet_cached_measured.inc(timings.cache_n)
+        self.fleet_prompt_measured.inc(timings.prompt_tokens)
+
     def render(self) -> bytes:
         data: bytes = generate_latest(self.registry)
         return data
@@ -202,6 +248,7 @@ class _Timings(msgspec.Struct):
     prompt_n: int = 0
     predicted_n: int = 0
     cache_n: int = 0
+    prompt_ms: float = 0.0
 
 
 class _Counts(msgspec.Struct):
@@ -229,6 +276,19 @@ def token_counts(body: bytes) -> tuple[int, int]:
         t = counts.timings
         return t.prompt_n + t.cache_n, t.predicted_n
     return 0, 0
+
+
+def timings_of(body: bytes | None) -> Timings | None:
+    """llama.cpp's ``timings`` of one JSON answer or SSE event (None if it has none)."""
+    if body is None:
+        return None
+    try:
+        t = _counts.decode(body).timings
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    if t is None:
+        return None
+    return Timings(t.prompt_n, t.cache_n, t.prompt_ms)
 
 
 def last_counted_event(tail: bytes) -> bytes | None:

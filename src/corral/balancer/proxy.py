@@ -37,7 +37,8 @@ from corral.balancer.dispatcher import Dispatcher, Reservation
 from corral.balancer.errors import HTTPError, log_error, sse_error_event
 from corral.balancer.forwarded import FORWARDED_HEADERS, ProxyTrust, forwarded_lines
 from corral.balancer.http_server import Request, Responder, encode_headers
-from corral.balancer.metrics import Metrics, last_counted_event
+from corral.balancer.metrics import Metrics, last_counted_event, timings_of
+from corral.balancer.prompt import prompt_of
 from corral.balancer.upstream import (
     UpstreamBroken,
     UpstreamError,
@@ -45,6 +46,7 @@ from corral.balancer.upstream import (
     UpstreamResponse,
 )
 from corral.core.endpoints import Kind, classify, known_paths
+from corral.core.events import Timings
 from corral.core.fleet import Backend
 from corral.core.policy import Reject, RequestInfo, resolve_pools
 
@@ -90,6 +92,7 @@ _DROP_RESPONSE = _HOP_BY_HOP | {
     b"x-request-id",
     b"x-corral-server",
     b"x-corral-buffer-wait",
+    b"x-corral-predicted-cached-tokens",
     b"access-control-allow-origin",
     b"access-control-allow-credentials",
 }
@@ -179,6 +182,8 @@ class InferenceProxy:
         self.cors = cors or Cors()
         self.started = int(time.time())
         self._light_turn = 0
+        self._prompts = dispatcher.scheduler.policy.needs_prompt
+        """The policy routes by prompt (prefix routing): read it, report on it."""
 
     # ------------------------------------------------------------- routing
     async def handle(self, request: Request, out: Responder) -> None:
@@ -316,7 +321,8 @@ class InferenceProxy:
             id_slot = fields.id_slot
             if inference and type(id_slot) is int and id_slot >= 0:  # a fleet slot id
                 body, pinned = slot_actions.pin(self.fleet, body, id_slot)
-        info = RequestInfo(request.path, ex.model, pinned)
+        prompt = prompt_of(body) if inference and self._prompts and pinned is None else None
+        info = ex.info = RequestInfo(request.path, ex.model, pinned, prompt)
         headers = b""  # built once a slot is found: nothing extra held while waiting
         last_error = ""
         for attempt in range(self.max_attempts):
@@ -351,6 +357,10 @@ class InferenceProxy:
         self.metrics.request_done(request.path, model, ex.status, total, ex.waited, ttfb)
         if ex.counted is not None:
             self.metrics.count_tokens(model or ex.backend or "", ex.counted)
+            if ex.timings is not None and ex.info is not None and ex.info.prompt is not None:
+                self.metrics.count_cached(
+                    ex.backend or "", ex.info.note.predicted_cached, ex.timings
+                )
         self.request_log(request, ex, total)
 
     def request_log(self, request: Request, ex: _Exchange, total: float) -> None:
@@ -365,17 +375,19 @@ class InferenceProxy:
             "model": ex.model,
             "agent": ex.backend,
             "buffer_wait_s": round(ex.waited, 6),
+            "route": ex.info.note.reason if ex.info else None,
             "ttfb_s": round(ttfb, 6) if ttfb is not None else None,
             "duration_s": round(total, 6),
         }
         access_log.info(
-            "%s %s %s %d model=%s agent=%s wait=%.3fs ttfb=%s total=%.3fs",
+            "%s %s %s %d model=%s agent=%s route=%s wait=%.3fs ttfb=%s total=%.3fs",
             ex.request_id,
             request.method,
             request.path,
             ex.status,
             ex.model or "-",
             ex.backend or "-",
+            (ex.info.note.reason if ex.info else "") or "-",
             ex.waited,
             f"{ttfb:.3f}s" if ttfb is not None else "-",
             total,
@@ -438,9 +450,11 @@ class InferenceProxy:
         finally:
             if healthy:
                 if inference:
-                    self.dispatcher.release(target.backend_id)
+                    if self._prompts and ex.counted is not None:
+                        ex.timings = timings_of(ex.counted)
+                    self.dispatcher.release(target.backend_id, request=ex.info, timings=ex.timings)
             elif inference:
-                self.dispatcher.failed(target.backend_id, "request failed")
+                self.dispatcher.failed(target.backend_id, "request failed", ex.info)
             else:
                 self.dispatcher.set_aside(target.backend_id, "request failed")
 
@@ -457,6 +471,8 @@ class InferenceProxy:
         head += _line(b"X-Request-Id", ex.request_id)
         head += _line(b"X-Corral-Server", target.name)
         head += b"X-Corral-Buffer-Wait: %.6f\r\n" % ex.waited
+        if ex.info is not None and ex.info.prompt is not None:
+            head += b"X-Corral-Predicted-Cached-Tokens: %d\r\n" % ex.info.note.predicted_cached
         # browsers (the dashboard's playground) may read it; one value only: browsers
         # refuse a response that repeats this header
         allowed = self.cors.allow_origin(request.header(b"origin"))
@@ -532,6 +548,8 @@ class _Exchange:
     waited: float = 0.0
     first_byte: float | None = None
     counted: bytes | None = None  # the JSON that reports usage/timings
+    info: RequestInfo | None = None  # what routing knew and decided (its note)
+    timings: Timings | None = None  # of the answer, read for prefix routing only
 
 
 def _nominated(values: list[bytes]) -> frozenset[bytes]:

@@ -128,6 +128,22 @@ BALANCER = Schema(
             positive(float),
             default=60.0,
         ),
+        Setting(
+            "routing",
+            "how a server is chosen for a request: 'slots' (most free slots) or 'prefix' "
+            "(where the prompt is probably cached, weighed against load; reads the "
+            "request's messages or prompt; docs/architecture.md)",
+            default="slots",
+            choices=("slots", "prefix"),
+        ),
+        Setting(
+            "prefix_max_wait",
+            "with --routing prefix: seconds a request may wait for the busy server that "
+            "holds its prompt, when that is expected to be faster than prefilling "
+            "elsewhere (0: never wait)",
+            non_negative_float,
+            default=1.0,
+        ),
         Setting("statsd_addr", "HOST:PORT of a StatsD server (UDP)", addr),
         Setting("statsd_prefix", "prefix of StatsD metric names", default="corral"),
         Setting(
@@ -202,6 +218,14 @@ AGENT = Schema(
             "context size per slot of the supervised server",
             positive(int),
             default=2048,
+        ),
+        Setting(
+            "cache_ram",
+            "host memory for the supervised server's prompt cache, MiB (llama-server "
+            "--cache-ram; -1 no limit, 0 off); told to balancers for prefix routing",
+            int,
+            default_text="an eighth of the machine's memory, 256 to 8192",
+            default_from="llama-server's default is 8192",
         ),
         Setting(
             "threads",

@@ -1,6 +1,6 @@
 """Pure logic: fleet state, routing policy, request buffer. No I/O, no asyncio.
 
-Start with :mod:`corral.core.policy` (who gets a request), then
+Start with :mod:`corral.core.routing` (who gets a request), then
 :mod:`corral.core.fleet` (what the balancer knows of each server) and
 :mod:`corral.core.scheduler` (how waiting requests get the slots that free up).
 """

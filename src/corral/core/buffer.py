@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from corral.core.policy import RequestInfo
+from corral.core.routing.request import RequestInfo
 
 
 class BufferFull(Exception):

@@ -39,6 +39,11 @@ bucket.
 
 Every method is a state transition. An illegal one raises :class:`FleetError` and
 changes nothing.
+
+Those who keep their own view of the backends (the prefix index) subscribe and are
+told what happens as events (:mod:`corral.core.events`): a request dispatched or
+finished, a server that left, restarted (its agent says it came back ready, or its
+supervisor restarted it) or changed model.
 """
 
 from __future__ import annotations
@@ -46,9 +51,11 @@ from __future__ import annotations
 import collections
 import enum
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+from corral.core.events import Dispatched, Finished, FleetEvent, Reset, Timings
 
 
 class FleetError(Exception):
@@ -100,6 +107,8 @@ class Report:
     applied_generation: int = 0  # which desired state it runs (supervisor mode)
     failed_generation: int | None = None
     applying: bool = False  # the agent is draining or restarting its server
+    cache_ram_mib: int | None = None
+    """The server's host prompt cache (``--cache-ram``), MiB; -1 unlimited, 0 off, None unknown."""
     read_at: float | None = None
     """When the agent started reading the server, on the balancer's clock (None: unknown)."""
 
@@ -128,6 +137,7 @@ class Backend:
     applied_generation: int = 0
     failed_generation: int | None = None
     applying: bool = False
+    cache_ram_mib: int | None = None  # host prompt cache, MiB (see Report)
     cordoned: bool = False  # the balancer sends it nothing: a change is coming
     cordoned_at: float = 0.0
     apply_sent: int = 0  # generation of the last Apply sent to it
@@ -227,6 +237,15 @@ class Fleet:
         """Bumped when backends join, leave or are cordoned, or a report changes what a rollout
         looks at (condition, model, generations, applying): not per request, and not for
         busy-slot counts, so a rollout's scan of the fleet stays off the hot paths."""
+        self._observers: list[Callable[[FleetEvent], None]] = []
+
+    def subscribe(self, observer: Callable[[FleetEvent], None]) -> None:
+        """Tell ``observer`` every :mod:`~corral.core.events` event from now on, in order."""
+        self._observers.append(observer)
+
+    def _emit(self, event: FleetEvent) -> None:
+        for observer in self._observers:
+            observer(event)
 
     # ------------------------------------------------------------------ queries
     def __len__(self) -> int:
@@ -318,6 +337,7 @@ class Fleet:
         backend = self.get(backend_id)
         self._unindex(backend)
         before = _rollout_view(backend)
+        reset = _reset_reason(backend, report) if self._observers else None
         if backend.model != report.model:
             self._unref_model(backend.model)
             self._ref_model(report.model)
@@ -330,6 +350,7 @@ class Fleet:
         backend.applied_generation = report.applied_generation
         backend.failed_generation = report.failed_generation
         backend.applying = report.applying
+        backend.cache_ram_mib = report.cache_ram_mib
         if report.props:
             backend.props = report.props
         if report.model_list:
@@ -343,6 +364,8 @@ class Fleet:
             self.membership += 1
         self._index(backend)
         self._changed()
+        if reset is not None:
+            self._emit(Reset(backend.id, reset))
         return backend
 
     def heartbeat(self, backend_id: str, now: float) -> bool:
@@ -363,12 +386,15 @@ class Fleet:
         del self._backends[backend_id]
         self.membership += 1
         self._changed()
+        if self._observers:
+            self._emit(Reset(backend_id, "left"))
         return backend
 
-    def reserve(self, backend_id: str, now: float | None = None) -> Backend:
+    def reserve(self, backend_id: str, now: float | None = None, request: object = None) -> Backend:
         """Take one slot on this backend for a request the balancer is about to send.
 
-        ``now`` (the balancer's clock) lets later reports place it in time."""
+        ``now`` (the balancer's clock) lets later reports place it in time; ``request``
+        (a ``RequestInfo``) goes to subscribers in a :class:`Dispatched` event."""
         backend = self.get(backend_id)
         if not backend.routable:
             raise FleetError(f"cannot reserve on {backend!r}: not routable")
@@ -379,10 +405,21 @@ class Fleet:
         _log(backend, now, +1)
         self._index(backend)
         self._changed()
+        if self._observers:
+            self._emit(Dispatched(backend, request, now))
         return backend
 
-    def release(self, backend_id: str, now: float | None = None) -> Backend | None:
-        """Give back a slot taken by :meth:`reserve`. ``None`` if the backend has left."""
+    def release(
+        self,
+        backend_id: str,
+        now: float | None = None,
+        request: object = None,
+        timings: Timings | None = None,
+    ) -> Backend | None:
+        """Give back a slot taken by :meth:`reserve`. ``None`` if the backend has left.
+
+        ``request`` and the answer's ``timings`` go to subscribers in a
+        :class:`Finished` event."""
         backend = self._backends.get(backend_id)
         if backend is None:
             return None
@@ -395,6 +432,8 @@ class Fleet:
         # if it had reached the server, and the two cancel out in ``external``.
         self._index(backend)
         self._changed()
+        if self._observers:
+            self._emit(Finished(backend, request, timings, now))
         return backend
 
     def set_aside(self, backend_id: str) -> Backend | None:
@@ -514,6 +553,23 @@ def _rollout_view(backend: Backend) -> tuple[object, ...]:
         backend.set_aside,
         backend.heartbeat_ok,
     )
+
+
+def _reset_reason(backend: Backend, report: Report) -> str | None:
+    """Whether this report says the server lost what it held (its prompt caches)."""
+    if report.condition is not Condition.READY:
+        return None  # said when it comes back
+    if backend.model != report.model:
+        return "model"
+    if backend.condition is not Condition.READY:
+        return "restarted"  # back from loading, unreachable...: it may have restarted
+    if backend.slots_total != report.slots_total:
+        return "restarted"
+    if backend.supervisor is not None and report.supervisor is not None:
+        for key in ("restarts", "pid"):
+            if backend.supervisor.get(key) != report.supervisor.get(key):
+                return "restarted"
+    return None
 
 
 LOG_SECONDS = 10.0

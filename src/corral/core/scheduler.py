@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from corral.core.buffer import Buffer, Waiter
 from corral.core.fleet import Fleet
-from corral.core.policy import Dispatch, Policy, Reject, RequestInfo, Wait
+from corral.core.routing import Dispatch, Reject, RequestInfo, RoutingPolicy, Wait
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,10 +40,12 @@ class Refused:
 
 
 class Scheduler:
-    def __init__(self, fleet: Fleet, policy: Policy, buffer: Buffer) -> None:
+    def __init__(self, fleet: Fleet, policy: RoutingPolicy, buffer: Buffer) -> None:
         self.fleet = fleet
         self.policy = policy
         self.buffer = buffer
+        if policy.observe is not None:  # a policy with its own view of the backends
+            fleet.subscribe(policy.observe)
 
     def submit(
         self, request: RequestInfo, now: float, token: object = None
@@ -54,7 +56,7 @@ class Scheduler:
         """
         decision = self.policy.pick(self.fleet, request)
         if isinstance(decision, Dispatch):
-            self.fleet.reserve(decision.backend_id, now)
+            self.fleet.reserve(decision.backend_id, now, request)
             return decision
         if isinstance(decision, Reject):
             return decision
@@ -71,7 +73,7 @@ class Scheduler:
                     continue
                 self.buffer.take(waiter)
                 if isinstance(decision, Dispatch):
-                    self.fleet.reserve(decision.backend_id, now)
+                    self.fleet.reserve(decision.backend_id, now, waiter.request)
                     outcomes.append(Assigned(waiter, decision.backend_id))
                 else:
                     outcomes.append(Refused(waiter, decision))

@@ -31,10 +31,12 @@ def llama_server_command(
     threads: int | None = None,
     api_key: str | None = None,
     alias: str | None = None,
+    cache_ram_mib: int | None = None,
     extra: Sequence[str] = (),
 ) -> list[str]:
     """A llama-server command line. ``ctx_size`` is per slot (llama-server splits
-    ``--ctx-size`` between its ``--parallel`` slots, so we pass the product)."""
+    ``--ctx-size`` between its ``--parallel`` slots, so we pass the product).
+    ``cache_ram_mib``: ``--cache-ram`` (host prompt cache, MiB; None: the server's own)."""
     command = [
         str(binary),
         "--model", str(model),
@@ -50,6 +52,8 @@ def llama_server_command(
         command += ["--threads", str(threads)]
     if api_key:
         command += ["--api-key", api_key]
+    if cache_ram_mib is not None:
+        command += ["--cache-ram", str(cache_ram_mib)]
     return command + list(extra)
 
 

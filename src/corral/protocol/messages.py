@@ -84,6 +84,10 @@ class ServerStatus(msgspec.Struct, frozen=True, omit_defaults=True):
     applied: Applied | None = None  # the desired state now running (supervisor mode)
     failed_generation: int | None = None  # the last desired state that failed to apply
     applying: bool = False  # draining or restarting to apply a desired state
+    cache_ram_mib: int | None = None
+    """The server's host prompt cache (llama-server ``--cache-ram``) in MiB: -1 no
+    limit, 0 off, None unknown (attach mode, or agents before it was sent). Optional:
+    older balancers ignore it. Prefix routing counts it in what a server can hold."""
 
 
 # --------------------------------------------------------------- agent -> balancer

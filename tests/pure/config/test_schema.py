@@ -72,6 +72,8 @@ def test_the_public_flags_and_env_names_stay():
         "--state-file": "CORRAL_STATE_FILE",
         "--rollout-share": "CORRAL_ROLLOUT_SHARE",
         "--drain-timeout": "CORRAL_DRAIN_TIMEOUT",
+        "--routing": "CORRAL_ROUTING",
+        "--prefix-max-wait": "CORRAL_PREFIX_MAX_WAIT",
         "--statsd-addr": "CORRAL_STATSD_ADDR",
         "--statsd-prefix": "CORRAL_STATSD_PREFIX",
         "--statsd-interval": "CORRAL_STATSD_INTERVAL",
@@ -85,7 +87,7 @@ def test_the_public_flags_and_env_names_stay():
         "--log-format": "CORRAL_LOG_FORMAT",
     }
     assert [s.flag for s in AGENT] == [
-        "--local-llamacpp-addr", "--model", "--slots", "--ctx-size", "--threads",
+        "--local-llamacpp-addr", "--model", "--slots", "--ctx-size", "--cache-ram", "--threads",
         "--llama-server", "--llamacpp-port", "--quiet-server", "--external-llamacpp-addr",
         "--management-addr", "--name", "--llamacpp-api-key", "--agent-token",
         "--poll-interval", "--slots-gap", "--idle-slots-interval", "--probe-addr",

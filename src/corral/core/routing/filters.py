@@ -1,0 +1,70 @@
+"""Filters: which backends may serve a request at all.
+
+Theory of operation
+-------------------
+Filters run first and cheaply, in order:
+
+1. **Model pool** (:func:`resolve_pools`): which models may serve the request. With
+   one model in the fleet any ``model`` value is accepted, as llama-server does; with
+   several, ``model`` picks the pool and an unknown one is rejected. Servers that name
+   no model take requests that name none, or any name when no server names one.
+2. **Capacity** (:func:`with_free_slot`): routable backends of those pools with a
+   free slot, most free slots first, ties in rotating order, from the fleet's index
+   (no scan of the fleet: the cost grows with the number of distinct free-slot
+   counts, not with the number of backends).
+3. **Pin** (:func:`pinned`): a request that names a fleet slot (``id_slot``) may go
+   only to that slot's backend, and waits for it.
+
+A filter that vetoes by some other property of a backend (a LoRA adapter it lacks,
+a priority class it does not serve) is a :class:`Rule`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Protocol
+
+from corral.core.fleet import Backend, Fleet
+from corral.core.routing.decision import Reject, Wait
+from corral.core.routing.request import RequestInfo
+
+
+class Rule(Protocol):
+    """A filter that may veto a candidate for a request."""
+
+    def accepts(self, backend: Backend, request: RequestInfo) -> bool: ...
+
+
+def resolve_pools(fleet: Fleet, request: RequestInfo) -> list[str | None] | Reject | Wait:
+    """The models whose servers may take this request."""
+    if not len(fleet):
+        return Wait("no server has registered yet")
+    models = fleet.models()
+    if request.model is None:
+        return [*models, None]
+    if request.model in models:
+        return [request.model]
+    if len(models) <= 1:  # one model (or servers that name none): any name will do
+        return [*models, None]
+    return Reject(
+        404,
+        f"The model `{request.model}` does not exist. Available models: {', '.join(models)}",
+        tuple(models),
+    )
+
+
+def with_free_slot(fleet: Fleet, pools: list[str | None]) -> Iterator[Backend]:
+    """Routable backends of ``pools`` with a free slot, most free slots first."""
+    return fleet.candidates(pools)
+
+
+def pinned(candidates: Iterator[Backend], request: RequestInfo) -> Iterator[Backend]:
+    """Only the backend the request is pinned to, if it is."""
+    if request.backend_id is None:
+        return candidates
+    return (b for b in candidates if b.id == request.backend_id)
+
+
+def in_pools(backend: Backend, pools: list[str | None]) -> bool:
+    """Whether a backend found some other way (the prefix index) passes the pool filter."""
+    return backend.model in pools

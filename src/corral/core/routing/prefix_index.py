@@ -1,0 +1,190 @@
+"""The prefix index: which prompt prefixes each server probably holds in its cache.
+
+Theory of operation
+-------------------
+llama-server keeps each slot's last prompt in its KV cache (and, with
+``--cache-ram``, evicted prompts in host memory) and reuses the longest common
+prefix for a new request. It does not say what it holds (``/slots`` shows no prompt),
+so the balancer predicts it: a server holds what the balancer last sent it.
+
+A prompt is cut into fixed-size blocks of its canonical text, each hash chained to
+the previous one (:class:`~corral.core.routing.request.Prompt`), so a block's hash
+stands for the whole prefix up to it. The index is two maps:
+
+- ``block hash -> backends holding it`` (an insertion-ordered dict used as a set): the
+  holders of a prompt are found by walking its blocks from the deepest, so a lookup
+  costs the prompt's length in blocks plus a bounded number of holders examined,
+  never the fleet's size;
+- ``backend -> its blocks in recency order`` (an ``OrderedDict`` of block hash to a
+  recency stamp): least recently used first. A prompt's blocks are renewed deepest
+  first, so its first block is the most recent: eviction takes the tails of old
+  prompts before their heads, as a radix tree evicts leaves, and what is left of a
+  prompt is always a prefix of it.
+
+Each backend holds at most ``capacity`` blocks: its slots times its context (the
+tokens its KV cache holds) plus its host prompt cache when its agent reports one,
+converted to blocks. Adding past the bound evicts the least recently used.
+
+**Corrections.** Every answer says how many prompt tokens the server really reused
+(``timings.cache_n``). When that is less than predicted, the first block the server
+did not have was evicted there, and so was everything it held less recently: the
+backend's entries not renewed since that block's old stamp are dropped
+(:meth:`PrefixIndex.forget_older`). A server that restarts, changes model or leaves
+loses all its entries (:meth:`PrefixIndex.drop`).
+
+Memory: two dict entries per (backend, block), about 200 bytes.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator
+
+
+class PrefixIndex:
+    """Predicted cache contents per backend. Pure: no I/O, no clock.
+
+    Args:
+        block: block size in bytes of canonical text (256 bytes is about 64 tokens).
+    """
+
+    def __init__(self, block: int = 256) -> None:
+        if block < 1:
+            raise ValueError("block must be at least 1 byte")
+        self.block = block
+        self._holders: dict[int, dict[str, None]] = {}
+        self._lru: dict[str, OrderedDict[int, int]] = {}
+        self._capacity: dict[str, int] = {}
+        self._stamp = 0
+
+    # ------------------------------------------------------------------ queries
+    def match(self, backend_id: str, hashes: list[int]) -> int:
+        """How many leading blocks of a prompt ``backend_id`` holds (0 to len(hashes))."""
+        lru = self._lru.get(backend_id)
+        if not lru:
+            return 0
+        n = 0
+        for h in hashes:
+            if h not in lru:
+                break
+            n += 1
+        return n
+
+    def holders(self, hashes: list[int], budget: int = 64) -> Iterator[tuple[str, int]]:
+        """``(backend_id, blocks held)`` for backends holding a prefix of this prompt,
+        longest match first, each backend once. Looks at most ``budget`` holder
+        entries in all, plus one dict lookup per block."""
+        seen: set[str] = set()
+        for depth in range(len(hashes), 0, -1):
+            held = self._holders.get(hashes[depth - 1])
+            if not held or (len(held) <= len(seen) and all(b in seen for b in held)):
+                continue
+            for backend_id in held:
+                if budget <= 0:
+                    return
+                budget -= 1
+                if backend_id not in seen:
+                    seen.add(backend_id)
+                    yield backend_id, depth
+
+    def stamps(self, backend_id: str, hashes: list[int]) -> list[int]:
+        """The recency stamps of the first blocks ``backend_id`` holds, in order."""
+        lru = self._lru.get(backend_id)
+        out: list[int] = []
+        if lru:
+            for h in hashes:
+                stamp = lru.get(h)
+                if stamp is None:
+                    break
+                out.append(stamp)
+        return out
+
+    def size(self, backend_id: str) -> int:
+        """Blocks held by a backend."""
+        lru = self._lru.get(backend_id)
+        return len(lru) if lru else 0
+
+    def capacity(self, backend_id: str) -> int:
+        return self._capacity.get(backend_id, 0)
+
+    def __len__(self) -> int:
+        """Entries held, all backends together."""
+        return sum(len(lru) for lru in self._lru.values())
+
+    def __repr__(self) -> str:
+        return (
+            f"<PrefixIndex [{len(self._lru)} backends | {len(self)} entries | "
+            f"{len(self._holders)} distinct blocks of {self.block} bytes]>"
+        )
+
+    # -------------------------------------------------------------- transitions
+    def set_capacity(self, backend_id: str, blocks: int) -> None:
+        """Bound what one backend may hold, in blocks; evicts down to it at once."""
+        self._capacity[backend_id] = max(0, blocks)
+        self._evict(backend_id)
+
+    def add(self, backend_id: str, hashes: list[int]) -> None:
+        """The backend is being sent this prompt: it will hold all its blocks.
+
+        Blocks are renewed deepest first, so the prompt's head is the most recent."""
+        capacity = self._capacity.get(backend_id, 0)
+        if capacity <= 0 or not hashes:
+            return
+        lru = self._lru.setdefault(backend_id, OrderedDict())
+        holders = self._holders
+        self._stamp += 1
+        stamp = self._stamp
+        for h in reversed(hashes[:capacity]):  # a prompt bigger than the cache: its head
+            if h in lru:
+                lru.move_to_end(h)
+            else:
+                holders.setdefault(h, {})[backend_id] = None
+            lru[h] = stamp
+        self._evict(backend_id)
+
+    def forget_older(self, backend_id: str, stamp: int) -> int:
+        """Drop the backend's entries not renewed since ``stamp``; return how many."""
+        lru = self._lru.get(backend_id)
+        dropped = 0
+        while lru and next(iter(lru.values())) <= stamp:
+            self._unhold(backend_id, lru.popitem(last=False)[0])
+            dropped += 1
+        return dropped
+
+    def drop(self, backend_id: str) -> int:
+        """Forget everything the backend held (it restarted, changed model, left)."""
+        lru = self._lru.pop(backend_id, None)
+        if not lru:
+            return 0
+        for h in lru:
+            self._unhold(backend_id, h)
+        return len(lru)
+
+    def forget(self, backend_id: str) -> None:
+        """The backend left: its entries and its bound."""
+        self.drop(backend_id)
+        self._capacity.pop(backend_id, None)
+
+    def _evict(self, backend_id: str) -> None:
+        lru = self._lru.get(backend_id)
+        if lru is None:
+            return
+        capacity = self._capacity.get(backend_id, 0)
+        while len(lru) > capacity:
+            self._unhold(backend_id, lru.popitem(last=False)[0])
+
+    def _unhold(self, backend_id: str, h: int) -> None:
+        held = self._holders[h]
+        del held[backend_id]
+        if not held:
+            del self._holders[h]
+
+    def check(self) -> None:
+        """Assert the two maps agree and every bound holds (for tests)."""
+        pairs = {(b, h) for b, lru in self._lru.items() for h in lru}
+        assert pairs == {(b, h) for h, held in self._holders.items() for b in held}
+        for b, lru in self._lru.items():
+            assert len(lru) <= self._capacity.get(b, 0), (b, len(lru))
+            stamps = list(lru.values())
+            assert stamps == sorted(stamps), "recency order broken"
+        assert all(self._holders.values()), "empty holder set left behind"

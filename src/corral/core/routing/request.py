@@ -1,0 +1,112 @@
+"""The request context: what routing stages may read of a request.
+
+Theory of operation
+-------------------
+A :class:`RequestInfo` carries what every policy needs (route, model, a pinned
+backend) and, only when the policy asks for it (``needs_prompt``), a :class:`Prompt`:
+the request's canonical text. The prompt's block hashes are computed on first use,
+once per request, and kept; a policy that never asks never pays for them. The proxy
+reads the body's messages, tools or prompt only when prefix routing is on.
+
+The canonical text is what llama-server's cache keys on, in order: the tools, then
+each message's role and content as the client sent them (chat), or the prompt
+(completion). A later turn of a conversation resends the earlier turns unchanged, so
+its canonical text starts with the earlier turn's, block for block.
+
+A :class:`RouteNote` is where the policy writes why it chose a backend (for the log
+line and the ``X-Corral-Predicted-Cached-Tokens`` header) and what the prefix index
+must remember to check its prediction when the answer comes back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+
+class Prompt:
+    """A request's canonical text, cut lazily into chained block hashes.
+
+    Block ``i`` covers bytes ``[i * block, (i + 1) * block)``; its hash covers every
+    byte before it too (each hash is chained to the previous one), so two prompts
+    share block ``i``'s hash only if they share their first ``i + 1`` blocks. A
+    partial last block is not hashed: it cannot be matched by a longer prompt.
+    Hashes are Python's (salted per process): the index lives in one process.
+    """
+
+    __slots__ = ("_block", "_hashes", "text")
+
+    def __init__(self, text: bytes) -> None:
+        self.text = text
+        self._block = 0
+        self._hashes: list[int] = []
+
+    @classmethod
+    def of_chat(cls, messages: Iterable[tuple[bytes, bytes]], tools: bytes | None) -> Prompt:
+        """From a chat request: the tools (raw JSON), then each ``(role, content)``
+        (content as raw JSON) in order."""
+        parts = [b"\x1dtools\x1e", tools or b"", b"\x1f"]
+        for role, content in messages:
+            parts += (b"\x1d", role, b"\x1e", content, b"\x1f")
+        return cls(b"".join(parts))
+
+    def hashes(self, block: int) -> list[int]:
+        """The chained hashes of the full ``block``-byte blocks (computed once)."""
+        if self._block != block:
+            text, h, out = self.text, 0, []
+            for start in range(0, len(text) - block + 1, block):
+                h = hash((h, text[start : start + block]))
+                out.append(h)
+            self._block, self._hashes = block, out
+        return self._hashes
+
+    def __len__(self) -> int:
+        return len(self.text)
+
+    def __repr__(self) -> str:
+        return f"<Prompt {len(self.text)} bytes>"
+
+
+@dataclass(eq=False, slots=True)
+class RouteNote:
+    """What the policy decided for one request, written where the proxy can read it.
+
+    Attributes:
+        reason: why this backend, in a word or two (``slots``, ``prefix``,
+            ``least-load``, ``balance``, ``pinned``), for the request log line.
+        predicted_cached: prompt tokens the chosen server is expected to hold.
+        predicted_blocks: the same, in the prefix index's blocks.
+        prior: the index's recency stamps of those blocks before this dispatch
+            renewed them (to forget what the server evicted if it held less).
+        sent_at: when the slot was reserved (balancer's clock), for run times.
+        wait_until: when a request waiting for the busy holder of its prefix stops
+            waiting for it (balancer's clock); None: not waiting for one.
+    """
+
+    reason: str = ""
+    predicted_cached: int = 0
+    predicted_blocks: int = 0
+    prior: list[int] = field(default_factory=list)
+    sent_at: float | None = None
+    wait_until: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestInfo:
+    """What the policy knows of a request: its route, the model it asks for, and the
+    one backend it must go to, if any (a request that names a fleet slot, ``id_slot``).
+
+    ``prompt`` is given only to policies that need it; ``note`` is filled by the
+    policy. Neither takes part in equality."""
+
+    path: str
+    model: str | None = None
+    backend_id: str | None = None
+    prompt: Prompt | None = field(default=None, compare=False, repr=False)
+    note: RouteNote = field(default_factory=RouteNote, compare=False, repr=False)
+
+    @property
+    def group(self) -> tuple[str | None, str | None]:
+        """Requests that wait in one queue: the same model and the same pinned agent
+        (a pinned request never holds up others while its agent is busy)."""
+        return self.model, self.backend_id

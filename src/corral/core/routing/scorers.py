@@ -1,0 +1,130 @@
+"""Scorers: how well each candidate would serve a request, as an estimate in seconds.
+
+Theory of operation
+-------------------
+A request's time to first token on a server is mostly the prefill of the prompt
+tokens the server does not have in its cache, at that server's prefill rate, plus any
+wait for a slot:
+
+    ttft(b) = uncached(b) / rate(b) * (1 + busy(b) / slots(b)) + wait(b)
+
+- ``uncached(b)``: prompt tokens minus the tokens the prefix index predicts ``b``
+  holds (the *predicted cache* scorer);
+- ``rate(b)``: prompt tokens per second, learned from every answer's ``timings``
+  (``prompt_n / prompt_ms``) as a moving average (:class:`PrefillRates`). A server
+  with no measurement yet borrows the fleet's mean; a fleet with none at all has no
+  basis for the estimate, and the prefix policy routes by free slots alone;
+- ``1 + busy/slots``: a server shares its compute among the sequences it runs, so a
+  busier server prefills more slowly (the *free slots* scorer, as a factor);
+- ``wait(b)``: 0 with a free slot; for a busy server, the mean time a request runs
+  there divided by its slots (the expected time until one of them ends).
+
+Token counts come from bytes of canonical text through a bytes-per-token ratio also
+learned from answers (:class:`TokenRatio`): the balancer does not tokenize.
+"""
+
+from __future__ import annotations
+
+from corral.core.events import Timings
+from corral.core.fleet import Backend
+
+MIN_PROMPT_TOKENS = 16
+"""Prefills shorter than this measure overheads more than the rate: not learned from."""
+
+
+class _Mean:
+    """An exponentially weighted moving average."""
+
+    __slots__ = ("alpha", "value")
+
+    def __init__(self, alpha: float, value: float | None = None) -> None:
+        self.alpha = alpha
+        self.value = value
+
+    def add(self, x: float) -> None:
+        self.value = x if self.value is None else self.value + self.alpha * (x - self.value)
+
+
+class PrefillRates:
+    """Each backend's prefill rate in prompt tokens per second, and how long its
+    requests run, learned from answers."""
+
+    def __init__(self, alpha: float = 0.2) -> None:
+        self.alpha = alpha
+        self._rates: dict[str, _Mean] = {}
+        self._durations: dict[str, _Mean] = {}
+        self._sum = 0.0  # of known rates, for the fleet mean in O(1)
+
+    def learn(self, backend_id: str, timings: Timings) -> None:
+        if timings.prompt_n < MIN_PROMPT_TOKENS or timings.prompt_ms <= 0:
+            return
+        mean = self._rates.setdefault(backend_id, _Mean(self.alpha))
+        before = mean.value or 0.0
+        mean.add(timings.prompt_n * 1000.0 / timings.prompt_ms)
+        self._sum += (mean.value or 0.0) - before
+
+    def ran(self, backend_id: str, seconds: float) -> None:
+        """A request ran this long on the backend (from dispatch to end)."""
+        self._durations.setdefault(backend_id, _Mean(self.alpha)).add(max(0.0, seconds))
+
+    def rate(self, backend_id: str) -> float | None:
+        """Tokens per second on this backend; the fleet's mean if not measured; None
+        when no backend was measured."""
+        mean = self._rates.get(backend_id)
+        if mean is not None and mean.value:
+            return mean.value
+        return self._sum / len(self._rates) if self._rates else None
+
+    def duration(self, backend_id: str) -> float:
+        mean = self._durations.get(backend_id)
+        return (mean.value or 0.0) if mean is not None else 0.0
+
+    def forget(self, backend_id: str) -> None:
+        mean = self._rates.pop(backend_id, None)
+        if mean is not None:
+            self._sum -= mean.value or 0.0
+        self._durations.pop(backend_id, None)
+
+    @property
+    def known(self) -> bool:
+        return bool(self._rates)
+
+
+class TokenRatio:
+    """Bytes of canonical text per prompt token, learned from answers (4 until then:
+    the usual figure for English with a BPE tokenizer)."""
+
+    def __init__(self, initial: float = 4.0, alpha: float = 0.1) -> None:
+        self._mean = _Mean(alpha, initial)
+
+    def learn(self, text_bytes: int, tokens: int) -> None:
+        if tokens >= MIN_PROMPT_TOKENS and text_bytes > 0:
+            self._mean.add(text_bytes / tokens)
+
+    @property
+    def value(self) -> float:
+        return self._mean.value or 4.0
+
+    def tokens(self, text_bytes: int) -> int:
+        return round(text_bytes / self.value)
+
+
+def free_slots(backend: Backend) -> int:
+    """The free slots scorer: more is better."""
+    return backend.free
+
+
+def slowdown(backend: Backend) -> float:
+    """How much a server's sharing of compute slows a new prefill (1 when idle)."""
+    return 1.0 + backend.busy / backend.slots_total if backend.slots_total else 1.0
+
+
+def estimated_ttft(
+    backend: Backend, uncached_tokens: int, rate: float, rates: PrefillRates
+) -> float:
+    """Seconds to first token on ``backend`` (see the module docstring)."""
+    prefill = uncached_tokens / rate * slowdown(backend)
+    if backend.free > 0:
+        return prefill
+    slots = max(1, backend.slots_total)
+    return prefill + rates.duration(backend.id) / slots

@@ -1,0 +1,59 @@
+"""Prefix routing through the balancer, with simulated servers and real agents: a
+conversation's turns stay on one server, the header and the metrics say what was
+predicted and measured, and the log line says why."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from support.harness import Harness, mgmt, url
+
+CHAT = "/v1/chat/completions"
+SYSTEM = "You answer questions about the long document below. " + "Lorem ipsum dolor. " * 150
+
+
+async def test_a_conversation_stays_where_its_prefix_is(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+):
+    balancer = await harness.balancer(routing="prefix")
+    for name in ("a", "b"):
+        _, port = await harness.sim(name=name, slots=2, tokens_per_second=500)
+        await harness.agent(port, balancer, name=name)
+
+    messages = [{"role": "system", "content": SYSTEM}]
+    served, predicted = [], []
+    caplog.set_level(logging.INFO, "corral.access")
+    for turn in range(4):
+        messages.append({"role": "user", "content": f"question {turn}?"})
+        body = {"messages": messages, "max_tokens": 4}
+        async with harness.http.post(url(balancer, CHAT), json=body) as r:
+            assert r.status == 200, await r.text()
+            answer = await r.json()
+            served.append(r.headers["X-Sim-Server"])
+            predicted.append(int(r.headers["X-Corral-Predicted-Cached-Tokens"]))
+        messages.append(answer["choices"][0]["message"])
+
+    assert len(set(served)) == 1, served  # every turn where the first one went
+    assert predicted[0] == 0 and all(p > 500 for p in predicted[1:]), predicted
+    routes = [r.fields["route"] for r in caplog.records if hasattr(r, "fields")]
+    assert routes[0] == "slots" and routes[-1] == "prefix", routes
+    assert "route=prefix" in caplog.records[-1].getMessage()
+
+    async with harness.http.get(mgmt(balancer, "/metrics")) as r:
+        text = await r.text()
+    line = next(
+        x for x in text.splitlines() if x.startswith("corral_cached_prompt_tokens_predicted_total")
+    )
+    assert float(line.split()[-1]) == sum(predicted)
+    assert f'corral_agent_timed_prompt_tokens_total{{agent="{served[0]}"}}' in text
+
+
+async def test_slot_routing_sends_no_prediction_header(harness: Harness):
+    balancer = await harness.balancer()
+    _, port = await harness.sim(name="a", slots=2)
+    await harness.agent(port, balancer, name="a")
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    async with harness.http.post(url(balancer, CHAT), json=body) as r:
+        assert r.status == 200
+        assert "X-Corral-Predicted-Cached-Tokens" not in r.headers

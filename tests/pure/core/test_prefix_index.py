@@ -1,0 +1,127 @@
+"""The prefix index: chained blocks, LRU bound, corrections, cost."""
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from corral.core.routing import PrefixIndex, Prompt
+
+BLOCK = 8
+
+
+def chat(*turns: str) -> Prompt:
+    roles = ["system"] + ["user", "assistant"] * len(turns)
+    messages = [(r.encode(), f'"{t}"'.encode()) for r, t in zip(roles, turns, strict=False)]
+    return Prompt.of_chat(messages, None)
+
+
+def test_a_later_turn_shares_the_earlier_turns_blocks():
+    first = chat("you are terse", "hello there, how are you today?")
+    later = chat("you are terse", "hello there, how are you today?", "fine", "and you?")
+    a, b = first.hashes(BLOCK), later.hashes(BLOCK)
+    assert len(a) >= 4 and b[: len(a) - 1] == a[: len(a) - 1]
+    other = chat("you are verbose", "hello there, how are you today?").hashes(BLOCK)
+    assert other[len(a) - 2] != a[len(a) - 2]  # chained: one byte differs, all after differ
+
+
+def test_hashes_are_computed_once_per_block_size():
+    prompt = Prompt(b"x" * 100)
+    assert prompt.hashes(10) is prompt.hashes(10)
+    assert len(prompt.hashes(10)) == 10 and len(prompt.hashes(30)) == 3
+
+
+def test_match_and_holders_longest_first():
+    index = PrefixIndex(BLOCK)
+    for b in ("a", "b"):
+        index.set_capacity(b, 100)
+    long = Prompt(b"0123456789" * 10).hashes(BLOCK)
+    index.add("a", long[:3])
+    index.add("b", long)
+    assert index.match("a", long) == 3
+    assert index.match("b", long) == len(long)
+    assert list(index.holders(long)) == [("b", len(long)), ("a", 3)]
+    assert index.match("c", long) == 0
+    index.check()
+
+
+def test_eviction_takes_tails_of_old_prompts_first():
+    index = PrefixIndex(BLOCK)
+    index.set_capacity("a", 6)
+    old = Prompt(b"A" * 4 * BLOCK).hashes(BLOCK)
+    new = Prompt(b"B" * 4 * BLOCK).hashes(BLOCK)
+    index.add("a", old)
+    index.add("a", new)
+    assert index.size("a") == 6
+    assert index.match("a", new) == 4
+    assert index.match("a", old) == 2  # what is left of a prompt is a prefix of it
+    index.check()
+
+
+def test_forget_older_drops_what_was_not_renewed():
+    index = PrefixIndex(BLOCK)
+    index.set_capacity("a", 100)
+    one, two = Prompt(b"1" * 3 * BLOCK).hashes(BLOCK), Prompt(b"2" * 3 * BLOCK).hashes(BLOCK)
+    index.add("a", one)
+    stamp = index.stamps("a", one)[0]
+    index.add("a", two)
+    assert index.forget_older("a", stamp) == 3
+    assert index.match("a", one) == 0 and index.match("a", two) == 3
+    index.check()
+
+
+def test_drop_and_forget():
+    index = PrefixIndex(BLOCK)
+    index.set_capacity("a", 10)
+    hashes = Prompt(b"z" * 5 * BLOCK).hashes(BLOCK)
+    index.add("a", hashes)
+    assert index.drop("a") == 5
+    assert index.match("a", hashes) == 0 and not list(index.holders(hashes))
+    index.add("a", hashes)  # the bound stays after a restart
+    assert index.size("a") == 5
+    index.forget("a")
+    index.add("a", hashes)  # no bound: nothing kept
+    assert len(index) == 0
+    index.check()
+
+
+texts = st.binary(min_size=0, max_size=12 * BLOCK)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(st.sampled_from("abc"), texts, st.integers(0, 12)), min_size=1, max_size=40
+    )
+)
+def test_bound_holds_and_maps_agree(steps):
+    """Eviction respects each backend's bound, whatever the order of adds and shrinks."""
+    index = PrefixIndex(BLOCK)
+    for backend, text, capacity in steps:
+        index.set_capacity(backend, capacity)
+        index.add(backend, Prompt(text).hashes(BLOCK))
+        assert index.size(backend) <= capacity
+        index.check()
+
+
+@settings(max_examples=200, deadline=None)
+@given(sent=st.lists(texts, min_size=1, max_size=10), asked=texts)
+def test_never_predicts_more_than_was_sent(sent, asked):
+    """A match is never longer than the asked prompt, nor than the longest common
+    prefix with something that was sent to that backend."""
+    index = PrefixIndex(BLOCK)
+    index.set_capacity("a", 1000)
+    for text in sent:
+        index.add("a", Prompt(text).hashes(BLOCK))
+    hashes = Prompt(asked).hashes(BLOCK)
+    matched = index.match("a", hashes)
+    assert matched <= len(hashes)
+    common = max(_common(asked, text) for text in sent)
+    assert matched * BLOCK <= common
+
+
+def _common(a: bytes, b: bytes) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n

@@ -1,0 +1,179 @@
+"""Prefix routing: weighs predicted cache against load, learns from timings, never
+oversubscribes, waits a bounded time for the holder of a long prefix."""
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from corral.core import Buffer, Condition, Dispatch, Fleet, ManualClock, Report, Scheduler
+from corral.core.events import Timings
+from corral.core.routing import PrefixPolicy, Prompt, RequestInfo, SlotPolicy, make_policy
+
+CHAT = "/v1/chat/completions"
+BLOCK = 256
+
+
+def fleet_of(*backends: tuple[str, int]) -> Fleet:
+    fleet = Fleet()
+    for name, slots in backends:
+        fleet.register(name, name=name, address=f"http://{name}", api_key=None, now=0)
+        fleet.report(name, Report(Condition.READY, model="m", slots_total=slots), now=0)
+    return fleet
+
+
+def setup(*backends: tuple[str, int], clock: ManualClock | None = None):
+    fleet = fleet_of(*backends)
+    policy = PrefixPolicy(clock=clock.now if clock else None)
+    scheduler = Scheduler(fleet, policy, Buffer(100, 30.0))
+    return fleet, policy, scheduler
+
+
+def request(text: bytes) -> RequestInfo:
+    return RequestInfo(CHAT, "m", prompt=Prompt(text))
+
+
+def finish(fleet: Fleet, backend: str, info: RequestInfo, cache_n: int, prompt_n: int) -> None:
+    fleet.release(backend, 1.0, info, Timings(prompt_n, cache_n, prompt_n / 1000 * 1000.0))
+
+
+HISTORY = b"the conversation so far. " * 200  # 5,000 bytes: 19 blocks
+
+
+def test_without_measured_rates_it_routes_like_slots_and_still_learns():
+    _fleet, policy, scheduler = setup(("a", 2), ("b", 4))
+    info = request(HISTORY)
+    assert scheduler.submit(info, 0.0) == Dispatch("b")  # most free slots
+    assert info.note.reason == "slots"
+    assert policy.index.match("b", info.prompt.hashes(BLOCK)) == len(HISTORY) // BLOCK
+
+
+def test_a_later_turn_goes_where_the_conversation_is():
+    fleet, _policy, scheduler = setup(("a", 4), ("b", 4))
+    first = request(HISTORY)
+    assert scheduler.submit(first, 0.0) == Dispatch("a")
+    finish(fleet, "a", first, 0, 1250)  # teaches a rate
+    other = request(b"someone else entirely. " * 200)
+    assert scheduler.submit(other, 0.0) == Dispatch("b")  # a new prefix: least load
+    assert other.note.reason == "least-load"
+    later = request(HISTORY + b"and the next question?")
+    assert scheduler.submit(later, 0.0) == Dispatch("a")  # though b ties on free slots
+    assert later.note.reason == "prefix"
+    assert later.note.predicted_cached > 1000
+
+
+def test_balance_guard_spreads_a_hot_prefix():
+    fleet, policy, scheduler = setup(("a", 8), ("b", 8))
+    first = request(HISTORY)
+    scheduler.submit(first, 0.0)
+    finish(fleet, "a", first, 0, 1250)
+    infos = [request(HISTORY + b"?" * i) for i in range(6)]
+    sent = [scheduler.submit(info, 0.0) for info in infos]
+    assert [d.backend_id for d in sent if isinstance(d, Dispatch)][:3] == ["a"] * 3
+    assert [d.backend_id for d in sent if isinstance(d, Dispatch)].count("b") >= 2
+    assert "balance" in [info.note.reason for info in infos]
+    assert max(b.busy for b in fleet) - min(b.busy for b in fleet) <= policy.imbalance + 1
+
+
+def test_fewer_cached_tokens_than_predicted_drops_stale_entries():
+    fleet, policy, scheduler = setup(("a", 1))
+    old = request(b"an old conversation. " * 100)
+    scheduler.submit(old, 0.0)
+    finish(fleet, "a", old, 0, 500)
+    first = request(HISTORY)
+    scheduler.submit(first, 0.0)
+    finish(fleet, "a", first, 0, 1250)
+    again = request(HISTORY + b"more")
+    scheduler.submit(again, 0.0)
+    assert again.note.predicted_blocks == len(HISTORY) // BLOCK
+    finish(fleet, "a", again, 0, 1251)  # the server had lost it all (it restarted)
+    assert policy.index.match("a", old.prompt.hashes(BLOCK)) == 0  # older: gone too
+    assert policy.index.match("a", again.prompt.hashes(BLOCK)) > 0  # it holds it now
+    policy.index.check()
+
+
+def test_a_restart_or_a_departure_drops_the_backends_entries():
+    fleet, policy, scheduler = setup(("a", 2))
+    info = request(HISTORY)
+    scheduler.submit(info, 0.0)
+    fleet.release("a", 1.0, info, None)
+    hashes = info.prompt.hashes(BLOCK)
+    fleet.report("a", Report(Condition.LOADING, model="m", slots_total=2), now=1)
+    assert policy.index.match("a", hashes) > 0  # said when it comes back
+    fleet.report("a", Report(Condition.READY, model="m", slots_total=2), now=2)
+    assert policy.index.match("a", hashes) == 0
+    scheduler.submit(info, 3.0)
+    fleet.release("a", 4.0, info, None)
+    fleet.report("a", Report(Condition.READY, model="other", slots_total=2), now=5)
+    assert policy.index.match("a", hashes) == 0
+    scheduler.submit(info, 6.0)
+    fleet.release("a", 7.0, info, None)
+    fleet.remove("a")
+    assert len(policy.index) == 0
+
+
+def test_waits_a_bounded_time_for_the_busy_holder_of_a_long_prefix():
+    clock = ManualClock()
+    fleet, _policy, scheduler = setup(("a", 1), ("b", 1), clock=clock)
+    first = request(HISTORY * 4)
+    scheduler.submit(first, 0.0)
+    fleet.release("a", 0.5, first, Timings(5000, 0, 5000.0))  # 1,000 tokens/s, 0.5 s runs
+    busy = RequestInfo(CHAT, "m", "a")  # pinned: "a" is busy now
+    assert scheduler.submit(busy, 0.0) == Dispatch("a")
+    later = request(HISTORY * 4 + b"next")
+    waiter = scheduler.submit(later, clock.now())
+    assert not isinstance(waiter, Dispatch)
+    assert later.note.reason == "wait-prefix" and later.note.wait_until == clock.now() + 1.0
+    assert scheduler.assign(clock.now()) == []  # "b" is free, but "a" is expected sooner
+    clock.advance(1.5)
+    [assigned] = scheduler.assign(clock.now())  # the bound passed: "b" it is
+    assert assigned.backend_id == "b"
+
+
+def test_slot_routing_builds_no_events_and_reads_no_prompt():
+    fleet = fleet_of(("a", 2))
+    Scheduler(fleet, SlotPolicy(), Buffer(10, 1.0))
+    assert not fleet._observers
+    assert make_policy("slots").needs_prompt is False
+    assert make_policy("prefix").needs_prompt is True
+
+
+def test_unknown_policy_name():
+    import pytest
+
+    with pytest.raises(ValueError, match="known: slots, prefix"):
+        make_policy("random")
+
+
+class PrefixFleet(RuleBasedStateMachine):
+    """Whatever the prompts, timings and order: no backend gets more than its slots."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fleet, self.policy, self.scheduler = setup(("a", 1), ("b", 2), ("c", 3))
+        self.running: list[tuple[str, RequestInfo]] = []
+
+    @rule(text=st.sampled_from([HISTORY, HISTORY + b"?", b"other " * 300, b"tiny"]))
+    def arrive(self, text: bytes) -> None:
+        info = request(text)
+        decision = self.scheduler.submit(info, 0.0)
+        if isinstance(decision, Dispatch):
+            self.running.append((decision.backend_id, info))
+
+    @rule(data=st.data(), cached=st.integers(0, 2000), fresh=st.integers(0, 2000))
+    def end(self, data: st.DataObject, cached: int, fresh: int) -> None:
+        if not self.running:
+            return
+        backend, info = self.running.pop(data.draw(st.integers(0, len(self.running) - 1)))
+        self.fleet.release(backend, 1.0, info, Timings(fresh, cached, fresh / 2 + 1))
+        for assigned in self.scheduler.assign(1.0):
+            self.running.append((assigned.backend_id, assigned.waiter.request))
+
+    @invariant()
+    def never_oversubscribed(self) -> None:
+        for backend in self.fleet:
+            assert backend.reserved <= backend.slots_total, backend
+        self.policy.index.check()
+
+
+TestPrefixFleet = PrefixFleet.TestCase
+TestPrefixFleet.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
