@@ -10,7 +10,7 @@ import pytest
 from support.harness import Harness, mgmt, url
 
 CHAT = "/v1/chat/completions"
-SYSTEM = "You answer questions about the long document below. " + "Lorem ipsum dolor. " * 150
+SYSTEM = "You answer questions about the long document below. " + "Lorem ipsum dolor. " * 300
 
 
 async def test_a_conversation_stays_where_its_prefix_is(

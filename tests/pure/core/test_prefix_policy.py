@@ -10,7 +10,7 @@ from corral.core.events import Timings
 from corral.core.routing import PrefixPolicy, Prompt, RequestInfo, SlotPolicy, make_policy
 
 CHAT = "/v1/chat/completions"
-BLOCK = 256
+BLOCK = 1024
 
 
 def fleet_of(*backends: tuple[str, int]) -> Fleet:

@@ -75,7 +75,7 @@ class PrefixPolicy:
     def __init__(
         self,
         *,
-        block: int = 256,
+        block: int = 1024,
         imbalance: int = 2,
         max_wait: float = 1.0,
         breadth: int = 8,

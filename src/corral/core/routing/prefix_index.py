@@ -45,10 +45,11 @@ class PrefixIndex:
     """Predicted cache contents per backend. Pure: no I/O, no clock.
 
     Args:
-        block: block size in bytes of canonical text (256 bytes is about 64 tokens).
+        block: block size in bytes of canonical text (1,024 bytes is about 256 tokens: a
+            32 KiB prompt is 32 blocks; see benchmarks/prefix_cost.py for the cost).
     """
 
-    def __init__(self, block: int = 256) -> None:
+    def __init__(self, block: int = 1024) -> None:
         if block < 1:
             raise ValueError("block must be at least 1 byte")
         self.block = block
@@ -59,16 +60,22 @@ class PrefixIndex:
 
     # ------------------------------------------------------------------ queries
     def match(self, backend_id: str, hashes: list[int]) -> int:
-        """How many leading blocks of a prompt ``backend_id`` holds (0 to len(hashes))."""
+        """How many leading blocks of a prompt ``backend_id`` holds (0 to len(hashes)).
+
+        What a backend holds of any prompt is a prefix of it (see the module
+        docstring: eviction takes tails first), so this is a binary search: about
+        ``log2(len(hashes))`` lookups, not one per block."""
         lru = self._lru.get(backend_id)
         if not lru:
             return 0
-        n = 0
-        for h in hashes:
-            if h not in lru:
-                break
-            n += 1
-        return n
+        low, high = 0, len(hashes)  # blocks [0, low) held; [high, ...) not
+        while low < high:
+            mid = (low + high) // 2
+            if hashes[mid] in lru:
+                low = mid + 1
+            else:
+                high = mid
+        return low
 
     def holders(self, hashes: list[int], budget: int = 64) -> Iterator[tuple[str, int]]:
         """``(backend_id, blocks held)`` for backends holding a prefix of this prompt,
