@@ -12,10 +12,13 @@ it reads is a consistent snapshot). It answers one of:
 
 A pick runs in three steps, each a place to extend the policy:
 
-1. **Pools** (:func:`resolve_pools`): which models may serve the request. With one
-   model in the fleet any ``model`` value is accepted, as llama-server does; with
-   several, ``model`` picks the pool and an unknown one is rejected. Servers that
-   name no model take requests that name none, or any name when no server names one.
+1. **Pools** (:func:`resolve_pools`): which models may serve the request. A request
+   naming a model the fleet has ever seen goes to that model's servers only, and
+   waits in the buffer while none is ready (loading, down, draining): never another
+   model. When the fleet has only ever seen one model, any ``model`` value is
+   accepted, as llama-server does; with several, an unknown one is rejected. Servers
+   that name no model take requests that name none, or any name when the fleet has
+   seen at most one model.
 2. **Candidates**: routable backends of those pools with a free slot, most free slots
    first, ties in rotating order (from the fleet's index; no scan of the fleet).
 3. **Pin**: a request pinned to one agent (``RequestInfo.agent_id``) waits for it.
@@ -77,20 +80,26 @@ class Rule(Protocol):
 
 
 def resolve_pools(fleet: Fleet, request: RequestInfo) -> list[str | None] | Reject | Wait:
-    """The models whose servers may take this request."""
+    """The models whose servers may take this request.
+
+    Model identity: a model the fleet has ever seen (:meth:`Fleet.seen_models`) is
+    served by that model only, so a request for it waits while its servers are
+    loading, down or draining (then 503 from the buffer), never answered by another
+    model. Any name is accepted only while the fleet has seen at most one model."""
     if not len(fleet):
         return Wait("no server has registered yet")
     models = fleet.models()
     if request.model is None:
         return [*models, None]
-    if request.model in models:
+    if fleet.has_seen(request.model):
         return [request.model]
-    if len(models) <= 1:  # one model (or servers that name none): any name will do
+    seen = fleet.seen_models()
+    if len(seen) <= 1:  # one model (or servers that name none): any name will do
         return [*models, None]
     return Reject(
         404,
-        f"The model `{request.model}` does not exist. Available models: {', '.join(models)}",
-        tuple(models),
+        f"The model `{request.model}` does not exist. Available models: {', '.join(seen)}",
+        tuple(seen),
     )
 
 
