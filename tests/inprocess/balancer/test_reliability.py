@@ -220,3 +220,61 @@ async def test_a_client_sending_its_head_one_byte_at_a_time_gets_408(harness: Ha
         writer.close()
     assert answer.startswith(b"HTTP/1.1 408 "), answer
     assert loop.time() - started < 2.5
+
+
+# ------------------------------------------------------------ shutdown and restart
+async def test_shutdown_drains_and_a_restarted_balancer_gets_its_fleet_back(harness: Harness):
+    from corral.addr import Addr
+    from corral.balancer import Balancer, BalancerConfig
+
+    balancer = Balancer(
+        BalancerConfig(
+            inference_addr=Addr("127.0.0.1", 0),
+            management_addr=Addr("127.0.0.1", 0),
+            shutdown_timeout=5,
+        )
+    )
+    await balancer.start()
+    _, port = await harness.sim(name="a", slots=1, tokens_per_second=20)
+    agent = await harness.agent(port, balancer, name="a", reconnect_max=0.5)
+    running = asyncio.ensure_future(
+        harness.http.post(url(balancer, CHAT), json=chat(max_tokens=20))
+    )
+    await eventually(lambda: balancer.fleet.totals()[1] == 1, what="the request running")
+    buffered = asyncio.ensure_future(harness.http.post(url(balancer, CHAT), json=chat()))
+    await eventually(lambda: len(balancer.buffer) == 1, what="a request buffered")
+    inference, management = balancer.inference_port, balancer.management_port
+
+    await balancer.stop()  # what SIGTERM and Ctrl-C run
+
+    response = await buffered  # buffered: 503 with Retry-After at once
+    assert response.status == 503
+    assert response.headers["Retry-After"] == "1"
+    assert (await response.json())["error"]["type"] == "unavailable_error"
+    response = await running  # in flight: finished
+    assert response.status == 200
+    assert (await response.json())["usage"]["completion_tokens"] == 20
+    try:  # the listener is closed
+        await asyncio.open_connection("127.0.0.1", inference)
+        raise AssertionError("the inference listener still accepts connections")
+    except OSError:
+        pass
+    link = f"http://127.0.0.1:{management}/api/v1/agent-socket"
+    await eventually(lambda: agent.links.get(link) != "connected", what="the agent told")
+
+    # the same addresses again: the agent comes back by itself
+    restarted = Balancer(
+        BalancerConfig(
+            inference_addr=Addr("127.0.0.1", inference),
+            management_addr=Addr("127.0.0.1", management),
+        )
+    )
+    await restarted.start()
+    try:
+        await eventually(
+            lambda: any(b.routable for b in restarted.fleet), within=5, what="fleet back"
+        )
+        async with harness.http.post(url(restarted, CHAT), json=chat()) as r:
+            assert r.status == 200
+    finally:
+        await restarted.stop()
