@@ -269,7 +269,7 @@ class UpstreamConnection(FlowControl):
     """One kept-alive connection to a server, carrying one request at a time.
 
     Its interface, and all that others touch: the pool calls :meth:`request` and
-    :meth:`close`, and reads :attr:`closed`, :attr:`key` and :attr:`idle_since`
+    :meth:`close` and :meth:`abort`, and reads :attr:`closed`, :attr:`key` and :attr:`idle_since`
     (which it sets when it takes the connection back); the response calls
     :meth:`response_closed` and the reading flow control (:class:`FlowControl`'s
     :meth:`~FlowControl.pause_reading` and :meth:`~FlowControl.resume_reading`).

@@ -198,11 +198,15 @@ class SimEngine:
         self.hung.clear()
         self._resumed.set()
 
+    async def running(self) -> None:
+        """Return at once, or when a hung server resumes."""
+        if self.hung.is_set():
+            await self._resumed.wait()
+
     async def gate(self, request: web.Request) -> None:
         """A hung server holds ``request`` here; a crashed one resets its connection.
         Raises ``ConnectionResetError`` on a crash (the connection is gone)."""
-        if self.hung.is_set():
-            await self._resumed.wait()
+        await self.running()
         marker = self.config.crash_marker
         if not self.crashed and marker and request.method == "POST":
             self.crashed = marker.encode() in await request.read()
@@ -330,8 +334,7 @@ class _Run:
         return piece
 
     async def _until_due(self) -> None:
-        if self.engine.hung.is_set():  # stopped: generation stands still too
-            await self.engine._resumed.wait()
+        await self.engine.running()  # a hung server's generation stands still too
         now = self._loop.time()
         self._due = max(self._due, now - _MAX_LAG)
         await asyncio.sleep(max(0.0, self._due - now))
