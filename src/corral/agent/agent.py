@@ -65,8 +65,12 @@ class AgentConfig:
     idle_slots_interval: float = default(AGENT, "idle_slots_interval")
     """Seconds between ``/slots`` reads while every slot is idle; 0: none (a server with
     ``--sleep-idle-seconds`` can then fall asleep)."""
-    request_timeout: float = 3.0
-    """Seconds a read of the server may take before it counts as unreachable."""
+    read_timeout: float = default(AGENT, "read_timeout")
+    """Seconds a read of the server (``/health``, ``/props``, ``/slots``) may take before
+    the server counts as unreachable: a hung server (a GPU hang, a deadlock, ``kill
+    -STOP``) is reported at once and the balancer breaks off the requests it holds. A
+    busy server still answers ``/health`` at once (llama-server answers it outside
+    its task queue), so a long generation is never mistaken for a hang."""
     reconnect_min: float = 0.2
     reconnect_max: float = 10.0
     """Backoff bounds, in seconds, for reconnecting to a balancer."""
@@ -528,7 +532,7 @@ class Agent:
             self.probes = ProbeListener(self, self.config.probe_addr)
             await self.probes.start()
         self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=self.config.request_timeout)
+            timeout=aiohttp.ClientTimeout(total=self.config.read_timeout)
         )
         if self.server is not None:
             await self.server.start()

@@ -31,15 +31,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("corral.agent")
 
 
-def stall_limit(poll_interval: float, request_timeout: float) -> float:
+def stall_limit(poll_interval: float, read_timeout: float) -> float:
     """Seconds without a monitor round after which the agent counts as stuck.
 
     One round reads the server up to three times in a row (``/health``, then
     ``/props`` with ``/v1/models``, then ``/slots``), each bounded by
-    ``request_timeout``, then waits up to ``poll_interval``; twice that, plus 5 s of
+    ``read_timeout``, then waits up to ``poll_interval``; twice that, plus 5 s of
     slack for a busy machine, is not a slow round any more.
     """
-    return 2 * (3 * request_timeout + poll_interval) + 5.0
+    return 2 * (3 * read_timeout + poll_interval) + 5.0
 
 
 def liveness(last_round: float | None, running: bool, now: float, limit: float) -> list[str]:
@@ -102,7 +102,7 @@ class ProbeListener:
 
     async def _livez(self, request: web.Request) -> web.Response:
         agent = self.agent
-        limit = stall_limit(agent.config.poll_interval, agent.config.request_timeout)
+        limit = stall_limit(agent.config.poll_interval, agent.config.read_timeout)
         now = asyncio.get_running_loop().time()
         reasons = liveness(agent.monitor_round_at, agent.monitor_running, now, limit)
         return _answer(reasons, {})

@@ -76,10 +76,19 @@ class BalancerConfig:
     other peer they are replaced. The default, ``127.0.0.1``, is uvicorn's
     ``--forwarded-allow-ips``. See :mod:`corral.balancer.forwarded`."""
     max_attempts: int = 5
-    """Servers tried for one request when they fail before responding."""
-    upstream_connect_timeout: float = 5.0
+    """Servers tried for one request when they fail before responding (only failures
+    that are safe to retry: see :mod:`corral.balancer.proxy`)."""
+    upstream_connect_timeout: float = default(BALANCER, "upstream_connect_timeout")
     """Seconds to connect to a llama-server before trying another."""
-    shutdown_timeout: float = 10.0
+    upstream_head_timeout: float = default(BALANCER, "upstream_head_timeout")
+    """Seconds from sending a streamed request (or one that takes no slot) to its
+    response head. Non-streamed generations have none (llama-server answers only when
+    done): a hung server is found by its agent's reads instead."""
+    upstream_idle_timeout: float = default(BALANCER, "upstream_idle_timeout")
+    """Seconds a response may send nothing once its head came."""
+    request_head_timeout: float = default(BALANCER, "request_head_timeout")
+    """Seconds a client has to send a whole request head (slow-loris): then 408."""
+    shutdown_timeout: float = default(BALANCER, "shutdown_timeout")
     """Seconds requests in flight get to finish on shutdown."""
     state_file: Path | None = None
     """Where the desired state is kept across restarts (None: in memory only)."""
@@ -163,6 +172,7 @@ class Balancer:
             metrics=self.metrics,
             api_keys=self.config.api_keys,
             max_attempts=self.config.max_attempts,
+            head_timeout=self.config.upstream_head_timeout,
             max_body_size=self.config.max_body_size,
             trust=ProxyTrust(self.config.forwarded_allow_ips),
             cors=Cors(
@@ -172,12 +182,20 @@ class Balancer:
                 self.config.cors_credentials,
             ),
         )
-        return HttpServer(proxy.handle, max_body_size=self.config.max_body_size)
+        return HttpServer(
+            proxy.handle,
+            max_body_size=self.config.max_body_size,
+            head_timeout=self.config.request_head_timeout,
+        )
 
     async def start(self) -> None:
         # The pool keeps no cookies (it has no cookie jar at all): one client's must
         # never reach another's request.
-        self._pool = UpstreamPool(connect_timeout=self.config.upstream_connect_timeout)
+        self._pool = pool = UpstreamPool(
+            connect_timeout=self.config.upstream_connect_timeout,
+            idle_timeout=self.config.upstream_idle_timeout,
+        )
+        self.dispatcher.on_lost = lambda backend, reason: pool.abort(backend.address, reason)
         self.management_port = await self._listen(
             self.management_app(), self.config.management_addr
         )

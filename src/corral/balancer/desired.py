@@ -26,7 +26,13 @@ class StoreError(Exception):
 
 
 class DesiredStore:
-    """One JSON file: ``{"generation": N, "state": {...}}``, replaced atomically."""
+    """One JSON file: ``{"generation": N, "state": {...}}``, replaced atomically.
+
+    A crash mid-write leaves the previous file whole: the new one is written to a
+    temporary file in the same directory, flushed to disk, renamed over the old one
+    (an atomic step on POSIX), and the directory is flushed so the rename survives a
+    power cut. A temporary file a crash left behind is never read.
+    """
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
@@ -52,11 +58,26 @@ class DesiredStore:
                     file.flush()
                     os.fsync(file.fileno())
                 os.replace(tmp, self.path)
+                _fsync_dir(self.path.parent)
             except OSError as exc:
                 Path(tmp).unlink(missing_ok=True)
                 raise StoreError(f"cannot save the desired state to {self.path}: {exc}") from exc
         self.state, self.generation = state, generation
         return generation
+
+
+def _fsync_dir(path: Path) -> None:
+    """Flush a directory's entries (a rename in it) to disk, where the OS allows."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems do not sync directories
+    finally:
+        os.close(fd)
 
 
 class Rollout:

@@ -57,6 +57,9 @@ class Dispatcher:
         """Runs after each change (the rollout); ``True`` if it added capacity."""
         self.on_pick: Callable[[float], None] | None = None
         """Told how many seconds each new request's routing decision took (metrics)."""
+        self.on_lost: Callable[[Backend, str], int] | None = None
+        """Breaks off the requests in flight to a server that stopped answering (the
+        upstream pool's ``abort``); returns how many."""
 
     # ------------------------------------------------------------ requests
     async def acquire(self, request: RequestInfo) -> Reservation:
@@ -145,6 +148,18 @@ class Dispatcher:
                 self._on_set_aside(backend)
             self._notify()
 
+    def lost(self, backend_id: str, reason: str) -> None:
+        """Its agent says this server stopped answering (a hang, ``kill -STOP``): break
+        off the requests it holds, so those that sent nothing to their client yet go
+        to another server (the proxy's retry rule) and started streams end with an
+        error event, rather than waiting for a server that may never answer."""
+        backend = self.fleet.get(backend_id)
+        broken = self.on_lost(backend, reason) if self.on_lost is not None else 0
+        if broken:
+            log.warning(
+                "%r stopped answering (%s): %d request(s) broken off", backend, reason, broken
+            )
+
     # -------------------------------------------------------------- events
     def changed(self) -> None:
         """The fleet may have free capacity: hand it to waiting requests."""
@@ -206,7 +221,9 @@ class Dispatcher:
             self.scheduler.buffer.cancel(waiter)
             future = waiter.token
             if isinstance(future, asyncio.Future) and not future.done():
-                future.set_exception(HTTPError(503, "Corral: the balancer is shutting down"))
+                future.set_exception(
+                    HTTPError(503, "Corral: the balancer is shutting down", retry_after=1)
+                )
 
     # ------------------------------------------------------------ watchers
     def _notify(self) -> None:

@@ -23,6 +23,10 @@ small state machine per connection:
 - the writer honours the transport's flow control, so a slow client slows its own
   stream and nothing piles up in memory;
 - idle keep-alive connections close after ``keepalive_timeout``;
+- a request head (request line and headers) must arrive whole within
+  ``head_timeout`` of its first byte, else 408 and the connection closes: a client
+  that sends one byte a second (slow-loris) holds a connection that long at most
+  (HAProxy's ``timeout http-request``);
 - shutdown follows uvicorn's order: stop accepting, close idle connections, let
   handlers finish up to a timeout, cancel the rest.
 """
@@ -317,6 +321,7 @@ class _Connection(FlowControl):
         "_body",
         "_broken",
         "_head_bytes",
+        "_head_timer",
         "_headers",
         "_idle",
         "_queue",
@@ -340,6 +345,7 @@ class _Connection(FlowControl):
         self._queued_bytes = 0
         self._task: asyncio.Task[None] | None = None
         self._idle: asyncio.TimerHandle | None = None
+        self._head_timer: asyncio.TimerHandle | None = None  # the request head's deadline
         self._broken = False  # a parse or size error: read no more
         # the request being parsed
         self._url = b""
@@ -364,6 +370,8 @@ class _Connection(FlowControl):
         self.server.connections.discard(self)
         if self._idle is not None:
             self._idle.cancel()
+        if self._head_timer is not None:
+            self._head_timer.cancel()
         if self._task is not None and not self._task.done():
             self._task.cancel()  # the client left: the proxy frees the slot
         self._queue.clear()
@@ -400,6 +408,13 @@ class _Connection(FlowControl):
         self._head_bytes = 0
         self._body = []
         self._size = 0
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(self.server.head_timeout, self._head_late)
+
+    def _head_late(self) -> None:
+        self._head_timer = None
+        timeout = self.server.head_timeout
+        self._fail(408, f"request head not received within {timeout:g} s")
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -417,6 +432,9 @@ class _Connection(FlowControl):
             self._fail(431, f"headers over {MAX_HEAD_BYTES} bytes or {MAX_HEADERS} lines")
 
     def on_headers_complete(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
         if self._broken:
             return
         self._trailers = True  # header lines after this are a chunked body's trailer
@@ -656,11 +674,14 @@ class HttpServer:
         *,
         max_body_size: int,
         keepalive_timeout: float = 75.0,
+        head_timeout: float = 20.0,
     ) -> None:
         self.handler = handler
         self.max_body_size = max_body_size
         self.keepalive_timeout = keepalive_timeout
         """Seconds an idle keep-alive connection stays open (aiohttp's default, 75)."""
+        self.head_timeout = head_timeout
+        """Seconds from a request's first byte to the end of its head, else 408."""
         self.connections: set[_Connection] = set()
         self.stopping = False
         self.loop = asyncio.get_running_loop()  # made inside the running loop

@@ -28,7 +28,7 @@ from corral.balancer.dispatcher import Dispatcher
 from corral.balancer.errors import HTTPError
 from corral.balancer.metrics import Metrics
 from corral.core.clock import Clock
-from corral.core.fleet import Backend, Issue, Report
+from corral.core.fleet import Backend, Condition, Issue, Report
 from corral.protocol import messages as m
 
 log = logging.getLogger("corral.management")
@@ -351,9 +351,13 @@ class _AgentSession:
             report = to_report(message.status)
             if message.read_age is not None:
                 report = dataclasses.replace(report, read_at=now - message.read_age)
+            was = fleet.get(self.agent_id).condition
             agent = fleet.report(self.agent_id, report, now)
             if agent.state is not before:
                 log.info("agent %s is now %s", agent.name, agent.state.value)
+            if agent.condition is Condition.UNREACHABLE and was is not Condition.UNREACHABLE:
+                reason = "; ".join(i.message for i in agent.issues) or "unreachable"
+                self.mgmt.dispatcher.lost(agent.id, reason)
             self.mgmt.dispatcher.changed()
         elif isinstance(message, m.Heartbeat):
             if fleet.heartbeat(self.agent_id, now):

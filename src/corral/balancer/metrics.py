@@ -134,8 +134,22 @@ class Metrics:
         )
         self.upstream_failures = Counter(
             "corral_upstream_failures",
-            "Server failures, by kind (connect, unavailable, mid_response)",
+            "Server failures, by kind (connect: not sent; unavailable: 503; died, timeout, "
+            "lost, malformed: before the response started; mid_response)",
             ["kind"],
+            registry=r,
+        )
+        self.streams_cut = Counter(
+            "corral_streams_cut",
+            "Responses broken off after they started (SSE error event, or a cut body), "
+            "by kind (died, timeout, lost, malformed)",
+            ["kind"],
+            registry=r,
+        )
+        self.not_retried = Counter(
+            "corral_not_retried",
+            "Requests answered 502 after a second server failed holding them (the retry "
+            "rule: such a request may be what makes servers fail)",
             registry=r,
         )
         self.buffer_rejections = Counter(

@@ -7,12 +7,21 @@ For each request: look the route up once (:mod:`corral.core.endpoints`), find th
 relayed chunk by chunk as they arrive: no parsing, no re-encoding, no buffering.
 The HTTP server under it is :mod:`corral.balancer.http_server`.
 
-Failures before the response starts (connection refused, server gone, 503 while
-loading) are retried on another server after setting the failing one aside; the
-client never sees them. A failure after streaming started ends the stream with an
-SSE error event. A client that disconnects cancels its handler, which closes the
-upstream connection (llama-server then stops the generation) and frees the slot at
-once.
+The retry rule (docs/reliability.md): a failure before the response starts is
+retried on another server, after setting the failing one aside, only when it is safe:
+
+- the request was never sent (no connection), or the server refused it (503 while
+  loading): retried, up to ``max_attempts`` servers in all;
+- the server held the request and then failed (its connection broke, a deadline
+  passed, its agent says it stopped answering): retried once. A second such failure
+  is answered 502 in OpenAI's error format and logged, not sent to a third server: a
+  request that crashes its server (a query of death) takes down two at most.
+
+A failure after the response started ends a stream with an SSE error event (a
+non-streamed body is cut, so it cannot pass for complete); both are counted
+(``corral_streams_cut``). A client that disconnects cancels its handler, which
+closes the upstream connection (llama-server then stops the generation) and frees
+the slot at once.
 """
 
 from __future__ import annotations
@@ -103,6 +112,7 @@ _READ_WHOLE_LIMIT = 4 * 1024 * 1024  # non-streamed bodies up to this are sent i
 class _Body(msgspec.Struct):
     model: str | None = None
     id_slot: Any = None
+    stream: Any = None
 
 
 _body_decoder = msgspec.json.Decoder(_Body)
@@ -152,7 +162,15 @@ def _line(name: bytes, value: str) -> bytes:
 
 
 class _Retry(Exception):
-    """The server failed before the response started; try another one."""
+    """The server failed before the response started; another may be tried.
+
+    ``held``: the server may have received the request (it broke, timed out or hung
+    while holding it), so it is retried only once; else it never got it, or refused
+    it, and retrying is safe."""
+
+    def __init__(self, message: str, *, held: bool) -> None:
+        super().__init__(message)
+        self.held = held
 
 
 class InferenceProxy:
@@ -166,6 +184,7 @@ class InferenceProxy:
         metrics: Metrics,
         api_keys: Iterable[str] = (),
         max_attempts: int = 5,
+        head_timeout: float | None = None,
         max_body_size: int = 64 * 1024 * 1024,
         trust: ProxyTrust | None = None,
         cors: Cors | None = None,
@@ -175,6 +194,9 @@ class InferenceProxy:
         self.pool = pool
         self.api_keys = tuple(k.encode() for k in api_keys if k)
         self.max_attempts = max_attempts
+        self.head_timeout = head_timeout
+        """Seconds to a response head for streamed requests and those that take no
+        slot (see :mod:`corral.balancer.upstream`)."""
         self.max_body_size = max_body_size
         self.metrics = metrics
         self.trust = trust if trust is not None else ProxyTrust()
@@ -315,8 +337,11 @@ class InferenceProxy:
     ) -> None:
         body = _decoded(request.body, request.header(b"content-encoding"), self.max_body_size)
         pinned = None
+        head_timeout = None if inference else self.head_timeout
         if request.method == "POST" and "multipart" not in (request.header(b"content-type") or ""):
             fields = request_fields(body)
+            if fields.stream is True:
+                head_timeout = self.head_timeout
             ex.model = fields.model
             id_slot = fields.id_slot
             if inference and type(id_slot) is int and id_slot >= 0:  # a fleet slot id
@@ -325,6 +350,7 @@ class InferenceProxy:
         info = ex.info = RequestInfo(request.path, ex.model, pinned, prompt)
         headers = b""  # built once a slot is found: nothing extra held while waiting
         last_error = ""
+        held = 0  # servers that failed while holding the request
         for attempt in range(self.max_attempts):
             if attempt:
                 self.metrics.retries.inc()
@@ -337,10 +363,20 @@ class InferenceProxy:
                 headers = _upstream_headers(request, ex.request_id, trusted)
             try:
                 return await self._forward(
-                    request, out, target, body, headers, ex, inference=inference
+                    request, out, target, body, headers, ex, head_timeout, inference=inference
                 )
             except _Retry as exc:
                 last_error = str(exc)
+                held += exc.held
+                if held > 1:
+                    self.metrics.not_retried.inc()
+                    log.warning("%s not sent to a third server: %s", ex.request_id, last_error)
+                    raise HTTPError(
+                        502,
+                        "Corral: two servers failed in turn while holding this request; it "
+                        "is not sent to another, as it may be what makes them fail. Last "
+                        f"error: {last_error}",
+                    ) from None
         raise HTTPError(
             502, f"Corral: {self.max_attempts} servers failed in turn; last error: {last_error}"
         )
@@ -418,6 +454,7 @@ class InferenceProxy:
         body: bytes,
         headers: bytes,
         ex: _Exchange,
+        head_timeout: float | None,
         *,
         inference: bool,
     ) -> None:
@@ -428,11 +465,11 @@ class InferenceProxy:
                 headers += _line(b"Authorization", f"Bearer {target.api_key}")
             try:
                 upstream = await self.pool.request(
-                    target.address, request.method, request.target, headers, body
+                    target.address, request.method, request.target, headers, body, head_timeout
                 )
             except UpstreamError as exc:
-                self.metrics.upstream_failures.labels("connect").inc()
-                raise _Retry(f"{target.name}: {exc}") from None
+                self.metrics.upstream_failures.labels(exc.kind).inc()
+                raise _Retry(f"{target.name}: {exc}", held=exc.sent) from None
             try:
                 if upstream.status == 503:
                     self.metrics.upstream_failures.labels("unavailable").inc()
@@ -440,7 +477,7 @@ class InferenceProxy:
                         reason = (await upstream.read())[:200].decode(errors="replace")
                     except UpstreamBroken:
                         reason = ""
-                    raise _Retry(f"{target.name}: 503 {reason}")
+                    raise _Retry(f"{target.name}: 503 {reason}", held=False)
                 healthy = await self._relay(request, out, upstream, target, ex)
             finally:
                 upstream.close()
@@ -484,8 +521,8 @@ class InferenceProxy:
             try:
                 data = await upstream.read()
             except UpstreamBroken as exc:
-                self.metrics.upstream_failures.labels("mid_response").inc()
-                raise _Retry(f"{target.name}: {exc}") from None
+                self.metrics.upstream_failures.labels(exc.kind).inc()
+                raise _Retry(f"{target.name}: {exc}", held=True) from None
             ex.first_byte = asyncio.get_running_loop().time()
             if upstream.status == 200 and (b'"usage"' in data or b'"timings"' in data):
                 ex.counted = data
@@ -515,13 +552,14 @@ class InferenceProxy:
             out.when_writable(None)
             log.warning("%s failed mid-response: %s", target.name, exc)
             self.metrics.upstream_failures.labels("mid_response").inc()
+            self.metrics.streams_cut.labels(exc.kind).inc()
             ex.status = 502
             if not sse:
                 # No way to say so in a plain body: cut the connection, so the
                 # client sees a truncated response rather than a complete one.
                 out.abort()
                 return False
-            message = f"Corral: the server {target.name} failed mid-response"
+            message = f"Corral: the server {target.name} failed mid-response: {exc}"
             with contextlib.suppress(ConnectionError):  # the client may be gone too
                 await out.write(sse_error_event(502, message))
                 out.finish()

@@ -13,10 +13,22 @@ back is kept; an :class:`UpstreamConnection` (an asyncio protocol, its flow cont
 from :mod:`corral.balancer._flow`) sends a request, parses the answer and feeds it to
 the :class:`UpstreamResponse`, which is what the proxy reads.
 
-Errors before the response starts are :class:`UpstreamError` (the proxy then tries
-another server); errors after it are :class:`UpstreamBroken`. A kept-alive
-connection the server closed while idle is not the server's fault: the request is
-sent again once on a new connection before anything is reported.
+Errors before the response starts are :class:`UpstreamError`; errors after it are
+:class:`UpstreamBroken`. Each carries a ``kind`` that says whether the server ever
+held the request (the proxy's retry rule, docs/reliability.md, reads it):
+``connect`` (no connection: the request was not sent), ``died`` (the connection
+broke while the server held the request), ``timeout`` (a deadline below passed),
+``lost`` (its agent says the server stopped answering: :meth:`UpstreamPool.abort`)
+and ``malformed``. A kept-alive connection the server closed while idle is not the
+server's fault: the request is sent again once on a new connection before anything
+is reported.
+
+Deadlines (each a balancer setting): ``connect_timeout`` to open a connection;
+``head_timeout`` from sending a request to its response head, for requests whose
+answer streams (llama-server sends a non-streamed answer's head only when it is
+done, so those have none: a hung server is told from a busy one by its agent); and
+``idle_timeout`` between two reads of a response once its head came (not counted
+while the balancer itself stopped reading because the client is slow).
 """
 
 from __future__ import annotations
@@ -46,11 +58,32 @@ server ran the request, and are reported instead."""
 
 
 class UpstreamError(Exception):
-    """The server could not be reached, or failed before its response started."""
+    """The server could not be reached, or failed before its response started.
+
+    ``kind``: ``connect`` (the request was not sent), ``died``, ``timeout``, ``lost``
+    or ``malformed`` (see the module docstring)."""
+
+    def __init__(self, message: str, kind: str = "died") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+    @property
+    def sent(self) -> bool:
+        """Whether the server may have received the request (not safe to retry)."""
+        return self.kind != "connect"
 
 
 class UpstreamBroken(Exception):
-    """The server's response broke off after it started."""
+    """The server's response broke off after it started. ``kind`` as for
+    :class:`UpstreamError`."""
+
+    def __init__(self, message: str, kind: str = "died") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def _broken(error: BaseException) -> UpstreamBroken:
+    return UpstreamBroken(str(error) or type(error).__name__, getattr(error, "kind", "died"))
 
 
 class UpstreamResponse:
@@ -108,6 +141,11 @@ class UpstreamResponse:
         return bool(self._chunks)
 
     @property
+    def finished(self) -> bool:
+        """Whether the body has all arrived, or broken off."""
+        return self._done or self._error is not None
+
+    @property
     def at_end(self) -> bool:
         """Whether the whole body has arrived and been read."""
         return self._done and self._error is None and not self._chunks
@@ -117,7 +155,7 @@ class UpstreamResponse:
         arrived together are joined, never split); ``b""`` at the end."""
         while not self._chunks:
             if self._error is not None:
-                raise UpstreamBroken(str(self._error) or type(self._error).__name__)
+                raise _broken(self._error)
             if self._done:
                 return b""
             self._waiter = self._conn.loop.create_future()
@@ -149,7 +187,7 @@ class UpstreamResponse:
             finally:
                 self._waiter = None
         if self._error is not None:
-            raise UpstreamBroken(str(self._error) or type(self._error).__name__)
+            raise _broken(self._error)
 
     def pause_reading(self) -> None:
         """Stop reading from the server (the client's side is full)."""
@@ -188,8 +226,9 @@ class UpstreamResponse:
         self._wake()
 
     def fail(self, exc: BaseException) -> None:
-        """The response broke off (ignored once it is complete)."""
-        if self._done:
+        """The response broke off (ignored once it is complete, or broken already: the
+        first reason stays)."""
+        if self._done or self._error is not None:
             return
         self._error = exc
         self._wake()
@@ -230,7 +269,7 @@ class UpstreamConnection(FlowControl):
     """One kept-alive connection to a server, carrying one request at a time.
 
     Its interface, and all that others touch: the pool calls :meth:`request` and
-    :meth:`close`, and reads :attr:`closed`, :attr:`key` and :attr:`idle_since`
+    :meth:`close` and :meth:`abort`, and reads :attr:`closed`, :attr:`key` and :attr:`idle_since`
     (which it sets when it takes the connection back); the response calls
     :meth:`response_closed` and the reading flow control (:class:`FlowControl`'s
     :meth:`~FlowControl.pause_reading` and :meth:`~FlowControl.resume_reading`).
@@ -241,6 +280,8 @@ class UpstreamConnection(FlowControl):
     __slots__ = (
         "_answered",
         "_head",
+        "_last_read",
+        "_timer",
         "idle_since",
         "keep_alive",
         "key",
@@ -266,15 +307,19 @@ class UpstreamConnection(FlowControl):
         """When it went back to the pool (the loop's clock)."""
         self._head: asyncio.Future[None] | None = None  # the current response's head
         self._answered = False  # a byte of the current response has arrived
+        self._timer: asyncio.TimerHandle | None = None  # the head or idle deadline
+        self._last_read = 0.0  # when the server last sent something (the loop's clock)
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "busy" if self.response is not None else "idle"
         return f"<UpstreamConnection {self.key[0]}:{self.key[1]} {state}, {self.uses} uses>"
 
     # -------------------------------------------------------------- the pool's
-    async def request(self, head: bytes, body: bytes) -> UpstreamResponse:
+    async def request(
+        self, head: bytes, body: bytes, head_timeout: float | None = None
+    ) -> UpstreamResponse:
         """Send one request (its head and body as bytes) and return its response once
-        the response's head has arrived.
+        the response's head has arrived (within ``head_timeout`` seconds, if given).
 
         Raises:
             UpstreamError: The server failed before its response started; the
@@ -293,11 +338,14 @@ class UpstreamConnection(FlowControl):
         else:
             transport.write(head + body)
         sent = self.loop.time()
+        if head_timeout is not None:
+            self._timer = self.loop.call_later(head_timeout, self._head_late, head_timeout)
         try:
             await started
         except UpstreamError as exc:
             self.close()
-            if self.uses > 1 and not self._answered and self.loop.time() - sent < _STALE:
+            stale = self.loop.time() - sent < _STALE and exc.kind == "died"
+            if self.uses > 1 and not self._answered and stale:
                 raise _Stale(str(exc)) from None
             raise
         except BaseException:
@@ -308,6 +356,7 @@ class UpstreamConnection(FlowControl):
     def close(self) -> None:
         """Close the connection (whatever is in flight breaks off)."""
         self.closed = True
+        self._stop_timer()
         transport = self.transport
         if transport is not None and not transport.is_closing():
             transport.close()
@@ -316,6 +365,7 @@ class UpstreamConnection(FlowControl):
     def response_closed(self, complete: bool) -> None:
         """The reader is done with the response; ``complete`` if its body was read to
         the end. Back to the pool if another request can follow, else closed."""
+        self._stop_timer()
         if complete and self.keep_alive and not self.reading_paused and not self.closed:
             self.response = None
             self.pool.release(self)
@@ -348,25 +398,60 @@ class UpstreamConnection(FlowControl):
             self.close()
             return
         self._answered = True
+        self._last_read = self.loop.time()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self._broken(ValueError(f"malformed response from the server: {exc}"))
+            self._broken(ValueError(f"malformed response from the server: {exc}"), "malformed")
             self.close()
         response.flush()
 
     def eof_received(self) -> bool | None:
         return None
 
-    def _broken(self, exc: BaseException) -> None:
+    def _broken(self, exc: BaseException, kind: str = "died") -> None:
         """The exchange failed: before the head, the request fails (UpstreamError);
-        after it, the body breaks off."""
+        after it, the body breaks off (UpstreamBroken, when read)."""
+        error = UpstreamError(str(exc) or type(exc).__name__, getattr(exc, "kind", kind))
         head = self._head
         if head is not None and not head.done():
-            head.set_exception(UpstreamError(str(exc) or type(exc).__name__))
+            head.set_exception(error)
             head.exception()  # retrieved: no "never retrieved" warning
         if self.response is not None:
-            self.response.fail(exc)
+            self.response.fail(error)
+
+    def abort(self, reason: str, kind: str = "lost") -> None:
+        """Break off the request in flight (its server is set aside) and close."""
+        if self.response is not None:
+            self._broken(ConnectionAbortedError(reason), kind)
+        self.close()
+
+    # ------------------------------------------------------------ deadlines
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _head_late(self, timeout: float) -> None:
+        self._timer = None
+        self.abort(f"no response head within {timeout:g} s (--upstream-head-timeout)", "timeout")
+
+    def _idle_check(self) -> None:
+        """The idle deadline: nothing read for ``idle_timeout`` s while reading."""
+        self._timer = None
+        response = self.response
+        timeout = self.pool.idle_timeout
+        if response is None or self.closed or timeout is None or response.finished:
+            return
+        quiet = self.loop.time() - self._last_read
+        if self.reading_paused:  # the client is slow, not the server
+            quiet = 0.0
+            self._last_read = self.loop.time()
+        if quiet >= timeout:
+            message = f"nothing received for {timeout:g} s (--upstream-idle-timeout)"
+            self.abort(message, "timeout")
+        else:
+            self._timer = self.loop.call_later(timeout - quiet, self._idle_check)
 
     # -------------------------------------------------------- parser callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -381,6 +466,10 @@ class UpstreamConnection(FlowControl):
             response.headers.clear()
             return
         response.status = status
+        self._stop_timer()  # the head came: from now on, the idle deadline
+        if self.pool.idle_timeout is not None:
+            self._last_read = self.loop.time()
+            self._timer = self.loop.call_later(self.pool.idle_timeout, self._idle_check)
         for name, value in response.headers:
             lower = name.lower()
             if lower == b"content-length" and value.strip().isdigit():
@@ -415,10 +504,13 @@ class UpstreamPool:
         self,
         *,
         connect_timeout: float = 5.0,
+        idle_timeout: float | None = None,
         keepalive_timeout: float = 30.0,
         max_idle_per_server: int = 512,
     ) -> None:
         self.connect_timeout = connect_timeout
+        self.idle_timeout = idle_timeout
+        """Seconds a response may send nothing once its head came (None: no limit)."""
         self.keepalive_timeout = keepalive_timeout
         """Idle connections older than this are closed rather than reused (llama-server
         itself closes idle connections after 5 s; a dead one is retried once)."""
@@ -440,7 +532,7 @@ class UpstreamPool:
             except UnicodeError:
                 host_line = b""
             if not host or not port.isdigit() or not host_line:
-                raise UpstreamError(f"not an http://HOST:PORT address: {address!r}")
+                raise UpstreamError(f"not an http://HOST:PORT address: {address!r}", "connect")
             known = (host.strip("[]"), int(port), host_line)
             self._keys[address] = known
         return known
@@ -452,15 +544,17 @@ class UpstreamPool:
         target: bytes,
         headers: bytes,
         body: bytes,
+        head_timeout: float | None = None,
     ) -> UpstreamResponse:
         """Send a request and return once the response's head has arrived.
 
         ``headers`` are encoded header lines, without Host and Content-Length; ``target``
-        is the path and query as the client sent them.
+        is the path and query as the client sent them. ``head_timeout``: seconds from
+        sending to the response head (None: no limit, for non-streamed generations).
 
         Raises:
-            UpstreamError: No connection, or the server failed before its response
-                started.
+            UpstreamError: No connection (``kind`` ``connect``: nothing was sent), or
+                the server failed before its response started.
         """
         host, port, host_line = self._key(address)
         key = (host, port)
@@ -474,7 +568,7 @@ class UpstreamPool:
             if conn is None:
                 conn = await self._connect(key)
             try:
-                return await conn.request(head, body)
+                return await conn.request(head, body, head_timeout)
             except _Stale:
                 continue  # the server had closed this idle connection: use a new one
 
@@ -510,7 +604,7 @@ class UpstreamPool:
 
     async def _connect(self, key: tuple[str, int]) -> UpstreamConnection:
         if self._closed:
-            raise UpstreamError("the balancer is shutting down")
+            raise UpstreamError("the balancer is shutting down", "connect")
         self.loop = asyncio.get_running_loop()
         conn = UpstreamConnection(self, key)
         try:
@@ -519,12 +613,31 @@ class UpstreamPool:
             )
         except TimeoutError:
             raise UpstreamError(
-                f"no connection to {key[0]}:{key[1]} within {self.connect_timeout:g} s"
+                f"no connection to {key[0]}:{key[1]} within {self.connect_timeout:g} s",
+                "connect",
             ) from None
         except OSError as exc:
-            raise UpstreamError(f"{type(exc).__name__}: {exc.strerror or exc}") from None
+            message = f"{type(exc).__name__}: {exc.strerror or exc}"
+            raise UpstreamError(message, "connect") from None
         self._open.add(conn)
         return conn
+
+    def abort(self, address: str, reason: str) -> int:
+        """Break off every request in flight to the server at ``address`` (its agent
+        says it stopped answering): each fails with ``kind`` ``lost``. Returns how many.
+        Idle connections to it are closed too."""
+        try:
+            key = self._key(address)[:2]
+        except UpstreamError:
+            return 0
+        broken = 0
+        for conn in list(self._open):
+            if conn.key == key and not conn.closed:
+                broken += conn.response is not None
+                conn.abort(reason)
+        for conn in self._idle.pop(key, ()):
+            conn.close()
+        return broken
 
     def close(self) -> None:
         """Close every connection (shutdown)."""

@@ -101,6 +101,45 @@ BALANCER = Schema(
             positive(float),
             default=5.0,
         ),
+        Setting(
+            "upstream_connect_timeout",
+            "seconds to connect to a server before trying another",
+            positive(float),
+            default=5.0,
+            default_from="HAProxy's usual `timeout connect`",
+        ),
+        Setting(
+            "upstream_head_timeout",
+            "seconds from sending a streamed request (or one that takes no slot) to its "
+            "response head; the server is then set aside. Non-streamed generations have "
+            "none: llama-server answers them only when done, and a hung server is found "
+            "by its agent (--read-timeout)",
+            positive(float),
+            default=60.0,
+            default_from="HAProxy's usual `timeout server`",
+        ),
+        Setting(
+            "upstream_idle_timeout",
+            "seconds a response may send nothing once its head came (not counted while "
+            "the client is slow to read)",
+            positive(float),
+            default=60.0,
+            default_from="HAProxy's usual `timeout server`",
+        ),
+        Setting(
+            "request_head_timeout",
+            "seconds a client has to send a whole request line and headers (slow clients, "
+            "slow-loris); then 408 and the connection closes",
+            positive(float),
+            default=20.0,
+            default_from="HAProxy's `timeout http-request` advice, 10-30 s",
+        ),
+        Setting(
+            "shutdown_timeout",
+            "seconds requests in flight get to finish on SIGTERM or Ctrl-C",
+            positive(float),
+            default=10.0,
+        ),
         Setting("agent_token", "secret agents must present to register", secret=True),
         Setting("management_token", "secret required by the management API", secret=True),
         Setting(
@@ -271,6 +310,13 @@ AGENT = Schema(
             "seconds between reads of the server's /health",
             positive(float),
             default=0.5,
+        ),
+        Setting(
+            "read_timeout",
+            "seconds a read of the server may take; a server that does not answer in "
+            "time (hung, stopped) is reported unreachable at once and gets no requests",
+            positive(float),
+            default=3.0,
         ),
         Setting(
             "slots_gap",

@@ -232,6 +232,8 @@ class Fleet:
         # model (None: the server named none) -> number of backends reporting it
         self._model_refs: dict[str | None, int] = {}
         self._models: list[str] | None = None  # sorted named models, cached
+        self._seen: set[str] = set()  # every model any backend ever named
+        self._seen_sorted: list[str] | None = None
         self.version = 0  # bumped on every change, for watchers
         self.membership = 0
         """Bumped when backends join, leave or are cordoned, or a report changes what a rollout
@@ -268,6 +270,17 @@ class Fleet:
         if self._models is None:
             self._models = sorted(m for m in self._model_refs if m is not None)
         return self._models
+
+    def seen_models(self) -> list[str]:
+        """Models any backend has ever named, sorted, including those whose servers
+        are gone: a request naming one waits for it rather than going to another."""
+        if self._seen_sorted is None:
+            self._seen_sorted = sorted(self._seen)
+        return self._seen_sorted
+
+    def has_seen(self, model: str) -> bool:
+        """Whether any backend has ever named this model (see :meth:`seen_models`)."""
+        return model in self._seen
 
     def has_unnamed_model(self) -> bool:
         """Whether some backend's server did not say which model it runs."""
@@ -498,6 +511,9 @@ class Fleet:
         self._model_refs[model] = count + 1
         if not count:
             self._models = None
+        if model is not None and model not in self._seen:
+            self._seen.add(model)
+            self._seen_sorted = None
 
     def _unref_model(self, model: str | None) -> None:
         left = self._model_refs[model] - 1

@@ -114,6 +114,10 @@ class SimConfig:
     ``/models`` and ``/v1/models``, as llama-server does."""
     seed: int = 0
     """Seeds the response ids and the fake embeddings, so runs repeat exactly."""
+    crash_marker: str | None = None
+    """A request whose body contains this text "crashes" the server (a query of death):
+    its connection is reset, and so is every connection after it, as if the process
+    had died. For tests of the balancer's retry rule."""
 
     def __post_init__(self) -> None:
         if self.slots < 1:
@@ -175,6 +179,41 @@ class SimEngine:
         self._ready_at: float | None = None
         self._waiters: dict[int, asyncio.Future[int]] = {}
         self._rng = random.Random(config.seed)
+        self.crashed = False
+        """Whether a request carrying ``crash_marker`` killed the server (see
+        :attr:`SimConfig.crash_marker`): every connection is reset from then on."""
+        self.hung = asyncio.Event()
+        """Set to make the server stop answering, as a ``kill -STOP`` would: requests
+        are accepted and read, and nothing is ever written back until it is cleared
+        (:meth:`resume`)."""
+        self._resumed = asyncio.Event()  # set while not hung: held requests go on
+
+    def hang(self) -> None:
+        """Stop answering (``kill -STOP``): see :attr:`hung`."""
+        self._resumed.clear()
+        self.hung.set()
+
+    def resume(self) -> None:
+        """Answer again (``kill -CONT``): held requests go on."""
+        self.hung.clear()
+        self._resumed.set()
+
+    async def running(self) -> None:
+        """Return at once, or when a hung server resumes."""
+        if self.hung.is_set():
+            await self._resumed.wait()
+
+    async def gate(self, request: web.Request) -> None:
+        """A hung server holds ``request`` here; a crashed one resets its connection.
+        Raises ``ConnectionResetError`` on a crash (the connection is gone)."""
+        await self.running()
+        marker = self.config.crash_marker
+        if not self.crashed and marker and request.method == "POST":
+            self.crashed = marker.encode() in await request.read()
+        if self.crashed:
+            if request.transport is not None:
+                request.transport.abort()
+            raise ConnectionResetError("the simulated server crashed")
 
     def start(self) -> None:
         """Start the loading timer (the app calls this on startup)."""
@@ -295,6 +334,7 @@ class _Run:
         return piece
 
     async def _until_due(self) -> None:
+        await self.engine.running()  # a hung server's generation stands still too
         now = self._loop.time()
         self._due = max(self._due, now - _MAX_LAG)
         await asyncio.sleep(max(0.0, self._due - now))
@@ -601,6 +641,7 @@ async def _gate(
 ) -> web.StreamResponse:
     """Loading, then the API key, then the route, each answered as llama-server does."""
     engine = request.app[SIM_ENGINE]
+    await engine.gate(request)
     try:
         if engine.loading and request.path not in _OPEN_WHILE_LOADING:
             raise ApiError(503, "Loading model", "unavailable_error")

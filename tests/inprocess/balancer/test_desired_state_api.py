@@ -37,3 +37,30 @@ def test_a_corrupt_state_file_is_a_clear_error(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(StoreError, match="cannot read the desired state"):
         DesiredStore(bad)
+
+
+def test_the_state_file_survives_a_crash_mid_write(tmp_path, monkeypatch):
+    from corral.balancer import desired
+    from corral.protocol import messages as m
+
+    path = tmp_path / "state.json"
+    store = DesiredStore(path)
+    store.put(m.DesiredState(model="bundled", slots=2))
+    before = path.read_bytes()
+
+    def crash(payload, file, **kw):  # half the JSON reaches the disk, then the crash
+        file.write('{"generation": 2, "sta')
+        file.flush()
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(desired.json, "dump", crash)
+    with pytest.raises(StoreError, match="cannot save"):
+        store.put(m.DesiredState(model="bundled", slots=5))
+    monkeypatch.undo()
+    assert path.read_bytes() == before  # the old state, whole
+    assert store.generation == 1 and store.state is not None and store.state.slots == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]  # no temp file left
+    # a process killed mid-write leaves its temporary file: it is never read
+    (tmp_path / ".desired-crashed").write_text('{"generation": 9, "sta')
+    again = DesiredStore(path)
+    assert again.generation == 1 and again.state is not None and again.state.slots == 2

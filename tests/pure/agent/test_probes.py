@@ -10,7 +10,7 @@ CONNECTED = {"http://b:8060/api/v1/agent-socket": "connected"}
 
 
 def test_alive_while_the_monitor_goes_round():
-    limit = stall_limit(poll_interval=0.5, request_timeout=3.0)
+    limit = stall_limit(poll_interval=0.5, read_timeout=3.0)
     assert limit == 24.0
     assert liveness(last_round=None, running=True, now=1.0, limit=limit) == []
     assert liveness(last_round=100.0, running=True, now=124.0, limit=limit) == []

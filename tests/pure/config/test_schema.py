@@ -65,6 +65,11 @@ def test_the_public_flags_and_env_names_stay():
         "--max-buffered-requests": "CORRAL_MAX_BUFFERED_REQUESTS",
         "--buffered-request-timeout": "CORRAL_BUFFERED_REQUEST_TIMEOUT",
         "--heartbeat-timeout": "CORRAL_HEARTBEAT_TIMEOUT",
+        "--upstream-connect-timeout": "CORRAL_UPSTREAM_CONNECT_TIMEOUT",
+        "--upstream-head-timeout": "CORRAL_UPSTREAM_HEAD_TIMEOUT",
+        "--upstream-idle-timeout": "CORRAL_UPSTREAM_IDLE_TIMEOUT",
+        "--request-head-timeout": "CORRAL_REQUEST_HEAD_TIMEOUT",
+        "--shutdown-timeout": "CORRAL_SHUTDOWN_TIMEOUT",
         "--agent-token": "CORRAL_AGENT_TOKEN",
         "--management-token": "CORRAL_MANAGEMENT_TOKEN",
         "--api-key": "CORRAL_API_KEY",
@@ -90,8 +95,8 @@ def test_the_public_flags_and_env_names_stay():
         "--local-llamacpp-addr", "--model", "--slots", "--ctx-size", "--cache-ram", "--threads",
         "--llama-server", "--llamacpp-port", "--quiet-server", "--external-llamacpp-addr",
         "--management-addr", "--name", "--llamacpp-api-key", "--agent-token",
-        "--poll-interval", "--slots-gap", "--idle-slots-interval", "--probe-addr",
-        "--log-level", "--log-format",
+        "--poll-interval", "--read-timeout", "--slots-gap", "--idle-slots-interval",
+        "--probe-addr", "--log-level", "--log-format",
     ]  # fmt: skip
     assert [s.env for s in SIM][:6] == [
         "CORRAL_SIM_ADDR", "CORRAL_SIM_SLOTS", "CORRAL_SIM_MODEL", "CORRAL_SIM_NAME",

@@ -113,3 +113,47 @@ def test_a_pinned_request_waits_for_its_agent():
     assert isinstance(Policy().pick(fleet, pinned), Wait)
     assert Policy().pick(fleet, RequestInfo("/completion")) == Dispatch("a")
     assert pinned.group != RequestInfo("/completion").group  # queued apart
+
+
+# ---------------------------------------------------------------- model identity
+# A request naming a model the fleet knows is served by that model or waits for it;
+# never answered by another model (issue #11, item 3).
+
+
+def test_model_whose_only_server_is_loading_waits_never_goes_to_another():
+    fleet = fleet_of(("a", "small", 4), ("b", "other", 2))
+    fleet.report("b", Report(Condition.LOADING, model=None), now=1)  # restarted: no name yet
+    assert fleet.models() == ["small"]
+    assert Policy().pick(fleet, RequestInfo(CHAT, "other")) == Wait("no free slot")
+    assert Policy().pick(fleet, RequestInfo(CHAT, "small")) == Dispatch("a")
+
+
+def test_model_whose_only_server_left_the_fleet_waits_never_goes_to_another():
+    fleet = fleet_of(("a", "small", 4), ("b", "other", 2))
+    fleet.remove("b")  # its agent is gone: one model is left registered
+    assert fleet.models() == ["small"]
+    assert fleet.seen_models() == ["other", "small"]
+    assert Policy().pick(fleet, RequestInfo(CHAT, "other")) == Wait("no free slot")
+    # any other name is still unknown: the fleet has seen two models
+    decision = Policy().pick(fleet, RequestInfo(CHAT, "gpt-4o"))
+    assert isinstance(decision, Reject)
+    assert decision.models == ("other", "small")
+
+
+def test_model_whose_only_server_is_unreachable_or_draining_waits():
+    fleet = fleet_of(("a", "small", 4), ("b", "other", 2))
+    fleet.report("b", Report(Condition.UNREACHABLE, model="other"), now=1)
+    assert isinstance(Policy().pick(fleet, RequestInfo(CHAT, "other")), Wait)
+    fleet.report("b", Report(Condition.READY, model="other", slots_total=2), now=2)
+    fleet.cordon("b", now=3)
+    assert isinstance(Policy().pick(fleet, RequestInfo(CHAT, "other")), Wait)
+    fleet.uncordon("b")
+    assert Policy().pick(fleet, RequestInfo(CHAT, "other")) == Dispatch("b")
+
+
+def test_a_fleet_that_only_ever_saw_one_model_accepts_any_name_even_when_it_is_down():
+    fleet = fleet_of(("a", "small", 2))
+    fleet.report("a", Report(Condition.LOADING), now=1)
+    assert isinstance(Policy().pick(fleet, RequestInfo(CHAT, "gpt-4o")), Wait)
+    fleet.report("a", Report(Condition.READY, model="small", slots_total=2), now=2)
+    assert Policy().pick(fleet, RequestInfo(CHAT, "gpt-4o")) == Dispatch("a")

@@ -105,8 +105,9 @@ def test_a_restart_or_a_departure_drops_the_backends_entries():
     fleet.release("a", 4.0, info, None)
     fleet.report("a", Report(Condition.READY, model="other", slots_total=2), now=5)
     assert policy.index.match("a", hashes) == 0
-    scheduler.submit(info, 6.0)
-    fleet.release("a", 7.0, info, None)
+    other = RequestInfo(CHAT, "other", prompt=Prompt(HISTORY))  # "m" waits for an "m" now
+    scheduler.submit(other, 6.0)
+    fleet.release("a", 7.0, other, None)
     fleet.remove("a")
     assert len(policy.index) == 0
 

@@ -36,20 +36,28 @@ class Rule(Protocol):
 
 
 def resolve_pools(fleet: Fleet, request: RequestInfo) -> list[str | None] | Reject | Wait:
-    """The models whose servers may take this request."""
+    """The models whose servers may take this request.
+
+    Model identity: a model the fleet has ever seen (:meth:`Fleet.seen_models`) is
+    served by that model only, so a request for it waits while its servers are
+    loading, down or draining (then 503 from the buffer), never answered by another
+    model. Any name is accepted only while the fleet has seen at most one model;
+    with several, an unknown name is rejected. Servers that name no model take
+    requests that name none, or any name when the fleet has seen at most one model."""
     if not len(fleet):
         return Wait("no server has registered yet")
     models = fleet.models()
     if request.model is None:
         return [*models, None]
-    if request.model in models:
+    if fleet.has_seen(request.model):
         return [request.model]
-    if len(models) <= 1:  # one model (or servers that name none): any name will do
+    seen = fleet.seen_models()
+    if len(seen) <= 1:  # one model (or servers that name none): any name will do
         return [*models, None]
     return Reject(
         404,
-        f"The model `{request.model}` does not exist. Available models: {', '.join(models)}",
-        tuple(models),
+        f"The model `{request.model}` does not exist. Available models: {', '.join(seen)}",
+        tuple(seen),
     )
 
 
