@@ -23,6 +23,7 @@ import logging
 import random
 import socket
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import aiohttp
@@ -35,6 +36,7 @@ from corral.agent.reader import Fetched, ReadSchedule, interpret
 from corral.config import AGENT, default
 from corral.core.fleet import Condition
 from corral.protocol import messages as m
+from corral.tls import TLSError, client_context
 
 log = logging.getLogger("corral.agent")
 
@@ -57,6 +59,11 @@ class AgentConfig:
     """The server's ``--api-key``, if it has one (sent to balancers for upstream use)."""
     agent_token: str | None = field(default=None, repr=False)
     """The balancers' ``--agent-token``."""
+    tls: bool = False
+    """Connect to balancers over ``wss://``, verifying their certificates."""
+    tls_ca: Path | None = None
+    """PEM file of the CAs to verify balancers against (implies ``tls``; None: the
+    system's CAs)."""
     poll_interval: float = default(AGENT, "poll_interval")
     """Seconds between reads of the server's ``/health``."""
     slots_gap: float = default(AGENT, "slots_gap")
@@ -113,9 +120,14 @@ class Agent:
     """Watches one llama-server; in supervisor mode it also runs it (``server``)."""
 
     def __init__(self, config: AgentConfig, server: ServerProcess | None = None) -> None:
+        """Raises :class:`corral.tls.TLSError` when ``config.tls_ca`` cannot be used."""
         if (config.local_llamacpp_addr is None) == (server is None):
             raise ValueError("give either a local llama-server address or a server to run")
         self.config = config
+        self.ssl = (
+            client_context(config.tls_ca) if config.tls or config.tls_ca is not None else None
+        )
+        """How links verify balancers (None: plain ``ws://``)."""
         self.server = server
         self.status = m.ServerStatus(condition=Condition.LOADING, issues=[])
         self._changed = asyncio.Event()
@@ -306,7 +318,7 @@ class Agent:
 
     # --------------------------------------------------------------- links
     async def _link(self, addr: Addr) -> None:
-        url = addr.url() + "/api/v1/agent-socket"
+        url = addr.url("https" if self.ssl is not None else "http") + "/api/v1/agent-socket"
         self._delay[url] = self.config.reconnect_min
         while True:
             try:
@@ -340,7 +352,10 @@ class Agent:
         if self.config.agent_token:
             headers["Authorization"] = f"Bearer {self.config.agent_token}"
         async with self._session.ws_connect(
-            url, headers=headers, heartbeat=self.config.socket_heartbeat
+            url,
+            headers=headers,
+            heartbeat=self.config.socket_heartbeat,
+            ssl=self.ssl if self.ssl is not None else True,
         ) as ws:
             register = m.Register(
                 version=m.PROTOCOL_VERSION,
@@ -585,7 +600,10 @@ def settings_for(state: m.DesiredState, current: Any) -> Any:
 
 
 async def run(config: AgentConfig, server: ServerProcess | None = None) -> None:
-    agent = Agent(config, server)
+    try:
+        agent = Agent(config, server)
+    except TLSError as exc:
+        raise SystemExit(f"corral agent: {exc}") from None
     await agent.start()
     try:
         await asyncio.Event().wait()

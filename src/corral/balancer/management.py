@@ -105,6 +105,7 @@ class Management:
         self.rollout: Rollout | None = None
         self.metrics: Metrics | None = None
         self.inference_port = 0
+        self.inference_scheme = "http"
         self._page = dashboard.page()
 
     def install(self, app: web.Application) -> None:
@@ -161,7 +162,9 @@ class Management:
         host = request.url.host or "127.0.0.1"
         if ":" in host:
             host = f"[{host}]"
-        return web.json_response({"inference_url": f"http://{host}:{self.inference_port}"})
+        return web.json_response(
+            {"inference_url": f"{self.inference_scheme}://{host}:{self.inference_port}"}
+        )
 
     async def prometheus(self, request: web.Request) -> web.Response:
         """Prometheus text format (``--management-token`` applies when set)."""
