@@ -1,6 +1,10 @@
 """Protocol decoding: every bad frame becomes one ProtocolError with a clear reason."""
 
+import contextlib
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from corral.protocol import (
     PROTOCOL_VERSION,
@@ -86,3 +90,12 @@ def test_unicode_names_are_fine():
         '"status":{"condition":"ready"}}'
     ).encode()
     assert decode_agent_message(frame).name == "ゲーム-gpu 🚀"
+
+
+@given(st.one_of(st.binary(max_size=300), st.text(max_size=300)))
+def test_any_frame_decodes_or_is_a_protocol_error(data):
+    from corral.protocol.messages import decode_desired_state
+
+    for decode in (decode_agent_message, decode_balancer_message, decode_desired_state):
+        with contextlib.suppress(ProtocolError):
+            decode(data)
