@@ -199,9 +199,25 @@ class Agent:
                 self._log_change(status)
                 self.status = status
                 self.status_read_at = self._reading_at
-                event, self._changed = self._changed, asyncio.Event()
-                event.set()
+                self._notify()
             return status
+
+    def _notify(self) -> None:
+        """Wake the links: the status or the shares changed."""
+        event, self._changed = self._changed, asyncio.Event()
+        event.set()
+
+    def share(self, url: str) -> int | None:
+        """The slots the balancer at ``url`` may use: the server's slots split evenly
+        between the connected balancers, in the order of their URLs (the first ones
+        get one more when they do not divide evenly). None with one balancer
+        configured (it may use all of them, as before shares existed)."""
+        if len(self.config.management_addrs) <= 1:
+            return None
+        connected = sorted({u for u, r in self.links.items() if r == "connected"} | {url})
+        total = self.status.slots_total
+        count = len(connected)
+        return total // count + (1 if connected.index(url) < total % count else 0)
 
     def _with_supervisor(self, status: m.ServerStatus) -> m.ServerStatus:
         assert self.server is not None
@@ -338,6 +354,7 @@ class Agent:
                 log.exception("link to %s failed", url)
                 reason = f"{type(exc).__name__}: {exc}"
             self.links[url] = reason
+            self._notify()  # the other links' shares change
             if reason == "server moved":
                 continue
             delay = self._delay[url] * random.uniform(0.8, 1.2)
@@ -363,6 +380,7 @@ class Agent:
                 address=self.external_url,
                 status=self.status,
                 api_key=self.config.llamacpp_api_key,
+                share=self.share(url),
             )
             await ws.send_bytes(m.encode(register))
             reply = await ws.receive(timeout=10)
@@ -374,11 +392,12 @@ class Agent:
             if not isinstance(answer, m.Registered):
                 raise m.ProtocolError(f"expected registered, got {type(answer).__name__}")
             self.links[url] = "connected"
+            self._notify()  # the other links' shares change
             self._delay[url] = self.config.reconnect_min
             log.info("registered with %s as %s", url, answer.agent_id)
-            receiver = asyncio.create_task(self._receive(ws))
+            receiver = asyncio.create_task(self._receive(ws, url))
             try:
-                await self._report(ws, answer.heartbeat_interval, receiver, register)
+                await self._report(ws, url, answer.heartbeat_interval, receiver, register)
             finally:
                 receiver.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -391,16 +410,19 @@ class Agent:
     async def _report(
         self,
         ws: aiohttp.ClientWebSocketResponse,
+        url: str,
         interval: float,
         receiver: asyncio.Task[Any],
         register: m.Register,
     ) -> None:
-        """Send the status when it differs from the last one sent, else a heartbeat."""
-        sent = register.status
+        """Send the status (and this balancer's share) when it differs from the last
+        one sent, else a heartbeat."""
+        sent = register.status, register.share
         while not receiver.done():
-            if self.status != sent:
-                sent = self.status
-                await ws.send_bytes(m.encode(m.Status(sent, read_age=self._read_age())))
+            if (self.status, self.share(url)) != sent:
+                sent = self.status, self.share(url)
+                status = m.Status(sent[0], read_age=self._read_age(), share=sent[1])
+                await ws.send_bytes(m.encode(status))
             changed = asyncio.ensure_future(self._changed.wait())
             try:
                 done, _ = await asyncio.wait({changed, receiver}, timeout=interval)
@@ -417,7 +439,7 @@ class Agent:
         """Seconds since the read behind :attr:`status` began (for the balancer)."""
         return max(0.0, asyncio.get_running_loop().time() - self.status_read_at)
 
-    async def _receive(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+    async def _receive(self, ws: aiohttp.ClientWebSocketResponse, url: str) -> None:
         async for frame in ws:
             if frame.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
                 break
@@ -432,7 +454,8 @@ class Agent:
                 except Exception:
                     log.exception("reading the server failed")
                     status = self.status
-                await ws.send_bytes(m.encode(m.Status(status, read_age=self._read_age())))
+                reply = m.Status(status, read_age=self._read_age(), share=self.share(url))
+                await ws.send_bytes(m.encode(reply))
             elif isinstance(message, m.Apply):
                 self.apply(message)
             elif isinstance(message, m.Error):
