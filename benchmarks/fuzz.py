@@ -82,6 +82,8 @@ class Target:
     seen: list[Seen] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     statuses: Counter[int] = field(default_factory=Counter)
+    server_errors: list[tuple[bytes, bytes]] = field(default_factory=list)
+    """(what was sent, the answer's body) of each 5xx answer, to look at."""
     """Answers of the fuzzed listener by status (what the cases exercised)."""
     balancer: Balancer | None = None
     _stops: list[Any] = field(default_factory=list)
@@ -423,6 +425,9 @@ async def http_case(
             await writer.wait_closed()
     responses = parse_responses(bytes(received))
     target.statuses.update(r.status for r in responses)
+    for r in responses:
+        if r.status >= 500:
+            target.server_errors.append((sent, r.body))
     upstream = target.seen[before:]
     check_http(parts, sent, responses, upstream)
 
@@ -593,7 +598,8 @@ async def management_case(
     async with target.http.request(method, url, headers=headers, data=body) as r:
         await r.read()
         assert r.status < 500, f"{method} {path} answered {r.status}"
-        if not authorized and path not in PUBLIC and 200 <= r.status < 300:
+        public = r.url.path in PUBLIC  # as the client sent it: "/." is "/"
+        if not authorized and not public and 200 <= r.status < 300:
             raise AssertionError(f"{method} {path} answered {r.status} without the token")
     if not authorized:
         assert target.b.rollout.status() == before, "the desired state changed without the token"
@@ -701,6 +707,8 @@ def main(argv: list[str] | None = None) -> int:
             )
     answers = ", ".join(f"{k}: {v}" for k, v in sorted(target.statuses.items()))
     print(f"total: {total} cases; inference answers by status: {answers}")
+    for sent, body in target.server_errors[:5]:
+        print(f"5xx answer {body[:300]!r} to {sent[:600]!r}")
     return 0
 
 
