@@ -109,6 +109,8 @@ def _run_balancer(args: argparse.Namespace) -> Coroutine[Any, Any, None]:
 def _balancer_config(args: argparse.Namespace) -> Any:
     from corral.balancer import BalancerConfig
 
+    if args.tls_key is not None and args.tls_cert is None:
+        raise SystemExit("corral balancer: --tls-key needs --tls-cert")
     keys = list(args.api_key)
     if args.api_key_file is not None:
         try:

@@ -23,6 +23,7 @@ import logging
 import random
 import socket
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import aiohttp
@@ -35,6 +36,7 @@ from corral.agent.reader import Fetched, ReadSchedule, interpret
 from corral.config import AGENT, default
 from corral.core.fleet import Condition
 from corral.protocol import messages as m
+from corral.tls import TLSError, client_context
 
 log = logging.getLogger("corral.agent")
 
@@ -57,6 +59,11 @@ class AgentConfig:
     """The server's ``--api-key``, if it has one (sent to balancers for upstream use)."""
     agent_token: str | None = field(default=None, repr=False)
     """The balancers' ``--agent-token``."""
+    tls: bool = False
+    """Connect to balancers over ``wss://``, verifying their certificates."""
+    tls_ca: Path | None = None
+    """PEM file of the CAs to verify balancers against (implies ``tls``; None: the
+    system's CAs)."""
     poll_interval: float = default(AGENT, "poll_interval")
     """Seconds between reads of the server's ``/health``."""
     slots_gap: float = default(AGENT, "slots_gap")
@@ -120,9 +127,14 @@ class Agent:
     """Watches one llama-server; in supervisor mode it also runs it (``server``)."""
 
     def __init__(self, config: AgentConfig, server: ServerProcess | None = None) -> None:
+        """Raises :class:`corral.tls.TLSError` when ``config.tls_ca`` cannot be used."""
         if (config.local_llamacpp_addr is None) == (server is None):
             raise ValueError("give either a local llama-server address or a server to run")
         self.config = config
+        self.ssl = (
+            client_context(config.tls_ca) if config.tls or config.tls_ca is not None else None
+        )
+        """How links verify balancers (None: plain ``ws://``)."""
         self.server = server
         self.status = m.ServerStatus(condition=Condition.LOADING, issues=[])
         self._changed = asyncio.Event()
@@ -194,9 +206,25 @@ class Agent:
                 self._log_change(status)
                 self.status = status
                 self.status_read_at = self._reading_at
-                event, self._changed = self._changed, asyncio.Event()
-                event.set()
+                self._notify()
             return status
+
+    def _notify(self) -> None:
+        """Wake the links: the status or the shares changed."""
+        event, self._changed = self._changed, asyncio.Event()
+        event.set()
+
+    def share(self, url: str) -> int | None:
+        """The slots the balancer at ``url`` may use: the server's slots split evenly
+        between the connected balancers, in the order of their URLs (the first ones
+        get one more when they do not divide evenly). None with one balancer
+        configured (it may use all of them, as before shares existed)."""
+        if len(self.config.management_addrs) <= 1:
+            return None
+        connected = sorted({u for u, r in self.links.items() if r == "connected"} | {url})
+        total = self.status.slots_total
+        count = len(connected)
+        return total // count + (1 if connected.index(url) < total % count else 0)
 
     def _with_supervisor(self, status: m.ServerStatus) -> m.ServerStatus:
         assert self.server is not None
@@ -316,7 +344,7 @@ class Agent:
 
     # --------------------------------------------------------------- links
     async def _link(self, addr: Addr) -> None:
-        url = addr.url() + "/api/v1/agent-socket"
+        url = addr.url("https" if self.ssl is not None else "http") + "/api/v1/agent-socket"
         self._delay[url] = self.config.reconnect_min
         while True:
             try:
@@ -336,6 +364,7 @@ class Agent:
                 log.exception("link to %s failed", url)
                 reason = f"{type(exc).__name__}: {exc}"
             self.links[url] = reason
+            self._notify()  # the other links' shares change
             if reason == "server moved":
                 continue
             delay = self._delay[url] * random.uniform(0.8, 1.2)
@@ -350,7 +379,10 @@ class Agent:
         if self.config.agent_token:
             headers["Authorization"] = f"Bearer {self.config.agent_token}"
         async with self._session.ws_connect(
-            url, headers=headers, heartbeat=self.config.socket_heartbeat
+            url,
+            headers=headers,
+            heartbeat=self.config.socket_heartbeat,
+            ssl=self.ssl if self.ssl is not None else True,
         ) as ws:
             register = m.Register(
                 version=m.PROTOCOL_VERSION,
@@ -358,6 +390,7 @@ class Agent:
                 address=self.external_url,
                 status=self.status,
                 api_key=self.config.llamacpp_api_key,
+                share=self.share(url),
             )
             await ws.send_bytes(m.encode(register))
             reply = await ws.receive(timeout=10)
@@ -369,11 +402,12 @@ class Agent:
             if not isinstance(answer, m.Registered):
                 raise m.ProtocolError(f"expected registered, got {type(answer).__name__}")
             self.links[url] = "connected"
+            self._notify()  # the other links' shares change
             self._delay[url] = self.config.reconnect_min
             log.info("registered with %s as %s", url, answer.agent_id)
-            receiver = asyncio.create_task(self._receive(ws))
+            receiver = asyncio.create_task(self._receive(ws, url))
             try:
-                await self._report(ws, answer.heartbeat_interval, receiver, register)
+                await self._report(ws, url, answer.heartbeat_interval, receiver, register)
             finally:
                 receiver.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -386,16 +420,19 @@ class Agent:
     async def _report(
         self,
         ws: aiohttp.ClientWebSocketResponse,
+        url: str,
         interval: float,
         receiver: asyncio.Task[Any],
         register: m.Register,
     ) -> None:
-        """Send the status when it differs from the last one sent, else a heartbeat."""
-        sent = register.status
+        """Send the status (and this balancer's share) when it differs from the last
+        one sent, else a heartbeat."""
+        sent = register.status, register.share
         while not receiver.done():
-            if self.status != sent:
-                sent = self.status
-                await ws.send_bytes(m.encode(m.Status(sent, read_age=self._read_age())))
+            if (self.status, self.share(url)) != sent:
+                sent = self.status, self.share(url)
+                status = m.Status(sent[0], read_age=self._read_age(), share=sent[1])
+                await ws.send_bytes(m.encode(status))
             changed = asyncio.ensure_future(self._changed.wait())
             try:
                 done, _ = await asyncio.wait({changed, receiver}, timeout=interval)
@@ -412,7 +449,7 @@ class Agent:
         """Seconds since the read behind :attr:`status` began (for the balancer)."""
         return max(0.0, asyncio.get_running_loop().time() - self.status_read_at)
 
-    async def _receive(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+    async def _receive(self, ws: aiohttp.ClientWebSocketResponse, url: str) -> None:
         async for frame in ws:
             if frame.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
                 break
@@ -427,7 +464,8 @@ class Agent:
                 except Exception:
                     log.exception("reading the server failed")
                     status = self.status
-                await ws.send_bytes(m.encode(m.Status(status, read_age=self._read_age())))
+                reply = m.Status(status, read_age=self._read_age(), share=self.share(url))
+                await ws.send_bytes(m.encode(reply))
             elif isinstance(message, m.Apply):
                 self.apply(message)
             elif isinstance(message, m.Error):
@@ -605,7 +643,10 @@ def settings_for(state: m.DesiredState, current: Any) -> Any:
 
 
 async def run(config: AgentConfig, server: ServerProcess | None = None) -> None:
-    agent = Agent(config, server)
+    try:
+        agent = Agent(config, server)
+    except TLSError as exc:
+        raise SystemExit(f"corral agent: {exc}") from None
     await agent.start()
     try:
         await asyncio.Event().wait()

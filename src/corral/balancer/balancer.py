@@ -22,7 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from corral.addr import Addr
-from corral.balancer.cors import Cors
+from corral.balancer.cors import Cors, CorsError
 from corral.balancer.desired import DesiredStore, Rollout, StoreError
 from corral.balancer.dispatcher import Dispatcher
 from corral.balancer.errors import error_middleware
@@ -39,6 +39,7 @@ from corral.core.clock import Clock, MonotonicClock
 from corral.core.fleet import Fleet
 from corral.core.routing import RoutingOptions, make_policy
 from corral.core.scheduler import Scheduler
+from corral.tls import TLSError, server_context
 
 log = logging.getLogger("corral.balancer")
 
@@ -61,9 +62,9 @@ class BalancerConfig:
     """Seconds between agent heartbeats (told to agents when they register)."""
     heartbeat_timeout: float = default(BALANCER, "heartbeat_timeout")
     """Seconds without a word from an agent before it is marked unhealthy."""
-    agent_token: str | None = None
+    agent_token: str | None = field(default=None, repr=False)
     """If set, agents must present it (``Authorization: Bearer``) to register."""
-    management_token: str | None = None
+    management_token: str | None = field(default=None, repr=False)
     """If set, the management API requires it (``Authorization: Bearer``)."""
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     """If any, the inference listener requires one (``Authorization: Bearer`` or
@@ -114,13 +115,25 @@ class BalancerConfig:
     cors_headers: str = default(BALANCER, "cors_headers")
     cors_credentials: bool = default(BALANCER, "cors_credentials")
     """Off by default, unlike llama-server (see :mod:`corral.balancer.cors`)."""
+    tls_cert: Path | None = None
+    """PEM certificate chain: both listeners speak TLS (None: plain HTTP)."""
+    tls_key: Path | None = None
+    """PEM private key of ``tls_cert`` (None: the key is in ``tls_cert``)."""
 
 
 class Balancer:
     """A running balancer. ``await start()``, then ``await stop()``."""
 
     def __init__(self, config: BalancerConfig, clock: Clock | None = None) -> None:
+        """Raises :class:`corral.tls.TLSError` when the TLS files cannot be used, and
+        :class:`corral.balancer.cors.CorsError` for credentials with any origin."""
         self.config = config
+        self.cors = Cors(
+            config.cors_origins, config.cors_methods, config.cors_headers, config.cors_credentials
+        )
+        self.ssl = (
+            server_context(config.tls_cert, config.tls_key) if config.tls_cert is not None else None
+        )
         self.clock = clock or MonotonicClock()
         self.fleet = Fleet()
         self.buffer = Buffer(config.max_buffered_requests, config.buffered_request_timeout)
@@ -175,12 +188,7 @@ class Balancer:
             head_timeout=self.config.upstream_head_timeout,
             max_body_size=self.config.max_body_size,
             trust=ProxyTrust(self.config.forwarded_allow_ips),
-            cors=Cors(
-                self.config.cors_origins,
-                self.config.cors_methods,
-                self.config.cors_headers,
-                self.config.cors_credentials,
-            ),
+            cors=self.cors,
         )
         return HttpServer(
             proxy.handle,
@@ -201,8 +209,9 @@ class Balancer:
         )
         self._inference = self.inference_server(self._pool)
         addr = self.config.inference_addr
-        self.inference_port = await self._inference.start(addr.host, addr.port)
+        self.inference_port = await self._inference.start(addr.host, addr.port, ssl=self.ssl)
         self.management.inference_port = self.inference_port
+        self.management.inference_scheme = "https" if self.ssl is not None else "http"
         self._tasks.append(asyncio.create_task(self._watch_heartbeats()))
         if self.config.statsd_addr is not None:
             reporter = StatsdReporter(
@@ -215,11 +224,12 @@ class Balancer:
             )
             self._tasks.append(asyncio.create_task(reporter.run()))
         log.info(
-            "balancer up: inference on %s:%d, management on %s:%d",
+            "balancer up: inference on %s:%d, management on %s:%d%s",
             self.config.inference_addr.host,
             self.inference_port,
             self.config.management_addr.host,
             self.management_port,
+            " (TLS)" if self.ssl is not None else "",
         )
 
     async def _listen(self, app: web.Application, addr: Addr) -> int:
@@ -230,7 +240,7 @@ class Balancer:
             shutdown_timeout=self.config.shutdown_timeout,
         )
         await runner.setup()
-        site = web.TCPSite(runner, addr.host, addr.port, reuse_address=True)
+        site = web.TCPSite(runner, addr.host, addr.port, reuse_address=True, ssl_context=self.ssl)
         await site.start()
         self._runners.append(runner)
         port: int = runner.addresses[0][1]
@@ -278,7 +288,7 @@ async def run(config: BalancerConfig) -> None:
     """Run a balancer until cancelled (the CLI cancels on SIGINT/SIGTERM)."""
     try:
         balancer = Balancer(config)
-    except StoreError as exc:
+    except (StoreError, TLSError, CorsError) as exc:
         raise SystemExit(f"corral balancer: {exc}") from None
     await balancer.start()
     try:

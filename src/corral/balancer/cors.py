@@ -15,10 +15,11 @@ host is ``localhost``, ``127.0.0.1`` or ``[::1]`` and answers nothing to others.
 
 Where Corral differs, on purpose:
 
-- credentials are off by default (llama-server: on). With ``*`` and credentials on,
-  every origin is reflected with ``Allow-Credentials: true``: any web page may then
-  use a visitor's cookies and HTTP authentication against the API. Corral has that
-  only when asked (``--cors-credentials``).
+- credentials are off by default (llama-server: on), and refused with ``*``
+  (:class:`CorsError`): llama-server then reflects every origin with
+  ``Allow-Credentials: true``, so any web page may use a visitor's cookies and HTTP
+  authentication against the API. Credentials need a list of origins or
+  ``localhost``; Corral never sends ``Allow-Credentials: true`` for every origin.
 - a list of origins reflects the request's ``Origin`` when it is in the list and
   answers nothing otherwise; llama-server sends the list itself, which browsers
   refuse whenever it holds more than one origin.
@@ -34,6 +35,10 @@ from corral.config import BALANCER, default
 _LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
+class CorsError(ValueError):
+    """Settings that would let every origin use a visitor's credentials."""
+
+
 @dataclass(frozen=True, slots=True)
 class Cors:
     """The CORS settings; see the module docstring for the answers they give."""
@@ -47,14 +52,20 @@ class Cors:
     credentials: bool = default(BALANCER, "cors_credentials")
     """Whether browsers may send cookies and HTTP authentication."""
 
+    def __post_init__(self) -> None:
+        """Raises :class:`CorsError` for credentials with any origin (``*``)."""
+        if self.credentials and self.origins.strip() == "*":
+            raise CorsError(
+                "--cors-credentials with --cors-origins '*' would let any web page use a "
+                "visitor's credentials; list the allowed origins (or 'localhost')"
+            )
+
     def allow_origin(self, origin: str | None) -> str | None:
         """The ``Access-Control-Allow-Origin`` value for a request from ``origin``
         (``None``: no ``Origin`` header), or ``None`` to send no such header."""
         allowed = self.origins.strip()
         if allowed == "*":
-            if not self.credentials:
-                return "*"
-            return origin or None
+            return "*"  # never with credentials (__post_init__)
         if origin is None:
             return None
         if allowed == "localhost":

@@ -93,16 +93,20 @@ def _node(value: str) -> str:
 
 
 @functools.lru_cache(maxsize=256)
-def _element(peer: str, host: bytes | None) -> bytes:
+def _element(peer: str, host: bytes | None, proto: str) -> bytes:
     """This hop's ``Forwarded`` element; clients and hosts are few, so it is kept."""
     element = "for=" + _node(peer)
     if host is not None:
         element += ";host=" + _node(host.decode("latin-1"))
-    return (element + ";proto=http").encode("latin-1", "replace")
+    return (element + ";proto=" + proto).encode("latin-1", "replace")
 
 
 def forwarded_lines(
-    incoming: dict[bytes, list[bytes]], peer: str, host: bytes | None, trusted: bool
+    incoming: dict[bytes, list[bytes]],
+    peer: str,
+    host: bytes | None,
+    trusted: bool,
+    proto: str = "http",
 ) -> bytes:
     """The forwarded header lines to send upstream for one request.
 
@@ -112,6 +116,7 @@ def forwarded_lines(
         peer: the address of the client's connection.
         host: the request's ``Host`` value (``None`` for an HTTP/1.0 request without).
         trusted: whether ``peer`` is a trusted proxy (:meth:`ProxyTrust.trusts`).
+        proto: the scheme of the client's connection (``https`` over TLS).
 
     Returns:
         ``Name: value\\r\\n`` lines: ``X-Forwarded-For``, ``X-Forwarded-Proto``,
@@ -120,20 +125,20 @@ def forwarded_lines(
         and its proto, host and ``X-Real-IP`` kept.
     """
     addr = peer.encode("latin-1", "replace")
-    element = _element(peer, host)
-    xff, proto, xhost, fwd, real = addr, b"http", host, element, None
+    element = _element(peer, host, proto)
+    xff, scheme, xhost, fwd, real = addr, proto.encode(), host, element, None
     if trusted and incoming:
         if chain := incoming.get(b"x-forwarded-for"):
             xff = b", ".join([*chain, addr])
         if chain := incoming.get(b"forwarded"):
             fwd = b", ".join([*chain, element])
         if values := incoming.get(b"x-forwarded-proto"):
-            proto = values[0]
+            scheme = values[0]
         if values := incoming.get(b"x-forwarded-host"):
             xhost = values[0]
         if values := incoming.get(b"x-real-ip"):
             real = values[0]
-    out = b"X-Forwarded-For: " + xff + b"\r\nX-Forwarded-Proto: " + proto + b"\r\n"
+    out = b"X-Forwarded-For: " + xff + b"\r\nX-Forwarded-Proto: " + scheme + b"\r\n"
     if xhost is not None:
         out += b"X-Forwarded-Host: " + xhost + b"\r\n"
     out += b"Forwarded: " + fwd + b"\r\n"

@@ -38,6 +38,7 @@ import contextlib
 import json
 import logging
 import re
+import ssl as ssl_
 from collections.abc import Awaitable, Callable, Iterable
 from http import HTTPStatus
 from typing import Any, cast
@@ -129,7 +130,17 @@ def encode_headers(headers: Iterable[tuple[str | bytes, str | bytes]]) -> bytes:
 class Request:
     """One parsed request: what the handler reads. Header names keep their case."""
 
-    __slots__ = ("body", "headers", "keep_alive", "method", "path", "remote", "target", "version")
+    __slots__ = (
+        "body",
+        "headers",
+        "keep_alive",
+        "method",
+        "path",
+        "remote",
+        "scheme",
+        "target",
+        "version",
+    )
 
     def __init__(
         self,
@@ -140,6 +151,7 @@ class Request:
         version: str,
         keep_alive: bool,
         remote: str,
+        scheme: str = "http",
     ) -> None:
         self.method = method
         self.target = target  # path and query as sent, for the upstream request
@@ -152,6 +164,8 @@ class Request:
         self.version = version
         self.keep_alive = keep_alive
         self.remote = remote
+        self.scheme = scheme
+        """``https`` when the client's connection is TLS, else ``http``."""
 
     def header(self, name: bytes) -> str | None:
         """The first value of a header, by lower-case name."""
@@ -333,6 +347,7 @@ class _Connection(FlowControl):
         "_url",
         "parser",
         "remote",
+        "scheme",
         "server",
     )
 
@@ -341,6 +356,7 @@ class _Connection(FlowControl):
         self.server = server
         self.parser = httptools.HttpRequestParser(self)
         self.remote = "-"
+        self.scheme = "http"
         self._queue: list[Request | _Error] = []  # a list: a deque costs 600 bytes more
         self._queued_bytes = 0
         self._task: asyncio.Task[None] | None = None
@@ -362,6 +378,8 @@ class _Connection(FlowControl):
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
             self.remote = str(peer[0])
+        if transport.get_extra_info("sslcontext") is not None:
+            self.scheme = "https"
         self.server.connections.add(self)
         self._arm_idle()
 
@@ -487,6 +505,7 @@ class _Connection(FlowControl):
             parser.get_http_version(),
             parser.should_keep_alive(),
             self.remote,
+            self.scheme,
         )
         self._body = []
         if parser.should_upgrade():  # its body, if any, is read in _upgrade
@@ -688,10 +707,12 @@ class HttpServer:
         self._server: asyncio.base_events.Server | None = None
         self.port = 0
 
-    async def start(self, host: str, port: int) -> int:
+    async def start(self, host: str, port: int, *, ssl: ssl_.SSLContext | None = None) -> int:
+        """Listen on ``host:port`` (0: any free port), over TLS when ``ssl`` is given;
+        returns the port."""
         self.loop = asyncio.get_running_loop()
         self._server = await self.loop.create_server(
-            lambda: _Connection(self), host, port, reuse_address=True, backlog=4096
+            lambda: _Connection(self), host, port, reuse_address=True, backlog=4096, ssl=ssl
         )
         self.port = int(self._server.sockets[0].getsockname()[1])
         return self.port

@@ -49,6 +49,7 @@ def backend_json(backend: Backend, now: float) -> dict[str, Any]:
         "slots_total": backend.slots_total,
         "slots_busy": backend.busy,
         "slots_free": backend.free,
+        "slots_share": backend.slots_share,
         "slots_processing_reported": backend.slots_processing,
         "reserved": backend.reserved,
         "set_aside": backend.set_aside,
@@ -106,6 +107,7 @@ class Management:
         self.rollout: Rollout | None = None
         self.metrics: Metrics | None = None
         self.inference_port = 0
+        self.inference_scheme = "http"
         self._page = dashboard.page()
 
     def install(self, app: web.Application) -> None:
@@ -162,7 +164,9 @@ class Management:
         host = request.url.host or "127.0.0.1"
         if ":" in host:
             host = f"[{host}]"
-        return web.json_response({"inference_url": f"http://{host}:{self.inference_port}"})
+        return web.json_response(
+            {"inference_url": f"{self.inference_scheme}://{host}:{self.inference_port}"}
+        )
 
     async def prometheus(self, request: web.Request) -> web.Response:
         """Prometheus text format (``--management-token`` applies when set)."""
@@ -337,7 +341,8 @@ class _AgentSession:
             api_key=message.api_key,
             now=now,
         )
-        agent = fleet.report(self.agent_id, to_report(message.status), now)
+        report = dataclasses.replace(to_report(message.status), slots_share=message.share)
+        agent = fleet.report(self.agent_id, report, now)
         self.mgmt.sockets[self.agent_id] = self.ws
         log.info("agent registered from %s: %r", self.peer, agent)
         self.mgmt.dispatcher.changed()
@@ -348,7 +353,7 @@ class _AgentSession:
         now = self.mgmt.clock.now()
         if isinstance(message, m.Status):
             before = fleet.get(self.agent_id).state
-            report = to_report(message.status)
+            report = dataclasses.replace(to_report(message.status), slots_share=message.share)
             if message.read_age is not None:
                 report = dataclasses.replace(report, read_at=now - message.read_age)
             was = fleet.get(self.agent_id).condition

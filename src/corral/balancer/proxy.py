@@ -625,7 +625,7 @@ def _upstream_headers(
         for name in nominated & FORWARDED_HEADERS:
             forwarded.pop(name, None)
     head += _line(b"X-Request-Id", request_id)
-    head += forwarded_lines(forwarded, request.remote, host, trusted)
+    head += forwarded_lines(forwarded, request.remote, host, trusted, request.scheme)
     return bytes(head)
 
 

@@ -140,6 +140,13 @@ BALANCER = Schema(
             positive(float),
             default=10.0,
         ),
+        Setting(
+            "tls_cert",
+            "PEM certificate (chain) for TLS on both listeners (https, wss); with --tls-key",
+            Path,
+            default_text="off: plain HTTP",
+        ),
+        Setting("tls_key", "PEM private key of --tls-cert", Path),
         Setting("agent_token", "secret agents must present to register", secret=True),
         Setting("management_token", "secret required by the management API", secret=True),
         Setting(
@@ -226,8 +233,9 @@ BALANCER = Schema(
         ),
         Setting(
             "cors_credentials",
-            "whether to allow credentials for CORS; with --cors-origins '*' the Origin "
-            "header is then echoed back with credentials allowed",
+            "whether to allow credentials for CORS; needs a list of origins or 'localhost' "
+            "(refused with --cors-origins '*', which llama-server answers by echoing any "
+            "Origin with credentials allowed)",
             switch=True,
             negatable=True,
             default_text="disabled; llama-server enables it, which lets any page use a "
@@ -339,6 +347,18 @@ AGENT = Schema(
             "(its server is ready and registered with a balancer)",
             addr,
             default_text="off",
+        ),
+        Setting(
+            "tls",
+            "connect to balancers over wss:// (TLS), verifying their certificates against "
+            "the system's CAs or --tls-ca",
+            switch=True,
+        ),
+        Setting(
+            "tls_ca",
+            "PEM file of the CA(s) that signed the balancers' certificates (implies --tls)",
+            Path,
+            default_text="the system's CAs",
         ),
         *COMMON,
     ),

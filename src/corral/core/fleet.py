@@ -30,6 +30,17 @@ would leave a slot idle until the next report. A report that says nothing of its
 report can only overstate ``external``: slots stay unused for a while, never
 overloaded.
 
+Several balancers (high availability) cannot see each other's requests but through
+reports, which lag. So an agent that reports to several gives each a share of its
+server's slots (``slots_share``; the shares sum to ``slots_total``), and a balancer
+never holds more than its share::
+
+    free = max(0, min(slots_total - reserved - external, slots_share - reserved))
+
+The server then never gets more requests than it has slots, whatever the lag; the
+price is fragmentation (a balancer with no free share waits while the other's share
+idles). When a balancer leaves, its agent gives its share to the others at once.
+
 A backend can be picked when it is *routable*: its server reports ready, its
 heartbeats are on time, and no request to it failed since its last ready report
 ("set aside"). Routable backends with a free slot sit in a per-model index of buckets
@@ -111,10 +122,15 @@ class Report:
     """The server's host prompt cache (``--cache-ram``), MiB; -1 unlimited, 0 off, None unknown."""
     read_at: float | None = None
     """When the agent started reading the server, on the balancer's clock (None: unknown)."""
+    slots_share: int | None = None
+    """Slots of the server this balancer may use (its agent reports to several
+    balancers and gives each a share); None: all of them."""
 
     def __post_init__(self) -> None:
         if self.slots_total < 0 or self.slots_processing < 0:
             raise ValueError("slot counts cannot be negative")
+        if self.slots_share is not None and self.slots_share < 0:
+            raise ValueError("a share of slots cannot be negative")
 
 
 @dataclass(eq=False, slots=True)
@@ -141,6 +157,7 @@ class Backend:
     cordoned: bool = False  # the balancer sends it nothing: a change is coming
     cordoned_at: float = 0.0
     apply_sent: int = 0  # generation of the last Apply sent to it
+    slots_share: int | None = None  # this balancer's share of the slots (None: all)
     reserved: int = 0
     reserved_at_report: int = 0
     # (time, +1 reserve / -1 release), newer than ``_log_from``: for Report.read_at
@@ -161,7 +178,10 @@ class Backend:
 
     @property
     def free(self) -> int:
-        return max(0, self.slots_total - self.reserved - self.external)
+        free = self.slots_total - self.reserved - self.external
+        if self.slots_share is not None:  # never more than our share, whatever the rest
+            free = min(free, self.slots_share - self.reserved)
+        return max(0, free)
 
     @property
     def busy(self) -> int:
@@ -358,6 +378,7 @@ class Fleet:
         backend.model = report.model
         backend.slots_total = report.slots_total
         backend.slots_processing = report.slots_processing
+        backend.slots_share = report.slots_share
         backend.issues = report.issues
         backend.supervisor = report.supervisor
         backend.applied_generation = report.applied_generation

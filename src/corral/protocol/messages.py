@@ -99,6 +99,11 @@ class Register(msgspec.Struct, frozen=True, tag="register", omit_defaults=True):
     address: Address  # where the balancer sends requests (the external address)
     status: ServerStatus
     api_key: str | None = None  # the server's own key; the balancer sends it upstream
+    share: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    """Slots of the server this balancer may use at once: an agent that reports to
+    several balancers splits its slots between them (see docs/ha.md), so that together
+    they never send the server more requests than it has slots. None: all of them
+    (one balancer, or an agent before 0.3)."""
 
 
 class Status(msgspec.Struct, frozen=True, tag="status", omit_defaults=True):
@@ -109,6 +114,11 @@ class Status(msgspec.Struct, frozen=True, tag="status", omit_defaults=True):
     """Seconds from when the agent started reading the server for this status to when
     it sent it. The balancer uses it to tell its own requests that finished meanwhile
     from load that came from elsewhere. None: unknown (agents before 0.2 send none)."""
+    share: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    """Slots of the server this balancer may use at once: an agent that reports to
+    several balancers splits its slots between them (see docs/ha.md), so that together
+    they never send the server more requests than it has slots. None: all of them
+    (one balancer, or an agent before 0.3)."""
 
 
 class Heartbeat(msgspec.Struct, frozen=True, tag="heartbeat"):
@@ -161,6 +171,10 @@ def _decode(decoder: msgspec.json.Decoder[Any], data: bytes | str, side: str) ->
         raise ProtocolError(f"invalid {side} message: {exc}") from None
     except msgspec.DecodeError as exc:
         raise ProtocolError(f"malformed JSON: {exc}") from None
+    except UnicodeDecodeError as exc:  # msgspec's, for a tag or enum value not in UTF-8
+        raise ProtocolError(
+            f"malformed JSON: not UTF-8 ({exc.reason} at byte {exc.start})"
+        ) from None
 
 
 def decode_agent_message(data: bytes | str) -> AgentMessage:

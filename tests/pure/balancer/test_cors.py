@@ -1,7 +1,11 @@
 """CORS answers, as llama-server gives them for the same settings (checked on the
 pinned build), but for the safe default and lists of origins."""
 
-from corral.balancer.cors import Cors
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from corral.balancer.cors import Cors, CorsError
 
 
 def preflight(cors: Cors, origin: str | None) -> dict[str, str]:
@@ -20,12 +24,30 @@ def test_the_default_allows_any_origin_without_credentials():
     assert cors.response_headers(None) == [("Access-Control-Allow-Origin", "*")]
 
 
-def test_credentials_with_any_origin_reflect_it_as_llama_server_does():
-    cors = Cors(credentials=True)
-    headers = preflight(cors, "http://evil.example")
-    assert headers["Access-Control-Allow-Origin"] == "http://evil.example"
-    assert headers["Access-Control-Allow-Credentials"] == "true"
-    assert cors.response_headers(None) == []
+def test_credentials_with_any_origin_are_refused_unlike_llama_server():
+    # llama-server reflects every Origin with Allow-Credentials: true: any page could
+    # then use a visitor's cookies against the API.
+    with pytest.raises(CorsError, match="any web page"):
+        Cors(credentials=True)
+    with pytest.raises(CorsError):
+        Cors(origins=" * ", credentials=True)
+
+
+@given(
+    origins=st.sampled_from(["*", "localhost", "http://a.test", "http://a.test, http://b.test"]),
+    credentials=st.booleans(),
+    origin=st.one_of(st.none(), st.text(max_size=30), st.just("http://evil.example")),
+)
+def test_no_setting_allows_credentials_for_every_origin(origins, credentials, origin):
+    try:
+        cors = Cors(origins=origins, credentials=credentials)
+    except CorsError:
+        return
+    headers = preflight(cors, origin)
+    if headers["Access-Control-Allow-Credentials"] == "true":
+        allowed = headers.get("Access-Control-Allow-Origin")
+        assert allowed in (None, origin) and allowed != "*"
+        assert cors.allow_origin("http://evil.example") is None
 
 
 def test_localhost_reflects_local_pages_only():

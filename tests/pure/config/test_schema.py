@@ -88,6 +88,8 @@ def test_the_public_flags_and_env_names_stay():
         "--cors-methods": "CORRAL_CORS_METHODS",
         "--cors-headers": "CORRAL_CORS_HEADERS",
         "--cors-credentials": "CORRAL_CORS_CREDENTIALS",
+        "--tls-cert": "CORRAL_TLS_CERT",
+        "--tls-key": "CORRAL_TLS_KEY",
         "--log-level": "CORRAL_LOG_LEVEL",
         "--log-format": "CORRAL_LOG_FORMAT",
     }
@@ -96,7 +98,7 @@ def test_the_public_flags_and_env_names_stay():
         "--llama-server", "--llamacpp-port", "--quiet-server", "--external-llamacpp-addr",
         "--management-addr", "--name", "--llamacpp-api-key", "--agent-token",
         "--poll-interval", "--read-timeout", "--slots-gap", "--idle-slots-interval",
-        "--probe-addr", "--log-level", "--log-format",
+        "--probe-addr", "--tls", "--tls-ca", "--log-level", "--log-format",
     ]  # fmt: skip
     assert [s.env for s in SIM][:6] == [
         "CORRAL_SIM_ADDR", "CORRAL_SIM_SLOTS", "CORRAL_SIM_MODEL", "CORRAL_SIM_NAME",

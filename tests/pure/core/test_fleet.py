@@ -223,3 +223,28 @@ def test_busy_slot_reports_do_not_wake_the_rollout_but_generations_do():
     assert fleet.membership == start + 1
     fleet.report("a", Report(Condition.LOADING, model="m", slots_total=4), now=3)
     assert fleet.membership == start + 2
+
+
+def test_a_balancer_never_holds_more_than_its_share():
+    import dataclasses
+
+    fleet = fleet_with(("a", 2))
+    fleet.report("a", dataclasses.replace(ready(2), slots_share=1), now=1)
+    backend = fleet.get("a")
+    assert backend.free == 1
+    fleet.reserve("a")
+    assert backend.free == 0  # the other slot is the other balancer's
+    assert [b.id for b in fleet.candidates(["m"])] == []
+    # the other balancer's request shows as external load: still one of ours, no more
+    fleet.report("a", dataclasses.replace(ready(2, busy=2), slots_share=1), now=2)
+    assert backend.free == 0
+    fleet.release("a")
+    assert backend.free == 1  # ours is free at once; the other's is still busy
+    fleet.report("a", dataclasses.replace(ready(2, busy=1), slots_share=1), now=3)
+    assert backend.free == 1
+    # the other balancer left: its agent gives us the whole server
+    fleet.report("a", dataclasses.replace(ready(2), slots_share=2), now=4)
+    assert backend.free == 2
+    fleet.check_index()
+    with pytest.raises(ValueError, match="share"):
+        dataclasses.replace(ready(2), slots_share=-1)

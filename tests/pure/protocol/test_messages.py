@@ -1,6 +1,10 @@
 """Protocol decoding: every bad frame becomes one ProtocolError with a clear reason."""
 
+import contextlib
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from corral.protocol import (
     PROTOCOL_VERSION,
@@ -86,3 +90,26 @@ def test_unicode_names_are_fine():
         '"status":{"condition":"ready"}}'
     ).encode()
     assert decode_agent_message(frame).name == "ゲーム-gpu 🚀"
+
+
+@given(st.one_of(st.binary(max_size=300), st.text(max_size=300)))
+def test_any_frame_decodes_or_is_a_protocol_error(data):
+    from corral.protocol.messages import decode_desired_state
+
+    for decode in (decode_agent_message, decode_balancer_message, decode_desired_state):
+        with contextlib.suppress(ProtocolError):
+            decode(data)
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        b'{"type": "stat\xa3us"}',  # a tag that is not UTF-8
+        b'{"type": "status", "status": {"condition": "re\xa3dy"}}',  # an enum value
+    ],
+)
+def test_bytes_that_are_not_utf8_are_a_protocol_error(frame: bytes):
+    """msgspec raises UnicodeDecodeError for some of these (found by benchmarks/fuzz.py):
+    the decoder's one error type covers them too."""
+    with pytest.raises(ProtocolError, match="malformed JSON"):
+        decode_agent_message(frame)

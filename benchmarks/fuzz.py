@@ -1,0 +1,716 @@
+"""Fuzz the balancer's three network surfaces with property-based inputs (hypothesis).
+
+    PYTHONPATH=src .venv/bin/python benchmarks/fuzz.py [--examples N] [--surface NAME]
+
+One balancer runs in a background thread's event loop, with one agent and a
+simulated llama-server behind it that records every request the balancer sends it.
+Each case is checked, then the balancer must still serve a plain request.
+
+- **http** (the inference listener, :mod:`corral.balancer.http_server`): one
+  connection per case carries a sequence of segments: well-formed requests (each
+  with a nonce in its body), smuggling shapes that hide a whole request in or after
+  them (Content-Length with Transfer-Encoding, two Content-Lengths, bad chunk sizes,
+  obsolete line folding, bare CR and LF, NUL, bad versions and codings, a body that
+  never ends), huge or many headers, mutated and random bytes; the bytes are cut
+  at random points and written with small delays (slow writes, pipelining). The
+  requests before the first bad segment are each served once, in order, with 200;
+  after a bad segment at most one answer comes, a 4xx or 5xx, and nothing after it
+  reaches the server; the server never sees a body the client did not send, nor one
+  nonce twice; the connection is closed by the balancer or stays usable.
+- **agent** (the agent protocol through the management WebSocket): frames valid,
+  mutated, random, out of order (status before register, register twice), of the
+  wrong type, oversized. No frame makes the balancer raise; the socket's agent is
+  gone from the fleet when it closes; the fleet's counters stay in range.
+- **management** (the management API): random methods, paths, tokens and bodies.
+  Nothing answers 5xx; without the token nothing but the public routes answers 2xx
+  and the desired state does not change.
+
+At the end no reservation is left held. The count of cases run per surface is
+printed (the figure for docs/benchmarks.md, "Fuzzing"). A failure prints the
+smallest input hypothesis found and exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import logging
+import re
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import aiohttp
+from aiohttp import web
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from corral.addr import Addr
+from corral.agent import Agent, AgentConfig
+from corral.balancer import Balancer, BalancerConfig
+from corral.sim import SimConfig, make_app
+
+T = TypeVar("T")
+ANY = Addr("127.0.0.1", 0)
+TOKEN = "fuzz-management-token"
+IDLE = 0.3
+"""Seconds the fuzzed listener waits on an idle or half-sent request (75 s normally)."""
+READ_LIMIT = 10.0
+"""Seconds a case's connection may stay open after its last byte: longer is a hang."""
+_NONCE = re.compile(rb"n(\d+)x")
+
+
+# ------------------------------------------------------------------ the target
+@dataclass
+class Seen:
+    method: str
+    path: str
+    body: bytes
+
+
+@dataclass
+class Target:
+    """A balancer, a recording simulated server and its agent, on a loop in a thread."""
+
+    loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)
+    seen: list[Seen] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    statuses: Counter[int] = field(default_factory=Counter)
+    server_errors: list[tuple[bytes, bytes]] = field(default_factory=list)
+    """(what was sent, the answer's body) of each 5xx answer, to look at."""
+    """Answers of the fuzzed listener by status (what the cases exercised)."""
+    balancer: Balancer | None = None
+    _stops: list[Any] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    @property
+    def b(self) -> Balancer:
+        assert self.balancer is not None
+        return self.balancer
+
+    async def start(self) -> None:
+        self.http = aiohttp.ClientSession()
+        app = make_app(SimConfig(name="rec", tokens_per_second=1e6))
+
+        async def record(request: web.Request, response: web.StreamResponse) -> None:
+            if "X-Request-Id" in request.headers:
+                self.seen.append(Seen(request.method, request.raw_path, await request.read()))
+
+        app.on_response_prepare.append(record)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        self._stops.append(runner.cleanup)
+        balancer = Balancer(
+            BalancerConfig(inference_addr=ANY, management_addr=ANY, management_token=TOKEN)
+        )
+        await balancer.start()
+        self._stops.append(balancer.stop)
+        assert balancer._inference is not None
+        balancer._inference.keepalive_timeout = IDLE
+        self.balancer = balancer
+        agent = Agent(
+            AgentConfig(
+                local_llamacpp_addr=Addr("127.0.0.1", runner.addresses[0][1]),
+                management_addrs=(Addr("127.0.0.1", balancer.management_port),),
+                name="rec",
+                poll_interval=0.05,
+            )
+        )
+        await agent.start()
+        self._stops.append(agent.stop)
+        await self.until(lambda: any(a.routable for a in balancer.fleet), "the agent ready")
+
+    async def stop(self) -> None:
+        for stop in reversed(self._stops):
+            with contextlib.suppress(Exception):
+                await stop()
+        await self.http.close()
+
+    def close(self) -> None:
+        self.call(self.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+
+    async def until(self, check: Any, what: str, within: float = 5.0) -> None:
+        deadline = time.monotonic() + within
+        while not check():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}: {self.b!r}")
+            await asyncio.sleep(0.01)
+
+    async def still_serves(self) -> None:
+        """A plain request on a new connection gets 200, and the fleet is as it was."""
+        await self.until(lambda: len(self.b.fleet) == 1, "the fleet back to its one agent")
+        url = f"http://127.0.0.1:{self.b.inference_port}/tokenize"
+        async with self.http.post(url, json={"content": "alive"}) as r:
+            assert r.status == 200, f"the balancer stopped serving: {r.status}"
+        assert not self.errors, f"the balancer logged an unhandled error: {self.errors[0]}"
+
+    async def no_reservation_held(self) -> None:
+        await self.until(
+            lambda: all(a.reserved == 0 for a in self.b.fleet), "every reservation released"
+        )
+
+
+class _Errors(logging.Handler):
+    """Collects records with a traceback: a fuzz input must never cause one."""
+
+    def __init__(self, target: Target) -> None:
+        super().__init__(logging.ERROR)
+        self.target = target
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info:
+            self.target.errors.append(self.format(record))
+
+
+# ------------------------------------------------------------ http: the inputs
+@dataclass(frozen=True)
+class Segment:
+    data: bytes
+    kind: str  # "good" (served if nothing bad came before), "bad" (refused), "maybe"
+    nonces: tuple[int, ...] = ()  # in bodies the client sent as requests
+    hidden: tuple[int, ...] = ()  # in requests smuggled inside a bad segment
+    body: bytes | None = None  # a chunked request's body, de-chunked
+
+
+class Nonces:
+    def __init__(self) -> None:
+        self.next = 0
+
+    def __call__(self) -> int:
+        self.next += 1
+        return self.next
+
+
+def _body(nonce: int) -> bytes:
+    return b'{"content": "n%dx"}' % nonce
+
+
+def _request(nonce: int, *extra: bytes, close: bool = False) -> bytes:
+    body = _body(nonce)
+    lines = [b"POST /tokenize HTTP/1.1", b"Host: a", b"Content-Length: %d" % len(body), *extra]
+    if close:
+        lines.append(b"Connection: close")
+    return b"\r\n".join([*lines, b"", b""]) + body
+
+
+def _chunked(nonce: int) -> bytes:
+    body = _body(nonce)
+    half = len(body) // 2
+    head = b"POST /tokenize HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+    chunks = b"%x\r\n%s\r\n%x;ext=1\r\n%s\r\n0\r\n\r\n" % (
+        half,
+        body[:half],
+        len(body) - half,
+        body[half:],
+    )
+    return head + chunks
+
+
+def _head(*lines: bytes, version: bytes = b"1.1") -> bytes:
+    return b"\r\n".join([b"POST /tokenize HTTP/" + version, *lines, b"", b""])
+
+
+def _smuggling(hidden: int) -> dict[str, bytes]:
+    """Requests a proxy must refuse, each hiding request ``hidden`` in or after it."""
+    body = _body(hidden)
+    inner = _request(hidden)
+    chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    n = len(body)
+    return {
+        "cl-te": _head(b"Host: a", b"Content-Length: 4", b"Transfer-Encoding: chunked")
+        + chunked
+        + inner,
+        "te-cl": _head(b"Host: a", b"Transfer-Encoding: chunked", b"Content-Length: 4")
+        + chunked
+        + inner,
+        "two-cl": _head(
+            b"Host: a", b"Content-Length: %d" % n, b"Content-Length: %d" % (n + len(inner))
+        )
+        + body
+        + inner,
+        "cl-list": _head(b"Host: a", b"Content-Length: %d, %d" % (n, n)) + body + inner,
+        "cl-plus": _head(b"Host: a", b"Content-Length: +%d" % n) + body + inner,
+        "bad-chunk-size": _head(b"Host: a", b"Transfer-Encoding: chunked") + b"zz\r\n" + inner,
+        "chunk-overflow": _head(b"Host: a", b"Transfer-Encoding: chunked")
+        + b"f" * 20
+        + b"\r\n"
+        + inner,
+        "chunk-no-crlf": _head(b"Host: a", b"Transfer-Encoding: chunked")
+        + b"%x\r\n%sXX0\r\n\r\n" % (n, body)
+        + inner,
+        "obs-fold": _head(
+            b"Host: a", b"X-A: 1", b" Transfer-Encoding: chunked", b"Content-Length: %d" % n
+        )
+        + body
+        + inner,
+        "bare-lf": b"POST /tokenize HTTP/1.1\nHost: a\nContent-Length: %d\n\n" % n + body + inner,
+        "bare-cr": b"POST /tokenize HTTP/1.1\rHost: a\r\nContent-Length: %d\r\n\r\n" % n
+        + body
+        + inner,
+        "space-before-colon": _head(b"Host: a", b"Content-Length : %d" % n) + body + inner,
+        "nul-in-header": _head(b"Host: a", b"X-A: a\x00b", b"Content-Length: %d" % n)
+        + body
+        + inner,
+        "te-in-http10": _head(b"Host: a", b"Transfer-Encoding: chunked", version=b"1.0")
+        + chunked
+        + inner,
+        "te-gzip": _head(b"Host: a", b"Transfer-Encoding: gzip, chunked") + chunked + inner,
+        "te-identity": _head(b"Host: a", b"Transfer-Encoding: identity", b"Content-Length: %d" % n)
+        + body
+        + inner,
+        "http2-version": _head(b"Host: a", b"Content-Length: %d" % n, version=b"2.0")
+        + body
+        + inner,
+        "two-hosts": _head(b"Host: a", b"Host: b", b"Content-Length: %d" % n) + body + inner,
+        "no-host": _head(b"Content-Length: %d" % n) + body + inner,
+        "huge-header": _head(b"Host: a", b"X-Big: " + b"a" * 70_000, b"Content-Length: %d" % n)
+        + body
+        + inner,
+        "many-headers": _head(
+            b"Host: a", *(b"X-%d: 1" % i for i in range(150)), b"Content-Length: %d" % n
+        )
+        + body
+        + inner,
+        "fragment": b"POST /tokenize#x HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % n
+        + body
+        + inner,
+        "body-never-ends": _head(b"Host: a", b"Content-Length: 100000") + inner,
+        "head-never-ends": b"POST /tokenize HTTP/1.1\r\nHost: a\r\nX-A: " + inner,
+    }
+
+
+SMUGGLING_SHAPES = tuple(_smuggling(0))
+
+
+@st.composite
+def segments(draw: st.DrawFn, nonces: Nonces) -> list[Segment]:
+    """A connection's worth of segments, ending with a request that closes it."""
+    out: list[Segment] = []
+    for _ in range(draw(st.integers(0, 5))):
+        choice = draw(
+            st.sampled_from(["good", "good", "chunked", "health", "bad", "mutated", "random"])
+        )
+        if choice == "good":
+            n = nonces()
+            extra = draw(
+                st.sampled_from(
+                    [(), (b"X-A: b",), (b"Expect: 100-continue",), (b"Connection: keep-alive",)]
+                )
+            )
+            out.append(Segment(_request(n, *extra), "good", (n,)))
+        elif choice == "chunked":
+            n = nonces()
+            out.append(Segment(_chunked(n), "good", (n,), body=_body(n)))
+        elif choice == "health":
+            out.append(Segment(b"GET /health HTTP/1.1\r\nHost: a\r\n\r\n", "good"))
+        elif choice == "bad":
+            h = nonces()
+            shape = draw(st.sampled_from(SMUGGLING_SHAPES))
+            out.append(Segment(_smuggling(h)[shape], "bad", hidden=(h,)))
+        elif choice == "mutated":
+            n = nonces()
+            data = bytearray(_request(n))
+            for _ in range(draw(st.integers(1, 3))):
+                at = draw(st.integers(0, 10_000)) % len(data)  # not by length: nonces vary
+                op = draw(st.sampled_from(["flip", "insert", "delete"]))
+                byte = draw(st.sampled_from(b"\r\n :;\x00\t,0-9aZ\x7f\xff"))
+                if op == "flip":
+                    data[at] = byte
+                elif op == "insert":
+                    data.insert(at, byte)
+                elif len(data) > 1:
+                    del data[at]
+            out.append(Segment(bytes(data), "maybe", (n,)))
+        else:
+            out.append(Segment(draw(st.binary(min_size=1, max_size=64)), "maybe"))
+    n = nonces()
+    out.append(Segment(_request(n, close=True), "good", (n,)))
+    return out
+
+
+# ------------------------------------------------------------ http: the checks
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+def parse_responses(data: bytes) -> list[Response]:
+    """The responses in a connection's bytes, in order.
+
+    Raises:
+        AssertionError: the bytes are not a sequence of well-formed responses.
+    """
+    out: list[Response] = []
+    while data:
+        end = data.find(b"\r\n\r\n")
+        assert end >= 0, f"a response head never ended: {data[:200]!r}"
+        status_line, *lines = data[:end].decode("latin-1").split("\r\n")
+        version, status, *_ = status_line.split(" ")
+        assert version in ("HTTP/1.1", "HTTP/1.0"), status_line
+        headers = {}
+        for line in lines:
+            name, colon, value = line.partition(":")
+            assert colon and name.strip() == name, f"bad header line {line!r}"
+            headers[name.lower()] = value.strip()
+        data = data[end + 4 :]
+        code = int(status)
+        if code == 100:
+            continue
+        if headers.get("transfer-encoding", "").lower() == "chunked":
+            body = b""
+            while True:
+                size_end = data.index(b"\r\n")
+                size = int(data[:size_end].split(b";")[0], 16)
+                data = data[size_end + 2 :]
+                if size == 0:
+                    assert data.startswith(b"\r\n"), "trailers are not expected"
+                    data = data[2:]
+                    break
+                body += data[:size]
+                assert data[size : size + 2] == b"\r\n", "a chunk did not end with CRLF"
+                data = data[size + 2 :]
+        else:
+            length = int(headers.get("content-length", "0"))
+            assert len(data) >= length, "a response body was cut short"
+            body, data = data[:length], data[length:]
+        out.append(Response(code, headers, body))
+    return out
+
+
+async def http_case(
+    target: Target, parts: list[Segment], cuts: list[int], delays: list[float]
+) -> None:
+    sent = b"".join(p.data for p in parts)
+    before = len(target.seen)
+    reader, writer = await asyncio.open_connection("127.0.0.1", target.b.inference_port)
+    received = bytearray()
+    try:
+        points = sorted({c % (len(sent) + 1) for c in cuts} | {0, len(sent)})
+        for i, (a, b) in enumerate(itertools.pairwise(points)):
+            writer.write(sent[a:b])
+            if delays and delays[i % len(delays)]:
+                await asyncio.sleep(delays[i % len(delays)])
+            if writer.is_closing():
+                break
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+        async with asyncio.timeout(READ_LIMIT):
+            with contextlib.suppress(ConnectionError):
+                while chunk := await reader.read(65536):
+                    received += chunk
+    except TimeoutError:
+        raise AssertionError(
+            f"the connection stayed open {READ_LIMIT}s after the last byte"
+        ) from None
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+    responses = parse_responses(bytes(received))
+    target.statuses.update(r.status for r in responses)
+    for r in responses:
+        if r.status >= 500:
+            target.server_errors.append((sent, r.body))
+    upstream = target.seen[before:]
+    check_http(parts, sent, responses, upstream)
+
+
+def check_http(
+    parts: list[Segment], sent: bytes, responses: list[Response], upstream: list[Seen]
+) -> None:
+    served = Counter(int(n) for s in upstream for n in _NONCE.findall(s.body))
+    chunked = {p.body for p in parts if p.body is not None}
+    for seen in upstream:
+        assert seen.body in sent or seen.body in chunked, (
+            f"the server got a body the client never sent: {seen.body!r}"
+        )
+    twice = [n for n, count in served.items() if count > 1]
+    assert not twice, f"requests served twice: {twice}"
+    state = "sure"
+    sure = 0
+    for part in parts:
+        if state == "sure" and part.kind == "good":
+            sure += 1
+            for n in part.nonces:
+                assert served[n] == 1, f"request {n} was not served once: {served[n]}"
+            continue
+        if state == "sure":
+            state = "dead" if part.kind == "bad" else "maybe"
+        if state == "dead":
+            for n in (*part.nonces, *part.hidden):
+                assert served[n] == 0, (
+                    f"request {n} came after a refused one and reached the server"
+                )
+    assert len(responses) >= sure, f"{sure} requests should have answers, got {len(responses)}"
+    for i, response in enumerate(responses[:sure]):
+        assert response.status == 200, f"answer {i} is {response.status}: {response.body[:200]!r}"
+    if state == "dead":
+        extra = responses[sure:]
+        assert len(extra) <= 1, f"answers after a refused request: {[r.status for r in extra]}"
+        assert all(r.status >= 400 for r in extra), [r.status for r in extra]
+    for response in responses:
+        assert 200 <= response.status <= 599, response.status
+
+
+# ------------------------------------------------------------ agent protocol
+def _status(slots: int, busy: int, condition: str = "ready") -> dict[str, Any]:
+    return {"condition": condition, "model": "fuzz", "slots_total": slots,
+            "slots_processing": busy, "issues": []}  # fmt: skip
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+ADDRESSES = ["http://127.0.0.1:9", "", "x" * 3000, "ftp://a"]
+
+
+@st.composite
+def agent_frames(draw: st.DrawFn) -> list[bytes | str]:
+    import json
+
+    frames: list[bytes | str] = []
+    for _ in range(draw(st.integers(1, 8))):
+        slots = draw(st.integers(-2, 70000))
+        busy = draw(st.integers(-2, 70000))
+        condition = draw(st.sampled_from(["ready", "loading", "unreachable", "error", "bogus"]))
+        valid: dict[str, Any] = draw(
+            st.sampled_from(
+                [
+                    {"type": "register", "version": draw(st.integers(0, 2)),
+                     "name": draw(st.text(max_size=300)),
+                     "address": draw(st.sampled_from(ADDRESSES)),
+                     "status": _status(slots, busy, condition)},
+                    {"type": "status", "status": _status(slots, busy, condition),
+                     "read_age": draw(st.floats(-1, 5000, allow_nan=False))},
+                    {"type": "heartbeat"},
+                    {"type": "deregister", "reason": draw(st.text(max_size=20))},
+                    {"type": draw(st.text(max_size=12))},
+                ]
+            )
+        )  # fmt: skip
+        kind = draw(
+            st.sampled_from(["valid", "valid", "mutated", "json", "bytes", "text", "oversized"])
+        )
+        if kind == "valid":
+            frames.append(json.dumps(valid).encode())
+        elif kind == "mutated":
+            data = bytearray(json.dumps(valid).encode())
+            at = draw(st.integers(0, len(data) - 1))
+            data[at] = draw(st.integers(0, 255))
+            frames.append(bytes(data))
+        elif kind == "json":
+            frames.append(json.dumps(draw(json_values)).encode())
+        elif kind == "bytes":
+            frames.append(draw(st.binary(max_size=200)))
+        elif kind == "text":
+            frames.append(draw(st.text(max_size=200)))
+        else:
+            frames.append(b'{"type": "heartbeat", "x": "' + b"a" * (1024 * 1024) + b'"}')
+    return frames
+
+
+async def agent_case(target: Target, frames: list[bytes | str]) -> None:
+    url = f"http://127.0.0.1:{target.b.management_port}/api/v1/agent-socket"
+    async with target.http.ws_connect(url) as ws:
+        for frame in frames:
+            if ws.closed:
+                break
+            with contextlib.suppress(ConnectionError):
+                if isinstance(frame, str):
+                    await ws.send_str(frame)
+                else:
+                    await ws.send_bytes(frame)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.05):
+                async for _ in ws:
+                    pass
+        for backend in target.b.fleet:
+            assert 0 <= backend.free <= backend.slots_total, repr(backend)
+            assert backend.reserved >= 0 and backend.slots_total >= 0, repr(backend)
+
+
+# ------------------------------------------------------------ management API
+PATHS = ["/api/v1/agents", "/api/v1/buffered-requests", "/api/v1/desired-state", "/metrics",
+         "/api/v1/info", "/health", "/", "/dashboard", "/api/v1/agent-socket",
+         "/api/v1/agents/stream"]  # fmt: skip
+PUBLIC = {"/health", "/", "/dashboard"}
+
+
+@st.composite
+def management_requests(draw: st.DrawFn) -> tuple[str, str, dict[str, str], bytes]:
+    method = draw(st.sampled_from(["GET", "PUT", "POST", "DELETE", "PATCH", "OPTIONS"]))
+    path = draw(
+        st.sampled_from(PATHS)
+        | st.text("abcdefghijklmnopqrstuvwxyz/_-.%0123456789", max_size=40).map(lambda p: "/" + p)
+    )
+    token = draw(st.sampled_from([None, TOKEN, TOKEN + "x", "", "\u00e9", TOKEN[:-1]]))
+    scheme = draw(st.sampled_from(["Bearer ", "bearer ", "Basic ", "Bearer  "]))
+    headers = {} if token is None else {"Authorization": scheme + token}
+    body = draw(
+        st.sampled_from(
+            [
+                b"",
+                b"{}",
+                b'{"model": "m.gguf"}',
+                b'{"model": 1}',
+                b"[",
+                b'{"slots": -1, "model": "x"}',
+            ]
+        )
+        | st.binary(max_size=100)
+    )
+    return method, path, headers, body
+
+
+async def management_case(
+    target: Target, method: str, path: str, headers: dict[str, str], body: bytes
+) -> None:
+    assert target.b.rollout is not None
+    header = headers.get("Authorization", "")
+    authorized = header[:7].lower() == "bearer " and header[7:].strip() == TOKEN
+    if path == "/api/v1/agents/stream" and authorized and method == "GET":
+        return  # an endless event stream
+    before = target.b.rollout.status()
+    url = f"http://127.0.0.1:{target.b.management_port}{path}"
+    async with target.http.request(method, url, headers=headers, data=body) as r:
+        await r.read()
+        assert r.status < 500, f"{method} {path} answered {r.status}"
+        public = r.url.path in PUBLIC  # as the client sent it: "/." is "/"
+        if not authorized and not public and 200 <= r.status < 300:
+            raise AssertionError(f"{method} {path} answered {r.status} without the token")
+    if not authorized:
+        assert target.b.rollout.status() == before, "the desired state changed without the token"
+
+
+# ------------------------------------------------------------------- running
+SURFACES = ("http", "agent", "management")
+
+
+def run(surface: str, examples: int, target: Target, seed: int | None = None) -> int:
+    """Run ``examples`` cases against ``surface``; returns the number run.
+
+    Raises:
+        AssertionError (or what hypothesis re-raises): a case broke a property.
+    """
+    count = 0
+    nonces = Nonces()
+    options = settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        derandomize=seed is not None,
+        suppress_health_check=list(HealthCheck),
+        print_blob=True,
+    )
+
+    if surface == "http":
+
+        @options
+        @given(
+            segments(nonces),
+            st.lists(st.integers(0, 100_000), max_size=6),
+            st.lists(st.sampled_from([0.0, 0.0, 0.001, 0.01]), max_size=4),
+        )
+        def case(parts: list[Segment], cuts: list[int], delays: list[float]) -> None:
+            nonlocal count
+            count += 1
+            target.call(http_case(target, parts, cuts, delays))
+            target.call(target.still_serves())
+
+    elif surface == "agent":
+
+        @options
+        @given(agent_frames())
+        def case(frames: list[bytes | str]) -> None:
+            nonlocal count
+            count += 1
+            target.call(agent_case(target, frames))
+            target.call(target.still_serves())
+
+    else:
+
+        @options
+        @given(management_requests())
+        def case(request: tuple[str, str, dict[str, str], bytes]) -> None:
+            nonlocal count
+            count += 1
+            target.call(management_case(target, *request))
+            assert not target.errors, target.errors[0]
+
+    case()
+    target.call(target.no_reservation_held())
+    target.call(target.still_serves())
+    return count
+
+
+@contextlib.contextmanager
+def running_target() -> Any:
+    target = Target()
+    handler = _Errors(target)
+    corral_log = logging.getLogger("corral")
+    corral_log.addHandler(handler)
+    aio_log = logging.getLogger("aiohttp")
+    aio_log.addHandler(handler)
+    try:
+        target.call(target.start())
+        yield target
+    finally:
+        corral_log.removeHandler(handler)
+        aio_log.removeHandler(handler)
+        target.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--examples", type=int, default=1000, help="cases per surface")
+    parser.add_argument("--surface", choices=(*SURFACES, "all"), default="all")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.CRITICAL)
+    surfaces = SURFACES if args.surface == "all" else (args.surface,)
+    total = 0
+    with running_target() as target:
+        for surface in surfaces:
+            started = time.monotonic()
+            try:
+                count = run(surface, args.examples, target)
+            except Exception as exc:
+                notes = "\n".join(getattr(exc, "__notes__", []))
+                print(f"{surface}: FAILED: {type(exc).__name__}: {exc}\n{notes}")
+                return 1
+            total += count
+            elapsed = time.monotonic() - started
+            print(
+                f"{surface}: {count} cases in {elapsed:.0f}s ({count / elapsed:.0f}/s), all passed"
+            )
+    answers = ", ".join(f"{k}: {v}" for k, v in sorted(target.statuses.items()))
+    print(f"total: {total} cases; inference answers by status: {answers}")
+    for sent, body in target.server_errors[:5]:
+        print(f"5xx answer {body[:300]!r} to {sent[:600]!r}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
