@@ -28,13 +28,47 @@ from corral.balancer.dispatcher import Dispatcher
 from corral.balancer.errors import HTTPError
 from corral.balancer.metrics import Metrics
 from corral.core.clock import Clock
-from corral.core.fleet import Backend, Issue, Report
+from corral.core.fleet import Backend, Condition, Issue, Report
 from corral.protocol import messages as m
 
 log = logging.getLogger("corral.management")
 
 MAX_FRAME = 1024 * 1024
 MAX_BAD_FRAMES = 20  # consecutive bad frames before a socket is closed
+
+
+_CONDITION_WORDS = {
+    Condition.LOADING: "its server is loading the model",
+    Condition.UNREACHABLE: "its agent cannot reach its server",
+    Condition.UNAUTHORIZED: "its server refuses the agent's API key",
+    Condition.BAD_RESPONSE: "its server does not answer as llama-server does",
+    Condition.ERROR: "its server answers with errors",
+}
+
+
+def not_routable(backend: Backend, now: float) -> list[str]:
+    """Why the balancer sends a backend no requests, in words; empty when it does.
+
+    One sentence per reason, in the order an operator would look into them (the
+    agent's own issues are listed beside them, not repeated here).
+    """
+    reasons: list[str] = []
+    if not backend.heartbeat_ok:
+        reasons.append(
+            f"heartbeat missed: last heard from {max(0.0, now - backend.last_seen):.0f} s ago"
+        )
+    if backend.condition is not Condition.READY:
+        reasons.append(
+            _CONDITION_WORDS.get(backend.condition, f"its server is {backend.condition}")
+        )
+    if backend.set_aside:
+        reasons.append("set aside after a failed request, until its agent reports it ready again")
+    if backend.cordoned:
+        ago = max(0.0, now - backend.cordoned_at)
+        reasons.append(f"cordoned for a rollout {ago:.0f} s ago (draining its requests)")
+    if backend.applying:
+        reasons.append("its agent is applying new settings (restarting its server)")
+    return reasons
 
 
 def backend_json(backend: Backend, now: float) -> dict[str, Any]:
@@ -53,6 +87,7 @@ def backend_json(backend: Backend, now: float) -> dict[str, Any]:
         "reserved": backend.reserved,
         "set_aside": backend.set_aside,
         "issues": [{"code": i.code, "message": i.message} for i in backend.issues],
+        "not_routable": not_routable(backend, now),
         "supervisor": backend.supervisor,
         "applied_generation": backend.applied_generation if backend.supervised else None,
         "last_seen_ago_s": round(max(0.0, now - backend.last_seen), 3),

@@ -37,7 +37,7 @@ from corral.balancer.dispatcher import Dispatcher, Reservation
 from corral.balancer.errors import HTTPError, log_error, sse_error_event
 from corral.balancer.forwarded import FORWARDED_HEADERS, ProxyTrust, forwarded_lines
 from corral.balancer.http_server import Request, Responder, encode_headers
-from corral.balancer.metrics import Metrics, last_counted_event
+from corral.balancer.metrics import Metrics, last_counted_event, token_events
 from corral.balancer.upstream import (
     UpstreamBroken,
     UpstreamError,
@@ -345,7 +345,8 @@ class InferenceProxy:
         model = ex.served_model or ""
         self.metrics.request_done(request.path, model, ex.status, total, ex.waited, ttfb)
         if ex.counted is not None:
-            self.metrics.count_tokens(model or ex.backend or "", ex.counted)
+            agent = ex.backend or ""
+            self.metrics.count_tokens(agent, model or agent, ex.counted, ex.streamed)
         self.request_log(request, ex, total)
 
     def request_log(self, request: Request, ex: _Exchange, total: float) -> None:
@@ -476,6 +477,9 @@ class InferenceProxy:
         sse = "event-stream" in (upstream.header(b"content-type") or "")
         tail: deque[bytes] = deque(maxlen=16)  # the end of the stream, for token counts
         loop = asyncio.get_running_loop()
+        # tokens/s live: one piece of content, one token (settled when the stream ends)
+        tally = self.metrics.tally(target.name, target.model or target.name)
+        live = sse and upstream.status == 200
 
         def relay(chunk: bytes, last: bool) -> None:
             """Straight from the server's socket to the client's, once per read."""
@@ -483,6 +487,9 @@ class InferenceProxy:
                 if ex.first_byte is None:
                     ex.first_byte = loop.time()
                 tail.append(chunk)
+                if live and (events := token_events(chunk)):
+                    ex.streamed += events
+                    tally.stream(events)
             if not out.write_nowait(chunk, last=last) and not last:  # the client is slower
                 upstream.pause_reading()
                 out.when_writable(upstream.resume_reading)
@@ -527,6 +534,7 @@ class _Exchange:
     waited: float = 0.0
     first_byte: float | None = None
     counted: bytes | None = None  # the JSON that reports usage/timings
+    streamed: int = 0  # token events counted live as the answer was relayed
 
 
 def _nominated(values: list[bytes]) -> frozenset[bytes]:
