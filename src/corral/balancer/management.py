@@ -152,6 +152,7 @@ class Management:
         app.router.add_get("/metrics", self.prometheus)
         app.router.add_get("/", self.dashboard)
         app.router.add_get("/dashboard", self.dashboard)
+        app.router.add_get("/dashboard/vendor/{name}", self.vendor)
         app.router.add_get("/api/v1/info", self.info)
         app.router.add_get("/health", self.health)
 
@@ -189,6 +190,16 @@ class Management:
     async def dashboard(self, request: web.Request) -> web.Response:
         """The web dashboard (its data comes from the API, with the token if set)."""
         return web.Response(body=self._page, content_type="text/html", charset="utf-8")
+
+    async def vendor(self, request: web.Request) -> web.Response:
+        """The dashboard's vendored charting library (no token: it is public code)."""
+        found = dashboard.vendor(request.match_info["name"])
+        if found is None:
+            raise HTTPError(404, "no such file")
+        body, content_type = found
+        return web.Response(
+            body=body, content_type=content_type, headers={"Cache-Control": "max-age=86400"}
+        )
 
     async def info(self, request: web.Request) -> web.Response:
         """Where the inference listener is, as seen from this request's host."""
