@@ -2,10 +2,13 @@
 
 Starts a balancer and N agents in supervisor mode, each running its own llama-server
 (the pinned llama.cpp build, the bundled model by default); waits until every server
-is ready; prints where to send requests; and on Ctrl-C stops everything: the agents
-(which stop their servers), then the balancer, each with SIGTERM and SIGKILL after a
-timeout. Children get SIGTERM if their parent dies (``PR_SET_PDEATHSIG``), so nothing
-is left behind.
+is ready; prints where to send requests; and on Ctrl-C stops everything: the balancer
+first (it takes no new request and lets those in flight finish, up to its shutdown
+timeout), then the agents (which stop their servers), each with SIGTERM and SIGKILL
+after a timeout. It says what it waits for (requests in flight, seconds left); a second
+Ctrl-C stops everything at once, as uvicorn's does. The children run in their own
+session, so the terminal's Ctrl-C reaches ``corral up`` alone and the order holds; they
+get SIGTERM if their parent dies (``PR_SET_PDEATHSIG``), so nothing is left behind.
 """
 
 from __future__ import annotations
@@ -14,9 +17,11 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +33,10 @@ from corral.llamacpp import bundled_model, llama_server_path
 from corral.llamacpp.process import spawn, terminate
 
 log = logging.getLogger("corral.up")
+
+SHUTDOWN_TIMEOUT = 10.0
+"""How long the balancer lets requests in flight finish when it stops (its default
+``shutdown_timeout``); ``corral up`` gives it a few seconds more before SIGKILL."""
 
 
 @dataclass(frozen=True)
@@ -55,15 +64,21 @@ class _Child:
         self.name = name
         self.log_path = log_path
         self._log = log_path.open("wb")
-        self.process = spawn(command, stdout=self._log, stderr=subprocess.STDOUT)
+        self.process = spawn(
+            command, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
     def tail(self, lines: int = 15) -> str:
         text = self.log_path.read_text(errors="replace").splitlines()
         return "\n".join(text[-lines:])
 
-    def stop(self) -> None:
-        terminate(self.process)
+    def stop(self, timeout: float = 10.0) -> None:
+        terminate(self.process, timeout)
         self._log.close()
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.process.kill()
 
 
 class Fleet:
@@ -143,13 +158,83 @@ class Fleet:
                     )
                 await asyncio.sleep(0.25)
 
-    def stop(self) -> None:
-        order = [c for c in self.children if c.name.startswith("agent")] + [
-            c for c in self.children if c.name == "balancer"
-        ]
-        for child in order:
-            child.stop()
-        self.children.clear()
+    async def in_flight(self) -> int | None:
+        """Requests the balancer has sent and not seen end; None if it does not answer."""
+        url = self.config.management_addr.url() + "/api/v1/agents"
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError, TypeError):
+            timeout = aiohttp.ClientTimeout(total=1)
+            async with (
+                aiohttp.ClientSession(timeout=timeout) as session,
+                session.get(url) as response,
+            ):
+                body = await response.json(content_type=None)
+                return sum(int(a.get("reserved", 0)) for a in body["agents"])
+        return None
+
+    async def stop(
+        self,
+        *,
+        in_flight: Callable[[], Awaitable[int | None]] | None = None,
+        say: Callable[[str], None] = print,
+        every: float = 2.0,
+    ) -> None:
+        """Stop the balancer (requests in flight finish), then the agents, saying what it
+        waits for every ``every`` seconds. SIGINT meanwhile (a second Ctrl-C) kills
+        every child at once. ``in_flight`` counts requests in flight (tests pass their
+        own; default :meth:`in_flight`)."""
+        count = in_flight or self.in_flight
+        loop = asyncio.get_running_loop()
+        forced = False
+
+        def force() -> None:
+            nonlocal forced
+            if not forced:
+                forced = True
+                say("Second Ctrl-C: stopping everything now.")
+                for child in self.children:
+                    child.kill()
+
+        loop.add_signal_handler(signal.SIGINT, force)
+        try:
+            balancer = [c for c in self.children if c.name == "balancer"]
+            agents = [c for c in self.children if c.name != "balancer"]
+            if balancer:
+                say(stopping_message(await count(), SHUTDOWN_TIMEOUT))
+                deadline = loop.time() + SHUTDOWN_TIMEOUT
+                stopping = asyncio.ensure_future(
+                    asyncio.to_thread(balancer[0].stop, SHUTDOWN_TIMEOUT + 5)
+                )
+                while not (await asyncio.wait({stopping}, timeout=every))[0]:
+                    if forced:
+                        continue
+                    left = max(0.0, deadline - loop.time())
+                    waiting = await count()
+                    if waiting is not None and waiting > 0 and left > 0:
+                        say(
+                            f"  still waiting for {_requests(waiting)} in flight, {left:.0f} s left"
+                        )
+            if agents:
+                say(f"Stopping {len(agents)} agent(s) and their llama-server(s)...")
+                await asyncio.gather(*(asyncio.to_thread(a.stop) for a in agents))
+        finally:
+            with contextlib.suppress(ValueError, RuntimeError):
+                loop.remove_signal_handler(signal.SIGINT)
+            self.children.clear()
+
+
+def _requests(n: int) -> str:
+    return f"{n} request" + ("" if n == 1 else "s")
+
+
+def stopping_message(in_flight: int | None, timeout: float) -> str:
+    """What Ctrl-C prints first: what the stop waits for, and how to skip the wait."""
+    if in_flight is None:
+        what = "Stopping the fleet: the balancer lets requests in flight finish"
+    elif in_flight == 0:
+        what = "Stopping the fleet: no request in flight"
+    else:
+        what = f"Stopping the fleet: waiting for {_requests(in_flight)} in flight to finish"
+    return f"{what} (up to {timeout:.0f} s). Press Ctrl-C again to stop at once."
 
 
 def banner(config: UpConfig, slots: int) -> str:
@@ -183,6 +268,5 @@ async def run(config: UpConfig) -> None:
         print(banner(config, config.slots or default_slots()), flush=True)
         await asyncio.Event().wait()
     finally:
-        print("Stopping the fleet...", flush=True)
-        fleet.stop()
+        await fleet.stop(say=lambda line: print(line, flush=True))
         print("Stopped.", flush=True)

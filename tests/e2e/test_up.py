@@ -64,7 +64,10 @@ def test_up_serves_and_stops_without_leaving_a_process():
         up.send_signal(signal.SIGINT)
         assert up.wait(timeout=60) == 0
         wait_until(lambda: not any(alive(pid) for pid in spawned), 10, "children gone")
-        assert "Stopped." in up.stdout.read()
+        said = up.stdout.read()
+        assert "Stopping the fleet: no request in flight (up to 10 s)." in said, said
+        assert "Press Ctrl-C again to stop at once." in said
+        assert "Stopped." in said
     finally:
         if up.poll() is None:
             up.kill()

@@ -149,14 +149,16 @@ class Fleet:
         wait_until(lambda: agent_state(management_port, name) == "ready", 120, f"{name} ready")
         return proc
 
-    def sim(self, name: str, slots: int = 2) -> tuple[Proc, int]:
-        """A simulated llama-server process."""
+    def sim(
+        self, name: str, slots: int = 2, *extra: str, model: str = "gemma-3-270m-q4_k_m"
+    ) -> tuple[Proc, int]:
+        """A simulated llama-server process (``extra``: more `corral sim` flags)."""
         port = free_port()
         proc = self._start(
             name,
             [
                 sys.executable, "-m", "corral", "sim", "--addr", f"127.0.0.1:{port}",
-                "--slots", str(slots), "--name", name, "--model", "gemma-3-270m-q4_k_m",
+                "--slots", str(slots), "--name", name, "--model", model, *extra,
             ],
         )  # fmt: skip
         wait_until(lambda: get_json(f"http://127.0.0.1:{port}/health")[0] == 200, 30, name)

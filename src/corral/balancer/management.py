@@ -37,6 +37,40 @@ MAX_FRAME = 1024 * 1024
 MAX_BAD_FRAMES = 20  # consecutive bad frames before a socket is closed
 
 
+_CONDITION_WORDS = {
+    Condition.LOADING: "its server is loading the model",
+    Condition.UNREACHABLE: "its agent cannot reach its server",
+    Condition.UNAUTHORIZED: "its server refuses the agent's API key",
+    Condition.BAD_RESPONSE: "its server does not answer as llama-server does",
+    Condition.ERROR: "its server answers with errors",
+}
+
+
+def not_routable(backend: Backend, now: float) -> list[str]:
+    """Why the balancer sends a backend no requests, in words; empty when it does.
+
+    One sentence per reason, in the order an operator would look into them (the
+    agent's own issues are listed beside them, not repeated here).
+    """
+    reasons: list[str] = []
+    if not backend.heartbeat_ok:
+        reasons.append(
+            f"heartbeat missed: last heard from {max(0.0, now - backend.last_seen):.0f} s ago"
+        )
+    if backend.condition is not Condition.READY:
+        reasons.append(
+            _CONDITION_WORDS.get(backend.condition, f"its server is {backend.condition}")
+        )
+    if backend.set_aside:
+        reasons.append("set aside after a failed request, until its agent reports it ready again")
+    if backend.cordoned:
+        ago = max(0.0, now - backend.cordoned_at)
+        reasons.append(f"cordoned for a rollout {ago:.0f} s ago (draining its requests)")
+    if backend.applying:
+        reasons.append("its agent is applying new settings (restarting its server)")
+    return reasons
+
+
 def backend_json(backend: Backend, now: float) -> dict[str, Any]:
     """A backend (an agent and its server) as operators see it (never its API key)."""
     return {
@@ -54,6 +88,7 @@ def backend_json(backend: Backend, now: float) -> dict[str, Any]:
         "reserved": backend.reserved,
         "set_aside": backend.set_aside,
         "issues": [{"code": i.code, "message": i.message} for i in backend.issues],
+        "not_routable": not_routable(backend, now),
         "supervisor": backend.supervisor,
         "applied_generation": backend.applied_generation if backend.supervised else None,
         "last_seen_ago_s": round(max(0.0, now - backend.last_seen), 3),
@@ -120,6 +155,7 @@ class Management:
         app.router.add_get("/metrics", self.prometheus)
         app.router.add_get("/", self.dashboard)
         app.router.add_get("/dashboard", self.dashboard)
+        app.router.add_get("/dashboard/vendor/{name}", self.vendor)
         app.router.add_get("/api/v1/info", self.info)
         app.router.add_get("/health", self.health)
 
@@ -157,6 +193,16 @@ class Management:
     async def dashboard(self, request: web.Request) -> web.Response:
         """The web dashboard (its data comes from the API, with the token if set)."""
         return web.Response(body=self._page, content_type="text/html", charset="utf-8")
+
+    async def vendor(self, request: web.Request) -> web.Response:
+        """The dashboard's vendored charting library (no token: it is public code)."""
+        found = dashboard.vendor(request.match_info["name"])
+        if found is None:
+            raise HTTPError(404, "no such file")
+        body, content_type = found
+        return web.Response(
+            body=body, content_type=content_type, headers={"Cache-Control": "max-age=86400"}
+        )
 
     async def info(self, request: web.Request) -> web.Response:
         """Where the inference listener is, as seen from this request's host."""

@@ -5,6 +5,16 @@ scrape time by a collector, so they cost nothing per request. Request metrics ar
 counters and histograms updated once per request. Buffered requests are the signal to
 add a server; idle slots the signal to remove one.
 
+Generated tokens are counted live, as a stream is relayed, so tokens/s follows
+generation rather than the ends of requests: the relay counts the pieces of content in
+each chunk it writes (:func:`token_events`, two ``bytes.count``; see
+docs/observability.md for its cost) into a :class:`Tally` per agent and model. When the
+stream ends, its exact count (``usage`` or ``timings``) settles the tally: tokens the
+live count missed (reasoning, tool calls, a piece cut between two reads) are added, and
+any it counted too many are held back from the next live counts, so the counter never
+goes down and stays exact over time. Answers that are not streamed are counted when
+they end.
+
 Histogram buckets suit LLM latencies: milliseconds (a cached short answer) to minutes
 (a long generation on a busy CPU server).
 """
@@ -16,7 +26,7 @@ from typing import Any
 
 import msgspec
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from corral.balancer.statsd import Counts
@@ -158,12 +168,9 @@ class Metrics:
             ["reason"],
             registry=r,
         )
-        self.prompt_tokens = Counter(
-            "corral_prompt_tokens", "Prompt tokens processed", ["model"], registry=r
-        )
-        self.generated_tokens = Counter(
-            "corral_generated_tokens", "Tokens generated", ["model"], registry=r
-        )
+        self.tallies: dict[tuple[str, str], Tally] = {}
+        """Token counts per ``(agent name, model)``, exported at scrape time."""
+        self.registry.register(_TokenCollector(self.tallies))
         # prefix routing (--routing prefix): how well the index predicts the servers' caches
         self.cached_predicted = Counter(
             "corral_agent_cached_prompt_tokens_predicted",
@@ -242,13 +249,95 @@ class Metrics:
         data: bytes = generate_latest(self.registry)
         return data
 
-    def count_tokens(self, model: str, body: bytes) -> None:
-        """Count the tokens an answer reports (``usage`` or llama.cpp's ``timings``)."""
-        prompt, generated = token_counts(body)
-        if prompt:
-            self._child(self.prompt_tokens, model).inc(prompt)
+    def tally(self, agent: str, model: str) -> Tally:
+        """The token counts of one agent and model (created at first use)."""
+        tally = self.tallies.get((agent, model))
+        if tally is None:
+            tally = self.tallies[(agent, model)] = Tally()
+        return tally
+
+    def count_tokens(self, agent: str, model: str, body: bytes | None, streamed: int = 0) -> None:
+        """Count the tokens an answer reports (``usage`` or llama.cpp's ``timings``).
+
+        Args:
+            agent: the name of the agent that answered.
+            model: what its server runs (never client input).
+            body: the answer's JSON, or the last SSE event with counts; None if none.
+            streamed: events already counted live for this answer (:meth:`Tally.stream`).
+        """
+        tally = self.tally(agent, model)
+        prompt, generated = token_counts(body) if body is not None else (0, 0)
+        tally.prompt += prompt
         if generated:
-            self._child(self.generated_tokens, model).inc(generated)
+            tally.settle(generated, streamed)
+
+
+class Tally:
+    """Prompt and generated tokens of one agent and model, counted as they flow.
+
+    ``generated`` only goes up. ``debt`` is events counted live that were not tokens
+    (an exact count at the end of a stream said so): the next live events pay it first.
+    """
+
+    __slots__ = ("debt", "generated", "prompt")
+
+    def __init__(self) -> None:
+        self.generated = 0
+        self.prompt = 0
+        self.debt = 0
+
+    def stream(self, events: int) -> None:
+        """Count ``events`` token events just relayed (the per-chunk path: keep it small)."""
+        if self.debt:
+            paid = min(self.debt, events)
+            self.debt -= paid
+            events -= paid
+        self.generated += events
+
+    def settle(self, exact: int, streamed: int) -> None:
+        """An answer generated ``exact`` tokens, ``streamed`` of which were counted live."""
+        if exact >= streamed:
+            self.generated += exact - streamed
+        else:
+            self.debt += streamed - exact
+
+    def __repr__(self) -> str:
+        return f"<Tally generated={self.generated} prompt={self.prompt} debt={self.debt}>"
+
+
+class _TokenCollector(Collector):
+    """Token counters from the tallies, per model and per agent."""
+
+    def __init__(self, tallies: dict[tuple[str, str], Tally]) -> None:
+        self.tallies = tallies
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        prompt: dict[str, int] = {}
+        generated: dict[str, int] = {}
+        per_agent = CounterMetricFamily(
+            "corral_agent_generated_tokens",
+            "Tokens generated, per agent (counted as streams are relayed)",
+            labels=["agent", "model"],
+        )
+        for (agent, model), tally in sorted(self.tallies.items()):
+            prompt[model] = prompt.get(model, 0) + tally.prompt
+            generated[model] = generated.get(model, 0) + tally.generated
+            per_agent.add_metric([agent, model], tally.generated)
+        prompt_family = CounterMetricFamily(
+            "corral_prompt_tokens", "Prompt tokens processed", labels=["model"]
+        )
+        for model, count in prompt.items():
+            prompt_family.add_metric([model], count)
+        generated_family = CounterMetricFamily(
+            "corral_generated_tokens",
+            "Tokens generated (counted as streams are relayed)",
+            labels=["model"],
+        )
+        for model, count in generated.items():
+            generated_family.add_metric([model], count)
+        yield prompt_family
+        yield generated_family
+        yield per_agent
 
 
 class _Usage(msgspec.Struct):
@@ -303,6 +392,17 @@ def timings_of(body: bytes | None) -> Timings | None:
     if t is None:
         return None
     return Timings(t.prompt_n, t.cache_n, t.prompt_ms)
+
+
+def token_events(chunk: bytes) -> int:
+    """Tokens in one relayed chunk of a llama-server stream, counted cheaply.
+
+    llama-server sends one event per generated token, its text as ``"content":"..."``
+    (``/completion`` and the chat delta alike); the role chunk (``"content":null``),
+    the last chunk (``"content":""``), usage and ``[DONE]`` carry none. An estimate:
+    :meth:`Tally.settle` makes it exact when the stream ends.
+    """
+    return chunk.count(b'"content":"') - chunk.count(b'"content":""')
 
 
 def last_counted_event(tail: bytes) -> bytes | None:

@@ -46,7 +46,7 @@ from corral.balancer.dispatcher import Dispatcher, Reservation
 from corral.balancer.errors import HTTPError, log_error, sse_error_event
 from corral.balancer.forwarded import FORWARDED_HEADERS, ProxyTrust, forwarded_lines
 from corral.balancer.http_server import Request, Responder, encode_headers
-from corral.balancer.metrics import Metrics, last_counted_event, timings_of
+from corral.balancer.metrics import Metrics, last_counted_event, timings_of, token_events
 from corral.balancer.prompt import prompt_of
 from corral.balancer.upstream import (
     UpstreamBroken,
@@ -392,7 +392,8 @@ class InferenceProxy:
         model = ex.served_model or ""
         self.metrics.request_done(request.path, model, ex.status, total, ex.waited, ttfb)
         if ex.counted is not None:
-            self.metrics.count_tokens(model or ex.backend or "", ex.counted)
+            agent = ex.backend or ""
+            self.metrics.count_tokens(agent, model or agent, ex.counted, ex.streamed)
             if ex.timings is not None and ex.info is not None and ex.info.prompt is not None:
                 self.metrics.count_cached(
                     ex.backend or "", ex.info.note.predicted_cached, ex.timings
@@ -534,6 +535,9 @@ class InferenceProxy:
         sse = "event-stream" in (upstream.header(b"content-type") or "")
         tail: deque[bytes] = deque(maxlen=16)  # the end of the stream, for token counts
         loop = asyncio.get_running_loop()
+        # tokens/s live: one piece of content, one token (settled when the stream ends)
+        tally = self.metrics.tally(target.name, target.model or target.name)
+        live = sse and upstream.status == 200
 
         def relay(chunk: bytes, last: bool) -> None:
             """Straight from the server's socket to the client's, once per read."""
@@ -541,6 +545,9 @@ class InferenceProxy:
                 if ex.first_byte is None:
                     ex.first_byte = loop.time()
                 tail.append(chunk)
+                if live and (events := token_events(chunk)):
+                    ex.streamed += events
+                    tally.stream(events)
             if not out.write_nowait(chunk, last=last) and not last:  # the client is slower
                 upstream.pause_reading()
                 out.when_writable(upstream.resume_reading)
@@ -588,6 +595,7 @@ class _Exchange:
     counted: bytes | None = None  # the JSON that reports usage/timings
     info: RequestInfo | None = None  # what routing knew and decided (its note)
     timings: Timings | None = None  # of the answer, read for prefix routing only
+    streamed: int = 0  # token events counted live as the answer was relayed
 
 
 def _nominated(values: list[bytes]) -> frozenset[bytes]:

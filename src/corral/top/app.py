@@ -40,6 +40,7 @@ from corral.top.model import (
     STATE_WIDTH,
     AgentRow,
     Counters,
+    History,
     Rates,
     Snapshot,
     SseDecoder,
@@ -191,11 +192,12 @@ class AgentScreen(Screen[None]):
     AgentScreen #agent-detail { padding: 0 1; }
     """
 
-    def __init__(self, key: str, row: AgentRow | None) -> None:
+    def __init__(self, key: str, row: AgentRow | None, history: History | None = None) -> None:
         super().__init__()
         self.key = key
         self.row = row
         self.left = row is None
+        self.history = history
 
     def compose(self) -> ComposeResult:
         yield Static(id="agent-title")
@@ -224,7 +226,7 @@ class AgentScreen(Screen[None]):
         if row is None:
             text.append("This agent is not in the fleet.")
             return text
-        for label, value in detail_fields(row):
+        for label, value in detail_fields(row, self.history):
             style = STATE_STYLES.get(value, "") if label == "State" else ""
             text.append(f"{label:<14}", style="bold")
             text.append(value + "\n", style=style)
@@ -292,6 +294,7 @@ class TopApp(App[None]):
         self.clock = clock
         self.snapshot: Snapshot | None = None
         self.rates: Rates | None = None
+        self.history = History()
         self.sort_key = "name"
         self.status = "connecting"
         """``connecting``, ``connected`` or ``unreachable``."""
@@ -360,9 +363,12 @@ class TopApp(App[None]):
                 self.rates = None
             elif self._counters is not None:
                 self.rates = compute_rates(self._counters, counters) or self.rates
+                self.history.record(self.snapshot, self.rates)
             self._counters = counters
             with contextlib.suppress(NoMatches):  # not mounted yet, or shutting down
                 self._render_summary()
+                if isinstance(self.screen, AgentScreen) and self.snapshot is not None:
+                    self.screen.show(self.snapshot.agent(self.screen.key))
             await asyncio.sleep(self.metrics_interval)
 
     # -------------------------------------------------------------- drawing
@@ -461,7 +467,7 @@ class TopApp(App[None]):
     def open_agent(self, key: str) -> None:
         """Show one agent's detail screen."""
         row = self.snapshot.agent(key) if self.snapshot else None
-        self.push_screen(AgentScreen(key, row))
+        self.push_screen(AgentScreen(key, row, self.history))
 
 
 # -------------------------------------------------------------------------- CLI

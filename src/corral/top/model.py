@@ -14,13 +14,17 @@ a unique key even when ids are missing or repeated.
 
 Rates come from two scrapes of ``/metrics`` (:func:`parse_counters`,
 :func:`compute_rates`): requests answered and tokens generated, per second, over the
-time between the scrapes. A counter that went down (a restarted balancer) counts from
-zero, as Prometheus's ``rate()`` does.
+time between the scrapes, for the fleet and for each agent. Tokens are counted as
+streams are relayed, so tokens/s follows generation as it happens. A counter that went
+down (a restarted balancer) counts from zero, as Prometheus's ``rate()`` does.
+:class:`History` keeps each agent's last busy slots and tokens/s for the detail screen.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +44,10 @@ DETAIL_TEXT_LIMIT = 300
 
 REQUESTS_COUNTER = "corral_requests_total"
 TOKENS_COUNTER = "corral_generated_tokens_total"
+AGENT_TOKENS_COUNTER = "corral_agent_generated_tokens_total"
+HISTORY = 30
+"""Samples of each agent's history (one per scrape: a minute at the default 2 s)."""
+SPARKS = "▁▂▃▄▅▆▇█"
 
 SORT_KEYS = ("name", "state", "busy", "free")
 """Sort columns, in the order the ``s`` key cycles through them."""
@@ -187,6 +195,8 @@ class AgentRow:
     registered_ago_s: float | None = None
     supervisor: Supervisor | None = None
     applied_generation: int | None = None
+    not_routable: tuple[str, ...] = ()
+    """Why the balancer sends it no requests, in words (empty: it does)."""
 
     def __repr__(self) -> str:
         model = f" model={self.model}" if self.model else ""
@@ -251,6 +261,7 @@ def parse_agent(value: object, key: str) -> AgentRow:
     """One agent object from the stream; anything missing or odd gets a default."""
     data: Mapping[str, Any] = value if isinstance(value, Mapping) else {}
     issues = data.get("issues")
+    reasons = data.get("not_routable")
     generation = data.get("applied_generation")
     total = _int(data.get("slots_total"))
     busy = _int(data.get("slots_busy"))
@@ -275,6 +286,7 @@ def parse_agent(value: object, key: str) -> AgentRow:
         registered_ago_s=_float(data.get("registered_ago_s")),
         supervisor=_supervisor(data.get("supervisor")),
         applied_generation=_int(generation) if generation is not None else None,
+        not_routable=tuple(clean(r) for r in reasons) if isinstance(reasons, list) else (),
     )
 
 
@@ -335,8 +347,56 @@ def sort_rows(rows: Iterable[AgentRow], key: str) -> list[AgentRow]:
 # ------------------------------------------------------------------------- detail
 
 
-def detail_fields(row: AgentRow) -> list[tuple[str, str]]:
-    """Every field of one agent as ``(label, value)`` for the detail screen."""
+def sparkline(values: Sequence[float], top: float = 0.0) -> str:
+    """``▁▃▅█``: one cell per value, scaled to ``top`` (or the largest value if larger)."""
+    peak = max([top, *values]) if values else top
+    if peak <= 0:
+        return SPARKS[0] * len(values)
+    last = len(SPARKS) - 1
+    return "".join(SPARKS[min(last, max(0, round(last * v / peak)))] for v in values)
+
+
+class History:
+    """Each agent's last :data:`HISTORY` samples of busy slots and tokens/s, by name."""
+
+    def __init__(self, keep: int = HISTORY) -> None:
+        self.keep = keep
+        self.busy: dict[str, deque[int]] = {}
+        self.tokens: dict[str, deque[float]] = {}
+
+    def record(self, snapshot: Snapshot | None, rates: Rates | None) -> None:
+        """One sample per agent in ``snapshot`` (agents gone are forgotten)."""
+        if snapshot is None:
+            return
+        names = {a.name for a in snapshot.agents}
+        for name in list(self.busy):
+            if name not in names:
+                del self.busy[name], self.tokens[name]
+        per_agent = rates.agent_tokens_per_s if rates is not None else {}
+        for agent in snapshot.agents:
+            busy = self.busy.setdefault(agent.name, deque(maxlen=self.keep))
+            tokens = self.tokens.setdefault(agent.name, deque(maxlen=self.keep))
+            busy.append(agent.slots_busy)
+            tokens.append(per_agent.get(agent.name, 0.0))
+
+    def lines(self, row: AgentRow) -> list[tuple[str, str]]:
+        """``(label, value)`` lines for the detail screen: sparklines and the latest."""
+        busy = list(self.busy.get(row.name, ()))
+        tokens = list(self.tokens.get(row.name, ()))
+        if not busy:
+            return [("Busy history", "-"), ("Tokens/s", "-")]
+        return [
+            (
+                "Busy history",
+                f"{sparkline(busy, row.slots_total)} peak {max(busy)}/{row.slots_total}",
+            ),
+            ("Tokens/s", f"{sparkline(tokens)} {format_rate(tokens[-1])} now"),
+        ]
+
+
+def detail_fields(row: AgentRow, history: History | None = None) -> list[tuple[str, str]]:
+    """Every field of one agent as ``(label, value)`` for the detail screen (with its
+    recent busy slots and tokens/s when ``history`` is given)."""
     fields = [
         ("Name", row.name),
         ("ID", row.id or "-"),
@@ -345,6 +405,8 @@ def detail_fields(row: AgentRow) -> list[tuple[str, str]]:
         ("State", row.state or "-"),
         ("Condition", row.condition or "-"),
         ("Slots", f"{slots_bar(row.slots_busy, row.slots_total)} busy, {row.slots_free} free"),
+        *(history.lines(row) if history is not None else ()),
+        ("Routable", "no: " + "; ".join(row.not_routable) if row.not_routable else "yes"),
         ("Reported busy", str(row.slots_processing_reported)),
         ("Reserved", str(row.reserved)),
         ("Set aside", "yes" if row.set_aside else "no"),
@@ -377,12 +439,14 @@ class Counters:
     at: float
     requests: float
     tokens: float
+    agent_tokens: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
 class Rates:
     requests_per_s: float
     tokens_per_s: float
+    agent_tokens_per_s: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
 
 def parse_counters(text: str, at: float) -> Counters | None:
@@ -390,14 +454,20 @@ def parse_counters(text: str, at: float) -> Counters | None:
     labels; None if ``text`` is not Prometheus text. A counter not yet created
     (nothing counted) is 0."""
     totals = {REQUESTS_COUNTER: 0.0, TOKENS_COUNTER: 0.0}
+    agents: dict[str, float] = {}
     try:
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
-                if sample.name in totals and math.isfinite(sample.value):
+                if not math.isfinite(sample.value):
+                    continue
+                if sample.name in totals:
                     totals[sample.name] += sample.value
+                elif sample.name == AGENT_TOKENS_COUNTER:
+                    name = clean(sample.labels.get("agent", ""))
+                    agents[name] = agents.get(name, 0.0) + sample.value
     except Exception:  # the parser raises several kinds on bad input
         return None
-    return Counters(at, totals[REQUESTS_COUNTER], totals[TOKENS_COUNTER])
+    return Counters(at, totals[REQUESTS_COUNTER], totals[TOKENS_COUNTER], agents)
 
 
 def compute_rates(before: Counters, after: Counters) -> Rates | None:
@@ -409,7 +479,11 @@ def compute_rates(before: Counters, after: Counters) -> Rates | None:
     def rate(old: float, new: float) -> float:
         return (new - old if new >= old else new) / elapsed
 
-    return Rates(rate(before.requests, after.requests), rate(before.tokens, after.tokens))
+    agents = {
+        name: rate(before.agent_tokens.get(name, 0.0), value)
+        for name, value in after.agent_tokens.items()
+    }
+    return Rates(rate(before.requests, after.requests), rate(before.tokens, after.tokens), agents)
 
 
 def backoff(attempt: int, base: float = 0.5, cap: float = 10.0) -> float:

@@ -100,3 +100,31 @@ async def test_request_id_is_honoured_passed_on_and_logged(harness: Harness, cap
     assert lines[0].fields["agent"] == "s" and lines[0].fields["status"] == 200
     assert "req-42 POST /completion 200 model=- agent=s" in lines[0].getMessage()
     assert lines[1].fields["request_id"] == made
+
+
+async def test_tokens_per_second_follows_long_streams_while_they_generate(harness: Harness):
+    # four long streams on a slow server: the counters move before any request ends
+    balancer = await harness.balancer()
+    _, port = await harness.sim(name="s", slots=4, model="gemma", tokens_per_second=40)
+    await harness.agent(port, balancer, name="s")
+    body = {
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 400,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    bodies = [harness.http.post(url(balancer, CHAT), json=body) for _ in range(4)]
+    streams = await asyncio.gather(*(b.__aenter__() for b in bodies))
+    try:
+        generated = ("corral_generated_tokens_total", (("model", "gemma"),))
+        per_agent = ("corral_agent_generated_tokens_total", (("agent", "s"), ("model", "gemma")))
+        first = await scrape(harness, balancer)
+        await asyncio.sleep(1.0)
+        second = await scrape(harness, balancer)
+        assert second[generated] - first.get(generated, 0) > 20, "tokens/s reads 0 mid-stream"
+        assert second[per_agent] == second[generated]
+        answered = (("endpoint", CHAT), ("model", "gemma"), ("status", "200"))
+        assert ("corral_requests_total", answered) not in second  # none has ended
+    finally:
+        for response in streams:
+            response.close()

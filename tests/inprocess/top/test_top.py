@@ -290,6 +290,41 @@ async def test_rates_come_from_successive_scrapes() -> None:
         assert "5.00 req/s  100.0 tok/s" in text(app, "#summary")
 
 
+class AgentMetrics(FakeMetrics):
+    """Each scrape: gpu-1 generated 60 more tokens, gpu-2 none."""
+
+    async def read(self) -> str:
+        text = await super().read()
+        return text + (
+            "# TYPE corral_agent_generated_tokens_total counter\n"
+            f'corral_agent_generated_tokens_total{{agent="gpu-1",model="m"}} {60 * self.scrapes}\n'
+            'corral_agent_generated_tokens_total{agent="gpu-2",model="m"} 0\n'
+        )
+
+
+async def test_the_detail_shows_history_tokens_per_s_and_why_not_routable() -> None:
+    fake = FakeBalancer()
+    metrics = AgentMetrics()
+    app = make_app(fake, metrics=metrics.read, clock=metrics.clock, metrics_interval=0.01)
+    why = ["set aside after a failed request, until its agent reports it ready again"]
+    async with app.run_test(size=SIZE) as pilot:
+        fake.send(agent("gpu-1", busy=3), agent("gpu-2", not_routable=why))
+        await updated(pilot, app, 1)
+        await eventually(lambda: metrics.scrapes >= 4, what="four scrapes")
+        await pilot.press("enter")
+        assert isinstance(app.screen, AgentScreen)
+        await pilot.pause(0.05)
+        detail = text(app, "#agent-detail")
+        assert "Tokens/s" in detail and "30.0 now" in detail, detail  # 60 tokens per 2 s
+        assert "Busy history  ▆▆▆" in detail and "peak 3/4" in detail, detail
+        assert "Routable      yes" in detail
+        await pilot.press("escape", "down", "enter")
+        await pilot.pause(0.05)
+        detail = text(app, "#agent-detail")
+        assert "Routable      no: set aside after a failed request" in detail, detail
+        assert "0.00 now" in detail
+
+
 async def test_odd_data_never_breaks_the_screen() -> None:
     fake = FakeBalancer()
     app = make_app(fake)

@@ -8,8 +8,10 @@ from corral.top.model import (
     NAME_WIDTH,
     AgentRow,
     Counters,
+    History,
     Issue,
     Rates,
+    Snapshot,
     SseDecoder,
     SseError,
     SseEvent,
@@ -20,11 +22,13 @@ from corral.top.model import (
     format_age,
     format_rate,
     next_sort,
+    parse_agent,
     parse_counters,
     parse_snapshot,
     slots_bar,
     slots_cell,
     sort_rows,
+    sparkline,
     summary_lines,
     truncate,
 )
@@ -324,3 +328,51 @@ def test_sse_refuses_an_endless_event(monkeypatch: pytest.MonkeyPatch) -> None:
     decoder = SseDecoder()
     with pytest.raises(SseError):
         decoder.feed(b"data: " + b"x" * 200)
+
+
+# ---------------------------------------------------------------- agent history
+
+
+def test_agent_tokens_are_read_and_rated_per_agent() -> None:
+    text = (
+        "# TYPE corral_agent_generated_tokens_total counter\n"
+        'corral_agent_generated_tokens_total{agent="a",model="m"} 100.0\n'
+        'corral_agent_generated_tokens_total{agent="a",model="n"} 20.0\n'
+        'corral_agent_generated_tokens_total{agent="b",model="m"} 5.0\n'
+    )
+    before = parse_counters(text, 1.0)
+    assert before is not None and before.agent_tokens == {"a": 120.0, "b": 5.0}
+    after = Counters(3.0, 0.0, 0.0, {"a": 180.0, "b": 5.0, "c": 4.0})
+    rates = compute_rates(before, after)
+    assert rates is not None and rates.agent_tokens_per_s == {"a": 30.0, "b": 0.0, "c": 2.0}
+
+
+def test_sparkline_scales_to_a_top_or_the_peak() -> None:
+    assert sparkline([0, 2, 4], top=4) == "▁▅█"
+    assert sparkline([1, 1], top=4) == "▃▃"
+    assert sparkline([0, 5, 10]) == "▁▅█"
+    assert sparkline([0, 0]) == "▁▁" and sparkline([]) == ""
+
+
+def test_history_keeps_the_last_samples_of_each_agent_and_forgets_who_left() -> None:
+    history = History(keep=3)
+    a, b = parse_agent({"name": "a", "slots_total": 4}, "1"), parse_agent({"name": "b"}, "2")
+    for busy in range(5):
+        a = parse_agent({"name": "a", "slots_total": 4, "slots_busy": busy % 5}, "1")
+        history.record(Snapshot(agents=(a, b)), Rates(0, 0, {"a": 10.0 * busy}))
+    assert list(history.busy["a"]) == [2, 3, 4]
+    assert list(history.tokens["a"]) == [20.0, 30.0, 40.0]
+    assert dict(history.lines(a)) == {"Busy history": "▅▆█ peak 4/4", "Tokens/s": "▅▆█ 40.0 now"}
+    history.record(Snapshot(agents=(a,)), None)
+    assert "b" not in history.busy
+    assert history.lines(b) == [("Busy history", "-"), ("Tokens/s", "-")]
+
+
+def test_the_detail_says_why_an_agent_gets_no_requests() -> None:
+    why = ["heartbeat missed: last heard from 7 s ago", "cordoned for a rollout 3 s ago"]
+    row = parse_agent({"name": "a", "not_routable": [*why, 7]}, "1")
+    fields = dict(detail_fields(row))
+    assert fields["Routable"] == (
+        "no: heartbeat missed: last heard from 7 s ago; cordoned for a rollout 3 s ago; 7"
+    )
+    assert dict(detail_fields(parse_agent({"name": "a"}, "1")))["Routable"] == "yes"
