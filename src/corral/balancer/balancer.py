@@ -99,6 +99,12 @@ class BalancerConfig:
     cors_headers: str = default(BALANCER, "cors_headers")
     cors_credentials: bool = default(BALANCER, "cors_credentials")
     """Off by default, unlike llama-server (see :mod:`corral.balancer.cors`)."""
+    keda_addr: Addr | None = None
+    """Where KEDA's external scaler is served over gRPC (None: not served; see
+    :mod:`corral.balancer.keda`)."""
+    scaled_models: tuple[str, ...] = ()
+    """Models that may have no server now (scaled to zero): requests naming one wait
+    in the buffer instead of getting 404."""
 
 
 class Balancer:
@@ -109,7 +115,7 @@ class Balancer:
         self.clock = clock or MonotonicClock()
         self.fleet = Fleet()
         self.buffer = Buffer(config.max_buffered_requests, config.buffered_request_timeout)
-        self.scheduler = Scheduler(self.fleet, Policy(), self.buffer)
+        self.scheduler = Scheduler(self.fleet, Policy(scaled=config.scaled_models), self.buffer)
         self.dispatcher = Dispatcher(self.scheduler, self.clock, on_set_aside=self._refresh)
         self.management = Management(
             self.dispatcher,

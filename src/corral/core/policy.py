@@ -16,6 +16,8 @@ A pick runs in three steps, each a place to extend the policy:
    model in the fleet any ``model`` value is accepted, as llama-server does; with
    several, ``model`` picks the pool and an unknown one is rejected. Servers that
    name no model take requests that name none, or any name when no server names one.
+   A *scaled* model (one that may have no server now: scaled to zero) is never
+   unknown: a request naming it waits until a server of that model registers.
 2. **Candidates**: routable backends of those pools with a free slot, most free slots
    first, ties in rotating order (from the fleet's index; no scan of the fleet).
 3. **Pin**: a request pinned to one agent (``RequestInfo.agent_id``) waits for it.
@@ -76,8 +78,11 @@ class Rule(Protocol):
     def accepts(self, backend: Backend, request: RequestInfo) -> bool: ...
 
 
-def resolve_pools(fleet: Fleet, request: RequestInfo) -> list[str | None] | Reject | Wait:
-    """The models whose servers may take this request."""
+def resolve_pools(
+    fleet: Fleet, request: RequestInfo, scaled: frozenset[str] = frozenset()
+) -> list[str | None] | Reject | Wait:
+    """The models whose servers may take this request (``scaled``: models that may
+    have no server now; a request naming one waits for it)."""
     if not len(fleet):
         return Wait("no server has registered yet")
     models = fleet.models()
@@ -85,6 +90,8 @@ def resolve_pools(fleet: Fleet, request: RequestInfo) -> list[str | None] | Reje
         return [*models, None]
     if request.model in models:
         return [request.model]
+    if request.model in scaled:
+        return Wait(f"no server of model {request.model} yet (scaled to zero)")
     if len(models) <= 1:  # one model (or servers that name none): any name will do
         return [*models, None]
     return Reject(
@@ -97,11 +104,13 @@ def resolve_pools(fleet: Fleet, request: RequestInfo) -> list[str | None] | Reje
 class Policy:
     """Most free slots first, with optional rules. See the module docstring."""
 
-    def __init__(self, rules: Sequence[Rule] = ()) -> None:
+    def __init__(self, rules: Sequence[Rule] = (), scaled: Sequence[str] = ()) -> None:
         self.rules = tuple(rules)
+        self.scaled = frozenset(scaled)
+        """Models that may have no server now (see :func:`resolve_pools`)."""
 
     def pick(self, fleet: Fleet, request: RequestInfo) -> Decision:
-        pools = resolve_pools(fleet, request)
+        pools = resolve_pools(fleet, request, self.scaled)
         if not isinstance(pools, list):
             return pools
         for backend in fleet.candidates(pools):

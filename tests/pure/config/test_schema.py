@@ -81,6 +81,8 @@ def test_the_public_flags_and_env_names_stay():
         "--cors-methods": "CORRAL_CORS_METHODS",
         "--cors-headers": "CORRAL_CORS_HEADERS",
         "--cors-credentials": "CORRAL_CORS_CREDENTIALS",
+        "--keda-addr": "CORRAL_KEDA_ADDR",
+        "--scaled-model": "CORRAL_SCALED_MODEL",
         "--log-level": "CORRAL_LOG_LEVEL",
         "--log-format": "CORRAL_LOG_FORMAT",
     }
@@ -89,7 +91,7 @@ def test_the_public_flags_and_env_names_stay():
         "--llama-server", "--llamacpp-port", "--quiet-server", "--external-llamacpp-addr",
         "--management-addr", "--name", "--llamacpp-api-key", "--agent-token",
         "--poll-interval", "--slots-gap", "--idle-slots-interval", "--probe-addr",
-        "--log-level", "--log-format",
+        "--llamacpp-host", "--model-alias", "--log-level", "--log-format",
     ]  # fmt: skip
     assert [s.env for s in SIM][:6] == [
         "CORRAL_SIM_ADDR", "CORRAL_SIM_SLOTS", "CORRAL_SIM_MODEL", "CORRAL_SIM_NAME",
