@@ -142,6 +142,8 @@ class Balancer:
         self._inference: HttpServer | None = None
         self._runners: list[web.AppRunner] = []
         self._tasks: list[asyncio.Task[Any]] = []
+        self._scaler: Any = None  # keda.ScalerServer, with --keda-addr
+        self.keda_port = 0
         self.inference_port = 0
         self.management_port = 0
 
@@ -183,6 +185,16 @@ class Balancer:
         self.inference_port = await self._inference.start(addr.host, addr.port)
         self.management.inference_port = self.inference_port
         self._tasks.append(asyncio.create_task(self._watch_heartbeats()))
+        if self.config.keda_addr is not None:
+            try:
+                from corral.balancer.keda import ScalerServer
+            except ImportError as exc:
+                raise SystemExit(
+                    f"corral balancer: --keda-addr needs the k8s extra "
+                    f"(pip install 'corral[k8s]'): {exc}"
+                ) from None
+            self._scaler = ScalerServer(self.dispatcher, self.config.keda_addr)
+            self.keda_port = await self._scaler.start()
         if self.config.statsd_addr is not None:
             reporter = StatsdReporter(
                 self.config.statsd_addr,
@@ -233,6 +245,9 @@ class Balancer:
         if self._inference is not None:
             await self._inference.stop(self.config.shutdown_timeout)
             self._inference = None
+        if self._scaler is not None:
+            await self._scaler.stop()
+            self._scaler = None
         await self.management.close()
         for runner in self._runners:
             await runner.cleanup()

@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 
 from corral.balancer.statsd import Counts
 from corral.core.buffer import Buffer
+from corral.core.demand import Demand, demand_by_model
 from corral.core.fleet import BackendState, Fleet
 
 LATENCY_BUCKETS = (
@@ -87,6 +88,33 @@ class _FleetCollector(Collector):
         )
         buffered.add_metric([], len(self.buffer))
         yield buffered
+        yield from _demand_metrics(demand_by_model(self.fleet, self.buffer))
+
+
+def _demand_metrics(by_model: dict[str, Demand]) -> Iterator[GaugeMetricFamily]:
+    """The autoscaling signal per model, the same numbers KEDA's external scaler gives
+    (:mod:`corral.balancer.keda`): for a Prometheus trigger."""
+    demand = GaugeMetricFamily(
+        "corral_model_demand",
+        "Requests that want a slot of this model now: buffered plus in flight (divide by "
+        "the slots per replica for the replicas needed)",
+        labels=["model"],
+    )
+    buffered = GaugeMetricFamily(
+        "corral_model_buffered_requests", "Requests waiting for this model", labels=["model"]
+    )
+    in_flight = GaugeMetricFamily(
+        "corral_model_in_flight_requests",
+        "Busy slots of this model's ready servers",
+        labels=["model"],
+    )
+    for model, d in by_model.items():
+        demand.add_metric([model], d.total)
+        buffered.add_metric([model], d.buffered)
+        in_flight.add_metric([model], d.in_flight)
+    yield demand
+    yield buffered
+    yield in_flight
 
 
 class Metrics:
