@@ -138,6 +138,8 @@ class Balancer:
         self.management.metrics = self.metrics
         self.dispatcher.on_change = self.rollout.tick
         self.dispatcher.on_pick = self.metrics.pick.observe
+        self.dispatcher.on_cold_start = self._cold_start
+
         self._pool: UpstreamPool | None = None
         self._inference: HttpServer | None = None
         self._runners: list[web.AppRunner] = []
@@ -146,6 +148,9 @@ class Balancer:
         self.keda_port = 0
         self.inference_port = 0
         self.management_port = 0
+
+    def _cold_start(self, model: str, seconds: float) -> None:
+        self.metrics.cold_start.labels(model).observe(seconds)
 
     def _refresh(self, agent: Any) -> None:
         self.management.refresh(agent)

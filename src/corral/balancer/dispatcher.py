@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from corral.balancer.errors import HTTPError
 from corral.core.buffer import BufferFull, Waiter
 from corral.core.clock import Clock
+from corral.core.demand import ColdStarts
 from corral.core.fleet import Backend, Fleet, FleetError
 from corral.core.policy import Dispatch, Reject, RequestInfo
 from corral.core.scheduler import Assigned, Scheduler
@@ -56,6 +57,10 @@ class Dispatcher:
         """Runs after each change (the rollout); ``True`` if it added capacity."""
         self.on_pick: Callable[[float], None] | None = None
         """Told how many seconds each new request's routing decision took (metrics)."""
+        self.cold_starts = ColdStarts()
+        """Scale-up to first ready slot, per model (see :class:`ColdStarts`)."""
+        self.on_cold_start: Callable[[str, float], None] | None = None
+        """Told each ended cold start: the model, and its seconds (metrics)."""
 
     # ------------------------------------------------------------ requests
     async def acquire(self, request: RequestInfo) -> Reservation:
@@ -86,6 +91,7 @@ class Dispatcher:
         return await self._wait(result, request)
 
     async def _wait(self, waiter: Waiter, request: RequestInfo) -> Reservation:
+        self.cold_starts.buffered(self.fleet, request.model, self.clock.now())
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         waiter.token = future
         self._arm_expiry()
@@ -151,6 +157,10 @@ class Dispatcher:
                     future.set_exception(_reject_error(outcome.reject))
             if self.on_change is not None and self.on_change():
                 again = True
+        for model, seconds in self.cold_starts.changed(self.fleet, self.clock.now()):
+            log.info("model %s: first ready slot %.2fs after scale-up", model, seconds)
+            if self.on_cold_start is not None:
+                self.on_cold_start(model, seconds)
         self._notify()
 
     def _arm_expiry(self) -> None:

@@ -30,6 +30,7 @@ LATENCY_BUCKETS = (
 PICK_BUCKETS = (
     1e-6, 2e-6, 3e-6, 5e-6, 7e-6, 1e-5, 1.5e-5, 2e-5, 3e-5, 5e-5, 7e-5, 1e-4, 2e-4, 5e-4, 1e-3,
 )  # fmt: skip
+COLD_START_BUCKETS = (1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0)
 WAIT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 
@@ -169,6 +170,14 @@ class Metrics:
             "corral_buffer_rejections",
             "Requests refused by the buffer (full: 429; timeout: 503)",
             ["reason"],
+            registry=r,
+        )
+        self.cold_start = Histogram(
+            "corral_cold_start_seconds",
+            "From scale-up (a request buffered for a model with no ready server) to that "
+            "model's first ready slot",
+            ["model"],
+            buckets=COLD_START_BUCKETS,
             registry=r,
         )
         self.prompt_tokens = Counter(

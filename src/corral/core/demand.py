@@ -50,4 +50,38 @@ def demand_by_model(fleet: Fleet, buffer: Buffer) -> dict[str, Demand]:
     return {m: model_demand(fleet, buffer, m) for m in sorted(models)}
 
 
-__all__ = ["Demand", "demand_by_model", "model_demand"]
+class ColdStarts:
+    """Time from scale-up to first ready slot, per model.
+
+    A cold start begins when a request for a model is buffered while no ready server
+    runs that model (the moment KEDA's scaler turns active) and ends when one
+    becomes ready. Pure: the caller says when requests are buffered and when the
+    fleet changed, with the time.
+    """
+
+    def __init__(self) -> None:
+        self.pending: dict[str, float] = {}
+        """Model to when its cold start began."""
+
+    def buffered(self, fleet: Fleet, model: str | None, now: float) -> None:
+        """A request naming ``model`` was buffered at ``now``."""
+        if model is None or model in self.pending:
+            return
+        if not any(b.model == model and b.routable for b in fleet):
+            self.pending[model] = now
+
+    def changed(self, fleet: Fleet, now: float) -> list[tuple[str, float]]:
+        """The cold starts that ended: ``(model, seconds)`` each."""
+        if not self.pending:
+            return []
+        ready = {b.model for b in fleet if b.routable}
+        ended = [(m, now - since) for m, since in self.pending.items() if m in ready]
+        for model, _ in ended:
+            del self.pending[model]
+        return ended
+
+    def __repr__(self) -> str:
+        return f"<ColdStarts pending={sorted(self.pending)}>"
+
+
+__all__ = ["ColdStarts", "Demand", "demand_by_model", "model_demand"]

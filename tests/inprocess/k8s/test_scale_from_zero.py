@@ -81,6 +81,8 @@ async def test_a_request_at_zero_replicas_wakes_the_model_and_is_answered(harnes
         # the same numbers for a Prometheus trigger
         scrape = await (await harness.http.get(mgmt(balancer, "/metrics"))).text()
         assert f'corral_model_demand{{model="{MODEL}"}} 0.0' in scrape
+        # and the cold start, from the buffered request to the first ready slot
+        assert f'corral_cold_start_seconds_count{{model="{MODEL}"}} 1.0' in scrape
 
 
 async def test_a_trigger_without_a_model_is_refused(harness):
