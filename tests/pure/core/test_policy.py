@@ -113,3 +113,13 @@ def test_a_pinned_request_waits_for_its_agent():
     assert isinstance(Policy().pick(fleet, pinned), Wait)
     assert Policy().pick(fleet, RequestInfo("/completion")) == Dispatch("a")
     assert pinned.group != RequestInfo("/completion").group  # queued apart
+
+
+def test_a_scaled_model_with_no_server_waits_instead_of_404_or_another_model():
+    fleet = fleet_of(("a", "small", 2), ("b", "medium", 2))
+    policy = Policy(scaled=("large",))
+    assert isinstance(policy.pick(fleet, RequestInfo("/completion", "large")), Wait)
+    assert isinstance(Policy().pick(fleet, RequestInfo("/completion", "large")), Reject)
+    one = fleet_of(("a", "small", 2))  # one model: any name would go to it
+    assert isinstance(policy.pick(one, RequestInfo("/completion", "large")), Wait)
+    assert policy.pick(one, RequestInfo("/completion", "whatever")) == Dispatch("a")
