@@ -124,6 +124,7 @@ def _balancer_config(args: argparse.Namespace) -> Any:
         agent_token=args.agent_token or None,
         management_token=args.management_token or None,
         api_keys=tuple(keys),
+        scaled_models=tuple(args.scaled_model),
         state_file=args.state_file or _default_state_file(args.management_addr.port),
     )
 
@@ -233,6 +234,8 @@ def _supervised_server(args: argparse.Namespace) -> Any:
         binary=binary,
         api_key=args.llamacpp_api_key or None,
         port=args.llamacpp_port,
+        host=args.llamacpp_host,
+        alias=args.model_alias or None,
     )
     return Supervisor(
         settings, name=args.name or model.stem, log_server_output=not args.quiet_server
@@ -351,6 +354,27 @@ def _run_bench(args: argparse.Namespace) -> Coroutine[Any, Any, int]:
     return run(args)
 
 
+# --------------------------------------------------------------------- k8s
+def _k8s_parser(sub: Any, environ: Mapping[str, str]) -> None:
+    from corral.k8s.command import add_arguments
+
+    p = sub.add_parser(
+        "k8s",
+        help="Kubernetes: render manifests from an intent; the pods' fetch and drain steps",
+        description="Kubernetes. `corral k8s render INTENT.yaml` writes the manifests of a "
+        "fleet; `fetch` and `drain` are the steps its pods run (init container, preStop).",
+    )
+    add_arguments(p.add_subparsers(dest="k8s_command", metavar="STEP", required=True))
+    for setting in COMMON:
+        add_argument(p, setting, environ)
+    p.set_defaults(func=_run_k8s, schema=Schema("k8s", "CORRAL_", COMMON), config_files=False)
+
+
+async def _run_k8s(args: argparse.Namespace) -> int:
+    code: int = args.k8s(args)
+    return code
+
+
 # --------------------------------------------------------------------- main
 class _Parser(argparse.ArgumentParser):
     """The top-level parser: after argparse has read the command line, every setting
@@ -394,6 +418,7 @@ def parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
         _up_parser,
         _top_parser,
         _bench_parser,
+        _k8s_parser,
     ]
     for add in builders:
         add(sub, environ)

@@ -524,6 +524,23 @@ class Agent:
             self._applying = False
             await self.poll()
 
+    async def drain(self, limit: float) -> float:
+        """Drain before the agent goes (Kubernetes' preStop, ``POST /drain``): tell the
+        balancers to send nothing new (the backend shows as draining), then wait up to
+        ``limit`` seconds until the server has no request in flight. The agent stays
+        draining until it stops. Returns the seconds it took.
+
+        Only a supervised server can be drained (in attach mode the server is not
+        the agent's to hold back); an attached agent returns at once.
+        """
+        started = asyncio.get_running_loop().time()
+        if self.server is None:
+            return 0.0
+        self._applying = True
+        await self.poll()  # tell the balancers: draining
+        await self._drain(limit)
+        return asyncio.get_running_loop().time() - started
+
     async def _drain(self, limit: float) -> None:
         """Wait until the server has no request in flight (from anywhere)."""
         deadline = asyncio.get_running_loop().time() + limit

@@ -2,6 +2,10 @@
 
 - ``GET /livez``: 200 while the agent's monitor loop runs and has gone round lately
   (within :func:`stall_limit`); else 503. A failing liveness probe means "restart me".
+- ``POST /drain?timeout=S``: the preStop hook (``corral k8s drain``): the agent tells
+  its balancers to send nothing new and answers once its server's requests in flight
+  have ended (or after ``S`` seconds). Supervisor mode only; the listener is bound to
+  the pod's addresses, so only what runs in the pod or the cluster network reaches it.
 - ``GET /readyz``: 200 when the agent's llama-server is ready and at least one
   balancer has registered the agent; else 503. A failing readiness probe means "not
   serving yet" (loading a model, no balancer reachable), not "restart me".
@@ -98,7 +102,18 @@ class ProbeListener:
         app = web.Application()
         app.router.add_get("/livez", self._livez)
         app.router.add_get("/readyz", self._readyz)
+        app.router.add_post("/drain", self._drain)
         return app
+
+    async def _drain(self, request: web.Request) -> web.Response:
+        try:
+            limit = float(request.query.get("timeout", "120"))
+        except ValueError:
+            return web.json_response(
+                {"ok": False, "reasons": ["timeout: not a number"]}, status=400
+            )
+        took = await self.agent.drain(max(0.0, limit))
+        return web.json_response({"ok": True, "drained_s": round(took, 3)})
 
     async def _livez(self, request: web.Request) -> web.Response:
         agent = self.agent

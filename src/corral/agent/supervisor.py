@@ -85,6 +85,9 @@ class ServerSettings:
     across restarts while it stays free."""
     api_key: str | None = field(default=None, repr=False)
     """The server's ``--api-key``, if any."""
+    alias: str | None = None
+    """``--alias``: the model's name in the server's answers; ``None``: the file name
+    without ``.gguf``."""
 
 
 LLAMA_CACHE_RAM_MIB: Final = 8192
@@ -365,6 +368,7 @@ class Supervisor:
             settings.model,
             host=settings.host,
             port=port,
+            alias=settings.alias,
             slots=settings.slots,
             ctx_size=settings.ctx_size,
             threads=settings.threads,

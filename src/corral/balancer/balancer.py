@@ -119,6 +119,12 @@ class BalancerConfig:
     """PEM certificate chain: both listeners speak TLS (None: plain HTTP)."""
     tls_key: Path | None = None
     """PEM private key of ``tls_cert`` (None: the key is in ``tls_cert``)."""
+    keda_addr: Addr | None = None
+    """Where KEDA's external scaler is served over gRPC (None: not served; see
+    :mod:`corral.balancer.keda`)."""
+    scaled_models: tuple[str, ...] = ()
+    """Models that may have no server now (scaled to zero): requests naming one wait
+    in the buffer instead of getting 404."""
 
 
 class Balancer:
@@ -136,6 +142,7 @@ class Balancer:
         )
         self.clock = clock or MonotonicClock()
         self.fleet = Fleet()
+        self.fleet.expect(config.scaled_models)
         self.buffer = Buffer(config.max_buffered_requests, config.buffered_request_timeout)
         policy = make_policy(
             config.routing, RoutingOptions(prefix_max_wait=config.prefix_max_wait), self.clock.now
@@ -163,12 +170,19 @@ class Balancer:
         self.management.metrics = self.metrics
         self.dispatcher.on_change = self.rollout.tick
         self.dispatcher.on_pick = self.metrics.pick.observe
+        self.dispatcher.on_cold_start = self._cold_start
+
         self._pool: UpstreamPool | None = None
         self._inference: HttpServer | None = None
         self._runners: list[web.AppRunner] = []
         self._tasks: list[asyncio.Task[Any]] = []
+        self._scaler: Any = None  # keda.ScalerServer, with --keda-addr
+        self.keda_port = 0
         self.inference_port = 0
         self.management_port = 0
+
+    def _cold_start(self, model: str, seconds: float) -> None:
+        self.metrics.cold_start.labels(model).observe(seconds)
 
     def _refresh(self, agent: Any) -> None:
         self.management.refresh(agent)
@@ -213,6 +227,16 @@ class Balancer:
         self.management.inference_port = self.inference_port
         self.management.inference_scheme = "https" if self.ssl is not None else "http"
         self._tasks.append(asyncio.create_task(self._watch_heartbeats()))
+        if self.config.keda_addr is not None:
+            try:
+                from corral.balancer.keda import ScalerServer
+            except ImportError as exc:
+                raise SystemExit(
+                    f"corral balancer: --keda-addr needs the k8s extra "
+                    f"(pip install 'corral[k8s]'): {exc}"
+                ) from None
+            self._scaler = ScalerServer(self.dispatcher, self.config.keda_addr)
+            self.keda_port = await self._scaler.start()
         if self.config.statsd_addr is not None:
             reporter = StatsdReporter(
                 self.config.statsd_addr,
@@ -264,6 +288,9 @@ class Balancer:
         if self._inference is not None:
             await self._inference.stop(self.config.shutdown_timeout)
             self._inference = None
+        if self._scaler is not None:
+            await self._scaler.stop()
+            self._scaler = None
         await self.management.close()
         for runner in self._runners:
             await runner.cleanup()

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from corral.balancer.errors import HTTPError
 from corral.core.buffer import BufferFull, Waiter
 from corral.core.clock import Clock
+from corral.core.demand import ColdStarts
 from corral.core.events import Timings
 from corral.core.fleet import Backend, Fleet, FleetError
 from corral.core.policy import Dispatch, Reject, RequestInfo
@@ -60,6 +61,10 @@ class Dispatcher:
         self.on_lost: Callable[[Backend, str], int] | None = None
         """Breaks off the requests in flight to a server that stopped answering (the
         upstream pool's ``abort``); returns how many."""
+        self.cold_starts = ColdStarts()
+        """Scale-up to first ready slot, per model (see :class:`ColdStarts`)."""
+        self.on_cold_start: Callable[[str, float], None] | None = None
+        """Told each ended cold start: the model, and its seconds (metrics)."""
 
     # ------------------------------------------------------------ requests
     async def acquire(self, request: RequestInfo) -> Reservation:
@@ -92,6 +97,7 @@ class Dispatcher:
     async def _wait(self, waiter: Waiter, request: RequestInfo) -> Reservation:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[str] = loop.create_future()
+        self.cold_starts.buffered(self.fleet, request.model, self.clock.now())
         waiter.token = future
         self._arm_expiry()
         until = request.note.wait_until  # waiting for a busy server, for so long at most
@@ -179,6 +185,10 @@ class Dispatcher:
                     future.set_exception(_reject_error(outcome.reject))
             if self.on_change is not None and self.on_change():
                 again = True
+        for model, seconds in self.cold_starts.changed(self.fleet, self.clock.now()):
+            log.info("model %s: first ready slot %.2fs after scale-up", model, seconds)
+            if self.on_cold_start is not None:
+                self.on_cold_start(model, seconds)
         self._notify()
 
     def _arm_expiry(self) -> None:

@@ -31,6 +31,7 @@ from prometheus_client.registry import Collector
 
 from corral.balancer.statsd import Counts
 from corral.core.buffer import Buffer
+from corral.core.demand import Demand, demand_by_model
 from corral.core.events import Timings
 from corral.core.fleet import BackendState, Fleet
 
@@ -40,6 +41,7 @@ LATENCY_BUCKETS = (
 PICK_BUCKETS = (
     1e-6, 2e-6, 3e-6, 5e-6, 7e-6, 1e-5, 1.5e-5, 2e-5, 3e-5, 5e-5, 7e-5, 1e-4, 2e-4, 5e-4, 1e-3,
 )  # fmt: skip
+COLD_START_BUCKETS = (1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0)
 WAIT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 
@@ -98,6 +100,33 @@ class _FleetCollector(Collector):
         )
         buffered.add_metric([], len(self.buffer))
         yield buffered
+        yield from _demand_metrics(demand_by_model(self.fleet, self.buffer))
+
+
+def _demand_metrics(by_model: dict[str, Demand]) -> Iterator[GaugeMetricFamily]:
+    """The autoscaling signal per model, the same numbers KEDA's external scaler gives
+    (:mod:`corral.balancer.keda`): for a Prometheus trigger."""
+    demand = GaugeMetricFamily(
+        "corral_model_demand",
+        "Requests that want a slot of this model now: buffered plus in flight (divide by "
+        "the slots per replica for the replicas needed)",
+        labels=["model"],
+    )
+    buffered = GaugeMetricFamily(
+        "corral_model_buffered_requests", "Requests waiting for this model", labels=["model"]
+    )
+    in_flight = GaugeMetricFamily(
+        "corral_model_in_flight_requests",
+        "Busy slots of this model's ready servers",
+        labels=["model"],
+    )
+    for model, d in by_model.items():
+        demand.add_metric([model], d.total)
+        buffered.add_metric([model], d.buffered)
+        in_flight.add_metric([model], d.in_flight)
+    yield demand
+    yield buffered
+    yield in_flight
 
 
 class Metrics:
@@ -166,6 +195,14 @@ class Metrics:
             "corral_buffer_rejections",
             "Requests refused by the buffer (full: 429; timeout: 503)",
             ["reason"],
+            registry=r,
+        )
+        self.cold_start = Histogram(
+            "corral_cold_start_seconds",
+            "From scale-up (a request buffered for a model with no ready server) to that "
+            "model's first ready slot",
+            ["model"],
+            buckets=COLD_START_BUCKETS,
             registry=r,
         )
         self.tallies: dict[tuple[str, str], Tally] = {}

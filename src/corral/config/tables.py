@@ -67,6 +67,39 @@ COMMON = (
 )
 """Settings every command has."""
 
+# ---------------------------------------------------- Kubernetes (issue #14)
+KUBERNETES_BALANCER = (
+    Setting(
+        "keda_addr",
+        "HOST:PORT for KEDA's external scaler (gRPC: IsActive, StreamIsActive, "
+        "GetMetricSpec, GetMetrics per model; needs the k8s extra)",
+        addr,
+        default_text="off",
+    ),
+    Setting(
+        "scaled_model",
+        "a model that may have no server now (scaled to zero): requests naming it wait in "
+        "the buffer for one instead of getting 404 (repeatable)",
+        repeatable=True,
+    ),
+)
+"""The balancer's settings for running on Kubernetes (``corral k8s render`` sets them)."""
+
+KUBERNETES_AGENT = (
+    Setting(
+        "llamacpp_host",
+        "address the supervised server listens on; 0.0.0.0 when balancers run elsewhere",
+        default="127.0.0.1",
+    ),
+    Setting(
+        "model_alias",
+        "the model's name as the supervised server reports it (llama-server's --alias)",
+        default_text="the file name without .gguf",
+    ),
+)
+"""The agent's settings for running on Kubernetes (``corral k8s render`` sets them)."""
+
+
 BALANCER = Schema(
     "balancer",
     "CORRAL_",
@@ -241,6 +274,7 @@ BALANCER = Schema(
             default_text="disabled; llama-server enables it, which lets any page use a "
             "visitor's credentials",
         ),
+        *KUBERNETES_BALANCER,
         *COMMON,
     ),
 )
@@ -360,6 +394,7 @@ AGENT = Schema(
             Path,
             default_text="the system's CAs",
         ),
+        *KUBERNETES_AGENT,
         *COMMON,
     ),
 )

@@ -298,6 +298,15 @@ class Fleet:
             self._seen_sorted = sorted(self._seen)
         return self._seen_sorted
 
+    def expect(self, models: Iterable[str]) -> None:
+        """Models that may have no server now (scaled to zero: ``--scaled-model``),
+        known as if seen: a request naming one waits in the buffer for a server of it,
+        instead of getting 404 or another model."""
+        for model in models:
+            if model not in self._seen:
+                self._seen.add(model)
+                self._seen_sorted = None
+
     def has_seen(self, model: str) -> bool:
         """Whether any backend has ever named this model (see :meth:`seen_models`)."""
         return model in self._seen

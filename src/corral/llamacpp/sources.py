@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -109,7 +110,9 @@ def cache_atomically(
 ) -> Path:
     """Write ``target`` through a temporary file; verify it; rename it into place."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    # unique per process and host: pods sharing a volume often all run as pid 1
+    unique = f"{socket.gethostname()}.{os.getpid()}.{os.urandom(4).hex()}"
+    partial = target.with_name(f".{target.name}.{unique}.partial")
     try:
         write(partial)
         if sha256 is not None and _sha256(partial) != sha256.lower():

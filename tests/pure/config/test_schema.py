@@ -90,6 +90,8 @@ def test_the_public_flags_and_env_names_stay():
         "--cors-credentials": "CORRAL_CORS_CREDENTIALS",
         "--tls-cert": "CORRAL_TLS_CERT",
         "--tls-key": "CORRAL_TLS_KEY",
+        "--keda-addr": "CORRAL_KEDA_ADDR",
+        "--scaled-model": "CORRAL_SCALED_MODEL",
         "--log-level": "CORRAL_LOG_LEVEL",
         "--log-format": "CORRAL_LOG_FORMAT",
     }
@@ -98,7 +100,8 @@ def test_the_public_flags_and_env_names_stay():
         "--llama-server", "--llamacpp-port", "--quiet-server", "--external-llamacpp-addr",
         "--management-addr", "--name", "--llamacpp-api-key", "--agent-token",
         "--poll-interval", "--read-timeout", "--slots-gap", "--idle-slots-interval",
-        "--probe-addr", "--tls", "--tls-ca", "--log-level", "--log-format",
+        "--probe-addr", "--tls", "--tls-ca", "--llamacpp-host", "--model-alias", "--log-level",
+        "--log-format",
     ]  # fmt: skip
     assert [s.env for s in SIM][:6] == [
         "CORRAL_SIM_ADDR", "CORRAL_SIM_SLOTS", "CORRAL_SIM_MODEL", "CORRAL_SIM_NAME",

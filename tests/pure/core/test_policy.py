@@ -157,3 +157,15 @@ def test_a_fleet_that_only_ever_saw_one_model_accepts_any_name_even_when_it_is_d
     assert isinstance(Policy().pick(fleet, RequestInfo(CHAT, "gpt-4o")), Wait)
     fleet.report("a", Report(Condition.READY, model="small", slots_total=2), now=2)
     assert Policy().pick(fleet, RequestInfo(CHAT, "gpt-4o")) == Dispatch("a")
+
+
+def test_a_scaled_model_with_no_server_waits_instead_of_404_or_another_model():
+    fleet = fleet_of(("a", "small", 2), ("b", "medium", 2))
+    assert isinstance(Policy().pick(fleet, RequestInfo("/completion", "large")), Reject)
+    fleet.expect(["large"])  # --scaled-model large: it may have no server now
+    assert isinstance(Policy().pick(fleet, RequestInfo("/completion", "large")), Wait)
+    one = fleet_of(("a", "small", 2))
+    one.expect(["large"])
+    assert isinstance(Policy().pick(one, RequestInfo("/completion", "large")), Wait)
+    # the fleet knows two models now: another name is unknown, never sent to "small"
+    assert isinstance(Policy().pick(one, RequestInfo("/completion", "whatever")), Reject)

@@ -1,0 +1,85 @@
+"""Bad intents give one clear error that names the field, never a traceback."""
+
+from __future__ import annotations
+
+import pytest
+
+from corral import cli
+from corral.k8s.intent import IntentError, parse_intent, parse_values
+
+GOOD = {"name": "m", "source": "bundled"}
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (None, "models: required"),
+        ([], "expected a mapping, got a list"),
+        ({"models": []}, "models: required"),
+        ({"models": [GOOD], "modles": 1}, "modles: unknown field"),
+        ({"models": [{"source": "bundled"}]}, r"models\[0\]\.name: required"),
+        ({"models": [{"name": "Gemma_3", "source": "bundled"}]}, r"models\[0\]\.name: 'Gemma_3'"),
+        ({"models": [{"name": "m"}]}, r"models\[0\]\.source: required"),
+        ({"models": [{"name": "m", "source": "s3://x"}]}, r"models\[0\]\.source: 's3://x'"),
+        ({"models": [{"name": "m", "source": "pvc://claim"}]}, r"pvc://CLAIM/PATH"),
+        ({"models": [{**GOOD, "slots": 0}]}, r"models\[0\]\.slots: must be at least 1"),
+        ({"models": [{**GOOD, "slots": "4"}]}, r"models\[0\]\.slots: expected a whole number"),
+        (
+            {"models": [{**GOOD, "replicas": {"min": 3, "max": 2}}]},
+            r"models\[0\]\.replicas\.max: must be at least replicas\.min \(3\)",
+        ),
+        ({"models": [{**GOOD, "replicas": {"min": -1}}]}, r"replicas\.min: must be at least 0"),
+        ({"models": [{**GOOD, "resources": {"memory": "8 GB"}}]}, r"resources\.memory: '8 GB'"),
+        ({"models": [{**GOOD, "resources": {"gpus": 1}}]}, r"resources\.gpus: unknown field"),
+        ({"models": [{**GOOD, "sha256": "abc"}]}, r"models\[0\]\.sha256: expected 64"),
+        ({"models": [GOOD, GOOD]}, r"models\[1\]\.name: 'm' is used twice"),
+        ({"models": [GOOD], "balancer": {"replicas": 0}}, "balancer.replicas: must be at least 1"),
+        ({"models": [GOOD], "scaling": {"trigger": "cpu"}}, "scaling.trigger: 'cpu'"),
+        ({"models": [GOOD], "cache": {"access_mode": "RWX"}}, "cache.access_mode: 'RWX'"),
+    ],
+)
+def test_bad_intent_names_the_field(data, message):
+    with pytest.raises(IntentError, match=message):
+        parse_intent(data)
+
+
+def test_defaults():
+    intent = parse_intent({"models": [GOOD]})
+    (model,) = intent.models
+    assert (model.replicas.min, model.replicas.max) == (1, 1)
+    assert model.slots == 2 and model.ctx_size == 2048  # the agent's own defaults
+    assert intent.balancer.replicas == 2 and intent.scaling.trigger == "external"
+
+
+def test_bad_values_name_the_key():
+    intent = parse_intent({"models": [GOOD]})
+    with pytest.raises(IntentError, match=r"values\.nodeSelctor: unknown field"):
+        parse_values({"nodeSelctor": {}}, intent)
+    with pytest.raises(IntentError, match=r"values\.models\.other: unknown field"):
+        parse_values({"models": {"other": {}}}, intent)
+    with pytest.raises(IntentError, match=r"values\.tolerations: expected a list"):
+        parse_values({"tolerations": {"key": "x"}}, intent)
+
+
+def test_the_command_prints_the_error_not_a_traceback(tmp_path, capsys):
+    intent = tmp_path / "intent.yaml"
+    intent.write_text("models:\n  - name: m\n    source: bundled\n    slots: many\n")
+    assert cli.main(["k8s", "render", str(intent)]) == 2
+    err = capsys.readouterr().err
+    assert "models[0].slots: expected a whole number, got 'many'" in err
+    assert "Traceback" not in err
+    intent.write_text("models: [\n")
+    assert cli.main(["k8s", "render", str(intent)]) == 2
+    assert "not valid YAML" in capsys.readouterr().err
+    assert cli.main(["k8s", "render", str(tmp_path / "missing.yaml")]) == 2
+    assert "cannot read the intent" in capsys.readouterr().err
+
+
+def test_the_command_writes_one_file_per_object(tmp_path, capsys):
+    intent = tmp_path / "intent.yaml"
+    intent.write_text("models:\n  - name: m\n    source: bundled\n    replicas: {min: 0, max: 2}\n")
+    assert cli.main(["k8s", "render", str(intent), "-o", str(tmp_path / "out")]) == 0
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert "scaledobject-corral-m.yaml" in names and "deployment-corral-m.yaml" in names
+    assert cli.main(["k8s", "render", str(intent)]) == 0
+    assert "kind: ScaledObject" in capsys.readouterr().out
