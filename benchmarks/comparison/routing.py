@@ -30,6 +30,7 @@ from comparison.common import (
     processes,
     section_main,
     wait_http,
+    wait_idle,
 )
 from comparison.contenders import NAMES, Backend, start
 from corral.bench import charts
@@ -63,6 +64,8 @@ class Result:
     summary: Summary
     outcomes: list[Outcome]
     usage: dict[str, Any] = field(default_factory=dict)
+    settled: float = 0.0
+    """Seconds the servers needed to go idle before this contender started."""
 
 
 def capacity(scale: Scale, mean_tokens: float, prompt_tokens: int) -> float:
@@ -93,12 +96,15 @@ async def compare(
 
     Loads are the outer loop and the contenders take turns within each load, starting
     with a different one each time, so a machine that slows down over the run does not
-    favour whoever went first.
+    favour whoever went first. Each contender starts in front of idle servers
+    (:func:`~comparison.common.wait_idle`): nothing an earlier one left running counts
+    against it.
     """
     results = []
     for turn, (load, rate) in enumerate(rates):
         shift = turn % len(contenders)
         for name in [*contenders[shift:], *contenders[:shift]]:
+            settled = await wait_idle([b.addr for b in backends], procs=procs)
             mark = procs.mark()
             running = await start(name, backends, procs, env)
             try:
@@ -114,7 +120,7 @@ async def compare(
             finally:
                 procs.stop_since(mark)
             summary = summarise(outcomes)
-            results.append(Result(name, load, rate, summary, outcomes, usage))
+            results.append(Result(name, load, rate, summary, outcomes, usage, settled))
             print(
                 f"  {name:<17} load {load:>4.0%}: {summary.succeeded}/{summary.requests} ok,"
                 f" TTFT p99 {_s(summary, 'ttft', 'p99')} s",
@@ -286,7 +292,7 @@ async def run(env: SuiteEnv, contenders: Sequence[str] = NAMES) -> Section:
         "capacity_rps": cap,
         "results": [
             {"contender": r.contender, "load": r.load, "rate": r.rate,
-             "summary": r.summary.to_dict(), "usage": r.usage}
+             "summary": r.summary.to_dict(), "usage": r.usage, "settled_s": r.settled}
             for r in results
         ],
     }  # fmt: skip
