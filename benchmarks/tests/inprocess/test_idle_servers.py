@@ -31,7 +31,7 @@ async def test_a_generation_left_running_holds_the_next_contender_back() -> None
                 )
             )
             await asyncio.sleep(0.2)
-            with pytest.raises(SuiteError, match="still generating .* 1 busy"):
+            with pytest.raises(SuiteError, match=r"still generating .* 1 busy"):
                 await wait_idle([addr], within=0.1)
             left.cancel()
             with pytest.raises(asyncio.CancelledError):
