@@ -78,9 +78,7 @@ def add_arguments(p: argparse.ArgumentParser, flag: Callable[..., None]) -> None
     w.add_argument("--sessions", type=_int(1), default=8, help="multi-turn: open conversations")
     w.add_argument("--turns", type=_int(1), default=4, help="multi-turn: turns per conversation")
     w.add_argument("--groups", type=_int(1), default=4, help="shared-prefix: groups")
-    w.add_argument(
-        "--group-users", type=_int(1), default=8, help="shared-prefix: users per group"
-    )
+    w.add_argument("--group-users", type=_int(1), default=8, help="shared-prefix: users per group")
     w.add_argument(
         "--prefix-tokens",
         type=_int(1),
