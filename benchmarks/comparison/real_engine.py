@@ -108,6 +108,10 @@ async def run(env: SuiteEnv, contenders: Sequence[str] = CONTENDERS) -> Section:
         f"{capacity:.2f} requests/s, {measured.output_tokens_per_second:.0f} output tokens/s. "
         f"Each run then sends Poisson arrivals for {duration:g} s and waits for every answer.",
         "",
+        "Every contender starts once both servers' `/slots` are idle. Before issue #10 the "
+        "servers were not checked and capacity was measured through Corral: see section 5 "
+        "for why that made Corral look slower than it is.",
+        "",
         tables(results, with_usage=False),
         *ratio_lines(results),
         "",
