@@ -386,6 +386,13 @@ async def run(env: SuiteEnv, contenders: Sequence[str] = CONTENDERS) -> Section:
             "",
         ]
     )
+    if env.quick:
+        note += [
+            "*Quick scale (`--quick`): this checks the harness; its figures are not results. "
+            "The full run (16 simulated servers, real histories past 1,000 tokens) is "
+            "pending a quiet machine.*",
+            "",
+        ]
     md = [
         *note,
         "Columns: TTFT over successful streamed requests; *cache hit rate*: prompt tokens "
