@@ -5,7 +5,8 @@
 1. :mod:`~comparison.routing`: routing quality on simulated servers;
 2. :mod:`~comparison.real_engine`: the same on real llama-servers;
 3. :mod:`~comparison.overhead`: what the data path costs, next to nginx;
-4. :mod:`~comparison.control`: the control plane up to 1,000 agents.
+4. :mod:`~comparison.control`: the control plane up to 1,000 agents;
+5. :mod:`~comparison.prefix`: prefix-cache-aware routing, real and simulated servers.
 
 Each section is ``async def run(env: SuiteEnv) -> Section`` (see
 :mod:`~comparison.common`). The programs the sections start beside Corral are here

@@ -207,6 +207,58 @@ async def agents_ready(mgmt: str, count: int, procs: Processes, within: float = 
     raise SuiteError(f"{count} agent(s) did not all report ready within {within:.0f} s")
 
 
+def busy_slots(slots: Any) -> int:
+    """Busy slots in a ``/slots`` answer (a list of slots with ``is_processing``).
+
+    Raises ValueError when ``slots`` is not such a list."""
+    if not isinstance(slots, list) or not all(isinstance(s, dict) for s in slots):
+        raise ValueError(f"not a /slots answer: {str(slots)[:200]}")
+    return sum(1 for s in slots if s.get("is_processing"))
+
+
+async def wait_idle(
+    addrs: Sequence[str],
+    within: float = 120.0,
+    procs: Processes | None = None,
+) -> float:
+    """Wait until every server at ``addrs`` (``host:port``) reports all its slots idle;
+    returns the seconds waited.
+
+    Every contender must start in front of idle servers. A request an earlier
+    contender abandoned (a client error, a timeout, a killed proxy) may still be
+    generating: llama-server notices a client that left only on its next write, or
+    after its 1 s wait for a queued request. Corral counts such a slot as busy (load
+    from elsewhere) while nginx and HAProxy ignore it, so without this wait the
+    contender that follows a failed run is measured on fewer slots.
+
+    Raises :class:`SuiteError` if a server is still busy after ``within`` seconds
+    (restart the servers) or answers ``/slots`` with something else. ``/slots`` is read
+    at most every 1.25 s, never faster, so that the wait itself lets llama-server
+    notice clients that left (see ``corral.agent.reader``).
+    """
+    started = time.monotonic()
+    deadline = started + within
+    busy: dict[str, int] = {}
+    while True:
+        if procs is not None:
+            procs.check_alive()
+        for addr in addrs:
+            try:
+                answer = await asyncio.to_thread(get_json, f"http://{addr}/slots")
+                busy[addr] = busy_slots(answer)
+            except (OSError, ValueError) as exc:
+                raise SuiteError(f"{addr}/slots: {exc}") from None
+        if not any(busy.values()):
+            return time.monotonic() - started
+        if time.monotonic() >= deadline:
+            still = ", ".join(f"{a}: {n} busy" for a, n in busy.items() if n)
+            raise SuiteError(
+                f"servers still generating {within:.0f} s after the last contender ({still}); "
+                "restart them"
+            )
+        await asyncio.sleep(1.25)
+
+
 def _get_status(url: str) -> int:
     try:
         with urllib.request.urlopen(url, timeout=2) as response:
@@ -277,6 +329,7 @@ __all__ = [
     "SuiteEnv",
     "SuiteError",
     "agents_ready",
+    "busy_slots",
     "child_env",
     "cpu_seconds",
     "free_port",
@@ -288,6 +341,7 @@ __all__ = [
     "rss_bytes",
     "section_main",
     "wait_http",
+    "wait_idle",
 ]
 
 

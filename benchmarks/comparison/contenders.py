@@ -1,8 +1,13 @@
 """The balancers Corral is compared with, each started in front of the same servers.
 
-- ``corral``: Corral's balancer with one agent per server;
+- ``corral``: Corral's balancer with one agent per server, as configured by default;
+  ``corral-<mode>`` (``corral-prefix``, ``corral-slots``) passes ``--routing <mode>``
+  to the balancer (the option of issue #10's prefix-aware routing);
 - ``nginx-rr`` and ``nginx-least-conn``: nginx's round robin and ``least_conn``;
 - ``nginx-random``: nginx's ``random`` (a uniformly random server per request);
+- ``nginx-sticky``: nginx's ``hash $http_x_session_id consistent``: every request of a
+  session (the load generator's ``X-Session-Id``) goes to the same server, whatever
+  its load: the oracle of cache affinity, blind to slots;
 - ``haproxy``: HAProxy ``balance leastconn`` with ``maxconn`` per server set to its
   slots, so requests beyond them wait in HAProxy's queue instead of in a server's:
   the strongest static configuration a generic balancer offers.
@@ -31,6 +36,8 @@ from comparison.common import (
 )
 
 NAMES = ("corral", "haproxy", "nginx-least-conn", "nginx-rr", "nginx-random")
+"""The contenders of the routing sections; ``nginx-sticky`` and ``corral-<mode>`` are
+known too (the prefix section uses them)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +53,20 @@ class Backend:
         return f"127.0.0.1:{self.port}"
 
 
-_NGINX_POLICY = {"nginx-rr": "", "nginx-least-conn": "least_conn;", "nginx-random": "random;"}
+_NGINX_POLICY = {
+    "nginx-rr": "",
+    "nginx-least-conn": "least_conn;",
+    "nginx-random": "random;",
+    "nginx-sticky": "hash $http_x_session_id consistent;",
+}
+
+
+def corral_routing(name: str) -> str | None:
+    """The ``--routing`` mode a Corral contender name asks for: ``corral-prefix`` ->
+    ``prefix``; None for plain ``corral`` (the balancer's default) and other names."""
+    if name.startswith("corral-") and len(name) > len("corral-"):
+        return name.removeprefix("corral-")
+    return None
 
 
 def nginx_config(policy: str, backends: Sequence[Backend], port: int, work: Path) -> str:
@@ -141,11 +161,14 @@ async def start(
     """
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    if name == "corral":
+    routing = corral_routing(name)
+    if name == "corral" or routing is not None:
+        options = [] if routing is None else ["--routing", routing]
         balancer = await start_balancer(
             env, procs, core, env.work_dir / f"state-{port}.json",
             "--max-buffered-requests", "100000",
             "--buffered-request-timeout", str(queue_timeout),
+            *options,
             log_level="warning",
         )  # fmt: skip
         for b in backends:
@@ -173,6 +196,7 @@ async def start(
         conf.write_text(haproxy_config(backends, port, queue_timeout))
         procs.start(name, env.pin(core, [require("haproxy"), "-db", "-f", str(conf)]))
     else:
-        raise SuiteError(f"unknown contender {name!r}; choose from {', '.join(NAMES)}")
+        known = [*NAMES, "nginx-sticky", "corral-<routing>"]
+        raise SuiteError(f"unknown contender {name!r}; choose from {', '.join(known)}")
     await wait_http(f"{url}/health", procs=procs)
     return Running(name, url)

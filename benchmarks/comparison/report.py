@@ -31,7 +31,7 @@ from typing import Any
 from comparison.common import Section, SuiteEnv, SuiteError, markdown_table
 from corral import __version__
 
-SECTIONS = ("routing", "real_engine", "overhead", "control")
+SECTIONS = ("routing", "real_engine", "overhead", "control", "prefix")
 
 INTRO = """\
 Corral exists because generic balancers route LLM traffic badly. This page measures
@@ -45,10 +45,14 @@ servers, requests and arrival trace for every contender. Section 2 repeats it on
 llama-servers at the only scale this CPU machine allows (two servers with two slots);
 there a few long answers decide the tail of a run of a few dozen requests, so treat
 differences within a row as noise unless they are large. Sections 3 and 4 are about
-Corral's own cost. HAProxy is given each server's slot count by hand and is the only
-client of those servers, which is the best case for a static configuration; Corral
-learns the slots from its agents, follows servers as they come and go, and counts
-requests that reach a server from elsewhere, which no contender here does.
+Corral's own cost. Section 5 is about the prompt cache: where a request is sent
+decides whether a server reads a long history again or reuses it. Every contender
+starts in front of idle servers (checked on `/slots`), and real-server capacity is
+measured on the servers directly, not through any contender. HAProxy is given each
+server's slot count by hand and is the only client of those servers, which is the
+best case for a static configuration; Corral learns the slots from its agents,
+follows servers as they come and go, and counts requests that reach a server from
+elsewhere, which no contender here does.
 """
 
 

@@ -17,7 +17,7 @@ import sys
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from comparison.common import (
     Processes,
@@ -30,6 +30,7 @@ from comparison.common import (
     processes,
     section_main,
     wait_http,
+    wait_idle,
 )
 from comparison.contenders import NAMES, Backend, start
 from corral.bench import charts
@@ -63,6 +64,8 @@ class Result:
     summary: Summary
     outcomes: list[Outcome]
     usage: dict[str, Any] = field(default_factory=dict)
+    settled: float = 0.0
+    """Seconds the servers needed to go idle before this contender started."""
 
 
 def capacity(scale: Scale, mean_tokens: float, prompt_tokens: int) -> float:
@@ -78,6 +81,26 @@ def _post(url: str) -> None:
         pass
 
 
+class Meter(Protocol):
+    """How a section reads the servers' own account of one run (usage, work done)."""
+
+    async def reset(self) -> None: ...
+    async def read(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class UsageMeter:
+    """:mod:`comparison.simfleet`'s ``/usage`` (``POST /usage/reset`` to start over)."""
+
+    url: str
+
+    async def reset(self) -> None:
+        await asyncio.to_thread(_post, f"{self.url}/reset")
+
+    async def read(self) -> dict[str, Any]:
+        return dict(await asyncio.to_thread(get_json, self.url))
+
+
 async def compare(
     env: SuiteEnv,
     procs: Processes,
@@ -88,33 +111,39 @@ async def compare(
     contenders: Sequence[str],
     usage_url: str | None = None,
     timeout: float = 600.0,  # noqa: ASYNC109 (each request's limit, passed to the client)
+    meter: Meter | None = None,
 ) -> list[Result]:
     """Run every contender at every (load, rate) in front of ``backends``.
 
     Loads are the outer loop and the contenders take turns within each load, starting
     with a different one each time, so a machine that slows down over the run does not
-    favour whoever went first.
+    favour whoever went first. Each contender starts in front of idle servers
+    (:func:`~comparison.common.wait_idle`): nothing an earlier one left running counts
+    against it.
     """
+    if meter is None and usage_url:
+        meter = UsageMeter(usage_url)
     results = []
     for turn, (load, rate) in enumerate(rates):
         shift = turn % len(contenders)
         for name in [*contenders[shift:], *contenders[:shift]]:
+            settled = await wait_idle([b.addr for b in backends], procs=procs)
             mark = procs.mark()
             running = await start(name, backends, procs, env)
             try:
-                if usage_url:
-                    await asyncio.to_thread(_post, f"{usage_url}/reset")
+                if meter is not None:
+                    await meter.reset()
                 runner = Runner(
                     Target(running.url, api="chat", timeout=timeout),
                     Workload(spec),
                     Load(rate=rate, duration=duration, seed=env.seed),
                 )
                 outcomes = await runner.run()
-                usage = await asyncio.to_thread(get_json, usage_url) if usage_url else {}
+                usage = await meter.read() if meter is not None else {}
             finally:
                 procs.stop_since(mark)
             summary = summarise(outcomes)
-            results.append(Result(name, load, rate, summary, outcomes, usage))
+            results.append(Result(name, load, rate, summary, outcomes, usage, settled))
             print(
                 f"  {name:<17} load {load:>4.0%}: {summary.succeeded}/{summary.requests} ok,"
                 f" TTFT p99 {_s(summary, 'ttft', 'p99')} s",
@@ -133,7 +162,7 @@ def _row(r: Result, with_usage: bool) -> list[object]:
     s = r.summary
     errors = ", ".join(f"{k} {v}" for k, v in s.errors.items()) or "0"
     row: list[object] = [
-        f"**{r.contender}**" if r.contender == "corral" else r.contender,
+        f"**{r.contender}**" if r.contender.startswith("corral") else r.contender,
         _s(s, "ttft", "p50"),
         _s(s, "ttft", "p99"),
         _s(s, "latency", "p50"),
@@ -286,7 +315,7 @@ async def run(env: SuiteEnv, contenders: Sequence[str] = NAMES) -> Section:
         "capacity_rps": cap,
         "results": [
             {"contender": r.contender, "load": r.load, "rate": r.rate,
-             "summary": r.summary.to_dict(), "usage": r.usage}
+             "summary": r.summary.to_dict(), "usage": r.usage, "settled_s": r.settled}
             for r in results
         ],
     }  # fmt: skip

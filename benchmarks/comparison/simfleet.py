@@ -161,6 +161,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--slots", type=int, default=4, help="slots per server (default 4)")
     p.add_argument("--tps", type=float, default=50.0, help="tokens/s of one slot alone")
     p.add_argument("--slowdown", type=float, default=0.1, help="contention between slots")
+    p.add_argument(
+        "--prompt-tps", type=float, default=2000.0, help="prompt tokens/s one slot reads"
+    )
+    p.add_argument(
+        "--host-cache", type=int, default=0, help="host prompt cache per server, tokens (0: none)"
+    )
+    p.add_argument("--ctx", type=int, default=8192, help="context per slot, tokens")
     p.add_argument("--model", default="sim-model")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -170,7 +177,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             slots=args.slots,
             tokens_per_second=args.tps,
             slowdown=args.slowdown,
-            n_ctx=8192,
+            prompt_tokens_per_second=args.prompt_tps,
+            host_cache_tokens=args.host_cache,
+            n_ctx=args.ctx,
             seed=args.seed,
         )
     except ValueError as exc:

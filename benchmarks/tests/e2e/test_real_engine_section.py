@@ -31,6 +31,7 @@ async def test_real_servers_behind_each_contender(tmp_path: Path) -> None:
         assert s["requests"] == s["succeeded"] + s["failed"] > 0
         assert s["failed"] == 0, (r["contender"], s["errors"])
         assert s["output_tokens"] > 0
+        assert r["settled_s"] >= 0  # the servers were checked idle before it started
     assert "Measured capacity" in section.markdown and "| **corral** |" in section.markdown
     assert (tmp_path / "charts" / "real-engine-ttft-p99.png").stat().st_size > 1000
     assert children() <= before

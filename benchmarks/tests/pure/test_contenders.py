@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from comparison.common import SuiteError, markdown_table
-from comparison.contenders import Backend, haproxy_config, nginx_config
+from comparison.contenders import Backend, corral_routing, haproxy_config, nginx_config
 from comparison.routing import Scale, capacity
 from comparison.simfleet import Usage
 
@@ -71,3 +71,16 @@ def test_capacity_of_a_simulated_fleet() -> None:
 
 def test_markdown_table() -> None:
     assert markdown_table(["a", "b"], [[1, 2]]) == "| a | b |\n| --- | ---: |\n| 1 | 2 |"
+
+
+def test_the_sticky_oracle_hashes_the_session_header(tmp_path: Path) -> None:
+    conf = nginx_config("nginx-sticky", BACKENDS, 8000, tmp_path)
+    assert "hash $http_x_session_id consistent;" in conf
+
+
+@pytest.mark.parametrize(
+    ("name", "mode"),
+    [("corral", None), ("corral-prefix", "prefix"), ("corral-slots", "slots"), ("haproxy", None)],
+)
+def test_a_corral_contender_names_its_routing_mode(name: str, mode: str | None) -> None:
+    assert corral_routing(name) == mode

@@ -92,6 +92,32 @@ class Event:
     """The answer's total output tokens, when the event reports usage."""
     done: bool = False
     error: str | None = None
+    cache: Cache | None = None
+    """The server's prompt-cache figures, when the event carries ``timings``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Cache:
+    """How much of a prompt the server took from its cache, as llama-server reports it in
+    ``timings``: ``cache_n`` tokens reused, ``prompt_n`` tokens it had to read."""
+
+    cached: int
+    read: int
+
+    @property
+    def prompt(self) -> int:
+        """The prompt's tokens in all."""
+        return self.cached + self.read
+
+
+def _cache(obj: dict[str, Any]) -> Cache | None:
+    timings = obj.get("timings")
+    if not isinstance(timings, dict):
+        return None
+    cached, read = timings.get("cache_n"), timings.get("prompt_n")
+    if isinstance(cached, int) and isinstance(read, int):
+        return Cache(cached, read)
+    return None
 
 
 def read_event(data: bytes) -> Event:
@@ -107,6 +133,7 @@ def read_event(data: bytes) -> Event:
     if "error" in obj:
         return Event(error="stream_error")
     usage = _usage_tokens(obj)
+    cache = _cache(obj)
     if "choices" in obj:
         text = ""
         for choice in obj.get("choices") or ():
@@ -114,12 +141,13 @@ def read_event(data: bytes) -> Event:
                 delta = choice.get("delta")
                 piece = delta.get("content") if isinstance(delta, dict) else choice.get("text")
                 text += piece if isinstance(piece, str) else ""
-        return Event(tokens=1 if text else 0, usage_tokens=usage)
+        return Event(tokens=1 if text else 0, usage_tokens=usage, cache=cache)
     content = obj.get("content")
     return Event(
         tokens=1 if isinstance(content, str) and content else 0,
         usage_tokens=usage,
         done=obj.get("stop") is True,
+        cache=cache,
     )
 
 
@@ -137,8 +165,16 @@ def _usage_tokens(obj: dict[str, Any]) -> int | None:
 
 def answer_tokens(body: bytes) -> int | None:
     """Output tokens a non-streamed answer reports, or None if it says nothing."""
+    return read_answer(body)[0]
+
+
+def read_answer(body: bytes) -> tuple[int | None, Cache | None]:
+    """Output tokens and prompt-cache figures a non-streamed answer reports (None for
+    what it does not say)."""
     try:
         obj = msgspec.json.decode(body)
     except msgspec.DecodeError:
-        return None
-    return _usage_tokens(obj) if isinstance(obj, dict) else None
+        return None, None
+    if not isinstance(obj, dict):
+        return None, None
+    return _usage_tokens(obj), _cache(obj)

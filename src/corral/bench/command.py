@@ -77,6 +77,14 @@ def add_arguments(p: argparse.ArgumentParser, flag: Callable[..., None]) -> None
     )
     w.add_argument("--sessions", type=_int(1), default=8, help="multi-turn: open conversations")
     w.add_argument("--turns", type=_int(1), default=4, help="multi-turn: turns per conversation")
+    w.add_argument("--groups", type=_int(1), default=4, help="shared-prefix: groups")
+    w.add_argument("--group-users", type=_int(1), default=8, help="shared-prefix: users per group")
+    w.add_argument(
+        "--prefix-tokens",
+        type=_int(1),
+        default=1000,
+        help="shared-prefix, no-sharing: words of the document before each question",
+    )
     w.add_argument("--seed", type=int, default=1, help="default %(default)s")
     w.add_argument(
         "--no-ignore-eos",
@@ -165,6 +173,9 @@ def plan(args: argparse.Namespace) -> tuple[Target, WorkloadSpec, Load]:
         stream_share=args.stream_share,
         sessions=args.sessions,
         turns=args.turns,
+        groups=args.groups,
+        users=args.group_users,
+        prefix_tokens=args.prefix_tokens,
         seed=args.seed,
     )
     requests = args.requests

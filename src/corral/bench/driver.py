@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from corral.bench.api import PATHS, Api, SSEParser, answer_tokens, read_event, request_body
+from corral.bench.api import PATHS, Api, Cache, SSEParser, read_answer, read_event, request_body
 from corral.bench.stats import Outcome
 from corral.bench.workload import Call, Workload, WorkloadError, poisson_arrivals
 
@@ -192,8 +192,11 @@ class Runner:
         wait: float | None = None
         server: str | None = None
         error: str | None = None
+        cache: Cache | None = None
+        # the session lets a sticky balancer keep a conversation (or a user) on one server
+        headers = {**self._headers, "X-Session-Id": str(call.session)}
         try:
-            async with session.post(t.endpoint, data=body, headers=self._headers) as response:
+            async with session.post(t.endpoint, data=body, headers=headers) as response:
                 wait = _float(response.headers.get("X-Corral-Buffer-Wait"))
                 server = response.headers.get("X-Corral-Server") or response.headers.get(
                     "X-Sim-Server"
@@ -212,6 +215,8 @@ class Runner:
                                 error = event.error
                             if event.usage_tokens is not None:
                                 usage = event.usage_tokens
+                            if event.cache is not None:
+                                cache = event.cache
                             if event.tokens:
                                 if first is None:
                                     first = now
@@ -222,7 +227,7 @@ class Runner:
                     if error is None and parser.pending.strip():
                         error = "truncated_stream"
                 else:
-                    usage = answer_tokens(await response.read())
+                    usage, cache = read_answer(await response.read())
         except TimeoutError:
             error = "timeout"
         except aiohttp.ClientPayloadError:
@@ -241,6 +246,8 @@ class Runner:
             buffer_wait=wait,
             server=server,
             scheduled=scheduled,
+            prompt_tokens=cache.prompt if cache is not None else None,
+            cached_tokens=cache.cached if cache is not None else None,
         )
 
 

@@ -15,7 +15,10 @@ Definitions, as the serving literature uses them:
   over all requests;
 - end-to-end latency: from sending to the last byte of the answer;
 - throughput: successful requests, and output tokens, per second of the run's
-  duration (from the first request sent to the last answer finished).
+  duration (from the first request sent to the last answer finished);
+- cache hit rate: the prompt tokens the servers took from their prompt cache over all
+  prompt tokens, summed over the successful answers that report them (llama-server's
+  ``timings.cache_n`` and ``cache_n + prompt_n``): measured by the servers, not guessed.
 
 Percentiles interpolate linearly between the two nearest ranks (the "linear" method
 of NumPy and of most tools), so the p50 of ``[1, 2, 3, 4]`` is 2.5.
@@ -57,6 +60,10 @@ class Outcome:
     """Which server answered, where the target says (Corral, the simulator)."""
     scheduled: float | None = None
     """Open loop: when the trace wanted it sent (lateness = start - scheduled)."""
+    prompt_tokens: int | None = None
+    """The prompt's tokens, as the server's ``timings`` report (None: not reported)."""
+    cached_tokens: int | None = None
+    """Of those, the tokens the server reused from its prompt cache (``cache_n``)."""
 
     @property
     def ok(self) -> bool:
@@ -124,9 +131,18 @@ class Summary:
     buffer_wait: Distribution | None
     servers: Mapping[str, int] = field(default_factory=dict)
     """Successful requests per answering server, where known."""
+    prompt_tokens: int = 0
+    """Prompt tokens of the successful answers that report their cache use."""
+    cached_tokens: int = 0
+    """Of those, tokens the servers reused from their prompt cache."""
+
+    @property
+    def cache_hit_rate(self) -> float | None:
+        """``cached_tokens / prompt_tokens``; None when no answer reported it."""
+        return self.cached_tokens / self.prompt_tokens if self.prompt_tokens else None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "cache_hit_rate": self.cache_hit_rate}
 
 
 def summarise(outcomes: Iterable[Outcome]) -> Summary:
@@ -141,6 +157,7 @@ def summarise(outcomes: Iterable[Outcome]) -> Summary:
     gaps = [g for o in good for g in o.token_gaps]
     waits = [o.buffer_wait for o in good if o.buffer_wait is not None]
     servers = Counter(o.server for o in good if o.server is not None)
+    reported = [o for o in good if o.prompt_tokens is not None and o.cached_tokens is not None]
     return Summary(
         requests=len(done),
         succeeded=len(good),
@@ -155,6 +172,8 @@ def summarise(outcomes: Iterable[Outcome]) -> Summary:
         latency=Distribution.of([o.latency for o in good]),
         buffer_wait=Distribution.of(waits),
         servers=dict(sorted(servers.items())),
+        prompt_tokens=sum(o.prompt_tokens or 0 for o in reported),
+        cached_tokens=sum(o.cached_tokens or 0 for o in reported),
     )
 
 
@@ -173,6 +192,11 @@ def format_table(summary: Summary) -> str:
     ]
     if s.errors:
         lines.append("errors        " + ", ".join(f"{k}: {v:,}" for k, v in s.errors.items()))
+    if s.cache_hit_rate is not None:
+        lines.append(
+            f"prompt cache  {s.cache_hit_rate:.1%} of {s.prompt_tokens:,} prompt tokens "
+            f"reused ({s.cached_tokens:,}, as the servers report)"
+        )
     header = f"{'(ms)':<22}{'p50':>10}{'p90':>10}{'p99':>10}{'max':>10}{'mean':>10}"
     lines += ["", header]
     rows: list[tuple[str, Distribution | None]] = [

@@ -18,7 +18,19 @@ Output lengths come from one of three shapes:
   messages are the whole history so far, so calls share long prefixes. The
   assistant's earlier answers in the history are the planned answers (text of the
   planned length), not the server's real words, so the sequence does not depend on
-  who answered. Output lengths are heavy-tailed as above.
+  who answered. Output lengths are heavy-tailed as above. For a prompt cache to
+  matter, histories must grow long: with ``prompt_tokens`` 400 and 8 turns of answers
+  near 64 tokens, the last turns send over 1,000 tokens (:func:`history_words`).
+- ``shared-prefix``: llm-d's shape. ``groups`` groups of ``users`` users; each group
+  shares a long document or system prompt (``prefix_tokens`` words) and each call is
+  one user's short question (``prompt_tokens`` words) after it. Calls pick a group and
+  a user at random, so a balancer that keeps a group's calls together reuses its cache.
+- ``no-sharing``: the control. The same lengths as ``shared-prefix`` but every call's
+  document is its own, so there is nothing to reuse.
+
+Every call carries a ``session``: the conversation (multi-turn), the user
+(shared-prefix) or the call itself; the load generator sends it as ``X-Session-Id``
+so a sticky balancer can hash on it.
 
 Arrivals for an open loop are a Poisson process (:func:`poisson_arrivals`): the gaps
 between requests are exponential with mean ``1 / rate``, from their own seeded
@@ -34,8 +46,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
-Shape = Literal["fixed", "heavy-tail", "multi-turn"]
-SHAPES: tuple[Shape, ...] = ("fixed", "heavy-tail", "multi-turn")
+Shape = Literal["fixed", "heavy-tail", "multi-turn", "shared-prefix", "no-sharing"]
+SHAPES: tuple[Shape, ...] = ("fixed", "heavy-tail", "multi-turn", "shared-prefix", "no-sharing")
 
 _WORDS = (
     "the", "fleet", "server", "slot", "token", "model", "prompt", "answer", "request",
@@ -70,12 +82,21 @@ class WorkloadSpec:
     """``multi-turn``: conversations open at once."""
     turns: int = 4
     """``multi-turn``: turns per conversation before it ends and a new one starts."""
+    groups: int = 4
+    """``shared-prefix``: groups, each with its own shared document."""
+    users: int = 8
+    """``shared-prefix``: users per group."""
+    prefix_tokens: int = 1000
+    """``shared-prefix`` and ``no-sharing``: words in the document before each question."""
     seed: int = 1
 
     def __post_init__(self) -> None:
         if self.shape not in SHAPES:
             raise WorkloadError(f"unknown workload {self.shape!r}; choose one of {SHAPES}")
-        for name in ("prompt_tokens", "output_tokens", "max_output_tokens", "sessions", "turns"):
+        for name in (
+            "prompt_tokens", "output_tokens", "max_output_tokens", "sessions", "turns",
+            "groups", "users", "prefix_tokens",
+        ):  # fmt: skip
             if getattr(self, name) < 1:
                 raise WorkloadError(f"{name.replace('_', ' ')} must be >= 1")
         if self.output_tokens > self.max_output_tokens:
@@ -109,6 +130,8 @@ class Call:
     """``multi-turn``: the conversation (0, 1, 2...); otherwise each call is its own."""
     turn: int = 0
     """``multi-turn``: 0 for a conversation's first call."""
+    group: int = 0
+    """``shared-prefix``: the group whose document the call starts with."""
 
     @property
     def prompt(self) -> str:
@@ -146,6 +169,9 @@ class Workload:
     def __iter__(self) -> Iterator[Call]:
         spec = self.spec
         rng = random.Random(f"corral-workload:{spec.seed}")
+        if spec.shape in ("shared-prefix", "no-sharing"):
+            yield from self._documents(rng)
+            return
         if spec.shape != "multi-turn":
             for index in itertools.count():
                 prompt = _text(rng, spec.prompt_tokens, start=f"Request {index}:")
@@ -181,6 +207,26 @@ class Workload:
             if session.turn >= spec.turns:
                 open_[place] = _Session(next(numbers))
 
+    def _documents(self, rng: random.Random) -> Iterator[Call]:
+        spec = self.spec
+        shared = spec.shape == "shared-prefix"
+        docs = [_text(rng, spec.prefix_tokens, start=f"Document-{g}:") for g in range(spec.groups)]
+        for index in itertools.count():
+            group, user = rng.randrange(spec.groups), rng.randrange(spec.users)
+            if shared:
+                document = docs[group]
+            else:  # as long, but its own
+                document = _text(rng, spec.prefix_tokens, start=f"Document-of-call-{index}:")
+            question = _text(rng, spec.prompt_tokens, start=f"User-{user}:")
+            yield Call(
+                index=index,
+                messages=(Message("system", document), Message("user", question)),
+                max_tokens=output_length(rng, spec),
+                stream=rng.random() < spec.stream_share,
+                session=group * spec.users + user if shared else index,
+                group=group if shared else index,
+            )
+
     def take(self, count: int) -> list[Call]:
         """The first ``count`` calls."""
         return list(itertools.islice(self, count))
@@ -190,6 +236,11 @@ class Workload:
         return (
             f"<Workload {s.shape} prompt={s.prompt_tokens} output={s.output_tokens} seed={s.seed}>"
         )
+
+
+def history_words(call: Call) -> int:
+    """Words in a call's messages: about its prompt tokens (see :data:`_WORDS`)."""
+    return sum(len(m.content.split()) for m in call.messages)
 
 
 def poisson_arrivals(rate: float, seed: int) -> Iterator[float]:

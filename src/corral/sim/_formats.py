@@ -182,6 +182,11 @@ class Run(Protocol):
     @property
     def n_prompt(self) -> int: ...
     @property
+    def n_cached(self) -> int:
+        """Prompt tokens reused from the slot's cache."""
+        ...
+
+    @property
     def n_decoded(self) -> int:
         """Tokens decoded so far."""
         ...
@@ -194,7 +199,7 @@ def usage(run: Run) -> dict[str, Any]:
         "completion_tokens": run.n_decoded,
         "prompt_tokens": run.n_prompt,
         "total_tokens": run.n_prompt + run.n_decoded,
-        "prompt_tokens_details": {"cached_tokens": 0},
+        "prompt_tokens_details": {"cached_tokens": run.n_cached},
     }
 
 

@@ -11,12 +11,25 @@ slot wait in one FIFO queue inside the server. :class:`SlotTable` is that
 bookkeeping. Every method is a state transition; an illegal one raises
 :class:`SlotError` and changes nothing.
 
-A slot first reads its prompt (``n_prompt / prompt_tokens_per_second`` seconds), then
-decodes one token per step. A step alone takes ``1 / tokens_per_second``; with
+A slot first reads the part of its prompt it does not hold in its cache
+(``(n_prompt - cached) / prompt_tokens_per_second`` seconds), then decodes one token
+per step. A step alone takes ``1 / tokens_per_second``; with
 ``busy`` slots decoding at once the accelerator is shared and each step takes
 ``(1 + slowdown * (busy - 1)) / tokens_per_second`` (:class:`SpeedModel`). The
 server's total throughput still grows with concurrency, but less than linearly, as
 on real hardware.
+
+Prompt cache, as llama-server keeps it. Each slot remembers the tokens of the last
+prompt it read; a new prompt reuses the longest common prefix with it and reads only
+the rest (at least one token is always read: ``cached <= n_prompt - 1``). Without an
+``id_slot``, llama-server gives a request the idle slot whose cached prompt shares the
+longest prefix with it when that prefix is more than ``slot_prompt_similarity`` of the
+prompt (``--slot-prompt-similarity``, 0.1), else the idle slot used least recently.
+With a host cache (``--cache-ram``) a slot that switches to another prompt saves its
+old one to host memory (bounded in tokens, least recently used out), and a prompt that
+shares a longer prefix with a saved one than with the slot's own is restored from
+there. :class:`SlotTable` keeps all of it; a job without tokens takes the lowest free
+slot and caches nothing.
 
 What a request produces is decided before it runs (:func:`plan_generation`): the
 text is ``tok0 tok1 tok2 ...``, one word per token, cut by the token budget, the
@@ -113,6 +126,66 @@ class Job:
     """Most tokens the request may decode; -1 for no limit (llama.cpp's convention)."""
     params: Mapping[str, Any] = field(default_factory=dict)
     """The request's sampling parameters, shown by ``/slots``."""
+    tokens: tuple[int, ...] = ()
+    """The prompt's token ids, for the prompt cache (empty: no caching)."""
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix of two token sequences."""
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def reusable(lcp: int, n_prompt: int) -> int:
+    """Tokens a prompt of ``n_prompt`` may take from a cache sharing ``lcp`` with it:
+    llama-server always reads the last prompt token again, to get its logits."""
+    return max(0, min(lcp, n_prompt - 1))
+
+
+class HostCache:
+    """Prompts saved in host memory (llama-server's ``--cache-ram``), bounded in tokens,
+    least recently used out. Pure."""
+
+    def __init__(self, capacity_tokens: int) -> None:
+        if capacity_tokens < 0:
+            raise ValueError(f"capacity_tokens must be >= 0, got {capacity_tokens}")
+        self.capacity_tokens = capacity_tokens
+        self._prompts: collections.OrderedDict[tuple[int, ...], None] = collections.OrderedDict()
+        self.tokens = 0
+        """Tokens held now (never above :attr:`capacity_tokens`)."""
+
+    def __len__(self) -> int:
+        return len(self._prompts)
+
+    def save(self, prompt: tuple[int, ...]) -> None:
+        """Keep ``prompt``, dropping the least recently used ones to make room; a prompt
+        longer than the whole capacity is not kept."""
+        if not prompt or len(prompt) > self.capacity_tokens:
+            return
+        if prompt in self._prompts:
+            self._prompts.move_to_end(prompt)
+            return
+        while self.tokens + len(prompt) > self.capacity_tokens:
+            old, _ = self._prompts.popitem(last=False)
+            self.tokens -= len(old)
+        self._prompts[prompt] = None
+        self.tokens += len(prompt)
+
+    def best(self, prompt: Sequence[int]) -> tuple[tuple[int, ...], int]:
+        """The saved prompt sharing the longest prefix with ``prompt``, and that length
+        (``((), 0)`` when none shares any); a hit counts as a use."""
+        found: tuple[int, ...] = ()
+        longest = 0
+        for saved in self._prompts:
+            lcp = common_prefix(saved, prompt)
+            if lcp > longest:
+                found, longest = saved, lcp
+        if found:
+            self._prompts.move_to_end(found)
+        return found, longest
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +198,8 @@ class SlotView:
     n_predict: int = -1
     n_decoded: int = 0
     params: Mapping[str, Any] = field(default_factory=dict)
+    n_cached: int = 0
+    """Prompt tokens this task took from the cache (llama-server's ``cache_n``)."""
 
     @property
     def is_processing(self) -> bool:
@@ -142,21 +217,47 @@ class Ticket:
 
     task: int
     slot: int | None
+    cached: int = 0
+    """Prompt tokens reused from the cache (0 while waiting)."""
 
 
 class SlotTable:
     """Which slots are busy with which task, and who waits for one, in FIFO order.
 
     Invariant: a task waits only while every slot is busy; when a slot is released
-    the oldest waiting task takes it at once (:meth:`release` says which).
+    the oldest waiting task takes it at once (:meth:`release` says which). Each slot
+    keeps the tokens of the last prompt it read (see the module docstring).
+
+    Args:
+        n_slots: Slots (``--parallel``), >= 1.
+        similarity: ``--slot-prompt-similarity``: the shared prefix, as a share of the
+            prompt, above which the slot holding it is preferred (0: always LRU).
+        host_cache_tokens: Size of the host prompt cache in tokens (0: none).
+
+    Raises:
+        ValueError: A setting out of range.
     """
 
-    def __init__(self, n_slots: int) -> None:
+    def __init__(
+        self, n_slots: int, *, similarity: float = 0.1, host_cache_tokens: int = 0
+    ) -> None:
         if n_slots < 1:
             raise ValueError(f"a server has at least one slot, got {n_slots}")
+        if not 0.0 <= similarity <= 1.0:
+            raise ValueError(f"similarity must be within 0..1, got {similarity}")
         self._slots = [SlotView(id=i) for i in range(n_slots)]
         self._queue: collections.deque[tuple[int, Job]] = collections.deque()
         self._next_task = 0
+        self.similarity = similarity
+        self._cache: list[tuple[int, ...]] = [() for _ in range(n_slots)]
+        self._used = [0] * n_slots  # when each slot was last taken (a counter)
+        self._clock = 0
+        self.host = HostCache(host_cache_tokens)
+
+    def cached_prompt(self, slot_id: int) -> tuple[int, ...]:
+        """The prompt tokens ``slot_id`` holds in its cache."""
+        self._check_id(slot_id)
+        return self._cache[slot_id]
 
     # -- reading
 
@@ -194,15 +295,31 @@ class SlotTable:
     # -- transitions
 
     def submit(self, job: Job) -> Ticket:
-        """Give ``job`` a new task id and the lowest free slot, or queue it."""
+        """Give ``job`` a new task id and a free slot (see :meth:`choose`), or queue it."""
         task = self._next_task
         self._next_task += 1
-        for view in self._slots:
-            if not view.is_processing:
-                self._occupy(view.id, task, job)
-                return Ticket(task, view.id)
-        self._queue.append((task, job))
-        return Ticket(task, None)
+        slot = self.choose(job)
+        if slot is None:
+            self._queue.append((task, job))
+            return Ticket(task, None)
+        return Ticket(task, slot, self._occupy(slot, task, job))
+
+    def choose(self, job: Job) -> int | None:
+        """The free slot ``job`` would get, or None when all are busy: the one whose
+        cached prompt shares the longest prefix with it, if that is more than
+        :attr:`similarity` of the prompt, else the least recently used. Without
+        tokens, the lowest free slot."""
+        free = [v.id for v in self._slots if not v.is_processing]
+        if not free or not job.tokens:
+            return free[0] if free else None
+        best, longest = free[0], 0
+        for i in free:
+            lcp = common_prefix(self._cache[i], job.tokens)
+            if lcp > longest:
+                best, longest = i, lcp
+        if longest > self.similarity * len(job.tokens):
+            return best
+        return min(free, key=lambda i: (self._used[i], i))
 
     def cancel(self, task: int) -> None:
         """Withdraw a waiting task (its client went away)."""
@@ -221,8 +338,7 @@ class SlotTable:
         if not self._queue:
             return None
         task, job = self._queue.popleft()
-        self._occupy(slot_id, task, job)
-        return Ticket(task, slot_id)
+        return Ticket(task, slot_id, self._occupy(slot_id, task, job))
 
     def decode(self, slot_id: int, n: int = 1) -> None:
         """Count ``n`` more tokens decoded by a busy slot."""
@@ -240,14 +356,30 @@ class SlotTable:
 
     # -- helpers
 
-    def _occupy(self, slot_id: int, task: int, job: Job) -> None:
+    def _occupy(self, slot_id: int, task: int, job: Job) -> int:
+        """Put ``task`` on the slot; returns the prompt tokens it reuses from the cache."""
+        cached = 0
+        if job.tokens:
+            own = self._cache[slot_id]
+            lcp = common_prefix(own, job.tokens)
+            if self.host.capacity_tokens:
+                if lcp < len(own):  # the slot moves to another prompt: keep the old one
+                    self.host.save(own)
+                _, longest = self.host.best(job.tokens)
+                lcp = max(lcp, longest)
+            cached = reusable(lcp, job.n_prompt)
+            self._cache[slot_id] = job.tokens
+        self._clock += 1
+        self._used[slot_id] = self._clock
         self._slots[slot_id] = SlotView(
             id=slot_id,
             task=task,
             n_prompt=job.n_prompt,
             n_predict=job.n_predict,
             params=job.params,
+            n_cached=cached,
         )
+        return cached
 
     def _check_id(self, slot_id: int) -> None:
         if not 0 <= slot_id < len(self._slots):

@@ -63,7 +63,12 @@ from corral.sim.model import (
     embed,
     plan_generation,
     render_chat,
+    split_pieces,
+    token_id,
 )
+
+BOS = 2
+"""The id the simulated tokenizer gives the beginning-of-sequence token (gemma's)."""
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +96,13 @@ class SimConfig:
     slowdown: float = 0.1
     """Contention: a slot's speed is ``tokens_per_second / (1 + slowdown * (busy - 1))``."""
     prompt_tokens_per_second: float = 2000.0
-    """Prompt reading speed of one slot."""
+    """Prompt reading speed of one slot (tokens not in its prompt cache)."""
+    slot_prompt_similarity: float = 0.1
+    """llama-server's ``--slot-prompt-similarity`` (its default): a request goes to the
+    idle slot whose cached prompt shares more than this share of it, else to the least
+    recently used idle slot."""
+    host_cache_tokens: int = 0
+    """Size of the host prompt cache (llama-server's ``--cache-ram``), in tokens; 0: none."""
     n_predict: int = 16
     """Tokens to generate when a request sets no limit (llama-server's own default is -1,
     until end of sequence; a finite default keeps simulated answers short)."""
@@ -124,6 +135,12 @@ class SimConfig:
             raise ValueError(f"slots must be >= 1, got {self.slots}")
         if self.n_ctx < 2:
             raise ValueError(f"n_ctx must be >= 2, got {self.n_ctx}")
+        if not 0.0 <= self.slot_prompt_similarity <= 1.0:
+            raise ValueError(
+                f"slot_prompt_similarity must be within 0..1, got {self.slot_prompt_similarity}"
+            )
+        if self.host_cache_tokens < 0:
+            raise ValueError(f"host_cache_tokens must be >= 0, got {self.host_cache_tokens}")
         if self.loading_seconds < 0:
             raise ValueError(f"loading_seconds must be >= 0, got {self.loading_seconds}")
         _ = self.speed  # validates the speeds
@@ -173,11 +190,15 @@ class SimEngine:
     def __init__(self, config: SimConfig, clock: Clock = time.monotonic) -> None:
         self.config = config
         self.speed = config.speed
-        self.table = SlotTable(config.slots)
+        self.table = SlotTable(
+            config.slots,
+            similarity=config.slot_prompt_similarity,
+            host_cache_tokens=config.host_cache_tokens,
+        )
         self.vocab = Vocab()
         self._clock = clock
         self._ready_at: float | None = None
-        self._waiters: dict[int, asyncio.Future[int]] = {}
+        self._waiters: dict[int, asyncio.Future[Ticket]] = {}
         self._rng = random.Random(config.seed)
         self.crashed = False
         """Whether a request carrying ``crash_marker`` killed the server (see
@@ -255,17 +276,18 @@ class SimEngine:
         ticket = self.table.submit(job)
         if ticket.slot is not None:
             return ticket
-        waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[Ticket] = asyncio.get_running_loop().create_future()
         self._waiters[ticket.task] = waiter
         try:
-            slot = await waiter
+            return await waiter
         except asyncio.CancelledError:
             if self._waiters.pop(ticket.task, None) is not None:
                 self.table.cancel(ticket.task)  # still waiting: leave the queue
             elif waiter.done() and not waiter.cancelled():
-                self._release(waiter.result())  # given a slot as it was cancelled
+                slot = waiter.result().slot  # given a slot as it was cancelled
+                assert slot is not None
+                self._release(slot)
             raise
-        return Ticket(ticket.task, slot)
 
     def _release(self, slot: int) -> None:
         granted = self.table.release(slot)
@@ -273,7 +295,7 @@ class SimEngine:
             assert granted.slot is not None
             waiter = self._waiters.pop(granted.task)
             if not waiter.cancelled():
-                waiter.set_result(granted.slot)
+                waiter.set_result(granted)
                 return
             granted = self.table.release(granted.slot)  # its client left; next one
 
@@ -298,13 +320,20 @@ class _Run:
     """One admitted request on its slot, paced by the speed model."""
 
     def __init__(
-        self, engine: SimEngine, request: web.Request, slot: int, plan: Plan, n_prompt: int
+        self,
+        engine: SimEngine,
+        request: web.Request,
+        slot: int,
+        plan: Plan,
+        n_prompt: int,
+        n_cached: int = 0,
     ) -> None:
         self.engine = engine
         self.request = request
         self.slot = slot
         self.plan = plan
         self.n_prompt = n_prompt
+        self.n_cached = n_cached
         self.n_decoded = 0
         self._loop = asyncio.get_running_loop()
         self._started = self._due = self._prompt_done = self._loop.time()
@@ -315,7 +344,7 @@ class _Run:
         return self.n_decoded >= self.plan.n_decoded
 
     async def read_prompt(self) -> None:
-        self._due += self.engine.speed.prompt_delay(self.n_prompt)
+        self._due += self.engine.speed.prompt_delay(self.n_prompt - self.n_cached)
         await self._until_due()
         self._prompt_done = self._loop.time()
 
@@ -342,7 +371,8 @@ class _Run:
     def timings(self) -> Timings:
         now = self._ended if self._ended is not None else self._loop.time()
         return Timings(
-            prompt_n=self.n_prompt,
+            cache_n=self.n_cached,
+            prompt_n=self.n_prompt - self.n_cached,
             prompt_ms=1e3 * (self._prompt_done - self._started),
             predicted_n=self.n_decoded,
             predicted_ms=1e3 * (now - self._prompt_done),
@@ -406,6 +436,8 @@ class _Ask:
 
     prompt: str
     n_prompt: int
+    tokens: tuple[int, ...]
+    """The prompt's token ids (with BOS where the server adds one), for the cache."""
     n_predict: int
     stream: bool
     include_usage: bool
@@ -420,9 +452,9 @@ def _parse_ask(kind: Kind, body: _GenerateBody, vocab: Vocab, config: SimConfig)
         if not body.messages:
             raise _bad_request("'messages' is required")
         prompt = render_chat(body.messages)
-        n_prompt = count_tokens(prompt) + 1  # with BOS
+        tokens = (BOS, *map(token_id, split_pieces(prompt)))
     else:
-        prompt, n_prompt = _prompt(body.prompt, vocab)
+        prompt, tokens = _prompt(body.prompt, vocab)
     # llama-server reads n_predict, then OpenAI's names for it, on every endpoint.
     given = (body.n_predict, body.max_completion_tokens, body.max_tokens, config.n_predict)
     n_predict = max(-1, next(n for n in given if n is not None))
@@ -430,7 +462,8 @@ def _parse_ask(kind: Kind, body: _GenerateBody, vocab: Vocab, config: SimConfig)
     include = body.stream_options is not None and body.stream_options.include_usage
     ask = _Ask(
         prompt=prompt,
-        n_prompt=n_prompt,
+        n_prompt=len(tokens),
+        tokens=tokens,
         n_predict=n_predict,
         stream=body.stream,
         include_usage=include,
@@ -440,16 +473,17 @@ def _parse_ask(kind: Kind, body: _GenerateBody, vocab: Vocab, config: SimConfig)
     return replace(ask, params=_params(ask, body))
 
 
-def _prompt(prompt: str | list[Any] | None, vocab: Vocab) -> tuple[str, int]:
-    """The prompt's text and token count: a string, token ids, or one of either in a list."""
+def _prompt(prompt: str | list[Any] | None, vocab: Vocab) -> tuple[str, tuple[int, ...]]:
+    """The prompt's text and token ids: a string (BOS added), token ids, or one of
+    either in a list."""
     if prompt is None:
         raise _bad_request("'prompt' is required")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
         prompt = prompt[0]
     if isinstance(prompt, str):
-        return prompt, count_tokens(prompt) + 1  # with BOS
+        return prompt, (BOS, *map(token_id, split_pieces(prompt)))
     if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
-        return vocab.detokenize(prompt), len(prompt)
+        return vocab.detokenize(prompt), tuple(prompt)
     raise _bad_request("'prompt' must be a string or a list of token ids (one prompt only)")
 
 
@@ -499,9 +533,10 @@ async def _generate(request: web.Request, kind: Kind) -> web.StreamResponse:
             config.model, engine.new_id(), int(time.time()), include_usage=ask.include_usage
         )
 
-    async with engine.occupy(Job(ask.n_prompt, ask.n_predict, ask.params)) as ticket:
+    job = Job(ask.n_prompt, ask.n_predict, ask.params, tokens=ask.tokens)
+    async with engine.occupy(job) as ticket:
         assert ticket.slot is not None
-        run = _Run(engine, request, ticket.slot, plan, ask.n_prompt)
+        run = _Run(engine, request, ticket.slot, plan, ask.n_prompt, ticket.cached)
         try:
             if ask.stream:
                 return await _stream(request, run, fmt)

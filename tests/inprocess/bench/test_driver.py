@@ -142,3 +142,40 @@ async def test_the_command_writes_json_and_charts(harness: Harness, tmp_path: Pa
     assert document["workload"]["shape"] == "heavy-tail"
     for name in ("latency.png", "timeline.png"):
         assert (tmp_path / "charts" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+async def test_a_shared_prefix_run_reports_the_servers_cache_hit_rate(harness: Harness) -> None:
+    _, port = await harness.sim(name="s1", slots=2, **FAST)
+    target = Target(f"http://127.0.0.1:{port}")
+    shared = WorkloadSpec(shape="shared-prefix", groups=1, prefix_tokens=300, output_tokens=2)
+    s = summarise(await Runner(target, Workload(shared), Load(users=1, requests=6)).run())
+    # after the first request, every one reuses the group's document (about 300 of 340)
+    assert s.cache_hit_rate is not None and 0.7 < s.cache_hit_rate < 0.9, s
+    control = WorkloadSpec(shape="no-sharing", prefix_tokens=300, output_tokens=2)
+    s = summarise(await Runner(target, Workload(control), Load(users=1, requests=6)).run())
+    assert s.cache_hit_rate is not None and s.cache_hit_rate < 0.05, s
+
+
+async def test_each_request_names_its_session() -> None:
+    from aiohttp import web
+
+    seen: list[str | None] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("X-Session-Id"))
+        return web.json_response({"usage": {"completion_tokens": 1}})
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        spec = WorkloadSpec(shape="multi-turn", sessions=2, stream_share=0.0)
+        await Runner(
+            Target(f"http://127.0.0.1:{port}"), Workload(spec), Load(users=1, requests=6)
+        ).run()
+    finally:
+        await runner.cleanup()
+    assert seen == [str(c.session) for c in Workload(spec).take(6)]

@@ -624,3 +624,35 @@ async def test_serve_logs_its_port_and_stops_when_cancelled(
     async with aiohttp.ClientSession() as session:
         with pytest.raises(aiohttp.ClientConnectionError):
             await session.get(f"http://127.0.0.1:{port}/health")
+
+
+async def test_a_conversation_reuses_its_cached_prefix_and_says_so(
+    make_client: MakeClient,
+) -> None:
+    # prefill is slow here (100 tokens/s): a cached history makes the next turn fast
+    client = await make_client(SimConfig(tokens_per_second=1e6, prompt_tokens_per_second=100))
+    history = [{"role": "system", "content": " ".join(["context"] * 40)}]
+    history.append({"role": "user", "content": "first question"})
+    first = await (
+        await client.post("/v1/chat/completions", json={"messages": history, "max_tokens": 2})
+    ).json()
+    t = first["timings"]
+    assert t["cache_n"] == 0 and t["prompt_n"] == first["usage"]["prompt_tokens"] > 40
+    assert t["prompt_ms"] >= 1000 * t["prompt_n"] / 100 * 0.9
+    history += [{"role": "assistant", "content": "tok0 tok1"}, {"role": "user", "content": "more"}]
+    response = await client.post(
+        "/v1/chat/completions",
+        json={
+            "messages": history,
+            "max_tokens": 2,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+    )
+    *frames, _ = sse_events(await response.text())
+    last = json.loads(frames[-1])
+    t = last["timings"]
+    assert t["cache_n"] >= first["usage"]["prompt_tokens"] - 1  # the first turn's prompt
+    assert t["cache_n"] + t["prompt_n"] == last["usage"]["prompt_tokens"]
+    assert last["usage"]["prompt_tokens_details"] == {"cached_tokens": t["cache_n"]}
+    assert t["prompt_ms"] < 1000 * 20 / 100  # only the new turn was read

@@ -6,7 +6,14 @@ import json
 
 import pytest
 
-from corral.bench.api import SSEParser, answer_tokens, read_event, request_body
+from corral.bench.api import (
+    Cache,
+    SSEParser,
+    answer_tokens,
+    read_answer,
+    read_event,
+    request_body,
+)
 from corral.bench.workload import Call, Message
 
 CALL = Call(
@@ -99,3 +106,14 @@ def test_answer_tokens_of_whole_answers() -> None:
     assert answer_tokens(b'{"usage":{"completion_tokens":5}}') == 5
     assert answer_tokens(b'{"content":"x","timings":{"predicted_n":4}}') == 4
     assert answer_tokens(b"oops") is None
+
+
+def test_cache_figures_come_from_timings_in_a_body_or_the_last_event() -> None:
+    timings = {"cache_n": 1200, "prompt_n": 30, "predicted_n": 5}
+    body = json.dumps({"choices": [], "usage": {"completion_tokens": 5}, "timings": timings})
+    tokens, cache = read_answer(body.encode())
+    assert tokens == 5 and cache == Cache(cached=1200, read=30) and cache.prompt == 1230
+    event = read_event(json.dumps({"choices": [], "timings": timings}).encode())
+    assert event.cache == Cache(1200, 30)
+    assert read_event(b'{"choices": []}').cache is None
+    assert read_answer(b'{"timings": {"cache_n": "x"}}') == (None, None)

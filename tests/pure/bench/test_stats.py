@@ -89,3 +89,18 @@ def test_the_table_shows_the_figures_in_milliseconds() -> None:
     ttft_row = next(line for line in text.splitlines() if line.startswith("time to first token"))
     assert "550.0" in ttft_row  # p50 0.55 s
     assert "answered by   a: 5, b: 5" in text
+
+
+def test_the_cache_hit_rate_is_what_the_servers_report() -> None:
+    outcomes = [
+        Outcome(0, 0.0, 1.0, prompt_tokens=1000, cached_tokens=900),
+        Outcome(1, 0.0, 1.0, prompt_tokens=1000, cached_tokens=0),
+        Outcome(2, 0.0, 1.0),  # the server said nothing: not counted
+        Outcome(3, 0.0, 1.0, prompt_tokens=500, cached_tokens=500, error="timeout"),
+    ]
+    s = summarise(outcomes)
+    assert (s.prompt_tokens, s.cached_tokens) == (2000, 900)
+    assert s.cache_hit_rate == pytest.approx(0.45)
+    assert s.to_dict()["cache_hit_rate"] == pytest.approx(0.45)
+    assert "prompt cache  45.0% of 2,000 prompt tokens" in format_table(s)
+    assert summarise([Outcome(0, 0.0, 1.0)]).cache_hit_rate is None

@@ -11,6 +11,7 @@ from corral.bench.workload import (
     Workload,
     WorkloadError,
     WorkloadSpec,
+    history_words,
     output_length,
     poisson_arrivals,
 )
@@ -111,3 +112,37 @@ def test_output_length_fixed_ignores_the_generator() -> None:
     import random
 
     assert output_length(random.Random(1), WorkloadSpec(output_tokens=9)) == 9
+
+
+def test_shared_prefix_groups_share_a_long_document_and_ask_short_questions() -> None:
+    spec = WorkloadSpec(shape="shared-prefix", groups=3, users=5, prefix_tokens=200, seed=4)
+    calls = Workload(spec).take(300)
+    documents: dict[int, set[str]] = {}
+    for call in calls:
+        system, question = call.messages
+        documents.setdefault(call.group, set()).add(system.content)
+        assert len(system.content.split()) == 200 and len(question.content.split()) == 32
+        assert call.group * 5 <= call.session < (call.group + 1) * 5  # a user of the group
+    assert sorted(documents) == [0, 1, 2]
+    assert all(len(docs) == 1 for docs in documents.values())  # one document per group
+    assert len({c.session for c in calls}) == 15
+
+
+def test_the_no_sharing_control_has_the_same_lengths_and_nothing_to_reuse() -> None:
+    shared = Workload(WorkloadSpec(shape="shared-prefix", prefix_tokens=100)).take(50)
+    alone = Workload(WorkloadSpec(shape="no-sharing", prefix_tokens=100)).take(50)
+    assert [history_words(c) for c in alone] == [history_words(c) for c in shared]
+    assert len({c.messages[0].content for c in alone}) == 50
+    assert len({c.session for c in alone}) == 50
+
+
+def test_multi_turn_histories_pass_1000_tokens_at_the_prefix_benchmark_scale() -> None:
+    # the scale of benchmarks/comparison/prefix.py: long enough for a cache to matter
+    spec = WorkloadSpec(
+        shape="multi-turn", prompt_tokens=400, output_tokens=64, turns=8, sessions=8
+    )
+    calls = Workload(spec).take(200)
+    last_turns = [history_words(c) for c in calls if c.turn == 7]
+    assert last_turns and min(last_turns) > 1000
+    # and the default stays small (a quick benchmark, not a cache test)
+    assert max(history_words(c) for c in Workload(WorkloadSpec(shape="multi-turn")).take(50)) < 1000
