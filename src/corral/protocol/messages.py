@@ -84,6 +84,14 @@ class ServerStatus(msgspec.Struct, frozen=True, omit_defaults=True):
     applied: Applied | None = None  # the desired state now running (supervisor mode)
     failed_generation: int | None = None  # the last desired state that failed to apply
     applying: bool = False  # draining or restarting to apply a desired state
+    runner: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    """Which kind of server the agent reads (``llamacpp``, ``vllm``...; shown to
+    operators). None: not said (agents before runners: llama-server)."""
+    apis: list[Annotated[str, msgspec.Meta(max_length=64)]] = []
+    """The API families the server answers (``openai``, ``llamacpp``, ``ollama``); the
+    balancer sends it only routes of these (:mod:`corral.core.endpoints`). Empty: not
+    said (agents before runners read llama-server, which answers ``openai`` and
+    ``llamacpp``)."""
 
 
 # --------------------------------------------------------------- agent -> balancer

@@ -88,7 +88,8 @@ def test_the_public_flags_and_env_names_stay():
         "--local-llamacpp-addr", "--model", "--slots", "--ctx-size", "--threads",
         "--llama-server", "--llamacpp-port", "--quiet-server", "--external-llamacpp-addr",
         "--management-addr", "--name", "--llamacpp-api-key", "--agent-token",
-        "--poll-interval", "--slots-gap", "--idle-slots-interval", "--probe-addr",
+        "--poll-interval", "--slots-gap", "--idle-slots-interval", "--runner",
+        "--concurrency", "--probe-addr",
         "--log-level", "--log-format",
     ]  # fmt: skip
     assert [s.env for s in SIM][:6] == [
@@ -327,3 +328,11 @@ def test_a_negatable_switch_takes_its_no_flag():
     assert parser.parse_args(["--cors-credentials"]).cors_credentials is True
     assert parser.parse_args(["--no-cors-credentials"]).cors_credentials is False
     assert "cors_credentials" not in vars(parser.parse_args([]))
+
+
+def test_the_runner_choices_are_the_registered_runners():
+    from corral.agent.runners import RUNNERS
+
+    (runner,) = [s for s in AGENT if s.name == "runner"]
+    assert set(runner.choices) == set(RUNNERS)
+    assert runner.default in RUNNERS
