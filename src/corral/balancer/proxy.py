@@ -44,7 +44,7 @@ from corral.balancer.upstream import (
     UpstreamPool,
     UpstreamResponse,
 )
-from corral.core.endpoints import Kind, classify, known_paths
+from corral.core.endpoints import Kind, api_of, classify, known_paths
 from corral.core.fleet import Backend
 from corral.core.policy import Reject, RequestInfo, resolve_pools
 
@@ -316,7 +316,7 @@ class InferenceProxy:
             id_slot = fields.id_slot
             if inference and type(id_slot) is int and id_slot >= 0:  # a fleet slot id
                 body, pinned = slot_actions.pin(self.fleet, body, id_slot)
-        info = RequestInfo(request.path, ex.model, pinned)
+        info = RequestInfo(request.path, ex.model, pinned, api_of(request.path))
         headers = b""  # built once a slot is found: nothing extra held while waiting
         last_error = ""
         for attempt in range(self.max_attempts):
@@ -387,7 +387,11 @@ class InferenceProxy:
         pools = resolve_pools(self.fleet, info)
         if isinstance(pools, list):
             models = set(pools)
-            ready = [a for a in self.fleet if a.routable and a.model in models]
+            ready = [
+                a
+                for a in self.fleet
+                if a.routable and a.model in models and (info.api is None or info.api in a.apis)
+            ]
             if ready:
                 self._light_turn += 1
                 backend: Backend = ready[self._light_turn % len(ready)]

@@ -50,6 +50,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from corral.core.endpoints import DEFAULT_APIS
+
 
 class FleetError(Exception):
     """An illegal transition (unknown backend, double registration, no free slot...)."""
@@ -96,6 +98,9 @@ class Report:
     issues: tuple[Issue, ...] = ()
     props: dict[str, Any] = field(default_factory=dict)
     model_list: dict[str, Any] = field(default_factory=dict)  # the server's /v1/models
+    apis: frozenset[str] = DEFAULT_APIS
+    """The API families the server answers (:func:`corral.core.endpoints.api_of`)."""
+    runner: str | None = None  # the kind of server, for operators
     supervisor: dict[str, Any] | None = None  # shown to operators; not used to route
     applied_generation: int = 0  # which desired state it runs (supervisor mode)
     failed_generation: int | None = None
@@ -124,6 +129,8 @@ class Backend:
     issues: tuple[Issue, ...] = ()
     props: dict[str, Any] = field(default_factory=dict)
     model_list: dict[str, Any] = field(default_factory=dict)
+    apis: frozenset[str] = DEFAULT_APIS
+    runner: str | None = None
     supervisor: dict[str, Any] | None = None
     applied_generation: int = 0
     failed_generation: int | None = None
@@ -222,6 +229,8 @@ class Fleet:
         # model (None: the server named none) -> number of backends reporting it
         self._model_refs: dict[str | None, int] = {}
         self._models: list[str] | None = None  # sorted named models, cached
+        self._api_refs: collections.Counter[str] = collections.Counter()
+        """API family -> number of backends whose servers answer it."""
         self.version = 0  # bumped on every change, for watchers
         self.membership = 0
         """Bumped when backends join, leave or are cordoned, or a report changes what a rollout
@@ -249,6 +258,10 @@ class Fleet:
         if self._models is None:
             self._models = sorted(m for m in self._model_refs if m is not None)
         return self._models
+
+    def answers(self, api: str) -> bool:
+        """Whether some registered backend's server answers this API family."""
+        return self._api_refs[api] > 0
 
     def has_unnamed_model(self) -> bool:
         """Whether some backend's server did not say which model it runs."""
@@ -309,6 +322,7 @@ class Fleet:
         )
         self._backends[backend_id] = backend
         self._ref_model(None)
+        self._api_refs.update(backend.apis)
         self.membership += 1
         self._changed()
         return backend
@@ -321,6 +335,11 @@ class Fleet:
         if backend.model != report.model:
             self._unref_model(backend.model)
             self._ref_model(report.model)
+        if backend.apis != report.apis:
+            self._api_refs.subtract(backend.apis)
+            self._api_refs.update(report.apis)
+            backend.apis = report.apis
+        backend.runner = report.runner
         backend.condition = report.condition
         backend.model = report.model
         backend.slots_total = report.slots_total
@@ -360,6 +379,7 @@ class Fleet:
         backend = self.get(backend_id)
         self._unindex(backend)
         self._unref_model(backend.model)
+        self._api_refs.subtract(backend.apis)
         del self._backends[backend_id]
         self.membership += 1
         self._changed()

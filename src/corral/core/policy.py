@@ -42,12 +42,16 @@ class RequestInfo:
     path: str
     model: str | None = None
     backend_id: str | None = None
+    api: str | None = None
+    """The route's API family (:func:`corral.core.endpoints.api_of`); only servers
+    that answer it may take the request. None: any server."""
 
     @property
-    def group(self) -> tuple[str | None, str | None]:
-        """Requests that wait in one queue: the same model and the same pinned agent
-        (a pinned request never holds up others while its agent is busy)."""
-        return self.model, self.backend_id
+    def group(self) -> tuple[str | None, ...]:
+        """Requests that wait in one queue: the same model, the same pinned agent and
+        the same API family (a pinned request never holds up others while its agent is
+        busy, nor an Ollama request those a vLLM server could take)."""
+        return self.model, self.backend_id, self.api
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +84,8 @@ def resolve_pools(fleet: Fleet, request: RequestInfo) -> list[str | None] | Reje
     """The models whose servers may take this request."""
     if not len(fleet):
         return Wait("no server has registered yet")
+    if request.api is not None and not fleet.answers(request.api):
+        return Reject(404, f"no server in the fleet answers {request.path} ({request.api}'s API)")
     models = fleet.models()
     if request.model is None:
         return [*models, None]
@@ -106,6 +112,8 @@ class Policy:
             return pools
         for backend in fleet.candidates(pools):
             if request.backend_id is not None and backend.id != request.backend_id:
+                continue
+            if request.api is not None and request.api not in backend.apis:
                 continue
             if all(rule.accepts(backend, request) for rule in self.rules):
                 return Dispatch(backend.id)

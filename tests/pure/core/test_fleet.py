@@ -223,3 +223,16 @@ def test_busy_slot_reports_do_not_wake_the_rollout_but_generations_do():
     assert fleet.membership == start + 1
     fleet.report("a", Report(Condition.LOADING, model="m", slots_total=4), now=3)
     assert fleet.membership == start + 2
+
+
+def test_the_fleet_knows_which_apis_some_server_answers():
+    from corral.core import Condition, Fleet, Report
+
+    fleet = Fleet()
+    fleet.register("a", name="a", address="http://a", api_key=None, now=0)
+    assert fleet.answers("llamacpp") and fleet.answers("openai")  # before any report
+    assert not fleet.answers("ollama")
+    fleet.report("a", Report(Condition.READY, apis=frozenset({"openai", "ollama"})), now=0)
+    assert fleet.answers("ollama") and not fleet.answers("llamacpp")
+    fleet.remove("a")
+    assert not fleet.answers("openai")

@@ -113,3 +113,32 @@ def test_a_pinned_request_waits_for_its_agent():
     assert isinstance(Policy().pick(fleet, pinned), Wait)
     assert Policy().pick(fleet, RequestInfo("/completion")) == Dispatch("a")
     assert pinned.group != RequestInfo("/completion").group  # queued apart
+
+
+def test_a_route_goes_only_to_servers_that_answer_its_api():
+    fleet = fleet_of(("llama", "m", 2))
+    fleet.register("vllm", name="vllm", address="http://vllm", api_key=None, now=0)
+    fleet.report(
+        "vllm",
+        Report(Condition.READY, model="m", slots_total=64, apis=frozenset({"openai"})),
+        now=0,
+    )
+    policy = Policy()
+    # vLLM has the most free slots, but does not answer llama.cpp's /completion
+    assert policy.pick(fleet, RequestInfo(CHAT, "m", api="openai")) == Dispatch("vllm")
+    assert policy.pick(fleet, RequestInfo("/completion", "m", api="llamacpp")) == Dispatch("llama")
+    # nobody answers Ollama's /api/chat: rejected at once, not buffered forever
+    decision = policy.pick(fleet, RequestInfo("/api/chat", "m", api="ollama"))
+    assert isinstance(decision, Reject) and decision.status == 404
+    assert "/api/chat" in decision.message
+    # a busy llama-server makes a llama.cpp request wait, even with vLLM idle
+    fleet.reserve("llama")
+    fleet.reserve("llama")
+    assert isinstance(policy.pick(fleet, RequestInfo("/completion", "m", api="llamacpp")), Wait)
+
+
+def test_requests_of_different_apis_wait_in_different_queues():
+    assert (
+        RequestInfo("/completion", "m", api="llamacpp").group
+        != RequestInfo(CHAT, "m", api="openai").group
+    )
