@@ -229,8 +229,8 @@ class Fleet:
         # model (None: the server named none) -> number of backends reporting it
         self._model_refs: dict[str | None, int] = {}
         self._models: list[str] | None = None  # sorted named models, cached
-        self._api_refs: collections.Counter[str] = collections.Counter()
-        """API family -> number of backends whose servers answer it."""
+        self._api_refs: collections.Counter[tuple[str | None, str]] = collections.Counter()
+        """(model, API family) -> number of backends of that model that answer it."""
         self.version = 0  # bumped on every change, for watchers
         self.membership = 0
         """Bumped when backends join, leave or are cordoned, or a report changes what a rollout
@@ -259,9 +259,12 @@ class Fleet:
             self._models = sorted(m for m in self._model_refs if m is not None)
         return self._models
 
-    def answers(self, api: str) -> bool:
-        """Whether some registered backend's server answers this API family."""
-        return self._api_refs[api] > 0
+    def answers(self, api: str, models: Iterable[str | None] | None = None) -> bool:
+        """Whether some registered backend (of one of these models; None: of any model)
+        answers this API family."""
+        if models is None:
+            return any(n > 0 and key[1] == api for key, n in self._api_refs.items())
+        return any(self._api_refs[(model, api)] > 0 for model in models)
 
     def has_unnamed_model(self) -> bool:
         """Whether some backend's server did not say which model it runs."""
@@ -322,7 +325,7 @@ class Fleet:
         )
         self._backends[backend_id] = backend
         self._ref_model(None)
-        self._api_refs.update(backend.apis)
+        self._api_refs.update((backend.model, api) for api in backend.apis)
         self.membership += 1
         self._changed()
         return backend
@@ -335,9 +338,9 @@ class Fleet:
         if backend.model != report.model:
             self._unref_model(backend.model)
             self._ref_model(report.model)
-        if backend.apis != report.apis:
-            self._api_refs.subtract(backend.apis)
-            self._api_refs.update(report.apis)
+        if backend.apis != report.apis or backend.model != report.model:
+            self._api_refs.subtract((backend.model, api) for api in backend.apis)
+            self._api_refs.update((report.model, api) for api in report.apis)
             backend.apis = report.apis
         backend.runner = report.runner
         backend.condition = report.condition
@@ -379,7 +382,7 @@ class Fleet:
         backend = self.get(backend_id)
         self._unindex(backend)
         self._unref_model(backend.model)
-        self._api_refs.subtract(backend.apis)
+        self._api_refs.subtract((backend.model, api) for api in backend.apis)
         del self._backends[backend_id]
         self.membership += 1
         self._changed()

@@ -84,15 +84,24 @@ def resolve_pools(fleet: Fleet, request: RequestInfo) -> list[str | None] | Reje
     """The models whose servers may take this request."""
     if not len(fleet):
         return Wait("no server has registered yet")
-    if request.api is not None and not fleet.answers(request.api):
-        return Reject(404, f"no server in the fleet answers {request.path} ({request.api}'s API)")
     models = fleet.models()
     if request.model is None:
-        return [*models, None]
-    if request.model in models:
-        return [request.model]
-    if len(models) <= 1:  # one model (or servers that name none): any name will do
-        return [*models, None]
+        pools = [*models, None]
+    elif request.model in models:
+        pools = [request.model]
+    elif len(models) <= 1:  # one model (or servers that name none): any name will do
+        pools = [*models, None]
+    else:
+        return _unknown_model(request, models)
+    if request.api is not None and not fleet.answers(request.api, pools):
+        of = f" of `{request.model}`" if request.model in models else ""
+        return Reject(
+            404, f"no server{of} in the fleet answers {request.path} ({request.api}'s API)"
+        )
+    return pools
+
+
+def _unknown_model(request: RequestInfo, models: list[str]) -> Reject:
     return Reject(
         404,
         f"The model `{request.model}` does not exist. Available models: {', '.join(models)}",

@@ -142,3 +142,21 @@ def test_requests_of_different_apis_wait_in_different_queues():
         RequestInfo("/completion", "m", api="llamacpp").group
         != RequestInfo(CHAT, "m", api="openai").group
     )
+
+
+def test_a_model_whose_servers_do_not_answer_the_route_is_rejected_not_buffered():
+    fleet = fleet_of(("llama", "gemma", 2))
+    fleet.register("vllm", name="vllm", address="http://vllm", api_key=None, now=0)
+    fleet.report(
+        "vllm",
+        Report(Condition.READY, model="llama-8b", slots_total=4, apis=frozenset({"openai"})),
+        now=0,
+    )
+    decision = Policy().pick(fleet, RequestInfo("/completion", "llama-8b", api="llamacpp"))
+    assert isinstance(decision, Reject) and decision.status == 404
+    assert "llama-8b" in decision.message
+    # when it changes model, what it answers moves with it
+    fleet.report("vllm", Report(Condition.READY, model="gemma", slots_total=4), now=0)
+    assert Policy().pick(fleet, RequestInfo("/completion", "gemma", api="llamacpp")) == Dispatch(
+        "vllm"
+    )
