@@ -234,7 +234,7 @@ async def wait_idle(
     Raises :class:`SuiteError` if a server is still busy after ``within`` seconds
     (restart the servers) or answers ``/slots`` with something else. ``/slots`` is read
     at most every 1.25 s, never faster, so that the wait itself lets llama-server
-    notice clients that left (see ``corral.agent.reader``).
+    notice clients that left (see ``corral.agent.runners.llamacpp``).
     """
     started = time.monotonic()
     deadline = started + within

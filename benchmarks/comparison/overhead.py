@@ -129,7 +129,7 @@ def chat_stream(tokens: int = TOKENS) -> str:
 
 def backend_files(tokens: int = TOKENS, slots: int = SLOTS) -> dict[str, str]:
     """Every answer of the backend, by URL path: the JSON of the endpoints Corral's
-    agent reads (:mod:`corral.agent.reader`; all slots idle, one model, a context
+    agent reads (:mod:`corral.agent.runners.llamacpp`; all slots idle, one model, a context
     size) and the streamed chat completion."""
     files = {path: body.decode() for path, body in info_bodies(slots, MODEL).items()}
     files[STREAM_PATH] = chat_stream(tokens)

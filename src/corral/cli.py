@@ -164,6 +164,11 @@ def _run_agent(args: argparse.Namespace) -> Coroutine[Any, Any, None]:
             "corral agent: give --local-llamacpp-addr (a running llama-server) "
             "or --model (the agent runs llama-server itself), not both"
         )
+    if args.model is not None and args.runner != "llamacpp":
+        raise SystemExit(
+            f"corral agent: --model runs llama-server; a {args.runner} server is started by "
+            "you: give --local-llamacpp-addr HOST:PORT where it listens (docs/runners.md)"
+        )
     if args.extra and args.model is None:
         raise SystemExit("corral agent: arguments after -- are for a supervised server (--model)")
     if args.llamacpp_port is not None and args.model is None:

@@ -2,7 +2,7 @@
 with Corral's agent watching the server and through Corral, as on a bare llama-server.
 
 llama-server notices such a client only after a second with no task result on its
-queue; an agent that reads ``/slots`` too often hides it (see corral.agent.reader).
+queue; an agent that reads ``/slots`` too often hides it (see corral.agent.runners.llamacpp).
 Each check reads the server's ``/slots`` once, at the end, so the test itself does not
 hide anything."""
 

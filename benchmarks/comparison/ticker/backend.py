@@ -40,7 +40,7 @@ from comparison.ticker.framing import (
 
 
 def info_bodies(slots: int, model: str = MODEL, n_ctx: int = 4096) -> dict[str, bytes]:
-    """The JSON the agent reads (:mod:`corral.agent.reader`), by path: healthy, all
+    """The JSON the agent reads (:mod:`corral.agent.runners.llamacpp`), by path: healthy, all
     ``slots`` idle, one model."""
     slot = {
         "n_ctx": n_ctx,

@@ -32,7 +32,7 @@ from comparison.overhead import (
     wrk_script,
 )
 from comparison.pinned import cores_for, cpu_ticks
-from corral.agent.reader import Fetched, interpret
+from corral.agent.runners.llamacpp import Fetched, interpret
 from corral.balancer.metrics import last_counted_event, token_counts
 
 # Captured from wrk 4.1.0 (Debian) running wrk_script() against the instant backend.

@@ -2,10 +2,12 @@
 
 Two kinds of task, kept in one place (:class:`Agent`):
 
-- the **monitor** reads the server's ``/health`` every ``poll_interval`` (and at
-  once when a balancer asks, after a failed request), its ``/slots`` and ``/props``
-  as :class:`~corral.agent.reader.ReadSchedule` allows (reading ``/slots`` too
-  often stops llama-server from noticing clients that left), and keeps the latest
+- the **monitor** asks its runner (:mod:`corral.agent.runners`: llama-server, vLLM,
+  SGLang, Ollama, any OpenAI-compatible server) to read the server every
+  ``poll_interval`` (and at once when a balancer asks, after a failed request; for
+  llama-server, ``/slots`` only as
+  :class:`~corral.agent.runners.llamacpp.ReadSchedule` allows: reading it too often
+  stops llama-server from noticing clients that left), and keeps the latest
   :class:`~corral.protocol.messages.ServerStatus`;
 - one **link** per balancer keeps a WebSocket open: register, then a status on every
   change and a heartbeat every interval the balancer asked for. A lost link is
@@ -32,7 +34,7 @@ import msgspec
 from corral.addr import Addr
 from corral.agent.lifecycle import crash_issue
 from corral.agent.probes import ProbeListener
-from corral.agent.reader import Fetched, ReadSchedule, interpret
+from corral.agent.runners import Fetched, Runner, RunnerOptions, make_runner
 from corral.config import AGENT, default
 from corral.core.fleet import Condition
 from corral.protocol import messages as m
@@ -68,7 +70,7 @@ class AgentConfig:
     """Seconds between reads of the server's ``/health``."""
     slots_gap: float = default(AGENT, "slots_gap")
     """Seconds from one ``/slots`` answer to the next ``/slots`` request; must exceed
-    llama-server's 1 s wait for a client that left (see :mod:`corral.agent.reader`)."""
+    llama-server's 1 s wait for a client that left (see :mod:`corral.agent.runners.llamacpp`)."""
     idle_slots_interval: float = default(AGENT, "idle_slots_interval")
     """Seconds between ``/slots`` reads while every slot is idle; 0: none (a server with
     ``--sleep-idle-seconds`` can then fall asleep)."""
@@ -84,6 +86,11 @@ class AgentConfig:
     socket_heartbeat: float = 5.0
     """Seconds between WebSocket pings; a balancer that stops answering them is
     dropped and reconnected (a vanished peer is otherwise noticed only by TCP)."""
+    runner: str = default(AGENT, "runner")
+    """Which kind of server the agent reads (:data:`corral.agent.runners.RUNNERS`)."""
+    concurrency: int | None = default(AGENT, "concurrency")
+    """Requests the server runs at once, for runners that do not report slots (vLLM's
+    ``--max-num-seqs``...); None: the runner's documented default."""
     probe_addr: Addr | None = default(AGENT, "probe_addr")
     """Where to answer liveness and readiness probes (``GET /livez``, ``GET /readyz``;
     see :mod:`corral.agent.probes`); None: no probe listener."""
@@ -140,12 +147,15 @@ class Agent:
         self._changed = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[Any]] = []
-        self._schedule = ReadSchedule(config.slots_gap, config.idle_slots_interval or None)
-        self._models: Fetched | None = None
-        self._models_of: str | None = None  # the model_path /v1/models was read for
-        self._slots: Fetched | None = None  # the last /slots read, None: read anew
-        self._slots_at = 0.0  # when that read began
-        self._slots_lock = asyncio.Lock()
+        self.runner: Runner = make_runner(
+            config.runner,
+            RunnerOptions(
+                poll_interval=config.poll_interval,
+                slots_gap=config.slots_gap,
+                idle_slots_interval=config.idle_slots_interval,
+                concurrency=config.concurrency,
+            ),
+        )
         self._poll_lock = asyncio.Lock()
         self._reading_at = 0.0  # when the read of the server's slots began
         self.status_read_at = 0.0
@@ -190,6 +200,8 @@ class Agent:
                 data = await response.read()
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             return Fetched(error=str(exc) or type(exc).__name__)
+        if path.endswith("/metrics"):  # Prometheus text
+            return Fetched(response.status, data[: 4 << 20].decode(errors="replace"))
         try:
             return Fetched(response.status, json.loads(data) if data else None)
         except (ValueError, RecursionError):
@@ -257,56 +269,22 @@ class Agent:
         loop = asyncio.get_running_loop()
         self._reading_at = loop.time()
         if self.server is not None and self.server.phase.value != "ready":
-            self._slots = None
-            return m.ServerStatus(condition=Condition.LOADING)
-        health = await self._get("/health")
-        if not health.ok:
-            self._slots = None  # what comes back may be another server
-            self._models = None  # down or loading: read it again once it is back
-            return interpret(health)
-        # /props every round (answered without a task: safe at any rate, and it keeps
-        # changing fields such as is_sleeping current); /v1/models once per start of
-        # the server and on a change of model; /slots on its schedule, and not while
-        # the server sleeps (a /slots read wakes it).
-        props = await self._get("/props")
-        if self._models is None or self._stale_models(props):
-            self._models = await self._get("/v1/models")
-            self._models_of = _model_path(props)
-        if self._slots is None or (
-            not _sleeping(props) and self._schedule.slots_due(loop.time()) == 0
-        ):
-            await self._read_slots()
-        assert self._slots is not None
-        self._reading_at = self._slots_at
-        return interpret(health, props, self._slots, self._models)
+            self.runner.forget()
+            return self._stamped(m.ServerStatus(condition=Condition.LOADING))
+        reading = await self.runner.read(self._get, loop.time)
+        self._reading_at = reading.began
+        return self._stamped(reading.status)
 
-    async def _read_slots(self) -> Fetched:
-        """Read ``/slots`` as soon as the schedule allows (waiting for it if need be)."""
-        loop = asyncio.get_running_loop()
-        async with self._slots_lock:
-            wait = self._schedule.slots_wait(loop.time())
-            if wait > 0:
-                await asyncio.sleep(wait)
-            started = loop.time()
-            self._schedule.slots_asked(started)
-            fetched = Fetched(error="not read")
-            try:
-                fetched = await self._get("/slots")
-            finally:
-                self._schedule.slots_answered(loop.time(), idle=_all_idle(fetched))
-            self._slots, self._slots_at = fetched, started
-            return fetched
+    def _stamped(self, status: m.ServerStatus) -> m.ServerStatus:
+        """The status with the runner's name and the APIs its server answers."""
+        return msgspec.structs.replace(status, runner=self.runner.name, apis=list(self.runner.apis))
 
     def _next_poll_in(self) -> float:
-        """Seconds to the next read: ``poll_interval``, or sooner when ``/slots`` may be
-        read again (so busy slots are reported as early as the schedule allows)."""
-        delay = self.config.poll_interval
-        if self._slots is not None:
-            delay = min(delay, self._schedule.slots_due(asyncio.get_running_loop().time()))
+        """Seconds to the next read: ``poll_interval``, or sooner when the runner has
+        something new to read (llama-server: ``/slots`` may be read again)."""
+        now = asyncio.get_running_loop().time()
+        delay = min(self.config.poll_interval, self.runner.next_read_in(now))
         return max(delay, 0.01)
-
-    def _stale_models(self, props: Fetched) -> bool:
-        return self.status.condition != Condition.READY or _model_path(props) != self._models_of
 
     def _log_change(self, status: m.ServerStatus) -> None:
         if status.condition != self.status.condition or status.issues != self.status.issues:
@@ -544,11 +522,10 @@ class Agent:
     async def _drain(self, limit: float) -> None:
         """Wait until the server has no request in flight (from anywhere)."""
         deadline = asyncio.get_running_loop().time() + limit
-        while asyncio.get_running_loop().time() < deadline:
-            slots = await self._read_slots()  # no sooner than the schedule allows
-            if not slots.ok or not any(
-                isinstance(s, dict) and s.get("is_processing") for s in slots.body or []
-            ):
+        loop = asyncio.get_running_loop()
+        while loop.time() < deadline:
+            busy = await self.runner.in_flight(self._get, loop.time)  # paced by the runner
+            if not busy:
                 return
         log.warning("drain timed out after %.0fs: restarting anyway", limit)
 
@@ -617,27 +594,6 @@ class Agent:
             f"<Agent {self.config.name} {s.condition} slots {s.slots_processing}/{s.slots_total}"
             f" model={s.model} balancers={len(self.config.management_addrs)}>"
         )
-
-
-def _all_idle(slots: Fetched) -> bool:
-    """Whether a ``/slots`` answer shows every slot idle."""
-    body = slots.body
-    return (
-        slots.ok
-        and isinstance(body, list)
-        and all(isinstance(s, dict) and s.get("is_processing") is False for s in body)
-    )
-
-
-def _sleeping(props: Fetched) -> bool:
-    """Whether ``/props`` says the server sleeps (``--sleep-idle-seconds``)."""
-    return props.ok and isinstance(props.body, dict) and props.body.get("is_sleeping") is True
-
-
-def _model_path(props: Fetched) -> str | None:
-    body = props.body
-    path = body.get("model_path") if props.ok and isinstance(body, dict) else None
-    return path if isinstance(path, str) else None
 
 
 def settings_for(state: m.DesiredState, current: Any) -> Any:

@@ -28,6 +28,7 @@ from corral.balancer.dispatcher import Dispatcher
 from corral.balancer.errors import HTTPError
 from corral.balancer.metrics import Metrics
 from corral.core.clock import Clock
+from corral.core.endpoints import DEFAULT_APIS
 from corral.core.fleet import Backend, Condition, Issue, Report
 from corral.protocol import messages as m
 
@@ -89,6 +90,8 @@ def backend_json(backend: Backend, now: float) -> dict[str, Any]:
         "set_aside": backend.set_aside,
         "issues": [{"code": i.code, "message": i.message} for i in backend.issues],
         "not_routable": not_routable(backend, now),
+        "runner": backend.runner or "llamacpp",
+        "apis": sorted(backend.apis),
         "supervisor": backend.supervisor,
         "applied_generation": backend.applied_generation if backend.supervised else None,
         "last_seen_ago_s": round(max(0.0, now - backend.last_seen), 3),
@@ -106,6 +109,8 @@ def to_report(status: m.ServerStatus) -> Report:
         issues=tuple(Issue(i.code, i.message) for i in status.issues),
         props=status.props,
         model_list=status.model_list,
+        apis=frozenset(status.apis) if status.apis else DEFAULT_APIS,
+        runner=status.runner,
         supervisor=msgspec.to_builtins(status.supervisor) if status.supervisor else None,
         applied_generation=status.applied.generation if status.applied else 0,
         failed_generation=status.failed_generation,

@@ -54,7 +54,7 @@ from corral.balancer.upstream import (
     UpstreamPool,
     UpstreamResponse,
 )
-from corral.core.endpoints import Kind, classify, known_paths
+from corral.core.endpoints import Kind, api_of, classify, known_paths
 from corral.core.events import Timings
 from corral.core.fleet import Backend
 from corral.core.policy import Reject, RequestInfo, resolve_pools
@@ -347,7 +347,9 @@ class InferenceProxy:
             if inference and type(id_slot) is int and id_slot >= 0:  # a fleet slot id
                 body, pinned = slot_actions.pin(self.fleet, body, id_slot)
         prompt = prompt_of(body) if inference and self._prompts and pinned is None else None
-        info = ex.info = RequestInfo(request.path, ex.model, pinned, prompt)
+        info = ex.info = RequestInfo(
+            request.path, ex.model, pinned, prompt, api=api_of(request.path)
+        )
         headers = b""  # built once a slot is found: nothing extra held while waiting
         last_error = ""
         held = 0  # servers that failed while holding the request
@@ -436,7 +438,11 @@ class InferenceProxy:
         pools = resolve_pools(self.fleet, info)
         if isinstance(pools, list):
             models = set(pools)
-            ready = [a for a in self.fleet if a.routable and a.model in models]
+            ready = [
+                a
+                for a in self.fleet
+                if a.routable and a.model in models and (info.api is None or info.api in a.apis)
+            ]
             if ready:
                 self._light_turn += 1
                 backend: Backend = ready[self._light_turn % len(ready)]

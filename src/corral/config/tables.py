@@ -376,6 +376,20 @@ AGENT = Schema(
             default=30.0,
         ),
         Setting(
+            "runner",
+            "kind of server the agent reads: llamacpp, vllm, sglang, ollama or openai "
+            "(any OpenAI-compatible server); docs/runners.md",
+            default="llamacpp",
+            choices=("llamacpp", "vllm", "sglang", "ollama", "openai"),
+        ),
+        Setting(
+            "concurrency",
+            "requests the server runs at once, for runners without slots: vLLM's "
+            "--max-num-seqs, SGLang's --max-running-requests, OLLAMA_NUM_PARALLEL",
+            positive(int),
+            default_text="the runner's own default (vLLM 256, Ollama 1, openai 1...)",
+        ),
+        Setting(
             "probe_addr",
             "HOST:PORT for Kubernetes probes: GET /livez (the agent runs) and GET /readyz "
             "(its server is ready and registered with a balancer)",

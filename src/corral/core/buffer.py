@@ -52,7 +52,7 @@ class Buffer:
             raise ValueError("timeout must be positive")
         self.capacity = capacity
         self.timeout = timeout
-        self._groups: dict[tuple[str | None, str | None], deque[Waiter]] = {}
+        self._groups: dict[tuple[str | None, ...], deque[Waiter]] = {}
         self._seq = itertools.count()
         self._live = 0
 

@@ -14,6 +14,13 @@ request. Every route llama-server exposes is listed with a :class:`Kind`:
 - ``BLOCKED``: changing one server's settings through a balancer (``POST /props``,
   ``POST /lora-adapters``).
 
+Each proxied route also belongs to an API family (:func:`api_of`): ``openai`` (the
+``/v1/...`` routes every runner answers), ``ollama`` (Ollama's native ``/api/*``)
+or ``llamacpp`` (llama-server's own routes and aliases, such as ``/completion`` and
+``/tokenize``). Agents report which families their server answers
+(``ServerStatus.apis``), and the balancer sends a route only to servers that answer
+its family: a vLLM backend never gets ``/completion``.
+
 Routes follow llama.cpp's ``tools/server/server.cpp`` (release b-series pinned in
 ``corral.llamacpp``), including its aliases.
 """
@@ -72,6 +79,28 @@ _FLEET_GET: Final = (
     "/metrics",
 )
 
+_OLLAMA_INFERENCE_POST: Final = ("/api/chat", "/api/generate", "/api/embed", "/api/embeddings")
+"""Ollama's native generation and embedding routes (``docs/api.md``)."""
+
+_OLLAMA_LIGHT: Final = (("GET", "/api/tags"), ("GET", "/api/ps"), ("POST", "/api/show"))
+_OLLAMA_LIGHT_GET_VERSION: Final = ("GET", "/api/version")
+
+_OPENAI: Final = frozenset(
+    (
+        "/v1/completions",
+        "/v1/chat/completions",
+        "/v1/responses",
+        "/v1/embeddings",
+        "/v1/audio/transcriptions",
+    )
+)
+"""OpenAI's own routes: every runner answers these (where its model can)."""
+
+OPENAI, LLAMACPP, OLLAMA = "openai", "llamacpp", "ollama"
+DEFAULT_APIS: Final = frozenset((OPENAI, LLAMACPP))
+"""What a server answers when its agent does not say (agents before runners read
+llama-server, which answers both)."""
+
 _BLOCKED: Final = (
     ("POST", "/props"),
     ("POST", "/lora-adapters"),
@@ -84,7 +113,18 @@ ROUTES: Final[dict[tuple[str, str], Kind]] = {
     **{("GET", p): Kind.LIGHT for p in _LIGHT_GET},
     **{("GET", p): Kind.FLEET for p in _FLEET_GET},
     **{key: Kind.BLOCKED for key in _BLOCKED},
+    **{("POST", p): Kind.INFERENCE for p in _OLLAMA_INFERENCE_POST},
+    **{key: Kind.LIGHT for key in (*_OLLAMA_LIGHT, _OLLAMA_LIGHT_GET_VERSION)},
 }
+
+
+def api_of(path: str) -> str:
+    """The API family of a proxied route: ``openai``, ``ollama`` or ``llamacpp``."""
+    if path in _OPENAI:
+        return OPENAI
+    if path.startswith("/api/"):
+        return OLLAMA
+    return LLAMACPP
 
 
 def classify(method: str, path: str) -> Kind | None:

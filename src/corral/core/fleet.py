@@ -66,6 +66,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from corral.core.endpoints import DEFAULT_APIS
 from corral.core.events import Dispatched, Finished, FleetEvent, Reset, Timings
 
 
@@ -114,6 +115,9 @@ class Report:
     issues: tuple[Issue, ...] = ()
     props: dict[str, Any] = field(default_factory=dict)
     model_list: dict[str, Any] = field(default_factory=dict)  # the server's /v1/models
+    apis: frozenset[str] = DEFAULT_APIS
+    """The API families the server answers (:func:`corral.core.endpoints.api_of`)."""
+    runner: str | None = None  # the kind of server, for operators
     supervisor: dict[str, Any] | None = None  # shown to operators; not used to route
     applied_generation: int = 0  # which desired state it runs (supervisor mode)
     failed_generation: int | None = None
@@ -149,6 +153,8 @@ class Backend:
     issues: tuple[Issue, ...] = ()
     props: dict[str, Any] = field(default_factory=dict)
     model_list: dict[str, Any] = field(default_factory=dict)
+    apis: frozenset[str] = DEFAULT_APIS
+    runner: str | None = None
     supervisor: dict[str, Any] | None = None
     applied_generation: int = 0
     failed_generation: int | None = None
@@ -254,6 +260,8 @@ class Fleet:
         self._models: list[str] | None = None  # sorted named models, cached
         self._seen: set[str] = set()  # every model any backend ever named
         self._seen_sorted: list[str] | None = None
+        self._api_refs: collections.Counter[tuple[str | None, str]] = collections.Counter()
+        """(model, API family) -> number of backends of that model that answer it."""
         self.version = 0  # bumped on every change, for watchers
         self.membership = 0
         """Bumped when backends join, leave or are cordoned, or a report changes what a rollout
@@ -310,6 +318,17 @@ class Fleet:
     def has_seen(self, model: str) -> bool:
         """Whether any backend has ever named this model (see :meth:`seen_models`)."""
         return model in self._seen
+
+    def has_backends(self, models: Iterable[str | None]) -> bool:
+        """Whether some registered backend serves one of these models (None: names none)."""
+        return any(self._model_refs.get(model, 0) > 0 for model in models)
+
+    def answers(self, api: str, models: Iterable[str | None] | None = None) -> bool:
+        """Whether some registered backend (of one of these models; None: of any model)
+        answers this API family."""
+        if models is None:
+            return any(n > 0 and key[1] == api for key, n in self._api_refs.items())
+        return any(self._api_refs[(model, api)] > 0 for model in models)
 
     def has_unnamed_model(self) -> bool:
         """Whether some backend's server did not say which model it runs."""
@@ -370,6 +389,7 @@ class Fleet:
         )
         self._backends[backend_id] = backend
         self._ref_model(None)
+        self._api_refs.update((backend.model, api) for api in backend.apis)
         self.membership += 1
         self._changed()
         return backend
@@ -383,6 +403,11 @@ class Fleet:
         if backend.model != report.model:
             self._unref_model(backend.model)
             self._ref_model(report.model)
+        if backend.apis != report.apis or backend.model != report.model:
+            self._api_refs.subtract((backend.model, api) for api in backend.apis)
+            self._api_refs.update((report.model, api) for api in report.apis)
+            backend.apis = report.apis
+        backend.runner = report.runner
         backend.condition = report.condition
         backend.model = report.model
         backend.slots_total = report.slots_total
@@ -426,6 +451,7 @@ class Fleet:
         backend = self.get(backend_id)
         self._unindex(backend)
         self._unref_model(backend.model)
+        self._api_refs.subtract((backend.model, api) for api in backend.apis)
         del self._backends[backend_id]
         self.membership += 1
         self._changed()

@@ -88,6 +88,14 @@ class ServerStatus(msgspec.Struct, frozen=True, omit_defaults=True):
     """The server's host prompt cache (llama-server ``--cache-ram``) in MiB: -1 no
     limit, 0 off, None unknown (attach mode, or agents before it was sent). Optional:
     older balancers ignore it. Prefix routing counts it in what a server can hold."""
+    runner: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    """Which kind of server the agent reads (``llamacpp``, ``vllm``...; shown to
+    operators). None: not said (agents before runners: llama-server)."""
+    apis: list[Annotated[str, msgspec.Meta(max_length=64)]] = []
+    """The API families the server answers (``openai``, ``llamacpp``, ``ollama``); the
+    balancer sends it only routes of these (:mod:`corral.core.endpoints`). Empty: not
+    said (agents before runners read llama-server, which answers ``openai`` and
+    ``llamacpp``)."""
 
 
 # --------------------------------------------------------------- agent -> balancer

@@ -50,6 +50,12 @@ def test_sim_has_its_own_namespace(monkeypatch):
         ),
         (["agent", "--llamacpp-port", "70000"], "out of range 1-65535"),
         (["agent", "--probe-addr", "nowhere"], "expected HOST:PORT"),
+        (["agent", "--runner", "tgi"], "invalid choice"),
+        (["agent", "--concurrency", "0"], "must be greater than 0"),
+        (
+            ["agent", "--management-addr", "b:1", "--model", "bundled", "--runner", "vllm"],
+            "a vllm server is started by you",
+        ),
         (["launch"], "invalid choice"),
         (["bench", "http://x", "--users", "0"], "must be at least 1"),
         (["bench", "http://x", "--users", "2", "--rate", "3"], "not allowed with argument"),

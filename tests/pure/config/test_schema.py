@@ -100,8 +100,8 @@ def test_the_public_flags_and_env_names_stay():
         "--llama-server", "--llamacpp-port", "--quiet-server", "--external-llamacpp-addr",
         "--management-addr", "--name", "--llamacpp-api-key", "--agent-token",
         "--poll-interval", "--read-timeout", "--slots-gap", "--idle-slots-interval",
-        "--probe-addr", "--tls", "--tls-ca", "--llamacpp-host", "--model-alias", "--log-level",
-        "--log-format",
+        "--runner", "--concurrency", "--probe-addr", "--tls", "--tls-ca", "--llamacpp-host",
+        "--model-alias", "--log-level", "--log-format",
     ]  # fmt: skip
     assert [s.env for s in SIM][:6] == [
         "CORRAL_SIM_ADDR", "CORRAL_SIM_SLOTS", "CORRAL_SIM_MODEL", "CORRAL_SIM_NAME",
@@ -339,3 +339,11 @@ def test_a_negatable_switch_takes_its_no_flag():
     assert parser.parse_args(["--cors-credentials"]).cors_credentials is True
     assert parser.parse_args(["--no-cors-credentials"]).cors_credentials is False
     assert "cors_credentials" not in vars(parser.parse_args([]))
+
+
+def test_the_runner_choices_are_the_registered_runners():
+    from corral.agent.runners import RUNNERS
+
+    (runner,) = [s for s in AGENT if s.name == "runner"]
+    assert set(runner.choices) == set(RUNNERS)
+    assert runner.default in RUNNERS

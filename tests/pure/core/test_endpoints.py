@@ -26,3 +26,17 @@ def test_light_fleet_and_blocked_routes():
     assert classify("POST", "/props") is Kind.BLOCKED
     assert classify("GET", "/nope") is None
     assert classify("GET", "/completion") is None
+
+
+def test_routes_belong_to_an_api_family():
+    from corral.core.endpoints import api_of
+
+    assert api_of("/v1/chat/completions") == "openai"
+    assert api_of("/v1/embeddings") == "openai"
+    assert api_of("/completion") == "llamacpp"  # llama-server's own
+    assert api_of("/chat/completions") == "llamacpp"  # llama-server's alias
+    assert api_of("/tokenize") == "llamacpp"
+    assert api_of("/api/chat") == "ollama"
+    assert classify("POST", "/api/chat") is Kind.INFERENCE
+    assert classify("POST", "/api/generate") is Kind.INFERENCE
+    assert classify("GET", "/api/tags") is Kind.LIGHT

@@ -248,3 +248,16 @@ def test_a_balancer_never_holds_more_than_its_share():
     fleet.check_index()
     with pytest.raises(ValueError, match="share"):
         dataclasses.replace(ready(2), slots_share=-1)
+
+
+def test_the_fleet_knows_which_apis_some_server_answers():
+    from corral.core import Condition, Fleet, Report
+
+    fleet = Fleet()
+    fleet.register("a", name="a", address="http://a", api_key=None, now=0)
+    assert fleet.answers("llamacpp") and fleet.answers("openai")  # before any report
+    assert not fleet.answers("ollama")
+    fleet.report("a", Report(Condition.READY, apis=frozenset({"openai", "ollama"})), now=0)
+    assert fleet.answers("ollama") and not fleet.answers("llamacpp")
+    fleet.remove("a")
+    assert not fleet.answers("openai")

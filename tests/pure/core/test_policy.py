@@ -169,3 +169,50 @@ def test_a_scaled_model_with_no_server_waits_instead_of_404_or_another_model():
     assert isinstance(Policy().pick(one, RequestInfo("/completion", "large")), Wait)
     # the fleet knows two models now: another name is unknown, never sent to "small"
     assert isinstance(Policy().pick(one, RequestInfo("/completion", "whatever")), Reject)
+
+
+def test_a_route_goes_only_to_servers_that_answer_its_api():
+    fleet = fleet_of(("llama", "m", 2))
+    fleet.register("vllm", name="vllm", address="http://vllm", api_key=None, now=0)
+    fleet.report(
+        "vllm",
+        Report(Condition.READY, model="m", slots_total=64, apis=frozenset({"openai"})),
+        now=0,
+    )
+    policy = Policy()
+    # vLLM has the most free slots, but does not answer llama.cpp's /completion
+    assert policy.pick(fleet, RequestInfo(CHAT, "m", api="openai")) == Dispatch("vllm")
+    assert policy.pick(fleet, RequestInfo("/completion", "m", api="llamacpp")) == Dispatch("llama")
+    # nobody answers Ollama's /api/chat: rejected at once, not buffered forever
+    decision = policy.pick(fleet, RequestInfo("/api/chat", "m", api="ollama"))
+    assert isinstance(decision, Reject) and decision.status == 404
+    assert "/api/chat" in decision.message
+    # a busy llama-server makes a llama.cpp request wait, even with vLLM idle
+    fleet.reserve("llama")
+    fleet.reserve("llama")
+    assert isinstance(policy.pick(fleet, RequestInfo("/completion", "m", api="llamacpp")), Wait)
+
+
+def test_requests_of_different_apis_wait_in_different_queues():
+    assert (
+        RequestInfo("/completion", "m", api="llamacpp").group
+        != RequestInfo(CHAT, "m", api="openai").group
+    )
+
+
+def test_a_model_whose_servers_do_not_answer_the_route_is_rejected_not_buffered():
+    fleet = fleet_of(("llama", "gemma", 2))
+    fleet.register("vllm", name="vllm", address="http://vllm", api_key=None, now=0)
+    fleet.report(
+        "vllm",
+        Report(Condition.READY, model="llama-8b", slots_total=4, apis=frozenset({"openai"})),
+        now=0,
+    )
+    decision = Policy().pick(fleet, RequestInfo("/completion", "llama-8b", api="llamacpp"))
+    assert isinstance(decision, Reject) and decision.status == 404
+    assert "llama-8b" in decision.message
+    # when it changes model, what it answers moves with it
+    fleet.report("vllm", Report(Condition.READY, model="gemma", slots_total=4), now=0)
+    assert Policy().pick(fleet, RequestInfo("/completion", "gemma", api="llamacpp")) == Dispatch(
+        "vllm"
+    )

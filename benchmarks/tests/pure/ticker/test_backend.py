@@ -8,7 +8,7 @@ import json
 import pytest
 
 from comparison.ticker.backend import STREAM_HEAD, info_bodies, requested_tokens
-from corral.agent.reader import Fetched, interpret
+from corral.agent.runners.llamacpp import Fetched, interpret
 
 
 def test_the_agent_reads_the_ticker_as_a_ready_llama_server() -> None:

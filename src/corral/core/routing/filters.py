@@ -43,22 +43,37 @@ def resolve_pools(fleet: Fleet, request: RequestInfo) -> list[str | None] | Reje
     loading, down or draining (then 503 from the buffer), never answered by another
     model. Any name is accepted only while the fleet has seen at most one model;
     with several, an unknown name is rejected. Servers that name no model take
-    requests that name none, or any name when the fleet has seen at most one model."""
+    requests that name none, or any name when the fleet has seen at most one model.
+
+    API family: when servers of those models are registered and none answers the
+    route's API (``/completion`` on a fleet of vLLM servers), the request is rejected
+    at once (404) rather than buffered until it times out."""
     if not len(fleet):
         return Wait("no server has registered yet")
     models = fleet.models()
     if request.model is None:
-        return [*models, None]
-    if fleet.has_seen(request.model):
-        return [request.model]
-    seen = fleet.seen_models()
-    if len(seen) <= 1:  # one model (or servers that name none): any name will do
-        return [*models, None]
-    return Reject(
-        404,
-        f"The model `{request.model}` does not exist. Available models: {', '.join(seen)}",
-        tuple(seen),
-    )
+        pools = [*models, None]
+    elif fleet.has_seen(request.model):
+        pools = [request.model]
+    elif len(fleet.seen_models()) <= 1:  # one model (or none named): any name will do
+        pools = [*models, None]
+    else:
+        seen = fleet.seen_models()
+        return Reject(
+            404,
+            f"The model `{request.model}` does not exist. Available models: {', '.join(seen)}",
+            tuple(seen),
+        )
+    api = request.api
+    if api is not None and fleet.has_backends(pools) and not fleet.answers(api, pools):
+        of = f" of `{request.model}`" if request.model in models else ""
+        return Reject(404, f"no server{of} in the fleet answers {request.path} ({api}'s API)")
+    return pools
+
+
+def answers(backend: Backend, request: RequestInfo) -> bool:
+    """Whether a backend answers the request's API family."""
+    return request.api is None or request.api in backend.apis
 
 
 def with_free_slot(fleet: Fleet, pools: list[str | None]) -> Iterator[Backend]:

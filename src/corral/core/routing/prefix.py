@@ -39,7 +39,7 @@ from collections.abc import Callable, Sequence
 from corral.core.events import Dispatched, Finished, FleetEvent, Reset
 from corral.core.fleet import Backend, Fleet
 from corral.core.routing.decision import Decision, Dispatch, Wait
-from corral.core.routing.filters import Rule, in_pools, resolve_pools, with_free_slot
+from corral.core.routing.filters import Rule, answers, in_pools, resolve_pools, with_free_slot
 from corral.core.routing.picker import Scored, pick
 from corral.core.routing.prefix_index import PrefixIndex
 from corral.core.routing.request import Prompt, RequestInfo
@@ -142,7 +142,9 @@ class PrefixPolicy:
         return Dispatch(winner.backend.id)
 
     def _accepts(self, backend: Backend, request: RequestInfo) -> bool:
-        return all(rule.accepts(backend, request) for rule in self.rules)
+        return answers(backend, request) and all(
+            rule.accepts(backend, request) for rule in self.rules
+        )
 
     def _score(self, backend: Backend, blocks: int, tokens: int) -> Scored:
         cached = min(tokens, self.ratio.tokens(blocks * self.index.block))

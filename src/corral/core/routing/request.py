@@ -104,9 +104,13 @@ class RequestInfo:
     backend_id: str | None = None
     prompt: Prompt | None = field(default=None, compare=False, repr=False)
     note: RouteNote = field(default_factory=RouteNote, compare=False, repr=False)
+    api: str | None = None
+    """The route's API family (:func:`corral.core.endpoints.api_of`); only servers
+    that answer it may take the request. None: any server."""
 
     @property
-    def group(self) -> tuple[str | None, str | None]:
-        """Requests that wait in one queue: the same model and the same pinned agent
-        (a pinned request never holds up others while its agent is busy)."""
-        return self.model, self.backend_id
+    def group(self) -> tuple[str | None, ...]:
+        """Requests that wait in one queue: the same model, the same pinned agent and
+        the same API family (a pinned request never holds up others while its agent is
+        busy, nor an Ollama request those a vLLM server could take)."""
+        return self.model, self.backend_id, self.api

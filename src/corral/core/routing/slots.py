@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from corral.core.fleet import Fleet
 from corral.core.routing.decision import Decision, Dispatch, Wait
-from corral.core.routing.filters import Rule, pinned, resolve_pools, with_free_slot
+from corral.core.routing.filters import Rule, answers, pinned, resolve_pools, with_free_slot
 from corral.core.routing.request import RequestInfo
 
 
@@ -35,7 +35,9 @@ class SlotPolicy:
         if not isinstance(pools, list):
             return pools
         for backend in pinned(with_free_slot(fleet, pools), request):
-            if all(rule.accepts(backend, request) for rule in self.rules):
+            if answers(backend, request) and all(
+                rule.accepts(backend, request) for rule in self.rules
+            ):
                 request.note.reason = "pinned" if request.backend_id else "slots"
                 return Dispatch(backend.id)
         return Wait("no free slot")

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from corral.agent.reader import SERVER_WAIT, Fetched, ReadSchedule, interpret
+from corral.agent.runners.llamacpp import SERVER_WAIT, Fetched, ReadSchedule, interpret
 
 HEALTHY = Fetched(200, {"status": "ok"})
 PROPS = Fetched(

@@ -1,8 +1,8 @@
-"""Make sense of what a llama-server answers. Pure: responses in, a status out.
+"""The ``llamacpp`` runner: what a llama-server answers, and when to read what.
 
-The agent fetches ``/health``, ``/props``, ``/slots`` and ``/v1/models`` (see
-:mod:`corral.agent.agent`) and hands the raw results to :func:`interpret`, which
-recognises the cases operators need to see in words:
+:class:`LlamaCppRunner` fetches ``/health``, ``/props``, ``/slots`` and ``/v1/models``
+and hands the raw results to :func:`interpret` (pure: responses in, a status out),
+which recognises the cases operators need to see in words:
 
 ========================  =========================================================
 what the server did       what the agent reports
@@ -62,10 +62,23 @@ So the agent reads:
 
 from __future__ import annotations
 
+import asyncio
 import math
-from dataclasses import dataclass
-from typing import Any
+from typing import ClassVar
 
+from corral.agent.runners.base import (
+    Clock,
+    Fetched,
+    Get,
+    Reading,
+    Runner,
+    RunnerOptions,
+    bounded,
+    failure,
+    message_of,
+    openai_model_ids,
+    status_with,
+)
 from corral.core.fleet import Condition
 from corral.protocol.messages import IssueInfo, ServerStatus
 
@@ -73,21 +86,8 @@ SERVER_WAIT = 1.0
 """Seconds llama-server waits on its result queue before it checks whether a client
 left (``HTTP_POLLING_SECONDS`` in llama.cpp's ``tools/server/server-context.cpp``)."""
 
-_MAX_TEXT = 256 * 1024
-"""Longest text kept from the server's answers (a chat template is a few KiB)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Fetched:
-    """One HTTP exchange: a status and decoded JSON, or the error that prevented it."""
-
-    status: int = 0
-    body: Any = None
-    error: str | None = None  # connection failure or undecodable body
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None and self.status == 200
+APIS = ("openai", "llamacpp")
+"""llama-server answers OpenAI's routes and its own (``/completion``, ``/slots``...)."""
 
 
 class ReadSchedule:
@@ -159,38 +159,6 @@ class ReadSchedule:
         )
 
 
-def _message(fetched: Fetched) -> str:
-    body = fetched.body
-    if isinstance(body, dict) and isinstance(body.get("error"), dict):
-        return str(body["error"].get("message", ""))[:300]
-    return str(body)[:300] if body is not None else ""
-
-
-def _status(condition: Condition, code: str, message: str, **kw: Any) -> ServerStatus:
-    return ServerStatus(condition=condition, issues=[IssueInfo(code, message)], **kw)
-
-
-def _failure(endpoint: str, fetched: Fetched) -> ServerStatus | None:
-    """The status to report when ``fetched`` failed, or ``None`` if it is fine."""
-    if fetched.error is not None and fetched.status == 0:
-        return _status(Condition.UNREACHABLE, "unreachable", f"{endpoint}: {fetched.error}")
-    if fetched.status == 401:
-        return _status(
-            Condition.UNAUTHORIZED,
-            "api_key_rejected",
-            f"{endpoint} answered 401: the API key is missing or wrong (--llamacpp-api-key)",
-        )
-    if fetched.error is not None:
-        return _status(Condition.BAD_RESPONSE, "bad_response", f"{endpoint}: {fetched.error}")
-    if fetched.status != 200:
-        return _status(
-            Condition.ERROR,
-            "http_error",
-            f"{endpoint} answered {fetched.status}: {_message(fetched)}",
-        )
-    return None
-
-
 def interpret(
     health: Fetched,
     props: Fetched | None = None,
@@ -203,24 +171,24 @@ def interpret(
     not healthy, so the agent did not ask).
     """
     if health.status == 503:
-        message = _message(health) or "server unavailable"
+        message = message_of(health) or "server unavailable"
         if "loading" in message.lower():
-            return _status(Condition.LOADING, "loading", message)
-        return _status(Condition.ERROR, "unavailable", f"/health answered 503: {message}")
-    failure = _failure("/health", health)
-    if failure is not None:
-        return failure
+            return status_with(Condition.LOADING, "loading", message)
+        return status_with(Condition.ERROR, "unavailable", f"/health answered 503: {message}")
+    failed = failure("/health", health)
+    if failed is not None:
+        return failed
     if props is None or slots is None:
         return ServerStatus(condition=Condition.LOADING)
 
-    failure = _failure("/props", props)
-    if failure is not None:
-        return failure
+    failed = failure("/props", props)
+    if failed is not None:
+        return failed
     if not isinstance(props.body, dict):
-        return _status(Condition.BAD_RESPONSE, "bad_response", "/props is not a JSON object")
+        return status_with(Condition.BAD_RESPONSE, "bad_response", "/props is not a JSON object")
     total = props.body.get("total_slots")
     if not isinstance(total, int) or isinstance(total, bool) or total < 0:
-        return _status(
+        return status_with(
             Condition.BAD_RESPONSE,
             "bad_response",
             f"/props has no valid total_slots (got {total!r})",
@@ -237,15 +205,15 @@ def interpret(
             )
         )
     else:
-        failure = _failure("/slots", slots)
-        if failure is not None:
-            return failure
+        failed = failure("/slots", slots)
+        if failed is not None:
+            return failed
         if not isinstance(slots.body, list) or not all(isinstance(s, dict) for s in slots.body):
-            return _status(
+            return status_with(
                 Condition.BAD_RESPONSE, "bad_response", "/slots is not a list of objects"
             )
         if not all(isinstance(s.get("is_processing"), bool) for s in slots.body):
-            return _status(
+            return status_with(
                 Condition.BAD_RESPONSE,
                 "bad_response",
                 "/slots entries lack a boolean is_processing",
@@ -255,7 +223,8 @@ def interpret(
 
     model: str | None = None
     if models is not None:
-        model = _model_id(models)
+        ids = openai_model_ids(models)
+        model = ids[0] if ids else None
         if model is None:
             issues.append(IssueInfo("no_model_id", "/v1/models did not name a model"))
 
@@ -265,35 +234,103 @@ def interpret(
         slots_total=total,
         slots_processing=min(processing, total),
         issues=issues,
-        props=_bounded(props.body),
-        model_list=_bounded(models.body) if models is not None and models.ok else {},
+        props=bounded(props.body),
+        model_list=bounded(models.body) if models is not None and models.ok else {},
     )
 
 
-def _model_id(models: Fetched) -> str | None:
-    if not models.ok or not isinstance(models.body, dict):
-        return None
-    data = models.body.get("data")
-    if isinstance(data, list) and data and isinstance(data[0], dict):
-        model = data[0].get("id")
-        if isinstance(model, str) and model:
-            return model[:1024]
-    return None
+class LlamaCppRunner(Runner):
+    """Reads a llama-server (``--runner llamacpp``, the default) on the schedule the
+    module docstring explains: ``/health`` and ``/props`` every round, ``/v1/models``
+    once per start and change of model, ``/slots`` after a quiet gap only."""
+
+    name: ClassVar[str] = "llamacpp"
+    apis: ClassVar[tuple[str, ...]] = APIS
+
+    def __init__(self, options: RunnerOptions | None = None) -> None:
+        super().__init__(options)
+        self.schedule = ReadSchedule(
+            self.options.slots_gap, self.options.idle_slots_interval or None
+        )
+        self._models: Fetched | None = None
+        self._models_of: str | None = None  # the model_path /v1/models was read for
+        self._ready = False  # the last reading said ready
+        self._slots: Fetched | None = None  # the last /slots read, None: read anew
+        self._slots_at = 0.0  # when that read began
+        self._slots_lock = asyncio.Lock()
+
+    def forget(self) -> None:
+        self._slots = None  # what comes back may be another server
+        self._models = None  # down or loading: read it again once it is back
+
+    async def read(self, get: Get, clock: Clock) -> Reading:
+        began = clock()
+        health = await get("/health")
+        if not health.ok:
+            self.forget()
+            self._ready = False
+            return Reading(interpret(health), began)
+        # /props every round (answered without a task: safe at any rate, and it keeps
+        # changing fields such as is_sleeping current); /v1/models once per start of
+        # the server and on a change of model; /slots on its schedule, and not while
+        # the server sleeps (a /slots read wakes it).
+        props = await get("/props")
+        if self._models is None or not self._ready or _model_path(props) != self._models_of:
+            self._models = await get("/v1/models")
+            self._models_of = _model_path(props)
+        if self._slots is None or (not _sleeping(props) and self.schedule.slots_due(clock()) == 0):
+            await self.read_slots(get, clock)
+        assert self._slots is not None
+        status = interpret(health, props, self._slots, self._models)
+        self._ready = status.condition == Condition.READY
+        return Reading(status, self._slots_at)
+
+    async def read_slots(self, get: Get, clock: Clock) -> Fetched:
+        """Read ``/slots`` as soon as the schedule allows (waiting for it if need be)."""
+        async with self._slots_lock:
+            wait = self.schedule.slots_wait(clock())
+            if wait > 0:
+                await asyncio.sleep(wait)
+            started = clock()
+            self.schedule.slots_asked(started)
+            fetched = Fetched(error="not read")
+            try:
+                fetched = await get("/slots")
+            finally:
+                self.schedule.slots_answered(clock(), idle=_all_idle(fetched))
+            self._slots, self._slots_at = fetched, started
+            return fetched
+
+    def next_read_in(self, now: float) -> float:
+        """As soon as ``/slots`` may be read again (busy slots reported early)."""
+        if self._slots is None:
+            return math.inf
+        return self.schedule.slots_due(now)
+
+    async def in_flight(self, get: Get, clock: Clock) -> int | None:
+        """Busy slots from ``/slots``, no sooner than the schedule allows."""
+        slots = await self.read_slots(get, clock)
+        if not slots.ok or not isinstance(slots.body, list):
+            return None
+        return sum(1 for s in slots.body if isinstance(s, dict) and s.get("is_processing"))
 
 
-def _bounded(value: Any) -> Any:
-    """``value`` (decoded JSON) whole, with texts longer than ``_MAX_TEXT`` trimmed, so
-    one odd answer cannot make every report huge. Non-objects become ``{}``."""
-    if not isinstance(value, dict):
-        return {}
-    return _trim(value)
+def _all_idle(slots: Fetched) -> bool:
+    """Whether a ``/slots`` answer shows every slot idle."""
+    body = slots.body
+    return (
+        slots.ok
+        and isinstance(body, list)
+        and all(isinstance(s, dict) and s.get("is_processing") is False for s in body)
+    )
 
 
-def _trim(value: Any) -> Any:
-    if isinstance(value, str):
-        return value[:_MAX_TEXT]
-    if isinstance(value, dict):
-        return {key: _trim(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_trim(item) for item in value]
-    return value
+def _sleeping(props: Fetched) -> bool:
+    """Whether ``/props`` says the server sleeps (``--sleep-idle-seconds``)."""
+    return props.ok and isinstance(props.body, dict) and props.body.get("is_sleeping") is True
+
+
+def _model_path(props: Fetched) -> str | None:
+    body = props.body
+    path = body.get("model_path") if props.ok and isinstance(body, dict) else None
+    return path if isinstance(path, str) else None
