@@ -45,9 +45,16 @@ def ports(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, int]]
         _, server = procs.llama_server(
             "server", 2, 512, "--metrics", "--slot-save-path", f"{saved}/", "--api-key", KEY
         )
-        # credentials on, as llama-server's default, to compare like with like
+        # credentials on, as llama-server's default, to compare like with like; Corral
+        # refuses them with '*' (any page could use a visitor's credentials), so the
+        # origin the CORS cases send is listed
         _, inference, management = procs.balancer(
-            "balancer", "--api-key", KEY, "--cors-credentials"
+            "balancer",
+            "--api-key",
+            KEY,
+            "--cors-origins",
+            "http://app.example",
+            "--cors-credentials",
         )
         procs.agent("a", server, management, "--llamacpp-api-key", KEY)
         yield server, inference
