@@ -158,8 +158,11 @@ class Agent:
         )
         self._poll_lock = asyncio.Lock()
         self._reading_at = 0.0  # when the read of the server's slots began
+        self._reading_end = 0.0  # and when it ended
         self.status_read_at = 0.0
         """When the read that produced :attr:`status` began (event loop clock)."""
+        self.status_read_end = 0.0
+        """When that read ended (its answer came; event loop clock)."""
         self._server_port = 0
         self._applied: m.Applied | None = None
         self._failed_generation: int | None = None
@@ -218,6 +221,7 @@ class Agent:
                 self._log_change(status)
                 self.status = status
                 self.status_read_at = self._reading_at
+                self.status_read_end = self._reading_end
                 self._notify()
             return status
 
@@ -267,12 +271,13 @@ class Agent:
 
     async def _read(self) -> m.ServerStatus:
         loop = asyncio.get_running_loop()
-        self._reading_at = loop.time()
+        self._reading_at = self._reading_end = loop.time()
         if self.server is not None and self.server.phase.value != "ready":
             self.runner.forget()
             return self._stamped(m.ServerStatus(condition=Condition.LOADING))
         reading = await self.runner.read(self._get, loop.time)
         self._reading_at = reading.began
+        self._reading_end = loop.time() if reading.ended is None else reading.ended
         return self._stamped(reading.status)
 
     def _stamped(self, status: m.ServerStatus) -> m.ServerStatus:
@@ -409,7 +414,7 @@ class Agent:
         while not receiver.done():
             if (self.status, self.share(url)) != sent:
                 sent = self.status, self.share(url)
-                status = m.Status(sent[0], read_age=self._read_age(), share=sent[1])
+                status = self._timed(sent[0], sent[1])
                 await ws.send_bytes(m.encode(status))
             changed = asyncio.ensure_future(self._changed.wait())
             try:
@@ -423,9 +428,17 @@ class Agent:
             if not done:  # nothing changed for a whole interval
                 await ws.send_bytes(m.encode(m.Heartbeat()))
 
-    def _read_age(self) -> float:
-        """Seconds since the read behind :attr:`status` began (for the balancer)."""
-        return max(0.0, asyncio.get_running_loop().time() - self.status_read_at)
+    def _timed(self, status: m.ServerStatus, share: int | None) -> m.Status:
+        """A status message saying how long ago the read behind :attr:`status` began and
+        ended (for the balancer: the server counted its busy slots between the two)."""
+        now = asyncio.get_running_loop().time()
+        began = max(0.0, now - self.status_read_at)
+        return m.Status(
+            status,
+            read_age=began,
+            read_end_age=min(began, max(0.0, now - self.status_read_end)),
+            share=share,
+        )
 
     async def _receive(self, ws: aiohttp.ClientWebSocketResponse, url: str) -> None:
         async for frame in ws:
@@ -442,7 +455,7 @@ class Agent:
                 except Exception:
                     log.exception("reading the server failed")
                     status = self.status
-                reply = m.Status(status, read_age=self._read_age(), share=self.share(url))
+                reply = self._timed(status, self.share(url))
                 await ws.send_bytes(m.encode(reply))
             elif isinstance(message, m.Apply):
                 self.apply(message)

@@ -118,6 +118,19 @@ def to_report(status: m.ServerStatus) -> Report:
     )
 
 
+def read_span(message: m.Status, now: float) -> tuple[float | None, float | None]:
+    """When the agent's read behind ``message`` began and ended, on the balancer's
+    clock (``now``: when it arrived): :class:`Report`'s ``(read_at, read_end)``. Either
+    is None when unsaid (no end without a start); an end said before the start is taken
+    as the start."""
+    if message.read_age is None:
+        return None, None
+    read_at = now - message.read_age
+    if message.read_end_age is None:
+        return read_at, None
+    return read_at, max(read_at, now - message.read_end_age)
+
+
 class Management:
     """Handlers of the management listener, and the live agent sockets."""
 
@@ -404,9 +417,13 @@ class _AgentSession:
         now = self.mgmt.clock.now()
         if isinstance(message, m.Status):
             before = fleet.get(self.agent_id).state
-            report = dataclasses.replace(to_report(message.status), slots_share=message.share)
-            if message.read_age is not None:
-                report = dataclasses.replace(report, read_at=now - message.read_age)
+            read_at, read_end = read_span(message, now)
+            report = dataclasses.replace(
+                to_report(message.status),
+                slots_share=message.share,
+                read_at=read_at,
+                read_end=read_end,
+            )
             was = fleet.get(self.agent_id).condition
             agent = fleet.report(self.agent_id, report, now)
             if agent.state is not before:

@@ -20,15 +20,44 @@ always holds, so a server never gets more concurrent requests than it has slots.
 finished request frees its slot at once (``reserved`` drops), without waiting for a
 report.
 
-When was the server read? A report says how long ago the agent started reading
-(``Report.read_at``, on the balancer's clock). The fleet keeps a short log of each
-agent's reservations and releases, so ``reserved_at_report`` is the number in flight
-at that moment: requests that finished while the agent was reading (and the report
-travelling) still count as ours, and do not show up as phantom external load that
-would leave a slot idle until the next report. A report that says nothing of its age
-(or is older than the log) counts what is in flight when it arrives; then a stale
-report can only overstate ``external``: slots stay unused for a while, never
-overloaded.
+When was the server read? A read is not an instant: the agent asks ``/slots`` at one
+time and gets the answer later (llama-server answers between two batches, so tens of
+milliseconds or more under load), and the server counted its busy slots somewhere
+between. A report says when the read began and ended (``Report.read_at`` and
+``Report.read_end``, on the balancer's clock; an agent that says only when it began
+has read no later than its report arrived). The fleet keeps a short log of each
+agent's reservations and releases, and counts the most of its requests in flight at
+any moment of that span::
+
+    reserved_at_report = max(reserved(t) for t in [read_at, read_end])
+
+Why the most? Say the server counted at some ``t`` in the span, when ``X`` requests
+from elsewhere and ``O`` of ours ran on it. Each of our requests runs on the server
+inside its reservation (sent after it is reserved, released after its answer ends),
+so ``O <= reserved(t) <= reserved_at_report`` and::
+
+    X - (reserved_at_report - O)  <=  external  <=  X
+
+- ``external`` never exceeds the load from elsewhere, so a request of ours that
+  started or finished while the agent read never shows up as phantom outside load,
+  which would leave a slot idle (while requests wait in the buffer) until the next
+  report, 1.25 s or more later. With no outside load ``external`` is exactly 0.
+- It falls short of the outside load by at most ``reserved_at_report - O``: our
+  requests reserved or released inside the span (at most one per log entry in it),
+  plus ours on the way to or from the server at ``t``, which every estimate shares.
+  Only then, and only with outside load, can the server get more requests than it
+  has slots; llama-server queues the extra one, and the next report sets it right.
+  The least in flight over the span would err the other way (phantom load), and
+  under steady load most reads would cost an idle slot for a whole read gap.
+
+The agent sends the span as ages, so it lands on the balancer's clock late by the
+report's time on the wire (well under a millisecond on a LAN): only a request that
+ends within that much of the count can still look like outside load. A report that
+says nothing of when it was read (or began before the log's horizon) counts what is
+in flight when it arrives.
+
+A finished request's slot is free at once, even when the last report showed it busy:
+``reserved`` drops and ``reserved_at_report`` stays, so ``external`` does not move.
 
 Several balancers (high availability) cannot see each other's requests but through
 reports, which lag. So an agent that reports to several gives each a share of its
@@ -126,6 +155,9 @@ class Report:
     """The server's host prompt cache (``--cache-ram``), MiB; -1 unlimited, 0 off, None unknown."""
     read_at: float | None = None
     """When the agent started reading the server, on the balancer's clock (None: unknown)."""
+    read_end: float | None = None
+    """When that read's answer came, on the balancer's clock (None: no later than the
+    report arrived). Between ``read_at`` and this, the server counted its busy slots."""
     slots_share: int | None = None
     """Slots of the server this balancer may use (its agent reports to several
     balancers and gives each a share); None: all of them."""
@@ -135,6 +167,8 @@ class Report:
             raise ValueError("slot counts cannot be negative")
         if self.slots_share is not None and self.slots_share < 0:
             raise ValueError("a share of slots cannot be negative")
+        if self.read_end is not None and (self.read_at is None or self.read_end < self.read_at):
+            raise ValueError("a read cannot end before it began")
 
 
 @dataclass(eq=False, slots=True)
@@ -423,7 +457,7 @@ class Fleet:
             backend.props = report.props
         if report.model_list:
             backend.model_list = report.model_list
-        backend.reserved_at_report = _in_flight_at(backend, report.read_at)
+        backend.reserved_at_report = _most_in_flight(backend, report.read_at, report.read_end, now)
         backend.last_seen = backend.last_report = now
         backend.heartbeat_ok = True
         if report.condition is Condition.READY:
@@ -498,7 +532,8 @@ class Fleet:
         backend.reserved -= 1
         _log(backend, now, -1)
         # reserved_at_report stays: the last report still counts this request as busy
-        # if it had reached the server, and the two cancel out in ``external``.
+        # if it had reached the server, and the two cancel out in ``external``; its
+        # slot is free at once, not at the next report.
         self._index(backend)
         self._changed()
         if self._observers:
@@ -663,13 +698,21 @@ def _log(backend: Backend, now: float | None, delta: int) -> None:
         backend._log_from = log.popleft()[0]
 
 
-def _in_flight_at(backend: Backend, read_at: float | None) -> int:
-    """The balancer's requests in flight on ``backend`` at ``read_at`` (now if unknown)."""
+def _most_in_flight(
+    backend: Backend, read_at: float | None, read_end: float | None, now: float
+) -> int:
+    """The most of the balancer's requests in flight on ``backend`` at any moment from
+    ``read_at`` to ``read_end`` (``now`` if None); what is in flight now if ``read_at``
+    is None or older than the log (see the module docstring for why the most)."""
     if read_at is None or read_at < backend._log_from:
         return backend.reserved
-    after = 0
+    end = now if read_end is None else read_end
+    count = backend.reserved  # in flight after the newest event, going back in time
+    most = 0
     for when, delta in reversed(backend._log):
         if when <= read_at:
             break
-        after += delta
-    return max(0, backend.reserved - after)
+        if when <= end:
+            most = max(most, count)  # in flight from this event until the next
+        count -= delta
+    return max(most, count)  # count: in flight at read_at

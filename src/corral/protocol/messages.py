@@ -122,6 +122,13 @@ class Status(msgspec.Struct, frozen=True, tag="status", omit_defaults=True):
     """Seconds from when the agent started reading the server for this status to when
     it sent it. The balancer uses it to tell its own requests that finished meanwhile
     from load that came from elsewhere. None: unknown (agents before 0.2 send none)."""
+    read_end_age: Annotated[float, msgspec.Meta(ge=0, le=3600)] | None = None
+    """Seconds from when that read's answer came to when the agent sent this (at most
+    ``read_age``; the balancer takes the larger as ``read_age``). The server counted its
+    busy slots between the two: the balancer counts the most of its own requests in
+    flight over that span (:mod:`corral.core.fleet`). None: unsaid (agents before it;
+    the balancer takes the span to end when the status arrives). Optional: older
+    balancers ignore it."""
     share: Annotated[int, msgspec.Meta(ge=0)] | None = None
     """Slots of the server this balancer may use at once: an agent that reports to
     several balancers splits its slots between them (see docs/ha.md), so that together

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from support.harness import Harness, eventually, url
 from support.runner_fakes import FakeState, start_fake
 
@@ -102,3 +103,29 @@ async def test_a_mixed_fleet_routes_each_api_to_servers_that_answer_it(harness: 
     finally:
         for runner, _ in fakes:
             await runner.cleanup()
+
+
+async def test_llamacpp_reading_says_when_the_slots_read_began_and_ended():
+    # llama-server answers /slots between two batches: the answer comes a while after
+    # the agent asked, and the balancer needs both ends of that span
+    from corral.agent.runners.llamacpp import LlamaCppRunner
+
+    now = [100.0]
+    answers = {
+        "/health": Fetched(200, {"status": "ok"}),
+        "/props": Fetched(200, {"total_slots": 2, "model_path": "/m/x.gguf"}),
+        "/v1/models": Fetched(200, {"data": [{"id": "x"}]}),
+        "/slots": Fetched(200, [{"id": 0, "is_processing": True}]),
+    }
+
+    async def get(path: str) -> Fetched:
+        now[0] += 0.2 if path == "/slots" else 0.01  # the answer after the next batch
+        return answers[path]
+
+    runner = LlamaCppRunner()
+    reading = await runner.read(get, lambda: now[0])
+    assert (reading.began, reading.ended) == pytest.approx((100.03, 100.23))  # asked, answered
+    assert reading.status.slots_processing == 1
+    # read again before the quiet gap ends: the same /slots answer, the same span
+    reading = await runner.read(get, lambda: now[0])
+    assert (reading.began, reading.ended) == pytest.approx((100.03, 100.23))

@@ -32,6 +32,8 @@ def test_round_trip():
     assert decode_agent_message(encode(Heartbeat())) == Heartbeat()
     timed = Status(ServerStatus(condition="ready"), read_age=0.25)
     assert decode_agent_message(encode(timed)) == timed
+    spanned = Status(ServerStatus(condition="ready"), read_age=0.25, read_end_age=0.05)
+    assert decode_agent_message(encode(spanned)) == spanned
     # an agent that says nothing of the read's age (before protocol 1.1) is fine
     assert decode_agent_message(b'{"type":"status","status":{"condition":"ready"}}') == Status(
         ServerStatus(condition="ready")
@@ -59,6 +61,10 @@ def test_round_trip():
         (b"\xff\xfe", "malformed JSON"),
         (b'{"type": "status", "status": {"condition": "ready"}, "read_age": -1}', "$.read_age"),
         (b'{"type": "status", "status": {"condition": "ready"}, "read_age": "x"}', "$.read_age"),
+        (
+            b'{"type": "status", "status": {"condition": "ready"}, "read_end_age": -0.1}',
+            "$.read_end_age",
+        ),
     ],
 )
 def test_bad_frames_give_clear_errors(frame, reason):

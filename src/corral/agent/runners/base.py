@@ -75,12 +75,15 @@ class RunnerOptions:
 
 @dataclass(frozen=True, slots=True)
 class Reading:
-    """What one read of the server found, and when that read began (``began``, on the
-    :data:`Clock`): the balancer uses it to tell its own finished requests from load
-    that came from elsewhere."""
+    """What one read of the server found, and when the read its busy slots come from
+    began and ended (``began`` and ``ended``, on the :data:`Clock`; ``ended`` None: when
+    :meth:`Runner.read` returned). The server counted its busy slots between the two:
+    the balancer uses the span to tell its own requests that started or finished
+    meanwhile from load that came from elsewhere."""
 
     status: ServerStatus
     began: float
+    ended: float | None = None
 
 
 class Runner(abc.ABC):

@@ -257,6 +257,7 @@ class LlamaCppRunner(Runner):
         self._ready = False  # the last reading said ready
         self._slots: Fetched | None = None  # the last /slots read, None: read anew
         self._slots_at = 0.0  # when that read began
+        self._slots_end = 0.0  # when its answer came
         self._slots_lock = asyncio.Lock()
 
     def forget(self) -> None:
@@ -283,7 +284,7 @@ class LlamaCppRunner(Runner):
         assert self._slots is not None
         status = interpret(health, props, self._slots, self._models)
         self._ready = status.condition == Condition.READY
-        return Reading(status, self._slots_at)
+        return Reading(status, self._slots_at, self._slots_end)
 
     async def read_slots(self, get: Get, clock: Clock) -> Fetched:
         """Read ``/slots`` as soon as the schedule allows (waiting for it if need be)."""
@@ -294,11 +295,15 @@ class LlamaCppRunner(Runner):
             started = clock()
             self.schedule.slots_asked(started)
             fetched = Fetched(error="not read")
+            answered = started
             try:
                 fetched = await get("/slots")
             finally:
-                self.schedule.slots_answered(clock(), idle=_all_idle(fetched))
-            self._slots, self._slots_at = fetched, started
+                answered = clock()
+                self.schedule.slots_answered(answered, idle=_all_idle(fetched))
+            # llama-server counted its busy slots somewhere between the two, when its
+            # task queue got to the read (between two batches): the balancer needs both
+            self._slots, self._slots_at, self._slots_end = fetched, started, answered
             return fetched
 
     def next_read_in(self, now: float) -> float:
