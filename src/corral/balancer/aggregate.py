@@ -151,12 +151,15 @@ def models(fleet: Fleet, created: int) -> dict[str, Any]:
     data: list[dict[str, Any]] = []
     ollama: list[dict[str, Any]] = []
     for model in fleet.models():
-        backends = [backend for backend in fleet if backend.model == model]
+        backends = [backend for backend in fleet if model in backend.serves]
         ready = [backend for backend in backends if backend.routable]
+        loaded = [backend for backend in ready if model in backend.hot]
         entry, listed = _listed(ready + [a for a in backends if not a.routable], model)
         if entry is None:
             entry = {"id": model, "object": "model", "created": created, "owned_by": "llamacpp"}
         entry["corral"] = {"agents": len(backends), "agents_ready": len(ready)}
+        if len(loaded) != len(ready):  # some serve it on demand (llama.cpp's router mode)
+            entry["corral"]["agents_loaded"] = len(loaded)
         data.append(entry)
         ollama.extend(listed)
     body: dict[str, Any] = {"object": "list", "data": data}

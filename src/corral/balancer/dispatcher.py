@@ -89,7 +89,7 @@ class Dispatcher:
             self.on_pick(time.perf_counter() - started)
         if isinstance(result, Dispatch):
             self._notify()
-            return self._reservation(result.backend_id, 0.0)
+            return self._reservation(result.backend_id, 0.0, request.model)
         if isinstance(result, Reject):
             raise _reject_error(result)
         return await self._wait(result, request)
@@ -114,12 +114,17 @@ class Dispatcher:
             raise
         if backend_id not in self.fleet:  # it left between the assignment and now
             return await self.acquire(request)
-        return self._reservation(backend_id, waiter.waited(self.clock.now()))
+        return self._reservation(backend_id, waiter.waited(self.clock.now()), request.model)
 
-    def _reservation(self, backend_id: str, waited: float) -> Reservation:
+    def _reservation(self, backend_id: str, waited: float, model: str | None = None) -> Reservation:
         backend = self.fleet.get(backend_id)
         return Reservation(
-            backend_id, backend.address, backend.api_key, backend.name, waited, backend.model
+            backend_id,
+            backend.address,
+            backend.api_key,
+            backend.name,
+            waited,
+            backend.model_for(model),
         )
 
     def release(

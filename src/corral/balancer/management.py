@@ -79,6 +79,7 @@ def backend_json(backend: Backend, now: float) -> dict[str, Any]:
         "name": backend.name,
         "address": backend.address,
         "model": backend.model,
+        "models": {name: state.value for name, state in backend.models.items()} or None,
         "state": backend.state.value,
         "condition": backend.condition.value,
         "slots_total": backend.slots_total,
@@ -115,6 +116,8 @@ def to_report(status: m.ServerStatus) -> Report:
         applied_generation=status.applied.generation if status.applied else 0,
         failed_generation=status.failed_generation,
         applying=status.applying,
+        models=tuple((info.id, info.state) for info in status.models),
+        models_max=status.models_max or None,
     )
 
 

@@ -441,13 +441,20 @@ class InferenceProxy:
             ready = [
                 a
                 for a in self.fleet
-                if a.routable and a.model in models and (info.api is None or info.api in a.apis)
+                if a.routable
+                and any(m in models for m in a.hot)
+                and (info.api is None or info.api in a.apis)
             ]
             if ready:
                 self._light_turn += 1
                 backend: Backend = ready[self._light_turn % len(ready)]
                 return Reservation(
-                    backend.id, backend.address, backend.api_key, backend.name, 0.0, backend.model
+                    backend.id,
+                    backend.address,
+                    backend.api_key,
+                    backend.name,
+                    0.0,
+                    backend.model_for(info.model),
                 )
         elif isinstance(pools, Reject):
             raise HTTPError(pools.status, pools.message)

@@ -8,7 +8,16 @@ Start with :mod:`corral.core.routing` (who gets a request), then
 from corral.core.buffer import Buffer, BufferFull, Waiter
 from corral.core.clock import Clock, ManualClock, MonotonicClock
 from corral.core.endpoints import Kind, classify
-from corral.core.fleet import Backend, BackendState, Condition, Fleet, FleetError, Issue, Report
+from corral.core.fleet import (
+    Backend,
+    BackendState,
+    Condition,
+    Fleet,
+    FleetError,
+    Issue,
+    ModelState,
+    Report,
+)
 from corral.core.policy import Decision, Dispatch, Policy, Reject, RequestInfo, Rule, Wait
 from corral.core.scheduler import Assigned, Refused, Scheduler
 
@@ -27,6 +36,7 @@ __all__ = [
     "Issue",
     "Kind",
     "ManualClock",
+    "ModelState",
     "MonotonicClock",
     "Policy",
     "Refused",

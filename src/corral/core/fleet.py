@@ -77,6 +77,18 @@ keyed by free slots, so the policy finds the backend with the most free slots wi
 scanning the fleet; ties rotate because a touched backend goes to the back of its
 bucket.
 
+**Several models per backend** (llama.cpp's router mode: one llama-server that loads
+and unloads models on demand). Such a backend reports every model it can serve and
+its state (:class:`ModelState`). A model loaded (or asleep: a request wakes it) is
+*hot*: the backend sits in that model's index of free slots, so it competes with
+single-model servers of the model on the same terms. A model it can load but has
+not is *cold*: the backend is a *loader* of it (:meth:`Fleet.loaders`), asked only
+when no routable backend has the model hot; the request is sent, and the router
+loads the model before it answers (the slot stays reserved meanwhile). A router's
+models share the backend's slot count: each model instance has ``--parallel`` slots
+and the balancer holds at most that many across all of them, so no instance is ever
+overloaded, at the price of idle slots while several models are busy at once.
+
 Every method is a state transition. An illegal one raises :class:`FleetError` and
 changes nothing.
 
@@ -113,6 +125,21 @@ class Condition(enum.StrEnum):
     UNAUTHORIZED = "unauthorized"  # the API key was rejected (401)
     BAD_RESPONSE = "bad_response"  # answered, but not in llama-server's format
     ERROR = "error"  # anything else (5xx...)
+
+
+class ModelState(enum.StrEnum):
+    """A model's state on a server that loads models on demand (llama.cpp's router
+    mode, ``GET /models``'s ``status.value``); also on the wire."""
+
+    LOADED = "loaded"
+    SLEEPING = "sleeping"  # loaded, asleep (--sleep-idle-seconds): a request wakes it
+    LOADING = "loading"
+    UNLOADED = "unloaded"  # on disk: the server loads it when asked
+
+    @property
+    def hot(self) -> bool:
+        """Whether a request is answered without loading the model first."""
+        return self is ModelState.LOADED or self is ModelState.SLEEPING
 
 
 class BackendState(enum.Enum):
@@ -161,6 +188,12 @@ class Report:
     slots_share: int | None = None
     """Slots of the server this balancer may use (its agent reports to several
     balancers and gives each a share); None: all of them."""
+    models: tuple[tuple[str, ModelState], ...] = ()
+    """Every model a server that loads models on demand can serve, with its state
+    (llama.cpp's router mode); empty: the server serves ``model`` only."""
+    models_max: int | None = None
+    """How many models such a server keeps loaded at once (``--models-max``); None:
+    no limit said."""
 
     def __post_init__(self) -> None:
         if self.slots_total < 0 or self.slots_processing < 0:
@@ -209,7 +242,34 @@ class Backend:
     heartbeat_ok: bool = True
     set_aside: bool = False
     failures: int = 0
-    _bucket: tuple[str | None, int] | None = None  # where it sits in the index
+    models: dict[str, ModelState] = field(default_factory=dict)
+    """Router mode: every model it can serve, and its state (empty: ``model`` only)."""
+    models_max: int | None = None  # router mode: models loaded at once at most
+    _bucket: tuple[tuple[str | None, ...], int] | None = None  # where it sits in the index
+
+    @property
+    def serves(self) -> tuple[str | None, ...]:
+        """Every model it can serve (router mode), else its one model."""
+        return tuple(self.models) if self.models else (self.model,)
+
+    @property
+    def hot(self) -> tuple[str | None, ...]:
+        """The models it answers without loading one first."""
+        if not self.models:
+            return (self.model,)
+        return tuple(name for name, state in self.models.items() if state.hot)
+
+    @property
+    def room(self) -> float:
+        """Models it can load before it must unload one (router mode; inf: no limit)."""
+        if not self.models_max:
+            return math.inf
+        running = sum(1 for state in self.models.values() if state is not ModelState.UNLOADED)
+        return max(0, self.models_max - running)
+
+    def model_for(self, requested: str | None) -> str | None:
+        """The model that answers a request for ``requested`` here."""
+        return requested if requested is not None and requested in self.models else self.model
 
     @property
     def external(self) -> int:
@@ -289,6 +349,10 @@ class Fleet:
     def __init__(self) -> None:
         self._backends: dict[str, Backend] = {}
         self._pools: dict[str | None, _Pool] = {}
+        # model -> routable backends with it hot, any free slots (router mode and not)
+        self._hot: dict[str | None, dict[str, Backend]] = {}
+        # model -> backends that can load it (router mode), whatever their state
+        self._cold: dict[str, dict[str, Backend]] = {}
         # model (None: the server named none) -> number of backends reporting it
         self._model_refs: dict[str | None, int] = {}
         self._models: list[str] | None = None  # sorted named models, cached
@@ -387,6 +451,29 @@ class Fleet:
                 if bucket:
                     yield from bucket.values()
 
+    def has_hot(self, models: Iterable[str | None]) -> bool:
+        """Whether some routable backend has one of these models hot (loaded or asleep),
+        with a free slot or not."""
+        return any(self._hot.get(model) for model in models)
+
+    def loaders(self, models: Iterable[str | None]) -> list[Backend]:
+        """Routable backends with a free slot that can load one of these models but
+        have not (router mode): those already loading it first, then the most room
+        (``models_max`` less the models they run), then the most free slots.
+
+        Scans the backends that list the model, not the fleet; asked only when no
+        backend has the model hot (:meth:`has_hot`)."""
+        found: dict[str, tuple[tuple[float, float, int], Backend]] = {}
+        for model in models:
+            if model is None:
+                continue
+            for backend in self._cold.get(model, {}).values():
+                if backend.routable and backend.free > 0 and backend.id not in found:
+                    loading = backend.models.get(model) is ModelState.LOADING
+                    key = (-float(loading), -backend.room, -backend.free)
+                    found[backend.id] = (key, backend)
+        return [backend for _, backend in sorted(found.values(), key=lambda kb: kb[0])]
+
     def has_free_slot(self) -> bool:
         return any(self._pools.values())
 
@@ -422,8 +509,7 @@ class Fleet:
             last_seen=now,
         )
         self._backends[backend_id] = backend
-        self._ref_model(None)
-        self._api_refs.update((backend.model, api) for api in backend.apis)
+        self._ref_models(backend)
         self.membership += 1
         self._changed()
         return backend
@@ -434,13 +520,17 @@ class Fleet:
         self._unindex(backend)
         before = _rollout_view(backend)
         reset = _reset_reason(backend, report) if self._observers else None
-        if backend.model != report.model:
-            self._unref_model(backend.model)
-            self._ref_model(report.model)
-        if backend.apis != report.apis or backend.model != report.model:
-            self._api_refs.subtract((backend.model, api) for api in backend.apis)
-            self._api_refs.update((report.model, api) for api in report.apis)
-            backend.apis = report.apis
+        models = dict(report.models)
+        if (
+            backend.model != report.model
+            or backend.apis != report.apis
+            or backend.models.keys() != models.keys()
+        ):
+            self._unref_models(backend)
+            backend.model, backend.apis, backend.models = report.model, report.apis, models
+            self._ref_models(backend)
+        backend.models = models
+        backend.models_max = report.models_max
         backend.runner = report.runner
         backend.condition = report.condition
         backend.model = report.model
@@ -484,8 +574,7 @@ class Fleet:
     def remove(self, backend_id: str) -> Backend:
         backend = self.get(backend_id)
         self._unindex(backend)
-        self._unref_model(backend.model)
-        self._api_refs.subtract((backend.model, api) for api in backend.apis)
+        self._unref_models(backend)
         del self._backends[backend_id]
         self.membership += 1
         self._changed()
@@ -606,6 +695,23 @@ class Fleet:
             self._seen.add(model)
             self._seen_sorted = None
 
+    def _ref_models(self, backend: Backend) -> None:
+        for model in backend.serves:
+            self._ref_model(model)
+            self._api_refs.update((model, api) for api in backend.apis)
+            if model is not None and backend.models:
+                self._cold.setdefault(model, {})[backend.id] = backend
+
+    def _unref_models(self, backend: Backend) -> None:
+        for model in backend.serves:
+            self._unref_model(model)
+            self._api_refs.subtract((model, api) for api in backend.apis)
+            if model is not None and backend.models:
+                cold = self._cold[model]
+                del cold[backend.id]
+                if not cold:
+                    del self._cold[model]
+
     def _unref_model(self, model: str | None) -> None:
         left = self._model_refs[model] - 1
         if left:
@@ -615,18 +721,29 @@ class Fleet:
             self._models = None
 
     def _index(self, backend: Backend) -> None:
+        if not backend.routable:
+            return
         free = backend.free
-        if backend.routable and free > 0:
-            self._pools.setdefault(backend.model, _Pool()).add(backend, free)
-            backend._bucket = (backend.model, free)
+        hot = backend.hot
+        for model in hot:
+            self._hot.setdefault(model, {})[backend.id] = backend
+            if free > 0:
+                self._pools.setdefault(model, _Pool()).add(backend, free)
+        backend._bucket = (hot, free)
 
     def _unindex(self, backend: Backend) -> None:
         if backend._bucket is not None:
-            model, free = backend._bucket
-            pool = self._pools[model]
-            pool.remove(backend.id, free)
-            if not pool:
-                del self._pools[model]
+            models, free = backend._bucket
+            for model in models:
+                hot = self._hot[model]
+                del hot[backend.id]
+                if not hot:
+                    del self._hot[model]
+                if free > 0:
+                    pool = self._pools[model]
+                    pool.remove(backend.id, free)
+                    if not pool:
+                        del self._pools[model]
             backend._bucket = None
 
     def _reindex(self, backend: Backend) -> None:
@@ -635,17 +752,30 @@ class Fleet:
 
     def check_index(self) -> None:
         """Assert the index matches the backends (for tests)."""
-        seen = set()
+        pooled: set[tuple[str, str | None]] = set()
         for model, pool in self._pools.items():
             for free, bucket in pool.buckets.items():
                 assert bucket, "empty bucket left behind"
                 for backend_id, backend in bucket.items():
                     assert self._backends.get(backend_id) is backend, f"stale {backend_id}"
-                    assert backend.model == model and backend.free == free, repr(backend)
+                    assert model in backend.hot and backend.free == free, repr(backend)
                     assert backend.routable, repr(backend)
-                    seen.add(backend_id)
+                    pooled.add((backend_id, model))
+        hot = {(i, model) for model, members in self._hot.items() for i in members}
+        assert all(members for members in self._hot.values()), "empty hot set left behind"
+        cold = {(i, model) for model, members in self._cold.items() for i in members}
         for backend in self._backends.values():
-            assert (backend.id in seen) == (backend.routable and backend.free > 0), repr(backend)
+            for model in backend.hot:
+                key = (backend.id, model)
+                assert (key in hot) == backend.routable, repr(backend)
+                assert (key in pooled) == (backend.routable and backend.free > 0), repr(backend)
+            for model in backend.serves if backend.models else ():
+                assert (backend.id, model) in cold, repr(backend)
+        assert len(pooled) == sum(
+            len(b.hot) for b in self._backends.values() if b.routable and b.free > 0
+        ), "stale pool entries"
+        assert len(hot) == sum(len(b.hot) for b in self._backends.values() if b.routable)
+        assert len(cold) == sum(len(b.models) for b in self._backends.values())
 
 
 def _rollout_view(backend: Backend) -> tuple[object, ...]:
@@ -653,6 +783,7 @@ def _rollout_view(backend: Backend) -> tuple[object, ...]:
     return (
         backend.condition,
         backend.model,
+        tuple(backend.models),
         backend.supervisor is None,
         backend.applied_generation,
         backend.failed_generation,

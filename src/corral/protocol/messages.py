@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from corral.core.fleet import Condition as Condition  # the protocol speaks its values
+from corral.core.fleet import ModelState as ModelState
 
 PROTOCOL_VERSION = 1
 """Bumped on any incompatible change. A balancer refuses agents of other versions."""
@@ -67,6 +68,14 @@ class Applied(msgspec.Struct, frozen=True):
     state: DesiredState
 
 
+class ModelInfo(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One model a server that loads models on demand can serve (llama.cpp's router
+    mode), and its state there."""
+
+    id: Annotated[str, msgspec.Meta(max_length=1024)]
+    state: ModelState
+
+
 class ServerStatus(msgspec.Struct, frozen=True, omit_defaults=True):
     """What an agent read from its llama-server."""
 
@@ -96,6 +105,13 @@ class ServerStatus(msgspec.Struct, frozen=True, omit_defaults=True):
     balancer sends it only routes of these (:mod:`corral.core.endpoints`). Empty: not
     said (agents before runners read llama-server, which answers ``openai`` and
     ``llamacpp``)."""
+    models: Annotated[list[ModelInfo], msgspec.Meta(max_length=4096)] = []
+    """Every model the server can serve and its state (llama.cpp's router mode: one
+    server that loads and unloads models on demand). Empty: it serves ``model`` only.
+    Optional: older balancers ignore it and route to ``model``."""
+    models_max: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    """How many models the server keeps loaded at once (``--models-max``; 0 or None:
+    no limit said)."""
 
 
 # --------------------------------------------------------------- agent -> balancer

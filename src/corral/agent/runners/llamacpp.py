@@ -58,6 +58,12 @@ So the agent reads:
   reach it from elsewhere.
 
 ``/metrics`` is never read.
+
+Router mode (llama.cpp's ``--models-dir``/``--models-preset``: one server, many
+models, each loaded on demand) is told by ``/props`` (``"role": "router"``); then
+the agent reads ``/models`` every round instead of ``/v1/models`` and reads the
+``/slots`` of each loaded model on the same schedule, without ever loading or
+waking one (:mod:`corral.agent.runners._router`).
 """
 
 from __future__ import annotations
@@ -66,6 +72,7 @@ import asyncio
 import math
 from typing import ClassVar
 
+from corral.agent.runners._router import interpret_router, is_router, loaded, slots_path
 from corral.agent.runners.base import (
     Clock,
     Fetched,
@@ -259,10 +266,13 @@ class LlamaCppRunner(Runner):
         self._slots_at = 0.0  # when that read began
         self._slots_end = 0.0  # when its answer came
         self._slots_lock = asyncio.Lock()
+        self._router_slots: dict[str, Fetched] | None = None  # router mode: model -> /slots
+        self._router_loaded: list[str] = []  # router mode: the models loaded last read
 
     def forget(self) -> None:
         self._slots = None  # what comes back may be another server
         self._models = None  # down or loading: read it again once it is back
+        self._router_slots = None
 
     async def read(self, get: Get, clock: Clock) -> Reading:
         began = clock()
@@ -276,6 +286,9 @@ class LlamaCppRunner(Runner):
         # the server and on a change of model; /slots on its schedule, and not while
         # the server sleeps (a /slots read wakes it).
         props = await get("/props")
+        if is_router(props):
+            return await self._read_router(get, clock, props)
+        self._router_slots = None
         if self._models is None or not self._ready or _model_path(props) != self._models_of:
             self._models = await get("/v1/models")
             self._models_of = _model_path(props)
@@ -285,6 +298,34 @@ class LlamaCppRunner(Runner):
         status = interpret(health, props, self._slots, self._models)
         self._ready = status.condition == Condition.READY
         return Reading(status, self._slots_at, self._slots_end)
+
+    async def _read_router(self, get: Get, clock: Clock, props: Fetched) -> Reading:
+        models = await get("/models")  # the router's own answer: no task, safe
+        self._router_loaded = loaded(models)
+        if self._router_slots is None or self.schedule.slots_due(clock()) == 0:
+            await self._read_router_slots(get, clock)
+        status = interpret_router(props, models, self._router_slots)
+        self._ready = status.condition == Condition.READY
+        return Reading(status, self._slots_at)
+
+    async def _read_router_slots(self, get: Get, clock: Clock) -> dict[str, Fetched]:
+        """``/slots`` of each loaded model (never one that is not: it would load)."""
+        async with self._slots_lock:
+            wait = self.schedule.slots_wait(clock())
+            if wait > 0:
+                await asyncio.sleep(wait)
+            started = clock()
+            self.schedule.slots_asked(started)
+            answers: dict[str, Fetched] = {}
+            try:
+                for model in self._router_loaded:
+                    answers[model] = await get(slots_path(model))
+            finally:
+                idle = all(_all_idle(answer) for answer in answers.values())
+                self.schedule.slots_answered(clock(), idle=idle)
+            self._router_slots, self._slots_at = answers, started
+            self._slots = Fetched(status=200, body=[])  # read once: next_read_in applies
+            return answers
 
     async def read_slots(self, get: Get, clock: Clock) -> Fetched:
         """Read ``/slots`` as soon as the schedule allows (waiting for it if need be)."""
@@ -314,6 +355,16 @@ class LlamaCppRunner(Runner):
 
     async def in_flight(self, get: Get, clock: Clock) -> int | None:
         """Busy slots from ``/slots``, no sooner than the schedule allows."""
+        if self._router_slots is not None:  # router mode: every loaded model's
+            answers = await self._read_router_slots(get, clock)
+            if not all(a.ok and isinstance(a.body, list) for a in answers.values()):
+                return None
+            return sum(
+                1
+                for a in answers.values()
+                for s in a.body
+                if isinstance(s, dict) and s.get("is_processing")
+            )
         slots = await self.read_slots(get, clock)
         if not slots.ok or not isinstance(slots.body, list):
             return None

@@ -12,7 +12,13 @@ Filters run first and cheaply, in order:
    free slot, most free slots first, ties in rotating order, from the fleet's index
    (no scan of the fleet: the cost grows with the number of distinct free-slot
    counts, not with the number of backends).
-3. **Pin** (:func:`pinned`): a request that names a fleet slot (``id_slot``) may go
+   A backend that serves several models (llama.cpp's router mode) is in the index
+   of each model it has loaded.
+3. **Loaders** (:func:`loaders`): when no routable backend has a model loaded at all,
+   the backends that can load it (router mode), those already loading it first,
+   then the most room for another model, then the most free slots. The request is
+   sent there and the router loads the model before it answers.
+4. **Pin** (:func:`pinned`): a request that names a fleet slot (``id_slot``) may go
    only to that slot's backend, and waits for it.
 
 A filter that vetoes by some other property of a backend (a LoRA adapter it lacks,
@@ -81,6 +87,15 @@ def with_free_slot(fleet: Fleet, pools: list[str | None]) -> Iterator[Backend]:
     return fleet.candidates(pools)
 
 
+def loaders(fleet: Fleet, pools: list[str | None]) -> Iterator[Backend]:
+    """Backends that can load one of ``pools`` and have a free slot, when no routable
+    backend has any of them loaded (see :meth:`Fleet.loaders`); else none: a request
+    waits for a server that has its model loaded rather than loading it twice."""
+    if fleet.has_hot(pools):
+        return iter(())
+    return iter(fleet.loaders(pools))
+
+
 def pinned(candidates: Iterator[Backend], request: RequestInfo) -> Iterator[Backend]:
     """Only the backend the request is pinned to, if it is."""
     if request.backend_id is None:
@@ -90,4 +105,4 @@ def pinned(candidates: Iterator[Backend], request: RequestInfo) -> Iterator[Back
 
 def in_pools(backend: Backend, pools: list[str | None]) -> bool:
     """Whether a backend found some other way (the prefix index) passes the pool filter."""
-    return backend.model in pools
+    return any(model in pools for model in backend.hot)

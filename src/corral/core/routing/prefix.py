@@ -39,7 +39,14 @@ from collections.abc import Callable, Sequence
 from corral.core.events import Dispatched, Finished, FleetEvent, Reset
 from corral.core.fleet import Backend, Fleet
 from corral.core.routing.decision import Decision, Dispatch, Wait
-from corral.core.routing.filters import Rule, answers, in_pools, resolve_pools, with_free_slot
+from corral.core.routing.filters import (
+    Rule,
+    answers,
+    in_pools,
+    loaders,
+    resolve_pools,
+    with_free_slot,
+)
 from corral.core.routing.picker import Scored, pick
 from corral.core.routing.prefix_index import PrefixIndex
 from corral.core.routing.request import Prompt, RequestInfo
@@ -132,6 +139,10 @@ class PrefixPolicy:
         note = request.note
         if not scored:
             note.wait_until = None
+            for backend in loaders(fleet, pools):  # no server has the model loaded
+                if self._accepts(backend, request):
+                    note.reason = "load"
+                    return Dispatch(backend.id)
             return Wait("no free slot")
         winner, reason = pick(scored, self.imbalance)
         if busy_holder is not None and self._wait_for(busy_holder, winner, request):

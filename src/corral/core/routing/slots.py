@@ -3,7 +3,8 @@
 Theory of operation
 -------------------
 Filters only: the model pool, then the fleet's index of backends with a free slot
-(most free first, ties in rotating order), then the pin, then each :class:`Rule`.
+(most free first, ties in rotating order), or, when no backend has the model loaded,
+the backends that can load it (router mode), then the pin, then each :class:`Rule`.
 The first candidate no filter vetoes wins. Cost does not grow with the fleet: the
 index is bucketed by free slots. Nothing of the request's body is read.
 """
@@ -14,7 +15,14 @@ from collections.abc import Sequence
 
 from corral.core.fleet import Fleet
 from corral.core.routing.decision import Decision, Dispatch, Wait
-from corral.core.routing.filters import Rule, answers, pinned, resolve_pools, with_free_slot
+from corral.core.routing.filters import (
+    Rule,
+    answers,
+    loaders,
+    pinned,
+    resolve_pools,
+    with_free_slot,
+)
 from corral.core.routing.request import RequestInfo
 
 
@@ -39,6 +47,12 @@ class SlotPolicy:
                 rule.accepts(backend, request) for rule in self.rules
             ):
                 request.note.reason = "pinned" if request.backend_id else "slots"
+                return Dispatch(backend.id)
+        for backend in pinned(loaders(fleet, pools), request):
+            if answers(backend, request) and all(
+                rule.accepts(backend, request) for rule in self.rules
+            ):
+                request.note.reason = "load"
                 return Dispatch(backend.id)
         return Wait("no free slot")
 
