@@ -111,19 +111,35 @@ def _balancer_config(args: argparse.Namespace) -> Any:
 
     if args.tls_key is not None and args.tls_cert is None:
         raise SystemExit("corral balancer: --tls-key needs --tls-cert")
+    from corral.config.keys import KeysError, parse_keys
+    from corral.core.queueing import Tenant
+
     keys = list(args.api_key)
+    tenant_keys = []
     if args.api_key_file is not None:
         try:
-            lines = args.api_key_file.read_text().splitlines()
+            text = args.api_key_file.read_text()
         except OSError as exc:
             raise SystemExit(f"corral balancer: cannot read --api-key-file: {exc}") from None
-        keys += [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+        toml = True if args.api_key_file.suffix == ".toml" else None
+        try:
+            entries = parse_keys(text, toml=toml)
+        except KeysError as exc:
+            raise SystemExit(
+                f"corral balancer: --api-key-file {args.api_key_file}: {exc}"
+            ) from None
+        for entry in entries:
+            if entry.key is not None and entry.tenant == Tenant():
+                keys.append(entry.key)  # one key per line: the default tenant's
+            else:
+                tenant_keys.append(entry)
     return build(
         BalancerConfig,
         vars(args),
         agent_token=args.agent_token or None,
         management_token=args.management_token or None,
         api_keys=tuple(keys),
+        tenant_keys=tuple(tenant_keys),
         scaled_models=tuple(args.scaled_model),
         state_file=args.state_file or _default_state_file(args.management_addr.port),
     )

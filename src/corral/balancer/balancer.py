@@ -34,9 +34,10 @@ from corral.balancer.proxy import InferenceProxy
 from corral.balancer.statsd import StatsdReporter
 from corral.balancer.upstream import UpstreamPool
 from corral.config import BALANCER, default
-from corral.core.buffer import Buffer
+from corral.config.keys import KeyEntry, Keys
 from corral.core.clock import Clock, MonotonicClock
 from corral.core.fleet import Fleet
+from corral.core.queueing import QueueOptions, Tenant, make_queue
 from corral.core.routing import RoutingOptions, make_policy
 from corral.core.scheduler import Scheduler
 from corral.tls import TLSError, server_context
@@ -69,6 +70,21 @@ class BalancerConfig:
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     """If any, the inference listener requires one (``Authorization: Bearer`` or
     ``x-api-key``), like llama-server's ``--api-key``."""
+    tenant_keys: tuple[KeyEntry, ...] = field(default=(), repr=False)
+    """Keys that name tenants (a TOML ``--api-key-file``, :mod:`corral.config.keys`):
+    their class, limits and weight. Any of them, or of ``api_keys``, is accepted."""
+    queue: str = default(BALANCER, "queue")
+    """The queue discipline by name (:data:`corral.core.queueing.DISCIPLINES`)."""
+    max_buffered_bytes: int = default(BALANCER, "max_buffered_bytes")
+    """Request body bytes that may wait at once; more get 429."""
+    interactive_reserve: float = default(BALANCER, "interactive_reserve")
+    """With ``priority`` or ``fair``: share of each model's slots batch requests
+    leave free."""
+    priority_aging: float = default(BALANCER, "priority_aging")
+    """With ``priority`` or ``fair``: seconds a class may wait without a slot before
+    it is served first (the starvation bound)."""
+    batch_request_timeout: float = default(BALANCER, "batch_request_timeout")
+    """Seconds a batch-class request may wait for a slot before it gets 503."""
     max_body_size: int = default(BALANCER, "max_body_size")
     """Largest request body accepted, in bytes (images in base64 can be large)."""
     forwarded_allow_ips: tuple[str, ...] = default(BALANCER, "forwarded_allow_ips")
@@ -143,11 +159,25 @@ class Balancer:
         self.clock = clock or MonotonicClock()
         self.fleet = Fleet()
         self.fleet.expect(config.scaled_models)
-        self.buffer = Buffer(config.max_buffered_requests, config.buffered_request_timeout)
+        self.keys = Keys(
+            [*(KeyEntry(Tenant(), key=k) for k in config.api_keys if k), *config.tenant_keys]
+        )
+        self.buffer = make_queue(
+            config.queue,
+            QueueOptions(
+                capacity=config.max_buffered_requests,
+                timeout=config.buffered_request_timeout,
+                max_bytes=config.max_buffered_bytes,
+                batch_timeout=config.batch_request_timeout,
+                aging=config.priority_aging,
+                tenants=self.keys.tenants,
+            ),
+        )
         policy = make_policy(
             config.routing, RoutingOptions(prefix_max_wait=config.prefix_max_wait), self.clock.now
         )
-        self.scheduler = Scheduler(self.fleet, policy, self.buffer)
+        reserve = config.interactive_reserve if config.queue != "fifo" else 0.0
+        self.scheduler = Scheduler(self.fleet, policy, self.buffer, reserve=reserve)
         self.dispatcher = Dispatcher(self.scheduler, self.clock, on_set_aside=self._refresh)
         self.management = Management(
             self.dispatcher,
@@ -197,7 +227,7 @@ class Balancer:
             self.dispatcher,
             pool,
             metrics=self.metrics,
-            api_keys=self.config.api_keys,
+            keys=self.keys,
             max_attempts=self.config.max_attempts,
             head_timeout=self.config.upstream_head_timeout,
             max_body_size=self.config.max_body_size,

@@ -110,9 +110,11 @@ class Dispatcher:
             if self.scheduler.buffer.cancel(waiter):
                 self._notify()
             elif future.done() and not future.cancelled() and future.exception() is None:
+                self.scheduler.finished(request)
                 self.release(future.result())  # got a slot just as the client left
             raise
         if backend_id not in self.fleet:  # it left between the assignment and now
+            self.scheduler.finished(request)
             return await self.acquire(request)
         return self._reservation(backend_id, waiter.waited(self.clock.now()), request.model)
 
@@ -137,6 +139,8 @@ class Dispatcher:
     ) -> None:
         """The request on this slot finished (or failed after it started); ``request``
         and its answer's ``timings`` go to the fleet's subscribers (the prefix index)."""
+        if request is not None:
+            self.scheduler.finished(request)  # its tenant's count in flight
         try:
             self.fleet.release(backend_id, self.clock.now(), request, timings)
         except FleetError:
@@ -183,6 +187,7 @@ class Dispatcher:
                 if isinstance(outcome, Assigned):
                     if future.done():  # its client left: the slot goes to the next one
                         self.fleet.release(outcome.backend_id, self.clock.now())
+                        self.scheduler.finished(outcome.waiter.request)
                         again = True
                         continue
                     future.set_result(outcome.backend_id)

@@ -30,10 +30,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from corral.balancer.statsd import Counts
-from corral.core.buffer import Buffer
 from corral.core.demand import Demand, demand_by_model
 from corral.core.events import Timings
 from corral.core.fleet import BackendState, Fleet
+from corral.core.queueing import Queue
 
 LATENCY_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
@@ -46,7 +46,7 @@ WAIT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60
 
 
 class _FleetCollector(Collector):
-    def __init__(self, fleet: Fleet, buffer: Buffer) -> None:
+    def __init__(self, fleet: Fleet, buffer: Queue) -> None:
         self.fleet = fleet
         self.buffer = buffer
 
@@ -100,6 +100,20 @@ class _FleetCollector(Collector):
         )
         buffered.add_metric([], len(self.buffer))
         yield buffered
+        buffered_bytes = GaugeMetricFamily(
+            "corral_buffered_bytes", "Request body bytes waiting for a free slot now"
+        )
+        buffered_bytes.add_metric([], self.buffer.bytes)
+        yield buffered_bytes
+        per_tenant = GaugeMetricFamily(
+            "corral_tenant_buffered_requests",
+            "Requests waiting for a free slot now, per tenant (names from the keys file)",
+            labels=["tenant"],
+        )
+        waiting = self.buffer.by_tenant()
+        for name in sorted(self.buffer.tenants):
+            per_tenant.add_metric([name], waiting.get(name, 0))
+        yield per_tenant
         yield from _demand_metrics(demand_by_model(self.fleet, self.buffer))
 
 
@@ -132,7 +146,7 @@ def _demand_metrics(by_model: dict[str, Demand]) -> Iterator[GaugeMetricFamily]:
 class Metrics:
     """All of the balancer's metrics, in their own registry."""
 
-    def __init__(self, fleet: Fleet, buffer: Buffer) -> None:
+    def __init__(self, fleet: Fleet, buffer: Queue) -> None:
         self.counts = Counts()  # plain totals for StatsD
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(_FleetCollector(fleet, buffer))
@@ -195,6 +209,20 @@ class Metrics:
             "corral_buffer_rejections",
             "Requests refused by the buffer (full: 429; timeout: 503)",
             ["reason"],
+            registry=r,
+        )
+        self.tenant_requests = Counter(
+            "corral_tenant_requests",
+            "Requests answered per tenant (names from the keys file, never keys), class "
+            "(batch, interactive, high) and status class (2xx, 4xx, 5xx)",
+            ["tenant", "priority", "status"],
+            registry=r,
+        )
+        self.tenant_buffer_wait = Histogram(
+            "corral_tenant_buffer_wait_seconds",
+            "Time requests waited in the buffer, per tenant and class",
+            ["tenant", "priority"],
+            buckets=WAIT_BUCKETS,
             registry=r,
         )
         self.cold_start = Histogram(
@@ -272,6 +300,11 @@ class Metrics:
             self.buffer_wait.observe(waited)
         if first_byte is not None:
             self._child(self.first_byte, endpoint).observe(first_byte)
+
+    def tenant_done(self, tenant: str, priority: str, status: int, waited: float) -> None:
+        """Count one request of a tenant (a name from the keys file: bounded)."""
+        self._child(self.tenant_requests, tenant, priority, f"{status // 100}xx").inc()
+        self._child(self.tenant_buffer_wait, tenant, priority).observe(waited)
 
     def count_cached(self, agent: str, predicted: int, timings: Timings) -> None:
         """One answer's predicted and measured cached prompt tokens (prefix routing)."""

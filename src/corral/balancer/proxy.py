@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import os
 import time
@@ -54,10 +53,12 @@ from corral.balancer.upstream import (
     UpstreamPool,
     UpstreamResponse,
 )
+from corral.config.keys import KeyEntry, Keys
 from corral.core.endpoints import Kind, api_of, classify, known_paths
 from corral.core.events import Timings
 from corral.core.fleet import Backend
 from corral.core.policy import Reject, RequestInfo, resolve_pools
+from corral.core.queueing import DEFAULT_TENANT, Priority, Tenant
 
 log = logging.getLogger("corral.proxy")
 access_log = logging.getLogger("corral.access")
@@ -92,6 +93,7 @@ _DROP_REQUEST = (
         b"content-encoding",
         b"expect",
         b"x-request-id",
+        b"x-corral-priority",  # the balancer's to read, not the server's
         b"http2-settings",  # with Upgrade: h2c, which the balancer declines
     }
 )
@@ -183,6 +185,7 @@ class InferenceProxy:
         *,
         metrics: Metrics,
         api_keys: Iterable[str] = (),
+        keys: Keys | None = None,
         max_attempts: int = 5,
         head_timeout: float | None = None,
         max_body_size: int = 64 * 1024 * 1024,
@@ -192,7 +195,8 @@ class InferenceProxy:
         self.dispatcher = dispatcher
         self.fleet = dispatcher.fleet
         self.pool = pool
-        self.api_keys = tuple(k.encode() for k in api_keys if k)
+        self.keys = keys or Keys(KeyEntry(Tenant(), key=k) for k in api_keys if k)
+        """Accepted keys and the tenants they name (:mod:`corral.config.keys`)."""
         self.max_attempts = max_attempts
         self.head_timeout = head_timeout
         """Seconds to a response head for streamed requests and those that take no
@@ -230,12 +234,11 @@ class InferenceProxy:
         kind = classify("GET" if head else request.method, path)
         if head and kind is not Kind.FLEET:
             kind = None  # a HEAD is never proxied
-        if self.api_keys and path not in _PUBLIC_PATHS:
-            self._check_key(request)
+        tenant = self._check_key(request) if self.keys and path not in _PUBLIC_PATHS else None
         if kind is Kind.INFERENCE:
-            return await self._proxy(request, out, inference=True)
+            return await self._proxy(request, out, inference=True, tenant=tenant)
         if kind is Kind.LIGHT:
-            return await self._proxy(request, out, inference=False)
+            return await self._proxy(request, out, inference=False, tenant=tenant)
         if kind is Kind.SLOT_ACTION:
             return await self._slot_action(request, out)
         if kind is Kind.FLEET and path == "/metrics":
@@ -259,13 +262,14 @@ class InferenceProxy:
             404, f"no such endpoint: {request.method} {path}. Known: {', '.join(known_paths())}"
         )
 
-    def _check_key(self, request: Request) -> None:
+    def _check_key(self, request: Request) -> Tenant:
+        """The tenant of the request's key. Raises a 401 :class:`HTTPError`."""
         header = request.header(b"authorization") or ""
         key = header[7:] if header[:7].lower() == "bearer " else request.header(b"x-api-key")
         if key is not None:
-            given = key.strip().encode("latin-1", "replace")
-            if any(hmac.compare_digest(given, k) for k in self.api_keys):
-                return
+            tenant = self.keys.match(key.strip().encode("latin-1", "replace"))
+            if tenant is not None:
+                return tenant
         raise HTTPError(401, "Invalid API Key")
 
     def _fleet(self, request: Request, out: Responder) -> None:
@@ -311,9 +315,13 @@ class InferenceProxy:
         out.send(status, encode_headers(pairs), body)
 
     # ----------------------------------------------------------- data path
-    async def _proxy(self, request: Request, out: Responder, *, inference: bool) -> None:
+    async def _proxy(
+        self, request: Request, out: Responder, *, inference: bool, tenant: Tenant | None = None
+    ) -> None:
         loop = asyncio.get_running_loop()
         ex = _Exchange(request.header(b"x-request-id") or os.urandom(16).hex(), loop.time())
+        ex.tenant = tenant or self.keys.tenants[DEFAULT_TENANT]
+        ex.priority = ex.tenant.priority_for(request.header(b"x-corral-priority"))
         try:
             await self._attempts(request, out, ex, inference=inference)
         except HTTPError as exc:
@@ -348,7 +356,14 @@ class InferenceProxy:
                 body, pinned = slot_actions.pin(self.fleet, body, id_slot)
         prompt = prompt_of(body) if inference and self._prompts and pinned is None else None
         info = ex.info = RequestInfo(
-            request.path, ex.model, pinned, prompt, api=api_of(request.path)
+            request.path,
+            ex.model,
+            pinned,
+            prompt,
+            api=api_of(request.path),
+            priority=ex.priority,
+            tenant=ex.tenant.name,
+            size=len(body),
         )
         headers = b""  # built once a slot is found: nothing extra held while waiting
         last_error = ""
@@ -393,6 +408,7 @@ class InferenceProxy:
         ttfb = None if ex.first_byte is None else ex.first_byte - ex.started
         model = ex.served_model or ""
         self.metrics.request_done(request.path, model, ex.status, total, ex.waited, ttfb)
+        self.metrics.tenant_done(ex.tenant.name, ex.priority.label, ex.status, ex.waited)
         if ex.counted is not None:
             agent = ex.backend or ""
             self.metrics.count_tokens(agent, model or agent, ex.counted, ex.streamed)
@@ -413,19 +429,24 @@ class InferenceProxy:
             "status": ex.status,
             "model": ex.model,
             "agent": ex.backend,
+            "tenant": ex.tenant.name,
+            "priority": ex.priority.label,
             "buffer_wait_s": round(ex.waited, 6),
             "route": ex.info.note.reason if ex.info else None,
             "ttfb_s": round(ttfb, 6) if ttfb is not None else None,
             "duration_s": round(total, 6),
         }
         access_log.info(
-            "%s %s %s %d model=%s agent=%s route=%s wait=%.3fs ttfb=%s total=%.3fs",
+            "%s %s %s %d model=%s agent=%s tenant=%s priority=%s route=%s wait=%.3fs ttfb=%s "
+            "total=%.3fs",
             ex.request_id,
             request.method,
             request.path,
             ex.status,
             ex.model or "-",
             ex.backend or "-",
+            ex.tenant.name,
+            ex.priority.label,
             (ex.info.note.reason if ex.info else "") or "-",
             ex.waited,
             f"{ttfb:.3f}s" if ttfb is not None else "-",
@@ -593,6 +614,9 @@ class InferenceProxy:
         return True
 
 
+_DEFAULT = Tenant()
+
+
 @dataclass(slots=True)
 class _Exchange:
     """What one request went through, for its metrics and log line."""
@@ -609,6 +633,8 @@ class _Exchange:
     info: RequestInfo | None = None  # what routing knew and decided (its note)
     timings: Timings | None = None  # of the answer, read for prefix routing only
     streamed: int = 0  # token events counted live as the answer was relayed
+    tenant: Tenant = _DEFAULT  # whose key it came with (its name in metrics and logs)
+    priority: Priority = Priority.INTERACTIVE
 
 
 def _nominated(values: list[bytes]) -> frozenset[bytes]:

@@ -13,8 +13,8 @@ import logging
 from dataclasses import dataclass
 
 from corral.addr import Addr
-from corral.core.buffer import Buffer
 from corral.core.fleet import Fleet
+from corral.core.queueing import Queue
 
 log = logging.getLogger("corral.statsd")
 
@@ -58,7 +58,7 @@ class StatsdReporter:
         prefix: str,
         interval: float,
         fleet: Fleet,
-        buffer: Buffer,
+        buffer: Queue,
         counts: Counts,
     ) -> None:
         self.addr = addr

@@ -38,6 +38,17 @@ def more_than_a_second(text: str) -> float:
     return float(value)
 
 
+def reserve_share(text: str) -> float:
+    """A share of slots, 0 or more and below 1 (1 would starve batch requests)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more and below 1")
+    return value
+
+
 def non_negative_float(text: str) -> float:
     """Seconds, 0 or more."""
     try:
@@ -129,6 +140,43 @@ BALANCER = Schema(
             default=30.0,
         ),
         Setting(
+            "max_buffered_bytes",
+            "request body bytes that may wait for a free slot at once; more get 429 "
+            "(a request into an empty buffer is always taken)",
+            positive(int),
+            default=256 * 1024 * 1024,
+            default_from="four bodies of the largest size, --max-body-size",
+        ),
+        Setting(
+            "queue",
+            "who goes first when a slot frees: 'fifo' (arrival order), 'priority' "
+            "(classes high > interactive > batch, with aging; batch on idle capacity) "
+            "or 'fair' (priority, then weighted fair share between tenants); "
+            "docs/tenants.md",
+            default="fifo",
+            choices=("fifo", "priority", "fair"),
+        ),
+        Setting(
+            "interactive_reserve",
+            "with --queue priority or fair: share of each model's slots that batch "
+            "requests leave free for the higher classes (rounded down)",
+            reserve_share,
+            default=0.25,
+        ),
+        Setting(
+            "priority_aging",
+            "with --queue priority or fair: seconds after which a class whose requests "
+            "got no slot is served first (the starvation bound)",
+            positive(float),
+            default=10.0,
+        ),
+        Setting(
+            "batch_request_timeout",
+            "seconds a batch-class request may wait for a slot before it gets 503",
+            positive(float),
+            default=600.0,
+        ),
+        Setting(
             "heartbeat_timeout",
             "seconds without a word from an agent before it gets no requests",
             positive(float),
@@ -188,7 +236,12 @@ BALANCER = Schema(
             repeatable=True,
             secret=True,
         ),
-        Setting("api_key_file", "file with one accepted key per line", Path),
+        Setting(
+            "api_key_file",
+            "file with one accepted key per line, or a TOML keys file naming tenants "
+            "(key or its sha256, class, max concurrent requests, weight; docs/tenants.md)",
+            Path,
+        ),
         Setting(
             "state_file",
             "where the desired state is kept across restarts",

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from corral.core.buffer import Buffer
 from corral.core.fleet import Fleet
+from corral.core.queueing import Queue
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +32,7 @@ class Demand:
         return self.buffered + self.in_flight
 
 
-def model_demand(fleet: Fleet, buffer: Buffer, model: str) -> Demand:
+def model_demand(fleet: Fleet, buffer: Queue, model: str) -> Demand:
     """The demand for one model (requests naming it; servers reporting it)."""
     buffered = sum(1 for waiter in buffer if waiter.request.model == model)
     in_flight = ready_slots = ready = 0
@@ -44,7 +44,7 @@ def model_demand(fleet: Fleet, buffer: Buffer, model: str) -> Demand:
     return Demand(buffered, in_flight, ready_slots, ready)
 
 
-def demand_by_model(fleet: Fleet, buffer: Buffer) -> dict[str, Demand]:
+def demand_by_model(fleet: Fleet, buffer: Queue) -> dict[str, Demand]:
     """The demand for every model a server reports or a buffered request names."""
     models = {m for m in fleet.models()} | {w.request.model for w in buffer if w.request.model}
     return {m: model_demand(fleet, buffer, m) for m in sorted(models)}

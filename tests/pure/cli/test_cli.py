@@ -3,7 +3,7 @@
 import pytest
 
 from corral.addr import Addr
-from corral.cli import main, parse_args
+from corral.cli import _balancer_config, main, parse_args
 
 
 def test_flags_come_from_the_environment(monkeypatch):
@@ -89,6 +89,23 @@ def test_api_key_file(tmp_path, monkeypatch):
 
     asyncio.run(coro)
     assert captured["config"].api_keys == ("k0", "k1", "k2")
+
+
+def test_api_key_file_in_toml_names_tenants(tmp_path, monkeypatch):
+    keys = tmp_path / "keys.toml"
+    keys.write_text('[[tenant]]\nname = "chat"\nkey = "sk-c"\nmax_concurrent = 2\n')
+    args = parse_args(["balancer", "--api-key", "k0", "--api-key-file", str(keys)])
+    config = _balancer_config(args)
+    assert config.api_keys == ("k0",)
+    [entry] = config.tenant_keys
+    assert entry.tenant.name == "chat" and entry.tenant.max_concurrent == 2
+
+
+def test_bad_toml_keys_file_is_a_clear_error(tmp_path):
+    keys = tmp_path / "keys.toml"
+    keys.write_text('[[tenant]]\nname = "chat"\n')
+    with pytest.raises(SystemExit, match="exactly one of key"):
+        _balancer_config(parse_args(["balancer", "--api-key-file", str(keys)]))
 
 
 def test_missing_api_key_file_is_a_clear_error(tmp_path):

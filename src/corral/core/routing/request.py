@@ -23,6 +23,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from corral.core.queueing.classes import DEFAULT_TENANT, Priority
+
 
 class Prompt:
     """A request's canonical text, cut lazily into chained block hashes.
@@ -107,6 +109,12 @@ class RequestInfo:
     api: str | None = None
     """The route's API family (:func:`corral.core.endpoints.api_of`); only servers
     that answer it may take the request. None: any server."""
+    priority: Priority = Priority.INTERACTIVE
+    """Its class (the key's, or ``X-Corral-Priority`` within the key's cap)."""
+    tenant: str = DEFAULT_TENANT
+    """The name of the tenant whose key it came with (never the key)."""
+    size: int = 0
+    """Its body's size in bytes (the buffer's admission counts them)."""
 
     @property
     def group(self) -> tuple[str | None, ...]:

@@ -1,0 +1,64 @@
+"""The keys file: one key per line (as before) or TOML tenants; matching keys."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from corral.config.keys import Keys, KeysError, parse_keys
+from corral.core.queueing import Priority, Tenant
+
+TOML = """
+# two tenants
+[[tenant]]
+name = "chat"
+key = "sk-chat"
+class = "interactive"
+max_class = "high"
+max_concurrent = 4
+weight = 2
+
+[[tenant]]
+name = "nightly"
+key_sha256 = "{}"
+class = "batch"
+""".format(hashlib.sha256(b"sk-nightly").hexdigest())
+
+
+def test_one_key_per_line_still_works():
+    entries = parse_keys("# comment\nk1\n\n  k2  \n")
+    assert [e.key for e in entries] == ["k1", "k2"]
+    assert all(e.tenant == Tenant() for e in entries)
+
+
+def test_toml_tenants_and_hashed_keys_match():
+    keys = Keys(parse_keys(TOML))
+    chat = keys.match(b"sk-chat")
+    assert chat == Tenant("chat", Priority.INTERACTIVE, Priority.HIGH, 4, 2.0)
+    nightly = keys.match(b"sk-nightly")
+    assert nightly is not None and nightly.priority is Priority.BATCH
+    assert keys.match(b"sk-other") is None
+    assert sorted(keys.tenants) == ["chat", "default", "nightly"]
+    assert "sk-chat" not in repr(keys) and "sk-chat" not in repr(parse_keys(TOML))
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ('[[tenant]]\nname = "a"\n', "exactly one of key"),
+        ('[[tenant]]\nname = "a"\nkey = "k"\nweight = 0\n', "weight"),
+        ('[[tenant]]\nname = "a"\nkey = "k"\nclass = "urgent"\n', "unknown priority"),
+        ('[[tenant]]\nname = "a"\nkey = "k"\ncolour = "red"\n', "unknown fields"),
+        ('[[tenant]]\nname = "a"\nkey_sha256 = "zz"\n', "64 hex"),
+        ('[[tenant]]\nkey = "k"\n', "needs a name"),
+        (
+            '[[tenant]]\nname = "a"\nkey = "k"\n[[tenant]]\nname = "a"\nkey = "j"\nweight = 3\n',
+            "different settings",
+        ),
+        ("[[tenant]\n", "not valid TOML"),
+    ],
+)
+def test_bad_keys_files_say_why(text, error):
+    with pytest.raises(KeysError, match=error):
+        parse_keys(text)
