@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from corral.addr import Addr
+from corral.balancer.batches import BatchService
 from corral.balancer.cors import Cors, CorsError
 from corral.balancer.desired import DesiredStore, Rollout, StoreError
 from corral.balancer.dispatcher import Dispatcher
@@ -138,6 +140,11 @@ class BalancerConfig:
     keda_addr: Addr | None = None
     """Where KEDA's external scaler is served over gRPC (None: not served; see
     :mod:`corral.balancer.keda`)."""
+    data_dir: Path | None = None
+    """Where the Batch API keeps its database and files (None: no Batch API; see
+    :mod:`corral.balancer.batches`)."""
+    batch_concurrency: int = default(BALANCER, "batch_concurrency")
+    """Batch lines run at once."""
     scaled_models: tuple[str, ...] = ()
     """Models that may have no server now (scaled to zero): requests naming one wait
     in the buffer instead of getting 404."""
@@ -201,6 +208,16 @@ class Balancer:
         self.dispatcher.on_change = self.rollout.tick
         self.dispatcher.on_pick = self.metrics.pick.observe
         self.dispatcher.on_cold_start = self._cold_start
+        self.batches = (
+            BatchService(
+                config.data_dir,
+                concurrency=config.batch_concurrency,
+                api_key=config.api_keys[0] if config.api_keys else None,
+            )
+            if config.data_dir is not None
+            else None
+        )
+        self.management.batches = self.batches
 
         self._pool: UpstreamPool | None = None
         self._inference: HttpServer | None = None
@@ -234,6 +251,9 @@ class Balancer:
             trust=ProxyTrust(self.config.forwarded_allow_ips),
             cors=self.cors,
         )
+        if self.batches is not None:
+            proxy.batches = self.batches.api.handle
+            self.batches.start(proxy.handle)
         return HttpServer(
             proxy.handle,
             max_body_size=self.config.max_body_size,
@@ -311,6 +331,9 @@ class Balancer:
                 self.dispatcher.changed()
 
     async def stop(self) -> None:
+        # 0. batch lines: start no more, let those in flight finish and be recorded.
+        if self.batches is not None:
+            await self.batches.stop(self.config.shutdown_timeout)
         # 1. fail what waits in the buffer: no slot will come for it now.
         self.dispatcher.close()
         # 2. inference: stop accepting, let requests in flight finish, cancel the rest.
@@ -345,7 +368,7 @@ async def run(config: BalancerConfig) -> None:
     """Run a balancer until cancelled (the CLI cancels on SIGINT/SIGTERM)."""
     try:
         balancer = Balancer(config)
-    except (StoreError, TLSError, CorsError) as exc:
+    except (StoreError, TLSError, CorsError, OSError, sqlite3.Error) as exc:
         raise SystemExit(f"corral balancer: {exc}") from None
     await balancer.start()
     try:

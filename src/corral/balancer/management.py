@@ -162,6 +162,8 @@ class Management:
         self._closing = False
         self.rollout: Rollout | None = None
         self.metrics: Metrics | None = None
+        self.batches: Any = None
+        """The Batch API (:class:`corral.balancer.batches.BatchService`), with --data-dir."""
         self.inference_port = 0
         self.inference_scheme = "http"
         self._page = dashboard.page()
@@ -171,6 +173,7 @@ class Management:
         app.router.add_get("/api/v1/agents", self.agents)
         app.router.add_get("/api/v1/agents/stream", self.agents_stream)
         app.router.add_get("/api/v1/buffered-requests", self.buffered_requests)
+        app.router.add_get("/api/v1/batches", self.batch_jobs)
         app.router.add_get("/api/v1/desired-state", self.get_desired)
         app.router.add_put("/api/v1/desired-state", self.put_desired)
         app.router.add_get("/metrics", self.prometheus)
@@ -272,6 +275,14 @@ class Management:
         ws = self.sockets.get(agent_id)
         if ws is not None and not ws.closed:
             self._spawn(ws.send_bytes(m.encode(message)))
+
+    async def batch_jobs(self, request: web.Request) -> web.Response:
+        """The Batch API's recent jobs with their progress (``enabled``: false without
+        ``--data-dir``)."""
+        self._require_management(request)
+        if self.batches is None:
+            return web.json_response({"enabled": False, "batches": [], "lines_in_flight": 0})
+        return web.json_response({"enabled": True, **self.batches.listing()})
 
     async def buffered_requests(self, request: web.Request) -> web.Response:
         self._require_management(request)

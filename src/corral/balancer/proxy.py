@@ -33,7 +33,7 @@ import os
 import time
 import zlib
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -210,6 +210,8 @@ class InferenceProxy:
         self._light_turn = 0
         self._prompts = dispatcher.scheduler.policy.needs_prompt
         """The policy routes by prompt (prefix routing): read it, report on it."""
+        self.batches: Callable[[Request, Responder], Awaitable[None]] | None = None
+        """The Batch API's handler (:mod:`corral.balancer.batches`), with ``--data-dir``."""
 
     # ------------------------------------------------------------- routing
     async def handle(self, request: Request, out: Responder) -> None:
@@ -241,6 +243,10 @@ class InferenceProxy:
             return await self._proxy(request, out, inference=False, tenant=tenant)
         if kind is Kind.SLOT_ACTION:
             return await self._slot_action(request, out)
+        if kind is Kind.BATCH:
+            if self.batches is None:
+                raise HTTPError(404, f"{path}: the Batch API is served with --data-dir only")
+            return await self.batches(request, out)
         if kind is Kind.FLEET and path == "/metrics":
             return await self._metrics(request, out)
         if kind is Kind.FLEET:

@@ -249,6 +249,19 @@ BALANCER = Schema(
             default_text="~/.local/state/corral/desired-state-<management port>.json",
         ),
         Setting(
+            "data_dir",
+            "directory for the Batch API's database and files (/v1/files, /v1/batches; "
+            "docs/batch.md); jobs survive a restart with the same directory",
+            Path,
+            default_text="off: no Batch API",
+        ),
+        Setting(
+            "batch_concurrency",
+            "batch lines run at once, at batch priority (X-Corral-Priority: batch)",
+            positive(int),
+            default=8,
+        ),
+        Setting(
             "rollout_share",
             "share of supervised agents that may change settings at once (at least one)",
             share,

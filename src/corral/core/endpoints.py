@@ -13,6 +13,9 @@ request. Every route llama-server exposes is listed with a :class:`Kind`:
   that holds fleet slot ``<id>`` (see :func:`corral.balancer.aggregate.slot_owner`).
 - ``BLOCKED``: changing one server's settings through a balancer (``POST /props``,
   ``POST /lora-adapters``).
+- ``BATCH``: OpenAI's Batch API (``/v1/files``, ``/v1/batches`` and the routes under
+  them), answered by the balancer from its ``--data-dir``
+  (:mod:`corral.balancer.batches`); its jobs' lines are then run as inference requests.
 
 Each proxied route also belongs to an API family (:func:`api_of`): ``openai`` (the
 ``/v1/...`` routes every runner answers), ``ollama`` (Ollama's native ``/api/*``)
@@ -37,6 +40,7 @@ class Kind(enum.Enum):
     FLEET = "fleet"
     SLOT_ACTION = "slot_action"
     BLOCKED = "blocked"
+    BATCH = "batch"
 
 
 _INFERENCE_POST: Final = (
@@ -107,6 +111,20 @@ _BLOCKED: Final = (
     ("POST", "/slots"),
 )
 
+_BATCH: Final = (
+    ("GET", "/v1/files"),
+    ("POST", "/v1/files"),
+    ("GET", "/v1/batches"),
+    ("POST", "/v1/batches"),
+)
+_BATCH_UNDER: Final = {
+    "GET": ("/v1/files/", "/v1/batches/"),
+    "DELETE": ("/v1/files/",),
+    "POST": ("/v1/batches/",),
+}
+"""Methods on the routes under a file or a batch (``/v1/files/{id}/content``...);
+:mod:`corral.balancer.batches.api` answers 404 for the ones it lacks."""
+
 ROUTES: Final[dict[tuple[str, str], Kind]] = {
     **{("POST", p): Kind.INFERENCE for p in _INFERENCE_POST},
     **{("POST", p): Kind.LIGHT for p in _LIGHT_POST},
@@ -115,6 +133,7 @@ ROUTES: Final[dict[tuple[str, str], Kind]] = {
     **{key: Kind.BLOCKED for key in _BLOCKED},
     **{("POST", p): Kind.INFERENCE for p in _OLLAMA_INFERENCE_POST},
     **{key: Kind.LIGHT for key in (*_OLLAMA_LIGHT, _OLLAMA_LIGHT_GET_VERSION)},
+    **{key: Kind.BATCH for key in _BATCH},
 }
 
 
@@ -132,6 +151,8 @@ def classify(method: str, path: str) -> Kind | None:
     kind = ROUTES.get((method, path))
     if kind is None and method == "POST" and path.startswith("/slots/"):
         return Kind.SLOT_ACTION
+    if kind is None and path.startswith(_BATCH_UNDER.get(method, ())):
+        return Kind.BATCH
     return kind
 
 

@@ -80,6 +80,8 @@ def test_the_public_flags_and_env_names_stay():
         "--api-key": "CORRAL_API_KEY",
         "--api-key-file": "CORRAL_API_KEY_FILE",
         "--state-file": "CORRAL_STATE_FILE",
+        "--data-dir": "CORRAL_DATA_DIR",
+        "--batch-concurrency": "CORRAL_BATCH_CONCURRENCY",
         "--rollout-share": "CORRAL_ROLLOUT_SHARE",
         "--drain-timeout": "CORRAL_DRAIN_TIMEOUT",
         "--routing": "CORRAL_ROUTING",

@@ -1,0 +1,273 @@
+"""The batch runner: runs the lines of running batches through the balancer's own routing.
+
+Each line becomes an internal request, handed to the inference listener's handler
+(:meth:`corral.balancer.proxy.InferenceProxy.handle`) exactly as a client's would be,
+with ``X-Corral-Priority: batch``: it takes a slot through the dispatcher, is retried
+on another server by the proxy's rule, and counts in the metrics and access log like
+any request. At most ``concurrency`` lines run at once, oldest batch first.
+
+A line's answer is recorded in the store at once (:meth:`BatchStore.record`). What the
+runner does not record:
+
+- 429 (the buffer is full) and 503 (no server ready, or no slot freed in time): the
+  fleet is busy or away; the line runs again later, after a pause that doubles up to
+  ``max_backoff`` seconds;
+- an answer cut short (the server failed mid-response): run again.
+
+Every other answer, 2xx or not, is the line's result (OpenAI's error file holds
+answers such as 400 with their body).
+
+Once a second (or when woken) it also ends batches: ``completed`` when every line has
+a result, ``cancelled`` once a cancelling batch has no line running (its lines in
+flight are broken off, which frees their slots), ``expired`` past the completion
+window (lines in flight broken off too).
+
+On :meth:`stop`, it starts no line and gives those in flight up to ``grace``
+seconds to finish and be recorded; the rest are broken off, unrecorded, and run again
+after a restart. A balancer that dies (``kill -9``, power) may have sent a line that it
+had not recorded: that line runs again (at least once; its result is recorded once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from corral.balancer.batches.store import BatchStore, Pending, line_id
+from corral.balancer.batches.wire import output_line
+from corral.balancer.http_server import Request, Responder
+
+log = logging.getLogger("corral.batches")
+
+Handler = Callable[[Request, Responder], Awaitable[None]]
+PRIORITY = b"batch"
+"""The ``X-Corral-Priority`` class of batch lines (issue #12's priority classes)."""
+
+
+class Collected(Responder):
+    """A :class:`Responder` that keeps the response in memory: how a batch line is
+    answered by the same handler that answers clients."""
+
+    __slots__ = ("aborted", "body", "headers")
+
+    def __init__(self) -> None:  # no connection: nothing of Responder's is used
+        self.started = False
+        self.finished = False
+        self.aborted = False
+        self.status = 0
+        self.headers = b""
+        self.body = bytearray()
+
+    @property
+    def client_gone(self) -> bool:
+        return False
+
+    @property
+    def closes(self) -> bool:
+        return False
+
+    def send(self, status: int, headers: bytes, body: bytes) -> None:
+        self.status, self.headers, self.started, self.finished = status, headers, True, True
+        self.body += body
+
+    def start(self, status: int, headers: bytes, *, hold: bool = False) -> None:
+        self.status, self.headers, self.started = status, headers, True
+
+    def flush(self) -> None:
+        pass
+
+    async def write(self, chunk: bytes, *, last: bool = False) -> None:
+        self.write_nowait(chunk, last=last)
+
+    def write_nowait(self, chunk: bytes, *, last: bool = False) -> bool:
+        self.body += chunk
+        self.finished = self.finished or last
+        return True
+
+    def when_writable(self, callback: Callable[[], None] | None) -> None:
+        pass
+
+    def finish(self) -> None:
+        self.finished = True
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+class BatchRunner:
+    """Runs batches' lines; ``start()``, then ``await stop(timeout)``."""
+
+    def __init__(
+        self,
+        store: BatchStore,
+        *,
+        concurrency: int = 8,
+        api_key: str | None = None,
+        tick: float = 1.0,
+        max_backoff: float = 10.0,
+    ) -> None:
+        self.store = store
+        self.handle: Handler | None = None
+        """The inference listener's handler; set before :meth:`start`."""
+        self.concurrency = concurrency
+        self.api_key = api_key
+        """One of the inference listener's keys, so lines pass its check like clients."""
+        self.tick = tick
+        self.max_backoff = max_backoff
+        self._inflight: dict[tuple[str, int], asyncio.Task[None]] = {}
+        self._cursor: dict[str, int] = {}
+        self._backoff = 0.0
+        self._paused_until = 0.0
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    def wake(self) -> None:
+        """Look at the batches now (one was created or cancelled)."""
+        self._wake.set()
+
+    async def stop(self, grace: float) -> None:
+        """Start nothing more; let lines in flight finish for up to ``grace`` seconds,
+        then break the rest off (they run again after a restart)."""
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        tasks = list(self._inflight.values())
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=grace)
+            for task in late:
+                task.cancel()
+            for task in late:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._inflight)
+
+    # ------------------------------------------------------------------ loop
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                self._end_batches()
+                if loop.time() >= self._paused_until:
+                    self._fill()
+            except Exception:  # a bad database must not stop the loop for good
+                log.exception("batch runner: a pass over the batches failed")
+            self._wake.clear()
+            wait = self.tick
+            if self._paused_until > loop.time():
+                wait = min(wait, self._paused_until - loop.time())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(wait, 0.01))
+
+    def _busy(self, batch_id: str) -> list[asyncio.Task[None]]:
+        return [t for (b, _), t in self._inflight.items() if b == batch_id]
+
+    def _end_batches(self) -> None:
+        due = set(self.store.expire_due())
+        for batch_id, status in self.store.unfinished():
+            if status == "cancelling" or batch_id in due:
+                busy = self._busy(batch_id)
+                for task in busy:
+                    task.cancel()
+                if not busy:
+                    self.store.finish(
+                        batch_id, "cancelled" if status == "cancelling" else "expired"
+                    )
+                    self._cursor.pop(batch_id, None)
+                    log.info("batch %s %s", batch_id, self.store.status(batch_id))
+            elif (
+                status == "in_progress"
+                and not self._busy(batch_id)
+                and self.store.left(batch_id) == 0
+            ):
+                batch = self.store.finish(batch_id, "completed")
+                self._cursor.pop(batch_id, None)
+                log.info("batch %s completed: %s", batch_id, batch["request_counts"])
+
+    def _fill(self) -> None:
+        if self._stopping:
+            return
+        for batch_id in self.store.running():
+            room = self.concurrency - len(self._inflight)
+            if room <= 0:
+                return
+            cursor = self._cursor.get(batch_id, 0)
+            for line in self.store.pending(batch_id, cursor, room + len(self._inflight)):
+                if len(self._inflight) >= self.concurrency:
+                    break
+                cursor = line.index + 1
+                key = (batch_id, line.index)
+                if key not in self._inflight:
+                    self._inflight[key] = asyncio.create_task(self._line(line))
+            self._cursor[batch_id] = cursor
+
+    # ------------------------------------------------------------------ a line
+    async def _line(self, line: Pending) -> None:
+        key = (line.batch_id, line.index)
+        try:
+            await self._run_line(line)
+        finally:
+            self._inflight.pop(key, None)
+            self._wake.set()
+
+    async def _run_line(self, line: Pending) -> None:
+        assert self.handle is not None, "BatchRunner.handle is set before start()"
+        request_id = line_id(line.batch_id, line.index)
+        headers = [
+            (b"Host", b"corral"),
+            (b"Content-Type", b"application/json"),
+            (b"X-Corral-Priority", PRIORITY),
+            (b"X-Request-Id", request_id.encode()),
+        ]
+        if self.api_key:
+            headers.append((b"Authorization", b"Bearer " + self.api_key.encode()))
+        request = Request(
+            "POST", line.endpoint.encode(), headers, line.body, "1.1", True, "127.0.0.1"
+        )
+        out = Collected()
+        try:
+            await self.handle(request, out)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a fault of the balancer's: the line's result says so
+            log.exception("batch line %s failed in the balancer", request_id)
+            out = Collected()
+            body = b'{"error":{"code":500,"message":"%s","type":"server_error"}}' % (
+                repr(exc).replace('"', "'").encode()
+            )
+            out.send(500, b"", body)
+        if out.aborted or not out.finished or out.status in (429, 503):
+            self._retry_later(line, out)
+            return
+        self._backoff = 0.0
+        ok, result = output_line(
+            request_id, line.custom_id, out.status, request_id, bytes(out.body)
+        )
+        self.store.record(line.batch_id, line.index, ok, result)
+
+    def _retry_later(self, line: Pending, out: Collected) -> None:
+        """Run the line again after a pause (the fleet is busy or away)."""
+        self._cursor[line.batch_id] = min(self._cursor.get(line.batch_id, 0), line.index)
+        self._backoff = min(self.max_backoff, max(0.25, self._backoff * 2))
+        loop = asyncio.get_running_loop()
+        self._paused_until = max(self._paused_until, loop.time() + self._backoff)
+        log.info(
+            "batch line %s: %s; run again in %.2fs",
+            line_id(line.batch_id, line.index),
+            "cut short" if out.aborted or not out.finished else f"status {out.status}",
+            self._backoff,
+        )
+
+    def __repr__(self) -> str:
+        return f"<BatchRunner {len(self._inflight)}/{self.concurrency} lines in flight>"

@@ -1,0 +1,220 @@
+"""The Batch API through the official OpenAI SDK: files, batches, progress, cancel,
+expiry, and a balancer restart in the middle of a job (docs/batch.md)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+from support.harness import Harness, eventually, mgmt
+
+from corral.balancer import Balancer
+from corral.balancer.batches import BatchStore
+
+KEY = "batch-test-key"
+
+
+def jsonl(n: int, *, max_tokens: int = 4, prefix: str = "req") -> bytes:
+    lines = [
+        {
+            "custom_id": f"{prefix}-{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {
+                "model": "sim-model",
+                "messages": [{"role": "user", "content": f"question {i}"}],
+                "max_tokens": max_tokens,
+            },
+        }
+        for i in range(n)
+    ]
+    return "\n".join(json.dumps(x) for x in lines).encode() + b"\n"
+
+
+def client(harness: Harness, balancer: Balancer, key: str = KEY) -> openai.AsyncOpenAI:
+    api = openai.AsyncOpenAI(
+        base_url=f"http://127.0.0.1:{balancer.inference_port}/v1", api_key=key, max_retries=0
+    )
+    harness._stops.append(api.close)
+    return api
+
+
+async def fleet(
+    harness: Harness, data_dir: Path, *, tps: float = 1e6, slots: int = 4, **over: Any
+) -> tuple[Balancer, openai.AsyncOpenAI]:
+    balancer = await harness.balancer(data_dir=data_dir, api_keys=(KEY,), **over)
+    _, port = await harness.sim(slots=slots, tokens_per_second=tps)
+    await harness.agent(port, balancer)
+    return balancer, client(harness, balancer)
+
+
+async def output(api: openai.AsyncOpenAI, file_id: str | None) -> list[dict[str, Any]]:
+    if file_id is None:
+        return []
+    content = await api.files.content(file_id)
+    return [json.loads(line) for line in content.text.splitlines()]
+
+
+async def finished(api: openai.AsyncOpenAI, batch_id: str, within: float = 20.0) -> Any:
+    async def check() -> Any:
+        batch = await api.batches.retrieve(batch_id)
+        return batch if batch.status in ("completed", "cancelled", "expired", "failed") else None
+
+    return await eventually(check, within=within, what=f"batch {batch_id} to end")
+
+
+async def test_a_batch_runs_every_line_once(harness: Harness, tmp_path: Path) -> None:
+    balancer, api = await fleet(harness, tmp_path)
+    upload = await api.files.create(file=("in.jsonl", jsonl(12)), purpose="batch")
+    assert upload.purpose == "batch" and upload.bytes == len(jsonl(12))
+    assert (await api.files.retrieve(upload.id)).filename == "in.jsonl"
+    assert (await api.files.content(upload.id)).content == jsonl(12)
+
+    batch = await api.batches.create(
+        input_file_id=upload.id,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+        metadata={"job": "nightly"},
+    )
+    assert batch.status == "in_progress" and batch.request_counts.total == 12
+    done = await finished(api, batch.id)
+    assert done.status == "completed", done
+    assert (done.request_counts.completed, done.request_counts.failed) == (12, 0)
+    assert done.metadata == {"job": "nightly"} and done.completed_at is not None
+    assert done.error_file_id is None
+    lines = await output(api, done.output_file_id)
+    assert sorted(x["custom_id"] for x in lines) == sorted(f"req-{i}" for i in range(12))
+    for line in lines:
+        assert line["error"] is None and line["response"]["status_code"] == 200
+        assert line["response"]["body"]["choices"][0]["message"]["content"]
+        assert line["id"].startswith("batch_req_")
+    listed = [b.id async for b in api.batches.list()]
+    assert listed == [batch.id]
+    # the balancer counted exactly one chat completion per line
+    assert balancer.metrics.counts.requests == 12
+
+    # the dashboard's source on the management listener
+    async with harness.http.get(mgmt(balancer, "/api/v1/batches")) as resp:
+        jobs = await resp.json()
+    assert jobs["enabled"] and jobs["batches"][0]["request_counts"]["completed"] == 12
+
+    assert (await api.files.delete(upload.id)).deleted
+    with pytest.raises(openai.NotFoundError):
+        await api.files.retrieve(upload.id)
+    keyless = client(harness, balancer, key="wrong")
+    with pytest.raises(openai.AuthenticationError):
+        await keyless.batches.list()
+
+
+async def test_answers_that_are_errors_go_to_the_error_file(
+    harness: Harness, tmp_path: Path
+) -> None:
+    _, api = await fleet(harness, tmp_path)
+    good = json.loads(jsonl(1).decode())
+    bad = {**good, "custom_id": "bad", "body": {"model": "no-such-model", "messages": []}}
+    data = (json.dumps(good) + "\n" + json.dumps(bad) + "\n").encode()
+    upload = await api.files.create(file=("in.jsonl", data), purpose="batch")
+    batch = await api.batches.create(
+        input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    done = await finished(api, batch.id)
+    assert done.status == "completed"
+    assert (done.request_counts.completed, done.request_counts.failed) == (1, 1)
+    [error] = await output(api, done.error_file_id)
+    assert error["custom_id"] == "bad" and error["response"]["status_code"] >= 400
+    assert [x["custom_id"] for x in await output(api, done.output_file_id)] == ["req-0"]
+
+
+async def test_an_invalid_input_file_fails_the_batch(harness: Harness, tmp_path: Path) -> None:
+    _, api = await fleet(harness, tmp_path)
+    data = jsonl(2) + jsonl(1)  # req-0 twice
+    upload = await api.files.create(file=("in.jsonl", data), purpose="batch")
+    batch = await api.batches.create(
+        input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    assert batch.status == "failed" and batch.errors is not None
+    [error] = batch.errors.data or []
+    assert (error.code, error.line) == ("duplicate_custom_id", 3)
+    with pytest.raises(openai.BadRequestError):
+        await api.batches.create(
+            input_file_id=upload.id, endpoint="/v1/images", completion_window="24h"
+        )
+    with pytest.raises(openai.NotFoundError):
+        await api.batches.retrieve("batch_nope")
+
+
+async def test_cancel_stops_the_job_and_accounts_for_every_line(
+    harness: Harness, tmp_path: Path
+) -> None:
+    # 40 tokens/s, 8 tokens a line: about 0.2 s a line, two at a time
+    balancer, api = await fleet(harness, tmp_path, tps=40.0, slots=2, batch_concurrency=2)
+    upload = await api.files.create(file=("in.jsonl", jsonl(30, max_tokens=8)), purpose="batch")
+    batch = await api.batches.create(
+        input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+
+    async def progressed() -> bool:
+        return (await api.batches.retrieve(batch.id)).request_counts.completed >= 2
+
+    await eventually(progressed, within=10, what="some progress")
+    cancelling = await api.batches.cancel(batch.id)
+    assert cancelling.status in ("cancelling", "cancelled")
+    done = await finished(api, batch.id)
+    assert done.status == "cancelled" and done.cancelled_at is not None
+    counts = done.request_counts
+    assert 2 <= counts.completed < 30 and counts.completed + counts.failed == 30
+    ok = await output(api, done.output_file_id)
+    errors = await output(api, done.error_file_id)
+    assert {e["error"]["code"] for e in errors} == {"batch_cancelled"}
+    ids = [x["custom_id"] for x in ok + errors]
+    assert sorted(ids) == sorted(f"req-{i}" for i in range(30))  # each exactly once
+    assert balancer.batches is not None and balancer.batches.runner.in_flight == 0
+    with pytest.raises(openai.ConflictError):  # it has ended: 409
+        await api.batches.cancel(batch.id)
+
+
+async def test_a_batch_past_its_window_expires(harness: Harness, tmp_path: Path) -> None:
+    _, api = await fleet(harness, tmp_path, tps=20.0, slots=1, batch_concurrency=1)
+    upload = await api.files.create(file=("in.jsonl", jsonl(20, max_tokens=8)), purpose="batch")
+    batch = await api.batches.create(
+        input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="2s"
+    )
+    assert batch.expires_at == batch.created_at + 2
+    done = await finished(api, batch.id)
+    assert done.status == "expired" and done.expired_at is not None
+    errors = await output(api, done.error_file_id)
+    ok = await output(api, done.output_file_id)
+    assert errors and {e["error"]["code"] for e in errors} == {"batch_expired"}
+    assert sorted(x["custom_id"] for x in ok + errors) == sorted(f"req-{i}" for i in range(20))
+
+
+async def test_a_restart_mid_job_loses_nothing_and_repeats_nothing(
+    harness: Harness, tmp_path: Path
+) -> None:
+    first, api = await fleet(harness, tmp_path, tps=50.0, slots=2, batch_concurrency=3)
+    upload = await api.files.create(file=("in.jsonl", jsonl(30, max_tokens=6)), purpose="batch")
+    batch = await api.batches.create(
+        input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+
+    async def progressed() -> bool:
+        return (await api.batches.retrieve(batch.id)).request_counts.completed >= 6
+
+    await eventually(progressed, within=15, what="some progress")
+    await first.stop()  # mid-job: lines in flight finish and are recorded
+    before = first.metrics.counts.requests
+    kept = BatchStore(tmp_path)  # what the stopped balancer left on disk
+    mid = kept.batch(batch.id)
+    kept.close()
+    assert mid["status"] == "in_progress" and 6 <= mid["request_counts"]["completed"] < 30
+
+    second, api = await fleet(harness, tmp_path, tps=1e6)
+    done = await finished(api, batch.id)
+    assert done.status == "completed" and done.request_counts.completed == 30
+    lines = await output(api, done.output_file_id)
+    assert sorted(x["custom_id"] for x in lines) == sorted(f"req-{i}" for i in range(30))
+    # each line was sent to a server exactly once, across both balancers
+    assert before + second.metrics.counts.requests == 30, (before, second.metrics.counts)
