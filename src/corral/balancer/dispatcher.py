@@ -133,7 +133,8 @@ class Dispatcher:
         """The request on this slot finished (or failed after it started); ``request``
         and its answer's ``timings`` go to the fleet's subscribers (the prefix index)."""
         try:
-            self.fleet.release(backend_id, self.clock.now(), request, timings)
+            adapter = request.adapter if request is not None else None
+            self.fleet.release(backend_id, self.clock.now(), request, timings, adapter)
         except FleetError:
             log.exception("release of a slot that was not reserved")
         if ok:
@@ -177,7 +178,8 @@ class Dispatcher:
                 assert isinstance(future, asyncio.Future)
                 if isinstance(outcome, Assigned):
                     if future.done():  # its client left: the slot goes to the next one
-                        self.fleet.release(outcome.backend_id, self.clock.now())
+                        adapter = outcome.waiter.request.adapter
+                        self.fleet.release(outcome.backend_id, self.clock.now(), adapter=adapter)
                         again = True
                         continue
                     future.set_result(outcome.backend_id)

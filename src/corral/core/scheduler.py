@@ -56,7 +56,7 @@ class Scheduler:
         """
         decision = self.policy.pick(self.fleet, request)
         if isinstance(decision, Dispatch):
-            self.fleet.reserve(decision.backend_id, now, request)
+            self.fleet.reserve(decision.backend_id, now, request, request.adapter)
             return decision
         if isinstance(decision, Reject):
             return decision
@@ -73,7 +73,9 @@ class Scheduler:
                     continue
                 self.buffer.take(waiter)
                 if isinstance(decision, Dispatch):
-                    self.fleet.reserve(decision.backend_id, now, waiter.request)
+                    self.fleet.reserve(
+                        decision.backend_id, now, waiter.request, waiter.request.adapter
+                    )
                     outcomes.append(Assigned(waiter, decision.backend_id))
                 else:
                     outcomes.append(Refused(waiter, decision))

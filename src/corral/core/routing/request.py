@@ -107,6 +107,9 @@ class RequestInfo:
     api: str | None = None
     """The route's API family (:func:`corral.core.endpoints.api_of`); only servers
     that answer it may take the request. None: any server."""
+    adapter: str | None = None
+    """The LoRA adapter the request names as its ``model`` (:meth:`Fleet.is_adapter`);
+    only servers that have it loaded may take the request. None: the base model."""
 
     @property
     def group(self) -> tuple[str | None, ...]:

@@ -3,9 +3,13 @@
 Theory of operation
 -------------------
 Filters only: the model pool, then the fleet's index of backends with a free slot
-(most free first, ties in rotating order), then the pin, then each :class:`Rule`.
-The first candidate no filter vetoes wins. Cost does not grow with the fleet: the
-index is bucketed by free slots. Nothing of the request's body is read.
+(most free first, ties in rotating order), then the pin, the adapter, then each
+:class:`Rule`. The first candidate no filter vetoes wins; for a request naming a LoRA
+adapter, of the first ``breadth`` such candidates the one with the best adapter
+affinity wins (:func:`~corral.core.routing.scorers.adapter_affinity`: a server already
+running that adapter, then an idle one), ties to the one with more free slots.
+Cost does not grow with the fleet: the index is bucketed by free slots. Nothing of
+the request's body is read.
 """
 
 from __future__ import annotations
@@ -14,8 +18,16 @@ from collections.abc import Sequence
 
 from corral.core.fleet import Fleet
 from corral.core.routing.decision import Decision, Dispatch, Wait
-from corral.core.routing.filters import Rule, answers, pinned, resolve_pools, with_free_slot
+from corral.core.routing.filters import (
+    Rule,
+    answers,
+    has_adapter,
+    pinned,
+    resolve_pools,
+    with_free_slot,
+)
 from corral.core.routing.request import RequestInfo
+from corral.core.routing.scorers import adapter_affinity
 
 
 class SlotPolicy:
@@ -27,20 +39,39 @@ class SlotPolicy:
     observe = None
     """No view of its own: the fleet's events are not needed (and not built)."""
 
-    def __init__(self, rules: Sequence[Rule] = ()) -> None:
+    def __init__(self, rules: Sequence[Rule] = (), breadth: int = 8) -> None:
         self.rules = tuple(rules)
+        self.breadth = breadth
+        """Candidates weighed by adapter affinity, at most (requests naming an adapter)."""
 
     def pick(self, fleet: Fleet, request: RequestInfo) -> Decision:
         pools = resolve_pools(fleet, request)
         if not isinstance(pools, list):
             return pools
+        best, best_affinity, seen = None, -1, 0
         for backend in pinned(with_free_slot(fleet, pools), request):
-            if answers(backend, request) and all(
-                rule.accepts(backend, request) for rule in self.rules
+            if not (
+                answers(backend, request)
+                and has_adapter(backend, request)
+                and all(rule.accepts(backend, request) for rule in self.rules)
             ):
-                request.note.reason = "pinned" if request.backend_id else "slots"
-                return Dispatch(backend.id)
-        return Wait("no free slot")
+                continue
+            if request.adapter is None:
+                best = backend
+                break
+            affinity = adapter_affinity(backend, request.adapter)
+            if affinity > best_affinity:  # ties: the earlier (more free slots)
+                best, best_affinity = backend, affinity
+            seen += 1
+            if affinity == 2 or seen >= self.breadth:
+                break
+        if best is None:
+            return Wait("no free slot")
+        if request.backend_id:
+            request.note.reason = "pinned"
+        else:
+            request.note.reason = "adapter" if best_affinity == 2 else "slots"
+        return Dispatch(best.id)
 
     def __repr__(self) -> str:
         return f"<Policy most-free-slots rules={list(self.rules)}>"
