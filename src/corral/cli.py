@@ -252,6 +252,7 @@ def _supervised_server(args: argparse.Namespace) -> Any:
         threads=args.threads,
         cache_ram_mib=default_cache_ram_mib() if args.cache_ram is None else args.cache_ram,
         extra_args=tuple(args.extra),
+        lora=tuple((name, Path(path)) for name, path in args.lora),
         binary=binary,
         api_key=args.llamacpp_api_key or None,
         port=args.llamacpp_port,

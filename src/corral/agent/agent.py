@@ -214,6 +214,9 @@ class Agent:
     async def poll(self) -> m.ServerStatus:
         """Read the server once and publish the status if it changed."""
         async with self._poll_lock:
+            if self.server is not None and hasattr(self.runner, "adapter_names"):
+                lora = getattr(getattr(self.server, "settings", None), "lora", ())
+                self.runner.adapter_names = {str(path): name for name, path in lora}
             status = await self._read()
             if self.server is not None:
                 status = self._with_supervisor(status)
@@ -625,6 +628,7 @@ def settings_for(state: m.DesiredState, current: Any) -> Any:
         slots=state.slots or current.slots,
         ctx_size=state.ctx_size or current.ctx_size,
         extra_args=tuple(state.extra_args),
+        lora=tuple((name, Path(path)) for name, path in state.lora.items()),
     )
 
 

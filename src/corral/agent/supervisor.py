@@ -76,6 +76,8 @@ class ServerSettings:
     build). See :func:`default_cache_ram_mib` for the agent's default."""
     extra_args: tuple[str, ...] = ()
     """More llama-server arguments, passed as they are, last."""
+    lora: tuple[tuple[str, Path], ...] = ()
+    """LoRA adapters to load, ``(name, file)``: loaded at scale 0, reported by name."""
     binary: Path | None = None
     """The llama-server to run; ``None`` finds one (see :func:`llama_server_path`)."""
     host: str = "127.0.0.1"
@@ -375,6 +377,7 @@ class Supervisor:
             api_key=settings.api_key,
             cache_ram_mib=settings.cache_ram_mib,
             extra=settings.extra_args,
+            lora=[path for _, path in settings.lora],
         )
 
     def _pick_port(self) -> int:

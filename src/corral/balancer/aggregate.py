@@ -146,7 +146,9 @@ def models(fleet: Fleet, created: int) -> dict[str, Any]:
     format with llama-server's ``aliases``, ``tags``, ``architecture`` and ``meta``;
     ``models`` in Ollama's), with ``corral`` added to each ``data`` entry: how many
     agents serve the model and how many are ready. A server whose agent sent no list
-    (an older agent) gets a minimal entry; ``created`` is then its Unix time.
+    (an older agent) gets a minimal entry; ``created`` is then its Unix time. Each LoRA
+    adapter the servers have loaded is a model too, as vLLM lists them: its ``id`` the
+    adapter's name, its ``parent`` the base model.
     """
     data: list[dict[str, Any]] = []
     ollama: list[dict[str, Any]] = []
@@ -162,8 +164,29 @@ def models(fleet: Fleet, created: int) -> dict[str, Any]:
             entry["corral"]["agents_loaded"] = len(loaded)
         data.append(entry)
         ollama.extend(listed)
+    for name, bases in fleet.adapters().items():
+        if fleet.is_adapter(name):  # a model's name wins over an adapter's
+            data.append(_adapter_entry(fleet, name, bases, created))
     body: dict[str, Any] = {"object": "list", "data": data}
     return {"models": ollama, **body} if ollama else body
+
+
+def _adapter_entry(
+    fleet: Fleet, name: str, bases: list[str | None], created: int
+) -> dict[str, Any]:
+    """A LoRA adapter as a model of its own, as vLLM lists one: ``parent`` is the base
+    model (the first, if servers of several models have an adapter of that name)."""
+    backends = [b for b in fleet if b.adapter(name) is not None]
+    ready = [b for b in backends if b.routable]
+    return {
+        "id": name,
+        "object": "model",
+        "created": created,
+        "owned_by": "llamacpp",
+        "root": name,
+        "parent": next((m for m in bases if m is not None), None),
+        "corral": {"agents": len(backends), "agents_ready": len(ready), "adapter": True},
+    }
 
 
 def _listed(backends: list[Backend], model: str) -> tuple[dict[str, Any] | None, list[Any]]:

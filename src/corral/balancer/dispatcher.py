@@ -142,7 +142,8 @@ class Dispatcher:
         if request is not None:
             self.scheduler.finished(request)  # its tenant's count in flight
         try:
-            self.fleet.release(backend_id, self.clock.now(), request, timings)
+            adapter = request.adapter if request is not None else None
+            self.fleet.release(backend_id, self.clock.now(), request, timings, adapter)
         except FleetError:
             log.exception("release of a slot that was not reserved")
         if ok:
@@ -186,7 +187,8 @@ class Dispatcher:
                 assert isinstance(future, asyncio.Future)
                 if isinstance(outcome, Assigned):
                     if future.done():  # its client left: the slot goes to the next one
-                        self.fleet.release(outcome.backend_id, self.clock.now())
+                        adapter = outcome.waiter.request.adapter
+                        self.fleet.release(outcome.backend_id, self.clock.now(), adapter=adapter)
                         self.scheduler.finished(outcome.waiter.request)
                         again = True
                         continue

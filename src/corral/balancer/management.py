@@ -29,7 +29,7 @@ from corral.balancer.errors import HTTPError
 from corral.balancer.metrics import Metrics
 from corral.core.clock import Clock
 from corral.core.endpoints import DEFAULT_APIS
-from corral.core.fleet import Backend, Condition, Issue, Report
+from corral.core.fleet import Adapter, Backend, Condition, Issue, Report
 from corral.protocol import messages as m
 
 log = logging.getLogger("corral.management")
@@ -93,6 +93,9 @@ def backend_json(backend: Backend, now: float) -> dict[str, Any]:
         "not_routable": not_routable(backend, now),
         "runner": backend.runner or "llamacpp",
         "apis": sorted(backend.apis),
+        "adapters": [
+            {"name": a.name, "id": a.id, "path": a.path, "scale": a.scale} for a in backend.adapters
+        ],
         "supervisor": backend.supervisor,
         "applied_generation": backend.applied_generation if backend.supervised else None,
         "last_seen_ago_s": round(max(0.0, now - backend.last_seen), 3),
@@ -118,6 +121,7 @@ def to_report(status: m.ServerStatus) -> Report:
         applying=status.applying,
         models=tuple((info.id, info.state) for info in status.models),
         models_max=status.models_max or None,
+        adapters=tuple(Adapter(a.name, a.id, a.path, a.scale) for a in status.adapters),
     )
 
 

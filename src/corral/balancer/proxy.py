@@ -45,6 +45,7 @@ from corral.balancer.dispatcher import Dispatcher, Reservation
 from corral.balancer.errors import HTTPError, log_error, sse_error_event
 from corral.balancer.forwarded import FORWARDED_HEADERS, ProxyTrust, forwarded_lines
 from corral.balancer.http_server import Request, Responder, encode_headers
+from corral.balancer.lora import with_lora
 from corral.balancer.metrics import Metrics, last_counted_event, timings_of, token_events
 from corral.balancer.prompt import prompt_of
 from corral.balancer.upstream import (
@@ -59,6 +60,7 @@ from corral.core.events import Timings
 from corral.core.fleet import Backend
 from corral.core.policy import Reject, RequestInfo, resolve_pools
 from corral.core.queueing import DEFAULT_TENANT, Priority, Tenant
+from corral.core.routing.filters import has_adapter
 
 log = logging.getLogger("corral.proxy")
 access_log = logging.getLogger("corral.access")
@@ -361,6 +363,7 @@ class InferenceProxy:
             if inference and type(id_slot) is int and id_slot >= 0:  # a fleet slot id
                 body, pinned = slot_actions.pin(self.fleet, body, id_slot)
         prompt = prompt_of(body) if inference and self._prompts and pinned is None else None
+        adapter = ex.model if ex.model is not None and self.fleet.is_adapter(ex.model) else None
         info = ex.info = RequestInfo(
             request.path,
             ex.model,
@@ -370,6 +373,7 @@ class InferenceProxy:
             priority=ex.priority,
             tenant=ex.tenant.name,
             size=len(body),
+            adapter=adapter,
         )
         headers = b""  # built once a slot is found: nothing extra held while waiting
         last_error = ""
@@ -381,12 +385,15 @@ class InferenceProxy:
             ex.waited += target.waited
             ex.backend = target.name
             ex.served_model = target.model
+            sent = body
+            if adapter is not None:  # its id on that server, alone (see balancer/lora.py)
+                sent = self._with_lora(body, target, adapter, info, inference=inference)
             if not headers:
                 trusted = self.trust.trusts(request.remote)
                 headers = _upstream_headers(request, ex.request_id, trusted)
             try:
                 return await self._forward(
-                    request, out, target, body, headers, ex, head_timeout, inference=inference
+                    request, out, target, sent, headers, ex, head_timeout, inference=inference
                 )
             except _Retry as exc:
                 last_error = str(exc)
@@ -460,6 +467,19 @@ class InferenceProxy:
             extra={"fields": fields},
         )
 
+    def _with_lora(
+        self, body: bytes, target: Reservation, adapter: str, info: RequestInfo, *, inference: bool
+    ) -> bytes:
+        """The body for ``target`` with its ``lora`` field set to apply ``adapter``; on
+        failure the slot is given back (the error goes to the client)."""
+        backend = self.fleet.get(target.backend_id) if target.backend_id in self.fleet else None
+        try:
+            return with_lora(body, backend.adapters if backend else (), adapter)
+        except HTTPError:
+            if inference:
+                self.dispatcher.release(target.backend_id, request=info)
+            raise
+
     def _any_ready(self, info: RequestInfo) -> Reservation:
         """A routable server for a request that takes no slot, in rotating order."""
         pools = resolve_pools(self.fleet, info)
@@ -471,6 +491,7 @@ class InferenceProxy:
                 if a.routable
                 and any(m in models for m in a.hot)
                 and (info.api is None or info.api in a.apis)
+                and has_adapter(a, info)
             ]
             if ready:
                 self._light_turn += 1

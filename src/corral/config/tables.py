@@ -49,6 +49,17 @@ def reserve_share(text: str) -> float:
     return value
 
 
+def lora_spec(text: str) -> tuple[str, str]:
+    """``NAME=PATH`` (a LoRA adapter and the model name it is served as) -> ``(name, path)``."""
+    name, sep, path = text.partition("=")
+    name, path = name.strip(), path.strip()
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
+    if "," in path or ":" in path:
+        raise argparse.ArgumentTypeError(f"a LoRA path cannot hold ',' or ':' (got {path!r})")
+    return name, path
+
+
 def non_negative_float(text: str) -> float:
     """Seconds, 0 or more."""
     try:
@@ -365,6 +376,13 @@ AGENT = Schema(
             "context size per slot of the supervised server",
             positive(int),
             default=2048,
+        ),
+        Setting(
+            "lora",
+            "LoRA adapter for the supervised server, NAME=PATH (repeatable): loaded at "
+            "scale 0, served as model NAME (docs/lora.md)",
+            lora_spec,
+            repeatable=True,
         ),
         Setting(
             "cache_ram",

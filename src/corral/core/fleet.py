@@ -161,6 +161,25 @@ class Issue:
 
 
 @dataclass(frozen=True, slots=True)
+class Adapter:
+    """A LoRA adapter a server has loaded (llama-server ``--lora``, listed by its
+    ``GET /lora-adapters``).
+
+    Attributes:
+        name: what clients ask for (``"model": name``): the file's stem, or the name
+            given in supervisor mode (``--lora NAME=PATH``).
+        id: the server's own id for it (the ``id`` of a request's ``lora`` entries).
+        path: the file the server loaded it from (for operators).
+        scale: the scale the server applies when a request does not say (0: off).
+    """
+
+    name: str
+    id: int
+    path: str = ""
+    scale: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class Report:
     """One status report from an agent, already validated."""
 
@@ -194,6 +213,9 @@ class Report:
     models_max: int | None = None
     """How many models such a server keeps loaded at once (``--models-max``); None:
     no limit said."""
+    adapters: tuple[Adapter, ...] = ()
+    """The LoRA adapters the server has loaded (none: it has none, or its agent does
+    not say)."""
 
     def __post_init__(self) -> None:
         if self.slots_total < 0 or self.slots_processing < 0:
@@ -231,6 +253,9 @@ class Backend:
     cordoned_at: float = 0.0
     apply_sent: int = 0  # generation of the last Apply sent to it
     slots_share: int | None = None  # this balancer's share of the slots (None: all)
+    adapters: tuple[Adapter, ...] = ()  # LoRA adapters its server has loaded
+    running: collections.Counter[str | None] = field(default_factory=collections.Counter)
+    """The balancer's requests in flight here, by adapter name (None: the base model)."""
     reserved: int = 0
     reserved_at_report: int = 0
     # (time, +1 reserve / -1 release), newer than ``_log_from``: for Report.read_at
@@ -286,6 +311,13 @@ class Backend:
     @property
     def busy(self) -> int:
         return self.slots_total - self.free
+
+    def adapter(self, name: str) -> Adapter | None:
+        """The loaded adapter called ``name``, or None."""
+        for adapter in self.adapters:
+            if adapter.name == name:
+                return adapter
+        return None
 
     @property
     def routable(self) -> bool:
@@ -360,6 +392,9 @@ class Fleet:
         self._seen_sorted: list[str] | None = None
         self._api_refs: collections.Counter[tuple[str | None, str]] = collections.Counter()
         """(model, API family) -> number of backends of that model that answer it."""
+        self._adapter_refs: collections.Counter[tuple[str, str | None]] = collections.Counter()
+        """(adapter name, model) -> number of backends of that model that have it loaded."""
+        self._seen_adapters: set[str] = set()  # every adapter any backend ever had
         self.version = 0  # bumped on every change, for watchers
         self.membership = 0
         """Bumped when backends join, leave or are cordoned, or a report changes what a rollout
@@ -427,6 +462,29 @@ class Fleet:
         if models is None:
             return any(n > 0 and key[1] == api for key, n in self._api_refs.items())
         return any(self._api_refs[(model, api)] > 0 for model in models)
+
+    def is_adapter(self, name: str) -> bool:
+        """Whether ``name`` is a LoRA adapter some backend has ever had loaded, and no
+        backend's model: a request naming it goes to a server that has it, and waits
+        for one while none is ready (a model's name wins over an adapter's)."""
+        return name in self._seen_adapters and name not in self._seen
+
+    def adapter_models(self, name: str) -> list[str | None]:
+        """The models of the registered backends that have adapter ``name`` loaded."""
+        return sorted(
+            (model for (adapter, model), n in self._adapter_refs.items() if adapter == name and n),
+            key=lambda m: (m is None, m or ""),
+        )
+
+    def adapters(self) -> dict[str, list[str | None]]:
+        """Every adapter registered backends have loaded -> the models they run, sorted."""
+        out: dict[str, list[str | None]] = {}
+        for (adapter, model), n in sorted(
+            self._adapter_refs.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")
+        ):
+            if n > 0:
+                out.setdefault(adapter, []).append(model)
+        return out
 
     def has_unnamed_model(self) -> bool:
         """Whether some backend's server did not say which model it runs."""
@@ -521,6 +579,11 @@ class Fleet:
         before = _rollout_view(backend)
         reset = _reset_reason(backend, report) if self._observers else None
         models = dict(report.models)
+        if backend.adapters != report.adapters or backend.model != report.model:
+            self._adapter_refs.subtract((a.name, backend.model) for a in backend.adapters)
+            self._adapter_refs.update((a.name, report.model) for a in report.adapters)
+            self._seen_adapters.update(a.name for a in report.adapters)
+            backend.adapters = report.adapters
         if (
             backend.model != report.model
             or backend.apis != report.apis
@@ -575,6 +638,7 @@ class Fleet:
         backend = self.get(backend_id)
         self._unindex(backend)
         self._unref_models(backend)
+        self._adapter_refs.subtract((a.name, backend.model) for a in backend.adapters)
         del self._backends[backend_id]
         self.membership += 1
         self._changed()
@@ -582,11 +646,19 @@ class Fleet:
             self._emit(Reset(backend_id, "left"))
         return backend
 
-    def reserve(self, backend_id: str, now: float | None = None, request: object = None) -> Backend:
+    def reserve(
+        self,
+        backend_id: str,
+        now: float | None = None,
+        request: object = None,
+        adapter: str | None = None,
+    ) -> Backend:
         """Take one slot on this backend for a request the balancer is about to send.
 
         ``now`` (the balancer's clock) lets later reports place it in time; ``request``
-        (a ``RequestInfo``) goes to subscribers in a :class:`Dispatched` event."""
+        (a ``RequestInfo``) goes to subscribers in a :class:`Dispatched` event;
+        ``adapter``: the LoRA adapter it asks for (None: the base model), counted in
+        :attr:`Backend.running` until the release that names it too."""
         backend = self.get(backend_id)
         if not backend.routable:
             raise FleetError(f"cannot reserve on {backend!r}: not routable")
@@ -594,6 +666,7 @@ class Fleet:
             raise FleetError(f"cannot reserve on {backend!r}: no free slot")
         self._unindex(backend)
         backend.reserved += 1
+        backend.running[adapter] += 1
         _log(backend, now, +1)
         self._index(backend)
         self._changed()
@@ -607,11 +680,12 @@ class Fleet:
         now: float | None = None,
         request: object = None,
         timings: Timings | None = None,
+        adapter: str | None = None,
     ) -> Backend | None:
         """Give back a slot taken by :meth:`reserve`. ``None`` if the backend has left.
 
         ``request`` and the answer's ``timings`` go to subscribers in a
-        :class:`Finished` event."""
+        :class:`Finished` event; ``adapter`` is the one the reservation named."""
         backend = self._backends.get(backend_id)
         if backend is None:
             return None
@@ -619,6 +693,10 @@ class Fleet:
             raise FleetError(f"release on {backend!r} without a reservation")
         self._unindex(backend)
         backend.reserved -= 1
+        if backend.running[adapter] > 1:
+            backend.running[adapter] -= 1
+        else:
+            del backend.running[adapter]
         _log(backend, now, -1)
         # reserved_at_report stays: the last report still counts this request as busy
         # if it had reached the server, and the two cancel out in ``external``; its

@@ -131,7 +131,7 @@ class Scheduler:
 
     # -------------------------------------------------------------- rules
     def _start(self, backend_id: str, now: float | None, request: RequestInfo) -> None:
-        self.fleet.reserve(backend_id, now, request)
+        self.fleet.reserve(backend_id, now, request, request.adapter)
         if id(request) not in self._running:
             self._running[id(request)] = request.tenant
             self._tenant_running[request.tenant] = self.running(request.tenant) + 1

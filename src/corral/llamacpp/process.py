@@ -33,10 +33,14 @@ def llama_server_command(
     alias: str | None = None,
     cache_ram_mib: int | None = None,
     extra: Sequence[str] = (),
+    lora: Sequence[Path] = (),
 ) -> list[str]:
     """A llama-server command line. ``ctx_size`` is per slot (llama-server splits
     ``--ctx-size`` between its ``--parallel`` slots, so we pass the product).
-    ``cache_ram_mib``: ``--cache-ram`` (host prompt cache, MiB; None: the server's own)."""
+    ``cache_ram_mib``: ``--cache-ram`` (host prompt cache, MiB; None: the server's own).
+    ``lora``: LoRA adapter files, loaded at scale 0 (``--lora-scaled``): a request
+    applies one by its ``lora`` field, and a request that names none gets the base
+    model. Raises ValueError for a path with ``,`` or ``:`` (llama-server's separators)."""
     command = [
         str(binary),
         "--model", str(model),
@@ -54,6 +58,13 @@ def llama_server_command(
         command += ["--api-key", api_key]
     if cache_ram_mib is not None:
         command += ["--cache-ram", str(cache_ram_mib)]
+    if lora:
+        for path in lora:
+            if "," in str(path) or ":" in str(path):
+                raise ValueError(
+                    f"LoRA adapter path {path} has ',' or ':' (llama-server's separators)"
+                )
+        command += ["--lora-scaled", ",".join(f"{path}:0" for path in lora)]
     return command + list(extra)
 
 

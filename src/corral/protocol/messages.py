@@ -49,6 +49,19 @@ class SupervisorInfo(msgspec.Struct, frozen=True, omit_defaults=True):
     """How the server last died unasked, in words (exit status, last log lines)."""
 
 
+class LoraAdapterInfo(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A LoRA adapter the server has loaded (llama-server's ``GET /lora-adapters``)."""
+
+    name: Name
+    """What clients ask for as ``model``: the file's stem, or the name given in
+    supervisor mode (``--lora NAME=PATH``)."""
+    id: Count
+    """The server's id for it (a request's ``lora`` entries name it)."""
+    path: Annotated[str, msgspec.Meta(max_length=4096)] = ""
+    scale: float = 0.0
+    """The scale the server applies when a request does not say."""
+
+
 class DesiredState(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True):
     """What supervised servers should run (``PUT /api/v1/desired-state``)."""
 
@@ -59,6 +72,9 @@ class DesiredState(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unkno
     """Context per slot."""
     extra_args: list[Annotated[str, msgspec.Meta(max_length=4096)]] = []
     """More llama-server arguments."""
+    lora: dict[Name, Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]] = {}
+    """LoRA adapters to load, name -> GGUF path on the agents' machines (loaded at
+    scale 0: a request applies one by naming it as its model)."""
 
 
 class Applied(msgspec.Struct, frozen=True):
@@ -112,6 +128,10 @@ class ServerStatus(msgspec.Struct, frozen=True, omit_defaults=True):
     models_max: Annotated[int, msgspec.Meta(ge=0)] | None = None
     """How many models the server keeps loaded at once (``--models-max``; 0 or None:
     no limit said)."""
+    adapters: list[LoraAdapterInfo] = []
+    """The LoRA adapters the server has loaded (read when it becomes ready or changes
+    model, not at the rate of ``/slots``). Optional: older balancers ignore it; older
+    agents send none."""
 
 
 # --------------------------------------------------------------- agent -> balancer

@@ -125,6 +125,12 @@ class SimConfig:
     ``/models`` and ``/v1/models``, as llama-server does."""
     seed: int = 0
     """Seeds the response ids and the fake embeddings, so runs repeat exactly."""
+    lora: tuple[str, ...] = ()
+    """LoRA adapter files the server "loaded" (llama-server's ``--lora``), listed by
+    ``GET /lora-adapters`` with ids in this order and scale 0. A request's ``lora``
+    field must name only these ids (else 400, as llama-server); the adapters it applies
+    (scale not 0) are echoed in the ``X-Sim-Lora`` header (file paths, comma-separated)
+    so tests see what the server was asked to apply."""
     crash_marker: str | None = None
     """A request whose body contains this text "crashes" the server (a query of death):
     its connection is reset, and so is every connection after it, as if the process
@@ -309,6 +315,8 @@ class SimEngine:
 
 SIM_ENGINE = web.AppKey("corral_sim_engine", SimEngine)
 """Where :func:`make_app` keeps its :class:`SimEngine` (``app[SIM_ENGINE]``)."""
+SIM_LORA = web.RequestKey("sim_lora", str)
+"""The adapters a request applies (for the ``X-Sim-Lora`` header)."""
 
 
 # Steps are scheduled on a fixed timeline, so sleep granularity (about 1 ms) does not
@@ -400,6 +408,7 @@ class _GenerateBody(msgspec.Struct):
     ignore_eos: bool = False
     temperature: float | None = None
     seed: int | None = None
+    lora: list[dict[str, Any]] | None = None
 
 
 class _EmbeddingBody(msgspec.Struct):
@@ -511,6 +520,7 @@ async def _generate(request: web.Request, kind: Kind) -> web.StreamResponse:
     engine = request.app[SIM_ENGINE]
     config = engine.config
     body = await _read(request, _GenerateBody)
+    request[SIM_LORA] = _applied_lora(body.lora, config.lora)
     ask = _parse_ask(kind, body, engine.vocab, config)
     try:
         plan = plan_generation(
@@ -587,6 +597,32 @@ async def _text_completion(request: web.Request) -> web.StreamResponse:
 
 async def _chat_completion(request: web.Request) -> web.StreamResponse:
     return await _generate(request, "chat")
+
+
+def _applied_lora(lora: list[dict[str, Any]] | None, loaded: tuple[str, ...]) -> str:
+    """The adapters a request's ``lora`` field applies (paths, comma-separated).
+    Raises :class:`ApiError` 400 for an entry that is not ``{id, scale}`` of a loaded
+    adapter."""
+    applied = []
+    for entry in lora or []:
+        ident, scale = entry.get("id"), entry.get("scale")
+        if type(ident) is not int or not 0 <= ident < len(loaded):
+            raise ApiError(400, f"invalid adapter id {ident!r}", "invalid_request_error")
+        if not isinstance(scale, int | float):
+            raise ApiError(400, "lora entries need a numeric scale", "invalid_request_error")
+        if scale:
+            applied.append(loaded[ident])
+    return ",".join(applied)
+
+
+async def _lora_adapters(request: web.Request) -> web.Response:
+    config = request.app[SIM_ENGINE].config
+    return json_response(
+        [
+            {"id": i, "path": path, "scale": 0.0, "task_name": "", "prompt_prefix": ""}
+            for i, path in enumerate(config.lora)
+        ]
+    )
 
 
 async def _health(request: web.Request) -> web.Response:
@@ -709,6 +745,8 @@ def make_app(config: SimConfig, *, clock: Clock = time.monotonic) -> web.Applica
     async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
         response.headers["Server"] = "llama.cpp"
         response.headers["X-Sim-Server"] = config.name
+        if request.get(SIM_LORA):
+            response.headers["X-Sim-Lora"] = request[SIM_LORA]
 
     app.on_startup.append(on_startup)
     app.on_response_prepare.append(on_prepare)
@@ -716,6 +754,7 @@ def make_app(config: SimConfig, *, clock: Clock = time.monotonic) -> web.Applica
     app.router.add_get("/v1/health", _health)
     app.router.add_get("/props", _props)
     app.router.add_get("/slots", _slots)
+    app.router.add_get("/lora-adapters", _lora_adapters)
     app.router.add_get("/models", _models)
     app.router.add_get("/v1/models", _models)
     app.router.add_post("/completion", _completion)

@@ -115,6 +115,7 @@ async def test_llamacpp_reading_says_when_the_slots_read_began_and_ended():
         "/health": Fetched(200, {"status": "ok"}),
         "/props": Fetched(200, {"total_slots": 2, "model_path": "/m/x.gguf"}),
         "/v1/models": Fetched(200, {"data": [{"id": "x"}]}),
+        "/lora-adapters": Fetched(200, []),
         "/slots": Fetched(200, [{"id": 0, "is_processing": True}]),
     }
 
@@ -124,7 +125,8 @@ async def test_llamacpp_reading_says_when_the_slots_read_began_and_ended():
 
     runner = LlamaCppRunner()
     reading = await runner.read(get, lambda: now[0])
-    assert (reading.began, reading.ended) == pytest.approx((100.03, 100.23))  # asked, answered
+    # /health, /props, /v1/models, /lora-adapters take 0.01 s each, then /slots is asked
+    assert (reading.began, reading.ended) == pytest.approx((100.04, 100.24))  # asked, answered
     assert reading.status.slots_processing == 1
     # read again before the quiet gap ends: the same /slots answer, the same span
     reading = await runner.read(get, lambda: now[0])

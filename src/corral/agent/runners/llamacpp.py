@@ -1,8 +1,8 @@
 """The ``llamacpp`` runner: what a llama-server answers, and when to read what.
 
-:class:`LlamaCppRunner` fetches ``/health``, ``/props``, ``/slots`` and ``/v1/models``
-and hands the raw results to :func:`interpret` (pure: responses in, a status out),
-which recognises the cases operators need to see in words:
+:class:`LlamaCppRunner` fetches ``/health``, ``/props``, ``/slots``, ``/v1/models``
+and ``/lora-adapters`` and hands the raw results to :func:`interpret` (pure: responses
+in, a status out), which recognises the cases operators need to see in words:
 
 ========================  =========================================================
 what the server did       what the agent reports
@@ -39,7 +39,9 @@ So the agent reads:
 - ``/health`` every ``poll_interval`` (0.5 s): crashes, restarts and loading are
   seen at once;
 - ``/props`` at the same rate (its changing fields, such as ``is_sleeping``, stay
-  current), and ``/v1/models`` once per start of the server and on a change of model;
+  current), and ``/v1/models`` and ``/lora-adapters`` (the LoRA adapters it loaded,
+  each reported by name: :func:`adapters_of`) once per start of the server and on a
+  change of model;
 - ``/slots`` only ``slots_gap`` seconds (1.25 s) after its previous answer arrived,
   never sooner, by anyone in the agent (the monitor, a balancer's refresh, a drain).
   The server posted that answer before the agent got it, and posts the next one
@@ -87,7 +89,7 @@ from corral.agent.runners.base import (
     status_with,
 )
 from corral.core.fleet import Condition
-from corral.protocol.messages import IssueInfo, ServerStatus
+from corral.protocol.messages import IssueInfo, LoraAdapterInfo, ServerStatus
 
 SERVER_WAIT = 1.0
 """Seconds llama-server waits on its result queue before it checks whether a client
@@ -166,16 +168,51 @@ class ReadSchedule:
         )
 
 
+def adapter_name(path: str, names: dict[str, str] | None = None) -> str:
+    """What clients call the adapter loaded from ``path``: the name given for that path
+    (supervisor mode's ``--lora NAME=PATH``), else the file's stem
+    (``/models/sql-v2.gguf`` -> ``sql-v2``)."""
+    if names and path in names:
+        return names[path]
+    base = path.replace("\\", "/").rsplit("/", 1)[-1]
+    stem = base[: -len(".gguf")] if base.lower().endswith(".gguf") else base
+    return stem or path
+
+
+def adapters_of(
+    fetched: Fetched | None, names: dict[str, str] | None = None
+) -> list[LoraAdapterInfo]:
+    """The adapters in a ``/lora-adapters`` answer (a list of ``{id, path, scale}``),
+    named by :func:`adapter_name`. Not read, failed (a server without the endpoint) or
+    malformed: none. Entries without an integer id or a path are skipped, and a name
+    already taken keeps its first adapter."""
+    if fetched is None or not fetched.ok or not isinstance(fetched.body, list):
+        return []
+    out: dict[str, LoraAdapterInfo] = {}
+    for entry in fetched.body:
+        if not isinstance(entry, dict):
+            continue
+        ident, path, scale = entry.get("id"), entry.get("path"), entry.get("scale", 0.0)
+        if type(ident) is not int or ident < 0 or not isinstance(path, str) or not path:
+            continue
+        name = adapter_name(path, names)[:256]
+        scale = float(scale) if isinstance(scale, int | float) else 0.0
+        out.setdefault(name, LoraAdapterInfo(name, ident, path[:4096], scale))
+    return list(out.values())
+
+
 def interpret(
     health: Fetched,
     props: Fetched | None = None,
     slots: Fetched | None = None,
     models: Fetched | None = None,
+    adapters: list[LoraAdapterInfo] | None = None,
 ) -> ServerStatus:
     """Turn the server's answers into one :class:`ServerStatus`.
 
     ``props``, ``slots`` and ``models`` are ``None`` when not fetched (the server is
-    not healthy, so the agent did not ask).
+    not healthy, so the agent did not ask); ``adapters`` are its LoRA adapters
+    (:func:`adapters_of`).
     """
     if health.status == 503:
         message = message_of(health) or "server unavailable"
@@ -243,6 +280,7 @@ def interpret(
         issues=issues,
         props=bounded(props.body),
         model_list=bounded(models.body) if models is not None and models.ok else {},
+        adapters=adapters or [],
     )
 
 
@@ -261,6 +299,10 @@ class LlamaCppRunner(Runner):
         )
         self._models: Fetched | None = None
         self._models_of: str | None = None  # the model_path /v1/models was read for
+        self._adapters: list[LoraAdapterInfo] = []  # read with /v1/models
+        self.adapter_names: dict[str, str] = {}
+        """Adapter file path -> the name to report it by (supervisor mode's
+        ``--lora NAME=PATH``); other adapters are called by their file's stem."""
         self._ready = False  # the last reading said ready
         self._slots: Fetched | None = None  # the last /slots read, None: read anew
         self._slots_at = 0.0  # when that read began
@@ -292,10 +334,11 @@ class LlamaCppRunner(Runner):
         if self._models is None or not self._ready or _model_path(props) != self._models_of:
             self._models = await get("/v1/models")
             self._models_of = _model_path(props)
+            self._adapters = adapters_of(await get("/lora-adapters"), self.adapter_names)
         if self._slots is None or (not _sleeping(props) and self.schedule.slots_due(clock()) == 0):
             await self.read_slots(get, clock)
         assert self._slots is not None
-        status = interpret(health, props, self._slots, self._models)
+        status = interpret(health, props, self._slots, self._models, self._adapters)
         self._ready = status.condition == Condition.READY
         return Reading(status, self._slots_at, self._slots_end)
 

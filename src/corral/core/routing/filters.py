@@ -20,6 +20,9 @@ Filters run first and cheaply, in order:
    sent there and the router loads the model before it answers.
 4. **Pin** (:func:`pinned`): a request that names a fleet slot (``id_slot``) may go
    only to that slot's backend, and waits for it.
+4. **Adapter** (:func:`has_adapter`, :class:`HasAdapter` as a rule): a request that
+   names a LoRA adapter as its model may go only to a server that has it loaded. Its
+   pools are the models of those servers (:func:`resolve_pools`).
 
 A filter that vetoes by some other property of a backend (a LoRA adapter it lacks,
 a priority class it does not serve) is a :class:`Rule`.
@@ -56,6 +59,14 @@ def resolve_pools(fleet: Fleet, request: RequestInfo) -> list[str | None] | Reje
     at once (404) rather than buffered until it times out."""
     if not len(fleet):
         return Wait("no server has registered yet")
+    if request.adapter is not None:  # the models of the servers that have it loaded
+        with_it = fleet.adapter_models(request.adapter)
+        if not with_it:
+            return Wait(f"no server has adapter {request.adapter} loaded now")
+        if request.api is not None and not fleet.answers(request.api, with_it):
+            route = f"{request.path} ({request.api}'s API)"
+            return Reject(404, f"no server with adapter {request.adapter} answers {route}")
+        return with_it
     models = fleet.models()
     if request.model is None:
         pools = [*models, None]
@@ -80,6 +91,21 @@ def resolve_pools(fleet: Fleet, request: RequestInfo) -> list[str | None] | Reje
 def answers(backend: Backend, request: RequestInfo) -> bool:
     """Whether a backend answers the request's API family."""
     return request.api is None or request.api in backend.apis
+
+
+def has_adapter(backend: Backend, request: RequestInfo) -> bool:
+    """Whether a backend has the LoRA adapter the request names loaded (or it names none)."""
+    return request.adapter is None or backend.adapter(request.adapter) is not None
+
+
+class HasAdapter:
+    """:func:`has_adapter` as a :class:`Rule` (the policies apply it always)."""
+
+    def accepts(self, backend: Backend, request: RequestInfo) -> bool:
+        return has_adapter(backend, request)
+
+    def __repr__(self) -> str:
+        return "HasAdapter()"
 
 
 def with_free_slot(fleet: Fleet, pools: list[str | None]) -> Iterator[Backend]:

@@ -42,6 +42,7 @@ from corral.core.routing.decision import Decision, Dispatch, Wait
 from corral.core.routing.filters import (
     Rule,
     answers,
+    has_adapter,
     in_pools,
     loaders,
     resolve_pools,
@@ -102,9 +103,14 @@ class PrefixPolicy:
     # ------------------------------------------------------------------ picking
     def pick(self, fleet: Fleet, request: RequestInfo) -> Decision:
         prompt = request.prompt
-        if prompt is None or request.backend_id is not None or not self.rates.known:
+        if (
+            prompt is None
+            or request.backend_id is not None
+            or request.adapter is not None  # a cache made with another adapter is no use
+            or not self.rates.known
+        ):
             decision = self._slots.pick(fleet, request)
-            if prompt is not None and isinstance(decision, Dispatch):
+            if prompt is not None and request.adapter is None and isinstance(decision, Dispatch):
                 self._predict(decision.backend_id, prompt, request)
             return decision
         pools = resolve_pools(fleet, request)
@@ -153,8 +159,10 @@ class PrefixPolicy:
         return Dispatch(winner.backend.id)
 
     def _accepts(self, backend: Backend, request: RequestInfo) -> bool:
-        return answers(backend, request) and all(
-            rule.accepts(backend, request) for rule in self.rules
+        return (
+            answers(backend, request)
+            and has_adapter(backend, request)
+            and all(rule.accepts(backend, request) for rule in self.rules)
         )
 
     def _score(self, backend: Backend, blocks: int, tokens: int) -> Scored:

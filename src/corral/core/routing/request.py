@@ -115,6 +115,9 @@ class RequestInfo:
     """The name of the tenant whose key it came with (never the key)."""
     size: int = 0
     """Its body's size in bytes (the buffer's admission counts them)."""
+    adapter: str | None = None
+    """The LoRA adapter the request names as its ``model`` (:meth:`Fleet.is_adapter`);
+    only servers that have it loaded may take the request. None: the base model."""
 
     @property
     def group(self) -> tuple[str | None, ...]:

@@ -19,6 +19,10 @@ wait for a slot:
 - ``wait(b)``: 0 with a free slot; for a busy server, the mean time a request runs
   there divided by its slots (the expected time until one of them ends).
 
+For a request that names a LoRA adapter, *adapter affinity* (:func:`adapter_affinity`)
+breaks ties: llama-server does not batch requests with different adapters together, so
+a server already running that adapter (and no other) serves it in the same batches.
+
 Token counts come from bytes of canonical text through a bytes-per-token ratio also
 learned from answers (:class:`TokenRatio`): the balancer does not tokenize.
 """
@@ -128,3 +132,14 @@ def estimated_ttft(
         return prefill
     slots = max(1, backend.slots_total)
     return prefill + rates.duration(backend.id) / slots
+
+
+def adapter_affinity(backend: Backend, adapter: str | None) -> int:
+    """How well a server's requests in flight (the balancer's) suit a request for
+    ``adapter`` (None: the base model), more is better: 2, it runs that adapter and no
+    other; 1, it runs nothing; 0, it runs requests of another adapter (or the base
+    model), which llama-server batches apart from this one."""
+    running = backend.running
+    if not running:
+        return 1
+    return 2 if len(running) == 1 and adapter in running else 0
