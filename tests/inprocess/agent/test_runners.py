@@ -130,4 +130,4 @@ async def test_llamacpp_reading_says_when_the_slots_read_began_and_ended():
     assert reading.status.slots_processing == 1
     # read again before the quiet gap ends: the same /slots answer, the same span
     reading = await runner.read(get, lambda: now[0])
-    assert (reading.began, reading.ended) == pytest.approx((100.03, 100.23))
+    assert (reading.began, reading.ended) == pytest.approx((100.04, 100.24))
