@@ -395,8 +395,8 @@ def run(
         started = time.monotonic()
         traffic.start()
         kinds = ["server", "agent", "balancer"]
-        while time.monotonic() - started + interval <= seconds:
-            time.sleep(max(0.0, interval - (time.monotonic() - started) % interval))
+        while (due := interval * (len(hits) + 1)) + down <= seconds:
+            time.sleep(max(0.0, due - (time.monotonic() - started)))
             hits.append(hit(fleet, kinds[len(hits) % 3], rng, down, started))
         time.sleep(max(0.0, seconds - (time.monotonic() - started)))
         traffic.stop()
