@@ -16,6 +16,8 @@ from typing import Any
 from corral.llamacpp import bundled_model, llama_server_command, llama_server_path
 from corral.llamacpp.process import free_port, spawn, terminate
 
+HAPROXY = "/usr/sbin/haproxy"
+
 
 def get_json(url: str, timeout: float = 2.0) -> tuple[int, Any]:
     try:
@@ -90,8 +92,11 @@ class Fleet:
         )
         return proc, port
 
-    def balancer(self, name: str = "balancer", *extra: str) -> tuple[Proc, int, int]:
-        inference, management = free_port(), free_port()
+    def balancer(
+        self, name: str = "balancer", *extra: str, ports: tuple[int, int] | None = None
+    ) -> tuple[Proc, int, int]:
+        """A balancer; ``ports``: (inference, management) to reuse (a restart)."""
+        inference, management = ports or (free_port(), free_port())
         proc = self._start(
             name,
             [
@@ -163,6 +168,13 @@ class Fleet:
         )  # fmt: skip
         wait_until(lambda: get_json(f"http://127.0.0.1:{port}/health")[0] == 200, 30, name)
         return proc, port
+
+    def haproxy(self, config: str) -> Proc:
+        """HAProxy in the foreground with ``config`` (a haproxy.cfg text)."""
+        path = self.logs / "haproxy.cfg"
+        path.write_text(config)
+        proc = self._start("haproxy", [HAPROXY, "-db", "-f", str(path)])
+        return proc
 
     def stop(self, failed: bool) -> None:
         for proc in reversed(self.procs):
