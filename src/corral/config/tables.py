@@ -526,7 +526,12 @@ UP = Schema(
     "up",
     "CORRAL_UP_",
     (
-        Setting("model", "GGUF file to serve", Path, default_text="the bundled Gemma 3 270M"),
+        Setting(
+            "model",
+            "GGUF file to serve",
+            Path,
+            default_text="the bundled Gemma 3 270M base, chatting as questions and answers",
+        ),
         Setting("agents", "number of llama-servers and agents", positive(int), default=2),
         Setting(
             "slots",
