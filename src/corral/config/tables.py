@@ -366,6 +366,13 @@ AGENT = Schema(
             addr,
         ),
         Setting(
+            "server_addr",
+            "HOST:PORT where the agent reads its server, whatever the runner (the same as "
+            "--local-llamacpp-addr); with a command after --, where that command makes "
+            "the server listen",
+            addr,
+        ),
+        Setting(
             "model",
             "model to serve (supervisor mode): a GGUF path, pkg:<python package> carrying "
             "one, or 'bundled' (Gemma 3 270M)",
