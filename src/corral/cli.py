@@ -158,13 +158,17 @@ def _agent_parser(sub: Any, environ: Mapping[str, str]) -> None:
         environ,
         config_files=True,
         help="run an agent beside a llama-server (or running one)",
-        usage="corral agent [options] [-- extra llama-server arguments]",
+        usage=("corral agent [options] [-- extra llama-server arguments | -- server command]"),
         description=(
-            "Watch one llama-server (its /health, /slots and /props) and report it to one "
-            "or more balancers, which then send it requests. Attach mode: "
-            "--local-llamacpp-addr names a running server. Supervisor mode: --model "
-            "makes the agent start llama-server itself, restart it after a crash and stop "
-            "it when the agent stops; arguments after -- go to llama-server."
+            "Watch one server (llama-server: its /health, /slots and /props; other "
+            "runners: docs/runners.md) and report it to one or more balancers, which then "
+            "send it requests. Attach mode: --server-addr (or --local-llamacpp-addr) "
+            "names a running server. Supervisor mode: --model makes the agent start "
+            "llama-server itself, restart it after a crash and stop it when the agent "
+            "stops; arguments after -- go to llama-server. Supervisor mode for any "
+            "runner: without --model, a command after -- is the server to run, and "
+            "--server-addr says where it listens (corral agent --runner vllm "
+            "--server-addr 127.0.0.1:8000 -- vllm serve MODEL --port 8000)."
         ),
     )
     p.set_defaults(func=_run_agent)
@@ -175,18 +179,18 @@ def _run_agent(args: argparse.Namespace) -> Coroutine[Any, Any, None]:
 
     if not args.management_addr:
         raise SystemExit("corral agent: give at least one --management-addr (a balancer)")
-    if (args.local_llamacpp_addr is None) == (args.model is None):
+    where = _server_addr(args)
+    if (where is None) == (args.model is None):
         raise SystemExit(
-            "corral agent: give --local-llamacpp-addr (a running llama-server) "
-            "or --model (the agent runs llama-server itself), not both"
+            "corral agent: give --server-addr (a running server, or where the command after "
+            "-- makes one listen) or --model (the agent runs llama-server itself), not both"
         )
     if args.model is not None and args.runner != "llamacpp":
         raise SystemExit(
-            f"corral agent: --model runs llama-server; a {args.runner} server is started by "
-            "you: give --local-llamacpp-addr HOST:PORT where it listens (docs/runners.md)"
+            f"corral agent: --model runs llama-server; to run a {args.runner} server, give "
+            "its command after -- and --server-addr HOST:PORT where it listens "
+            "(docs/runners.md)"
         )
-    if args.extra and args.model is None:
-        raise SystemExit("corral agent: arguments after -- are for a supervised server (--model)")
     if args.llamacpp_port is not None and args.model is None:
         raise SystemExit("corral agent: --llamacpp-port is for a supervised server (--model)")
     import socket
@@ -196,7 +200,10 @@ def _run_agent(args: argparse.Namespace) -> Coroutine[Any, Any, None]:
         server = _supervised_server(args)
         name = args.name or f"{socket.gethostname()}:{Path(args.model).stem}"
     else:
-        name = args.name or f"{socket.gethostname()}:{args.local_llamacpp_addr.port}"
+        assert where is not None
+        if args.extra:  # supervisor mode for any runner: the command after --
+            server = _command_server(args, where)
+        name = args.name or f"{socket.gethostname()}:{where.port}"
     idle = args.idle_slots_interval
     sleep = _sleep_idle_seconds(args.extra)
     if sleep > 0 and 0 < idle < sleep:
@@ -212,11 +219,41 @@ def _run_agent(args: argparse.Namespace) -> Coroutine[Any, Any, None]:
         vars(args),
         idle_slots_interval=idle,
         management_addrs=tuple(args.management_addr),
+        local_llamacpp_addr=where,
         name=name,
         llamacpp_api_key=args.llamacpp_api_key or None,
         agent_token=args.agent_token or None,
     )
     return run(config, server)
+
+
+def _server_addr(args: argparse.Namespace) -> Any:
+    """``--server-addr`` or its older name ``--local-llamacpp-addr`` (None: neither)."""
+    new, old = args.server_addr, args.local_llamacpp_addr
+    if new is not None and old is not None and new != old:
+        raise SystemExit(
+            f"corral agent: --server-addr {new} and --local-llamacpp-addr {old} differ; "
+            "they are one setting (give one)"
+        )
+    return new if new is not None else old
+
+
+def _command_server(args: argparse.Namespace, where: Any) -> Any:
+    """A supervisor for the server the command after ``--`` runs, read at ``where``."""
+    from corral.agent.runners import RUNNERS
+    from corral.agent.supervisor import CommandSettings, Supervisor
+
+    settings = CommandSettings(
+        command=tuple(args.extra),
+        port=where.port,
+        host=where.host,
+        ready_path=RUNNERS[args.runner].ready_path,
+    )
+    return Supervisor(
+        settings,
+        name=args.name or f"{settings.program}:{where.port}",
+        log_server_output=not args.quiet_server,
+    )
 
 
 def _sleep_idle_seconds(extra: Sequence[str]) -> float:

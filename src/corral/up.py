@@ -30,6 +30,7 @@ import aiohttp
 from corral.addr import Addr
 from corral.config import UP, default
 from corral.llamacpp import bundled_model, llama_server_path
+from corral.llamacpp.base_chat import base_model_args
 from corral.llamacpp.process import spawn, terminate
 
 log = logging.getLogger("corral.up")
@@ -99,6 +100,8 @@ class Fleet:
         if not model.is_file():
             raise SystemExit(f"corral up: model file not found: {model}")
         slots = cfg.slots or default_slots()
+        # the bundled model is a base model: chat as questions and answers (base_chat.py)
+        server_args = ["--", *base_model_args()] if cfg.model is None else []
         threads = max(1, (os.cpu_count() or 2) // cfg.agents)
         corral = [sys.executable, "-m", "corral"]
         level = ["--log-level", cfg.log_level]
@@ -129,6 +132,7 @@ class Fleet:
                     "--management-addr", str(cfg.management_addr),
                     "--name", f"local-{index}",
                     *level,
+                    *server_args,
                 ],
             )  # fmt: skip
         await self._wait_ready(cfg.agents * slots)
@@ -238,10 +242,20 @@ def stopping_message(in_flight: int | None, timeout: float) -> str:
 
 
 def banner(config: UpConfig, slots: int) -> str:
+    """What ``corral up`` prints once the fleet is ready: where it listens, and two
+    examples that answer sensibly from the bundled base model (a text completion, and
+    a chat question it answers under :mod:`corral.llamacpp.base_chat`'s template)."""
     api = config.inference_addr.url()
     mgmt = config.management_addr.url()
+    model = (
+        "the bundled Gemma 3 270M base model, a tiny test model: it continues text\n"
+        "and answers simple questions. Pass --model for a real one (README: the bundled model)."
+        if config.model is None
+        else str(config.model)
+    )
     return f"""
 Corral is up: {config.agents} llama-server(s) with {slots} slot(s) each, behind one balancer.
+Model: {model}
 
   Inference (llama.cpp and OpenAI API): {api}
   Dashboard:                            {mgmt}/dashboard
@@ -249,12 +263,12 @@ Corral is up: {config.agents} llama-server(s) with {slots} slot(s) each, behind 
 
 Try it:
 
-  curl {api}/v1/chat/completions -H 'Content-Type: application/json' \\
-    -d '{{"messages": [{{"role": "user", "content": "Say hello"}}], "max_tokens": 32}}'
+  curl {api}/v1/completions -H 'Content-Type: application/json' \\
+    -d '{{"prompt": "Once upon a time", "max_tokens": 32}}'
 
   python -c "from openai import OpenAI; c = OpenAI(base_url='{api}/v1', api_key='none'); \\
 print(c.chat.completions.create(model='any', max_tokens=32, \\
-messages=[{{'role': 'user', 'content': 'Say hello'}}]).choices[0].message.content)"
+messages=[{{'role': 'user', 'content': 'What do llamas eat?'}}]).choices[0].message.content)"
 
 Press Ctrl-C to stop everything.
 """

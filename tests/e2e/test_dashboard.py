@@ -51,11 +51,18 @@ def test_dashboard_is_live_and_the_playground_streams(fleet: Fleet):
         # the playground streams an answer from the real llama-server
         page.click('nav a[data-tab="playground"]')
         expect(page.locator("#p-model option")).to_have_count(1)
-        page.fill("#p-prompt", "Say hello")
+        # first as a text completion (the default: what a base model does), then chat
+        expect(page.locator("#p-mode")).to_have_value("complete")
+        page.fill("#p-prompt", "Once upon a time")
         page.fill("#p-max", "12")
         page.click("#p-send")
         expect(page.locator("#p-stats")).to_have_attribute("data-done", "1", timeout=60_000)
         expect(page.locator("#p-stats")).to_contain_text("time to first token")
+        assert page.locator("#answer").inner_text().strip()
+        page.select_option("#p-mode", "chat")
+        page.evaluate("document.getElementById('p-stats').removeAttribute('data-done')")
+        page.click("#p-send")
+        expect(page.locator("#p-stats")).to_have_attribute("data-done", "1", timeout=60_000)
         assert page.locator("#answer").inner_text().strip()
         if SHOTS:
             page.screenshot(path=str(SHOTS / "playground.png"))

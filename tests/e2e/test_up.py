@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -24,6 +25,22 @@ def children(pid: int) -> list[int]:
         for child in map(int, text):
             found += [child, *children(child)]
     return found
+
+
+def printed_examples(banner: str) -> list[str]:
+    """The shell commands under "Try it:", one per paragraph."""
+    block = banner.split("Try it:", 1)[1].split("Press Ctrl-C", 1)[0]
+    return [part.strip() for part in block.split("\n\n") if part.strip()]
+
+
+def run_example(command: str) -> str:
+    """Run a printed command in a shell, with this Python as ``python``; its stdout."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    done = subprocess.run(
+        ["bash", "-c", command], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert done.returncode == 0, (command, done.stdout, done.stderr)
+    return done.stdout
 
 
 def test_up_serves_and_stops_without_leaving_a_process():
@@ -49,6 +66,15 @@ def test_up_serves_and_stops_without_leaving_a_process():
         assert f"http://127.0.0.1:{inference}" in banner, banner
         assert "curl" in banner and "OpenAI(" in banner
         assert f"http://127.0.0.1:{management}/dashboard" in banner
+        assert "Gemma 3 270M base" in banner
+
+        # the examples it prints run as printed, and answer with text
+        examples = printed_examples(banner)
+        assert len(examples) == 2, banner
+        curl = run_example(examples[0])
+        assert json.loads(curl)["choices"][0]["text"].strip(), curl
+        chat = run_example(examples[1])
+        assert chat.strip() and "<|im_" not in chat and "<start_of_turn>" not in chat, chat
 
         status, health = get_json(f"http://127.0.0.1:{inference}/health")
         assert status == 200 and health["slots_idle"] == 2

@@ -131,12 +131,18 @@ def supervisor_info(server: ServerProcess) -> m.SupervisorInfo:
 
 
 class Agent:
-    """Watches one llama-server; in supervisor mode it also runs it (``server``)."""
+    """Watches one server; in supervisor mode it also runs it (``server``).
+
+    The server is read at ``config.local_llamacpp_addr``, or, when that is None, on
+    the supervised server's port on 127.0.0.1 (a llama-server the agent started on a
+    port of its choosing). A server run from a command line has both: the agent runs
+    it and reads it where the command makes it listen."""
 
     def __init__(self, config: AgentConfig, server: ServerProcess | None = None) -> None:
-        """Raises :class:`corral.tls.TLSError` when ``config.tls_ca`` cannot be used."""
-        if (config.local_llamacpp_addr is None) == (server is None):
-            raise ValueError("give either a local llama-server address or a server to run")
+        """Raises :class:`corral.tls.TLSError` when ``config.tls_ca`` cannot be used,
+        ValueError when there is neither an address to read nor a server to run."""
+        if config.local_llamacpp_addr is None and server is None:
+            raise ValueError("give a local server address, a server to run, or both")
         self.config = config
         self.ssl = (
             client_context(config.tls_ca) if config.tls or config.tls_ca is not None else None
@@ -179,7 +185,7 @@ class Agent:
     # ------------------------------------------------------------ monitor
     @property
     def local_url(self) -> str:
-        if self.server is not None:
+        if self.server is not None and self.config.local_llamacpp_addr is None:
             # between two runs of the server, its address stays the last one it had
             self._server_port = self.server.port or self._server_port
             return f"http://127.0.0.1:{self._server_port}"
@@ -476,6 +482,19 @@ class Agent:
         if self._applied is not None and self._applied.generation >= command.generation:
             return
         if self._apply_task is not None and not self._apply_task.done():
+            return
+        if not hasattr(getattr(self.server, "settings", None), "model"):
+            # a command line (--runner X -- COMMAND): nothing to change in it
+            self._failed_generation = command.generation
+            self._apply_issues = [
+                m.IssueInfo(
+                    "apply_failed",
+                    f"desired state {command.generation} not applied: this agent runs its "
+                    "server from a command line; a desired state applies to a llama-server "
+                    "the agent starts from --model",
+                )
+            ]
+            log.warning("%s", self._apply_issues[0].message)
             return
         self._apply_task = asyncio.create_task(self._apply(command))
         self._tasks.append(self._apply_task)

@@ -127,6 +127,9 @@ class ExitInfo:
     """It died before it was ever ready."""
     last_lines: tuple[str, ...]
     """The end of its output."""
+    program: str = "llama-server"
+    """What ran, for the crash message (a command line's program, see
+    :class:`corral.agent.supervisor.CommandSettings`)."""
 
     @property
     def status(self) -> str:
@@ -142,7 +145,7 @@ class ExitInfo:
 def crash_issue(exit: ExitInfo) -> IssueInfo:
     """The ``crashed`` issue for an unexpected exit, quoting the last lines."""
     when = " while loading" if exit.while_loading else ""
-    head = f"llama-server exited with status {exit.status}{when} after {exit.runtime:.1f}s"
+    head = f"{exit.program} exited with status {exit.status}{when} after {exit.runtime:.1f}s"
     quoted = [_clip(line, _MAX_QUOTED_LINE) for line in exit.last_lines[-ISSUE_LINES:]]
     tail = f"; last lines: {' | '.join(quoted)}" if quoted else "; it wrote nothing"
     return IssueInfo("crashed", _clip(head + tail, _MAX_MESSAGE))
@@ -179,6 +182,8 @@ class SupervisorState:
     """In BACKOFF: the seconds waited before the restart."""
     restart_at: float | None = None
     """In BACKOFF: when the restart is due."""
+    program: str = "llama-server"
+    """What the server process runs, for messages."""
 
     def __repr__(self) -> str:
         parts = [f"<Supervisor {self.name} {self.phase.name}"]
@@ -239,6 +244,7 @@ class SupervisorState:
             runtime=now - self.started_at,
             while_loading=self.phase is Phase.STARTING,
             last_lines=tuple(last_lines),
+            program=self.program,
         )
         self._back_off(crash_issue(self.last_exit), now)
 

@@ -1,4 +1,9 @@
-"""The supervisor: the agent's own llama-server, started, watched and restarted.
+"""The supervisor: the agent's own server, started, watched and restarted.
+
+It runs llama-server from :class:`ServerSettings` (``corral agent --model``), or any
+server from its own command line, :class:`CommandSettings` (``corral agent --runner
+vllm --server-addr 127.0.0.1:8000 -- vllm serve ...``), with the same restarts,
+backoff and stop.
 
 Theory of operation
 -------------------
@@ -92,6 +97,30 @@ class ServerSettings:
     without ``.gguf``."""
 
 
+@dataclass(frozen=True)
+class CommandSettings:
+    """How to run a server from its own command line (any runner: vLLM, SGLang, Ollama,
+    an OpenAI-compatible server, or llama-server with arguments of your own).
+
+    The command is run as it is (no shell); it must make the server listen on
+    ``host:port``, which the agent reads and balancers reach."""
+
+    command: tuple[str, ...]
+    """The program and its arguments."""
+    port: int
+    """Where the server listens (from ``--server-addr``)."""
+    host: str = "127.0.0.1"
+    """Where the server listens."""
+    ready_path: str = "/health"
+    """Polled while the server starts; 200 means it is up (the runner's
+    :attr:`~corral.agent.runners.Runner.ready_path`)."""
+
+    @property
+    def program(self) -> str:
+        """The program's file name, for messages."""
+        return Path(self.command[0]).name if self.command else "?"
+
+
 LLAMA_CACHE_RAM_MIB: Final = 8192
 """llama-server's own ``--cache-ram`` default in the pinned build (``--help``)."""
 
@@ -136,16 +165,16 @@ def _die_with_parent() -> Callable[[], None] | None:
     return preexec
 
 
-def _health_url(host: str, port: int) -> str:
+def _health_url(host: str, port: int, path: str = "/health") -> str:
     if host in ("", "0.0.0.0"):
         host = "127.0.0.1"
     elif host == "::":
         host = "::1"
-    return f"http://[{host}]:{port}/health" if ":" in host else f"http://{host}:{port}/health"
+    return f"http://[{host}]:{port}{path}" if ":" in host else f"http://{host}:{port}{path}"
 
 
 class Supervisor:
-    """Starts one llama-server, reports its state, restarts it after a crash.
+    """Starts one server, reports its state, restarts it after a crash.
 
     Example::
 
@@ -155,7 +184,8 @@ class Supervisor:
             print(server.port, server.load_time)
 
     Args:
-        settings: What to run.
+        settings: What to run: llama-server (:class:`ServerSettings`) or a command
+            line (:class:`CommandSettings`).
         name: The server's name, prefixed to its log lines.
         clock: Monotonic seconds; every timestamp in the state comes from it.
         log_server_output: Copy the server's output to the ``corral.llama-server``
@@ -168,7 +198,7 @@ class Supervisor:
 
     def __init__(
         self,
-        settings: ServerSettings,
+        settings: ServerSettings | CommandSettings,
         *,
         name: str,
         clock: Callable[[], float] = time.monotonic,
@@ -185,7 +215,7 @@ class Supervisor:
         self.health_interval = health_interval
         self._clock = clock
         self._on_change = on_change
-        self._state = SupervisorState(name, backoff or Backoff())
+        self._state = SupervisorState(name, backoff or Backoff(), program=self.program)
         self._last_port: int | None = None
         self._changed = asyncio.Event()
         self._process: asyncio.subprocess.Process | None = None
@@ -355,8 +385,18 @@ class Supervisor:
             await asyncio.sleep(max(0.0, restart_at - self._clock()))
             await self._launch()
 
+    @property
+    def program(self) -> str:
+        """What it runs, for messages: ``llama-server`` or the command's program."""
+        settings = self.settings
+        return settings.program if isinstance(settings, CommandSettings) else "llama-server"
+
     def _command(self, port: int) -> list[str]:
         settings = self.settings
+        if isinstance(settings, CommandSettings):
+            if not settings.command:
+                raise _StartFailed("no command to run")
+            return list(settings.command)
         try:
             binary = settings.binary or llama_server_path()
         except LlamaCppNotFound as exc:
@@ -384,7 +424,7 @@ class Supervisor:
         """The configured port; else the last port again when it is free, so the server
         keeps its address across restarts (balancers keep sending to it); else a fresh
         one. A configured port that is taken fails the start (llama-server says so)."""
-        if self.settings.port is not None:
+        if self.settings.port is not None:  # always so for a command line
             return self.settings.port
         last = self._last_port
         if last is not None:
@@ -413,7 +453,7 @@ class Supervisor:
                 limit=1 << 20,
             )
         except (_StartFailed, OSError) as exc:
-            self._state.start_failed(f"cannot start llama-server: {exc}", self._clock())
+            self._state.start_failed(f"cannot start {self.program}: {exc}", self._clock())
             self._notify()
             log.warning("%r: %s", self, self._state.issues[0].message)
             return
@@ -449,7 +489,9 @@ class Supervisor:
 
     async def _healthy(self) -> bool:
         assert self._session is not None and self._state.port is not None
-        url = _health_url(self.settings.host, self._state.port)
+        settings = self.settings
+        path = settings.ready_path if isinstance(settings, CommandSettings) else "/health"
+        url = _health_url(settings.host, self._state.port, path)
         try:
             async with self._session.get(url) as response:
                 return response.status == 200
@@ -484,6 +526,7 @@ class Supervisor:
 
 __all__ = [
     "LAST_LINES",
+    "CommandSettings",
     "ServerSettings",
     "Supervisor",
 ]

@@ -366,6 +366,13 @@ AGENT = Schema(
             addr,
         ),
         Setting(
+            "server_addr",
+            "HOST:PORT where the agent reads its server, whatever the runner (the same as "
+            "--local-llamacpp-addr); with a command after --, where that command makes "
+            "the server listen",
+            addr,
+        ),
+        Setting(
             "model",
             "model to serve (supervisor mode): a GGUF path, pkg:<python package> carrying "
             "one, or 'bundled' (Gemma 3 270M)",
@@ -526,7 +533,12 @@ UP = Schema(
     "up",
     "CORRAL_UP_",
     (
-        Setting("model", "GGUF file to serve", Path, default_text="the bundled Gemma 3 270M"),
+        Setting(
+            "model",
+            "GGUF file to serve",
+            Path,
+            default_text="the bundled Gemma 3 270M base, chatting as questions and answers",
+        ),
         Setting("agents", "number of llama-servers and agents", positive(int), default=2),
         Setting(
             "slots",

@@ -54,7 +54,23 @@ def test_sim_has_its_own_namespace(monkeypatch):
         (["agent", "--concurrency", "0"], "must be greater than 0"),
         (
             ["agent", "--management-addr", "b:1", "--model", "bundled", "--runner", "vllm"],
-            "a vllm server is started by you",
+            "to run a vllm server, give its command after --",
+        ),
+        (
+            [
+                "agent",
+                "--management-addr",
+                "b:1",
+                "--server-addr",
+                "h:1",
+                "--local-llamacpp-addr",
+                "h:2",
+            ],
+            "they are one setting",
+        ),
+        (
+            ["agent", "--management-addr", "b:1", "--runner", "vllm", "--", "vllm", "serve"],
+            "give --server-addr",
         ),
         (["launch"], "invalid choice"),
         (["bench", "http://x", "--users", "0"], "must be at least 1"),
@@ -148,3 +164,48 @@ def test_a_supervised_server_that_sleeps_is_not_kept_awake_by_slots_reads():
     assert _sleep_idle_seconds(["--sleep-idle-seconds", "-1"]) == 0  # llama.cpp: disabled
     assert _sleep_idle_seconds(["--sleep-idle-seconds"]) == 0
     assert _sleep_idle_seconds([]) == 0
+
+
+def test_a_command_after_dashes_is_the_server_the_agent_runs(monkeypatch):
+    """Supervisor mode for any runner: the command as given, read where it listens."""
+    from corral import cli
+    from corral.agent.supervisor import CommandSettings, Supervisor
+
+    captured = {}
+
+    async def fake_run(config, server=None):
+        captured.update(config=config, server=server)
+
+    monkeypatch.setattr("corral.agent.run", fake_run)
+    argv = ["agent", "--management-addr", "b:1", "--runner", "openai"]
+    argv += ["--server-addr", "127.0.0.1:8123"]
+    args = parse_args(argv)
+    args.extra = ["python", "-m", "corral", "sim"]  # what main() finds after --
+    import asyncio
+
+    asyncio.run(cli._run_agent(args))
+    server, config = captured["server"], captured["config"]
+    assert isinstance(server, Supervisor)
+    assert server.settings == CommandSettings(
+        command=("python", "-m", "corral", "sim"), port=8123, ready_path="/v1/models"
+    )
+    assert config.local_llamacpp_addr == Addr("127.0.0.1", 8123)
+    assert config.runner == "openai"
+
+
+def test_the_old_address_flag_still_names_the_server(monkeypatch):
+    from corral import cli
+
+    captured = {}
+
+    async def fake_run(config, server=None):
+        captured.update(config=config, server=server)
+
+    monkeypatch.setattr("corral.agent.run", fake_run)
+    import asyncio
+
+    args = parse_args(["agent", "--management-addr", "b:1", "--local-llamacpp-addr", "h:7"])
+    args.extra = []
+    asyncio.run(cli._run_agent(args))
+    assert captured["server"] is None
+    assert captured["config"].local_llamacpp_addr == Addr("h", 7)

@@ -103,7 +103,8 @@ def test_the_public_flags_and_env_names_stay():
         "--log-format": "CORRAL_LOG_FORMAT",
     }
     assert [s.flag for s in AGENT] == [
-        "--local-llamacpp-addr", "--model", "--slots", "--ctx-size", "--lora", "--cache-ram",
+        "--local-llamacpp-addr", "--server-addr", "--model", "--slots", "--ctx-size", "--lora",
+        "--cache-ram",
         "--threads",
         "--llama-server", "--llamacpp-port", "--quiet-server", "--external-llamacpp-addr",
         "--management-addr", "--name", "--llamacpp-api-key", "--agent-token",

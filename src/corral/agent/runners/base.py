@@ -99,6 +99,9 @@ class Runner(abc.ABC):
     """The API families the server answers (``openai``, ``llamacpp``, ``ollama``); the
     balancer sends a route only to servers that answer its family
     (:mod:`corral.core.endpoints`)."""
+    ready_path: ClassVar[str] = "/health"
+    """What a supervisor polls while the server starts (200: it is up), when the agent
+    runs the server from a command line (:class:`corral.agent.supervisor.CommandSettings`)."""
     default_concurrency: ClassVar[int] = 1
     """Slots reported when :attr:`RunnerOptions.concurrency` is not given: the
     server's own documented default."""

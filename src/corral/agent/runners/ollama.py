@@ -101,6 +101,7 @@ class OllamaRunner(Runner):
 
     name: ClassVar[str] = "ollama"
     apis: ClassVar[tuple[str, ...]] = ("openai", "ollama")
+    ready_path: ClassVar[str] = "/api/version"
     default_concurrency: ClassVar[int] = 1
     """Ollama's default ``OLLAMA_NUM_PARALLEL``."""
 

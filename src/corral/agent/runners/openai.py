@@ -52,6 +52,7 @@ class OpenAIRunner(Runner):
 
     name: ClassVar[str] = "openai"
     apis: ClassVar[tuple[str, ...]] = ("openai",)
+    ready_path: ClassVar[str] = "/v1/models"
     default_concurrency: ClassVar[int] = 1
 
     async def read(self, get: Get, clock: Clock) -> Reading:
