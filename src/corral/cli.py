@@ -462,7 +462,12 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) ->
 
 
 def _run(coro: Coroutine[Any, Any, int | None]) -> int | None:
-    """Run until done or until SIGINT/SIGTERM, which stop it gracefully; its result."""
+    """Run until done or until SIGINT/SIGTERM, which stop it gracefully; its result.
+
+    The first signal cancels the command's task (its ``finally`` stops it in order and
+    says what it waits for: :mod:`corral.shutdown`); a second one stops the process at
+    once (exit status 128 + the signal's number), as uvicorn's does. A supervised
+    llama-server dies with it (``PR_SET_PDEATHSIG``)."""
     loop_factory = None
     try:
         import uvloop
@@ -473,8 +478,23 @@ def _run(coro: Coroutine[Any, Any, int | None]) -> int | None:
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         loop = runner.get_loop()
         task = loop.create_task(coro)
+        asked = 0
+
+        def stop(sig: signal.Signals) -> None:
+            nonlocal asked
+            asked += 1
+            if asked == 1:
+                task.cancel()
+                return
+            name = "Ctrl-C" if sig is signal.SIGINT else sig.name
+            log.warning("Second %s: stopping at once.", name)
+            for handler in logging.getLogger().handlers:
+                handler.flush()
+            sys.stdout.flush()
+            os._exit(128 + sig.value)
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, task.cancel)
+            loop.add_signal_handler(sig, stop, sig)
         try:
             return loop.run_until_complete(task)
         except asyncio.CancelledError:

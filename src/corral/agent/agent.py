@@ -38,6 +38,7 @@ from corral.agent.runners import Fetched, Runner, RunnerOptions, make_runner
 from corral.config import AGENT, default
 from corral.core.fleet import Condition
 from corral.protocol import messages as m
+from corral.shutdown import requests, talking
 from corral.tls import TLSError, client_context
 
 log = logging.getLogger("corral.agent")
@@ -588,6 +589,22 @@ class Agent:
         if self._session is not None:
             await self._session.close()
 
+    @property
+    def stop_timeout(self) -> float:
+        """Seconds :meth:`stop` may take at most: its server's SIGTERM-to-SIGKILL wait."""
+        return float(getattr(self.server, "stop_timeout", 0.0)) if self.server else 0.0
+
+    def waiting_for(self) -> str | None:
+        """What :meth:`stop` waits for now, in words; None for nothing (an attached
+        server is not the agent's to stop, and a stopped one is gone)."""
+        if self.server is None or self.server.pid is None:
+            return None
+        busy = self.status.slots_processing
+        what = f"llama-server (pid {self.server.pid})"
+        if busy:
+            return f"{what} to finish its {requests(busy)} in flight and exit"
+        return f"{what} to exit"
+
     def __repr__(self) -> str:
         s = self.status
         return (
@@ -624,4 +641,6 @@ async def run(config: AgentConfig, server: ServerProcess | None = None) -> None:
     try:
         await asyncio.Event().wait()
     finally:
-        await agent.stop()
+        # says what the stop waits for, with a countdown (a second Ctrl-C: corral.cli._run)
+        async with talking("the agent", agent.waiting_for, agent.stop_timeout):
+            await agent.stop()
