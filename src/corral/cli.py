@@ -175,9 +175,9 @@ def _run_agent(args: argparse.Namespace) -> Coroutine[Any, Any, None]:
         raise SystemExit("corral agent: --llamacpp-port is for a supervised server (--model)")
     import socket
 
-    server = None
+    server = copy = None
     if args.model is not None:
-        server = _supervised_server(args)
+        server, copy = _supervised_server(args)
         name = args.name or f"{socket.gethostname()}:{Path(args.model).stem}"
     else:
         name = args.name or f"{socket.gethostname()}:{args.local_llamacpp_addr.port}"
@@ -200,7 +200,7 @@ def _run_agent(args: argparse.Namespace) -> Coroutine[Any, Any, None]:
         llamacpp_api_key=args.llamacpp_api_key or None,
         agent_token=args.agent_token or None,
     )
-    return run(config, server)
+    return run(config, server, copy)
 
 
 def _sleep_idle_seconds(extra: Sequence[str]) -> float:
@@ -219,13 +219,15 @@ def _sleep_idle_seconds(extra: Sequence[str]) -> float:
     return 0.0
 
 
-def _supervised_server(args: argparse.Namespace) -> Any:
+def _supervised_server(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The supervisor of ``--model``, and the model's copy into the cache to make before
+    it starts (None: nothing to copy); the agent makes it, reporting its progress."""
     from corral.agent.supervisor import ServerSettings, Supervisor, default_cache_ram_mib
     from corral.llamacpp import LlamaCppNotFound, llama_server_path
-    from corral.llamacpp.sources import ModelSourceError, resolve
+    from corral.llamacpp.sources import ModelSourceError, plan
 
     try:
-        model = resolve(args.model)
+        model, copy = plan(args.model)
         binary = llama_server_path(args.llama_server)
     except (ModelSourceError, LlamaCppNotFound) as exc:
         raise SystemExit(f"corral agent: --model {args.model}: {exc}") from None
@@ -242,9 +244,10 @@ def _supervised_server(args: argparse.Namespace) -> Any:
         host=args.llamacpp_host,
         alias=args.model_alias or None,
     )
-    return Supervisor(
+    server = Supervisor(
         settings, name=args.name or model.stem, log_server_output=not args.quiet_server
     )
+    return server, copy
 
 
 # --------------------------------------------------------------------- sim

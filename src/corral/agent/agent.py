@@ -26,7 +26,7 @@ import random
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import aiohttp
 import msgspec
@@ -37,6 +37,7 @@ from corral.agent.probes import ProbeListener
 from corral.agent.runners import Fetched, Runner, RunnerOptions, make_runner
 from corral.config import AGENT, default
 from corral.core.fleet import Condition
+from corral.llamacpp.sources import Copy
 from corral.protocol import messages as m
 from corral.shutdown import requests, talking
 from corral.tls import TLSError, client_context
@@ -119,23 +120,62 @@ class ServerProcess(Protocol):
     async def wait_changed(self) -> None: ...
 
 
-def supervisor_info(server: ServerProcess) -> m.SupervisorInfo:
+def supervisor_info(server: ServerProcess, copy: CopyState | None = None) -> m.SupervisorInfo:
+    """What the agent reports of its server: its lifecycle, and the step of a start
+    (``copying`` the model while ``copy`` runs, then ``loading`` until ready)."""
     load = server.load_time
     last = server.last_exit
+    state = server.phase.value
+    step: Literal["copying", "loading"] | None = "loading" if state == "starting" else None
+    copied = total = copy_time = None
+    if copy is not None:
+        copy_time = copy.seconds
+        if copy.running:  # the server is not started yet
+            state, step, copied, total = "starting", "copying", copy.done, copy.total
     return m.SupervisorInfo(
-        state=server.phase.value,
+        state=state,
         restarts=server.restarts,
         load_time_s=round(load, 3) if load is not None else None,
         pid=server.pid,
         last_crash=crash_issue(last).message if last is not None else None,
+        step=step,
+        copied_bytes=copied,
+        copy_bytes=total,
+        copy_time_s=round(copy_time, 3) if copy_time is not None else None,
     )
+
+
+@dataclass
+class CopyState:
+    """The copy of the model into the cache before its server starts (supervisor mode)."""
+
+    done: int = 0
+    """Bytes copied so far."""
+    total: int | None = None
+    """The model's size in bytes, if known."""
+    seconds: float | None = None
+    """How long it took, once it is over (0: nothing was copied); None while it runs."""
+    error: str | None = None
+    """Why it failed (then the server is not started)."""
+
+    @property
+    def running(self) -> bool:
+        return self.seconds is None and self.error is None
 
 
 class Agent:
     """Watches one llama-server; in supervisor mode it also runs it (``server``)."""
 
-    def __init__(self, config: AgentConfig, server: ServerProcess | None = None) -> None:
-        """Raises :class:`corral.tls.TLSError` when ``config.tls_ca`` cannot be used."""
+    def __init__(
+        self,
+        config: AgentConfig,
+        server: ServerProcess | None = None,
+        copy: Copy | None = None,
+    ) -> None:
+        """``copy``: the model's copy into the cache to make before ``server`` starts
+        (:func:`corral.llamacpp.sources.plan`); the agent reports its progress.
+
+        Raises :class:`corral.tls.TLSError` when ``config.tls_ca`` cannot be used."""
         if (config.local_llamacpp_addr is None) == (server is None):
             raise ValueError("give either a local llama-server address or a server to run")
         self.config = config
@@ -144,6 +184,11 @@ class Agent:
         )
         """How links verify balancers (None: plain ``ws://``)."""
         self.server = server
+        self._copy = copy
+        self._copy_poll: asyncio.Task[m.ServerStatus] | None = None
+        self.copy: CopyState | None = None
+        """The model's copy into the cache (supervisor mode; None: the model is a local
+        file, nothing is copied)."""
         self.status = m.ServerStatus(condition=Condition.LOADING, issues=[])
         self._changed = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
@@ -241,8 +286,12 @@ class Agent:
 
     def _with_supervisor(self, status: m.ServerStatus) -> m.ServerStatus:
         assert self.server is not None
-        info = supervisor_info(self.server)
+        info = supervisor_info(self.server, self.copy)
         issues = [*self._apply_issues, *self.server.issues, *status.issues]
+        if self.copy is not None and self.copy.error is not None:
+            issues.insert(
+                0, m.IssueInfo("copy_failed", f"copying the model failed: {self.copy.error}")
+            )
         if info.state == "ready" and not self._applying:
             settings = getattr(self.server, "settings", None)
             return msgspec.structs.replace(
@@ -568,12 +617,51 @@ class Agent:
             timeout=aiohttp.ClientTimeout(total=self.config.read_timeout)
         )
         if self.server is not None:
-            await self.server.start()
+            if self._copy is None:
+                await self.server.start()
+            else:
+                self.copy = CopyState()  # reported as copying from the first status on
         await self.poll()
         self._monitor_task = asyncio.create_task(self._monitor())
         self._tasks.append(self._monitor_task)
         for addr in self.config.management_addrs:
             self._tasks.append(asyncio.create_task(self._link(addr)))
+        if self.server is not None and self._copy is not None:
+            self._tasks.append(asyncio.create_task(self._copy_then_start(self._copy)))
+
+    async def _copy_then_start(self, copy: Copy) -> None:
+        """Copy the model into the cache (in a thread), reporting its progress to the
+        balancers, then start the server on the copy. A failed copy is reported as a
+        ``copy_failed`` issue (condition error); the server is not started."""
+        from corral.llamacpp.sources import ModelSourceError
+
+        server: Any = self.server
+        loop = asyncio.get_running_loop()
+        state = self.copy = self.copy or CopyState()
+        started = loop.time()
+
+        def progress(done: int, total: int | None) -> None:  # on the copy's thread
+            loop.call_soon_threadsafe(self._copied, done, total)
+
+        await self.poll()
+        try:
+            path = await asyncio.to_thread(copy, progress)
+        except ModelSourceError as exc:
+            log.error("copying the model failed: %s", exc)
+            state.error = str(exc)
+            await self.poll()
+            return
+        state.seconds = loop.time() - started
+        log.info("model copied into the cache in %.2fs: %s", state.seconds, path)
+        server.settings = dataclasses.replace(server.settings, model=path)
+        await server.start()
+        await self.poll()
+
+    def _copied(self, done: int, total: int | None) -> None:
+        if self.copy is not None and self.copy.running:
+            self.copy.done, self.copy.total = done, total
+            if self._copy_poll is None or self._copy_poll.done():  # one poll at a time
+                self._copy_poll = asyncio.create_task(self.poll())
 
     async def stop(self) -> None:
         if self.probes is not None:  # listeners first: probes then fail to connect
@@ -632,9 +720,13 @@ def settings_for(state: m.DesiredState, current: Any) -> Any:
     )
 
 
-async def run(config: AgentConfig, server: ServerProcess | None = None) -> None:
+async def run(
+    config: AgentConfig, server: ServerProcess | None = None, copy: Copy | None = None
+) -> None:
+    """Run an agent until cancelled (the CLI cancels on SIGINT/SIGTERM); ``copy``: see
+    :class:`Agent`. Raises SystemExit when it cannot start or its model's copy fails."""
     try:
-        agent = Agent(config, server)
+        agent = Agent(config, server, copy)
     except TLSError as exc:
         raise SystemExit(f"corral agent: {exc}") from None
     await agent.start()
