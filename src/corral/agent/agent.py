@@ -37,7 +37,7 @@ from corral.agent.probes import ProbeListener
 from corral.agent.runners import Fetched, Runner, RunnerOptions, make_runner
 from corral.config import AGENT, default
 from corral.core.fleet import Condition
-from corral.llamacpp.sources import Copy
+from corral.llamacpp.sources import PROGRESS_EVERY, Copy
 from corral.protocol import messages as m
 from corral.shutdown import requests, talking
 from corral.tls import TLSError, client_context
@@ -185,7 +185,6 @@ class Agent:
         """How links verify balancers (None: plain ``ws://``)."""
         self.server = server
         self._copy = copy
-        self._copy_poll: asyncio.Task[m.ServerStatus] | None = None
         self.copy: CopyState | None = None
         """The model's copy into the cache (supervisor mode; None: the model is a local
         file, nothing is copied)."""
@@ -640,12 +639,18 @@ class Agent:
         state = self.copy = self.copy or CopyState()
         started = loop.time()
 
+        told: list[tuple[int, int | None]] = []
+
         def progress(done: int, total: int | None) -> None:  # on the copy's thread
-            loop.call_soon_threadsafe(self._copied, done, total)
+            told.append((done, total))  # read, and published, by the loop below
 
         await self.poll()
+        copying = asyncio.ensure_future(asyncio.to_thread(copy, progress))
         try:
-            path = await asyncio.to_thread(copy, progress)
+            while not (await asyncio.wait({copying}, timeout=PROGRESS_EVERY))[0]:
+                if told:
+                    self._copied(*told[-1])
+            path = copying.result()
         except ModelSourceError as exc:
             log.error("copying the model failed: %s", exc)
             state.error = str(exc)
@@ -658,10 +663,16 @@ class Agent:
         await self.poll()
 
     def _copied(self, done: int, total: int | None) -> None:
-        if self.copy is not None and self.copy.running:
-            self.copy.done, self.copy.total = done, total
-            if self._copy_poll is None or self._copy_poll.done():  # one poll at a time
-                self._copy_poll = asyncio.create_task(self.poll())
+        """The copy's progress, published at once: while copying, the status is the
+        copy's (there is no server to read), so no read is needed and none is skipped."""
+        if self.copy is None or not self.copy.running:
+            return
+        self.copy.done, self.copy.total = done, total
+        status = self._with_supervisor(self._stamped(m.ServerStatus(condition=Condition.LOADING)))
+        if status != self.status:
+            self.status = status
+            self.status_read_at = asyncio.get_running_loop().time()
+            self._notify()
 
     async def stop(self) -> None:
         if self.probes is not None:  # listeners first: probes then fail to connect

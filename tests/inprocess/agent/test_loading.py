@@ -63,15 +63,15 @@ async def test_the_balancer_sees_copying_with_bytes_then_loading_then_both_times
     balancer = await harness.balancer()
     target = tmp_path / "cache" / "models" / "m.gguf"
 
-    def write(path: Path) -> None:  # a copy that takes a while: 4 MB in 1.2 s
+    def write(path: Path) -> None:  # a copy that takes a while: 8 MB in 2.4 s
         with path.open("wb") as file:
-            for _ in range(4):
+            for _ in range(8):
                 file.write(b"\0" * MB)
                 file.flush()
                 time.sleep(0.3)
 
     def copy(progress: Progress | None) -> Path:
-        return cache_atomically(target, write, total=4 * MB, progress=progress)
+        return cache_atomically(target, write, total=8 * MB, progress=progress)
 
     seen: list[dict[str, Any]] = []  # every report the balancer takes in
     report = balancer.fleet.report
@@ -93,13 +93,13 @@ async def test_the_balancer_sees_copying_with_bytes_then_loading_then_both_times
     copying = [s for s in seen if s.get("step") == "copying"]
     assert copying, seen
     assert all(s["state"] == "starting" and s["_state"] == "loading" for s in copying)
-    assert {s.get("copy_bytes") for s in copying} <= {None, 4 * MB}  # None: not told yet
-    assert any(0 < s["copied_bytes"] < 4 * MB for s in copying), copying  # progress, live
+    assert {s.get("copy_bytes") for s in copying} <= {None, 8 * MB}  # None: not told yet
+    assert any(0 < s["copied_bytes"] < 8 * MB for s in copying), copying  # progress, live
     steps = [s.get("step") for s in seen]
     assert "loading" in steps[steps.index("copying") :], steps  # then it loads
     done = seen[-1]
     assert "step" not in done and "copied_bytes" not in done
-    assert 1.1 <= done["copy_time_s"] < 10
+    assert 2.3 <= done["copy_time_s"] < 15
     assert 0.7 <= done["load_time_s"] < 10
     started_with = json.loads((tmp_path / "args.json").read_text())
     assert started_with[started_with.index("--model") + 1] == str(target)  # the copy
