@@ -195,9 +195,9 @@ def _run_agent(args: argparse.Namespace) -> Coroutine[Any, Any, None]:
         raise SystemExit("corral agent: --llamacpp-port is for a supervised server (--model)")
     import socket
 
-    server = None
+    server = copy = None
     if args.model is not None:
-        server = _supervised_server(args)
+        server, copy = _supervised_server(args)
         name = args.name or f"{socket.gethostname()}:{Path(args.model).stem}"
     else:
         assert where is not None
@@ -224,7 +224,7 @@ def _run_agent(args: argparse.Namespace) -> Coroutine[Any, Any, None]:
         llamacpp_api_key=args.llamacpp_api_key or None,
         agent_token=args.agent_token or None,
     )
-    return run(config, server)
+    return run(config, server, copy)
 
 
 def _server_addr(args: argparse.Namespace) -> Any:
@@ -272,13 +272,15 @@ def _sleep_idle_seconds(extra: Sequence[str]) -> float:
     return 0.0
 
 
-def _supervised_server(args: argparse.Namespace) -> Any:
+def _supervised_server(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The supervisor of ``--model``, and the model's copy into the cache to make before
+    it starts (None: nothing to copy); the agent makes it, reporting its progress."""
     from corral.agent.supervisor import ServerSettings, Supervisor, default_cache_ram_mib
     from corral.llamacpp import LlamaCppNotFound, llama_server_path
-    from corral.llamacpp.sources import ModelSourceError, resolve
+    from corral.llamacpp.sources import ModelSourceError, plan
 
     try:
-        model = resolve(args.model)
+        model, copy = plan(args.model)
         binary = llama_server_path(args.llama_server)
     except (ModelSourceError, LlamaCppNotFound) as exc:
         raise SystemExit(f"corral agent: --model {args.model}: {exc}") from None
@@ -296,9 +298,10 @@ def _supervised_server(args: argparse.Namespace) -> Any:
         host=args.llamacpp_host,
         alias=args.model_alias or None,
     )
-    return Supervisor(
+    server = Supervisor(
         settings, name=args.name or model.stem, log_server_output=not args.quiet_server
     )
+    return server, copy
 
 
 # --------------------------------------------------------------------- sim
@@ -516,7 +519,12 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) ->
 
 
 def _run(coro: Coroutine[Any, Any, int | None]) -> int | None:
-    """Run until done or until SIGINT/SIGTERM, which stop it gracefully; its result."""
+    """Run until done or until SIGINT/SIGTERM, which stop it gracefully; its result.
+
+    The first signal cancels the command's task (its ``finally`` stops it in order and
+    says what it waits for: :mod:`corral.shutdown`); a second one stops the process at
+    once (exit status 128 + the signal's number), as uvicorn's does. A supervised
+    llama-server dies with it (``PR_SET_PDEATHSIG``)."""
     loop_factory = None
     try:
         import uvloop
@@ -527,8 +535,23 @@ def _run(coro: Coroutine[Any, Any, int | None]) -> int | None:
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         loop = runner.get_loop()
         task = loop.create_task(coro)
+        asked = 0
+
+        def stop(sig: signal.Signals) -> None:
+            nonlocal asked
+            asked += 1
+            if asked == 1:
+                task.cancel()
+                return
+            name = "Ctrl-C" if sig is signal.SIGINT else sig.name
+            log.warning("Second %s: stopping at once.", name)
+            for handler in logging.getLogger().handlers:
+                handler.flush()
+            sys.stdout.flush()
+            os._exit(128 + sig.value)
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, task.cancel)
+            loop.add_signal_handler(sig, stop, sig)
         try:
             return loop.run_until_complete(task)
         except asyncio.CancelledError:

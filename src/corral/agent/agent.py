@@ -26,7 +26,7 @@ import random
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import aiohttp
 import msgspec
@@ -37,7 +37,9 @@ from corral.agent.probes import ProbeListener
 from corral.agent.runners import Fetched, Runner, RunnerOptions, make_runner
 from corral.config import AGENT, default
 from corral.core.fleet import Condition
+from corral.llamacpp.sources import PROGRESS_EVERY, Copy
 from corral.protocol import messages as m
+from corral.shutdown import requests, talking
 from corral.tls import TLSError, client_context
 
 log = logging.getLogger("corral.agent")
@@ -118,16 +120,47 @@ class ServerProcess(Protocol):
     async def wait_changed(self) -> None: ...
 
 
-def supervisor_info(server: ServerProcess) -> m.SupervisorInfo:
+def supervisor_info(server: ServerProcess, copy: CopyState | None = None) -> m.SupervisorInfo:
+    """What the agent reports of its server: its lifecycle, and the step of a start
+    (``copying`` the model while ``copy`` runs, then ``loading`` until ready)."""
     load = server.load_time
     last = server.last_exit
+    state = server.phase.value
+    step: Literal["copying", "loading"] | None = "loading" if state == "starting" else None
+    copied = total = copy_time = None
+    if copy is not None:
+        copy_time = copy.seconds
+        if copy.running:  # the server is not started yet
+            state, step, copied, total = "starting", "copying", copy.done, copy.total
     return m.SupervisorInfo(
-        state=server.phase.value,
+        state=state,
         restarts=server.restarts,
         load_time_s=round(load, 3) if load is not None else None,
         pid=server.pid,
         last_crash=crash_issue(last).message if last is not None else None,
+        step=step,
+        copied_bytes=copied,
+        copy_bytes=total,
+        copy_time_s=round(copy_time, 3) if copy_time is not None else None,
     )
+
+
+@dataclass
+class CopyState:
+    """The copy of the model into the cache before its server starts (supervisor mode)."""
+
+    done: int = 0
+    """Bytes copied so far."""
+    total: int | None = None
+    """The model's size in bytes, if known."""
+    seconds: float | None = None
+    """How long it took, once it is over (0: nothing was copied); None while it runs."""
+    error: str | None = None
+    """Why it failed (then the server is not started)."""
+
+    @property
+    def running(self) -> bool:
+        return self.seconds is None and self.error is None
 
 
 class Agent:
@@ -138,8 +171,16 @@ class Agent:
     port of its choosing). A server run from a command line has both: the agent runs
     it and reads it where the command makes it listen."""
 
-    def __init__(self, config: AgentConfig, server: ServerProcess | None = None) -> None:
-        """Raises :class:`corral.tls.TLSError` when ``config.tls_ca`` cannot be used,
+    def __init__(
+        self,
+        config: AgentConfig,
+        server: ServerProcess | None = None,
+        copy: Copy | None = None,
+    ) -> None:
+        """``copy``: the model's copy into the cache to make before ``server`` starts
+        (:func:`corral.llamacpp.sources.plan`); the agent reports its progress.
+
+        Raises :class:`corral.tls.TLSError` when ``config.tls_ca`` cannot be used,
         ValueError when there is neither an address to read nor a server to run."""
         if config.local_llamacpp_addr is None and server is None:
             raise ValueError("give a local server address, a server to run, or both")
@@ -149,6 +190,10 @@ class Agent:
         )
         """How links verify balancers (None: plain ``ws://``)."""
         self.server = server
+        self._copy = copy
+        self.copy: CopyState | None = None
+        """The model's copy into the cache (supervisor mode; None: the model is a local
+        file, nothing is copied)."""
         self.status = m.ServerStatus(condition=Condition.LOADING, issues=[])
         self._changed = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
@@ -253,8 +298,12 @@ class Agent:
 
     def _with_supervisor(self, status: m.ServerStatus) -> m.ServerStatus:
         assert self.server is not None
-        info = supervisor_info(self.server)
+        info = supervisor_info(self.server, self.copy)
         issues = [*self._apply_issues, *self.server.issues, *status.issues]
+        if self.copy is not None and self.copy.error is not None:
+            issues.insert(
+                0, m.IssueInfo("copy_failed", f"copying the model failed: {self.copy.error}")
+            )
         if info.state == "ready" and not self._applying:
             settings = getattr(self.server, "settings", None)
             return msgspec.structs.replace(
@@ -602,12 +651,63 @@ class Agent:
             timeout=aiohttp.ClientTimeout(total=self.config.read_timeout)
         )
         if self.server is not None:
-            await self.server.start()
+            if self._copy is None:
+                await self.server.start()
+            else:
+                self.copy = CopyState()  # reported as copying from the first status on
         await self.poll()
         self._monitor_task = asyncio.create_task(self._monitor())
         self._tasks.append(self._monitor_task)
         for addr in self.config.management_addrs:
             self._tasks.append(asyncio.create_task(self._link(addr)))
+        if self.server is not None and self._copy is not None:
+            self._tasks.append(asyncio.create_task(self._copy_then_start(self._copy)))
+
+    async def _copy_then_start(self, copy: Copy) -> None:
+        """Copy the model into the cache (in a thread), reporting its progress to the
+        balancers, then start the server on the copy. A failed copy is reported as a
+        ``copy_failed`` issue (condition error); the server is not started."""
+        from corral.llamacpp.sources import ModelSourceError
+
+        server: Any = self.server
+        loop = asyncio.get_running_loop()
+        state = self.copy = self.copy or CopyState()
+        started = loop.time()
+
+        told: list[tuple[int, int | None]] = []
+
+        def progress(done: int, total: int | None) -> None:  # on the copy's thread
+            told.append((done, total))  # read, and published, by the loop below
+
+        await self.poll()
+        copying = asyncio.ensure_future(asyncio.to_thread(copy, progress))
+        try:
+            while not (await asyncio.wait({copying}, timeout=PROGRESS_EVERY))[0]:
+                if told:
+                    self._copied(*told[-1])
+            path = copying.result()
+        except ModelSourceError as exc:
+            log.error("copying the model failed: %s", exc)
+            state.error = str(exc)
+            await self.poll()
+            return
+        state.seconds = loop.time() - started
+        log.info("model copied into the cache in %.2fs: %s", state.seconds, path)
+        server.settings = dataclasses.replace(server.settings, model=path)
+        await server.start()
+        await self.poll()
+
+    def _copied(self, done: int, total: int | None) -> None:
+        """The copy's progress, published at once: while copying, the status is the
+        copy's (there is no server to read), so no read is needed and none is skipped."""
+        if self.copy is None or not self.copy.running:
+            return
+        self.copy.done, self.copy.total = done, total
+        status = self._with_supervisor(self._stamped(m.ServerStatus(condition=Condition.LOADING)))
+        if status != self.status:
+            self.status = status
+            self.status_read_at = asyncio.get_running_loop().time()
+            self._notify()
 
     async def stop(self) -> None:
         if self.probes is not None:  # listeners first: probes then fail to connect
@@ -622,6 +722,22 @@ class Agent:
             await self.server.stop()
         if self._session is not None:
             await self._session.close()
+
+    @property
+    def stop_timeout(self) -> float:
+        """Seconds :meth:`stop` may take at most: its server's SIGTERM-to-SIGKILL wait."""
+        return float(getattr(self.server, "stop_timeout", 0.0)) if self.server else 0.0
+
+    def waiting_for(self) -> str | None:
+        """What :meth:`stop` waits for now, in words; None for nothing (an attached
+        server is not the agent's to stop, and a stopped one is gone)."""
+        if self.server is None or self.server.pid is None:
+            return None
+        busy = self.status.slots_processing
+        what = f"llama-server (pid {self.server.pid})"
+        if busy:
+            return f"{what} to finish its {requests(busy)} in flight and exit"
+        return f"{what} to exit"
 
     def __repr__(self) -> str:
         s = self.status
@@ -651,13 +767,19 @@ def settings_for(state: m.DesiredState, current: Any) -> Any:
     )
 
 
-async def run(config: AgentConfig, server: ServerProcess | None = None) -> None:
+async def run(
+    config: AgentConfig, server: ServerProcess | None = None, copy: Copy | None = None
+) -> None:
+    """Run an agent until cancelled (the CLI cancels on SIGINT/SIGTERM); ``copy``: see
+    :class:`Agent`. Raises SystemExit when it cannot start or its model's copy fails."""
     try:
-        agent = Agent(config, server)
+        agent = Agent(config, server, copy)
     except TLSError as exc:
         raise SystemExit(f"corral agent: {exc}") from None
     await agent.start()
     try:
         await asyncio.Event().wait()
     finally:
-        await agent.stop()
+        # says what the stop waits for, with a countdown (a second Ctrl-C: corral.cli._run)
+        async with talking("the agent", agent.waiting_for, agent.stop_timeout):
+            await agent.stop()

@@ -42,6 +42,7 @@ from corral.core.fleet import Fleet
 from corral.core.queueing import QueueOptions, Tenant, make_queue
 from corral.core.routing import RoutingOptions, make_policy
 from corral.core.scheduler import Scheduler
+from corral.shutdown import requests, talking
 from corral.tls import TLSError, server_context
 
 log = logging.getLogger("corral.balancer")
@@ -359,6 +360,11 @@ class Balancer:
             self._pool.close()
         log.info("balancer stopped")
 
+    @property
+    def in_flight(self) -> int:
+        """Requests the inference listener is handling now (0 once it stopped)."""
+        return self._inference.in_flight if self._inference is not None else 0
+
     def __repr__(self) -> str:
         ports = f"inference=:{self.inference_port} management=:{self.management_port}"
         return f"<Balancer {ports} {self.fleet!r}>"
@@ -374,4 +380,11 @@ async def run(config: BalancerConfig) -> None:
     try:
         await asyncio.Event().wait()
     finally:
-        await balancer.stop()
+        # says what the stop waits for, with a countdown (a second Ctrl-C: corral.cli._run)
+        async with talking("the balancer", lambda: _waiting(balancer), config.shutdown_timeout):
+            await balancer.stop()
+
+
+def _waiting(balancer: Balancer) -> str | None:
+    n = balancer.in_flight
+    return f"{requests(n)} in flight to finish" if n else None

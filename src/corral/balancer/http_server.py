@@ -717,6 +717,11 @@ class HttpServer:
         self.port = int(self._server.sockets[0].getsockname()[1])
         return self.port
 
+    @property
+    def in_flight(self) -> int:
+        """Requests being handled now (connections busy with one)."""
+        return sum(1 for c in self.connections if c.busy)
+
     async def stop(self, timeout: float) -> None:  # noqa: ASYNC109 (a grace period)
         """Stop accepting, close idle connections, let handlers finish up to
         ``timeout`` seconds, then cancel them."""

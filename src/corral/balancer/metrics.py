@@ -290,16 +290,21 @@ class Metrics:
         status: int,
         total: float,
         waited: float,
-        first_byte: float | None,
     ) -> None:
-        """Count one answered request (``model``: what the server runs, never client input)."""
+        """Count one answered request (``model``: what the server runs, never client input).
+
+        Its time to first byte was counted when the byte was relayed (:meth:`first_byte_at`).
+        """
         self._child(self.requests, endpoint, model, str(status)).inc()
         self.counts.requests += 1
         self._child(self.duration, endpoint).observe(total)
         if waited:
             self.buffer_wait.observe(waited)
-        if first_byte is not None:
-            self._child(self.first_byte, endpoint).observe(first_byte)
+
+    def first_byte_at(self, endpoint: str, seconds: float) -> None:
+        """Observe one answer's time to first byte, when that byte is relayed (not when
+        the answer ends): a chart of it follows streams while they run."""
+        self._child(self.first_byte, endpoint).observe(seconds)
 
     def tenant_done(self, tenant: str, priority: str, status: int, waited: float) -> None:
         """Count one request of a tenant (a name from the keys file: bounded)."""

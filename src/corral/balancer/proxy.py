@@ -418,9 +418,8 @@ class InferenceProxy:
         ``model`` string: a one-model fleet accepts any name, and labels made from
         client input would grow without bound."""
         total = now - ex.started
-        ttfb = None if ex.first_byte is None else ex.first_byte - ex.started
         model = ex.served_model or ""
-        self.metrics.request_done(request.path, model, ex.status, total, ex.waited, ttfb)
+        self.metrics.request_done(request.path, model, ex.status, total, ex.waited)
         self.metrics.tenant_done(ex.tenant.name, ex.priority.label, ex.status, ex.waited)
         if ex.counted is not None:
             agent = ex.backend or ""
@@ -586,6 +585,7 @@ class InferenceProxy:
                 self.metrics.upstream_failures.labels(exc.kind).inc()
                 raise _Retry(f"{target.name}: {exc}", held=True) from None
             ex.first_byte = asyncio.get_running_loop().time()
+            self.metrics.first_byte_at(request.path, ex.first_byte - ex.started)
             if upstream.status == 200 and (b'"usage"' in data or b'"timings"' in data):
                 ex.counted = data
             out.send(upstream.status, bytes(head), data)
@@ -599,12 +599,14 @@ class InferenceProxy:
         # tokens/s live: one piece of content, one token (settled when the stream ends)
         tally = self.metrics.tally(target.name, target.model or target.name)
         live = sse and upstream.status == 200
+        first_byte_at, path = self.metrics.first_byte_at, request.path
 
         def relay(chunk: bytes, last: bool) -> None:
             """Straight from the server's socket to the client's, once per read."""
             if chunk:
-                if ex.first_byte is None:
+                if ex.first_byte is None:  # time to first token, counted now
                     ex.first_byte = loop.time()
+                    first_byte_at(path, ex.first_byte - ex.started)
                 tail.append(chunk)
                 if live and (events := token_events(chunk)):
                     ex.streamed += events

@@ -25,6 +25,7 @@ import hashlib
 import importlib
 import os
 import socket
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -40,7 +41,20 @@ class ModelSourceError(Exception):
     """A model that cannot be had, and why."""
 
 
+Progress = Callable[[int, "int | None"], None]
+"""Told ``(bytes copied so far, bytes in all or None)`` while a model is copied."""
+
+Copy = Callable[[Progress | None], Path]
+"""A copy still to make: called (in a thread: it blocks), it copies the model into the
+cache, telling ``progress`` as it goes, and returns its path."""
+
+
 class ModelSource(Protocol):
+    def plan(self, cache: Path) -> tuple[Path, Copy | None]:
+        """Where the GGUF is (or will be), and the copy into ``cache`` to make first
+        (None: nothing to copy). Raises :class:`ModelSourceError`."""
+        ...
+
     def fetch(self, cache: Path) -> Path:
         """A local path to the GGUF, copying it into ``cache`` first if need be."""
         ...
@@ -50,10 +64,13 @@ class ModelSource(Protocol):
 class LocalFile:
     path: Path
 
-    def fetch(self, cache: Path) -> Path:
+    def plan(self, cache: Path) -> tuple[Path, Copy | None]:
         if not self.path.is_file():
             raise ModelSourceError(f"model file {self.path} not found")
-        return self.path
+        return self.path, None
+
+    def fetch(self, cache: Path) -> Path:
+        return self.plan(cache)[0]
 
 
 @dataclass(frozen=True)
@@ -61,6 +78,10 @@ class PythonPackage:
     module: str
 
     def fetch(self, cache: Path) -> Path:
+        path, copy = self.plan(cache)
+        return path if copy is None else copy(None)
+
+    def plan(self, cache: Path) -> tuple[Path, Copy | None]:
         try:
             package = importlib.import_module(self.module)
         except ImportError:
@@ -72,9 +93,15 @@ class PythonPackage:
         if callable(assemble) and isinstance(name, str):
             target = cache / "models" / name
             if target.is_file():
-                return target
-            # the package verifies its own SHA-256 while assembling
-            return cache_atomically(target, lambda tmp: assemble(tmp, overwrite=True))
+                return target, None
+            total = _chunks_size(package)
+
+            def copy(progress: Progress | None) -> Path:
+                # the package verifies its own SHA-256 while assembling
+                write = lambda tmp: assemble(tmp, overwrite=True)  # noqa: E731
+                return cache_atomically(target, write, total=total, progress=progress)
+
+            return target, copy
         ggufs = sorted(
             (f for f in resources.files(self.module).iterdir() if f.name.endswith(".gguf")),
             key=lambda f: f.name,
@@ -82,7 +109,18 @@ class PythonPackage:
         if not ggufs:
             raise ModelSourceError(f"package {self.module!r} carries no .gguf file")
         with resources.as_file(ggufs[0]) as path:
-            return Path(path)
+            return Path(path), None
+
+
+def _chunks_size(package: object) -> int | None:
+    """The bytes a chunked package assembles (the sum of its chunks), if it says."""
+    chunk_paths = getattr(package, "chunk_paths", None)
+    if not callable(chunk_paths):
+        return None
+    try:
+        return sum(Path(p).stat().st_size for p in chunk_paths())
+    except (OSError, TypeError, ValueError):
+        return None
 
 
 def parse(spec: str) -> ModelSource:
@@ -105,16 +143,64 @@ def resolve(spec: str, cache: Path | None = None) -> Path:
     return parse(spec).fetch(cache or cache_dir())
 
 
+def plan(spec: str, cache: Path | None = None) -> tuple[Path, Copy | None]:
+    """Where a model string's GGUF is or will be, and the copy to make first (None:
+    nothing to copy; see :class:`ModelSource`). Raises :class:`ModelSourceError`."""
+    return parse(spec).plan(cache or cache_dir())
+
+
+PROGRESS_EVERY = 0.25
+"""Seconds between two progress reports of a copy."""
+
+
 def cache_atomically(
-    target: Path, write: Callable[[Path], object], sha256: str | None = None
+    target: Path,
+    write: Callable[[Path], object],
+    sha256: str | None = None,
+    *,
+    total: int | None = None,
+    progress: Progress | None = None,
 ) -> Path:
-    """Write ``target`` through a temporary file; verify it; rename it into place."""
+    """Write ``target`` through a temporary file; verify it; rename it into place.
+
+    Args:
+        target: Where the file goes (its directory is created).
+        write: Writes the whole file at the path it is given.
+        sha256: The expected SHA-256 (hex); None: not checked.
+        total: The file's size in bytes, if known (for ``progress``).
+        progress: Told ``(bytes written, total)`` every :data:`PROGRESS_EVERY` seconds
+            while ``write`` runs (the temporary file's size, read from a thread: any
+            ``write`` reports progress), and once at the end.
+
+    Raises:
+        ModelSourceError: The file could not be written or its checksum differs.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
     # unique per process and host: pods sharing a volume often all run as pid 1
     unique = f"{socket.gethostname()}.{os.getpid()}.{os.urandom(4).hex()}"
     partial = target.with_name(f".{target.name}.{unique}.partial")
+    done = threading.Event()
+
+    def watch() -> None:
+        assert progress is not None
+        while not done.wait(PROGRESS_EVERY):
+            try:
+                progress(partial.stat().st_size, total)
+            except OSError:  # not created yet
+                progress(0, total)
+
+    watcher = threading.Thread(target=watch, name=f"copy {target.name}", daemon=True)
+    if progress is not None:
+        watcher.start()
     try:
-        write(partial)
+        try:
+            write(partial)
+        finally:
+            done.set()
+            if progress is not None:
+                watcher.join()
+        if progress is not None:
+            progress(partial.stat().st_size, total)
         if sha256 is not None and _sha256(partial) != sha256.lower():
             raise ModelSourceError(f"{target.name}: checksum mismatch")
         os.replace(partial, target)
@@ -134,11 +220,14 @@ def _sha256(path: Path) -> str:
 
 
 __all__ = [
+    "Copy",
     "LocalFile",
     "ModelSource",
     "ModelSourceError",
+    "Progress",
     "PythonPackage",
     "cache_atomically",
     "parse",
+    "plan",
     "resolve",
 ]

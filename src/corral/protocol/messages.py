@@ -47,6 +47,17 @@ class SupervisorInfo(msgspec.Struct, frozen=True, omit_defaults=True):
     pid: int | None = None
     last_crash: Annotated[str, msgspec.Meta(max_length=4096)] | None = None
     """How the server last died unasked, in words (exit status, last log lines)."""
+    step: Literal["copying", "loading"] | None = None
+    """What a start is doing now (state ``starting``): ``copying`` the model into the
+    agent's cache, or ``loading`` it into memory (llama-server runs, ``/health`` is not
+    200 yet); None once ready."""
+    copied_bytes: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    """While copying: bytes of the model copied so far."""
+    copy_bytes: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    """While copying: the model's size in bytes (None: not known in advance)."""
+    copy_time_s: float | None = None
+    """How long the model's copy into the cache took, seconds (0: it was cached
+    already; None: the model is not copied, a local file is served where it is)."""
 
 
 class LoraAdapterInfo(msgspec.Struct, frozen=True, omit_defaults=True):

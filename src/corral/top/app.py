@@ -51,6 +51,7 @@ from corral.top.model import (
     next_sort,
     parse_counters,
     parse_snapshot,
+    signals_line,
     slots_cell,
     sort_rows,
     summary_lines,
@@ -267,7 +268,7 @@ class TopApp(App[None]):
     ENABLE_COMMAND_PALETTE = False
     CSS = """
     #title { height: 1; padding: 0 1; background: $primary; }
-    #summary { height: 2; padding: 0 1; }
+    #summary { height: 3; padding: 0 1; }
     #status { height: auto; max-height: 3; padding: 0 1; color: $text-muted; }
     #status.-error { color: $error; text-style: bold; }
     #status.-empty { color: $warning; text-style: bold; }
@@ -364,6 +365,8 @@ class TopApp(App[None]):
             elif self._counters is not None:
                 self.rates = compute_rates(self._counters, counters) or self.rates
                 self.history.record(self.snapshot, self.rates)
+            if counters is not None:
+                self.history.cache = counters.agent_cache
             self._counters = counters
             with contextlib.suppress(NoMatches):  # not mounted yet, or shutting down
                 self._render_summary()
@@ -392,8 +395,9 @@ class TopApp(App[None]):
         fleet, rates = summary_lines(self.snapshot, self.rates, self.sort_key)
         if self.updated_at:
             rates += f"  updated {self.updated_at}"
+        signals = signals_line(self._counters)
         self.query_one("#summary", Static).update(
-            Text(f"{fleet}\n{rates}", no_wrap=True, overflow="ellipsis")
+            Text(f"{fleet}\n{rates}\n{signals}", no_wrap=True, overflow="ellipsis")
         )
 
     def _render_status(self, retry_in: float | None = None) -> None:

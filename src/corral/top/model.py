@@ -171,6 +171,22 @@ class Supervisor:
     load_time_s: float | None = None
     pid: int | None = None
     last_crash: str = ""
+    step: str = ""
+    """What a start is doing now: ``copying`` (the model into the cache), ``loading``."""
+    copied_bytes: int = 0
+    copy_bytes: int | None = None
+    copy_time_s: float | None = None
+
+    @property
+    def start_text(self) -> str:
+        """``copying 16.8/100.7 MB (17%)``, ``loading``, or ``-`` when not starting."""
+        if self.step == "copying":
+            done = self.copied_bytes / 1e6
+            if self.copy_bytes:
+                share = 100 * self.copied_bytes / self.copy_bytes
+                return f"copying {done:.1f}/{self.copy_bytes / 1e6:.1f} MB ({share:.0f}%)"
+            return f"copying {done:.1f} MB"
+        return self.step or "-"
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +213,10 @@ class AgentRow:
     applied_generation: int | None = None
     not_routable: tuple[str, ...] = ()
     """Why the balancer sends it no requests, in words (empty: it does)."""
+    runner: str = ""
+    """The kind of server (``llamacpp``, ``vllm``...)."""
+    apis: tuple[str, ...] = ()
+    """The API families its server answers."""
 
     def __repr__(self) -> str:
         model = f" model={self.model}" if self.model else ""
@@ -254,6 +274,10 @@ def _supervisor(value: object) -> Supervisor | None:
         load_time_s=_float(value.get("load_time_s")),
         pid=pid if isinstance(pid, int) and not isinstance(pid, bool) else None,
         last_crash=clean(value.get("last_crash")),
+        step=clean(value.get("step"), 20),
+        copied_bytes=_int(value.get("copied_bytes")),
+        copy_bytes=_int(value.get("copy_bytes")) if value.get("copy_bytes") is not None else None,
+        copy_time_s=_float(value.get("copy_time_s")),
     )
 
 
@@ -262,6 +286,7 @@ def parse_agent(value: object, key: str) -> AgentRow:
     data: Mapping[str, Any] = value if isinstance(value, Mapping) else {}
     issues = data.get("issues")
     reasons = data.get("not_routable")
+    apis = data.get("apis")
     generation = data.get("applied_generation")
     total = _int(data.get("slots_total"))
     busy = _int(data.get("slots_busy"))
@@ -287,6 +312,8 @@ def parse_agent(value: object, key: str) -> AgentRow:
         supervisor=_supervisor(data.get("supervisor")),
         applied_generation=_int(generation) if generation is not None else None,
         not_routable=tuple(clean(r) for r in reasons) if isinstance(reasons, list) else (),
+        runner=clean(data.get("runner"), 40),
+        apis=tuple(clean(a, 40) for a in apis) if isinstance(apis, list) else (),
     )
 
 
@@ -363,6 +390,8 @@ class History:
         self.keep = keep
         self.busy: dict[str, deque[int]] = {}
         self.tokens: dict[str, deque[float]] = {}
+        self.cache: Mapping[str, CacheCounts] = {}
+        """Each agent's prompt-cache counters at the last scrape (since the balancer started)."""
 
     def record(self, snapshot: Snapshot | None, rates: Rates | None) -> None:
         """One sample per agent in ``snapshot`` (agents gone are forgotten)."""
@@ -383,14 +412,16 @@ class History:
         """``(label, value)`` lines for the detail screen: sparklines and the latest."""
         busy = list(self.busy.get(row.name, ()))
         tokens = list(self.tokens.get(row.name, ()))
+        cache = ("Cache hits", self.cache.get(row.name, CacheCounts()).text)
         if not busy:
-            return [("Busy history", "-"), ("Tokens/s", "-")]
+            return [("Busy history", "-"), ("Tokens/s", "-"), cache]
         return [
             (
                 "Busy history",
                 f"{sparkline(busy, row.slots_total)} peak {max(busy)}/{row.slots_total}",
             ),
             ("Tokens/s", f"{sparkline(tokens)} {format_rate(tokens[-1])} now"),
+            cache,
         ]
 
 
@@ -402,6 +433,7 @@ def detail_fields(row: AgentRow, history: History | None = None) -> list[tuple[s
         ("ID", row.id or "-"),
         ("Address", row.address or "-"),
         ("Model", row.model or "-"),
+        ("Runner", (row.runner or "-") + (f" ({', '.join(row.apis)})" if row.apis else "")),
         ("State", row.state or "-"),
         ("Condition", row.condition or "-"),
         ("Slots", f"{slots_bar(row.slots_busy, row.slots_total)} busy, {row.slots_free} free"),
@@ -419,10 +451,15 @@ def detail_fields(row: AgentRow, history: History | None = None) -> list[tuple[s
         fields.append(("Supervisor", "none (attached to a running server)"))
     else:
         load = "-" if sup.load_time_s is None else f"{sup.load_time_s:.1f}s"
+        copy = "-" if sup.copy_time_s is None else f"{sup.copy_time_s:.1f}s"
+        if sup.copy_time_s == 0:
+            copy = "none (cached)"
         fields += [
             ("Supervisor", sup.state or "-"),
-            ("  restarts", str(sup.restarts)),
+            ("  start", sup.start_text),
+            ("  copy time", copy),
             ("  load time", load),
+            ("  restarts", str(sup.restarts)),
             ("  pid", "-" if sup.pid is None else str(sup.pid)),
             ("  last crash", sup.last_crash or "-"),
         ]
@@ -440,6 +477,43 @@ class Counters:
     requests: float
     tokens: float
     agent_tokens: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    cache: CacheCounts = dataclasses.field(default_factory=lambda: CacheCounts())
+    """Prompt-cache counters, fleet-wide."""
+    agent_cache: Mapping[str, CacheCounts] = dataclasses.field(default_factory=dict)
+    demand: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    """``corral_model_demand`` per model (what KEDA scales on)."""
+    cold_starts: Mapping[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
+    """Per model: ``corral_cold_start_seconds`` count and sum."""
+
+
+@dataclass(frozen=True, slots=True)
+class CacheCounts:
+    """Prompt tokens reused from the servers' caches (measured, ``timings.cache_n``) and
+    predicted by the prefix index, of the prompt tokens of answers with timings."""
+
+    cached: float = 0.0
+    predicted: float = 0.0
+    timed: float = 0.0
+
+    @property
+    def text(self) -> str:
+        """``82% (predicted 80%)``, or ``-`` before any answer with timings."""
+        if self.timed <= 0:
+            return "-"
+        hits, predicted = 100 * self.cached / self.timed, 100 * self.predicted / self.timed
+        return f"{hits:.0f}% (predicted {predicted:.0f}%)"
+
+
+_CACHE = {
+    "corral_cached_prompt_tokens_total": "cached",
+    "corral_cached_prompt_tokens_predicted_total": "predicted",
+    "corral_timed_prompt_tokens_total": "timed",
+}
+_AGENT_CACHE = {
+    "corral_agent_cached_prompt_tokens_total": "cached",
+    "corral_agent_cached_prompt_tokens_predicted_total": "predicted",
+    "corral_agent_timed_prompt_tokens_total": "timed",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -455,19 +529,56 @@ def parse_counters(text: str, at: float) -> Counters | None:
     (nothing counted) is 0."""
     totals = {REQUESTS_COUNTER: 0.0, TOKENS_COUNTER: 0.0}
     agents: dict[str, float] = {}
+    cache: dict[str, float] = {}
+    agent_cache: dict[str, dict[str, float]] = {}
+    demand: dict[str, float] = {}
+    starts: dict[str, list[float]] = {}
     try:
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
                 if not math.isfinite(sample.value):
                     continue
-                if sample.name in totals:
-                    totals[sample.name] += sample.value
-                elif sample.name == AGENT_TOKENS_COUNTER:
-                    name = clean(sample.labels.get("agent", ""))
-                    agents[name] = agents.get(name, 0.0) + sample.value
+                name, value = sample.name, sample.value
+                if name in totals:
+                    totals[name] += value
+                elif name == AGENT_TOKENS_COUNTER:
+                    agent = clean(sample.labels.get("agent", ""))
+                    agents[agent] = agents.get(agent, 0.0) + value
+                elif name in _CACHE:
+                    cache[_CACHE[name]] = value
+                elif name in _AGENT_CACHE:
+                    counts = agent_cache.setdefault(clean(sample.labels.get("agent", "")), {})
+                    counts[_AGENT_CACHE[name]] = value
+                elif name == "corral_model_demand":
+                    demand[clean(sample.labels.get("model", ""), 60)] = value
+                elif name in ("corral_cold_start_seconds_count", "corral_cold_start_seconds_sum"):
+                    pair = starts.setdefault(clean(sample.labels.get("model", ""), 60), [0.0, 0.0])
+                    pair[name.endswith("_sum")] = value
     except Exception:  # the parser raises several kinds on bad input
         return None
-    return Counters(at, totals[REQUESTS_COUNTER], totals[TOKENS_COUNTER], agents)
+    return Counters(
+        at,
+        totals[REQUESTS_COUNTER],
+        totals[TOKENS_COUNTER],
+        agents,
+        CacheCounts(**cache),
+        {agent: CacheCounts(**counts) for agent, counts in agent_cache.items()},
+        demand,
+        {model: (pair[0], pair[1]) for model, pair in starts.items()},
+    )
+
+
+def signals_line(counters: Counters | None) -> str:
+    """The third summary line: the fleet's prefix-cache hits (since the balancer
+    started), the demand per model and the cold starts.
+    ``Cache 82% (predicted 80%)  Demand gemma 2 qwen 0  Cold starts 1, mean 11.4s``."""
+    if counters is None:
+        return "Cache -  Demand -  Cold starts -"
+    demand = " ".join(f"{m} {v:g}" for m, v in sorted(counters.demand.items()))
+    count = sum(c for c, _ in counters.cold_starts.values())
+    total = sum(s for _, s in counters.cold_starts.values())
+    starts = f"{count:.0f}, mean {total / count:.1f}s" if count else "none"
+    return f"Cache {counters.cache.text}  Demand {demand or '-'}  Cold starts {starts}"
 
 
 def compute_rates(before: Counters, after: Counters) -> Rates | None:

@@ -128,3 +128,23 @@ async def test_tokens_per_second_follows_long_streams_while_they_generate(harnes
     finally:
         for response in streams:
             response.close()
+
+
+async def test_time_to_first_token_counts_while_the_stream_runs(harness: Harness):
+    # the TTFT chart follows live traffic: a stream's first token is observed when it
+    # is relayed, not when the stream ends
+    balancer = await harness.balancer()
+    _, port = await harness.sim(name="s", slots=1, model="gemma", tokens_per_second=20)
+    await harness.agent(port, balancer, name="s")
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 40, "stream": True}
+    ttft = ("corral_time_to_first_byte_seconds_count", (("endpoint", CHAT),))
+    answered = ("corral_request_duration_seconds_count", (("endpoint", CHAT),))
+    async with harness.http.post(url(balancer, CHAT), json=body) as r:
+        await r.content.readline()  # the first event has arrived; ~2 s of stream to go
+        samples = await scrape(harness, balancer)
+        assert samples[ttft] == 1
+        assert samples.get(answered, 0) == 0  # the stream has not ended
+        await r.read()
+    samples = await scrape(harness, balancer)
+    assert samples[ttft] == 1  # counted once
+    assert samples[answered] == 1

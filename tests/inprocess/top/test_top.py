@@ -440,3 +440,67 @@ async def test_nothing_listening_is_a_clear_message_not_a_crash() -> None:
         assert "Retrying in" in status
         assert rows(app) == []
         assert "- req/s  - tok/s" in text(app, "#summary")
+
+
+class SignalMetrics(FakeMetrics):
+    """Prompt-cache hits, demand per model and a cold start, as the balancer exports them."""
+
+    async def read(self) -> str:
+        return await super().read() + (
+            "# TYPE corral_cached_prompt_tokens_total counter\n"
+            "corral_cached_prompt_tokens_total 820\n"
+            "# TYPE corral_cached_prompt_tokens_predicted_total counter\n"
+            "corral_cached_prompt_tokens_predicted_total 800\n"
+            "# TYPE corral_timed_prompt_tokens_total counter\n"
+            "corral_timed_prompt_tokens_total 1000\n"
+            "# TYPE corral_agent_cached_prompt_tokens_total counter\n"
+            'corral_agent_cached_prompt_tokens_total{agent="gpu-1"} 450\n'
+            "# TYPE corral_agent_cached_prompt_tokens_predicted_total counter\n"
+            'corral_agent_cached_prompt_tokens_predicted_total{agent="gpu-1"} 400\n'
+            "# TYPE corral_agent_timed_prompt_tokens_total counter\n"
+            'corral_agent_timed_prompt_tokens_total{agent="gpu-1"} 500\n'
+            "# TYPE corral_model_demand gauge\n"
+            'corral_model_demand{model="gemma"} 3\n'
+            'corral_model_demand{model="qwen"} 1\n'
+            "# TYPE corral_cold_start_seconds histogram\n"
+            'corral_cold_start_seconds_bucket{model="qwen",le="+Inf"} 2\n'
+            'corral_cold_start_seconds_count{model="qwen"} 2\n'
+            'corral_cold_start_seconds_sum{model="qwen"} 23\n'
+        )
+
+
+async def test_cache_hits_demand_cold_starts_and_a_start_in_progress_at_80x24() -> None:
+    fake = FakeBalancer()
+    metrics = SignalMetrics()
+    app = make_app(fake, metrics=metrics.read, clock=metrics.clock, metrics_interval=0.01)
+    copying = {
+        "state": "starting",
+        "step": "copying",
+        "copied_bytes": 16_800_000,
+        "copy_bytes": 100_700_000,
+        "restarts": 0,
+    }
+    async with app.run_test(size=SIZE) as pilot:
+        fake.send(
+            agent("gpu-1", runner="llamacpp", apis=["llamacpp", "openai"]),
+            agent("gpu-2", state="loading", supervisor=copying),
+        )
+        await updated(pilot, app, 1)
+        await eventually(lambda: metrics.scrapes >= 2, what="two scrapes")
+        await pilot.pause()
+        summary = text(app, "#summary").splitlines()
+        assert summary[2] == (
+            "Cache 82% (predicted 80%)  Demand gemma 3 qwen 1  Cold starts 2, mean 11.5s"
+        )
+        assert len(summary[2]) <= 78  # fits the screen
+        await pilot.press("enter")
+        assert isinstance(app.screen, AgentScreen)
+        await pilot.pause(0.05)
+        detail = text(app, "#agent-detail")
+        assert "Runner        llamacpp (llamacpp, openai)" in detail, detail
+        assert "Cache hits    90% (predicted 80%)" in detail, detail
+        await pilot.press("escape", "down", "enter")
+        await pilot.pause(0.05)
+        detail = text(app, "#agent-detail")
+        assert "  start       copying 16.8/100.7 MB (17%)" in detail, detail
+        assert "  copy time   -" in detail and "Cache hits    -" in detail, detail

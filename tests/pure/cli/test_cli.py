@@ -173,7 +173,7 @@ def test_a_command_after_dashes_is_the_server_the_agent_runs(monkeypatch):
 
     captured = {}
 
-    async def fake_run(config, server=None):
+    async def fake_run(config, server=None, copy=None):
         captured.update(config=config, server=server)
 
     monkeypatch.setattr("corral.agent.run", fake_run)
@@ -198,7 +198,7 @@ def test_the_old_address_flag_still_names_the_server(monkeypatch):
 
     captured = {}
 
-    async def fake_run(config, server=None):
+    async def fake_run(config, server=None, copy=None):
         captured.update(config=config, server=server)
 
     monkeypatch.setattr("corral.agent.run", fake_run)

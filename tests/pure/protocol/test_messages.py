@@ -119,3 +119,24 @@ def test_bytes_that_are_not_utf8_are_a_protocol_error(frame: bytes):
     the decoder's one error type covers them too."""
     with pytest.raises(ProtocolError, match="malformed JSON"):
         decode_agent_message(frame)
+
+
+def test_a_start_in_progress_travels_and_older_peers_ignore_it():
+    import msgspec
+
+    from corral.protocol import messages as m
+
+    info = m.SupervisorInfo(
+        state="starting", step="copying", copied_bytes=5, copy_bytes=10, copy_time_s=None
+    )
+    status = m.Status(m.ServerStatus(condition="loading", supervisor=info))
+    assert decode_agent_message(encode(status)) == status
+
+    class OldInfo(msgspec.Struct):  # a balancer from before these fields
+        state: str
+        restarts: int = 0
+
+    wire = msgspec.json.encode(info)
+    assert msgspec.json.decode(wire, type=OldInfo) == OldInfo("starting")
+    with pytest.raises(msgspec.ValidationError):  # a byte count is never negative
+        msgspec.json.decode(b'{"state":"starting","copied_bytes":-1}', type=m.SupervisorInfo)

@@ -362,10 +362,14 @@ def test_history_keeps_the_last_samples_of_each_agent_and_forgets_who_left() -> 
         history.record(Snapshot(agents=(a, b)), Rates(0, 0, {"a": 10.0 * busy}))
     assert list(history.busy["a"]) == [2, 3, 4]
     assert list(history.tokens["a"]) == [20.0, 30.0, 40.0]
-    assert dict(history.lines(a)) == {"Busy history": "▅▆█ peak 4/4", "Tokens/s": "▅▆█ 40.0 now"}
+    assert dict(history.lines(a)) == {
+        "Busy history": "▅▆█ peak 4/4",
+        "Tokens/s": "▅▆█ 40.0 now",
+        "Cache hits": "-",  # no answer with timings
+    }
     history.record(Snapshot(agents=(a,)), None)
     assert "b" not in history.busy
-    assert history.lines(b) == [("Busy history", "-"), ("Tokens/s", "-")]
+    assert history.lines(b) == [("Busy history", "-"), ("Tokens/s", "-"), ("Cache hits", "-")]
 
 
 def test_the_detail_says_why_an_agent_gets_no_requests() -> None:
@@ -376,3 +380,15 @@ def test_the_detail_says_why_an_agent_gets_no_requests() -> None:
         "no: heartbeat missed: last heard from 7 s ago; cordoned for a rollout 3 s ago; 7"
     )
     assert dict(detail_fields(parse_agent({"name": "a"}, "1")))["Routable"] == "yes"
+
+
+def test_a_start_in_words() -> None:
+    from corral.top.model import Supervisor, signals_line
+
+    assert Supervisor(step="copying", copied_bytes=5_000_000).start_text == "copying 5.0 MB"
+    copying = Supervisor(step="copying", copied_bytes=50_000_000, copy_bytes=200_000_000)
+    assert copying.start_text == "copying 50.0/200.0 MB (25%)"
+    assert Supervisor(step="loading").start_text == "loading"
+    assert Supervisor(state="ready").start_text == "-"
+    assert signals_line(None) == "Cache -  Demand -  Cold starts -"
+    assert signals_line(Counters(0.0, 0.0, 0.0)) == "Cache -  Demand -  Cold starts none"
