@@ -36,7 +36,7 @@ SHOTS = (
     Path(os.environ.get("CORRAL_SCREENSHOTS", "")) if os.environ.get("CORRAL_SCREENSHOTS") else None
 )
 MB = 1 << 20
-PROMPT = "The herd of llamas walked along the ridge at dawn, " * 12
+PROMPT = "The herd of llamas walked along the ridge at dawn, " * 48  # 2.4 KB: 2 index blocks
 
 
 def _slow_copy(target: Path, chunks: int, pause: float) -> Any:
@@ -131,6 +131,21 @@ async def test_loading_cold_starts_cache_hits_and_models_per_host(harness: Harne
         )
         await expect(hosts.nth(1)).to_have_text(
             re.compile(r"127\.0\.0\.1\s*qwen\s*llamacpp\s*1 / 1")
+        )
+        # tenants and classes: the requests above came with no key file (tenant
+        # "default", interactive); one more asks for the batch class
+        batch = {"model": "gemma", "prompt": "hi", "n_predict": 2}
+        headers = {"X-Corral-Priority": "batch"}
+        async with harness.http.post(
+            url(balancer, "/completion"), json=batch, headers=headers
+        ) as r:
+            assert r.status == 200
+        tenants = page.locator("#card-tenants tbody tr")
+        await expect(tenants.filter(has_text="interactive")).to_have_text(
+            re.compile(r"^default\s*interactive\s*[1-9]\d*\s*0\s*0\s*\d")
+        )
+        await expect(tenants.filter(has_text="batch")).to_have_text(
+            re.compile(r"^default\s*batch\s*1\s*0\s*0\s*\d"), timeout=10_000
         )
         if SHOTS:
             await page.screenshot(path=str(SHOTS / "dashboard-signals.png"), full_page=True)
