@@ -21,7 +21,7 @@ from corral.core.demand import ColdStarts
 from corral.core.events import Timings
 from corral.core.fleet import Backend, Fleet, FleetError
 from corral.core.policy import Dispatch, Reject, RequestInfo
-from corral.core.scheduler import Assigned, Scheduler
+from corral.core.scheduler import RECHECK, Assigned, Scheduler
 
 log = logging.getLogger("corral.balancer")
 
@@ -51,6 +51,7 @@ class Dispatcher:
         self.clock = clock
         self._on_set_aside = on_set_aside
         self._expiry: asyncio.TimerHandle | None = None
+        self._recheck: asyncio.TimerHandle | None = None  # see Scheduler.held_back
         self._changed = asyncio.Event()
         self._watchers = 0
         self._closed = False
@@ -100,6 +101,8 @@ class Dispatcher:
         self.cold_starts.buffered(self.fleet, request.model, self.clock.now())
         waiter.token = future
         self._arm_expiry()
+        if self.scheduler.held_back:  # beside a free slot it may not take yet
+            self._arm_recheck()
         until = request.note.wait_until  # waiting for a busy server, for so long at most
         if until is not None:
             loop.call_later(max(0.0, until - self.clock.now()) + 0.001, self.changed)
@@ -110,11 +113,11 @@ class Dispatcher:
             if self.scheduler.buffer.cancel(waiter):
                 self._notify()
             elif future.done() and not future.cancelled() and future.exception() is None:
-                self.scheduler.finished(request)
+                self.scheduler.finished(request, self.clock.now())
                 self.release(future.result())  # got a slot just as the client left
             raise
         if backend_id not in self.fleet:  # it left between the assignment and now
-            self.scheduler.finished(request)
+            self.scheduler.finished(request, self.clock.now())
             return await self.acquire(request)
         return self._reservation(backend_id, waiter.waited(self.clock.now()), request.model)
 
@@ -140,7 +143,7 @@ class Dispatcher:
         """The request on this slot finished (or failed after it started); ``request``
         and its answer's ``timings`` go to the fleet's subscribers (the prefix index)."""
         if request is not None:
-            self.scheduler.finished(request)  # its tenant's count in flight
+            self.scheduler.finished(request, self.clock.now())  # its tenant's count in flight
         try:
             adapter = request.adapter if request is not None else None
             self.fleet.release(backend_id, self.clock.now(), request, timings, adapter)
@@ -189,7 +192,7 @@ class Dispatcher:
                     if future.done():  # its client left: the slot goes to the next one
                         adapter = outcome.waiter.request.adapter
                         self.fleet.release(outcome.backend_id, self.clock.now(), adapter=adapter)
-                        self.scheduler.finished(outcome.waiter.request)
+                        self.scheduler.finished(outcome.waiter.request, self.clock.now())
                         again = True
                         continue
                     future.set_result(outcome.backend_id)
@@ -197,11 +200,28 @@ class Dispatcher:
                     future.set_exception(_reject_error(outcome.reject))
             if self.on_change is not None and self.on_change():
                 again = True
+        if self.scheduler.held_back:
+            self._arm_recheck()
         for model, seconds in self.cold_starts.changed(self.fleet, self.clock.now()):
             log.info("model %s: first ready slot %.2fs after scale-up", model, seconds)
             if self.on_cold_start is not None:
                 self.on_cold_start(model, seconds)
         self._notify()
+
+    def _arm_recheck(self) -> None:
+        """Requests wait beside free slots they may not take yet (batch on idle
+        capacity, a tenant yielding): look again once the demand may have faded."""
+        if self._recheck is not None or self._closed:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a test driving the dispatcher by hand)
+            return
+        self._recheck = loop.call_later(RECHECK, self._rechecked)
+
+    def _rechecked(self) -> None:
+        self._recheck = None
+        self.changed()
 
     def _arm_expiry(self) -> None:
         if self._expiry is not None:
@@ -236,6 +256,9 @@ class Dispatcher:
     def close(self) -> None:
         """Fail every waiting request, and refuse new ones (shutdown)."""
         self._closed = True
+        if self._recheck is not None:
+            self._recheck.cancel()
+            self._recheck = None
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None

@@ -14,14 +14,30 @@ buffer is event-driven: nothing polls it. :meth:`Scheduler.expire` removes reque
 that waited too long.
 
 Who goes first is the buffer's discipline (:mod:`corral.core.queueing`): it orders
-the heads, and the scheduler takes the first one the policy can place. Two rules
+the heads, and the scheduler takes the first one the policy can place. Three rules
 are about the fleet, so they are the scheduler's, for every discipline:
 
 - a tenant with ``max_concurrent`` requests in flight gets no slot (its requests
   wait, even when slots are free); :meth:`Scheduler.finished` counts them down;
-- a head the discipline says is *idle only* (a ``batch`` request not yet due) takes
-  a slot only if the model's free slots stay at least ``reserve`` of its slots
-  (rounded down) once it has: ``--interactive-reserve``.
+- a head the discipline says is *idle only* (a ``batch`` request) takes a slot only
+  if the model's free slots stay at least ``reserve`` of its slots (rounded down)
+  once it has: ``--interactive-reserve``;
+- **headroom**: a request holds its slot for its whole run (a batch request for
+  long), so a slot it takes must not be one that traffic with a stronger claim
+  will need before it ends. The discipline says who yields to whom
+  (:meth:`~corral.core.queueing.Queue.yields`: ``batch`` to the higher classes;
+  with ``fair``, a tenant with more requests in flight and waiting to one within
+  its share of the slots, by what it held over ``FADE`` seconds). The scheduler
+  keeps each ``(model, class, tenant)``'s *demand*: the slots it held, averaged
+  over time (rising within ``RISE`` seconds, fading over ``FADE`` seconds, so
+  traffic seen recently still counts). A yielding request
+  takes a slot only if the free slots left cover the stronger traffic's headroom
+  beyond what it holds now: its demand ``m`` plus ``SPREAD * sqrt(m)`` (slots in
+  use by independent requests are roughly Poisson, so this is a high quantile of
+  what it may hold while the slot is taken). A tenant yielding to another keeps
+  one slot, and its class, once due (``--priority-aging``), yields to no tenant:
+  the starvation bound holds for ``high`` and ``interactive``; ``batch`` runs on
+  idle capacity only.
 """
 
 from __future__ import annotations
@@ -30,8 +46,20 @@ import math
 from dataclasses import dataclass
 
 from corral.core.fleet import Fleet
-from corral.core.queueing import Queue, Waiter
+from corral.core.queueing import Priority, Queue, Waiter
 from corral.core.routing import Dispatch, Reject, RequestInfo, RoutingPolicy, Wait
+
+RISE = 5.0
+"""Seconds over which a class's or tenant's demand estimate rises to the slots it holds."""
+FADE = 60.0
+"""Seconds over which it fades once that traffic stops ("recently seen")."""
+SPREAD = 2.0
+"""Headroom above the demand ``m``, in ``sqrt(m)``: a high quantile of a Poisson count."""
+
+RECHECK = 1.0
+"""Seconds after which requests held back beside free slots are looked at again."""
+
+_Key = tuple[str | None, Priority, str]  # model, class, tenant
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,8 +90,16 @@ class Scheduler:
         self.policy = policy
         self.buffer = buffer
         self.reserve = reserve
-        self._running: dict[int, str] = {}  # id(request) -> tenant, while in flight
+        self._running: dict[int, tuple[_Key, float | None]] = {}  # id -> key, start
         self._tenant_running: dict[str, int] = {}
+        self._held: dict[_Key, int] = {}  # slots held now
+        self._demand: dict[_Key, float] = {}  # slots held, averaged (RISE, FADE)
+        self._usage: dict[_Key, float] = {}  # slots held, averaged over FADE
+        self._stamp: float | None = None  # when _demand was last brought up to date
+        self.held_back = False
+        """Whether the last :meth:`assign` left a request waiting beside a free slot
+        it may not take yet (the reserve or headroom): the caller runs ``assign``
+        again within ``RECHECK`` seconds, as the demand it yields to fades."""
         if policy.observe is not None:  # a policy with its own view of the backends
             fleet.subscribe(policy.observe)
 
@@ -78,7 +114,8 @@ class Scheduler:
             return self.buffer.push(request, now, token)
         decision = self.policy.pick(self.fleet, request)
         if isinstance(decision, Dispatch):
-            if self._idle_only(request, now) and not self._leaves_reserve(decision.backend_id):
+            if not self._may_take(request, decision.backend_id, now):
+                self.held_back = True
                 return self.buffer.push(request, now, token)
             self._start(decision.backend_id, now, request)
             return decision
@@ -89,6 +126,7 @@ class Scheduler:
     def assign(self, now: float | None = None) -> list[Assigned | Refused]:
         """Give free slots to buffered requests, in the discipline's order."""
         outcomes: list[Assigned | Refused] = []
+        self.held_back = False
         while len(self.buffer) and self.fleet.has_free_slot():
             progressed = False
             for waiter in self.buffer.heads(now):
@@ -97,11 +135,10 @@ class Scheduler:
                 decision = self.policy.pick(self.fleet, waiter.request)
                 if isinstance(decision, Wait):
                     continue
-                if (
-                    isinstance(decision, Dispatch)
-                    and self.buffer.idle_only(waiter, now)
-                    and not self._leaves_reserve(decision.backend_id)
+                if isinstance(decision, Dispatch) and not self._may_take(
+                    waiter.request, decision.backend_id, now
                 ):
+                    self.held_back = True
                     continue
                 self.buffer.take(waiter, now)
                 if isinstance(decision, Dispatch):
@@ -118,12 +155,24 @@ class Scheduler:
     def expire(self, now: float) -> list[Waiter]:
         return self.buffer.expire(now)
 
-    def finished(self, request: RequestInfo) -> None:
-        """A request that got a slot (from :meth:`submit` or :meth:`assign`) ended:
-        its tenant has one fewer in flight. Unknown requests are ignored."""
-        tenant = self._running.pop(id(request), None)
-        if tenant is not None:
-            self._tenant_running[tenant] -= 1
+    def finished(self, request: RequestInfo, now: float | None = None) -> None:
+        """A request that got a slot (from :meth:`submit` or :meth:`assign`) ended at
+        ``now`` (seconds, the clock of ``assign``): its tenant has one fewer in
+        flight, and the discipline learns the slot-seconds it held (with ``now``).
+        Unknown requests are ignored."""
+        entry = self._running.pop(id(request), None)
+        if entry is None:
+            return
+        key, started = entry
+        self._tick(now)
+        self._tenant_running[key[2]] -= 1
+        self._held[key] -= 1
+        if now is not None and started is not None:
+            self.buffer.finished(request, max(0.0, now - started))
+
+    def demand(self, model: str | None, priority: Priority, tenant: str) -> float:
+        """Slots this model's requests of this class and tenant held lately (averaged)."""
+        return self._demand.get((model, priority, tenant), 0.0)
 
     def running(self, tenant: str) -> int:
         """Requests of this tenant in flight now."""
@@ -133,27 +182,88 @@ class Scheduler:
     def _start(self, backend_id: str, now: float | None, request: RequestInfo) -> None:
         self.fleet.reserve(backend_id, now, request, request.adapter)
         if id(request) not in self._running:
-            self._running[id(request)] = request.tenant
+            self._tick(now)
+            key = (self.fleet.get(backend_id).model, request.priority, request.tenant)
+            self._running[id(request)] = key, now
             self._tenant_running[request.tenant] = self.running(request.tenant) + 1
+            self._held[key] = self._held.get(key, 0) + 1
+            self._demand.setdefault(key, 0.0)
+            self._usage.setdefault(key, 0.0)
 
-    def _at_limit(self, request: RequestInfo) -> bool:
-        limit = self.buffer.tenant(request.tenant).max_concurrent
-        return limit is not None and self.running(request.tenant) >= limit
+    def _tick(self, now: float | None) -> None:
+        """Bring every demand estimate up to ``now`` (the slots held since the last tick)."""
+        if now is None:
+            return
+        if self._stamp is not None and now > self._stamp:
+            dt = now - self._stamp
+            rise, fade = 1 - math.exp(-dt / RISE), 1 - math.exp(-dt / FADE)
+            for key, held in self._held.items():
+                m = self._demand[key]
+                self._demand[key] = m + (rise if held > m else fade) * (held - m)
+                self._usage[key] += fade * (held - self._usage[key])
+        if self._stamp is None or now > self._stamp:
+            self._stamp = now
 
-    def _idle_only(self, request: RequestInfo, now: float) -> bool:
-        probe = Waiter(-1, request, now, now)
-        return self.buffer.idle_only(probe, now)
-
-    def _leaves_reserve(self, backend_id: str) -> bool:
-        """Whether taking a slot on this backend leaves its model's reserve free."""
-        if not self.reserve:
-            return True
+    def _may_take(self, request: RequestInfo, backend_id: str, now: float | None) -> bool:
+        """Whether ``request`` may take a free slot on this backend: the reserve for
+        idle-only requests, and the headroom of the traffic it yields to."""
+        probe = Waiter(-1, request, now or 0.0, now or 0.0)
+        idle_only = self.buffer.idle_only(probe, now)
+        if idle_only and not self._leaves_reserve(backend_id):
+            return False
+        if not idle_only and self.buffer.due(request.priority, now):
+            return True  # the starvation bound: a due class yields to no tenant
+        self._tick(now)
         model = self.fleet.get(backend_id).model
+        total, free = self._slots(model)
+        own = request.tenant
+        weights = {own: self.buffer.tenant(own).weight}
+        for m, _, tenant in self._demand:
+            if m == model:
+                weights[tenant] = self.buffer.tenant(tenant).weight
+        usage: dict[str, float] = {}  # slots each tenant held lately
+        for (m, _, tenant), u in self._usage.items():
+            if m == model:
+                usage[tenant] = usage.get(tenant, 0.0) + u
+        weight_sum = sum(w for t, w in weights.items() if t == own or usage.get(t, 0) > 0.05)
+        mean = held = 0.0
+        for key, d in self._demand.items():
+            m, priority, tenant = key
+            if m != model or not self.buffer.yields(
+                request, priority, tenant, self._tenant_running
+            ):
+                continue
+            if tenant != own and priority == request.priority:
+                share = total * weights[tenant] / weight_sum  # within its share only
+                if usage[tenant] > share:
+                    continue
+            mean += d
+            held += self._held[key]
+        headroom = math.floor(mean + SPREAD * math.sqrt(mean) + 0.5)  # slots, rounded
+        if headroom <= held:
+            return True
+        if not idle_only and self.running(own) == 0:
+            return True  # a tenant yielding to another still gets one slot
+        return free - 1 >= headroom - held
+
+    def _slots(self, model: str | None) -> tuple[int, int]:
+        """The model's slots, and how many are free now."""
         total = free = 0
         for backend in self.fleet:
             if backend.routable and backend.model == model:
                 total += backend.slots_total if backend.slots_share is None else backend.slots_share
                 free += backend.free
+        return total, free
+
+    def _at_limit(self, request: RequestInfo) -> bool:
+        limit = self.buffer.tenant(request.tenant).max_concurrent
+        return limit is not None and self.running(request.tenant) >= limit
+
+    def _leaves_reserve(self, backend_id: str) -> bool:
+        """Whether taking a slot on this backend leaves its model's reserve free."""
+        if not self.reserve:
+            return True
+        total, free = self._slots(self.fleet.get(backend_id).model)
         return free - 1 >= math.floor(self.reserve * total)
 
     def __repr__(self) -> str:

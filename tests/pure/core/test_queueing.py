@@ -45,7 +45,7 @@ def sched(
 
 def free_one(s: Scheduler, request: RequestInfo, now: float) -> list[RequestInfo]:
     """A request ends: release its slot and return the requests that got one."""
-    s.finished(request)
+    s.finished(request, now)
     s.fleet.release("a", now)
     return [o.waiter.request for o in s.assign(now) if isinstance(o, Assigned)]
 
@@ -68,10 +68,12 @@ def test_priority_serves_higher_classes_first_and_arrival_order_within():
         assert isinstance(s.submit(r, n), Waiter)
     served = []
     running = first
-    for now in (5, 6, 7, 8):
+    for now in (5, 6, 7):
         [running] = free_one(s, running, now)
         served.append(running)
-    assert served == [h, i1, i2, batch]
+    assert served == [h, i1, i2]
+    assert free_one(s, running, 8) == []  # the one slot is the interactive users' headroom
+    assert [o.waiter.request for o in s.assign(8 + 3600)] == [batch]  # idle: batch runs
 
 
 def test_batch_leaves_the_reserve_free():
@@ -92,32 +94,95 @@ def test_batch_never_takes_a_freed_slot_an_interactive_request_waits_for():
     s.submit(batch := req(B), 0)
     s.submit(inter := req(I), 1)
     assert free_one(s, running, 2) == [inter]
-    assert free_one(s, inter, 3) == [batch]
+    assert free_one(s, inter, 3) == []  # interactive traffic was seen lately
+    assert [o.waiter.request for o in s.assign(3600)] == [batch]
 
 
 def test_a_class_without_a_slot_for_the_aging_time_is_served_first():
     s = sched(slots=1, aging=10)
-    running = req(I)
+    running = req(H)
     s.submit(running, 0)
-    s.submit(batch := req(B), 0)
-    for now in range(1, 10):  # interactive traffic keeps the one slot busy
-        s.submit(req(I), now)
+    s.submit(inter := req(I), 0)
+    for now in range(1, 10):  # high-class traffic keeps the one slot busy
+        s.submit(req(H), now)
         [running] = free_one(s, running, now)
-        assert running.priority is I
-    s.submit(req(I), 10)
-    assert free_one(s, running, 10) == [batch]  # waited 10 s: due, served next
+        assert running.priority is H
+    s.submit(req(H), 10)
+    assert free_one(s, running, 10) == [inter]  # waited 10 s: due, served next
 
 
-def test_a_due_batch_request_ignores_the_reserve():
-    s = sched(slots=1, reserve=0.5, aging=5)  # floor(0.5 * 1) = 0: one batch may run
-    s2 = sched(slots=2, reserve=0.5, aging=5)
+def test_a_due_batch_request_goes_first_but_keeps_the_reserve():
+    s = sched(slots=2, reserve=0.5, aging=5)  # floor(0.5 * 2) = 1 slot stays free
     r = req(B)
-    assert not isinstance(s2.submit(r, 0), Waiter)
+    assert not isinstance(s.submit(r, 0), Waiter)
     waiting = req(B)
-    assert isinstance(s2.submit(waiting, 0), Waiter)
-    assert s2.assign(4) == []  # not due: the reserve holds
-    assert [o.waiter.request for o in s2.assign(5) if isinstance(o, Assigned)] == [waiting]
-    assert not isinstance(s.submit(req(B), 0), Waiter)
+    assert isinstance(s.submit(waiting, 0), Waiter)
+    assert s.assign(4) == []
+    assert s.assign(5) == []  # due, but the reserve holds even so
+    assert free_one(s, r, 6) == [waiting]  # it runs on the capacity that frees
+
+
+def test_batch_leaves_headroom_for_interactive_traffic_seen_lately():
+    """A batch request holds its slot for long: the slots it takes must not be ones
+    the interactive users (four slots lately) will need meanwhile."""
+    s = sched(slots=8)
+    users = [req(I) for _ in range(4)]
+    for r in users:
+        assert not isinstance(s.submit(r, 0), Waiter)
+    batch = [req(B) for _ in range(8)]
+    outcomes = [s.submit(r, 30) for r in batch]
+    assert all(isinstance(o, Waiter) for o in outcomes)  # headroom 4 + 2 * sqrt(4) = 8: all of it
+    for r in users:  # the users leave; their demand fades, so batch waits a while
+        free_one(s, r, 31)
+    assert s.fleet.get("a").free == 8
+    assert s.assign(33) == []  # seen 2 s ago: still all headroom
+    assert 0 < len(s.assign(60)) < 8  # fading: some of the fleet
+    s.assign(2000)
+    assert s.fleet.get("a").free == 0  # long idle: the batch work runs on the whole fleet
+    assert not s.buffer
+
+
+def test_fair_share_counts_slot_seconds_not_requests():
+    """Both tenants flood one slot; ``long``'s requests hold it three times as long,
+    so ``short`` gets about three starts for each of ``long``'s."""
+    s = sched("fair", slots=1, tenants=(Tenant("long"), Tenant("short")))
+    first = req(tenant="long")
+    s.submit(first, 0)
+    for n in range(40):
+        s.submit(req(tenant="long"), 0.01 * n)
+        s.submit(req(tenant="short"), 0.01 * n)
+    now, running, served = 1.0, first, []
+    for _ in range(40):
+        now += 3.0 if running.tenant == "long" else 1.0
+        [running] = free_one(s, running, now)
+        served.append(running.tenant)
+    assert 26 <= served.count("short") <= 32, served
+
+
+def test_fair_keeps_headroom_for_a_light_tenant_while_another_floods():
+    s = sched("fair", slots=8, tenants=(Tenant("a"), Tenant("b")))
+    light = [req(tenant="a") for _ in range(2)]
+    for n, r in enumerate(light):
+        s.submit(r, n)
+    flood_requests = [req(tenant="b") for _ in range(50)]  # kept: ids stay unique
+    flood = [s.submit(r, 60) for r in flood_requests]
+    b_running = s.running("b")
+    assert 1 <= b_running <= 8 - 2 - 3  # 2 + 2 * sqrt(2), rounded: 5 slots stay a's
+    assert not isinstance(s.submit(late := req(tenant="a"), 61), Waiter)  # a goes at once
+    assert late.tenant == "a"
+    assert sum(isinstance(o, Waiter) for o in flood) == 50 - b_running
+
+
+def test_a_tenant_yielding_to_another_still_gets_one_slot():
+    s = sched("fair", slots=2, tenants=(Tenant("a"), Tenant("b")))
+    a, b1, b2, b3 = req(tenant="a"), req(tenant="b"), req(tenant="b"), req(tenant="b")
+    s.submit(a, 0)  # a's headroom: 1 + 2 * sqrt(1) = 3, more than the two slots
+    assert isinstance(s.submit(b1, 50), Waiter) is False  # nothing waits: b takes it
+    s.finished(b1, 51)
+    s.fleet.release("a", 51)
+    s.submit(b2, 52)
+    assert isinstance(s.submit(b3, 52), Waiter)
+    assert s.running("b") == 1
 
 
 def test_tenant_over_its_concurrency_limit_waits_even_with_free_slots():
@@ -222,8 +287,10 @@ def test_no_class_waits_past_the_aging_bound_and_slots_are_never_exceeded(
     queue, slots, reserve, aging, steps
 ):
     """Overloaded fleet: each step one request ends (so a slot frees at least every
-    0.5 s) and up to four arrive. While a class has requests waiting, it gets a slot
-    at least once per ``aging`` seconds plus the gap to the next freed slot."""
+    0.5 s) and up to four arrive. While ``high`` or ``interactive`` requests wait,
+    their class gets a slot at least once per ``aging`` seconds plus the gap to the
+    next freed slot; ``batch`` runs on idle capacity only, and once the arrivals
+    stop every request, batch included, completes (nothing is starved forever)."""
     tenants = (Tenant("x", weight=3), Tenant("y"))
     s = sched(queue, slots=slots, reserve=reserve, aging=aging, tenants=tenants)
     running: list[RequestInfo] = []
@@ -233,7 +300,7 @@ def test_no_class_waits_past_the_aging_bound_and_slots_are_never_exceeded(
         now += dt
         started = []
         if running:
-            s.finished(gone := running.pop(0))
+            s.finished(gone := running.pop(0), now)
             s.fleet.release("a", now)
             del gone
             started += [o.waiter.request for o in s.assign(now) if isinstance(o, Assigned)]
@@ -246,10 +313,21 @@ def test_no_class_waits_past_the_aging_bound_and_slots_are_never_exceeded(
         assert backend.reserved == len(running) <= slots  # never more than the slots
         for cls in {r.priority for r in started}:
             waiting_since.pop(cls, None)
-        waiting = {w.request.priority for w in s.buffer}
+        waiting = {w.request.priority for w in s.buffer if w.request.priority is not B}
         for cls in list(waiting_since):
             if cls not in waiting:
                 del waiting_since[cls]
         for cls in waiting:
             since = waiting_since.setdefault(cls, now)
             assert now - since <= aging + 0.5 + 1e-9, (cls, since, now)
+    for _ in range(len(s.buffer) + 1):  # no more arrivals: everything completes
+        now += 3600.0
+        while running:
+            s.finished(running.pop(), now)
+            s.fleet.release("a", now)
+        now += 3600.0  # what they held fades (the dispatcher looks again: held_back)
+        running += [o.waiter.request for o in s.assign(now) if isinstance(o, Assigned)]
+        assert s.fleet.get("a").reserved == len(running) <= slots
+        if not s.buffer:
+            break
+    assert not s.buffer, s.buffer

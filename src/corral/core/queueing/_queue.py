@@ -222,6 +222,26 @@ class Queue:
         """True if this head may take a slot only while the reserve stays free."""
         return False
 
+    def due(self, priority: Priority, now: float | None) -> bool:
+        """Whether this class has waited past its aging bound (it then no longer
+        yields to other tenants, see :meth:`yields`)."""
+        return False
+
+    def yields(
+        self, request: RequestInfo, priority: Priority, tenant: str, running: Mapping[str, int]
+    ) -> bool:
+        """Whether ``request`` must leave headroom for the traffic of this class and
+        tenant (the scheduler sizes it from that traffic's recent slots);
+        ``running``: requests in flight per tenant."""
+        return False
+
+    def finished(self, request: RequestInfo, seconds: float) -> None:
+        """A request this buffer served ended after holding its slot ``seconds``."""
+
+    def waiting(self, tenant: str) -> int:
+        """Requests of this tenant waiting now."""
+        return self._per_tenant.get(tenant, 0)
+
     # -------------------------------------------------------------- reading
     def __iter__(self) -> Iterator[Waiter]:
         live = [w for q in self._queues.values() for w in q if not w.done]
