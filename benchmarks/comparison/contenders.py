@@ -100,6 +100,7 @@ http {{
       proxy_http_version 1.1;
       proxy_set_header Connection "";
       proxy_buffering off;
+      client_body_buffer_size 8m;  # bodies in memory: the workers cannot write the temp dir
       proxy_read_timeout 900s;
       proxy_send_timeout 900s;
     }}
