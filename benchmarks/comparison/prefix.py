@@ -362,10 +362,13 @@ fewer slots. Each contender now starts only once every server's `/slots` is idle
 wait is recorded per run (`settled_s`) and a server still busy after two minutes stops
 the section. (2) Capacity, which sets every contender's offered load, was measured
 through Corral (and Corral then ran first): it is now measured on the servers
-directly, one user per slot, no balancer. (3) A suspect in Corral itself, not fixed
-yet: an agent dates its report from when it asked `/slots`, but llama-server answers
-between two batches, later; a request dispatched in between counts both as Corral's
-and as load from elsewhere until the next report (1.25 s or more). The figures of
+directly, one user per slot, no balancer. (3) In Corral itself: an agent dated its
+report from when it asked `/slots`, but llama-server answers between two batches,
+later; a request dispatched in between counted both as Corral's and as load from
+elsewhere until the next report (1.25 s or more), and a free slot sat idle. Reports
+now carry the read's span and the fleet counts its own requests over it
+(`core/fleet.py`; `tests/inprocess/balancer/test_steady_load.py`: total buffer wait
+2.8 s against an ideal 2.8 s, where the old rule waited 8.4-15.2 s). The figures of
 section 2 were not rerun here: whether these changes close the gap needs the full run
 on a quiet machine, with its spread over repeated runs."""
 
