@@ -215,6 +215,13 @@ class Scheduler:
             return True  # the starvation bound: a due class yields to no tenant
         self._tick(now)
         model = self.fleet.get(backend_id).model
+        yielded = [
+            key
+            for key in self._demand
+            if key[0] == model and self.buffer.yields(request, key[1], key[2], self._tenant_running)
+        ]
+        if not yielded:  # no traffic to make room for: headroom 0 (and no scan of the fleet)
+            return True
         total, free = self._slots(model)
         own = request.tenant
         weights = {own: self.buffer.tenant(own).weight}
@@ -227,12 +234,9 @@ class Scheduler:
                 usage[tenant] = usage.get(tenant, 0.0) + u
         weight_sum = sum(w for t, w in weights.items() if t == own or usage.get(t, 0) > 0.05)
         mean = held = 0.0
-        for key, d in self._demand.items():
-            m, priority, tenant = key
-            if m != model or not self.buffer.yields(
-                request, priority, tenant, self._tenant_running
-            ):
-                continue
+        for key in yielded:
+            d = self._demand[key]
+            _, priority, tenant = key
             if tenant != own and priority == request.priority:
                 share = total * weights[tenant] / weight_sum  # within its share only
                 if usage[tenant] > share:
