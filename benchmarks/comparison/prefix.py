@@ -41,7 +41,6 @@ from comparison.common import (
     SuiteEnv,
     SuiteError,
     free_port,
-    harness_command,
     markdown_table,
     processes,
     section_main,
@@ -49,7 +48,7 @@ from comparison.common import (
 )
 from comparison.contenders import Backend, corral_routing
 from comparison.real_engine import direct_capacity
-from comparison.routing import Result, compare
+from comparison.routing import Result, compare, start_simfleet
 from corral.bench.workload import Workload, WorkloadSpec
 from corral.llamacpp import LlamaCppNotFound, ModelError, bundled_model, llama_server_path
 from corral.llamacpp.process import llama_server_command
@@ -299,20 +298,11 @@ async def sim_part(env: SuiteEnv, contenders: Sequence[str]) -> tuple[list[str],
     mean_tokens = statistics.mean(c.max_tokens for c in Workload(shared).take(5000))
     cap = sim_capacity(scale, mean_tokens)
     with processes(env, "prefix-sim") as procs:
-        ports = [free_port() for _ in range(scale.servers)]
-        stats = free_port()
-        procs.start(
-            "simfleet",
-            env.pin("1", [
-                *harness_command("simfleet"),
-                "--ports", ",".join(map(str, ports)), "--stats-port", str(stats),
-                "--slots", str(scale.slots), "--tps", str(scale.tokens_per_second),
-                "--prompt-tps", str(scale.prompt_tokens_per_second), "--seed", str(env.seed),
-            ]),
+        backends, usage_url = await start_simfleet(
+            env, procs, scale.servers, scale.slots,
+            "--tps", str(scale.tokens_per_second),
+            "--prompt-tps", str(scale.prompt_tokens_per_second),
         )  # fmt: skip
-        usage_url = f"http://127.0.0.1:{stats}/usage"
-        await wait_http(usage_url, procs=procs)
-        backends = [Backend(f"sim-{i}", p, scale.slots) for i, p in enumerate(ports, 1)]
         rates = [(load, load * cap) for load in scale.loads]
         shared_results = await compare(
             env, procs, backends, shared, rates, scale.duration, contenders, usage_url

@@ -264,20 +264,10 @@ async def run(env: SuiteEnv, contenders: Sequence[str] = NAMES) -> Section:
     cap = capacity(scale, mean_tokens, spec.prompt_tokens)
     rates = [(load, load * cap) for load in scale.loads]
     with processes(env, "routing") as procs:
-        ports = [free_port() for _ in range(scale.servers)]
-        stats = free_port()
-        procs.start(
-            "simfleet",
-            env.pin("1", [
-                *harness_command("simfleet"),
-                "--ports", ",".join(map(str, ports)), "--stats-port", str(stats),
-                "--slots", str(scale.slots), "--tps", str(scale.tokens_per_second),
-                "--slowdown", str(scale.slowdown), "--seed", str(env.seed),
-            ]),
+        backends, usage_url = await start_simfleet(
+            env, procs, scale.servers, scale.slots,
+            "--tps", str(scale.tokens_per_second), "--slowdown", str(scale.slowdown),
         )  # fmt: skip
-        usage_url = f"http://127.0.0.1:{stats}/usage"
-        await wait_http(usage_url, procs=procs)
-        backends = [Backend(f"sim-{i}", p, scale.slots) for i, p in enumerate(ports, 1)]
         results = await compare(
             env, procs, backends, spec, rates, scale.duration, contenders, usage_url
         )
@@ -328,3 +318,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+async def start_simfleet(
+    env: SuiteEnv, procs: Processes, servers: int, slots: int, *flags: str
+) -> tuple[list[Backend], str]:
+    """A simulated fleet in one process (``benchmarks/comparison/simfleet.py``), pinned
+    to core 1: its backends, and the URL of its usage statistics. ``flags`` go to
+    simfleet (speeds, slowdown, prompt cache...)."""
+    ports = [free_port() for _ in range(servers)]
+    stats = free_port()
+    procs.start(
+        "simfleet",
+        env.pin("1", [
+            *harness_command("simfleet"),
+            "--ports", ",".join(map(str, ports)), "--stats-port", str(stats),
+            "--slots", str(slots), "--seed", str(env.seed), *flags,
+        ]),
+    )  # fmt: skip
+    usage_url = f"http://127.0.0.1:{stats}/usage"
+    await wait_http(usage_url, procs=procs)
+    return [Backend(f"sim-{i}", p, slots) for i, p in enumerate(ports, 1)], usage_url
