@@ -81,8 +81,8 @@ class Scale:
     max_tokens: int  # of batch lines and interactive requests
 
 
-FULL = Scale(lines=300, alone=60.0, rate=0.5, max_tokens=16)
-QUICK = Scale(lines=40, alone=15.0, rate=0.5, max_tokens=8)
+FULL = Scale(lines=300, alone=60.0, rate=2.0, max_tokens=16)
+QUICK = Scale(lines=40, alone=15.0, rate=2.0, max_tokens=8)
 
 
 # ------------------------------------------------------------------ processes
