@@ -442,7 +442,9 @@ def report(alone: dict[str, float], jobs: list[JobResult], args: argparse.Namesp
         out.append(f"job {job.name}: {job.lines} lines, {job.status}, completed "
                    f"{job.completed}, failed {job.failed}, {job.seconds:.1f} s, "
                    f"{job.lines_per_s:.2f} lines/s")  # fmt: skip
-        if job.ttft:
+        if job.ttft and not job.ttft["n"]:
+            out.append("  interactive with the job: none sent before the job ended")
+        elif job.ttft:
             out.append(
                 f"  interactive with the job: TTFT p50 {job.ttft['p50'] * 1000:.0f} ms "
                 f"({job.ttft['p50'] / alone['p50']:.2f}x alone), p99 "
