@@ -153,7 +153,10 @@ class PrefixPolicy:
         winner, reason = pick(scored, self.imbalance)
         if busy_holder is not None and self._wait_for(busy_holder, winner, request):
             note.reason = "wait-prefix"
-            return Wait(f"waiting for {busy_holder.backend.name}, which holds the prompt")
+            return Wait(
+                f"waiting for {busy_holder.backend.name}, which holds the prompt",
+                free=winner.backend.id,
+            )
         note.reason = reason
         note.predicted_cached = winner.cached_tokens
         return Dispatch(winner.backend.id)
@@ -184,6 +187,18 @@ class PrefixPolicy:
                 return False
             note.wait_until = now + self.max_wait
         return now < note.wait_until and holder.ttft < winner.ttft
+
+    def affinity(self, backend_id: str, request: RequestInfo) -> int:
+        """Prompt tokens of ``request`` that ``backend_id`` probably holds (0 without a
+        prompt, with an adapter or a pin): the scheduler weighs requests waiting in
+        the buffer for a freed slot by it. Cost: about log2(prompt blocks) lookups."""
+        prompt = request.prompt
+        if prompt is None or request.adapter is not None or request.backend_id is not None:
+            return 0
+        blocks = self.index.match(backend_id, prompt.hashes(self.index.block))
+        if not blocks:
+            return 0
+        return min(self.ratio.tokens(len(prompt)), self.ratio.tokens(blocks * self.index.block))
 
     def _predict(self, backend_id: str, prompt: Prompt, request: RequestInfo) -> None:
         blocks = self.index.match(backend_id, prompt.hashes(self.index.block))
