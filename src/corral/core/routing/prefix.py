@@ -18,7 +18,13 @@ load:
    but is expected to serve the request sooner (its wait plus its short prefill) than
    the best free backend (a long prefill), the request waits in the buffer for it, at
    most ``max_wait`` seconds (then it goes to the best free backend). The wait shows in
-   the log line (``route=wait-prefix``) and the ``X-Corral-Buffer-Wait`` header.
+   the log line (``route=wait-prefix``) and the ``X-Corral-Buffer-Wait`` header. The
+   free backend it leaves goes to a request behind it that suits it
+   (``Wait.free``).
+6. **From the buffer** (under load every request waits there): :meth:`affinity` tells
+   the scheduler how much of a request's prompt a backend holds, and it gives a freed
+   slot to the waiting request it suits best, within bounds
+   (:meth:`~corral.core.scheduler.Scheduler.assign`, ``--prefix-max-pass``).
 
 Without a prompt (embeddings, multipart, pinned requests) or before any server has
 reported a prefill rate (a fleet without ``timings``), it routes as slot routing.
