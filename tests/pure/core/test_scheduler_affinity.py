@@ -84,6 +84,19 @@ def test_the_head_is_passed_over_for_max_pass_seconds_at_most():
     assert served == [False, False, False, True]  # passed over at 1.0, 2.0, 2.9; not at 3.0
 
 
+def test_the_slot_just_freed_prefers_the_prompt_that_ended_there():
+    fleet = fleet_of(("b", 2))
+    scheduler = Scheduler(fleet, PrefixPolicy(), Buffer(100, 30.0))
+    p, q = request(P + b"first"), request(Q + b"first")
+    assert scheduler.submit(p, 0.0) == Dispatch("b")
+    assert scheduler.submit(q, 0.0) == Dispatch("b")  # "b" holds both now
+    head = scheduler.submit(request(Q + b"second"), 0.5)
+    behind = scheduler.submit(request(P + b"second"), 0.6)
+    end(fleet, scheduler, "b", p, 1.0)  # the free slot holds P; Q's is busy
+    assert scheduler.assign(1.0) == [Assigned(behind, "b")]
+    assert list(scheduler.buffer) == [head]
+
+
 def test_slot_routing_keeps_the_order():
     fleet = fleet_of(("a", 1))
     scheduler = Scheduler(fleet, SlotPolicy(), Buffer(100, 30.0))

@@ -105,6 +105,7 @@ class PrefixPolicy:
         self.clock = clock
         self.rules = tuple(rules)
         self._slots = SlotPolicy(rules)
+        self._freed: dict[str, list[int]] = {}  # backend -> block hashes of the last end
 
     # ------------------------------------------------------------------ picking
     def pick(self, fleet: Fleet, request: RequestInfo) -> Decision:
@@ -195,16 +196,26 @@ class PrefixPolicy:
         return now < note.wait_until and holder.ttft < winner.ttft
 
     def affinity(self, backend_id: str, request: RequestInfo) -> int:
-        """Prompt tokens of ``request`` that ``backend_id`` probably holds (0 without a
-        prompt, with an adapter or a pin): the scheduler weighs requests waiting in
-        the buffer for a freed slot by it. Cost: about log2(prompt blocks) lookups."""
+        """How well ``backend_id`` suits ``request``, in prompt tokens (0 without a
+        prompt, with an adapter or a pin): the tokens it probably holds, and once more
+        those the prompt shares with the one that last ended there (the slot that just
+        freed holds it; llama-server gives a request the idle slot whose prompt shares
+        the most, and under load that is the only idle one). The scheduler weighs
+        requests waiting in the buffer for a freed slot by it. Cost: the prompt's
+        blocks at most."""
         prompt = request.prompt
         if prompt is None or request.adapter is not None or request.backend_id is not None:
             return 0
-        blocks = self.index.match(backend_id, prompt.hashes(self.index.block))
+        hashes = prompt.hashes(self.index.block)
+        blocks = self.index.match(backend_id, hashes)
         if not blocks:
             return 0
-        return min(self.ratio.tokens(len(prompt)), self.ratio.tokens(blocks * self.index.block))
+        shared = 0  # leading blocks shared with the prompt that last ended there
+        for mine, freed in zip(hashes, self._freed.get(backend_id, ()), strict=False):
+            if mine != freed:
+                break
+            shared += 1
+        return self.ratio.tokens((blocks + shared) * self.index.block)
 
     def _predict(self, backend_id: str, prompt: Prompt, request: RequestInfo) -> None:
         blocks = self.index.match(backend_id, prompt.hashes(self.index.block))
@@ -220,6 +231,7 @@ class PrefixPolicy:
         elif isinstance(event, Finished):
             self._finished(event)
         elif isinstance(event, Reset):
+            self._freed.pop(event.backend_id, None)
             self.index.drop(event.backend_id)
             if event.reason != "restarted":
                 self.rates.forget(event.backend_id)
@@ -238,6 +250,7 @@ class PrefixPolicy:
         note.sent_at = event.now
         self.index.set_capacity(backend.id, self._capacity_blocks(backend))
         self.index.add(backend.id, hashes)
+        self._freed.pop(backend.id, None)  # the freed slot is (probably) taken
 
     def _finished(self, event: Finished) -> None:
         request, timings, backend_id = event.request, event.timings, event.backend.id
@@ -246,6 +259,8 @@ class PrefixPolicy:
         note = request.note
         if note.sent_at is not None and event.now is not None:
             self.rates.ran(backend_id, event.now - note.sent_at)
+        if request.prompt is not None and request.adapter is None:
+            self._freed[backend_id] = request.prompt.hashes(self.index.block)
         if timings is None:
             return
         self.rates.learn(backend_id, timings)
