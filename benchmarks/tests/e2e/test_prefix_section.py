@@ -38,7 +38,7 @@ async def test_real_and_simulated_servers_behind_each_contender(tmp_path: Path) 
         assert r["busiest_over_mean"] >= 1.0
     sim = data["sim"]
     assert [(r["contender"], r["load"]) for r in sim["results"]] == [
-        (name, load) for load in (0.5, 1.5) for name in [*data["contenders"], "nginx-rr"]
+        (name, load) for load in (0.5, 3.0) for name in [*data["contenders"], "nginx-rr"]
     ]
     for r in sim["results"] + sim["control"]:
         assert r["summary"]["failed"] == 0, (r["contender"], r["summary"]["errors"])
@@ -46,4 +46,5 @@ async def test_real_and_simulated_servers_behind_each_contender(tmp_path: Path) 
     control = [r["summary"]["cache_hit_rate"] for r in sim["control"]]
     assert min(shared) > 0.2 and max(control) < 0.05  # the control has nothing to reuse
     assert "cache hit rate" in section.markdown and "Why Corral was behind" in section.markdown
+    assert "At saturation (300%)" in section.markdown  # the ratios to round robin
     assert children() <= before

@@ -122,6 +122,9 @@ class BalancerConfig:
     prefix_max_wait: float = default(BALANCER, "prefix_max_wait")
     """With ``prefix`` routing: seconds a request may wait for the busy holder of its
     prompt (0: never)."""
+    prefix_max_pass: float = default(BALANCER, "prefix_max_pass")
+    """With ``prefix`` routing: seconds a request first in line may be passed over for
+    ones behind it whose prompt the freed server holds (0: never)."""
     statsd_addr: Addr | None = None
     """Where to send StatsD metrics over UDP (None: not sent)."""
     statsd_prefix: str = default(BALANCER, "statsd_prefix")
@@ -185,7 +188,9 @@ class Balancer:
             config.routing, RoutingOptions(prefix_max_wait=config.prefix_max_wait), self.clock.now
         )
         reserve = config.interactive_reserve if config.queue != "fifo" else 0.0
-        self.scheduler = Scheduler(self.fleet, policy, self.buffer, reserve=reserve)
+        self.scheduler = Scheduler(
+            self.fleet, policy, self.buffer, reserve=reserve, max_pass=config.prefix_max_pass
+        )
         self.dispatcher = Dispatcher(self.scheduler, self.clock, on_set_aside=self._refresh)
         self.management = Management(
             self.dispatcher,

@@ -300,6 +300,16 @@ BALANCER = Schema(
             non_negative_float,
             default=1.0,
         ),
+        Setting(
+            "prefix_max_pass",
+            "with --routing prefix: seconds a waiting request, first in line, may be passed "
+            "over for requests behind it whose prompt the freed server holds (0: never). "
+            "Under load every request waits, and serving them strictly in order sends most "
+            "to servers without their prompt; twice --prefix-max-wait lets the passed-over "
+            "request's own server free a slot meanwhile, and bounds what it pays for others",
+            non_negative_float,
+            default=2.0,
+        ),
         Setting("statsd_addr", "HOST:PORT of a StatsD server (UDP)", addr),
         Setting("statsd_prefix", "prefix of StatsD metric names", default="corral"),
         Setting(

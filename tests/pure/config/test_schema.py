@@ -86,6 +86,7 @@ def test_the_public_flags_and_env_names_stay():
         "--drain-timeout": "CORRAL_DRAIN_TIMEOUT",
         "--routing": "CORRAL_ROUTING",
         "--prefix-max-wait": "CORRAL_PREFIX_MAX_WAIT",
+        "--prefix-max-pass": "CORRAL_PREFIX_MAX_PASS",
         "--statsd-addr": "CORRAL_STATSD_ADDR",
         "--statsd-prefix": "CORRAL_STATSD_PREFIX",
         "--statsd-interval": "CORRAL_STATSD_INTERVAL",

@@ -61,3 +61,21 @@ def test_take_must_be_a_head():
     second = buffer.push(req(), now=0)
     with pytest.raises(ValueError):
         buffer.take(second)
+
+
+def test_behind_lists_a_window_of_its_own_queue_and_take_behind_keeps_the_counts():
+    buffer = Buffer(capacity=10, timeout=5)
+    head = buffer.push(RequestInfo("/v1/chat/completions", "m", size=10), now=0)
+    other = buffer.push(RequestInfo("/v1/chat/completions", "n", size=20), now=0)  # own queue
+    rest = [buffer.push(RequestInfo("/v1/chat/completions", "m", size=1), now=0) for _ in range(4)]
+    buffer.cancel(rest[0])
+    assert buffer.behind(head, 3) == rest[1:3]  # three places: one cancelled
+    assert buffer.behind(rest[1], 3) == []  # not a head
+    buffer.take_behind(rest[2], now=1)
+    assert len(buffer) == 4 and buffer.bytes == 10 + 20 + 1 + 1
+    assert list(buffer) == [head, other, rest[1], rest[3]]
+    with pytest.raises(ValueError):
+        buffer.take_behind(rest[2])  # served already
+    with pytest.raises(ValueError):
+        buffer.take_behind(head)  # a head: take()
+    assert buffer.heads(1) == [head, other]

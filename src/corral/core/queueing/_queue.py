@@ -51,6 +51,9 @@ class Waiter:
     deadline: float
     token: object = field(default=None, repr=False)
     done: bool = False  # served, expired or cancelled
+    passed_at: float | None = None
+    """When it was first passed over, as the head of its queue, for a request behind
+    it (the scheduler's cache affinity); None while it never was."""
 
     @property
     def key(self) -> Key:
@@ -179,12 +182,33 @@ class Queue:
                 del self._queues[key]
         return self.order(heads, now)
 
+    def behind(self, head: Waiter, window: int) -> list[Waiter]:
+        """The live requests among the ``window`` entries behind ``head`` in its own
+        queue (same group, class and tenant), oldest first: O(window)."""
+        queue = self._queues.get(head.key)
+        if not queue or queue[0] is not head:
+            return []
+        return [w for w in itertools.islice(queue, 1, 1 + window) if not w.done]
+
     def take(self, waiter: Waiter, now: float | None = None) -> None:
         """Remove a head returned by :meth:`heads` to serve it."""
         queue = self._queues.get(waiter.key)
         if not queue or queue[0] is not waiter or waiter.done:
             raise ValueError(f"{waiter!r} is not at the head of its queue")
         queue.popleft()
+        self._served(waiter, now)
+
+    def take_behind(self, waiter: Waiter, now: float | None = None) -> None:
+        """Remove a request :meth:`behind` returned, ahead of its head, to serve it
+        (cost: its place in the queue). Raises ValueError for a head or a request no
+        longer waiting."""
+        queue = self._queues.get(waiter.key)
+        if not queue or queue[0] is waiter or waiter.done:
+            raise ValueError(f"{waiter!r} is not waiting behind a head")
+        queue.remove(waiter)  # there: it is waiting (not done), so in its queue
+        self._served(waiter, now)
+
+    def _served(self, waiter: Waiter, now: float | None) -> None:
         waiter.done = True
         self._count(waiter, -1)
         self.served(waiter, now)

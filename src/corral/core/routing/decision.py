@@ -12,7 +12,12 @@ class Dispatch:
 
 @dataclass(frozen=True, slots=True)
 class Wait:
+    """``free``: a backend with a free slot the request chose not to take (it waits
+    for a busy one that serves it better); the scheduler may give that slot to a
+    request waiting behind it (:meth:`~corral.core.scheduler.Scheduler.assign`)."""
+
     reason: str
+    free: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,13 @@ load:
    but is expected to serve the request sooner (its wait plus its short prefill) than
    the best free backend (a long prefill), the request waits in the buffer for it, at
    most ``max_wait`` seconds (then it goes to the best free backend). The wait shows in
-   the log line (``route=wait-prefix``) and the ``X-Corral-Buffer-Wait`` header.
+   the log line (``route=wait-prefix``) and the ``X-Corral-Buffer-Wait`` header. The
+   free backend it leaves goes to a request behind it that suits it
+   (``Wait.free``).
+6. **From the buffer** (under load every request waits there): :meth:`affinity` tells
+   the scheduler how much of a request's prompt a backend holds, and it gives a freed
+   slot to the waiting request it suits best, within bounds
+   (:meth:`~corral.core.scheduler.Scheduler.assign`, ``--prefix-max-pass``).
 
 Without a prompt (embeddings, multipart, pinned requests) or before any server has
 reported a prefill rate (a fleet without ``timings``), it routes as slot routing.
@@ -99,6 +105,7 @@ class PrefixPolicy:
         self.clock = clock
         self.rules = tuple(rules)
         self._slots = SlotPolicy(rules)
+        self._freed: dict[str, list[int]] = {}  # backend -> block hashes of the last end
 
     # ------------------------------------------------------------------ picking
     def pick(self, fleet: Fleet, request: RequestInfo) -> Decision:
@@ -153,7 +160,10 @@ class PrefixPolicy:
         winner, reason = pick(scored, self.imbalance)
         if busy_holder is not None and self._wait_for(busy_holder, winner, request):
             note.reason = "wait-prefix"
-            return Wait(f"waiting for {busy_holder.backend.name}, which holds the prompt")
+            return Wait(
+                f"waiting for {busy_holder.backend.name}, which holds the prompt",
+                free=winner.backend.id,
+            )
         note.reason = reason
         note.predicted_cached = winner.cached_tokens
         return Dispatch(winner.backend.id)
@@ -185,6 +195,31 @@ class PrefixPolicy:
             note.wait_until = now + self.max_wait
         return now < note.wait_until and holder.ttft < winner.ttft
 
+    def affinity(self, backend_id: str, request: RequestInfo) -> int:
+        """How well ``backend_id`` suits ``request``, in prompt tokens (0 without a
+        prompt, with an adapter or a pin): the tokens it probably holds, and once more
+        those the prompt shares with the one that last ended there (the slot that just
+        freed holds it; llama-server gives a request the idle slot whose prompt shares
+        the most, and under load that is the only idle one). The scheduler weighs
+        requests waiting in the buffer for a freed slot by it. Cost: about
+        2 log2(prompt blocks) lookups."""
+        prompt = request.prompt
+        if prompt is None or request.adapter is not None or request.backend_id is not None:
+            return 0
+        hashes = prompt.hashes(self.index.block)
+        blocks = self.index.match(backend_id, hashes)
+        if not blocks:
+            return 0
+        freed = self._freed.get(backend_id, ())
+        low, high = 0, min(len(hashes), len(freed))  # blocks shared with the last to end
+        while low < high:  # chained hashes: equal at i means equal up to i
+            mid = (low + high) // 2
+            if hashes[mid] == freed[mid]:
+                low = mid + 1
+            else:
+                high = mid
+        return self.ratio.tokens((blocks + low) * self.index.block)
+
     def _predict(self, backend_id: str, prompt: Prompt, request: RequestInfo) -> None:
         blocks = self.index.match(backend_id, prompt.hashes(self.index.block))
         request.note.predicted_cached = min(
@@ -199,6 +234,7 @@ class PrefixPolicy:
         elif isinstance(event, Finished):
             self._finished(event)
         elif isinstance(event, Reset):
+            self._freed.pop(event.backend_id, None)
             self.index.drop(event.backend_id)
             if event.reason != "restarted":
                 self.rates.forget(event.backend_id)
@@ -217,6 +253,7 @@ class PrefixPolicy:
         note.sent_at = event.now
         self.index.set_capacity(backend.id, self._capacity_blocks(backend))
         self.index.add(backend.id, hashes)
+        self._freed.pop(backend.id, None)  # the freed slot is (probably) taken
 
     def _finished(self, event: Finished) -> None:
         request, timings, backend_id = event.request, event.timings, event.backend.id
@@ -225,6 +262,8 @@ class PrefixPolicy:
         note = request.note
         if note.sent_at is not None and event.now is not None:
             self.rates.ran(backend_id, event.now - note.sent_at)
+        if request.prompt is not None and request.adapter is None:
+            self._freed[backend_id] = request.prompt.hashes(self.index.block)
         if timings is None:
             return
         self.rates.learn(backend_id, timings)

@@ -16,7 +16,10 @@ from corral.core.routing.slots import SlotPolicy
 
 class RoutingPolicy(Protocol):
     """What the scheduler calls. ``observe``, when not None, is subscribed to the
-    fleet's events; ``needs_prompt`` tells the proxy to give ``RequestInfo.prompt``."""
+    fleet's events; ``needs_prompt`` tells the proxy to give ``RequestInfo.prompt``;
+    ``affinity``, when not None, says how many prompt tokens of a request a backend
+    probably holds (the scheduler gives a freed slot to the waiting request it suits
+    best, within bounds: :meth:`~corral.core.scheduler.Scheduler.assign`)."""
 
     name: str
     needs_prompt: bool
@@ -25,6 +28,9 @@ class RoutingPolicy(Protocol):
 
     @property
     def observe(self) -> Callable[[FleetEvent], None] | None: ...
+
+    @property
+    def affinity(self) -> Callable[[str, RequestInfo], int] | None: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,6 +40,8 @@ class SlotPolicy:
     """Whether the proxy must give it the request's canonical text (``RequestInfo.prompt``)."""
     observe = None
     """No view of its own: the fleet's events are not needed (and not built)."""
+    affinity = None
+    """No preference among waiting requests for a freed slot: the buffer's order holds."""
 
     def __init__(self, rules: Sequence[Rule] = (), breadth: int = 8) -> None:
         self.rules = tuple(rules)

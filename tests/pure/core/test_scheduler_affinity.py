@@ -1,0 +1,193 @@
+"""Cache affinity in ``Scheduler.assign``: under load a freed slot goes to the waiting
+request whose prompt that server holds, within bounds (``max_pass``), never past a
+server's slots."""
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from corral.core import Buffer, Condition, Dispatch, Fleet, ManualClock, Report, Scheduler
+from corral.core.events import Timings
+from corral.core.queueing import Waiter
+from corral.core.routing import PrefixPolicy, Prompt, RequestInfo, SlotPolicy
+from corral.core.scheduler import Assigned
+
+CHAT = "/v1/chat/completions"
+P = b"the first group's long document. " * 250  # 8,250 bytes: 8 blocks
+Q = b"another group, another document! " * 250
+R = b"a third text that nobody shares.. " * 250
+
+
+def fleet_of(*backends: tuple[str, int]) -> Fleet:
+    fleet = Fleet()
+    for name, slots in backends:
+        fleet.register(name, name=name, address=f"http://{name}", api_key=None, now=0)
+        fleet.report(name, Report(Condition.READY, model="m", slots_total=slots), now=0)
+    return fleet
+
+
+def request(text: bytes) -> RequestInfo:
+    return RequestInfo(CHAT, "m", prompt=Prompt(text), size=len(text))
+
+
+def timings(info: RequestInfo, cached: int = 0) -> Timings:
+    n = len(info.prompt) // 4 if info.prompt is not None else 1  # 4 bytes a token
+    return Timings(n, cached, n / 2)  # 2,000 tokens/s
+
+
+def saturated(
+    max_pass: float = 2.0,
+) -> tuple[Fleet, Scheduler, dict[bytes, str], dict[str, RequestInfo]]:
+    """Two one-slot servers, each busy with a request of its own prefix (P, Q): the
+    holder of each prefix, and what runs on each server."""
+    fleet = fleet_of(("a", 1), ("b", 1))
+    scheduler = Scheduler(fleet, PrefixPolicy(), Buffer(100, 30.0), max_pass=max_pass)
+    holders, running = {}, {}
+    for text in (P, Q):
+        info = request(text + b"first")
+        decision = scheduler.submit(info, 0.0)
+        assert isinstance(decision, Dispatch)
+        holders[text] = decision.backend_id
+        running[decision.backend_id] = info
+    assert holders[P] != holders[Q]
+    return fleet, scheduler, holders, running
+
+
+def end(fleet: Fleet, scheduler: Scheduler, backend: str, info: RequestInfo, now: float) -> None:
+    fleet.release(backend, now, info, timings(info))
+    scheduler.finished(info, now)
+
+
+def test_a_freed_slot_goes_to_the_waiter_whose_prefix_that_server_holds():
+    fleet, scheduler, holders, running = saturated()
+    head = scheduler.submit(request(Q + b"second"), 0.5)  # Q's server is busy
+    behind = scheduler.submit(request(P + b"second"), 0.6)
+    assert isinstance(head, Waiter) and isinstance(behind, Waiter)
+    end(fleet, scheduler, holders[P], running[holders[P]], 1.0)
+    assert scheduler.assign(1.0) == [Assigned(behind, holders[P])]  # in order: the head
+    assert list(scheduler.buffer) == [head]
+    assert len(scheduler.buffer) == 1 and scheduler.buffer.bytes == head.request.size
+
+
+def test_the_head_is_passed_over_for_max_pass_seconds_at_most():
+    fleet, scheduler, holders, running = saturated(max_pass=2.0)
+    a = holders[P]
+    head = scheduler.submit(request(Q + b"waits"), 0.5)
+    assert isinstance(head, Waiter)
+    served = []
+    for now in (1.0, 2.0, 2.9, 3.0):
+        scheduler.submit(request(P + f"at {now}".encode()), now - 0.1)
+        end(fleet, scheduler, a, running[a], now)
+        [assigned] = scheduler.assign(now)
+        running[a] = assigned.waiter.request
+        served.append(assigned.waiter is head)
+    assert served == [False, False, False, True]  # passed over at 1.0, 2.0, 2.9; not at 3.0
+
+
+def test_the_slot_just_freed_prefers_the_prompt_that_ended_there():
+    fleet = fleet_of(("b", 2))
+    scheduler = Scheduler(fleet, PrefixPolicy(), Buffer(100, 30.0))
+    p, q = request(P + b"first"), request(Q + b"first")
+    assert scheduler.submit(p, 0.0) == Dispatch("b")
+    assert scheduler.submit(q, 0.0) == Dispatch("b")  # "b" holds both now
+    head = scheduler.submit(request(Q + b"second"), 0.5)
+    behind = scheduler.submit(request(P + b"second"), 0.6)
+    end(fleet, scheduler, "b", p, 1.0)  # the free slot holds P; Q's is busy
+    assert scheduler.assign(1.0) == [Assigned(behind, "b")]
+    assert list(scheduler.buffer) == [head]
+
+
+def test_slot_routing_keeps_the_order():
+    fleet = fleet_of(("a", 1))
+    scheduler = Scheduler(fleet, SlotPolicy(), Buffer(100, 30.0))
+    first = request(P)
+    assert scheduler.submit(first, 0.0) == Dispatch("a")
+    head = scheduler.submit(request(Q), 0.1)
+    scheduler.submit(request(P + b"again"), 0.2)
+    fleet.release("a", 1.0, first, timings(first))
+    [assigned] = scheduler.assign(1.0)
+    assert assigned.waiter is head
+
+
+def test_a_request_waiting_for_its_busy_holder_does_not_hold_up_the_queue():
+    clock = ManualClock(0.0)
+    fleet = fleet_of(("a", 1), ("b", 1))
+    scheduler = Scheduler(fleet, PrefixPolicy(clock=clock.now), Buffer(100, 30.0))
+    first = request(P)
+    assert scheduler.submit(first, 0.0) == Dispatch("a")
+    fleet.release("a", 0.5, first, Timings(2000, 0, 1000.0))  # 0.5 s runs: "a" frees soon
+    on_b = RequestInfo(CHAT, "m", "b", prompt=Prompt(R))  # pinned: "b" learns R
+    assert scheduler.submit(on_b, 0.5) == Dispatch("b")
+    busy = RequestInfo(CHAT, "m", "a")  # pinned: "a" is busy now
+    assert scheduler.submit(busy, 0.5) == Dispatch("a")
+    later = request(P + b"next")  # waits: no free slot
+    other = request(R + b"next")
+    head, behind = scheduler.submit(later, 0.6), scheduler.submit(other, 0.6)
+    assert isinstance(head, Waiter) and isinstance(behind, Waiter)
+    clock.advance(1.0)
+    fleet.release("b", clock.now(), on_b, timings(on_b))
+    # the head waits for "a" (which holds P) and leaves "b" free; R is on "b"
+    assert scheduler.assign(clock.now()) == [Assigned(behind, "b")]
+    assert later.note.reason == "wait-prefix"
+    assert list(scheduler.buffer) == [head]
+
+
+TEXTS = {"P1": P + b"x", "P2": P + b"y", "Q": Q + b"x", "R": R + b"x", "short": b"short"}
+
+
+class Overtaking(RuleBasedStateMachine):
+    """Whatever arrives and ends when: no server gets more than its slots, and a
+    request is overtaken by later ones for ``max_pass`` seconds at most from the first
+    time (it then gets the next slot offered to it)."""
+
+    MAX_PASS = 2.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fleet = fleet_of(("a", 1), ("b", 1))
+        self.scheduler = Scheduler(
+            self.fleet, PrefixPolicy(), Buffer(1000, 1000.0), max_pass=self.MAX_PASS
+        )
+        self.now = 0.0
+        self.running: list[tuple[str, RequestInfo]] = []
+        self.waiting: list[Waiter] = []  # arrival order (one queue: same key)
+        self.overtaken: dict[int, float] = {}  # waiter.seq -> first time
+
+    @rule(text=st.sampled_from(sorted(TEXTS)))
+    def arrive(self, text: str) -> None:
+        info = request(TEXTS[text])
+        decision = self.scheduler.submit(info, self.now)
+        if isinstance(decision, Dispatch):
+            self.running.append((decision.backend_id, info))
+        elif isinstance(decision, Waiter):
+            self.waiting.append(decision)
+
+    @rule(data=st.data(), dt=st.floats(0.0, 1.0), hit=st.booleans())
+    def end(self, data: st.DataObject, dt: float, hit: bool) -> None:
+        self.now += dt
+        if self.running:
+            i = data.draw(st.integers(0, len(self.running) - 1))
+            backend, info = self.running.pop(i)
+            n = len(info.prompt) // 4 if info.prompt is not None else 1
+            self.fleet.release(backend, self.now, info, timings(info, n // 2 if hit else 0))
+            self.scheduler.finished(info, self.now)
+        for outcome in self.scheduler.assign(self.now):
+            assert isinstance(outcome, Assigned)
+            waiter = outcome.waiter
+            older = self.waiting[: self.waiting.index(waiter)]
+            if older:  # overtaken: the head, by a request behind it
+                first = self.overtaken.setdefault(older[0].seq, self.now)
+                assert self.now - first < self.MAX_PASS, (older[0], self.now, first)
+            self.waiting.remove(waiter)
+            self.running.append((outcome.backend_id, waiter.request))
+
+    @invariant()
+    def never_oversubscribed(self) -> None:
+        for backend in self.fleet:
+            assert backend.reserved <= backend.slots_total, backend
+        assert len(self.scheduler.buffer) == len(self.waiting)
+        assert self.scheduler.buffer.bytes == sum(w.request.size for w in self.waiting)
+
+
+TestOvertaking = Overtaking.TestCase
+TestOvertaking.settings = settings(max_examples=80, stateful_step_count=50, deadline=None)
