@@ -78,8 +78,8 @@ IDLE = 0.3
 READ_LIMIT = 10.0
 """Seconds a case's connection may stay open after its last byte: longer is a hang."""
 _NONCE = re.compile(rb"n(\d+)x")
-KEEP_SERVER_ERRORS = 20
-"""5xx answers kept for the report (the statuses count them all)."""
+KEEP_SERVER_ERRORS = 5
+"""5xx answers kept per status for the report (the statuses count them all)."""
 
 
 # ------------------------------------------------------------------ the target
@@ -98,8 +98,8 @@ class Target:
     seen: list[Seen] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     statuses: Counter[int] = field(default_factory=Counter)
-    server_errors: list[tuple[bytes, bytes]] = field(default_factory=list)
-    """(what was sent, the answer's body) of each 5xx answer, to look at."""
+    server_errors: list[tuple[bytes, int, bytes]] = field(default_factory=list)
+    """(what was sent, the status, the answer's body) of 5xx answers, to look at."""
     """Answers of the fuzzed listener by status (what the cases exercised)."""
     balancer: Balancer | None = None
     _stops: list[Any] = field(default_factory=list)
@@ -443,8 +443,9 @@ async def http_case(
     responses = parse_responses(bytes(received))
     target.statuses.update(r.status for r in responses)
     for r in responses:
-        if r.status >= 500 and len(target.server_errors) < KEEP_SERVER_ERRORS:
-            target.server_errors.append((sent, r.body))
+        kept = sum(1 for _, status, _ in target.server_errors if status == r.status)
+        if r.status >= 500 and kept < KEEP_SERVER_ERRORS:
+            target.server_errors.append((sent, r.status, r.body))
     upstream = target.seen[before:]
     check_http(parts, sent, responses, upstream)
 
@@ -723,7 +724,7 @@ class Batch:
     surface: str
     count: int
     statuses: Counter[int]
-    server_errors: list[tuple[bytes, bytes]]
+    server_errors: list[tuple[bytes, int, bytes]]
     failure: str | None = None
 
 
@@ -799,7 +800,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds = itertools.count(args.seed) if args.seed is not None else itertools.repeat(None)
     logging.basicConfig(level=logging.CRITICAL)
     statuses: Counter[int] = Counter()
-    server_errors: list[tuple[bytes, bytes]] = []
+    server_errors: list[tuple[bytes, int, bytes]] = []
     total = 0
     started_all = time.monotonic()
     context = multiprocessing.get_context("spawn")
@@ -833,8 +834,11 @@ def main(argv: list[str] | None = None) -> int:
     answers = ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items()))
     print(f"total: {total} cases in {time.monotonic() - started_all:.0f}s "
           f"with {args.workers} worker(s); inference answers by status: {answers}")  # fmt: skip
-    for sent, body in server_errors[:5]:
-        print(f"5xx answer {body[:300]!r} to {sent[:600]!r}")
+    shown: Counter[int] = Counter()
+    for sent, status, body in server_errors:
+        shown[status] += 1
+        if shown[status] <= KEEP_SERVER_ERRORS:
+            print(f"{status} answer {body[:300]!r} to {sent[:2000]!r}")
     return 0
 
 
