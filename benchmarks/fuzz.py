@@ -485,6 +485,7 @@ def check_http(
         assert all(r.status >= 400 for r in extra), [r.status for r in extra]
     for response in responses:
         assert 200 <= response.status <= 599, response.status
+        assert response.status != 500, f"an internal error: {response.body[:300]!r}"
 
 
 # ------------------------------------------------------------ agent protocol

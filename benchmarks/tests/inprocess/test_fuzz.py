@@ -81,3 +81,12 @@ def test_a_long_run_in_worker_processes(capsys):
     out = capsys.readouterr().out
     assert "http: 45 cases" in out and "agent: 30 cases" in out and "management: 30 cases" in out
     assert "total: 105 cases" in out
+
+
+def test_the_checks_catch_an_internal_error_after_a_doubtful_request():
+    # the long run's 500s (a body not in UTF-8) passed: only 200s were checked
+    maybe = Segment(b"POST /tokenize HTTP/1.1\r\n\xff", "maybe")
+    sent = GOOD.data + maybe.data
+    check_http([GOOD, maybe], sent, [OK, Response(400, {}, b"")], _seen(1))
+    with pytest.raises(AssertionError, match="an internal error"):
+        check_http([GOOD, maybe], sent, [OK, Response(500, {}, b"")], _seen(1))
