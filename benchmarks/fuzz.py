@@ -1,6 +1,11 @@
 """Fuzz the balancer's three network surfaces with property-based inputs (hypothesis).
 
     PYTHONPATH=src .venv/bin/python benchmarks/fuzz.py [--examples N] [--surface NAME]
+        [--examples-for SURFACE=N] [--workers N] [--batch N] [--seed N]
+
+A long run (100,000 inference cases) on a 2-core machine:
+
+    benchmarks/fuzz.py --workers 2 --examples-for http=100000 --examples 20000
 
 One balancer runs in a background thread's event loop, with one agent and a
 simulated llama-server behind it that records every request the balancer sends it.
@@ -25,30 +30,39 @@ Each case is checked, then the balancer must still serve a plain request.
   Nothing answers 5xx; without the token nothing but the public routes answers 2xx
   and the desired state does not change.
 
-At the end no reservation is left held. The count of cases run per surface is
-printed (the figure for docs/benchmarks.md, "Fuzzing"). A failure prints the
-smallest input hypothesis found and exits 1.
+Cases run sequentially on each target, so every answer and every request the
+server saw belongs to one case. A long run splits each surface's cases into batches
+(``--batch``, one hypothesis run each, with its own seed) spread over ``--workers``
+processes, each with its own balancer, simulated server and agent: the properties
+are the same, checked per case. At the end of each batch no reservation is left
+held. The count of cases run per surface is printed (the figure for
+docs/benchmarks.md, "Fuzzing"). A failure prints the smallest input hypothesis
+found and exits 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import contextlib
 import itertools
 import logging
+import multiprocessing
 import re
 import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Coroutine
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import aiohttp
 from aiohttp import web
 from hypothesis import HealthCheck, given, settings
+from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
 from corral.addr import Addr
@@ -64,6 +78,8 @@ IDLE = 0.3
 READ_LIMIT = 10.0
 """Seconds a case's connection may stay open after its last byte: longer is a hang."""
 _NONCE = re.compile(rb"n(\d+)x")
+KEEP_SERVER_ERRORS = 5
+"""5xx answers kept per status for the report (the statuses count them all)."""
 
 
 # ------------------------------------------------------------------ the target
@@ -82,8 +98,8 @@ class Target:
     seen: list[Seen] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     statuses: Counter[int] = field(default_factory=Counter)
-    server_errors: list[tuple[bytes, bytes]] = field(default_factory=list)
-    """(what was sent, the answer's body) of each 5xx answer, to look at."""
+    server_errors: list[tuple[bytes, int, bytes]] = field(default_factory=list)
+    """(what was sent, the status, the answer's body) of 5xx answers, to look at."""
     """Answers of the fuzzed listener by status (what the cases exercised)."""
     balancer: Balancer | None = None
     _stops: list[Any] = field(default_factory=list)
@@ -398,7 +414,8 @@ async def http_case(
     target: Target, parts: list[Segment], cuts: list[int], delays: list[float]
 ) -> None:
     sent = b"".join(p.data for p in parts)
-    before = len(target.seen)
+    target.seen.clear()  # what earlier cases sent is checked; a long run keeps no history
+    before = 0
     reader, writer = await asyncio.open_connection("127.0.0.1", target.b.inference_port)
     received = bytearray()
     try:
@@ -426,8 +443,9 @@ async def http_case(
     responses = parse_responses(bytes(received))
     target.statuses.update(r.status for r in responses)
     for r in responses:
-        if r.status >= 500:
-            target.server_errors.append((sent, r.body))
+        kept = sum(1 for _, status, _ in target.server_errors if status == r.status)
+        if r.status >= 500 and kept < KEEP_SERVER_ERRORS:
+            target.server_errors.append((sent, r.status, r.body))
     upstream = target.seen[before:]
     check_http(parts, sent, responses, upstream)
 
@@ -467,6 +485,7 @@ def check_http(
         assert all(r.status >= 400 for r in extra), [r.status for r in extra]
     for response in responses:
         assert 200 <= response.status <= 599, response.status
+        assert response.status != 500, f"an internal error: {response.body[:300]!r}"
 
 
 # ------------------------------------------------------------ agent protocol
@@ -609,25 +628,38 @@ async def management_case(
 SURFACES = ("http", "agent", "management")
 
 
-def run(surface: str, examples: int, target: Target, seed: int | None = None) -> int:
-    """Run ``examples`` cases against ``surface``; returns the number run.
+def run(
+    surface: str,
+    examples: int,
+    target: Target,
+    seed: int | None = None,
+    nonces: Nonces | None = None,
+) -> int:
+    """Run ``examples`` cases against ``surface`` in one hypothesis run; returns the number run.
+
+    ``seed`` makes the run repeatable (each seed draws other cases); None draws at
+    random. ``nonces`` numbers the requests of the inference cases; pass the same one
+    to every run against one target.
 
     Raises:
         AssertionError (or what hypothesis re-raises): a case broke a property.
     """
     count = 0
-    nonces = Nonces()
+    nonces = nonces or Nonces()
     options = settings(
         max_examples=examples,
         deadline=None,
         database=None,
-        derandomize=seed is not None,
         suppress_health_check=list(HealthCheck),
         print_blob=True,
     )
 
+    def seeded(test: Any) -> Any:
+        return test if seed is None else hypothesis_seed(seed)(test)
+
     if surface == "http":
 
+        @seeded
         @options
         @given(
             segments(nonces),
@@ -642,6 +674,7 @@ def run(surface: str, examples: int, target: Target, seed: int | None = None) ->
 
     elif surface == "agent":
 
+        @seeded
         @options
         @given(agent_frames())
         def case(frames: list[bytes | str]) -> None:
@@ -652,6 +685,7 @@ def run(surface: str, examples: int, target: Target, seed: int | None = None) ->
 
     else:
 
+        @seeded
         @options
         @given(management_requests())
         def case(request: tuple[str, str, dict[str, str], bytes]) -> None:
@@ -683,32 +717,129 @@ def running_target() -> Any:
         target.close()
 
 
+# ------------------------------------------------------- long runs, in parallel
+@dataclass
+class Batch:
+    """What one hypothesis run of ``count`` cases found: sent back from a worker."""
+
+    surface: str
+    count: int
+    statuses: Counter[int]
+    server_errors: list[tuple[bytes, int, bytes]]
+    failure: str | None = None
+
+
+_worker_target: Target | None = None
+_worker_context = contextlib.ExitStack()
+"""Holds the worker's target open: a dropped context manager would close it."""
+_worker_nonces = Nonces()
+
+
+def _worker_start() -> None:
+    """A worker process's one target, kept for every batch it runs."""
+    global _worker_target
+    logging.basicConfig(level=logging.CRITICAL)
+    _worker_target = _worker_context.enter_context(running_target())
+    atexit.register(_worker_context.close)  # while the target's thread still runs
+
+
+def run_batch(surface: str, examples: int, seed: int | None) -> Batch:
+    """One hypothesis run of ``examples`` cases against this process's target.
+
+    A failure is returned (hypothesis's smallest input in the text), not raised.
+    """
+    target = _worker_target
+    assert target is not None, "run_batch runs in a worker started by _worker_start"
+    target.statuses.clear()
+    target.server_errors.clear()
+    failure = None
+    count = 0
+    try:
+        count = run(surface, examples, target, seed, _worker_nonces)
+    except Exception as exc:
+        notes = "\n".join(getattr(exc, "__notes__", []))
+        failure = f"{type(exc).__name__}: {exc}\n{notes}"
+    return Batch(surface, count, Counter(target.statuses), list(target.server_errors), failure)
+
+
+def _batches(examples: int, size: int) -> list[int]:
+    return [min(size, examples - at) for at in range(0, examples, size)]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--examples", type=int, default=1000, help="cases per surface")
-    parser.add_argument("--surface", choices=(*SURFACES, "all"), default="all")
+    parser.add_argument(
+        "--surface", choices=(*SURFACES, "all"), action="append",
+        help="a surface to fuzz (repeat for several; default all)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--examples-for", action="append", default=[], metavar="SURFACE=N",
+        help="cases for one surface, overriding --examples (e.g. http=100000)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--workers", type=int, default=1,
+        help="processes, each with its own balancer, simulated server and agent (one per core)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--batch", type=int, default=1000,
+        help="cases per hypothesis run; each run draws with its own seed",
+    )  # fmt: skip
+    parser.add_argument("--seed", type=int, default=None, help="first seed (default random)")
     args = parser.parse_args(argv)
+    chosen = [s for s in args.surface or () if s != "all"]
+    surfaces = tuple(dict.fromkeys(chosen)) or SURFACES
+    counts = dict.fromkeys(surfaces, args.examples)
+    for item in args.examples_for:
+        name, _, n = item.partition("=")
+        if name not in counts or not n.isdigit():
+            parser.error(f"--examples-for {item!r}: expected SURFACE=N with SURFACE one of "
+                         f"{', '.join(surfaces)}")  # fmt: skip
+        counts[name] = int(n)
+    if args.workers < 1 or args.batch < 1:
+        parser.error("--workers and --batch must be at least 1")
+    seeds = itertools.count(args.seed) if args.seed is not None else itertools.repeat(None)
     logging.basicConfig(level=logging.CRITICAL)
-    surfaces = SURFACES if args.surface == "all" else (args.surface,)
+    statuses: Counter[int] = Counter()
+    server_errors: list[tuple[bytes, int, bytes]] = []
     total = 0
-    with running_target() as target:
+    started_all = time.monotonic()
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(args.workers, context, initializer=_worker_start) as pool:
         for surface in surfaces:
             started = time.monotonic()
-            try:
-                count = run(surface, args.examples, target)
-            except Exception as exc:
-                notes = "\n".join(getattr(exc, "__notes__", []))
-                print(f"{surface}: FAILED: {type(exc).__name__}: {exc}\n{notes}")
-                return 1
+            jobs = [
+                pool.submit(run_batch, surface, n, next(seeds))
+                for n in _batches(counts[surface], args.batch)
+            ]
+            count = 0
+            for job in jobs:
+                batch = job.result()
+                count += batch.count
+                if len(jobs) > 10 and count % (args.batch * 10) == 0:
+                    print(f"  {surface}: {count} cases, {time.monotonic() - started:.0f}s",
+                          file=sys.stderr, flush=True)  # fmt: skip
+                statuses.update(batch.statuses)
+                server_errors.extend(batch.server_errors)
+                if batch.failure is not None:
+                    print(f"{surface}: FAILED after {count} cases: {batch.failure}", flush=True)
+                    for other in jobs:
+                        other.cancel()
+                    return 1
             total += count
             elapsed = time.monotonic() - started
             print(
-                f"{surface}: {count} cases in {elapsed:.0f}s ({count / elapsed:.0f}/s), all passed"
+                f"{surface}: {count} cases in {elapsed:.0f}s ({count / elapsed:.0f}/s), all passed",
+                flush=True,
             )
-    answers = ", ".join(f"{k}: {v}" for k, v in sorted(target.statuses.items()))
-    print(f"total: {total} cases; inference answers by status: {answers}")
-    for sent, body in target.server_errors[:5]:
-        print(f"5xx answer {body[:300]!r} to {sent[:600]!r}")
+    answers = ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items()))
+    print(f"total: {total} cases in {time.monotonic() - started_all:.0f}s "
+          f"with {args.workers} worker(s); inference answers by status: {answers}")  # fmt: skip
+    shown: Counter[int] = Counter()
+    for sent, status, body in server_errors:
+        shown[status] += 1
+        if shown[status] <= KEEP_SERVER_ERRORS:
+            print(f"{status} answer {body[:300]!r} to {sent[:2000]!r}")
     return 0
 
 

@@ -229,6 +229,22 @@ async def run_sections(env: SuiteEnv, names: Sequence[str]) -> dict[str, Section
     return done
 
 
+KEPT = (
+    "<!-- Below this line: sections other scripts measure (queueing.py, fuzz.py, chaos.py), "
+    "written by hand from their output. compare.py keeps them as they are. -->"
+)
+"""The line after which ``docs/benchmarks.md`` is not compare.py's to rewrite."""
+
+
+def with_kept(text: str, old_page: str | None) -> str:
+    """The generated ``text``, followed by the part of ``old_page`` from :data:`KEPT` on
+    (the sections other scripts measured; rewriting the page once lost three of them).
+    ``old_page`` None or without the line: ``text`` and an empty kept part."""
+    at = -1 if old_page is None else old_page.find(KEPT)
+    tail = old_page[at:] if old_page is not None and at >= 0 else KEPT + "\n"
+    return text.rstrip("\n") + "\n\n" + tail
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="benchmarks/compare.py",
@@ -276,6 +292,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = targets(saved)
     if summary:
         text += "\n## The foundation's speed targets\n\n" + summary + "\n"
-    page.write_text(text)
+    page.write_text(with_kept(text, page.read_text() if page.exists() else None))
     print(f"[bench] wrote {page} and {charts}/", file=sys.stderr)
     return 0

@@ -193,6 +193,10 @@ def _run_agent(args: argparse.Namespace) -> Coroutine[Any, Any, None]:
         )
     if args.llamacpp_port is not None and args.model is None:
         raise SystemExit("corral agent: --llamacpp-port is for a supervised server (--model)")
+    if args.reconnect_max < args.reconnect_min:
+        from corral.agent.agent import reconnect_error
+
+        raise SystemExit(f"corral agent: {reconnect_error(args.reconnect_min, args.reconnect_max)}")
     import socket
 
     server = copy = None

@@ -58,3 +58,35 @@ def test_the_checks_catch_lost_doubled_invented_and_wrong_answers():
         check_http([GOOD], sent, [Response(502, {}, b"")], _seen(1))
     with pytest.raises(AssertionError, match="answers after a refused request"):
         check_http([GOOD, BAD], GOOD.data + BAD.data, [OK, OK, OK], _seen(1))
+
+
+def test_a_batch_reports_its_failure_with_the_smallest_input(target, monkeypatch):
+    import fuzz
+
+    def broken(*args):
+        raise AssertionError("a planted fault")
+
+    monkeypatch.setattr(fuzz, "_worker_target", target)
+    monkeypatch.setattr(fuzz, "check_http", broken)
+    batch = fuzz.run_batch("http", 20, seed=2)
+    assert batch.failure is not None and "a planted fault" in batch.failure
+    assert "reproduce_failure" in batch.failure  # what hypothesis found, to replay
+
+
+def test_a_long_run_in_worker_processes(capsys):
+    from fuzz import main
+
+    argv = ["--workers", "2", "--batch", "15", "--examples", "30", "--seed", "4"]
+    assert main([*argv, "--examples-for", "http=45"]) == 0
+    out = capsys.readouterr().out
+    assert "http: 45 cases" in out and "agent: 30 cases" in out and "management: 30 cases" in out
+    assert "total: 105 cases" in out
+
+
+def test_the_checks_catch_an_internal_error_after_a_doubtful_request():
+    # the long run's 500s (a body not in UTF-8) passed: only 200s were checked
+    maybe = Segment(b"POST /tokenize HTTP/1.1\r\n\xff", "maybe")
+    sent = GOOD.data + maybe.data
+    check_http([GOOD, maybe], sent, [OK, Response(400, {}, b"")], _seen(1))
+    with pytest.raises(AssertionError, match="an internal error"):
+        check_http([GOOD, maybe], sent, [OK, Response(500, {}, b"")], _seen(1))

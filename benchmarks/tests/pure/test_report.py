@@ -76,3 +76,14 @@ def test_the_foundation_targets_are_judged_from_the_sections_figures() -> None:
     table = targets(data)
     assert "48,000 tokens/s per core (20.8 µs of CPU per token" in table
     assert "45,000 tokens/s delivered in the run) | **no** |" in table
+
+
+def test_a_regenerated_page_keeps_the_sections_other_scripts_measured() -> None:
+    from comparison.report import KEPT, with_kept
+
+    old = f"# Benchmarks\n\nold tables\n\n{KEPT}\n\n## Fuzzing\n\n100,000 cases\n\n## Chaos\n"
+    page = with_kept("# Benchmarks\n\nnew tables\n", old)
+    assert "new tables" in page and "old tables" not in page
+    assert page.endswith(f"{KEPT}\n\n## Fuzzing\n\n100,000 cases\n\n## Chaos\n")
+    assert with_kept("# B\n", None) == f"# B\n\n{KEPT}\n"
+    assert with_kept("# B\n", "# B\n\nno line\n") == f"# B\n\n{KEPT}\n"

@@ -22,8 +22,10 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import random
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -82,9 +84,11 @@ class AgentConfig:
     -STOP``) is reported at once and the balancer breaks off the requests it holds. A
     busy server still answers ``/health`` at once (llama-server answers it outside
     its task queue), so a long generation is never mistaken for a hang."""
-    reconnect_min: float = 0.2
-    reconnect_max: float = 10.0
-    """Backoff bounds, in seconds, for reconnecting to a balancer."""
+    reconnect_min: float = default(AGENT, "reconnect_min")
+    """Seconds before the first reconnect to a balancer; each failed attempt doubles the
+    wait, with +-20% jitter (gRPC's connection backoff, sooner: see the setting)."""
+    reconnect_max: float = default(AGENT, "reconnect_max")
+    """The cap, in seconds, of the reconnect backoff; at least ``reconnect_min``."""
     socket_heartbeat: float = 5.0
     """Seconds between WebSocket pings; a balancer that stops answering them is
     dropped and reconnected (a vanished peer is otherwise noticed only by TCP)."""
@@ -96,6 +100,33 @@ class AgentConfig:
     probe_addr: Addr | None = default(AGENT, "probe_addr")
     """Where to answer liveness and readiness probes (``GET /livez``, ``GET /readyz``;
     see :mod:`corral.agent.probes`); None: no probe listener."""
+
+    def __post_init__(self) -> None:
+        """Check the reconnect backoff.
+
+        Raises:
+            ValueError: not 0 < ``reconnect_min`` <= ``reconnect_max`` < infinity.
+        """
+        if not 0 < self.reconnect_min <= self.reconnect_max < math.inf:
+            raise ValueError(reconnect_error(self.reconnect_min, self.reconnect_max))
+
+
+def reconnect_error(low: float, high: float) -> str:
+    """Why a reconnect backoff of ``low`` to ``high`` seconds is refused."""
+    return (
+        f"the reconnect backoff must start above 0 and not exceed its cap: "
+        f"--reconnect-min {low:g} s, --reconnect-max {high:g} s"
+    )
+
+
+def reconnect_wait(
+    backoff: float, cap: float, uniform: Callable[[float, float], float] = random.uniform
+) -> float:
+    """Seconds to wait before reconnecting to a balancer: ``backoff`` (the current step
+    of the doubling backoff, seconds) +-20% jitter as gRPC's connection backoff, never
+    more than ``cap`` (``--reconnect-max``). Near the cap the wait spreads over 80-100%
+    of it, so the agents of a balancer that comes back do not all return at once."""
+    return min(backoff * uniform(0.8, 1.2), cap * uniform(0.8, 1.0))
 
 
 class ServerProcess(Protocol):
@@ -408,7 +439,7 @@ class Agent:
             self._notify()  # the other links' shares change
             if reason == "server moved":
                 continue
-            delay = self._delay[url] * random.uniform(0.8, 1.2)
+            delay = reconnect_wait(self._delay[url], self.config.reconnect_max)
             log.warning("balancer %s: %s; reconnecting in %.1fs", addr, reason, delay)
             await asyncio.sleep(delay)
             self._delay[url] = min(self.config.reconnect_max, self._delay[url] * 2)

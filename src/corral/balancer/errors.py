@@ -126,3 +126,12 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         if exc.status < 400:
             raise
         return render(request, exc)
+
+
+def not_utf8(exc: Exception) -> str:
+    """The reason a JSON body failed to decode, for its 400 answer: msgspec raises
+    :class:`UnicodeDecodeError` (not its ``DecodeError``) for a string that is not
+    UTF-8, and that must be the client's error, not a 500."""
+    if isinstance(exc, UnicodeDecodeError):
+        return f"a string is not UTF-8 ({exc.reason})"
+    return str(exc)

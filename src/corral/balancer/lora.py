@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import msgspec
 
-from corral.balancer.errors import HTTPError
+from corral.balancer.errors import HTTPError, not_utf8
 from corral.core.fleet import Adapter
 
 
@@ -26,8 +26,8 @@ def with_lora(body: bytes, adapters: tuple[Adapter, ...], name: str) -> bytes:
         raise HTTPError(503, f"Corral: the server no longer has adapter {name}", retry_after=1)
     try:
         fields = msgspec.json.decode(body)
-    except msgspec.DecodeError as exc:
-        raise HTTPError(400, f"request body is not valid JSON: {exc}") from None
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise HTTPError(400, f"request body is not valid JSON: {not_utf8(exc)}") from None
     if not isinstance(fields, dict):
         raise HTTPError(400, "request body is not a JSON object")
     fields["lora"] = [{"id": a.id, "scale": 1.0 if a.name == name else 0.0} for a in adapters]

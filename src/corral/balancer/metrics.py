@@ -445,7 +445,7 @@ def token_counts(body: bytes) -> tuple[int, int]:
     """
     try:
         counts = _counts.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
         return 0, 0
     if counts.usage is not None:
         u = counts.usage
@@ -462,7 +462,7 @@ def timings_of(body: bytes | None) -> Timings | None:
         return None
     try:
         t = _counts.decode(body).timings
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
         return None
     if t is None:
         return None

@@ -42,7 +42,7 @@ def prompt_of(body: bytes) -> Prompt | None:
     request is then routed without one, and the server says what is wrong)."""
     try:
         fields = _decoder.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
         return None
     if fields.messages is not None:
         messages = [(b"system", bytes(fields.system))] if fields.system else []

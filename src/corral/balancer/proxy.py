@@ -42,7 +42,7 @@ import msgspec
 from corral.balancer import aggregate, llamacpp_metrics, slot_actions
 from corral.balancer.cors import Cors
 from corral.balancer.dispatcher import Dispatcher, Reservation
-from corral.balancer.errors import HTTPError, log_error, sse_error_event
+from corral.balancer.errors import HTTPError, log_error, not_utf8, sse_error_event
 from corral.balancer.forwarded import FORWARDED_HEADERS, ProxyTrust, forwarded_lines
 from corral.balancer.http_server import Request, Responder, encode_headers
 from corral.balancer.lora import with_lora
@@ -138,6 +138,8 @@ def request_fields(body: bytes) -> _Body:
         raise HTTPError(400, f"invalid request body: {exc}") from None
     except msgspec.DecodeError as exc:
         raise HTTPError(400, f"request body is not valid JSON: {exc}") from None
+    except UnicodeDecodeError as exc:  # msgspec's, for a string that is not UTF-8
+        raise HTTPError(400, f"request body is not valid JSON: {not_utf8(exc)}") from None
 
 
 def _decoded(body: bytes, encoding: str | None, limit: int) -> bytes:

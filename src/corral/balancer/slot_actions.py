@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 
 from corral.balancer import aggregate
-from corral.balancer.errors import HTTPError
+from corral.balancer.errors import HTTPError, not_utf8
 from corral.balancer.http_server import Request
 from corral.balancer.upstream import UpstreamBroken, UpstreamError, UpstreamPool
 from corral.core.fleet import Fleet
@@ -30,8 +30,8 @@ def pin(fleet: Fleet, body: bytes, fleet_slot: int) -> tuple[bytes, str | None]:
     Raises a 400 :class:`HTTPError` when the body is not a JSON object."""
     try:
         fields = msgspec.json.decode(body)
-    except msgspec.DecodeError as exc:
-        raise HTTPError(400, f"request body is not valid JSON: {exc}") from None
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise HTTPError(400, f"request body is not valid JSON: {not_utf8(exc)}") from None
     if not isinstance(fields, dict):
         raise HTTPError(400, "request body is not a JSON object")
     owner = aggregate.slot_owner(fleet, fleet_slot)
@@ -81,7 +81,7 @@ async def forward(
 def _with_fleet_id(data: bytes, local: int, fleet_slot: int) -> bytes:
     try:
         body: Any = msgspec.json.decode(data)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
         return data
     if isinstance(body, dict) and body.get("id_slot") == local:
         body["id_slot"] = fleet_slot

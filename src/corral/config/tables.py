@@ -12,6 +12,7 @@ The typed config objects (``BalancerConfig``, ``AgentConfig``, ``SimConfig``,
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from corral.addr import Addr
@@ -68,6 +69,14 @@ def non_negative_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"{text!r} cannot be negative")
+    return value
+
+
+def finite_seconds(text: str) -> float:
+    """Seconds, greater than 0 and finite."""
+    value = float(positive(float)(text))
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number of seconds")
     return value
 
 
@@ -475,6 +484,25 @@ AGENT = Schema(
             "when its arguments ask for sleep)",
             non_negative_float,
             default=30.0,
+        ),
+        Setting(
+            "reconnect_min",
+            "seconds before the first reconnect to a balancer that closed or refused the "
+            "link; each failed attempt doubles the wait (with jitter) up to --reconnect-max",
+            finite_seconds,
+            default=0.2,
+            default_from="gRPC's connection backoff starts at 1 s, Envoy's xDS at 0.5 s; "
+            "Corral starts sooner so a restarted balancer gets its fleet back within seconds",
+        ),
+        Setting(
+            "reconnect_max",
+            "the longest wait, in seconds, between reconnects to a balancer (the backoff's "
+            "cap; at least --reconnect-min)",
+            finite_seconds,
+            default=10.0,
+            default_from="gRPC caps its connection backoff at 120 s, Envoy's BackoffStrategy "
+            "at 10 times its base by default; 10 s bounds how long a balancer that is back "
+            "waits for an agent",
         ),
         Setting(
             "runner",

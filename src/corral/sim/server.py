@@ -432,7 +432,7 @@ async def _read(request: web.Request, kind: type[_T]) -> _T:
         raise ApiError(413, exc.text or "request too large", "invalid_request_error") from exc
     try:
         return msgspec.json.decode(raw, type=kind)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # msgspec: a string not UTF-8
         raise _bad_request(f"invalid JSON: {exc}") from exc
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 from aiohttp import web
 from support.harness import Harness, eventually
@@ -102,3 +103,48 @@ async def test_slots_are_read_only_after_a_quiet_gap_whatever_asks():
     assert min(gaps) >= 1.25, gaps
     assert max(gaps) < 1.75, gaps  # and not much later than allowed
     assert sum(what == "health" for what, _ in log) > 30  # /health at the poll rate
+
+
+async def test_reconnects_to_a_balancer_back_off_up_to_the_cap(monkeypatch):
+    # a "balancer" that accepts and hangs up at once: every attempt fails
+    attempts: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        attempts.append(loop.time())
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    from corral.agent import agent as agent_module
+
+    steps: list[tuple[float, float]] = []  # (backoff step, wait) of each reconnect
+
+    original = agent_module.reconnect_wait
+
+    def recorded(backoff: float, cap: float) -> float:
+        wait = original(backoff, cap)
+        steps.append((backoff, wait))
+        return wait
+
+    monkeypatch.setattr(agent_module, "reconnect_wait", recorded)
+    agent = Agent(
+        AgentConfig(
+            local_llamacpp_addr=Addr("127.0.0.1", 9),  # no server: the monitor reports it
+            management_addrs=(Addr("127.0.0.1", port),),
+            name="backoff",
+            reconnect_min=0.02,
+            reconnect_max=0.08,
+        )
+    )
+    try:
+        await agent.start()
+        await eventually(lambda: len(steps) >= 7, within=5.0, what="seven reconnects")
+    finally:
+        await agent.stop()
+        server.close()
+    backoffs = [backoff for backoff, _ in steps[:6]]
+    assert backoffs == [0.02, 0.04, 0.08, 0.08, 0.08, 0.08]  # doubling, then capped
+    assert all(wait <= 0.08 for _, wait in steps)
+    gaps = [b - a for a, b in itertools.pairwise(attempts)]
+    assert max(gaps[3:]) < 0.08 + 0.25, gaps  # the loop honours the cap (slack: a busy CPU)

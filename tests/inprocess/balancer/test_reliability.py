@@ -278,3 +278,25 @@ async def test_shutdown_drains_and_a_restarted_balancer_gets_its_fleet_back(harn
             assert r.status == 200
     finally:
         await restarted.stop()
+
+
+async def test_a_body_whose_strings_are_not_utf8_is_refused_with_400_not_500(harness: Harness):
+    # found by the long fuzz run: msgspec raises UnicodeDecodeError, not DecodeError,
+    # for a JSON string that is not UTF-8; the balancer answered 500 with a traceback
+    balancer = await harness.balancer()
+    _, port = await harness.sim(name="a")
+    await harness.agent(port, balancer, name="a")
+    headers = {"Content-Type": "application/json"}
+    for body in (
+        b'{"model": "\xff", "messages": [{"role": "user", "content": "hi"}]}',
+        b'{"id_slot": "\xff\xfe", "messages": [{"role": "user", "content": "hi"}]}',
+    ):
+        async with harness.http.post(url(balancer, CHAT), data=body, headers=headers) as r:
+            assert r.status == 400, await r.text()
+            assert "not UTF-8" in (await r.json())["error"]["message"]
+    # the prompt's strings are read for routing only: a bad one leaves it to the server
+    body = b'{"messages": [{"role": "\xff", "content": "hi"}]}'
+    async with harness.http.post(url(balancer, CHAT), data=body, headers=headers) as r:
+        assert r.status == 400, await r.text()  # the simulated server's own refusal
+    async with harness.http.post(url(balancer, "/tokenize"), data=b'{"content": "\xff"}') as r:
+        assert r.status == 400, await r.text()  # the fuzz run's input, relayed

@@ -72,6 +72,23 @@ def test_sim_has_its_own_namespace(monkeypatch):
             ["agent", "--management-addr", "b:1", "--runner", "vllm", "--", "vllm", "serve"],
             "give --server-addr",
         ),
+        (["agent", "--reconnect-max", "0"], "must be greater than 0"),
+        (["agent", "--reconnect-min", "soon"], "not a number"),
+        (["agent", "--reconnect-max", "inf"], "must be a finite number of seconds"),
+        (
+            [
+                "agent",
+                "--management-addr",
+                "b:1",
+                "--server-addr",
+                "h:1",
+                "--reconnect-min",
+                "5",
+                "--reconnect-max",
+                "2",
+            ],
+            "must start above 0 and not exceed its cap: --reconnect-min 5 s, --reconnect-max 2 s",
+        ),
         (["launch"], "invalid choice"),
         (["bench", "http://x", "--users", "0"], "must be at least 1"),
         (["bench", "http://x", "--users", "2", "--rate", "3"], "not allowed with argument"),
@@ -209,3 +226,27 @@ def test_the_old_address_flag_still_names_the_server(monkeypatch):
     asyncio.run(cli._run_agent(args))
     assert captured["server"] is None
     assert captured["config"].local_llamacpp_addr == Addr("h", 7)
+
+
+def test_the_reconnect_backoff_reaches_the_agent_from_flags_and_environment(monkeypatch):
+    from corral import cli
+
+    captured = {}
+
+    async def fake_run(config, server, copy):
+        captured["config"] = config
+
+    monkeypatch.setattr("corral.agent.run", fake_run)
+    monkeypatch.setenv("CORRAL_RECONNECT_MIN", "0.5")
+    argv = ["agent", "--management-addr", "b:1", "--server-addr", "h:1", "--reconnect-max", "3"]
+    import asyncio
+
+    def agent_args(argv):
+        args = parse_args(argv)
+        args.extra = []  # what main sets: the arguments after --
+        return args
+
+    asyncio.run(cli._run_agent(agent_args(argv)))
+    assert (captured["config"].reconnect_min, captured["config"].reconnect_max) == (0.5, 3.0)
+    asyncio.run(cli._run_agent(agent_args(argv[:-2])))
+    assert (captured["config"].reconnect_min, captured["config"].reconnect_max) == (0.5, 10.0)

@@ -110,6 +110,7 @@ def test_the_public_flags_and_env_names_stay():
         "--llama-server", "--llamacpp-port", "--quiet-server", "--external-llamacpp-addr",
         "--management-addr", "--name", "--llamacpp-api-key", "--agent-token",
         "--poll-interval", "--read-timeout", "--slots-gap", "--idle-slots-interval",
+        "--reconnect-min", "--reconnect-max",
         "--runner", "--concurrency", "--probe-addr", "--tls", "--tls-ca", "--llamacpp-host",
         "--model-alias", "--log-level", "--log-format",
     ]  # fmt: skip
