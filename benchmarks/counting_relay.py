@@ -14,8 +14,10 @@ JSON ``{"by_id": {request id: times seen}, "by_port": {"SERVER_PORT": POSTs}}``.
 This is how a batch line that reached a server twice is seen: Corral sends each line
 with the stable ``X-Request-Id`` ``batch_req_<batch>_<index>`` (docs/batch.md), and the
 relay runs in its own process, so a balancer killed mid-job does not take the counts
-with it. A request counts when its head has been read, i.e. when it was sent to the
-server, whether or not the server finished it.
+with it. A request counts once its head has been written to a connection the server
+has not closed, i.e. when it was sent to the server, whether or not the server finished
+it. (A head that arrives on a kept-alive connection the server already closed is not
+counted: it never reached the server, and the balancer sends it again on a new one.)
 """
 
 from __future__ import annotations
@@ -58,7 +60,11 @@ def read_counts(path: Path) -> tuple[Counter[str], Counter[str]]:
 
 
 async def _requests(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, counts: Counts, port: int
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    server_reader: asyncio.StreamReader,
+    counts: Counts,
+    port: int,
 ) -> None:
     """Client to server: count each request head, forward everything."""
     while True:
@@ -80,9 +86,12 @@ async def _requests(
                 request_id = value.strip().decode(errors="replace")
             elif name == b"transfer-encoding":
                 chunked = True
-        if method == b"POST":
-            counts.add(request_id, port)
+        if server_reader.at_eof():  # the server closed this kept-alive connection:
+            return  # the request never reaches it (the balancer sends it again elsewhere)
         writer.write(head)
+        await writer.drain()
+        if method == b"POST":  # counted once handed to a live connection to the server
+            counts.add(request_id, port)
         if chunked:  # not parsed: pass the rest of the connection through as it is
             while data := await reader.read(65536):
                 writer.write(data)
@@ -112,7 +121,7 @@ async def _connection(
         client_w.close()
         return
     tasks = [
-        asyncio.create_task(_requests(client_r, server_w, counts, port)),
+        asyncio.create_task(_requests(client_r, server_w, server_r, counts, port)),
         asyncio.create_task(_answers(server_r, client_w)),
     ]
     with contextlib.suppress(OSError):

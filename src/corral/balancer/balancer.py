@@ -272,6 +272,7 @@ class Balancer:
         self._pool = pool = UpstreamPool(
             connect_timeout=self.config.upstream_connect_timeout,
             idle_timeout=self.config.upstream_idle_timeout,
+            keepalive_timeout=self.config.upstream_keepalive_timeout,
         )
         self.dispatcher.on_lost = lambda backend, reason: pool.abort(backend.address, reason)
         self.management_port = await self._listen(

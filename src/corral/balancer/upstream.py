@@ -505,15 +505,17 @@ class UpstreamPool:
         *,
         connect_timeout: float = 5.0,
         idle_timeout: float | None = None,
-        keepalive_timeout: float = 30.0,
+        keepalive_timeout: float = 4.0,
         max_idle_per_server: int = 512,
     ) -> None:
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
         """Seconds a response may send nothing once its head came (None: no limit)."""
         self.keepalive_timeout = keepalive_timeout
-        """Idle connections older than this are closed rather than reused (llama-server
-        itself closes idle connections after 5 s; a dead one is retried once)."""
+        """Idle connections older than this are closed rather than reused: below the
+        5 s after which llama-server (cpp-httplib) and uvicorn close idle connections,
+        so a request is not written into one the server is closing (``--upstream-keepalive-timeout``;
+        one that died anyway is retried once, see :data:`_STALE`)."""
         self.max_idle_per_server = max_idle_per_server
         self.loop = asyncio.get_running_loop()  # made inside the running loop
         self._idle: dict[tuple[str, int], deque[UpstreamConnection]] = {}

@@ -228,6 +228,17 @@ BALANCER = Schema(
             default_from="HAProxy's usual `timeout server`",
         ),
         Setting(
+            "upstream_keepalive_timeout",
+            "seconds an idle connection to a server is kept for the next request; keep it "
+            "below the server's own keep-alive timeout, or requests are written into "
+            "connections the server is closing (then sent again on a new one)",
+            positive(float),
+            default=4.0,
+            default_from="below the 5 s after which llama-server (cpp-httplib's "
+            "CPPHTTPLIB_KEEPALIVE_TIMEOUT_SECOND) and uvicorn (vLLM, SGLang: "
+            "--timeout-keep-alive) close an idle connection",
+        ),
+        Setting(
             "request_head_timeout",
             "seconds a client has to send a whole request line and headers (slow clients, "
             "slow-loris); then 408 and the connection closes",

@@ -93,6 +93,27 @@ async def test_an_idle_connection_the_server_closed_is_replaced_without_an_error
     pool.close()
 
 
+async def test_an_idle_connection_is_not_reused_past_the_keepalive_timeout() -> None:
+    """llama-server closes a connection idle for 5 s; the pool must give it up sooner,
+    or its requests race the server's close (and reach an intermediary twice)."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:  # keeps every connection open: only the pool's own rule closes it
+            await read_request(reader)
+            writer.write(ok(b"x"))
+
+    assert UpstreamPool.__init__.__kwdefaults__["keepalive_timeout"] < 5.0
+    pool = UpstreamPool(keepalive_timeout=0.2)
+    async with raw_server(serve) as (address, accepted):
+        for pause in (0.0, 0.05, 0.4):
+            await asyncio.sleep(pause)
+            response = await pool.request(address, "GET", b"/health", b"", b"")
+            assert await response.read() == b"x"
+            response.close()
+        assert len(accepted) == 2  # reused after 0.05 s, not after 0.4 s
+    pool.close()
+
+
 async def test_refused_and_silent_servers_are_upstream_errors() -> None:
     pool = UpstreamPool(connect_timeout=0.5)
     with pytest.raises(UpstreamError, match="ConnectionRefused"):

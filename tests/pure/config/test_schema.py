@@ -73,6 +73,7 @@ def test_the_public_flags_and_env_names_stay():
         "--upstream-connect-timeout": "CORRAL_UPSTREAM_CONNECT_TIMEOUT",
         "--upstream-head-timeout": "CORRAL_UPSTREAM_HEAD_TIMEOUT",
         "--upstream-idle-timeout": "CORRAL_UPSTREAM_IDLE_TIMEOUT",
+        "--upstream-keepalive-timeout": "CORRAL_UPSTREAM_KEEPALIVE_TIMEOUT",
         "--request-head-timeout": "CORRAL_REQUEST_HEAD_TIMEOUT",
         "--shutdown-timeout": "CORRAL_SHUTDOWN_TIMEOUT",
         "--agent-token": "CORRAL_AGENT_TOKEN",
