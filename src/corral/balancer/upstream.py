@@ -514,8 +514,9 @@ class UpstreamPool:
         self.keepalive_timeout = keepalive_timeout
         """Idle connections older than this are closed rather than reused: below the
         5 s after which llama-server (cpp-httplib) and uvicorn close idle connections,
-        so a request is not written into one the server is closing (``--upstream-keepalive-timeout``;
-        one that died anyway is retried once, see :data:`_STALE`)."""
+        so a request is not written into one the server is closing
+        (``--upstream-keepalive-timeout``; one that died anyway is sent again once,
+        see :data:`_STALE`)."""
         self.max_idle_per_server = max_idle_per_server
         self.loop = asyncio.get_running_loop()  # made inside the running loop
         self._idle: dict[tuple[str, int], deque[UpstreamConnection]] = {}
