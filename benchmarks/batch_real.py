@@ -81,7 +81,10 @@ class Scale:
     max_tokens: int  # of batch lines and interactive requests
 
 
-FULL = Scale(lines=300, alone=60.0, rate=2.0, max_tokens=16)
+FULL = Scale(lines=300, alone=60.0, rate=0.5, max_tokens=16)
+"""At 0.5/s the interactive users keep about one slot of four busy: the job has idle
+capacity to run on. (At 2/s they keep three busy, and batch-class lines, which leave
+interactive traffic its headroom, hardly start while they arrive.)"""
 QUICK = Scale(lines=40, alone=15.0, rate=2.0, max_tokens=8)
 
 

@@ -105,6 +105,7 @@ class BalancerConfig:
     response head. Non-streamed generations have none (llama-server answers only when
     done): a hung server is found by its agent's reads instead."""
     upstream_idle_timeout: float = default(BALANCER, "upstream_idle_timeout")
+    upstream_keepalive_timeout: float = default(BALANCER, "upstream_keepalive_timeout")
     """Seconds a response may send nothing once its head came."""
     request_head_timeout: float = default(BALANCER, "request_head_timeout")
     """Seconds a client has to send a whole request head (slow-loris): then 408."""
