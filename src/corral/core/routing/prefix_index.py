@@ -69,9 +69,9 @@ class PrefixIndex:
         docstring: eviction takes tails first), so this is a binary search: about
         ``log2(len(hashes))`` lookups, not one per block."""
         lru = self._lru.get(backend_id)
-        if not lru:
+        if not lru or not hashes or hashes[0] not in lru:  # the usual answer, in one lookup
             return 0
-        low, high = 0, len(hashes)  # blocks [0, low) held; [high, ...) not
+        low, high = 1, len(hashes)  # blocks [0, low) held; [high, ...) not
         while low < high:
             mid = (low + high) // 2
             if hashes[mid] in lru:
@@ -83,10 +83,23 @@ class PrefixIndex:
     def holders(self, hashes: list[int], budget: int = 64) -> Iterator[tuple[str, int]]:
         """``(backend_id, blocks held)`` for backends holding a prefix of this prompt,
         longest match first, each backend once. Looks at most ``budget`` holder
-        entries in all, plus one dict lookup per block."""
+        entries in all, plus one dict lookup per block up to the deepest one held.
+
+        Whoever holds a block holds every block before it, so the blocks held anywhere
+        are a prefix of the prompt: its length is found by binary search."""
+        holders = self._holders
+        if not hashes or hashes[0] not in holders:  # nobody holds any of it
+            return
+        low, high = 1, len(hashes)  # blocks [0, low) held somewhere; [high, ...) nowhere
+        while low < high:
+            mid = (low + high) // 2
+            if hashes[mid] in holders:
+                low = mid + 1
+            else:
+                high = mid
         seen: set[str] = set()
-        get = self._holders.get
-        for depth in range(len(hashes), 0, -1):
+        get = holders.get
+        for depth in range(low, 0, -1):
             held = get(hashes[depth - 1])
             if held is None:
                 continue
@@ -204,9 +217,16 @@ class PrefixIndex:
         if lru is None:
             return
         excess = len(lru) - self._capacity.get(backend_id, 0)
-        unhold, popitem = self._unhold, lru.popitem
-        for _ in range(excess):
-            unhold(backend_id, popitem(last=False)[0])
+        holders, popitem = self._holders, lru.popitem
+        for _ in range(excess):  # self._unhold, inlined: this loop runs for every add
+            h = popitem(last=False)[0]
+            held = holders[h]
+            if isinstance(held, str):
+                del holders[h]
+            else:
+                del held[backend_id]
+                if len(held) == 1:
+                    holders[h] = next(iter(held))
 
     def _unhold(self, backend_id: str, h: int) -> None:
         holders = self._holders
