@@ -125,3 +125,35 @@ def _common(a: bytes, b: bytes) -> int:
             break
         n += 1
     return n
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(st.sampled_from("abc"), st.sampled_from(["add", "older", "drop"]), texts),
+        min_size=1,
+        max_size=40,
+    ),
+    asked=texts,
+)
+def test_holders_agree_with_match_as_blocks_are_shared_and_dropped(steps, asked):
+    """Whatever backends share, lose and regain (one holder or several per block),
+    ``holders`` yields each backend holding part of a prompt once, with what ``match``
+    says it holds, deepest first."""
+    index = PrefixIndex(BLOCK)
+    for backend in "abc":
+        index.set_capacity(backend, 8)
+    for backend, step, text in steps:
+        hashes = Prompt(text).hashes(BLOCK)
+        if step == "add":
+            index.add(backend, hashes)
+        elif step == "older" and index.stamps(backend, hashes):
+            index.forget_older(backend, index.stamps(backend, hashes)[0])
+        elif step == "drop":
+            index.drop(backend)
+        index.check()
+    hashes = Prompt(asked).hashes(BLOCK)
+    found = list(index.holders(hashes, budget=100))
+    expected = {(b, index.match(b, hashes)) for b in "abc" if index.match(b, hashes)}
+    assert set(found) == expected and len(found) == len(expected)
+    assert [depth for _, depth in found] == sorted((d for _, d in found), reverse=True)

@@ -30,6 +30,7 @@ class Scored:
     ttft: float  # seconds, estimated
     cached_blocks: int  # predicted, in the prefix index's blocks
     cached_tokens: int  # predicted
+    busy: int  # the backend's busy slots when scored (``Backend.busy``)
 
 
 def pick(scored: list[Scored], imbalance: int) -> tuple[Scored, str]:
@@ -39,10 +40,18 @@ def pick(scored: list[Scored], imbalance: int) -> tuple[Scored, str]:
     Raises ValueError on an empty list."""
     if not scored:
         raise ValueError("no candidate to pick from")
-    best = min(scored, key=lambda s: s.ttft)
-    least = min(scored, key=lambda s: s.backend.busy)
-    if best.backend.busy - least.backend.busy > imbalance:
+    best = min(scored, key=_by_ttft)
+    least = min(scored, key=_by_busy)
+    if best.busy - least.busy > imbalance:
         return least, "balance"
     if best.cached_blocks == 0:
         return best, "least-load"
     return best, "prefix"
+
+
+def _by_ttft(s: Scored) -> float:
+    return s.ttft
+
+
+def _by_busy(s: Scored) -> int:
+    return s.busy

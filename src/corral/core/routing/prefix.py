@@ -145,10 +145,11 @@ class PrefixPolicy:
                 continue
             seen.add(backend_id)
             added += 1
-            if backend.free > 0:
-                scored.append(self._score(backend, blocks, tokens))
+            free = backend.free
+            if free > 0:
+                scored.append(self._score(backend, blocks, tokens, free))
             elif busy_holder is None:
-                busy_holder = self._score(backend, blocks, tokens)
+                busy_holder = self._score(backend, blocks, tokens, free)
         note = request.note
         if not scored:
             note.wait_until = None
@@ -172,15 +173,16 @@ class PrefixPolicy:
         return (
             answers(backend, request)
             and has_adapter(backend, request)
-            and all(rule.accepts(backend, request) for rule in self.rules)
+            and (not self.rules or all(rule.accepts(backend, request) for rule in self.rules))
         )
 
-    def _score(self, backend: Backend, blocks: int, tokens: int) -> Scored:
+    def _score(self, backend: Backend, blocks: int, tokens: int, free: int | None = None) -> Scored:
+        if free is None:
+            free = backend.free
         cached = min(tokens, self.ratio.tokens(blocks * self.index.block))
         rate = self.rates.rate(backend.id) or 1.0  # known: some backend was measured
-        return Scored(
-            backend, estimated_ttft(backend, tokens - cached, rate, self.rates), blocks, cached
-        )
+        ttft = estimated_ttft(backend, tokens - cached, rate, self.rates, free)
+        return Scored(backend, ttft, blocks, cached, backend.slots_total - free)
 
     def _wait_for(self, holder: Scored, winner: Scored, request: RequestInfo) -> bool:
         """Whether to wait for ``holder`` (busy) rather than send to ``winner`` now."""

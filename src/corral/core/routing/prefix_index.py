@@ -11,10 +11,11 @@ A prompt is cut into fixed-size blocks of its canonical text, each hash chained 
 the previous one (:class:`~corral.core.routing.request.Prompt`), so a block's hash
 stands for the whole prefix up to it. The index is two maps:
 
-- ``block hash -> backends holding it`` (an insertion-ordered dict used as a set): the
-  holders of a prompt are found by walking its blocks from the deepest, so a lookup
-  costs the prompt's length in blocks plus a bounded number of holders examined,
-  never the fleet's size;
+- ``block hash -> backends holding it``: the one backend's id when one holds it (the
+  usual case: a block most often lives on one server), else an insertion-ordered dict
+  of ids used as a set (two or more). The holders of a prompt are found by walking
+  its blocks from the deepest, so a lookup costs the prompt's length in blocks plus a
+  bounded number of holders examined, never the fleet's size;
 - ``backend -> its blocks in recency order`` (an ``OrderedDict`` of block hash to a
   recency stamp): least recently used first. A prompt's blocks are renewed deepest
   first, so its first block is the most recent: eviction takes the tails of old
@@ -32,7 +33,9 @@ backend's entries not renewed since that block's old stamp are dropped
 (:meth:`PrefixIndex.forget_older`). A server that restarts, changes model or leaves
 loses all its entries (:meth:`PrefixIndex.drop`).
 
-Memory: two dict entries per (backend, block), about 200 bytes.
+Memory: two dict entries per (backend, block) and the block's hash, about 200 bytes
+with every backend's cache full (benchmarks/prefix_cost.py measures it); a block held
+by several backends adds a small dict of their ids.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ class PrefixIndex:
         if block < 1:
             raise ValueError("block must be at least 1 byte")
         self.block = block
-        self._holders: dict[int, dict[str, None]] = {}
+        self._holders: dict[int, str | dict[str, None]] = {}  # one id, or 2+ as a set
         self._lru: dict[str, OrderedDict[int, int]] = {}
         self._capacity: dict[str, int] = {}
         self._stamp = 0
@@ -66,9 +69,9 @@ class PrefixIndex:
         docstring: eviction takes tails first), so this is a binary search: about
         ``log2(len(hashes))`` lookups, not one per block."""
         lru = self._lru.get(backend_id)
-        if not lru:
+        if not lru or not hashes or hashes[0] not in lru:  # the usual answer, in one lookup
             return 0
-        low, high = 0, len(hashes)  # blocks [0, low) held; [high, ...) not
+        low, high = 1, len(hashes)  # blocks [0, low) held; [high, ...) not
         while low < high:
             mid = (low + high) // 2
             if hashes[mid] in lru:
@@ -80,11 +83,35 @@ class PrefixIndex:
     def holders(self, hashes: list[int], budget: int = 64) -> Iterator[tuple[str, int]]:
         """``(backend_id, blocks held)`` for backends holding a prefix of this prompt,
         longest match first, each backend once. Looks at most ``budget`` holder
-        entries in all, plus one dict lookup per block."""
+        entries in all, plus one dict lookup per block up to the deepest one held.
+
+        Whoever holds a block holds every block before it, so the blocks held anywhere
+        are a prefix of the prompt: its length is found by binary search."""
+        holders = self._holders
+        if not hashes or hashes[0] not in holders:  # nobody holds any of it
+            return
+        low, high = 1, len(hashes)  # blocks [0, low) held somewhere; [high, ...) nowhere
+        while low < high:
+            mid = (low + high) // 2
+            if hashes[mid] in holders:
+                low = mid + 1
+            else:
+                high = mid
         seen: set[str] = set()
-        for depth in range(len(hashes), 0, -1):
-            held = self._holders.get(hashes[depth - 1])
-            if not held or (len(held) <= len(seen) and all(b in seen for b in held)):
+        get = holders.get
+        for depth in range(low, 0, -1):
+            held = get(hashes[depth - 1])
+            if held is None:
+                continue
+            if isinstance(held, str):  # one holder
+                if held not in seen:
+                    if budget <= 0:
+                        return
+                    budget -= 1
+                    seen.add(held)
+                    yield held, depth
+                continue
+            if len(held) <= len(seen) and all(b in seen for b in held):
                 continue
             for backend_id in held:
                 if budget <= 0:
@@ -127,8 +154,10 @@ class PrefixIndex:
     # -------------------------------------------------------------- transitions
     def set_capacity(self, backend_id: str, blocks: int) -> None:
         """Bound what one backend may hold, in blocks; evicts down to it at once."""
-        self._capacity[backend_id] = max(0, blocks)
-        self._evict(backend_id)
+        blocks = max(0, blocks)
+        if self._capacity.get(backend_id) != blocks:  # else it holds no more already
+            self._capacity[backend_id] = blocks
+            self._evict(backend_id)
 
     def add(self, backend_id: str, hashes: list[int]) -> None:
         """The backend is being sent this prompt: it will hold all its blocks.
@@ -137,17 +166,28 @@ class PrefixIndex:
         capacity = self._capacity.get(backend_id, 0)
         if capacity <= 0 or not hashes:
             return
-        lru = self._lru.setdefault(backend_id, OrderedDict())
+        lru = self._lru.get(backend_id)
+        if lru is None:
+            lru = self._lru[backend_id] = OrderedDict()
         holders = self._holders
         self._stamp += 1
         stamp = self._stamp
-        for h in reversed(hashes[:capacity]):  # a prompt bigger than the cache: its head
+        if len(hashes) > capacity:  # a prompt bigger than the cache: its head
+            hashes = hashes[:capacity]
+        for h in reversed(hashes):
             if h in lru:
                 lru.move_to_end(h)
             else:
-                holders.setdefault(h, {})[backend_id] = None
+                held = holders.get(h)
+                if held is None:
+                    holders[h] = backend_id
+                elif isinstance(held, str):
+                    holders[h] = {held: None, backend_id: None}
+                else:
+                    held[backend_id] = None
             lru[h] = stamp
-        self._evict(backend_id)
+        if len(lru) > capacity:
+            self._evict(backend_id)
 
     def forget_older(self, backend_id: str, stamp: int) -> int:
         """Drop the backend's entries not renewed since ``stamp``; return how many."""
@@ -176,22 +216,39 @@ class PrefixIndex:
         lru = self._lru.get(backend_id)
         if lru is None:
             return
-        capacity = self._capacity.get(backend_id, 0)
-        while len(lru) > capacity:
-            self._unhold(backend_id, lru.popitem(last=False)[0])
+        excess = len(lru) - self._capacity.get(backend_id, 0)
+        holders, popitem = self._holders, lru.popitem
+        for _ in range(excess):  # self._unhold, inlined: this loop runs for every add
+            h = popitem(last=False)[0]
+            held = holders[h]
+            if isinstance(held, str):
+                del holders[h]
+            else:
+                del held[backend_id]
+                if len(held) == 1:
+                    holders[h] = next(iter(held))
 
     def _unhold(self, backend_id: str, h: int) -> None:
-        held = self._holders[h]
-        del held[backend_id]
-        if not held:
-            del self._holders[h]
+        holders = self._holders
+        held = holders[h]
+        if isinstance(held, str):
+            del holders[h]
+        else:
+            del held[backend_id]
+            if len(held) == 1:  # back to one holder: its id alone
+                holders[h] = next(iter(held))
 
     def check(self) -> None:
         """Assert the two maps agree and every bound holds (for tests)."""
         pairs = {(b, h) for b, lru in self._lru.items() for h in lru}
-        assert pairs == {(b, h) for h, held in self._holders.items() for b in held}
+        sets = {
+            h: {held: None} if isinstance(held, str) else held for h, held in self._holders.items()
+        }
+        assert pairs == {(b, h) for h, held in sets.items() for b in held}
+        for held in self._holders.values():
+            assert isinstance(held, str) or len(held) >= 2, "a holder set of one left a set"
         for b, lru in self._lru.items():
             assert len(lru) <= self._capacity.get(b, 0), (b, len(lru))
             stamps = list(lru.values())
             assert stamps == sorted(stamps), "recency order broken"
-        assert all(self._holders.values()), "empty holder set left behind"
+        assert all(self._holders.values()), "empty holder left behind"

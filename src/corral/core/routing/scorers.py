@@ -118,17 +118,30 @@ def free_slots(backend: Backend) -> int:
     return backend.free
 
 
-def slowdown(backend: Backend) -> float:
-    """How much a server's sharing of compute slows a new prefill (1 when idle)."""
-    return 1.0 + backend.busy / backend.slots_total if backend.slots_total else 1.0
+def slowdown(backend: Backend, free: int | None = None) -> float:
+    """How much a server's sharing of compute slows a new prefill (1 when idle).
+
+    ``free``: the backend's free slots when the caller has read them already."""
+    total = backend.slots_total
+    if not total:
+        return 1.0
+    return 1.0 + (total - (backend.free if free is None else free)) / total
 
 
 def estimated_ttft(
-    backend: Backend, uncached_tokens: int, rate: float, rates: PrefillRates
+    backend: Backend,
+    uncached_tokens: int,
+    rate: float,
+    rates: PrefillRates,
+    free: int | None = None,
 ) -> float:
-    """Seconds to first token on ``backend`` (see the module docstring)."""
-    prefill = uncached_tokens / rate * slowdown(backend)
-    if backend.free > 0:
+    """Seconds to first token on ``backend`` (see the module docstring).
+
+    ``free``: the backend's free slots when the caller has read them already."""
+    if free is None:
+        free = backend.free
+    prefill = uncached_tokens / rate * slowdown(backend, free)
+    if free > 0:
         return prefill
     slots = max(1, backend.slots_total)
     return prefill + rates.duration(backend.id) / slots
