@@ -116,8 +116,9 @@ class Processes:
 
     def start(self, name: str, command: Sequence[str]) -> subprocess.Popen[bytes]:
         """Start ``command`` (with :func:`child_env`); its output goes to
-        ``<log_dir>/<name>.log``."""
-        log = (self._log_dir / f"{name}.log").open("wb")
+        ``<log_dir>/<name>.log``, after that of any earlier process of that name (a
+        contender that runs again, once per load and run, keeps its earlier logs)."""
+        log = (self._log_dir / f"{name}.log").open("ab")
         proc = spawn(
             command,
             stdout=log,
