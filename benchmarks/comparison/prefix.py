@@ -5,7 +5,10 @@ Two parts, each contender in front of the same idle servers with the same reques
 1. **Real llama-servers** (the proof that counts): multi-turn chats whose histories
    grow past 1,000 tokens, Poisson arrivals. A server that holds a conversation's
    history answers its next turn after reading only the new tokens; any other server
-   reads the whole history first.
+   reads the whole history first. The servers' host prompt cache (``--cache-ram``) is
+   sized to hold a few conversations each, fewer than are open at once, as in a real
+   fleet (see :data:`PROMPT_MIB`): with llama-server's default (8 GiB) this small
+   model's servers would each hold every conversation and no route could miss.
 2. **A simulated fleet** of many servers that cache prompts as llama-server does
    (:mod:`corral.sim.model`): the ``shared-prefix`` workload (groups of users sharing
    a long document, llm-d's shape) at several loads, and the ``no-sharing`` control.
@@ -21,7 +24,7 @@ Reported for each: TTFT p50/p99, the cache hit rate the servers measured (sum of
 of the work relative to the mean (decoded tokens from the real servers' ``/metrics``;
 busy slot-time from the simulated fleet).
 
-    PYTHONPATH=benchmarks python -m comparison.prefix [--quick]
+    PYTHONPATH=benchmarks python -m comparison.prefix [--quick] [--repeat N]
 """
 
 from __future__ import annotations
