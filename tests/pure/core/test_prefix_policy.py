@@ -1,6 +1,7 @@
 """Prefix routing: weighs predicted cache against load, learns from timings, never
 oversubscribes, waits a bounded time for the holder of a long prefix."""
 
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
@@ -128,6 +129,30 @@ def test_waits_a_bounded_time_for_the_busy_holder_of_a_long_prefix():
     clock.advance(1.5)
     [assigned] = scheduler.assign(clock.now())  # the bound passed: "b" it is
     assert assigned.backend_id == "b"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Scheduler.assign tries only the head of each buffer queue: a head waiting "
+    "for the busy holder of its prefix holds back every request behind it, beside a "
+    "free slot, for up to max_wait (the scheduler's, not the policy's: see issue #10)",
+)
+def test_a_request_waiting_for_its_prefix_holds_back_no_one_behind_it():
+    clock = ManualClock()
+    fleet, _policy, scheduler = setup(("a", 1), ("b", 1), clock=clock)
+    first = request(HISTORY * 4)
+    scheduler.submit(first, clock.now())
+    fleet.release("a", clock.now(), first, Timings(5000, 0, 5000.0))
+    scheduler.submit(RequestInfo(CHAT, "m", "a"), clock.now())  # pinned: "a" busy
+    scheduler.submit(RequestInfo(CHAT, "m", "b"), clock.now())  # and "b"
+    later = request(HISTORY * 4 + b"next")  # waits for "a"
+    other = request(b"a new conversation. " * 100)  # cached nowhere: any slot will do
+    scheduler.submit(later, clock.now())
+    scheduler.submit(other, clock.now())
+    fleet.release("b", clock.now())
+    assigned = scheduler.assign(clock.now())
+    assert later.note.reason == "wait-prefix"
+    assert [(a.waiter.request, a.backend_id) for a in assigned] == [(other, "b")]
 
 
 def test_slot_routing_builds_no_events_and_reads_no_prompt():
