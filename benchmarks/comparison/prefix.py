@@ -109,7 +109,7 @@ class SimScale:
     duration: float
 
 
-REAL_FULL = RealScale(2, 2, 400, 8, 16, 32, 128, 4096, 8, (0.9,), 240.0, 45.0)
+REAL_FULL = RealScale(2, 2, 400, 8, 16, 32, 128, 4096, 8, (0.9,), 300.0, 45.0)
 REAL_QUICK = RealScale(2, 2, 40, 3, 4, 4, 16, 1024, 1, (0.9,), 6.0, 4.0)
 
 CHECKPOINTS = 2
