@@ -62,6 +62,27 @@ def test_a_later_turn_goes_where_the_conversation_is():
     assert later.note.predicted_cached > 1000
 
 
+def test_a_server_whose_host_cache_is_not_reported_is_taken_to_have_the_default_one():
+    # llama-server keeps evicted prompts in host memory (--cache-ram, 8 GiB by default);
+    # an attached server's agent cannot see how much, so its slots alone (here 4,096
+    # tokens, 16 blocks) must not bound what the index remembers: it would forget a
+    # conversation the server still holds, and send its next turn anywhere
+    fleet, policy, scheduler = setup(("a", 1), ("b", 1))
+    assert all(b.cache_ram_mib is None for b in fleet)
+    first = request(HISTORY)
+    assert scheduler.submit(first, 0.0) == Dispatch("a")
+    finish(fleet, "a", first, 0, 1250)
+    for i in range(8):  # 8 other conversations of 5,000 bytes, over both servers
+        other = request(f"conversation {i}. ".encode() * 300)
+        sent = scheduler.submit(other, 0.0)
+        assert isinstance(sent, Dispatch)
+        finish(fleet, sent.backend_id, other, 0, 1250)
+    later = request(HISTORY + b"and the next question?")
+    assert scheduler.submit(later, 0.0) == Dispatch("a")
+    assert later.note.reason == "prefix"
+    assert policy.index.capacity("a") > 4096 * 4 // BLOCK
+
+
 def test_balance_guard_spreads_a_hot_prefix():
     fleet, policy, scheduler = setup(("a", 8), ("b", 8))
     first = request(HISTORY)
