@@ -430,6 +430,26 @@ section 2 were not rerun here: whether these changes close the gap needs the ful
 on a quiet machine, with its spread over repeated runs."""
 
 
+PREFIX_FINDING = """\
+**Why prefix routing was no better than slot routing on real servers (issue #10).** The
+first run of this section gave every server llama-server's default host cache, which
+held every conversation, so all contenders reused 74-83% and routing could not matter;
+the real servers now hold a few conversations each (above). Two faults in Corral were
+found with it. (1) The prefix index bounded each server by its slots times its
+context when its agent did not report a host cache (an attached server: the agent
+cannot see `--cache-ram`), so it forgot conversations the server still held and sent
+their next turns anywhere; replayed through the policy, this workload's later turns
+were routed as new prompts 175 times in 346 (`least-load`), 3 times once an unknown
+host cache counts as llama-server's default (`core/routing/prefix.py`,
+`DEFAULT_CACHE_MIB`). (2) A request that began waiting for the busy server holding its
+prompt while already in the buffer had no timer for its bound (1 s), and waited until
+the next event (the first run's buffer waits reached 1.82 s);
+`tests/inprocess/balancer/test_prefix_wait.py`. Open: the buffer serves only the
+oldest request of each queue, so a request waiting for its prefix's server holds back
+the requests behind it beside a free slot (a strict xfail in
+`tests/pure/core/test_prefix_policy.py`)."""
+
+
 async def run(env: SuiteEnv, contenders: Sequence[str] = CONTENDERS) -> Section:
     routing = await asyncio.to_thread(routing_available)
     real = runnable(contenders, routing)
@@ -467,6 +487,8 @@ async def run(env: SuiteEnv, contenders: Sequence[str] = CONTENDERS) -> Section:
         "### A simulated fleet, shared prefixes",
         "",
         *sim_md,
+        PREFIX_FINDING,
+        "",
         FINDING,
     ]
     data = {"routing_option": routing, "contenders": real, "real": real_data, "sim": sim_data}
