@@ -443,8 +443,7 @@ were routed as new prompts 175 times in 346 (`least-load`), 3 times once an unkn
 host cache counts as llama-server's default (`core/routing/prefix.py`,
 `DEFAULT_CACHE_MIB`). (2) A request that began waiting for the busy server holding its
 prompt while already in the buffer had no timer for its bound (1 s), and waited until
-the next event (the first run's buffer waits reached 1.82 s);
-`tests/inprocess/balancer/test_prefix_wait.py`. Open: the buffer serves only the
+the next event (`tests/inprocess/balancer/test_prefix_wait.py`). Open: the buffer serves only the
 oldest request of each queue, so a request waiting for its prefix's server holds back
 the requests behind it beside a free slot (a strict xfail in
 `tests/pure/core/test_prefix_policy.py`)."""
