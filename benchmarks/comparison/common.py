@@ -73,6 +73,10 @@ class SuiteEnv:
     quick: bool = False
     """Tiny scale, a few seconds per section: for the harness tests, not for figures."""
     seed: int = 1
+    repeat: int = 1
+    """Runs of each contender at each load (real-server sections): the tables show
+    each figure's median over the runs with its range (min-max), so a difference can
+    be told from run-to-run noise."""
     cores: int = field(default_factory=lambda: os.cpu_count() or 1)
     work_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="corral-bench-")))
     """Scratch space: proxy configs, logs."""
@@ -112,8 +116,9 @@ class Processes:
 
     def start(self, name: str, command: Sequence[str]) -> subprocess.Popen[bytes]:
         """Start ``command`` (with :func:`child_env`); its output goes to
-        ``<log_dir>/<name>.log``."""
-        log = (self._log_dir / f"{name}.log").open("wb")
+        ``<log_dir>/<name>.log``, after that of any earlier process of that name (a
+        contender that runs again, once per load and run, keeps its earlier logs)."""
+        log = (self._log_dir / f"{name}.log").open("ab")
         proc = spawn(
             command,
             stdout=log,
@@ -297,12 +302,15 @@ def section_main(
     )
     p.add_argument("--quick", action="store_true", help="tiny scale, a few seconds per run")
     p.add_argument("--out", type=Path, default=Path("bench-out"), help="where charts go")
+    p.add_argument("--repeat", type=int, default=1, help="runs per contender and load")
     if contenders is not None:
         p.add_argument("--contenders", default=",".join(contenders), help="comma-separated")
     args = p.parse_args(argv)
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    env = SuiteEnv(out_dir=out, docs_dir=out, quick=args.quick)
+    if args.repeat < 1:
+        p.error("--repeat must be at least 1")
+    env = SuiteEnv(out_dir=out, docs_dir=out, quick=args.quick, repeat=args.repeat)
     extra = [args.contenders.split(",")] if contenders is not None else []
     try:
         section = asyncio.run(run(env, *extra))

@@ -170,6 +170,7 @@ async def start(
             "--max-buffered-requests", "100000",
             "--buffered-request-timeout", str(queue_timeout),
             *options,
+            name=f"{name}-balancer",
             log_level="warning",
         )  # fmt: skip
         for b in backends:

@@ -5,7 +5,10 @@ Two parts, each contender in front of the same idle servers with the same reques
 1. **Real llama-servers** (the proof that counts): multi-turn chats whose histories
    grow past 1,000 tokens, Poisson arrivals. A server that holds a conversation's
    history answers its next turn after reading only the new tokens; any other server
-   reads the whole history first.
+   reads the whole history first. The servers' host prompt cache (``--cache-ram``) is
+   sized to hold a few conversations each, fewer than are open at once, as in a real
+   fleet (see :data:`PROMPT_MIB`): with llama-server's default (8 GiB) this small
+   model's servers would each hold every conversation and no route could miss.
 2. **A simulated fleet** of many servers that cache prompts as llama-server does
    (:mod:`corral.sim.model`): the ``shared-prefix`` workload (groups of users sharing
    a long document, llm-d's shape) at several loads, and the ``no-sharing`` control.
@@ -21,7 +24,7 @@ Reported for each: TTFT p50/p99, the cache hit rate the servers measured (sum of
 of the work relative to the mean (decoded tokens from the real servers' ``/metrics``;
 busy slot-time from the simulated fleet).
 
-    PYTHONPATH=benchmarks python -m comparison.prefix [--quick]
+    PYTHONPATH=benchmarks python -m comparison.prefix [--quick] [--repeat N]
     PYTHONPATH=benchmarks python -m comparison.prefix --part sim --sim-duration 15 \
         --sim-loads 0.9,3 --contenders corral-prefix,corral-slots   # a shorter check
 """
@@ -53,7 +56,15 @@ from comparison.common import (
 )
 from comparison.contenders import Backend, corral_routing
 from comparison.real_engine import direct_capacity
-from comparison.routing import Result, compare, start_simfleet
+from comparison.routing import (
+    Result,
+    compare,
+    errors_cell,
+    quantile,
+    runs_of,
+    spread,
+    start_simfleet,
+)
 from corral.bench.workload import Workload, WorkloadSpec
 from corral.llamacpp import LlamaCppNotFound, ModelError, bundled_model, llama_server_path
 from corral.llamacpp.process import llama_server_command
@@ -75,9 +86,16 @@ class RealScale:
     max_tokens: int
     ctx: int
     """Context per slot, tokens."""
+    host_prompts: int
+    """Prompts each server's host prompt cache holds (``--cache-ram`` is this many
+    times :data:`PROMPT_MIB`)."""
     loads: tuple[float, ...]
     duration: float
     calibrate: float
+
+    @property
+    def cache_ram_mib(self) -> int:
+        return self.host_prompts * PROMPT_MIB
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,8 +114,22 @@ class SimScale:
     duration: float
 
 
-REAL_FULL = RealScale(2, 2, 400, 8, 8, 32, 128, 4096, (0.9,), 90.0, 30.0)
-REAL_QUICK = RealScale(2, 2, 40, 3, 4, 4, 16, 1024, (0.9,), 6.0, 4.0)
+REAL_FULL = RealScale(2, 2, 400, 8, 16, 32, 128, 4096, 8, (0.9,), 300.0, 45.0)
+REAL_QUICK = RealScale(2, 2, 40, 3, 4, 4, 16, 1024, 1, (0.9,), 6.0, 4.0)
+
+CHECKPOINTS = 2
+"""``--ctx-checkpoints`` for the real servers. Gemma 3 attends to a sliding window in
+most layers, so to reuse a cached history that the new prompt leaves part-way (the
+history resends the planned answer, not the words the server produced) llama-server
+rolls back to a checkpoint, a 7.5 MiB copy of the window taken near the end of each
+prompt. Its default, 32 per slot, makes a cached prompt's size depend on how many
+turns it served (up to 250 MiB); 2 are enough to roll back one turn and keep every
+cached prompt near :data:`PROMPT_MIB`."""
+PROMPT_MIB = 26
+"""Host memory one cached conversation takes in llama-server's prompt cache, MiB, with
+:data:`CHECKPOINTS` checkpoints: 23-26 MiB for histories of 550-1,130 tokens (about
+9.5 MiB of state, mostly the sliding window, plus the checkpoints), as the pinned build
+logs it at ``-lv 4`` (``cache state: ... prompt: N tokens, checkpoints: 2, X MiB``)."""
 SIM_FULL = SimScale(16, 4, 50.0, 2000.0, 2000, 32, 16, 8, 32, 256, (0.5, 0.9, 1.5, 3.0), 40.0)
 SIM_QUICK = SimScale(4, 2, 400.0, 4000.0, 400, 16, 2, 4, 8, 32, (0.5, 3.0), 2.5)
 SATURATION = 3.0
@@ -185,20 +217,17 @@ def _work_share(r: Result) -> float | None:
 # ------------------------------------------------------------------- tables
 
 
-def _row(r: Result) -> list[object]:
-    s = r.summary
-    ttft = s.ttft
-    hit = s.cache_hit_rate
-    share = _work_share(r)
+def _row(runs: Sequence[Result]) -> list[object]:
+    name = runs[0].contender
     return [
-        f"**{r.contender}**" if r.contender.startswith("corral") else r.contender,
-        "-" if ttft is None else f"{ttft.p50:.2f}",
-        "-" if ttft is None else f"{ttft.p99:.2f}",
-        "-" if hit is None else f"{hit:.0%}",
-        "-" if share is None else f"{share:.2f}x",
-        f"{s.requests_per_second:.2f}",
-        f"{s.output_tokens_per_second:,.0f}",
-        ", ".join(f"{k} {v}" for k, v in s.errors.items()) or "0",
+        f"**{name}**" if name.startswith("corral") else name,
+        spread([quantile(r, "ttft", "p50") for r in runs]),
+        spread([quantile(r, "ttft", "p99") for r in runs]),
+        spread([r.summary.cache_hit_rate for r in runs], "{:.0%}"),
+        spread([_work_share(r) for r in runs], "{:.2f}x"),
+        spread([r.summary.requests_per_second for r in runs]),
+        spread([r.summary.output_tokens_per_second for r in runs], "{:,.0f}"),
+        errors_cell(runs),
     ]
 
 
@@ -208,12 +237,16 @@ HEADER = ["contender", "TTFT p50 (s)", "TTFT p99 (s)", "cache hit rate",
 
 def table(results: Sequence[Result], label: str) -> list[str]:
     out = []
+    grouped = runs_of(results)
     for load in sorted({r.load for r in results}):
-        rows = [r for r in results if r.load == load]
+        rows = [runs for (at, _), runs in grouped.items() if at == load]
+        repeated = max(len(runs) for runs in rows)
+        every = "" if repeated == 1 else f"; {repeated} runs each: median (min-max)"
         out += [
-            f"**{label}, {load:.0%} of capacity** ({rows[0].rate:.2f} requests/s, Poisson):",
+            f"**{label}, {load:.0%} of capacity** ({rows[0][0].rate:.2f} requests/s, "
+            f"Poisson{every}):",
             "",
-            markdown_table(HEADER, [_row(r) for r in rows]),
+            markdown_table(HEADER, [_row(runs) for runs in rows]),
             "",
         ]
     return out
@@ -241,7 +274,7 @@ def saturation(results: Sequence[Result], baseline: str = "nginx-rr") -> list[st
 
 def _data(results: Sequence[Result]) -> list[dict[str, Any]]:
     return [
-        {"contender": r.contender, "load": r.load, "rate": r.rate,
+        {"contender": r.contender, "load": r.load, "rate": r.rate, "run": r.run,
          "summary": r.summary.to_dict(), "usage": r.usage, "settled_s": r.settled,
          "busiest_over_mean": _work_share(r)}
         for r in results
@@ -272,7 +305,8 @@ async def real_part(env: SuiteEnv, contenders: Sequence[str]) -> tuple[list[str]
             port = free_port()
             command = llama_server_command(
                 binary, model, port=port, slots=scale.slots, ctx_size=scale.ctx, threads=1,
-                extra=["--metrics"],
+                cache_ram_mib=scale.cache_ram_mib,
+                extra=["--metrics", "--ctx-checkpoints", str(CHECKPOINTS)],
             )  # fmt: skip
             procs.start(f"llama-server-{i}", command)
             backends.append(Backend(f"llama-{i}", port, scale.slots))
@@ -283,10 +317,11 @@ async def real_part(env: SuiteEnv, contenders: Sequence[str]) -> tuple[list[str]
         rates = [(load, load * capacity) for load in scale.loads]
         results = await compare(
             env, procs, backends, spec, rates, scale.duration, contenders,
-            meter=DecodedTokens(backends),
+            meter=DecodedTokens(backends), repeat=env.repeat,
         )  # fmt: skip
     calls = Workload(spec).take(scale.sessions * scale.turns * 4)
     longest = max(sum(len(m.content.split()) for m in c.messages) for c in calls)
+    held = scale.slots + scale.host_prompts
     md = [
         f"{scale.servers} real llama-servers (one CPU thread each, {scale.slots} slots of "
         f"{scale.ctx} tokens), serving `{model.name}`. Workload: `multi-turn`, seed "
@@ -294,13 +329,45 @@ async def real_part(env: SuiteEnv, contenders: Sequence[str]) -> tuple[list[str]
         f"a {scale.system_tokens}-word system prompt; the last turns send about {longest:,} "
         f"words. Answers: median {scale.median_tokens} tokens (cap {scale.max_tokens}).",
         "",
+        "**The cache is the scarce resource, as in a real fleet.** llama-server keeps the "
+        "prompts it evicts from its slots in a host prompt cache (`--cache-ram`, 8,192 MiB "
+        "by default in the pinned build) and restores them. This model's cached "
+        f"conversation takes about {PROMPT_MIB} MiB (with `--ctx-checkpoints "
+        f"{CHECKPOINTS}`), so the default holds some 300 conversations per server: every "
+        "server holds every conversation of a small benchmark, any route finds its "
+        "history, and routing cannot matter (the first run of this section measured "
+        "74-83% reuse for every contender, sticky or not). A real fleet is the other way "
+        "round: an 8B model takes about 128 KB of KV per token, so the same 8 GiB holds "
+        "some 40 histories of 1,600 tokens per server, while the fleet serves far more "
+        "conversations than that. Here each server's host cache is sized to hold "
+        f"{scale.host_prompts} conversations (`--cache-ram {scale.cache_ram_mib}`, "
+        f"{scale.host_prompts} x {PROMPT_MIB} MiB) besides the {scale.slots} in its slots: "
+        f"{held} per server, {held * scale.servers} in the fleet for {scale.sessions} open "
+        "at once. The fleet can hold every conversation where it was last served; one "
+        "server cannot, so a conversation sent to the wrong server reads its whole "
+        "history again.",
+        "",
         f"Capacity, measured on the servers directly (one user per slot, no balancer, "
-        f"{scale.calibrate:g} s): {capacity:.2f} requests/s. Each run sends Poisson "
-        f"arrivals for {scale.duration:g} s and waits for every answer.",
+        f"{scale.calibrate:g} s; each server is sent every conversation, so this is the "
+        f"capacity without affinity): {capacity:.2f} requests/s. Each run sends Poisson "
+        f"arrivals for {scale.duration:g} s and waits for every answer"
+        + (
+            "."
+            if env.repeat == 1
+            else f"; every contender ran {env.repeat} times (same requests, same arrivals): "
+            "each cell is the median over the runs, with its range."
+        ),
         "",
         *table(results, "Real llama-servers"),
     ]
-    return md, {"capacity_rps": capacity, "results": _data(results)}
+    data = {
+        "capacity_rps": capacity,
+        "cache_ram_mib": scale.cache_ram_mib,
+        "ctx_checkpoints": CHECKPOINTS,
+        "repeat": env.repeat,
+        "results": _data(results),
+    }
+    return md, data
 
 
 def sim_capacity(scale: SimScale, mean_tokens: float) -> float:
@@ -397,6 +464,26 @@ section 2 were not rerun here: whether these changes close the gap needs the ful
 on a quiet machine, with its spread over repeated runs."""
 
 
+PREFIX_FINDING = """\
+**Why prefix routing was no better than slot routing on real servers (issue #10).** The
+first run of this section gave every server llama-server's default host cache, which
+held every conversation, so all contenders reused 74-83% and routing could not matter;
+the real servers now hold a few conversations each (above). Two faults in Corral were
+found with it. (1) The prefix index bounded each server by its slots times its
+context when its agent did not report a host cache (an attached server: the agent
+cannot see `--cache-ram`), so it forgot conversations the server still held and sent
+their next turns anywhere; replayed through the policy, this workload's later turns
+were routed as new prompts 175 times in 346 (`least-load`), 3 times once an unknown
+host cache counts as llama-server's default (`core/routing/prefix.py`,
+`DEFAULT_CACHE_MIB`). (2) A request that began waiting for the busy server holding its
+prompt while already in the buffer had no timer for its bound (1 s), and waited until
+the next event (`tests/inprocess/balancer/test_prefix_wait.py`). (3) The buffer served
+only the oldest request of each queue, so a request waiting for its prefix's server
+held back the requests behind it beside a free slot; `Scheduler.assign` now gives that
+slot to one behind it, the most cache-affine first
+(`tests/pure/core/test_prefix_policy.py`)."""
+
+
 async def run(
     env: SuiteEnv, contenders: Sequence[str] = CONTENDERS, parts: Sequence[str] = ("real", "sim")
 ) -> Section:
@@ -437,6 +524,8 @@ async def run(
         "### A simulated fleet, shared prefixes",
         "",
         *sim_md,
+        PREFIX_FINDING,
+        "",
         FINDING,
     ]
     data = {"routing_option": routing, "contenders": real, "real": real_data, "sim": sim_data}

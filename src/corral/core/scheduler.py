@@ -76,6 +76,9 @@ WINDOW = 32
 """Requests behind a head weighed for a freed slot (cache affinity): each costs one
 lookup in the prefix index (about log2 of its prompt's blocks). With 16 prefixes in
 even shares, 32 places hold one of a given prefix 87% of the time."""
+TRIES = 4
+"""Of those, the most affine ones asked to place themselves, at most (each is a pick):
+one that would rather wait for its own busy holder is passed for the next."""
 PASS_MARGIN = 256
 """Prompt tokens a request behind the head must find cached beyond the head's own to
 be served first: a real prefill saved (a block of the prefix index, ~0.1 s at 2,000
@@ -243,21 +246,28 @@ class Scheduler:
             backend_id = decision.free
         else:
             return None
-        best, most = None, affinity(backend_id, head.request) + PASS_MARGIN - 1
-        for waiter in self.buffer.behind(head, WINDOW):
-            cached = affinity(backend_id, waiter.request)
-            if cached > most:
-                best, most = waiter, cached
-        if best is None:
-            return None
-        choice = self.policy.pick(self.fleet, best.request)
-        if not isinstance(choice, Dispatch) or not self._may_take(
-            best.request, choice.backend_id, now
-        ):
-            return None
-        if isinstance(decision, Dispatch) and head.passed_at is None:
-            head.passed_at = now
-        return best, choice
+        if isinstance(decision, Dispatch):  # beat the head by the margin
+            least = affinity(backend_id, head.request) + PASS_MARGIN
+        else:  # the head leaves the slot: anyone behind may have it, most affine first
+            least = 0
+        ranked = sorted(
+            (
+                (cached, -i, waiter)
+                for i, waiter in enumerate(self.buffer.behind(head, WINDOW))
+                if (cached := affinity(backend_id, waiter.request)) >= least
+            ),
+            key=lambda entry: entry[:2],
+            reverse=True,
+        )
+        for _, _, best in ranked[:TRIES]:
+            choice = self.policy.pick(self.fleet, best.request)
+            if isinstance(choice, Dispatch) and self._may_take(
+                best.request, choice.backend_id, now
+            ):
+                if isinstance(decision, Dispatch) and head.passed_at is None:
+                    head.passed_at = now
+                return best, choice
+        return None
 
     def _start(self, backend_id: str, now: float | None, request: RequestInfo) -> None:
         self.fleet.reserve(backend_id, now, request, request.adapter)

@@ -1,6 +1,7 @@
 """Prefix routing: weighs predicted cache against load, learns from timings, never
 oversubscribes, waits a bounded time for the holder of a long prefix."""
 
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
@@ -59,6 +60,27 @@ def test_a_later_turn_goes_where_the_conversation_is():
     assert scheduler.submit(later, 0.0) == Dispatch("a")  # though b ties on free slots
     assert later.note.reason == "prefix"
     assert later.note.predicted_cached > 1000
+
+
+def test_a_server_whose_host_cache_is_not_reported_is_taken_to_have_the_default_one():
+    # llama-server keeps evicted prompts in host memory (--cache-ram, 8 GiB by default);
+    # an attached server's agent cannot see how much, so its slots alone (here 4,096
+    # tokens, 16 blocks) must not bound what the index remembers: it would forget a
+    # conversation the server still holds, and send its next turn anywhere
+    fleet, policy, scheduler = setup(("a", 1), ("b", 1))
+    assert all(b.cache_ram_mib is None for b in fleet)
+    first = request(HISTORY)
+    assert scheduler.submit(first, 0.0) == Dispatch("a")
+    finish(fleet, "a", first, 0, 1250)
+    for i in range(8):  # 8 other conversations of 5,000 bytes, over both servers
+        other = request(f"conversation {i}. ".encode() * 300)
+        sent = scheduler.submit(other, 0.0)
+        assert isinstance(sent, Dispatch)
+        finish(fleet, sent.backend_id, other, 0, 1250)
+    later = request(HISTORY + b"and the next question?")
+    assert scheduler.submit(later, 0.0) == Dispatch("a")
+    assert later.note.reason == "prefix"
+    assert policy.index.capacity("a") > 4096 * 4 // BLOCK
 
 
 def test_balance_guard_spreads_a_hot_prefix():
@@ -130,6 +152,24 @@ def test_waits_a_bounded_time_for_the_busy_holder_of_a_long_prefix():
     assert assigned.backend_id == "b"
 
 
+def test_a_request_waiting_for_its_prefix_holds_back_no_one_behind_it():
+    clock = ManualClock()
+    fleet, _policy, scheduler = setup(("a", 1), ("b", 1), clock=clock)
+    first = request(HISTORY * 4)
+    scheduler.submit(first, clock.now())
+    fleet.release("a", clock.now(), first, Timings(5000, 0, 5000.0))
+    scheduler.submit(RequestInfo(CHAT, "m", "a"), clock.now())  # pinned: "a" busy
+    scheduler.submit(RequestInfo(CHAT, "m", "b"), clock.now())  # and "b"
+    later = request(HISTORY * 4 + b"next")  # waits for "a"
+    other = request(b"a new conversation. " * 100)  # cached nowhere: any slot will do
+    scheduler.submit(later, clock.now())
+    scheduler.submit(other, clock.now())
+    fleet.release("b", clock.now())
+    assigned = scheduler.assign(clock.now())
+    assert later.note.reason == "wait-prefix"
+    assert [(a.waiter.request, a.backend_id) for a in assigned] == [(other, "b")]
+
+
 def test_slot_routing_builds_no_events_and_reads_no_prompt():
     fleet = fleet_of(("a", 2))
     Scheduler(fleet, SlotPolicy(), Buffer(10, 1.0))
@@ -139,7 +179,6 @@ def test_slot_routing_builds_no_events_and_reads_no_prompt():
 
 
 def test_unknown_policy_name():
-    import pytest
 
     with pytest.raises(ValueError, match="known: slots, prefix"):
         make_policy("random")

@@ -31,10 +31,13 @@ reported a prefill rate (a fleet without ``timings``), it routes as slot routing
 Either way, every dispatch is recorded in the index, so it learns from the start.
 
 **Learning** from the fleet's events (:mod:`corral.core.events`): a dispatch adds the
-prompt's blocks to the backend's entries; a finished request teaches the prefill rate
-and the bytes-per-token ratio, and when the server reused fewer tokens than predicted
-its stale entries are dropped (:meth:`.PrefixIndex.forget_older`); a server that left,
-restarted or changed model loses its entries.
+prompt's blocks to the backend's entries, bounded by what the server holds: its slots
+times its context plus its host prompt cache (``--cache-ram``, llama-server's default
+when its agent does not report it, see :data:`DEFAULT_CACHE_MIB`); a finished request
+teaches the prefill rate and the bytes-per-token ratio, and when the server reused
+fewer tokens than predicted its stale entries are dropped
+(:meth:`.PrefixIndex.forget_older`); a server that left, restarted or changed model
+loses its entries.
 """
 
 from __future__ import annotations
@@ -67,8 +70,13 @@ KV_BYTES_PER_TOKEN = 128 * 1024
 """Host memory one cached token takes, to turn ``--cache-ram`` MiB into tokens: an
 8B model with grouped-query attention at f16 (32 layers x 8 KV heads x 128 x 2 x 2
 bytes). Smaller models take less, so this errs towards predicting too little."""
-UNLIMITED_CACHE_MIB = 8192
-"""``--cache-ram -1`` (no limit) counts as llama-server's default size."""
+DEFAULT_CACHE_MIB = 8192
+"""llama-server's own ``--cache-ram`` (the pinned build's default, MiB). It stands for
+a host cache whose size is not reported (an attached server: its agent cannot see the
+flag) and for ``--cache-ram -1`` (no limit). Taking an unknown cache to be the default
+errs towards predicting too much, which answers correct (:meth:`PrefixIndex.forget_older`
+drops what a server no longer held); predicting too little is never corrected: the
+index forgets conversations the server still holds and sends their next turns anywhere."""
 
 
 class PrefixPolicy:
@@ -285,9 +293,9 @@ class PrefixPolicy:
             n_ctx = DEFAULT_CTX
         tokens = max(1, backend.slots_total) * n_ctx
         mib = backend.cache_ram_mib
-        if mib is not None and mib != 0:
-            mib = UNLIMITED_CACHE_MIB if mib < 0 else mib
-            tokens += mib * 1024 * 1024 // KV_BYTES_PER_TOKEN
+        if mib is None or mib < 0:  # not reported, or no limit: see DEFAULT_CACHE_MIB
+            mib = DEFAULT_CACHE_MIB
+        tokens += mib * 1024 * 1024 // KV_BYTES_PER_TOKEN
         return int(tokens * self.ratio.value) // self.index.block
 
     def __repr__(self) -> str:
