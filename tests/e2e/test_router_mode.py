@@ -3,27 +3,15 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 from openai import OpenAI
-from support.procs import Fleet, agents, free_port, get_json, wait_until
+from support.procs import Fleet, agents, free_port, get_json, models_dir, wait_until
 
-from corral.llamacpp import bundled_model, llama_server_path
+from corral.llamacpp import llama_server_path
 
 pytestmark = pytest.mark.e2e
-
-
-def models_dir(tmp: Path) -> Path:
-    folder = tmp / "models"
-    folder.mkdir()
-    for name in ("alpha", "beta"):
-        try:
-            os.link(bundled_model(), folder / f"{name}.gguf")
-        except OSError:  # another file system: a copy
-            (folder / f"{name}.gguf").write_bytes(Path(bundled_model()).read_bytes())
-    return folder
 
 
 def test_two_models_of_one_router_through_corral(fleet: Fleet, tmp_path: Path):

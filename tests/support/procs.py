@@ -183,6 +183,19 @@ class Fleet:
                 print(f"---- {proc.name} ({proc.log_path}) ----\n{proc.tail()}", file=sys.stderr)
 
 
+def models_dir(tmp: Path, names: tuple[str, ...] = ("alpha", "beta")) -> Path:
+    """A models folder for a router-mode llama-server: the bundled model under each of
+    ``names`` (``NAME.gguf``, a hard link where it can)."""
+    folder = tmp / "models"
+    folder.mkdir()
+    for name in names:
+        try:
+            os.link(bundled_model(), folder / f"{name}.gguf")
+        except OSError:  # another file system: a copy
+            (folder / f"{name}.gguf").write_bytes(Path(bundled_model()).read_bytes())
+    return folder
+
+
 def no_process_left(marker: str) -> list[str]:
     """Processes whose command line contains ``marker`` (zombies excluded)."""
     left = []
