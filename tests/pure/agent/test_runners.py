@@ -151,6 +151,34 @@ def test_ollama_without_models_and_odd_answers():
     assert ollama.interpret(VERSION, concurrency=1).condition == "loading"
 
 
+def test_openai_runner_reads_the_models_only_until_ready_then_only_that_it_answers():
+    """llama-cpp-python answers /v1/models under its model lock (a read ends the stream
+    in flight): once ready, the agent reads a path no model lock guards, and reads the
+    models anew only after the server stopped answering."""
+    import asyncio
+
+    runner = openai.OpenAIRunner(RunnerOptions(concurrency=2))
+    answers = {
+        "/v1/models": [Fetched(error="refused"), MODELS, MODELS],
+        "/health": [Fetched(404, None, "undecodable"), Fetched(error="timed out"), MODELS],
+    }
+    asked: list[str] = []
+
+    async def get(path: str) -> Fetched:
+        asked.append(path)
+        return answers[path].pop(0)
+
+    def read() -> str:
+        return asyncio.run(runner.read(get, lambda: 0.0)).status.condition
+
+    assert read() == "unreachable"  # not up yet
+    assert read() == "ready"
+    assert read() == "ready"  # a 404 is a server that answers
+    assert read() == "unreachable"
+    assert read() == "ready"  # up again: its models are read anew
+    assert asked == ["/v1/models", "/v1/models", "/health", "/health", "/v1/models"]
+
+
 def test_openai_server_is_ready_when_it_lists_models():
     status = openai.interpret(MODELS, concurrency=3)
     assert (status.condition, status.model, status.slots_total) == (

@@ -1,11 +1,21 @@
 """The ``openai`` runner: any OpenAI-compatible server (llama-cpp-python's server,
 LM Studio, LocalAI, TGI's Messages API, a hosted endpoint...).
 
-OpenAI's API has no health or load endpoint, so the agent reads one thing:
-``GET /v1/models``. A 200 with a model list is ``ready`` and names the model (the
-first listed); a refused connection is ``unreachable``; 401 is a wrong key. Slots
-are the concurrency the operator gives the agent (``--concurrency``, default 1), and
-busy slots are the balancer's own requests (the server cannot say).
+OpenAI's API has no health or load endpoint, so the agent reads ``GET /v1/models``
+until the server lists its models: a 200 with a model list is ``ready`` and names the
+model (the first listed); a refused connection is ``unreachable``; 401 is a wrong key.
+Slots are the concurrency the operator gives the agent (``--concurrency``, default 1),
+and busy slots are the balancer's own requests (the server cannot say).
+
+Once ready, the agent does not read ``/v1/models`` again until the server stops
+answering: some servers answer it under the lock their generations hold
+(llama-cpp-python's server does, and with its default ``--interrupt_requests`` that
+read ends the stream in flight; without it, the read waits for the generation and
+times out). It checks instead that the server still answers HTTP at all, with
+``GET /health`` (:data:`LIVENESS_PATH`): any answer, even a 404, is a server that
+is up (a web framework answers an unknown path without taking a model's lock); a
+refused connection or no answer within ``--read-timeout`` is ``unreachable``, and the
+models are read anew once it answers again (it may have restarted with another one).
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ from corral.agent.runners.base import (
     Get,
     Reading,
     Runner,
+    RunnerOptions,
     bounded,
     failure,
     openai_model_ids,
@@ -47,6 +58,19 @@ def interpret(models: Fetched, *, concurrency: int) -> ServerStatus:
     )
 
 
+LIVENESS_PATH = "/health"
+"""Read once the server is ready: vLLM, SGLang and TGI answer it (200); other servers
+answer 404, which says as much (see the module docstring)."""
+
+
+def alive(fetched: Fetched) -> ServerStatus | None:
+    """``None`` when the server answered :data:`LIVENESS_PATH` at all (any status);
+    else the ``unreachable`` status to report."""
+    if fetched.status > 0:
+        return None
+    return failure(LIVENESS_PATH, fetched) or failure(LIVENESS_PATH, Fetched(error="no answer"))
+
+
 class OpenAIRunner(Runner):
     """Reads any OpenAI-compatible server (``--runner openai``)."""
 
@@ -55,9 +79,25 @@ class OpenAIRunner(Runner):
     ready_path: ClassVar[str] = "/v1/models"
     default_concurrency: ClassVar[int] = 1
 
+    def __init__(self, options: RunnerOptions | None = None) -> None:
+        super().__init__(options)
+        self._ready: ServerStatus | None = None  # what /v1/models said, once ready
+
     async def read(self, get: Get, clock: Clock) -> Reading:
         began = clock()
-        return Reading(interpret(await get("/v1/models"), concurrency=self.concurrency), began)
+        if self._ready is None:
+            status = interpret(await get("/v1/models"), concurrency=self.concurrency)
+            if status.condition == Condition.READY:
+                self._ready = status
+            return Reading(status, began)
+        down = alive(await get(LIVENESS_PATH))
+        if down is not None:
+            self._ready = None
+            return Reading(down, began)
+        return Reading(self._ready, began)
+
+    def forget(self) -> None:
+        self._ready = None
 
     async def in_flight(self, get: Get, clock: Clock) -> int | None:
         return None  # the server cannot say
