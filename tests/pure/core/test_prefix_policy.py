@@ -61,8 +61,48 @@ def test_a_later_turn_goes_where_the_conversation_is():
     assert later.note.predicted_cached > 1000
 
 
+def test_without_a_host_cache_a_prompt_held_by_a_busy_slot_counts_for_nothing():
+    # llama-server without --cache-ram: a slot keeps only its own last prompt, and a
+    # request gets an idle slot. "a" holds HISTORY in the slot its later turn is busy on.
+    fleet, policy, scheduler = setup(("a", 2), ("b", 2))
+    first = request(HISTORY)
+    assert scheduler.submit(first, 0.0) == Dispatch("a")
+    finish(fleet, "a", first, 0, 1250)
+    later = request(HISTORY + b"one more question?")
+    assert scheduler.submit(later, 0.0) == Dispatch("a")  # the idle slot holding it
+    assert later.note.predicted_cached > 1000
+    again = request(HISTORY + b"and yet another?")
+    assert scheduler.submit(again, 0.0) == Dispatch("b")  # a's idle slot holds nothing
+    assert again.note.predicted_cached == 0 and again.note.reason == "least-load"
+    assert policy.affinity("a", request(HISTORY + b"a third?")) == 0
+    finish(fleet, "a", later, 1240, 10)
+    assert policy.affinity("a", request(HISTORY + b"a third?")) > 1000  # its slot is idle
+
+
+def test_a_server_that_reuses_more_than_its_idle_slots_hold_has_a_host_cache():
+    fleet, policy, scheduler = setup(("a", 1))
+    first = request(HISTORY)
+    assert scheduler.submit(first, 0.0) == Dispatch("a")
+    finish(fleet, "a", first, 0, 1250)
+    other = request(b"someone else entirely. " * 200)
+    assert scheduler.submit(other, 0.0) == Dispatch("a")
+    finish(fleet, "a", other, 0, 1150)  # its one slot holds "other" now
+    back = request(HISTORY + b"back to it")
+    assert scheduler.submit(back, 0.0) == Dispatch("a")
+    assert back.note.predicted_cached == 0
+    finish(fleet, "a", back, 1240, 10)  # yet it reused the history: --cache-ram
+    again = request(b"someone else entirely. " * 200 + b"again")
+    assert scheduler.submit(again, 0.0) == Dispatch("a")
+    finish(fleet, "a", again, 1140, 10)  # its one slot holds "other" again
+    last = request(HISTORY + b"later")
+    assert policy.affinity("a", last) > 1000
+    assert scheduler.submit(last, 0.0) == Dispatch("a") and last.note.predicted_cached > 1000
+
+
 def test_balance_guard_spreads_a_hot_prefix():
     fleet, policy, scheduler = setup(("a", 8), ("b", 8))
+    for name in ("a", "b"):  # a host cache: a prompt held by a busy slot is reused too
+        fleet.report(name, Report(Condition.READY, model="m", slots_total=8, cache_ram_mib=64), 0)
     first = request(HISTORY)
     scheduler.submit(first, 0.0)
     finish(fleet, "a", first, 0, 1250)

@@ -26,6 +26,14 @@ load:
    slot to the waiting request it suits best, within bounds
    (:meth:`~corral.core.scheduler.Scheduler.assign`, ``--prefix-max-pass``).
 
+**What a server can reuse.** Without a host prompt cache a llama-server slot keeps
+only its own last prompt, and a request gets an idle slot: a prompt held by a busy
+slot is no use to it. The policy keeps what each slot last read (llama-server's choice
+of slot: the idle one sharing more than ``SIMILARITY`` of the prompt, else the least
+recently used) and counts only what idle slots hold. With a host cache
+(``--cache-ram``, reported by the agent, or seen when an answer reuses more than the
+idle slots held) any prompt the index says the server holds counts.
+
 Without a prompt (embeddings, multipart, pinned requests) or before any server has
 reported a prefill rate (a fleet without ``timings``), it routes as slot routing.
 Either way, every dispatch is recorded in the index, so it learns from the start.
@@ -41,6 +49,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 from corral.core.events import Dispatched, Finished, FleetEvent, Reset
 from corral.core.fleet import Backend, Fleet
@@ -69,6 +78,31 @@ KV_BYTES_PER_TOKEN = 128 * 1024
 bytes). Smaller models take less, so this errs towards predicting too little."""
 UNLIMITED_CACHE_MIB = 8192
 """``--cache-ram -1`` (no limit) counts as llama-server's default size."""
+SIMILARITY = 0.1
+"""llama-server's ``--slot-prompt-similarity`` default: an idle slot whose prompt shares
+more than this share of a new one gets it, else the least recently used idle slot."""
+
+
+@dataclass(slots=True)
+class _Slot:
+    """What one slot of a server last read, as the balancer sent it."""
+
+    hashes: list[int] = field(default_factory=list)  # the prompt's block hashes
+    busy: bool = False
+    used: int = 0  # when it was last taken (a counter)
+
+
+def shared_blocks(a: Sequence[int], b: Sequence[int]) -> int:
+    """Leading blocks two prompts share: chained hashes are equal at ``i`` only if they
+    are equal up to ``i``, so a binary search (about log2 of the shorter's length)."""
+    low, high = 0, min(len(a), len(b))
+    while low < high:
+        mid = (low + high) // 2
+        if a[mid] == b[mid]:
+            low = mid + 1
+        else:
+            high = mid
+    return low
 
 
 class PrefixPolicy:
@@ -106,6 +140,10 @@ class PrefixPolicy:
         self.rules = tuple(rules)
         self._slots = SlotPolicy(rules)
         self._freed: dict[str, list[int]] = {}  # backend -> block hashes of the last end
+        self._slots_of: dict[str, list[_Slot]] = {}  # backend -> what its slots last read
+        self._in: dict[int, tuple[str, _Slot, int]] = {}  # request -> backend, slot, blocks
+        self._host: set[str] = set()  # backends seen reusing more than their idle slots hold
+        self._uses = 0
 
     # ------------------------------------------------------------------ picking
     def pick(self, fleet: Fleet, request: RequestInfo) -> Decision:
@@ -130,7 +168,7 @@ class PrefixPolicy:
         for backend in itertools.islice(with_free_slot(fleet, pools), self.breadth):
             if self._accepts(backend, request):
                 seen.add(backend.id)
-                scored.append(self._score(backend, self.index.match(backend.id, hashes), tokens))
+                scored.append(self._score(backend, self._held(backend, hashes), tokens))
         busy_holder: Scored | None = None
         added = 0
         for backend_id, blocks in self.index.holders(hashes):
@@ -146,7 +184,7 @@ class PrefixPolicy:
             seen.add(backend_id)
             added += 1
             if backend.free > 0:
-                scored.append(self._score(backend, blocks, tokens))
+                scored.append(self._score(backend, self._held(backend, hashes, blocks), tokens))
             elif busy_holder is None:
                 busy_holder = self._score(backend, blocks, tokens)
         note = request.note
@@ -197,31 +235,57 @@ class PrefixPolicy:
 
     def affinity(self, backend_id: str, request: RequestInfo) -> int:
         """How well ``backend_id`` suits ``request``, in prompt tokens (0 without a
-        prompt, with an adapter or a pin): the tokens it probably holds, and once more
-        those the prompt shares with the one that last ended there (the slot that just
-        freed holds it; llama-server gives a request the idle slot whose prompt shares
-        the most, and under load that is the only idle one). The scheduler weighs
-        requests waiting in the buffer for a freed slot by it. Cost: about
-        2 log2(prompt blocks) lookups."""
+        prompt, with an adapter or a pin): the tokens a free slot there would reuse
+        (:meth:`_held`), and with a host cache once more those the prompt shares with
+        the one that last ended there (the slot that just freed holds it; llama-server
+        gives a request the idle slot whose prompt shares the most, and under load
+        that is the only idle one). The scheduler weighs requests waiting in the
+        buffer for a freed slot by it. Cost: about (slots + 2) log2(prompt blocks)
+        lookups."""
         prompt = request.prompt
         if prompt is None or request.adapter is not None or request.backend_id is not None:
+            return 0
+        if backend_id not in self._slots_of:
             return 0
         hashes = prompt.hashes(self.index.block)
         blocks = self.index.match(backend_id, hashes)
         if not blocks:
             return 0
-        freed = self._freed.get(backend_id, ())
-        low, high = 0, min(len(hashes), len(freed))  # blocks shared with the last to end
-        while low < high:  # chained hashes: equal at i means equal up to i
-            mid = (low + high) // 2
-            if hashes[mid] == freed[mid]:
-                low = mid + 1
-            else:
-                high = mid
-        return self.ratio.tokens((blocks + low) * self.index.block)
+        if backend_id not in self._host:
+            blocks = min(blocks, self._idle_match(backend_id, hashes))
+            return self.ratio.tokens(blocks * self.index.block)
+        freed = shared_blocks(hashes, self._freed.get(backend_id, ()))
+        return self.ratio.tokens((blocks + freed) * self.index.block)
+
+    def _held(self, backend: Backend, hashes: list[int], blocks: int | None = None) -> int:
+        """Leading blocks of a prompt that a request sent to ``backend`` now would reuse,
+        predicted. With a host prompt cache (``--cache-ram``: reported, or seen in its
+        answers) the server restores any prompt it holds: the index's match
+        (``blocks`` when the caller has it). Without one a slot keeps only its own last
+        prompt and the request gets an idle slot: only what an idle slot holds counts,
+        not a prompt held by a busy slot (a server of 4 slots holds 4 prompts at most,
+        and reuses only those whose slots are free)."""
+        if blocks is None:
+            blocks = self.index.match(backend.id, hashes)
+        if blocks == 0 or backend.id in self._host:
+            return blocks
+        return min(blocks, self._idle_match(backend.id, hashes))
+
+    def _idle_match(self, backend_id: str, hashes: list[int]) -> int:
+        """The most leading blocks of a prompt an idle slot of the backend holds."""
+        return max(
+            (
+                shared_blocks(hashes, s.hashes)
+                for s in self._slots_of.get(backend_id, ())
+                if not s.busy
+            ),
+            default=0,
+        )
 
     def _predict(self, backend_id: str, prompt: Prompt, request: RequestInfo) -> None:
         blocks = self.index.match(backend_id, prompt.hashes(self.index.block))
+        if blocks and backend_id not in self._host:
+            blocks = min(blocks, self._idle_match(backend_id, prompt.hashes(self.index.block)))
         request.note.predicted_cached = min(
             self.ratio.tokens(len(prompt)), self.ratio.tokens(blocks * self.index.block)
         )
@@ -235,6 +299,8 @@ class PrefixPolicy:
             self._finished(event)
         elif isinstance(event, Reset):
             self._freed.pop(event.backend_id, None)
+            self._slots_of.pop(event.backend_id, None)
+            self._host.discard(event.backend_id)
             self.index.drop(event.backend_id)
             if event.reason != "restarted":
                 self.rates.forget(event.backend_id)
@@ -249,11 +315,33 @@ class PrefixPolicy:
         hashes = request.prompt.hashes(self.index.block)
         note = request.note
         note.prior = self.index.stamps(backend.id, hashes)
-        note.predicted_blocks = len(note.prior)
+        held = self._held(backend, hashes, len(note.prior))
+        note.predicted_blocks = held
         note.sent_at = event.now
+        mib = backend.cache_ram_mib
+        if mib is not None:  # the agent says: trust it over what was seen
+            (self._host.add if mib != 0 else self._host.discard)(backend.id)
         self.index.set_capacity(backend.id, self._capacity_blocks(backend))
         self.index.add(backend.id, hashes)
         self._freed.pop(backend.id, None)  # the freed slot is (probably) taken
+        slot = self._take_slot(backend, hashes)
+        self._in[id(request)] = backend.id, slot, held
+
+    def _take_slot(self, backend: Backend, hashes: list[int]) -> _Slot:
+        """The slot llama-server gives a prompt (without ``id_slot``): the idle one
+        sharing more than ``SIMILARITY`` of it, else the idle one used least recently
+        (any, when the balancer's count says none is idle); it now holds the prompt."""
+        slots = self._slots_of.setdefault(backend.id, [])
+        n = max(1, backend.slots_total)
+        del slots[n:]
+        slots.extend(_Slot() for _ in range(n - len(slots)))
+        idle = [s for s in slots if not s.busy] or slots
+        best = max(idle, key=lambda s: shared_blocks(hashes, s.hashes))
+        if shared_blocks(hashes, best.hashes) <= SIMILARITY * len(hashes):
+            best = min(idle, key=lambda s: s.used)
+        self._uses += 1
+        best.hashes, best.busy, best.used = hashes, True, self._uses
+        return best
 
     def _finished(self, event: Finished) -> None:
         request, timings, backend_id = event.request, event.timings, event.backend.id
@@ -262,6 +350,9 @@ class PrefixPolicy:
         note = request.note
         if note.sent_at is not None and event.now is not None:
             self.rates.ran(backend_id, event.now - note.sent_at)
+        running = self._in.pop(id(request), None)
+        if running is not None:
+            running[1].busy = False  # it keeps the prompt
         if request.prompt is not None and request.adapter is None:
             self._freed[backend_id] = request.prompt.hashes(self.index.block)
         if timings is None:
@@ -272,6 +363,13 @@ class PrefixPolicy:
             return
         self.ratio.learn(len(prompt), timings.prompt_tokens)
         real = timings.cache_n * len(prompt) // (timings.prompt_tokens * self.index.block)
+        if (
+            running is not None
+            and backend_id not in self._host
+            and event.backend.cache_ram_mib is None
+            and real > running[2] + 1  # more than its idle slots held: a host cache
+        ):
+            self._host.add(backend_id)
         if real + 1 < note.predicted_blocks:  # one block of slack for the chat template
             self.index.forget_older(backend_id, note.prior[real])
 
