@@ -170,6 +170,25 @@ def test_waits_a_bounded_time_for_the_busy_holder_of_a_long_prefix():
     assert assigned.backend_id == "b"
 
 
+def test_waits_for_the_busy_slot_of_a_server_with_other_slots_free():
+    # without a host cache, a server whose only copy of the prompt is in a busy slot is
+    # a busy holder, though its other slot is free (that slot would read it all again)
+    clock = ManualClock()
+    fleet, _policy, scheduler = setup(("a", 2), ("b", 2), clock=clock)
+    first = request(HISTORY * 4)
+    assert scheduler.submit(first, 0.0) == Dispatch("a")
+    fleet.release("a", 0.5, first, Timings(5000, 0, 5000.0))  # 1,000 tokens/s, 0.5 s runs
+    second = request(HISTORY * 4 + b"second")
+    assert scheduler.submit(second, 0.0) == Dispatch("a")  # its idle slot holds it
+    third = request(HISTORY * 4 + b"third")
+    waiter = scheduler.submit(third, clock.now())
+    assert not isinstance(waiter, Dispatch)  # not "b" (reads 5,000 tokens: 5 s)
+    assert third.note.reason == "wait-prefix"
+    fleet.release("a", 0.7, second, Timings(2, 4998, 2.0))
+    [assigned] = scheduler.assign(clock.now())
+    assert assigned.backend_id == "a" and third.note.predicted_cached > 4000
+
+
 def test_slot_routing_builds_no_events_and_reads_no_prompt():
     fleet = fleet_of(("a", 2))
     Scheduler(fleet, SlotPolicy(), Buffer(10, 1.0))

@@ -164,12 +164,12 @@ class PrefixPolicy:
         hashes = prompt.hashes(self.index.block)
         tokens = self.ratio.tokens(len(prompt))
         scored: list[Scored] = []
+        busy: list[Scored] = []  # busy slots there hold more than a free one would reuse
         seen: set[str] = set()
         for backend in itertools.islice(with_free_slot(fleet, pools), self.breadth):
             if self._accepts(backend, request):
                 seen.add(backend.id)
-                scored.append(self._score(backend, self._held(backend, hashes), tokens))
-        busy_holder: Scored | None = None
+                self._weigh(backend, hashes, tokens, None, scored, busy)
         added = 0
         for backend_id, blocks in self.index.holders(hashes):
             if added >= self.breadth:
@@ -183,10 +183,8 @@ class PrefixPolicy:
                 continue
             seen.add(backend_id)
             added += 1
-            if backend.free > 0:
-                scored.append(self._score(backend, self._held(backend, hashes, blocks), tokens))
-            elif busy_holder is None:
-                busy_holder = self._score(backend, blocks, tokens)
+            self._weigh(backend, hashes, tokens, blocks, scored, busy)
+        busy_holder = min(busy, key=lambda s: s.ttft, default=None)
         note = request.note
         if not scored:
             note.wait_until = None
@@ -212,6 +210,29 @@ class PrefixPolicy:
             and has_adapter(backend, request)
             and all(rule.accepts(backend, request) for rule in self.rules)
         )
+
+    def _weigh(
+        self,
+        backend: Backend,
+        hashes: list[int],
+        tokens: int,
+        blocks: int | None,
+        scored: list[Scored],
+        busy: list[Scored],
+    ) -> None:
+        """Score a candidate: its free slot (into ``scored``), and, when a busy slot
+        there holds more of the prompt than a free one (:meth:`_held`), the wait for
+        that slot (into ``busy``): a request may wait for it (:meth:`_wait_for`)."""
+        if blocks is None:
+            blocks = self.index.match(backend.id, hashes)
+        held = self._held(backend, hashes, blocks)
+        if backend.free > 0:
+            scored.append(self._score(backend, held, tokens))
+        if blocks and (backend.free == 0 or held < blocks):
+            holder = self._score(backend, blocks, tokens)
+            if backend.free > 0:  # estimated_ttft counted no wait: the holder frees in turn
+                holder.ttft += self.rates.duration(backend.id) / max(1, backend.slots_total)
+            busy.append(holder)
 
     def _score(self, backend: Backend, blocks: int, tokens: int) -> Scored:
         cached = min(tokens, self.ratio.tokens(blocks * self.index.block))
@@ -309,9 +330,12 @@ class PrefixPolicy:
 
     def _dispatched(self, event: Dispatched) -> None:
         request = event.request
-        if not isinstance(request, RequestInfo) or request.prompt is None:
+        if not isinstance(request, RequestInfo):
             return
         backend = event.backend
+        if request.prompt is None:  # it takes a slot all the same (and what it held)
+            self._in[id(request)] = backend.id, self._take_slot(backend, []), 0
+            return
         hashes = request.prompt.hashes(self.index.block)
         note = request.note
         note.prior = self.index.stamps(backend.id, hashes)
