@@ -189,6 +189,22 @@ def test_waits_for_the_busy_slot_of_a_server_with_other_slots_free():
     assert assigned.backend_id == "a" and third.note.predicted_cached > 4000
 
 
+def test_does_not_wait_for_a_server_whose_slots_all_moved_on():
+    clock = ManualClock()
+    fleet, _policy, scheduler = setup(("a", 2), ("b", 2), clock=clock)
+    first = request(HISTORY * 4)
+    assert scheduler.submit(first, 0.0) == Dispatch("a")
+    fleet.release("a", 0.5, first, Timings(5000, 0, 5000.0))  # 1,000 tokens/s, 0.5 s runs
+    for i in range(2):  # two other prompts take a's two slots in turn: HISTORY is gone
+        other = RequestInfo(CHAT, "m", "a", prompt=Prompt(bytes([65 + i]) * 1400))
+        assert scheduler.submit(other, 0.0) == Dispatch("a")
+        if i == 0:
+            fleet.release("a", 0.6, other, Timings(350, 0, 350.0))
+    later = request(HISTORY * 4 + b"later")
+    assert isinstance(scheduler.submit(later, clock.now()), Dispatch)  # nothing to wait for
+    assert later.note.reason == "least-load"
+
+
 def test_slot_routing_builds_no_events_and_reads_no_prompt():
     fleet = fleet_of(("a", 2))
     Scheduler(fleet, SlotPolicy(), Buffer(10, 1.0))

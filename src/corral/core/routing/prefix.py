@@ -228,6 +228,8 @@ class PrefixPolicy:
         held = self._held(backend, hashes, blocks)
         if backend.free > 0:
             scored.append(self._score(backend, held, tokens))
+            if backend.id not in self._host:  # what a busy slot holds, not what it held
+                blocks = min(blocks, self._idle_match(backend.id, hashes, busy=True))
         if blocks and (backend.free == 0 or held < blocks):
             holder = self._score(backend, blocks, tokens)
             if backend.free > 0:  # estimated_ttft counted no wait: the holder frees in turn
@@ -292,13 +294,14 @@ class PrefixPolicy:
             return blocks
         return min(blocks, self._idle_match(backend.id, hashes))
 
-    def _idle_match(self, backend_id: str, hashes: list[int]) -> int:
-        """The most leading blocks of a prompt an idle slot of the backend holds."""
+    def _idle_match(self, backend_id: str, hashes: list[int], busy: bool = False) -> int:
+        """The most leading blocks of a prompt an idle slot of the backend holds (a busy
+        one, with ``busy``)."""
         return max(
             (
                 shared_blocks(hashes, s.hashes)
                 for s in self._slots_of.get(backend_id, ())
-                if not s.busy
+                if s.busy == busy
             ),
             default=0,
         )
