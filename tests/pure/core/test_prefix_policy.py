@@ -99,6 +99,29 @@ def test_a_server_that_reuses_more_than_its_idle_slots_hold_has_a_host_cache():
     assert scheduler.submit(last, 0.0) == Dispatch("a") and last.note.predicted_cached > 1000
 
 
+def test_what_a_slot_holds_counts_whole_though_the_index_let_its_tail_go():
+    # the index is bounded by slots x context (here 1 x 512 tokens: 2 blocks) and keeps
+    # a prompt's head; the slot holds the whole prompt it last read. Counting the index's
+    # 2 blocks predicted too little, and the answer then looked like a host cache.
+    fleet = Fleet()
+    fleet.register("a", name="a", address="http://a", api_key=None, now=0)
+    props = {"default_generation_settings": {"n_ctx": 512}}
+    fleet.report("a", Report(Condition.READY, model="m", slots_total=1, props=props), now=0)
+    policy = PrefixPolicy()
+    scheduler = Scheduler(fleet, policy, Buffer(100, 30.0))
+    first = request(HISTORY)
+    assert scheduler.submit(first, 0.0) == Dispatch("a")
+    finish(fleet, "a", first, 0, 1250)
+    later = request(HISTORY + b"next")
+    assert scheduler.submit(later, 0.0) == Dispatch("a")
+    assert later.note.predicted_cached > 1000
+    finish(fleet, "a", later, 1245, 5)
+    other = request(b"someone else entirely. " * 200)
+    assert scheduler.submit(other, 0.0) == Dispatch("a")
+    finish(fleet, "a", other, 0, 1150)  # its one slot moved on: HISTORY is gone
+    assert policy.affinity("a", request(HISTORY + b"again")) == 0  # no host cache learned
+
+
 def test_balance_guard_spreads_a_hot_prefix():
     fleet, policy, scheduler = setup(("a", 8), ("b", 8))
     for name in ("a", "b"):  # a host cache: a prompt held by a busy slot is reused too
@@ -155,6 +178,9 @@ def test_a_restart_or_a_departure_drops_the_backends_entries():
 def test_waits_a_bounded_time_for_the_busy_holder_of_a_long_prefix():
     clock = ManualClock()
     fleet, _policy, scheduler = setup(("a", 1), ("b", 1), clock=clock)
+    # a host cache (--cache-ram): "a" keeps the history while a request it cannot read runs
+    fleet.report("a", Report(Condition.READY, model="m", slots_total=1, cache_ram_mib=64), 0)
+    fleet.report("b", Report(Condition.READY, model="m", slots_total=1), 0)  # "a" first again
     first = request(HISTORY * 4)
     scheduler.submit(first, 0.0)
     fleet.release("a", 0.5, first, Timings(5000, 0, 5000.0))  # 1,000 tokens/s, 0.5 s runs
@@ -253,3 +279,15 @@ class PrefixFleet(RuleBasedStateMachine):
 
 TestPrefixFleet = PrefixFleet.TestCase
 TestPrefixFleet.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
+
+
+def test_an_end_without_an_answer_frees_the_slot_and_teaches_no_run_time():
+    # a client that left before its answer (the dispatcher releases its slot with the
+    # request and no timings): the slot is idle again, and 0.5 s is no run time
+    fleet, policy, scheduler = setup(("a", 1))
+    first = request(HISTORY)
+    assert scheduler.submit(first, 0.0) == Dispatch("a")
+    assert policy.affinity("a", request(HISTORY + b"x")) == 0  # its slot is busy
+    fleet.release("a", 0.5, first)
+    assert policy.rates.duration("a") == 0.0
+    assert policy.affinity("a", request(HISTORY + b"x")) > 1000

@@ -112,6 +112,9 @@ def test_slot_routing_keeps_the_order():
 def test_a_request_waiting_for_its_busy_holder_does_not_hold_up_the_queue():
     clock = ManualClock(0.0)
     fleet = fleet_of(("a", 1), ("b", 1))
+    # a host cache (--cache-ram): "a" keeps P while a request it cannot read runs there
+    fleet.report("a", Report(Condition.READY, model="m", slots_total=1, cache_ram_mib=64), 0)
+    fleet.report("b", Report(Condition.READY, model="m", slots_total=1), 0)  # "a" first again
     scheduler = Scheduler(fleet, PrefixPolicy(clock=clock.now), Buffer(100, 30.0))
     first = request(P)
     assert scheduler.submit(first, 0.0) == Dispatch("a")

@@ -223,13 +223,13 @@ class PrefixPolicy:
         """Score a candidate: its free slot (into ``scored``), and, when a busy slot
         there holds more of the prompt than a free one (:meth:`_held`), the wait for
         that slot (into ``busy``): a request may wait for it (:meth:`_wait_for`)."""
-        if blocks is None:
-            blocks = self.index.match(backend.id, hashes)
         held = self._held(backend, hashes, blocks)
         if backend.free > 0:
             scored.append(self._score(backend, held, tokens))
-            if backend.id not in self._host:  # what a busy slot holds, not what it held
-                blocks = min(blocks, self._idle_match(backend.id, hashes, busy=True))
+        if backend.id not in self._host:  # what a busy slot holds now, not what it held
+            blocks = self._slot_match(backend.id, hashes, None if backend.free == 0 else True)
+        elif blocks is None:
+            blocks = self.index.match(backend.id, hashes)
         if blocks and (backend.free == 0 or held < blocks):
             holder = self._score(backend, blocks, tokens)
             if backend.free > 0:  # estimated_ttft counted no wait: the holder frees in turn
@@ -271,12 +271,11 @@ class PrefixPolicy:
         if backend_id not in self._slots_of:
             return 0
         hashes = prompt.hashes(self.index.block)
+        if backend_id not in self._host:
+            return self.ratio.tokens(self._slot_match(backend_id, hashes) * self.index.block)
         blocks = self.index.match(backend_id, hashes)
         if not blocks:
             return 0
-        if backend_id not in self._host:
-            blocks = min(blocks, self._idle_match(backend_id, hashes))
-            return self.ratio.tokens(blocks * self.index.block)
         freed = shared_blocks(hashes, self._freed.get(backend_id, ()))
         return self.ratio.tokens((blocks + freed) * self.index.block)
 
@@ -287,29 +286,30 @@ class PrefixPolicy:
         (``blocks`` when the caller has it). Without one a slot keeps only its own last
         prompt and the request gets an idle slot: only what an idle slot holds counts,
         not a prompt held by a busy slot (a server of 4 slots holds 4 prompts at most,
-        and reuses only those whose slots are free)."""
-        if blocks is None:
-            blocks = self.index.match(backend.id, hashes)
-        if blocks == 0 or backend.id in self._host:
-            return blocks
-        return min(blocks, self._idle_match(backend.id, hashes))
+        and reuses only those whose slots are free); the slots' contents are known
+        exactly (what was sent), where the index may have let a tail go."""
+        if backend.id not in self._host:
+            return self._slot_match(backend.id, hashes)
+        return self.index.match(backend.id, hashes) if blocks is None else blocks
 
-    def _idle_match(self, backend_id: str, hashes: list[int], busy: bool = False) -> int:
+    def _slot_match(self, backend_id: str, hashes: list[int], busy: bool | None = False) -> int:
         """The most leading blocks of a prompt an idle slot of the backend holds (a busy
-        one, with ``busy``)."""
+        one, with ``busy``; any, with None)."""
         return max(
             (
                 shared_blocks(hashes, s.hashes)
                 for s in self._slots_of.get(backend_id, ())
-                if s.busy == busy
+                if busy is None or s.busy == busy
             ),
             default=0,
         )
 
     def _predict(self, backend_id: str, prompt: Prompt, request: RequestInfo) -> None:
-        blocks = self.index.match(backend_id, prompt.hashes(self.index.block))
-        if blocks and backend_id not in self._host:
-            blocks = min(blocks, self._idle_match(backend_id, prompt.hashes(self.index.block)))
+        hashes = prompt.hashes(self.index.block)
+        if backend_id in self._host:
+            blocks = self.index.match(backend_id, hashes)
+        else:
+            blocks = self._slot_match(backend_id, hashes)
         request.note.predicted_cached = min(
             self.ratio.tokens(len(prompt)), self.ratio.tokens(blocks * self.index.block)
         )
@@ -324,6 +324,13 @@ class PrefixPolicy:
         elif isinstance(event, Reset):
             self._freed.pop(event.backend_id, None)
             self._slots_of.pop(event.backend_id, None)
+            gone = [
+                key
+                for key, (backend_id, _, _) in self._in.items()
+                if backend_id == event.backend_id
+            ]
+            for key in gone:  # their ends will not come (or will find no slot)
+                del self._in[key]
             self._host.discard(event.backend_id)
             self.index.drop(event.backend_id)
             if event.reason != "restarted":
@@ -344,6 +351,7 @@ class PrefixPolicy:
         note.prior = self.index.stamps(backend.id, hashes)
         held = self._held(backend, hashes, len(note.prior))
         note.predicted_blocks = held
+        idle = self._slot_match(backend.id, hashes)  # for learning of a host cache
         note.sent_at = event.now
         mib = backend.cache_ram_mib
         if mib is not None:  # the agent says: trust it over what was seen
@@ -352,7 +360,7 @@ class PrefixPolicy:
         self.index.add(backend.id, hashes)
         self._freed.pop(backend.id, None)  # the freed slot is (probably) taken
         slot = self._take_slot(backend, hashes)
-        self._in[id(request)] = backend.id, slot, held
+        self._in[id(request)] = backend.id, slot, idle
 
     def _take_slot(self, backend: Backend, hashes: list[int]) -> _Slot:
         """The slot llama-server gives a prompt (without ``id_slot``): the idle one
@@ -375,8 +383,8 @@ class PrefixPolicy:
         if not isinstance(request, RequestInfo):
             return
         note = request.note
-        if note.sent_at is not None and event.now is not None:
-            self.rates.ran(backend_id, event.now - note.sent_at)
+        if note.sent_at is not None and event.now is not None and timings is not None:
+            self.rates.ran(backend_id, event.now - note.sent_at)  # an answer, not a cancel
         running = self._in.pop(id(request), None)
         if running is not None:
             running[1].busy = False  # it keeps the prompt
@@ -394,7 +402,7 @@ class PrefixPolicy:
             running is not None
             and backend_id not in self._host
             and event.backend.cache_ram_mib is None
-            and real > running[2] + 1  # more than its idle slots held: a host cache
+            and real > running[2] + 1  # more than any idle slot held: a host cache
         ):
             self._host.add(backend_id)
         if real + 1 < note.predicted_blocks:  # one block of slack for the chat template
