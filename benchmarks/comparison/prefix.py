@@ -312,6 +312,12 @@ def sim_capacity(scale: SimScale, mean_tokens: float) -> float:
     return scale.servers * scale.slots / service
 
 
+LONG_DOCUMENT = 3
+"""A second, labelled workload: documents this many times longer (6,000 words at full
+scale), so that reading a prompt costs more than decoding its answer, as in RAG over
+long documents. Run at saturation only, Corral's prefix routing against round robin."""
+LONG_CONTENDERS = ("corral-prefix", "nginx-rr")
+
 TEMPLATE_TOKENS = 12
 """The chat template's tokens around a system message and a question (the simulator's
 ChatML, one token a word)."""
@@ -363,6 +369,14 @@ async def sim_part(env: SuiteEnv, contenders: Sequence[str]) -> tuple[list[str],
             env, procs, backends, control, [(middle, middle * cap)], scale.duration,
             contenders, usage_url,
         )  # fmt: skip
+        long_scale = dataclasses.replace(scale, prefix_tokens=scale.prefix_tokens * LONG_DOCUMENT)
+        long_spec = WorkloadSpec(**{**_fields(shared), "prefix_tokens": long_scale.prefix_tokens})
+        long_cap = sim_capacity(long_scale, mean_tokens)
+        long_results = await compare(
+            env, procs, backends, long_spec, [(SATURATION, SATURATION * long_cap)],
+            scale.duration, [c for c in contenders if c in LONG_CONTENDERS], usage_url,
+        )  # fmt: skip
+    long_miss, long_hit, long_bound = ideal_speedup(long_scale, mean_tokens)
     md = [
         f"{scale.servers} simulated llama-servers with {scale.slots} slots each. A slot "
         f"reads {scale.prompt_tokens_per_second:g} prompt tokens/s and decodes "
@@ -396,11 +410,21 @@ async def sim_part(env: SuiteEnv, contenders: Sequence[str]) -> tuple[list[str],
         *table(shared_results, "Shared prefix"),
         *saturation(shared_results),
         *table(control_results, "No sharing (control)"),
+        f"**A second workload: long documents** (not issue #10's; labelled apart). The same "
+        f"fleet and groups, each sharing a {long_scale.prefix_tokens:,}-word document, as in "
+        f"RAG over long documents: a miss takes {long_miss:.2f} s of a slot, a hit "
+        f"{long_hit:.2f} s, so a router that always hits finishes at most "
+        f"{long_bound:.2f}x the requests of one that never does. Capacity with nothing "
+        f"cached: {long_cap:.2f} requests/s; run at {SATURATION:.0%} only.",
+        "",
+        *table(long_results, "Long documents"),
+        *saturation(long_results),
     ]
     data = {
         "capacity_rps": cap,
         "results": _data(shared_results),
         "control": _data(control_results),
+        "long_documents": {"capacity_rps": long_cap, "results": _data(long_results)},
     }
     return md, data
 
