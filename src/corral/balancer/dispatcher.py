@@ -113,8 +113,7 @@ class Dispatcher:
             if self.scheduler.buffer.cancel(waiter):
                 self._notify()
             elif future.done() and not future.cancelled() and future.exception() is None:
-                self.scheduler.finished(request, self.clock.now())
-                self.release(future.result())  # got a slot just as the client left
+                self.release(future.result(), request=request)  # got a slot as the client left
             raise
         if backend_id not in self.fleet:  # it left between the assignment and now
             self.scheduler.finished(request, self.clock.now())
@@ -191,7 +190,12 @@ class Dispatcher:
                 if isinstance(outcome, Assigned):
                     if future.done():  # its client left: the slot goes to the next one
                         adapter = outcome.waiter.request.adapter
-                        self.fleet.release(outcome.backend_id, self.clock.now(), adapter=adapter)
+                        self.fleet.release(
+                            outcome.backend_id,
+                            self.clock.now(),
+                            outcome.waiter.request,  # the policy's events see it end
+                            adapter=adapter,
+                        )
                         self.scheduler.finished(outcome.waiter.request, self.clock.now())
                         again = True
                         continue

@@ -20,7 +20,9 @@ def fleet_of(*names: str) -> Fleet:
     fleet = Fleet()
     for name in names:
         fleet.register(name, name=name, address=f"http://{name}", api_key=None, now=0)
-        fleet.report(name, Report(Condition.READY, model="m", slots_total=1), now=0)
+        # a host cache (--cache-ram): "a" keeps the prompt while another request runs
+        report = Report(Condition.READY, model="m", slots_total=1, cache_ram_mib=64)
+        fleet.report(name, report, now=0)
     return fleet
 
 

@@ -67,11 +67,19 @@ def test_a_server_whose_host_cache_is_not_reported_is_taken_to_have_the_default_
     # an attached server's agent cannot see how much, so its slots alone (here 4,096
     # tokens, 16 blocks) must not bound what the index remembers: it would forget a
     # conversation the server still holds, and send its next turn anywhere
+    # (once its answers show one: it reused more than its idle slots held)
     fleet, policy, scheduler = setup(("a", 1), ("b", 1))
     assert all(b.cache_ram_mib is None for b in fleet)
     first = request(HISTORY)
     assert scheduler.submit(first, 0.0) == Dispatch("a")
     finish(fleet, "a", first, 0, 1250)
+    assert policy.index.capacity("a") <= 4096 * 4 // BLOCK  # nothing seen yet
+    other = RequestInfo(CHAT, "m", "a", prompt=Prompt(b"someone else entirely. " * 200))
+    assert scheduler.submit(other, 0.0) == Dispatch("a")  # pinned: a's one slot moves on
+    finish(fleet, "a", other, 0, 1150)
+    back = RequestInfo(CHAT, "m", "a", prompt=Prompt(HISTORY + b"back to it"))  # pinned
+    assert scheduler.submit(back, 0.0) == Dispatch("a")
+    finish(fleet, "a", back, 1240, 10)  # yet it reused the history: a host cache
     for i in range(8):  # 8 other conversations of 5,000 bytes, over both servers
         other = request(f"conversation {i}. ".encode() * 300)
         sent = scheduler.submit(other, 0.0)
@@ -83,8 +91,71 @@ def test_a_server_whose_host_cache_is_not_reported_is_taken_to_have_the_default_
     assert policy.index.capacity("a") > 4096 * 4 // BLOCK
 
 
+def test_without_a_host_cache_a_prompt_held_by_a_busy_slot_counts_for_nothing():
+    # llama-server without --cache-ram: a slot keeps only its own last prompt, and a
+    # request gets an idle slot. "a" holds HISTORY in the slot its later turn is busy on.
+    fleet, policy, scheduler = setup(("a", 2), ("b", 2))
+    first = request(HISTORY)
+    assert scheduler.submit(first, 0.0) == Dispatch("a")
+    finish(fleet, "a", first, 0, 1250)
+    later = request(HISTORY + b"one more question?")
+    assert scheduler.submit(later, 0.0) == Dispatch("a")  # the idle slot holding it
+    assert later.note.predicted_cached > 1000
+    again = request(HISTORY + b"and yet another?")
+    assert scheduler.submit(again, 0.0) == Dispatch("b")  # a's idle slot holds nothing
+    assert again.note.predicted_cached == 0 and again.note.reason == "least-load"
+    assert policy.affinity("a", request(HISTORY + b"a third?")) == 0
+    finish(fleet, "a", later, 1240, 10)
+    assert policy.affinity("a", request(HISTORY + b"a third?")) > 1000  # its slot is idle
+
+
+def test_a_server_that_reuses_more_than_its_idle_slots_hold_has_a_host_cache():
+    fleet, policy, scheduler = setup(("a", 1))
+    first = request(HISTORY)
+    assert scheduler.submit(first, 0.0) == Dispatch("a")
+    finish(fleet, "a", first, 0, 1250)
+    other = request(b"someone else entirely. " * 200)
+    assert scheduler.submit(other, 0.0) == Dispatch("a")
+    finish(fleet, "a", other, 0, 1150)  # its one slot holds "other" now
+    back = request(HISTORY + b"back to it")
+    assert scheduler.submit(back, 0.0) == Dispatch("a")
+    assert back.note.predicted_cached == 0
+    finish(fleet, "a", back, 1240, 10)  # yet it reused the history: --cache-ram
+    again = request(b"someone else entirely. " * 200 + b"again")
+    assert scheduler.submit(again, 0.0) == Dispatch("a")
+    finish(fleet, "a", again, 1140, 10)  # its one slot holds "other" again
+    last = request(HISTORY + b"later")
+    assert policy.affinity("a", last) > 1000
+    assert scheduler.submit(last, 0.0) == Dispatch("a") and last.note.predicted_cached > 1000
+
+
+def test_what_a_slot_holds_counts_whole_though_the_index_let_its_tail_go():
+    # the index is bounded by slots x context (here 1 x 512 tokens: 2 blocks) and keeps
+    # a prompt's head; the slot holds the whole prompt it last read. Counting the index's
+    # 2 blocks predicted too little, and the answer then looked like a host cache.
+    fleet = Fleet()
+    fleet.register("a", name="a", address="http://a", api_key=None, now=0)
+    props = {"default_generation_settings": {"n_ctx": 512}}
+    fleet.report("a", Report(Condition.READY, model="m", slots_total=1, props=props), now=0)
+    policy = PrefixPolicy()
+    scheduler = Scheduler(fleet, policy, Buffer(100, 30.0))
+    first = request(HISTORY)
+    assert scheduler.submit(first, 0.0) == Dispatch("a")
+    finish(fleet, "a", first, 0, 1250)
+    later = request(HISTORY + b"next")
+    assert scheduler.submit(later, 0.0) == Dispatch("a")
+    assert later.note.predicted_cached > 1000
+    finish(fleet, "a", later, 1245, 5)
+    other = request(b"someone else entirely. " * 200)
+    assert scheduler.submit(other, 0.0) == Dispatch("a")
+    finish(fleet, "a", other, 0, 1150)  # its one slot moved on: HISTORY is gone
+    assert policy.affinity("a", request(HISTORY + b"again")) == 0  # no host cache learned
+
+
 def test_balance_guard_spreads_a_hot_prefix():
     fleet, policy, scheduler = setup(("a", 8), ("b", 8))
+    for name in ("a", "b"):  # a host cache: a prompt held by a busy slot is reused too
+        fleet.report(name, Report(Condition.READY, model="m", slots_total=8, cache_ram_mib=64), 0)
     first = request(HISTORY)
     scheduler.submit(first, 0.0)
     finish(fleet, "a", first, 0, 1250)
@@ -137,6 +208,9 @@ def test_a_restart_or_a_departure_drops_the_backends_entries():
 def test_waits_a_bounded_time_for_the_busy_holder_of_a_long_prefix():
     clock = ManualClock()
     fleet, _policy, scheduler = setup(("a", 1), ("b", 1), clock=clock)
+    # a host cache (--cache-ram): "a" keeps the history while a request it cannot read runs
+    fleet.report("a", Report(Condition.READY, model="m", slots_total=1, cache_ram_mib=64), 0)
+    fleet.report("b", Report(Condition.READY, model="m", slots_total=1), 0)  # "a" first again
     first = request(HISTORY * 4)
     scheduler.submit(first, 0.0)
     fleet.release("a", 0.5, first, Timings(5000, 0, 5000.0))  # 1,000 tokens/s, 0.5 s runs
@@ -155,8 +229,10 @@ def test_waits_a_bounded_time_for_the_busy_holder_of_a_long_prefix():
 def test_a_request_waiting_for_its_prefix_holds_back_no_one_behind_it():
     clock = ManualClock()
     fleet, _policy, scheduler = setup(("a", 1), ("b", 1), clock=clock)
-    first = request(HISTORY * 4)
-    scheduler.submit(first, clock.now())
+    # a host cache (--cache-ram): "a" keeps the history while the pinned request runs
+    fleet.report("a", Report(Condition.READY, model="m", slots_total=1, cache_ram_mib=64), 0)
+    first = RequestInfo(CHAT, "m", "a", prompt=Prompt(HISTORY * 4))  # pinned to "a"
+    assert scheduler.submit(first, clock.now()) == Dispatch("a")
     fleet.release("a", clock.now(), first, Timings(5000, 0, 5000.0))
     scheduler.submit(RequestInfo(CHAT, "m", "a"), clock.now())  # pinned: "a" busy
     scheduler.submit(RequestInfo(CHAT, "m", "b"), clock.now())  # and "b"
@@ -168,6 +244,41 @@ def test_a_request_waiting_for_its_prefix_holds_back_no_one_behind_it():
     assigned = scheduler.assign(clock.now())
     assert later.note.reason == "wait-prefix"
     assert [(a.waiter.request, a.backend_id) for a in assigned] == [(other, "b")]
+
+
+def test_waits_for_the_busy_slot_of_a_server_with_other_slots_free():
+    # without a host cache, a server whose only copy of the prompt is in a busy slot is
+    # a busy holder, though its other slot is free (that slot would read it all again)
+    clock = ManualClock()
+    fleet, _policy, scheduler = setup(("a", 2), ("b", 2), clock=clock)
+    first = request(HISTORY * 4)
+    assert scheduler.submit(first, 0.0) == Dispatch("a")
+    fleet.release("a", 0.5, first, Timings(5000, 0, 5000.0))  # 1,000 tokens/s, 0.5 s runs
+    second = request(HISTORY * 4 + b"second")
+    assert scheduler.submit(second, 0.0) == Dispatch("a")  # its idle slot holds it
+    third = request(HISTORY * 4 + b"third")
+    waiter = scheduler.submit(third, clock.now())
+    assert not isinstance(waiter, Dispatch)  # not "b" (reads 5,000 tokens: 5 s)
+    assert third.note.reason == "wait-prefix"
+    fleet.release("a", 0.7, second, Timings(2, 4998, 2.0))
+    [assigned] = scheduler.assign(clock.now())
+    assert assigned.backend_id == "a" and third.note.predicted_cached > 4000
+
+
+def test_does_not_wait_for_a_server_whose_slots_all_moved_on():
+    clock = ManualClock()
+    fleet, _policy, scheduler = setup(("a", 2), ("b", 2), clock=clock)
+    first = request(HISTORY * 4)
+    assert scheduler.submit(first, 0.0) == Dispatch("a")
+    fleet.release("a", 0.5, first, Timings(5000, 0, 5000.0))  # 1,000 tokens/s, 0.5 s runs
+    for i in range(2):  # two other prompts take a's two slots in turn: HISTORY is gone
+        other = RequestInfo(CHAT, "m", "a", prompt=Prompt(bytes([65 + i]) * 1400))
+        assert scheduler.submit(other, 0.0) == Dispatch("a")
+        if i == 0:
+            fleet.release("a", 0.6, other, Timings(350, 0, 350.0))
+    later = request(HISTORY * 4 + b"later")
+    assert isinstance(scheduler.submit(later, clock.now()), Dispatch)  # nothing to wait for
+    assert later.note.reason == "least-load"
 
 
 def test_slot_routing_builds_no_events_and_reads_no_prompt():
@@ -217,3 +328,15 @@ class PrefixFleet(RuleBasedStateMachine):
 
 TestPrefixFleet = PrefixFleet.TestCase
 TestPrefixFleet.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
+
+
+def test_an_end_without_an_answer_frees_the_slot_and_teaches_no_run_time():
+    # a client that left before its answer (the dispatcher releases its slot with the
+    # request and no timings): the slot is idle again, and 0.5 s is no run time
+    fleet, policy, scheduler = setup(("a", 1))
+    first = request(HISTORY)
+    assert scheduler.submit(first, 0.0) == Dispatch("a")
+    assert policy.affinity("a", request(HISTORY + b"x")) == 0  # its slot is busy
+    fleet.release("a", 0.5, first)
+    assert policy.rates.duration("a") == 0.0
+    assert policy.affinity("a", request(HISTORY + b"x")) > 1000

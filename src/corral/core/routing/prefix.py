@@ -26,24 +26,33 @@ load:
    slot to the waiting request it suits best, within bounds
    (:meth:`~corral.core.scheduler.Scheduler.assign`, ``--prefix-max-pass``).
 
+**What a server can reuse.** Without a host prompt cache a llama-server slot keeps
+only its own last prompt, and a request gets an idle slot: a prompt held by a busy
+slot is no use to it. The policy keeps what each slot last read (llama-server's choice
+of slot: the idle one sharing more than ``SIMILARITY`` of the prompt, else the least
+recently used) and counts only what idle slots hold. With a host cache
+(``--cache-ram``, reported by the agent, or seen when an answer reuses more than the
+idle slots held) any prompt the index says the server holds counts.
+
 Without a prompt (embeddings, multipart, pinned requests) or before any server has
 reported a prefill rate (a fleet without ``timings``), it routes as slot routing.
 Either way, every dispatch is recorded in the index, so it learns from the start.
 
 **Learning** from the fleet's events (:mod:`corral.core.events`): a dispatch adds the
 prompt's blocks to the backend's entries, bounded by what the server holds: its slots
-times its context plus its host prompt cache (``--cache-ram``, llama-server's default
-when its agent does not report it, see :data:`DEFAULT_CACHE_MIB`); a finished request
-teaches the prefill rate and the bytes-per-token ratio, and when the server reused
-fewer tokens than predicted its stale entries are dropped
-(:meth:`.PrefixIndex.forget_older`); a server that left, restarted or changed model
-loses its entries.
+times its context plus its host prompt cache (``--cache-ram``; llama-server's default
+when the agent does not report it but the answers show one, see
+:data:`DEFAULT_CACHE_MIB`); a finished request teaches the prefill rate
+and the bytes-per-token ratio, and when the server reused fewer tokens than predicted
+its stale entries are dropped (:meth:`.PrefixIndex.forget_older`); a server that left,
+restarted or changed model loses its entries.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 from corral.core.events import Dispatched, Finished, FleetEvent, Reset
 from corral.core.fleet import Backend, Fleet
@@ -72,11 +81,38 @@ KV_BYTES_PER_TOKEN = 128 * 1024
 bytes). Smaller models take less, so this errs towards predicting too little."""
 DEFAULT_CACHE_MIB = 8192
 """llama-server's own ``--cache-ram`` (the pinned build's default, MiB). It stands for
-a host cache whose size is not reported (an attached server: its agent cannot see the
-flag) and for ``--cache-ram -1`` (no limit). Taking an unknown cache to be the default
-errs towards predicting too much, which answers correct (:meth:`PrefixIndex.forget_older`
-drops what a server no longer held); predicting too little is never corrected: the
-index forgets conversations the server still holds and sends their next turns anywhere."""
+``--cache-ram -1`` (no limit) and for a host cache whose size is not reported (an
+attached server: its agent cannot see the flag) once the server's answers show it has
+one (it reused more than its idle slots held). Taking an unknown cache to be the
+default errs towards predicting too much, which answers correct
+(:meth:`PrefixIndex.forget_older` drops what a server no longer held); predicting too
+little is never corrected: the index forgets conversations the server still holds and
+sends their next turns anywhere."""
+SIMILARITY = 0.1
+"""llama-server's ``--slot-prompt-similarity`` default: an idle slot whose prompt shares
+more than this share of a new one gets it, else the least recently used idle slot."""
+
+
+@dataclass(slots=True)
+class _Slot:
+    """What one slot of a server last read, as the balancer sent it."""
+
+    hashes: list[int] = field(default_factory=list)  # the prompt's block hashes
+    busy: bool = False
+    used: int = 0  # when it was last taken (a counter)
+
+
+def shared_blocks(a: Sequence[int], b: Sequence[int]) -> int:
+    """Leading blocks two prompts share: chained hashes are equal at ``i`` only if they
+    are equal up to ``i``, so a binary search (about log2 of the shorter's length)."""
+    low, high = 0, min(len(a), len(b))
+    while low < high:
+        mid = (low + high) // 2
+        if a[mid] == b[mid]:
+            low = mid + 1
+        else:
+            high = mid
+    return low
 
 
 class PrefixPolicy:
@@ -114,6 +150,10 @@ class PrefixPolicy:
         self.rules = tuple(rules)
         self._slots = SlotPolicy(rules)
         self._freed: dict[str, list[int]] = {}  # backend -> block hashes of the last end
+        self._slots_of: dict[str, list[_Slot]] = {}  # backend -> what its slots last read
+        self._in: dict[int, tuple[str, _Slot, int]] = {}  # request -> backend, slot, blocks
+        self._host: set[str] = set()  # backends seen reusing more than their idle slots hold
+        self._uses = 0
 
     # ------------------------------------------------------------------ picking
     def pick(self, fleet: Fleet, request: RequestInfo) -> Decision:
@@ -134,12 +174,12 @@ class PrefixPolicy:
         hashes = prompt.hashes(self.index.block)
         tokens = self.ratio.tokens(len(prompt))
         scored: list[Scored] = []
+        busy: list[Scored] = []  # busy slots there hold more than a free one would reuse
         seen: set[str] = set()
         for backend in itertools.islice(with_free_slot(fleet, pools), self.breadth):
             if self._accepts(backend, request):
                 seen.add(backend.id)
-                scored.append(self._score(backend, self.index.match(backend.id, hashes), tokens))
-        busy_holder: Scored | None = None
+                self._weigh(backend, hashes, tokens, None, scored, busy)
         added = 0
         for backend_id, blocks in self.index.holders(hashes):
             if added >= self.breadth:
@@ -153,11 +193,8 @@ class PrefixPolicy:
                 continue
             seen.add(backend_id)
             added += 1
-            free = backend.free
-            if free > 0:
-                scored.append(self._score(backend, blocks, tokens, free))
-            elif busy_holder is None:
-                busy_holder = self._score(backend, blocks, tokens, free)
+            self._weigh(backend, hashes, tokens, blocks, scored, busy)
+        busy_holder = min(busy, key=lambda s: s.ttft, default=None)
         note = request.note
         if not scored:
             note.wait_until = None
@@ -184,6 +221,31 @@ class PrefixPolicy:
             and (not self.rules or all(rule.accepts(backend, request) for rule in self.rules))
         )
 
+    def _weigh(
+        self,
+        backend: Backend,
+        hashes: list[int],
+        tokens: int,
+        blocks: int | None,
+        scored: list[Scored],
+        busy: list[Scored],
+    ) -> None:
+        """Score a candidate: its free slot (into ``scored``), and, when a busy slot
+        there holds more of the prompt than a free one (:meth:`_held`), the wait for
+        that slot (into ``busy``): a request may wait for it (:meth:`_wait_for`)."""
+        held = self._held(backend, hashes, blocks)
+        if backend.free > 0:
+            scored.append(self._score(backend, held, tokens))
+        if backend.id not in self._host:  # what a busy slot holds now, not what it held
+            blocks = self._slot_match(backend.id, hashes, None if backend.free == 0 else True)
+        elif blocks is None:
+            blocks = self.index.match(backend.id, hashes)
+        if blocks and (backend.free == 0 or held < blocks):
+            holder = self._score(backend, blocks, tokens)
+            if backend.free > 0:  # estimated_ttft counted no wait: the holder frees in turn
+                holder.ttft += self.rates.duration(backend.id) / max(1, backend.slots_total)
+            busy.append(holder)
+
     def _score(self, backend: Backend, blocks: int, tokens: int, free: int | None = None) -> Scored:
         if free is None:
             free = backend.free
@@ -207,31 +269,58 @@ class PrefixPolicy:
 
     def affinity(self, backend_id: str, request: RequestInfo) -> int:
         """How well ``backend_id`` suits ``request``, in prompt tokens (0 without a
-        prompt, with an adapter or a pin): the tokens it probably holds, and once more
-        those the prompt shares with the one that last ended there (the slot that just
-        freed holds it; llama-server gives a request the idle slot whose prompt shares
-        the most, and under load that is the only idle one). The scheduler weighs
-        requests waiting in the buffer for a freed slot by it. Cost: about
-        2 log2(prompt blocks) lookups."""
+        prompt, with an adapter or a pin): the tokens a free slot there would reuse
+        (:meth:`_held`), and with a host cache once more those the prompt shares with
+        the one that last ended there (the slot that just freed holds it; llama-server
+        gives a request the idle slot whose prompt shares the most, and under load
+        that is the only idle one). The scheduler weighs requests waiting in the
+        buffer for a freed slot by it. Cost: about (slots + 2) log2(prompt blocks)
+        lookups."""
         prompt = request.prompt
         if prompt is None or request.adapter is not None or request.backend_id is not None:
             return 0
+        if backend_id not in self._slots_of:
+            return 0
         hashes = prompt.hashes(self.index.block)
+        if backend_id not in self._host:
+            return self.ratio.tokens(self._slot_match(backend_id, hashes) * self.index.block)
         blocks = self.index.match(backend_id, hashes)
         if not blocks:
             return 0
-        freed = self._freed.get(backend_id, ())
-        low, high = 0, min(len(hashes), len(freed))  # blocks shared with the last to end
-        while low < high:  # chained hashes: equal at i means equal up to i
-            mid = (low + high) // 2
-            if hashes[mid] == freed[mid]:
-                low = mid + 1
-            else:
-                high = mid
-        return self.ratio.tokens((blocks + low) * self.index.block)
+        freed = shared_blocks(hashes, self._freed.get(backend_id, ()))
+        return self.ratio.tokens((blocks + freed) * self.index.block)
+
+    def _held(self, backend: Backend, hashes: list[int], blocks: int | None = None) -> int:
+        """Leading blocks of a prompt that a request sent to ``backend`` now would reuse,
+        predicted. With a host prompt cache (``--cache-ram``: reported, or seen in its
+        answers) the server restores any prompt it holds: the index's match
+        (``blocks`` when the caller has it). Without one a slot keeps only its own last
+        prompt and the request gets an idle slot: only what an idle slot holds counts,
+        not a prompt held by a busy slot (a server of 4 slots holds 4 prompts at most,
+        and reuses only those whose slots are free); the slots' contents are known
+        exactly (what was sent), where the index may have let a tail go."""
+        if backend.id not in self._host:
+            return self._slot_match(backend.id, hashes)
+        return self.index.match(backend.id, hashes) if blocks is None else blocks
+
+    def _slot_match(self, backend_id: str, hashes: list[int], busy: bool | None = False) -> int:
+        """The most leading blocks of a prompt an idle slot of the backend holds (a busy
+        one, with ``busy``; any, with None)."""
+        return max(
+            (
+                shared_blocks(hashes, s.hashes)
+                for s in self._slots_of.get(backend_id, ())
+                if busy is None or s.busy == busy
+            ),
+            default=0,
+        )
 
     def _predict(self, backend_id: str, prompt: Prompt, request: RequestInfo) -> None:
-        blocks = self.index.match(backend_id, prompt.hashes(self.index.block))
+        hashes = prompt.hashes(self.index.block)
+        if backend_id in self._host:
+            blocks = self.index.match(backend_id, hashes)
+        else:
+            blocks = self._slot_match(backend_id, hashes)
         request.note.predicted_cached = min(
             self.ratio.tokens(len(prompt)), self.ratio.tokens(blocks * self.index.block)
         )
@@ -245,6 +334,15 @@ class PrefixPolicy:
             self._finished(event)
         elif isinstance(event, Reset):
             self._freed.pop(event.backend_id, None)
+            self._slots_of.pop(event.backend_id, None)
+            gone = [
+                key
+                for key, (backend_id, _, _) in self._in.items()
+                if backend_id == event.backend_id
+            ]
+            for key in gone:  # their ends will not come (or will find no slot)
+                del self._in[key]
+            self._host.discard(event.backend_id)
             self.index.drop(event.backend_id)
             if event.reason != "restarted":
                 self.rates.forget(event.backend_id)
@@ -253,25 +351,54 @@ class PrefixPolicy:
 
     def _dispatched(self, event: Dispatched) -> None:
         request = event.request
-        if not isinstance(request, RequestInfo) or request.prompt is None:
+        if not isinstance(request, RequestInfo):
             return
         backend = event.backend
+        if request.prompt is None:  # it takes a slot all the same (and what it held)
+            self._in[id(request)] = backend.id, self._take_slot(backend, []), 0
+            return
         hashes = request.prompt.hashes(self.index.block)
         note = request.note
         note.prior = self.index.stamps(backend.id, hashes)
-        note.predicted_blocks = len(note.prior)
+        held = self._held(backend, hashes, len(note.prior))
+        note.predicted_blocks = held
+        idle = self._slot_match(backend.id, hashes)  # for learning of a host cache
         note.sent_at = event.now
+        mib = backend.cache_ram_mib
+        if mib is not None:  # the agent says: trust it over what was seen
+            (self._host.add if mib != 0 else self._host.discard)(backend.id)
         self.index.set_capacity(backend.id, self._capacity_blocks(backend))
         self.index.add(backend.id, hashes)
         self._freed.pop(backend.id, None)  # the freed slot is (probably) taken
+        slot = self._take_slot(backend, hashes)
+        self._in[id(request)] = backend.id, slot, idle
+
+    def _take_slot(self, backend: Backend, hashes: list[int]) -> _Slot:
+        """The slot llama-server gives a prompt (without ``id_slot``): the idle one
+        sharing more than ``SIMILARITY`` of it, else the idle one used least recently
+        (any, when the balancer's count says none is idle); it now holds the prompt."""
+        slots = self._slots_of.setdefault(backend.id, [])
+        n = max(1, backend.slots_total)
+        del slots[n:]
+        slots.extend(_Slot() for _ in range(n - len(slots)))
+        idle = [s for s in slots if not s.busy] or slots
+        best = max(idle, key=lambda s: shared_blocks(hashes, s.hashes))
+        if shared_blocks(hashes, best.hashes) <= SIMILARITY * len(hashes):
+            best = min(idle, key=lambda s: s.used)
+        self._uses += 1
+        best.hashes, best.busy, best.used = hashes, True, self._uses
+        return best
 
     def _finished(self, event: Finished) -> None:
         request, timings, backend_id = event.request, event.timings, event.backend.id
         if not isinstance(request, RequestInfo):
             return
         note = request.note
-        if note.sent_at is not None and event.now is not None:
-            self.rates.ran(backend_id, event.now - note.sent_at)
+        if note.sent_at is not None and event.now is not None and timings is not None:
+            self.rates.ran(backend_id, event.now - note.sent_at)  # an answer, not a cancel
+        running = self._in.pop(id(request), None)
+        if running is not None:
+            running[1].busy = False  # it keeps the prompt
         if request.prompt is not None and request.adapter is None:
             self._freed[backend_id] = request.prompt.hashes(self.index.block)
         if timings is None:
@@ -282,6 +409,13 @@ class PrefixPolicy:
             return
         self.ratio.learn(len(prompt), timings.prompt_tokens)
         real = timings.cache_n * len(prompt) // (timings.prompt_tokens * self.index.block)
+        if (
+            running is not None
+            and backend_id not in self._host
+            and event.backend.cache_ram_mib is None
+            and real > running[2] + 1  # more than any idle slot held: a host cache
+        ):
+            self._host.add(backend_id)
         if real + 1 < note.predicted_blocks:  # one block of slack for the chat template
             self.index.forget_older(backend_id, note.prior[real])
 
@@ -293,9 +427,11 @@ class PrefixPolicy:
             n_ctx = DEFAULT_CTX
         tokens = max(1, backend.slots_total) * n_ctx
         mib = backend.cache_ram_mib
-        if mib is None or mib < 0:  # not reported, or no limit: see DEFAULT_CACHE_MIB
+        if mib is None and backend.id in self._host:  # seen, not reported: the default
             mib = DEFAULT_CACHE_MIB
-        tokens += mib * 1024 * 1024 // KV_BYTES_PER_TOKEN
+        if mib is not None and mib != 0:
+            mib = DEFAULT_CACHE_MIB if mib < 0 else mib
+            tokens += mib * 1024 * 1024 // KV_BYTES_PER_TOKEN
         return int(tokens * self.ratio.value) // self.index.block
 
     def __repr__(self) -> str:
