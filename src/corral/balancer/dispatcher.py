@@ -238,6 +238,8 @@ class Dispatcher:
         requests the scheduler looks at (the heads of the buffer's queues)."""
         if self._closed or not len(self.scheduler.buffer):
             return
+        if self.scheduler.policy.affinity is None:  # slot routing never waits for a holder
+            return
         now = self.clock.now()
         ends = [
             until

@@ -322,11 +322,12 @@ BALANCER = Schema(
         ),
         Setting(
             "prefix_max_pass",
-            "with --routing prefix: seconds a waiting request, first in line, may be passed "
-            "over for requests behind it whose prompt the freed server holds (0: never). "
-            "Under load every request waits, and serving them strictly in order sends most "
-            "to servers without their prompt; twice --prefix-max-wait lets the passed-over "
-            "request's own server free a slot meanwhile, and bounds what it pays for others",
+            "with --routing prefix: seconds a waiting request may be passed over, from the "
+            "first time, for later requests whose prompt the freed server holds (0: a "
+            "request that would take the slot is never passed over). Under load every "
+            "request waits, and serving them strictly in order sends most to servers "
+            "without their prompt; twice --prefix-max-wait lets the passed-over request's "
+            "own server free a slot meanwhile, and bounds what each request pays for others",
             non_negative_float,
             default=2.0,
         ),

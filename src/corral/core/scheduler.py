@@ -46,11 +46,13 @@ when a head is about to take a slot on backend B (or waits for the busy holder o
 its prefix while B is free), the scheduler looks at the ``WINDOW`` requests behind
 it in its own queue (same group, class and tenant: the discipline's order between
 queues is untouched) and serves instead the one whose prompt B holds the most of,
-if that beats the head's by ``PASS_MARGIN`` tokens. A head is passed over for at
-most ``max_pass`` seconds from the first time (``--prefix-max-pass``); then it takes
-the next slot it is offered. Every rule above still applies to the request served
-(the policy picks its backend, a free slot; ``_may_take``), and the cost is
-``WINDOW`` lookups in the prefix index, not a scan of the fleet.
+if that beats the head's by ``PASS_MARGIN`` tokens (a head that waits for its busy
+holder leaves B to anyone behind it). Every request is passed over for at most
+``max_pass`` seconds from the first time a later one overtook it
+(``--prefix-max-pass``), whether it was the head then or not; after that nothing
+behind it may pass it. Every rule above still applies to the request served (the
+policy picks its backend, a free slot; ``_may_take``), and the cost is ``WINDOW``
+affinity lookups and at most ``TRIES`` picks per head tried, not a scan of the fleet.
 """
 
 from __future__ import annotations
@@ -119,9 +121,11 @@ class Scheduler:
         max_pass: float = MAX_PASS,
     ) -> None:
         """``reserve``: share of each model's slots idle-only requests leave free
-        (``--interactive-reserve``, 0 <= reserve < 1). ``max_pass``: seconds a head
-        may be passed over for a request behind it that the freed server suits better
-        (``--prefix-max-pass``, 0: never; only with a policy that has ``affinity``).
+        (``--interactive-reserve``, 0 <= reserve < 1). ``max_pass``: seconds a request
+        may be passed over for later ones that the freed server suits better, from the
+        first time (``--prefix-max-pass``; 0: a head that takes a slot is never passed
+        over, though one waiting for its prompt's busy holder still leaves a free slot
+        to those behind it; only with a policy that has ``affinity``).
         Raises ValueError for a share out of range or a negative ``max_pass``."""
         if not 0.0 <= reserve < 1.0:
             raise ValueError("the interactive reserve is a share: 0 or more, below 1")
@@ -233,10 +237,12 @@ class Scheduler:
         """A request behind ``head`` to serve instead, and where: the one whose prompt
         the backend ``head`` would take (or leaves free, waiting for a busier one that
         holds its prompt) holds the most of, by ``PASS_MARGIN`` tokens over the head's.
-        None: the head's decision stands. Passing a head over is bounded by
-        ``max_pass`` seconds from the first time; a head that chose to wait (for the
-        busy holder of its prompt) leaves the free slot to any request behind it, the
-        most affine first, and keeps its place. At most ``TRIES`` picks."""
+        None: the head's decision stands. A head that chose to wait (for the busy
+        holder of its prompt) leaves the free slot to any request behind it, the most
+        affine first, and keeps its place. Being passed over is bounded per request:
+        ``max_pass`` seconds from the first time it was overtaken (the head, or one
+        behind it), after which nothing behind it may pass it. Cost: ``WINDOW``
+        affinity lookups and at most ``TRIES`` picks."""
         affinity = self.policy.affinity
         if affinity is None:
             return None
@@ -254,22 +260,35 @@ class Scheduler:
             least = affinity(backend_id, head.request) + PASS_MARGIN
         else:  # the head leaves the slot: anyone behind may have it, most affine first
             least = 0
+        behind = self.buffer.behind(head, WINDOW)
+        for i, waiter in enumerate(behind):  # none may pass one whose bound ran out
+            passed = waiter.passed_at
+            if passed is not None and now is not None and now - passed >= self.max_pass:
+                behind = behind[: i + 1]  # it may be served itself, not passed
+                break
         ranked = sorted(
             (
                 (cached, -i, waiter)
-                for i, waiter in enumerate(self.buffer.behind(head, WINDOW))
+                for i, waiter in enumerate(behind)
                 if (cached := affinity(backend_id, waiter.request)) >= least
             ),
             key=lambda entry: entry[:2],
             reverse=True,
         )
-        for _, _, best in ranked[:TRIES]:
+        for _, minus_i, best in ranked[:TRIES]:
             choice = self.policy.pick(self.fleet, best.request)
             if isinstance(choice, Dispatch) and self._may_take(
                 best.request, choice.backend_id, now
             ):
-                if isinstance(decision, Dispatch) and head.passed_at is None:
-                    head.passed_at = now
+                # every request it overtakes starts its own bound now, not once it is
+                # the head: none waits much more than max_pass for others (a head that
+                # chose to wait for its holder is not overtaken: it left the slot)
+                overtaken = behind[:-minus_i]
+                if isinstance(decision, Dispatch):
+                    overtaken.insert(0, head)
+                for waiter in overtaken:
+                    if waiter.passed_at is None:
+                        waiter.passed_at = now
                 return best, choice
         return None
 

@@ -159,8 +159,13 @@ def test_openai_runner_reads_the_models_only_until_ready_then_only_that_it_answe
 
     runner = openai.OpenAIRunner(RunnerOptions(concurrency=2))
     answers = {
-        "/v1/models": [Fetched(error="refused"), MODELS, MODELS],
-        "/health": [Fetched(404, None, "undecodable"), Fetched(error="timed out"), MODELS],
+        "/v1/models": [Fetched(error="refused"), MODELS, MODELS, MODELS],
+        "/health": [
+            Fetched(404, None, "undecodable"),
+            Fetched(error="timed out"),
+            MODELS,
+            Fetched(503, {"error": "engine dead"}),
+        ],
     }
     asked: list[str] = []
 
@@ -176,7 +181,11 @@ def test_openai_runner_reads_the_models_only_until_ready_then_only_that_it_answe
     assert read() == "ready"  # a 404 is a server that answers
     assert read() == "unreachable"
     assert read() == "ready"  # up again: its models are read anew
-    assert asked == ["/v1/models", "/v1/models", "/health", "/health", "/v1/models"]
+    assert read() == "ready"
+    assert read() == "error"  # a 5xx: unhealthy
+    assert (
+        asked == ["/v1/models", "/v1/models", "/health", "/health", "/v1/models"] + ["/health"] * 2
+    )
 
 
 def test_openai_server_is_ready_when_it_lists_models():

@@ -12,10 +12,12 @@ answering: some servers answer it under the lock their generations hold
 (llama-cpp-python's server does, and with its default ``--interrupt_requests`` that
 read ends the stream in flight; without it, the read waits for the generation and
 times out). It checks instead that the server still answers HTTP at all, with
-``GET /health`` (:data:`LIVENESS_PATH`): any answer, even a 404, is a server that
-is up (a web framework answers an unknown path without taking a model's lock); a
-refused connection or no answer within ``--read-timeout`` is ``unreachable``, and the
-models are read anew once it answers again (it may have restarted with another one).
+``GET /health`` (:data:`LIVENESS_PATH`): any answer below 500, even a 404, is a server
+that is up (a web framework answers an unknown path without taking a model's lock); a
+5xx is an ``error`` (an unhealthy engine), a refused connection or no answer within
+``--read-timeout`` is ``unreachable``, and after either the models are read anew
+once it is well again (it may have restarted with another one). A server restarted
+with another model between two reads keeps its old name until it fails a read.
 """
 
 from __future__ import annotations
@@ -64,9 +66,11 @@ answer 404, which says as much (see the module docstring)."""
 
 
 def alive(fetched: Fetched) -> ServerStatus | None:
-    """``None`` when the server answered :data:`LIVENESS_PATH` at all (any status);
-    else the ``unreachable`` status to report."""
-    if fetched.status > 0:
+    """``None`` when the server answered :data:`LIVENESS_PATH` below 500 (any 2xx, 3xx
+    or 4xx: a 404 is a server without that path); else the status to report: a 5xx
+    (vLLM, SGLang and TGI answer one there when their engine is unhealthy) is an
+    ``error``, no answer is ``unreachable``."""
+    if 0 < fetched.status < 500:
         return None
     return failure(LIVENESS_PATH, fetched) or failure(LIVENESS_PATH, Fetched(error="no answer"))
 
