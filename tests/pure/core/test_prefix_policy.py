@@ -340,3 +340,20 @@ def test_an_end_without_an_answer_frees_the_slot_and_teaches_no_run_time():
     fleet.release("a", 0.5, first)
     assert policy.rates.duration("a") == 0.0
     assert policy.affinity("a", request(HISTORY + b"x")) > 1000
+
+
+def test_a_restart_does_not_make_a_host_cache_of_what_the_slots_held_before():
+    # after a restart (or a read that timed out) the policy no longer knows what the
+    # slots hold; an answer reusing a slot's old prompt is no sign of a host cache
+    fleet, policy, scheduler = setup(("a", 2))
+    first = request(HISTORY)
+    assert scheduler.submit(first, 0.0) == Dispatch("a")
+    finish(fleet, "a", first, 0, 1250)
+    fleet.report("a", Report(Condition.UNREACHABLE, model="m", slots_total=2), now=1)
+    fleet.report("a", Report(Condition.READY, model="m", slots_total=2), now=2)
+    back = request(HISTORY + b"back again")
+    assert scheduler.submit(back, 3.0) == Dispatch("a")
+    finish(fleet, "a", back, 1240, 10)  # the slot still held it: llama-server kept it
+    probe = request(b"someone else entirely. " * 200)
+    assert scheduler.submit(probe, 4.0) == Dispatch("a")
+    assert policy.index.capacity("a") <= 2 * 4096 * 4 // BLOCK  # no host cache learned

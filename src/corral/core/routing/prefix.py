@@ -100,6 +100,7 @@ class _Slot:
     hashes: list[int] = field(default_factory=list)  # the prompt's block hashes
     busy: bool = False
     used: int = 0  # when it was last taken (a counter)
+    known: bool = False  # taken since the server (re)started: ``hashes`` is what it holds
 
 
 def shared_blocks(a: Sequence[int], b: Sequence[int]) -> int:
@@ -151,7 +152,7 @@ class PrefixPolicy:
         self._slots = SlotPolicy(rules)
         self._freed: dict[str, list[int]] = {}  # backend -> block hashes of the last end
         self._slots_of: dict[str, list[_Slot]] = {}  # backend -> what its slots last read
-        self._in: dict[int, tuple[str, _Slot, int]] = {}  # request -> backend, slot, blocks
+        self._in: dict[int, tuple[str, _Slot, int | None]] = {}  # request -> backend, slot, blocks
         self._host: set[str] = set()  # backends seen reusing more than their idle slots hold
         self._uses = 0
 
@@ -362,7 +363,7 @@ class PrefixPolicy:
         note.prior = self.index.stamps(backend.id, hashes)
         held = self._held(backend, hashes, len(note.prior))
         note.predicted_blocks = held
-        idle = self._slot_match(backend.id, hashes)  # for learning of a host cache
+        idle = self._evidence_base(backend, hashes)  # for learning of a host cache
         note.sent_at = event.now
         mib = backend.cache_ram_mib
         if mib is not None:  # the agent says: trust it over what was seen
@@ -386,8 +387,21 @@ class PrefixPolicy:
         if shared_blocks(hashes, best.hashes) <= SIMILARITY * len(hashes):
             best = min(idle, key=lambda s: s.used)
         self._uses += 1
-        best.hashes, best.busy, best.used = hashes, True, self._uses
+        best.hashes, best.busy, best.used, best.known = hashes, True, self._uses, True
         return best
+
+    def _evidence_base(self, backend: Backend, hashes: list[int]) -> int | None:
+        """What a request's answer must beat to show a host cache: the most blocks an
+        idle slot holds, when every slot's content is known; None when it is not (a
+        slot untaken since the server restarted holds what it held before, and with
+        another balancer in front of the same server (``slots_share``: docs/ha.md)
+        requests this one never saw fill its slots)."""
+        slots = self._slots_of.get(backend.id, ())
+        if backend.slots_share is not None or len(slots) < backend.slots_total:
+            return None
+        if not all(s.known for s in slots):
+            return None
+        return self._slot_match(backend.id, hashes)
 
     def _finished(self, event: Finished) -> None:
         request, timings, backend_id = event.request, event.timings, event.backend.id
@@ -413,6 +427,7 @@ class PrefixPolicy:
             running is not None
             and backend_id not in self._host
             and event.backend.cache_ram_mib is None
+            and running[2] is not None
             and real > running[2] + 1  # more than any idle slot held: a host cache
         ):
             self._host.add(backend_id)
