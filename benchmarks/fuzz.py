@@ -93,6 +93,9 @@ IDLE = 0.3
 READ_LIMIT = 10.0
 """Seconds a case's connection may stay open after its last byte: longer is a hang."""
 _NONCE = re.compile(rb"n(\d+)x")
+ADAPTERS = ("/m/style.gguf", "/m/tone.gguf")
+"""LoRA adapters the body surface's server has loaded: a request naming one as its
+``model`` has its ``lora`` field rewritten (:mod:`corral.balancer.lora`)."""
 KEYS = ("sk-fuzz-chat", "sk-fuzz-bulk")
 KEYS_FILE = f"""
 [[tenant]]
@@ -155,7 +158,8 @@ class Target:
 
     async def start(self) -> None:
         self.http = aiohttp.ClientSession()
-        app = make_app(SimConfig(name="rec", tokens_per_second=1e6))
+        lora = ADAPTERS if self.keyed else ()
+        app = make_app(SimConfig(name="rec", tokens_per_second=1e6, lora=lora))
 
         async def record(request: web.Request, response: web.StreamResponse) -> None:
             if "X-Request-Id" in request.headers:
@@ -191,7 +195,10 @@ class Target:
         )
         await agent.start()
         self._stops.append(agent.stop)
-        await self.until(lambda: any(a.routable for a in balancer.fleet), "the agent ready")
+        await self.until(
+            lambda: any(a.routable and len(a.adapters) == len(lora) for a in balancer.fleet),
+            "the agent ready",
+        )
 
     async def stop(self) -> None:
         for stop in reversed(self._stops):
@@ -559,7 +566,7 @@ _messages = st.lists(
     max_size=4,
 )
 FIELDS: dict[str, st.SearchStrategy[Any]] = {
-    "model": st.sampled_from(["rec", "fuzz", "", "rec:lora", BAD_UTF8]) | _scalars,
+    "model": st.sampled_from(["rec", "style", "tone", "fuzz", "", "rec:lora", BAD_UTF8]) | _scalars,
     "id_slot": st.integers(-3, 4) | st.sampled_from([2**63, 2**64, -(2**63) - 1, 1.5]) | _values,
     "lora": st.lists(st.fixed_dictionaries({"id": _scalars, "scale": _scalars}), max_size=2)
     | _values,
@@ -605,7 +612,7 @@ def body_requests(draw: st.DrawFn, nonces: Nonces) -> list[BodyRequest]:
         else:
             fields["prompt"] = f"n{n}x " * draw(st.integers(1, 3))
         if draw(st.booleans()):
-            fields["model"] = "rec"
+            fields["model"] = draw(st.sampled_from(["rec", "rec", "style"]))
         names = draw(st.lists(st.sampled_from(list(FIELDS)), max_size=4, unique=True))
         fields.update({name: draw(FIELDS[name]) for name in names})
         kind = draw(st.sampled_from(["json"] * 5 + ["mutated", "mutated", "bytes", "empty"]))
