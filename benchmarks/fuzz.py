@@ -92,7 +92,10 @@ IDLE = 0.3
 """Seconds the fuzzed listener waits on an idle or half-sent request (75 s normally)."""
 READ_LIMIT = 10.0
 """Seconds a case's connection may stay open after its last byte: longer is a hang."""
-_NONCE = re.compile(rb"n(\d+)x")
+_NONCE = re.compile(rb"n(\d+)x\1y")
+"""A request's nonce, written twice: a mutation that changes one byte of it (a digit
+flipped) cannot make it another request's nonce (the long run's false "served twice":
+``n87518x`` mutated into ``n87519x``, the next request's)."""
 ADAPTERS = ("/m/style.gguf", "/m/tone.gguf")
 """LoRA adapters the body surface's server has loaded: a request naming one as its
 ``model`` has its ``lora`` field rewritten (:mod:`corral.balancer.lora`)."""
@@ -265,7 +268,7 @@ class Nonces:
 
 
 def _body(nonce: int) -> bytes:
-    return b'{"content": "n%dx"}' % nonce
+    return b'{"content": "n%dx%dy"}' % (nonce, nonce)
 
 
 def _request(nonce: int, *extra: bytes, close: bool = False) -> bytes:

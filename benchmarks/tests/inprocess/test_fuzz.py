@@ -169,3 +169,11 @@ def test_the_body_fuzz_finds_the_non_utf8_500(keyed, monkeypatch):
     keyed.errors.clear()
     failures = getattr(found.value, "exceptions", (found.value,))
     assert any("500 from the balancer" in str(f) for f in failures), failures
+
+
+def test_a_mutation_of_a_nonce_is_not_another_request():
+    # the long run's false "requests served twice": request 1's nonce mutated into 2's
+    mutated = _request(1).replace(b"n1x", b"n2x")
+    parts = [Segment(mutated, "maybe", (1,)), Segment(_request(2), "good", (2,))]
+    seen = [Seen("POST", "/tokenize", mutated.split(b"\r\n\r\n")[1]), *_seen(2)]
+    check_http(parts, b"".join(p.data for p in parts), [OK, OK], seen)
