@@ -5,7 +5,8 @@
 
 A long run (100,000 inference cases) on a 2-core machine:
 
-    benchmarks/fuzz.py --workers 2 --examples-for http=100000 --examples 20000
+    benchmarks/fuzz.py --workers 2 --examples-for http=60000 --examples-for body=40000 \
+        --examples-for agent=10000 --examples-for management=20000
 
 One balancer runs in a background thread's event loop, with one agent and a
 simulated llama-server behind it that records every request the balancer sends it.
@@ -22,6 +23,19 @@ Each case is checked, then the balancer must still serve a plain request.
   after a bad segment at most one answer comes, a 4xx or 5xx, and nothing after it
   reaches the server; the server never sees a body the client did not send, nor one
   nonce twice; the connection is closed by the balancer or stays usable.
+- **body** (the inference listener's own reading of generation requests): up to
+  three well-formed requests on one connection to ``/v1/chat/completions``,
+  ``/v1/completions`` and ``/completion``, on a balancer with ``--routing prefix``
+  (so the prompt is read: :mod:`corral.balancer.prompt`), the priority queue and a
+  TOML keys file. Their bodies are JSON with fuzzed ``model``, ``id_slot``, ``lora``,
+  ``prompt``, ``messages``, ``stream``... (any JSON type, strings that are not
+  UTF-8), mutated or random bytes, maybe gzip-encoded (or claiming a coding they do
+  not have); their headers a key that is right, wrong or badly presented, and an
+  ``X-Corral-Priority``. Every request gets one answer, in order, 2xx or 4xx: a 5xx
+  fails the case, counted apart as relayed from the server (``X-Corral-Server``) or
+  the balancer's own. A request the balancer refused never reaches the server; one
+  relayed reached it once, with its path and body as sent (``id_slot`` and ``lora``
+  rewritten at most), and neither the client's key nor ``X-Corral-Priority``.
 - **agent** (the agent protocol through the management WebSocket): frames valid,
   mutated, random, out of order (status before register, register twice), of the
   wrong type, oversized. No frame makes the balancer raise; the socket's agent is
@@ -68,6 +82,7 @@ from hypothesis import strategies as st
 from corral.addr import Addr
 from corral.agent import Agent, AgentConfig
 from corral.balancer import Balancer, BalancerConfig
+from corral.config.keys import parse_keys
 from corral.sim import SimConfig, make_app
 
 T = TypeVar("T")
@@ -77,7 +92,26 @@ IDLE = 0.3
 """Seconds the fuzzed listener waits on an idle or half-sent request (75 s normally)."""
 READ_LIMIT = 10.0
 """Seconds a case's connection may stay open after its last byte: longer is a hang."""
-_NONCE = re.compile(rb"n(\d+)x")
+_NONCE = re.compile(rb"n(\d+)x\1y")
+"""A request's nonce, written twice: a mutation that changes one byte of it (a digit
+flipped) cannot make it another request's nonce (the long run's false "served twice":
+``n87518x`` mutated into ``n87519x``, the next request's)."""
+ADAPTERS = ("/m/style.gguf", "/m/tone.gguf")
+"""LoRA adapters the body surface's server has loaded: a request naming one as its
+``model`` has its ``lora`` field rewritten (:mod:`corral.balancer.lora`)."""
+KEYS = ("sk-fuzz-chat", "sk-fuzz-bulk")
+KEYS_FILE = f"""
+[[tenant]]
+name = "chat"
+key = "{KEYS[0]}"
+max_class = "high"
+
+[[tenant]]
+name = "bulk"
+key = "{KEYS[1]}"
+class = "batch"
+max_concurrent = 1
+"""
 KEEP_SERVER_ERRORS = 5
 """5xx answers kept per status for the report (the statuses count them all)."""
 
@@ -88,11 +122,16 @@ class Seen:
     method: str
     path: str
     body: bytes
+    request_id: str = ""
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
 class Target:
-    """A balancer, a recording simulated server and its agent, on a loop in a thread."""
+    """A balancer, a recording simulated server and its agent, on a loop in a thread.
+
+    The server records each request the balancer sends it (they carry
+    ``X-Request-Id``): method, path, body, request id and headers."""
 
     loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)
     seen: list[Seen] = field(default_factory=list)
@@ -100,8 +139,12 @@ class Target:
     statuses: Counter[int] = field(default_factory=Counter)
     server_errors: list[tuple[bytes, int, bytes]] = field(default_factory=list)
     """(what was sent, the status, the answer's body) of 5xx answers, to look at."""
-    """Answers of the fuzzed listener by status (what the cases exercised)."""
+    body_5xx: Counter[str] = field(default_factory=Counter)
+    """5xx answers of the body surface: ``relayed`` (from the server) or ``balancer``."""
     balancer: Balancer | None = None
+    keyed: bool = False
+    """Prefix routing, the priority queue and a TOML keys file (the **body** surface);
+    else none of them (the others)."""
     _stops: list[Any] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -118,19 +161,27 @@ class Target:
 
     async def start(self) -> None:
         self.http = aiohttp.ClientSession()
-        app = make_app(SimConfig(name="rec", tokens_per_second=1e6))
+        lora = ADAPTERS if self.keyed else ()
+        app = make_app(SimConfig(name="rec", tokens_per_second=1e6, lora=lora))
 
         async def record(request: web.Request, response: web.StreamResponse) -> None:
             if "X-Request-Id" in request.headers:
-                self.seen.append(Seen(request.method, request.raw_path, await request.read()))
+                body = await request.read()
+                rid = request.headers["X-Request-Id"]
+                headers = tuple(request.headers.items())
+                self.seen.append(Seen(request.method, request.raw_path, body, rid, headers))
 
         app.on_response_prepare.append(record)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()
         self._stops.append(runner.cleanup)
+        extra: dict[str, Any] = {}
+        if self.keyed:
+            extra = {"routing": "prefix", "queue": "priority",
+                     "tenant_keys": tuple(parse_keys(KEYS_FILE, toml=True))}  # fmt: skip
         balancer = Balancer(
-            BalancerConfig(inference_addr=ANY, management_addr=ANY, management_token=TOKEN)
+            BalancerConfig(inference_addr=ANY, management_addr=ANY, management_token=TOKEN, **extra)
         )
         await balancer.start()
         self._stops.append(balancer.stop)
@@ -147,7 +198,10 @@ class Target:
         )
         await agent.start()
         self._stops.append(agent.stop)
-        await self.until(lambda: any(a.routable for a in balancer.fleet), "the agent ready")
+        await self.until(
+            lambda: any(a.routable and len(a.adapters) == len(lora) for a in balancer.fleet),
+            "the agent ready",
+        )
 
     async def stop(self) -> None:
         for stop in reversed(self._stops):
@@ -171,7 +225,8 @@ class Target:
         """A plain request on a new connection gets 200, and the fleet is as it was."""
         await self.until(lambda: len(self.b.fleet) == 1, "the fleet back to its one agent")
         url = f"http://127.0.0.1:{self.b.inference_port}/tokenize"
-        async with self.http.post(url, json={"content": "alive"}) as r:
+        key = {"Authorization": f"Bearer {KEYS[0]}"} if self.keyed else {}
+        async with self.http.post(url, json={"content": "alive"}, headers=key) as r:
             assert r.status == 200, f"the balancer stopped serving: {r.status}"
         assert not self.errors, f"the balancer logged an unhandled error: {self.errors[0]}"
 
@@ -213,7 +268,7 @@ class Nonces:
 
 
 def _body(nonce: int) -> bytes:
-    return b'{"content": "n%dx"}' % nonce
+    return b'{"content": "n%dx%dy"}' % (nonce, nonce)
 
 
 def _request(nonce: int, *extra: bytes, close: bool = False) -> bytes:
@@ -488,6 +543,224 @@ def check_http(
         assert response.status != 500, f"an internal error: {response.body[:300]!r}"
 
 
+# ------------------------------------------------------------ body: the inputs
+GENERATION_PATHS = ["/v1/chat/completions", "/v1/completions", "/completion"]
+BAD_UTF8 = "\u0001BAD\u0001"
+"""Replaced by bytes that are not UTF-8 in the encoded body (JSON cannot say them)."""
+
+_scalars = (
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False) | st.text(max_size=12) | st.just(BAD_UTF8)
+)  # fmt: skip
+_values = st.recursive(
+    _scalars,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+_messages = st.lists(
+    st.dictionaries(
+        st.sampled_from(["role", "content", "tool_calls", "name"]),
+        st.sampled_from(["user", "system", "assistant", "tool", ""]) | _values,
+        max_size=4,
+    )
+    | _values,
+    max_size=4,
+)
+FIELDS: dict[str, st.SearchStrategy[Any]] = {
+    "model": st.sampled_from(["rec", "style", "tone", "fuzz", "", "rec:lora", BAD_UTF8]) | _scalars,
+    "id_slot": st.integers(-3, 4) | st.sampled_from([2**63, 2**64, -(2**63) - 1, 1.5]) | _values,
+    "lora": st.lists(st.fixed_dictionaries({"id": _scalars, "scale": _scalars}), max_size=2)
+    | _values,
+    "prompt": st.text(max_size=40) | st.lists(st.integers(-5, 2**40), max_size=5) | _values,
+    "messages": _messages,
+    "system": _values,
+    "tools": _values,
+    "input": _values,
+    "stream": st.booleans() | _values,
+    "stream_options": st.fixed_dictionaries({"include_usage": _scalars}) | _values,
+    "n_predict": st.sampled_from([1, 2, 4, 0]) | st.text(max_size=3) | st.floats(0, 4),
+}
+PRIORITIES = ["high", "interactive", "batch", "HIGH", " batch ", "", "urgent", "b\u00e9tch"]
+
+
+@dataclass(frozen=True)
+class BodyRequest:
+    """One well-formed HTTP request to a generation route, its body and headers fuzzed."""
+
+    data: bytes
+    path: str
+    request_id: str
+    body: bytes
+    """The body as sent upstream, should it go there (decoded if it was compressed)."""
+    key: str | None
+    """The client's key (it must never reach the server)."""
+
+
+@st.composite
+def body_requests(draw: st.DrawFn, nonces: Nonces) -> list[BodyRequest]:
+    """Up to three requests on one connection, the last closing it."""
+    import gzip
+    import json
+
+    out: list[BodyRequest] = []
+    count = draw(st.integers(1, 3))
+    for i in range(count):
+        path = draw(st.sampled_from(GENERATION_PATHS))
+        n = nonces()
+        fields: dict[str, Any] = {"n_predict": 2}  # the simulator's default of 16 is slower
+        if path == "/v1/chat/completions":
+            fields["messages"] = [{"role": "user", "content": f"n{n}x " * draw(st.integers(1, 3))}]
+        else:
+            fields["prompt"] = f"n{n}x " * draw(st.integers(1, 3))
+        if draw(st.booleans()):
+            fields["model"] = draw(st.sampled_from(["rec", "rec", "style"]))
+        names = draw(st.lists(st.sampled_from(list(FIELDS)), max_size=4, unique=True))
+        fields.update({name: draw(FIELDS[name]) for name in names})
+        kind = draw(st.sampled_from(["json"] * 5 + ["mutated", "mutated", "bytes", "empty"]))
+        body = json.dumps(fields).encode().replace(b"\\u0001BAD\\u0001", b"\xff\xfe")
+        if kind == "mutated":
+            mutable = bytearray(body)
+            for _ in range(draw(st.integers(1, 3))):
+                at = draw(st.integers(0, 10_000)) % (len(mutable) or 1)
+                byte = draw(st.sampled_from(b'"{}[],:\\\x00\xc3\xff0a '))
+                op = draw(st.sampled_from(["flip", "insert", "delete"]))
+                if op == "insert" or not mutable:
+                    mutable.insert(at, byte)
+                elif op == "flip":
+                    mutable[at] = byte
+                else:
+                    del mutable[at]
+            body = bytes(mutable)
+        elif kind == "bytes":
+            body = draw(st.binary(max_size=64))
+        elif kind == "empty":
+            body = b""
+        rid = f"fz{n}"
+        lines = [f"POST {path} HTTP/1.1".encode(), b"Host: a", b"X-Request-Id: " + rid.encode()]
+        key = draw(st.sampled_from([*KEYS * 6, None, "sk-wrong", KEYS[0] + "x", "\u00e9"]))
+        if key is not None:
+            how = draw(
+                st.sampled_from(["Bearer "] * 4 + ["bearer ", "Bearer  ", "x-api-key", "Basic "])
+            )
+            value = key.encode("latin-1")
+            lines.append(
+                b"X-Api-Key: " + value
+                if how == "x-api-key"
+                else b"Authorization: " + how.encode() + value
+            )
+        priority = draw(st.none() | st.sampled_from(PRIORITIES))
+        if priority is not None:
+            lines.append(b"X-Corral-Priority: " + priority.encode("latin-1"))
+        if draw(st.booleans()):
+            lines.append(b"Content-Type: application/json")
+        sent = body
+        coding = draw(st.sampled_from([None, None, None, "gzip", "gzip-bad", "br"]))
+        if coding == "gzip":
+            sent = gzip.compress(body)
+            lines.append(b"Content-Encoding: gzip")
+        elif coding is not None:
+            lines.append(b"Content-Encoding: " + coding.removesuffix("-bad").encode())
+        lines.append(b"Content-Length: %d" % len(sent))
+        if i == count - 1:
+            lines.append(b"Connection: close")
+        data = b"\r\n".join([*lines, b"", b""]) + sent
+        out.append(BodyRequest(data, path, rid, body, key))
+    return out
+
+
+# ------------------------------------------------------------ body: the checks
+async def body_case(target: Target, requests: list[BodyRequest]) -> None:
+    target.seen.clear()
+    sent = b"".join(r.data for r in requests)
+    reader, writer = await asyncio.open_connection("127.0.0.1", target.b.inference_port)
+    received = bytearray()
+    try:
+        writer.write(sent)
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+        async with asyncio.timeout(READ_LIMIT):
+            with contextlib.suppress(ConnectionError):
+                while chunk := await reader.read(65536):
+                    received += chunk
+    except TimeoutError:
+        raise AssertionError(
+            f"the connection stayed open {READ_LIMIT}s after the last byte"
+        ) from None
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+    responses = parse_responses(bytes(received))
+    for r in responses:
+        relayed = "x-corral-server" in r.headers
+        target.statuses[r.status] += 1
+        if r.status >= 500:
+            target.body_5xx["relayed" if relayed else "balancer"] += 1
+            kept = sum(1 for _, status, _ in target.server_errors if status == r.status)
+            if kept < KEEP_SERVER_ERRORS:
+                target.server_errors.append((sent, r.status, r.body))
+    check_body(requests, responses, target.seen)
+
+
+def _same_request(sent: bytes, seen: bytes) -> bool:
+    """The server got the body sent, or it with ``id_slot`` (a fleet slot id made the
+    server's) or ``lora`` (an adapter's ids) rewritten by the balancer."""
+    if sent == seen:
+        return True
+    import msgspec
+
+    try:
+        a, b = msgspec.json.decode(sent), msgspec.json.decode(seen)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return False
+    if not isinstance(a, dict) or not isinstance(b, dict):
+        return False
+    return {k: v for k, v in a.items() if k not in ("id_slot", "lora")} == {
+        k: v for k, v in b.items() if k not in ("id_slot", "lora")
+    }
+
+
+def check_body(
+    requests: list[BodyRequest], responses: list[Response], upstream: list[Seen]
+) -> None:
+    """Every request answered once, in order, 2xx or 4xx; what the balancer refused
+    never reached the server; what it relayed reached it once, as sent; the server
+    never sees a client's key nor the priority header."""
+    assert len(responses) == len(requests), (
+        f"{len(requests)} requests got {len(responses)} answers: {[r.status for r in responses]}"
+    )
+    seen = Counter(s.request_id for s in upstream)
+    ours = {r.request_id for r in requests}
+    assert set(seen) <= ours, f"the server got requests the client never sent: {set(seen) - ours}"
+    for request, response in zip(requests, responses, strict=True):
+        relayed = "x-corral-server" in response.headers
+        origin = "relayed from the server" if relayed else "from the balancer"
+        assert response.status < 500, (
+            f"{request.request_id}: {response.status} {origin}: {response.body[:300]!r}"
+        )
+        assert response.status < 300 or response.status >= 400, response.status
+        if response.status < 300:
+            assert relayed, f"{request.request_id}: a 2xx the server did not send"
+        assert seen[request.request_id] == (1 if relayed else 0), (
+            f"{request.request_id} answered {response.status} {origin} reached the server "
+            f"{seen[request.request_id]} times"
+        )
+    for s in upstream:
+        request = next(r for r in requests if r.request_id == s.request_id)
+        assert s.path == request.path, f"sent to {request.path}, the server got {s.path}"
+        assert _same_request(request.body, s.body), (
+            f"the server got {s.body[:200]!r} for {request.body[:200]!r}"
+        )
+        names = {name.lower() for name, _ in s.headers}
+        assert not names & {"authorization", "x-api-key", "x-corral-priority"}, (
+            f"a client header reached the server: {s.headers}"
+        )
+        values = " ".join(v for _, v in s.headers)
+        assert not any(k in values for k in KEYS), "a client's key reached the server"
+
+
 # ------------------------------------------------------------ agent protocol
 def _status(slots: int, busy: int, condition: str = "ready") -> dict[str, Any]:
     return {"condition": condition, "model": "fuzz", "slots_total": slots,
@@ -625,7 +898,7 @@ async def management_case(
 
 
 # ------------------------------------------------------------------- running
-SURFACES = ("http", "agent", "management")
+SURFACES = ("http", "body", "agent", "management")
 
 
 def run(
@@ -672,6 +945,17 @@ def run(
             target.call(http_case(target, parts, cuts, delays))
             target.call(target.still_serves())
 
+    elif surface == "body":
+
+        @seeded
+        @options
+        @given(body_requests(nonces))
+        def case(requests: list[BodyRequest]) -> None:
+            nonlocal count
+            count += 1
+            target.call(body_case(target, requests))
+            target.call(target.still_serves())
+
     elif surface == "agent":
 
         @seeded
@@ -701,8 +985,9 @@ def run(
 
 
 @contextlib.contextmanager
-def running_target() -> Any:
-    target = Target()
+def running_target(keyed: bool = False) -> Any:
+    """A started :class:`Target` (``keyed``: for the **body** surface), closed after."""
+    target = Target(keyed=keyed)
     handler = _Errors(target)
     corral_log = logging.getLogger("corral")
     corral_log.addHandler(handler)
@@ -727,16 +1012,19 @@ class Batch:
     statuses: Counter[int]
     server_errors: list[tuple[bytes, int, bytes]]
     failure: str | None = None
+    body_5xx: Counter[str] = field(default_factory=Counter)
 
 
 _worker_target: Target | None = None
+_worker_keyed: Target | None = None
+"""The worker's target for the body surface, started with its first batch."""
 _worker_context = contextlib.ExitStack()
-"""Holds the worker's target open: a dropped context manager would close it."""
+"""Holds the worker's targets open: a dropped context manager would close them."""
 _worker_nonces = Nonces()
 
 
 def _worker_start() -> None:
-    """A worker process's one target, kept for every batch it runs."""
+    """A worker process's plain target, kept for every batch it runs."""
     global _worker_target
     logging.basicConfig(level=logging.CRITICAL)
     _worker_target = _worker_context.enter_context(running_target())
@@ -748,10 +1036,14 @@ def run_batch(surface: str, examples: int, seed: int | None) -> Batch:
 
     A failure is returned (hypothesis's smallest input in the text), not raised.
     """
-    target = _worker_target
+    global _worker_keyed
+    if surface == "body" and _worker_keyed is None:
+        _worker_keyed = _worker_context.enter_context(running_target(keyed=True))
+    target = _worker_keyed if surface == "body" else _worker_target
     assert target is not None, "run_batch runs in a worker started by _worker_start"
     target.statuses.clear()
     target.server_errors.clear()
+    target.body_5xx.clear()
     failure = None
     count = 0
     try:
@@ -759,7 +1051,14 @@ def run_batch(surface: str, examples: int, seed: int | None) -> Batch:
     except Exception as exc:
         notes = "\n".join(getattr(exc, "__notes__", []))
         failure = f"{type(exc).__name__}: {exc}\n{notes}"
-    return Batch(surface, count, Counter(target.statuses), list(target.server_errors), failure)
+    return Batch(
+        surface,
+        count,
+        Counter(target.statuses),
+        list(target.server_errors),
+        failure,
+        Counter(target.body_5xx),
+    )
 
 
 def _batches(examples: int, size: int) -> list[int]:
@@ -800,7 +1099,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--workers and --batch must be at least 1")
     seeds = itertools.count(args.seed) if args.seed is not None else itertools.repeat(None)
     logging.basicConfig(level=logging.CRITICAL)
-    statuses: Counter[int] = Counter()
     server_errors: list[tuple[bytes, int, bytes]] = []
     total = 0
     started_all = time.monotonic()
@@ -813,6 +1111,8 @@ def main(argv: list[str] | None = None) -> int:
                 for n in _batches(counts[surface], args.batch)
             ]
             count = 0
+            statuses: Counter[int] = Counter()
+            body_5xx: Counter[str] = Counter()
             for job in jobs:
                 batch = job.result()
                 count += batch.count
@@ -820,9 +1120,12 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"  {surface}: {count} cases, {time.monotonic() - started:.0f}s",
                           file=sys.stderr, flush=True)  # fmt: skip
                 statuses.update(batch.statuses)
+                body_5xx.update(batch.body_5xx)
                 server_errors.extend(batch.server_errors)
                 if batch.failure is not None:
                     print(f"{surface}: FAILED after {count} cases: {batch.failure}", flush=True)
+                    if body_5xx:
+                        print(f"{surface}: 5xx answers: {dict(body_5xx)}", flush=True)
                     for other in jobs:
                         other.cancel()
                     return 1
@@ -832,9 +1135,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"{surface}: {count} cases in {elapsed:.0f}s ({count / elapsed:.0f}/s), all passed",
                 flush=True,
             )
-    answers = ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items()))
+            if statuses:
+                answers = ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items()))
+                print(f"{surface}: answers by status: {answers}", flush=True)
+            if surface == "body":
+                print(f"{surface}: 5xx relayed from the server: {body_5xx['relayed']}, "
+                      f"from the balancer: {body_5xx['balancer']}", flush=True)  # fmt: skip
     print(f"total: {total} cases in {time.monotonic() - started_all:.0f}s "
-          f"with {args.workers} worker(s); inference answers by status: {answers}")  # fmt: skip
+          f"with {args.workers} worker(s)")  # fmt: skip
     shown: Counter[int] = Counter()
     for sent, status, body in server_errors:
         shown[status] += 1

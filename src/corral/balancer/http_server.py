@@ -81,7 +81,12 @@ def _head_problem(
     bare CR or LF, bad chunk sizes, chunked not last); these are what it lets through:
     HTTP versions other than 1.0 and 1.1 (505), a fragment in the target, a missing
     (HTTP/1.1) or repeated ``Host``, a Transfer-Encoding in HTTP/1.0 (RFC 9112 §6.1:
-    faulty framing) and transfer codings other than chunked (501)."""
+    faulty framing) and transfer codings other than chunked (501). A request line
+    without a version (``POST /tokenizeHTTP/1.1``: llhttp reads it as HTTP/0.9) is
+    malformed, 400, as nginx and HAProxy answer it: no HTTP/0.9 client could read a
+    status line anyway."""
+    if version == "0.9":
+        return 400, "malformed HTTP request: no HTTP version in the request line"
     if version != "1.1" and version != "1.0":
         return 505, f"HTTP/{version} is not supported; use HTTP/1.1"
     if b"#" in target:
