@@ -656,7 +656,8 @@ class Agent:
             if remaining <= 0:
                 return False, f"not ready after {limit:.0f}s"
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(server.wait_changed(), timeout=remaining)
+                async with asyncio.timeout(remaining):  # not wait_for (3.11)
+                    await server.wait_changed()
         if server.phase.value == "ready":
             return True, ""
         reason = "; ".join(i.message for i in server.issues) or f"server {server.phase.value}"

@@ -364,7 +364,8 @@ class Supervisor:
             with contextlib.suppress(ProcessLookupError):
                 process.terminate()
             try:
-                await asyncio.wait_for(process.wait(), self.stop_timeout)
+                async with asyncio.timeout(self.stop_timeout):  # not wait_for (3.11)
+                    await process.wait()
             except TimeoutError:
                 log.warning(
                     "%r: no exit %gs after SIGTERM (a request in flight?); SIGKILL",

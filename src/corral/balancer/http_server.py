@@ -742,7 +742,8 @@ class HttpServer:
         await asyncio.gather(*(c.cancel() for c in list(self.connections)))
         if self._server is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+                async with asyncio.timeout(1.0):  # not wait_for (3.11)
+                    await self._server.wait_closed()
             self._server = None
 
     def __repr__(self) -> str:

@@ -328,7 +328,8 @@ class Management:
             payload = json.dumps(self.snapshot())
             await response.write(f"event: fleet\ndata: {payload}\n\n".encode())
             try:
-                await asyncio.wait_for(self.dispatcher.wait_changed(), timeout=15)
+                async with asyncio.timeout(15):  # not wait_for (3.11)
+                    await self.dispatcher.wait_changed()
             except TimeoutError:
                 await response.write(b": keep-alive\n\n")
             await asyncio.sleep(self.stream_interval)

@@ -611,9 +611,8 @@ class UpstreamPool:
         self.loop = asyncio.get_running_loop()
         conn = UpstreamConnection(self, key)
         try:
-            await asyncio.wait_for(
-                self.loop.create_connection(lambda: conn, key[0], key[1]), self.connect_timeout
-            )
+            async with asyncio.timeout(self.connect_timeout):  # not wait_for (3.11)
+                await self.loop.create_connection(lambda: conn, key[0], key[1])
         except TimeoutError:
             raise UpstreamError(
                 f"no connection to {key[0]}:{key[1]} within {self.connect_timeout:g} s",

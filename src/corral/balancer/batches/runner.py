@@ -168,7 +168,8 @@ class BatchRunner:
             if self._paused_until > loop.time():
                 wait = min(wait, self._paused_until - loop.time())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(wait, 0.01))
+                async with asyncio.timeout(max(wait, 0.01)):  # not wait_for (3.11)
+                    await self._wake.wait()
 
     def _busy(self, batch_id: str) -> list[asyncio.Task[None]]:
         return [t for (b, _), t in self._inflight.items() if b == batch_id]

@@ -75,7 +75,8 @@ class ExternalScaler:
                 last = active
                 yield pb.IsActiveResponse(result=active)
             try:
-                await asyncio.wait_for(self.dispatcher.wait_changed(), STREAM_REFRESH)
+                async with asyncio.timeout(STREAM_REFRESH):  # not wait_for (3.11)
+                    await self.dispatcher.wait_changed()
                 quiet = False
             except TimeoutError:
                 quiet = True  # answer again: a quiet stream is still alive
