@@ -128,9 +128,13 @@ async def _connection(
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     for task in tasks:
         task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
     for w in (client_w, server_w):
         with contextlib.suppress(OSError):
             w.close()
+    for w in (client_w, server_w):
+        with contextlib.suppress(OSError):
+            await w.wait_closed()
 
 
 async def serve(pairs: Sequence[tuple[int, int]], counts: Counts) -> None:

@@ -55,6 +55,8 @@ async def test_posts_are_counted_by_request_id_on_keep_alive_connections(
         writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")  # a GET: not counted
         assert await reader.readexactly(len(ANSWER)) == ANSWER
         writer.close()
+        await writer.wait_closed()
+        await asyncio.sleep(0.2)  # the relay closes its side, and the upstream its own
         by_id, by_port = read_counts(path)
         assert by_id == {"line-1": 2, "line-2": 1}
         assert by_port == {str(port): 3}
@@ -63,3 +65,4 @@ async def test_posts_are_counted_by_request_id_on_keep_alive_connections(
         with contextlib.suppress(asyncio.CancelledError):
             await relay
         upstream.close()
+        await upstream.wait_closed()
