@@ -465,18 +465,19 @@ def parse_responses(data: bytes) -> list[Response]:
     return out
 
 
-async def http_case(
-    target: Target, parts: list[Segment], cuts: list[int], delays: list[float]
-) -> None:
-    sent = b"".join(p.data for p in parts)
-    target.seen.clear()  # what earlier cases sent is checked; a long run keeps no history
-    before = 0
-    reader, writer = await asyncio.open_connection("127.0.0.1", target.b.inference_port)
+async def _exchange(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    pieces: list[bytes],
+    delays: list[float],
+) -> bytes:
+    """Write ``pieces`` (waiting ``delays[i]`` after piece ``i``, cyclically), then read
+    until the balancer closes the connection, within ``READ_LIMIT`` seconds of the last
+    byte (else AssertionError); the connection is closed either way."""
     received = bytearray()
     try:
-        points = sorted({c % (len(sent) + 1) for c in cuts} | {0, len(sent)})
-        for i, (a, b) in enumerate(itertools.pairwise(points)):
-            writer.write(sent[a:b])
+        for i, piece in enumerate(pieces):
+            writer.write(piece)
             if delays and delays[i % len(delays)]:
                 await asyncio.sleep(delays[i % len(delays)])
             if writer.is_closing():
@@ -495,7 +496,19 @@ async def http_case(
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()
-    responses = parse_responses(bytes(received))
+    return bytes(received)
+
+
+async def http_case(
+    target: Target, parts: list[Segment], cuts: list[int], delays: list[float]
+) -> None:
+    sent = b"".join(p.data for p in parts)
+    target.seen.clear()  # what earlier cases sent is checked; a long run keeps no history
+    before = 0
+    reader, writer = await asyncio.open_connection("127.0.0.1", target.b.inference_port)
+    points = sorted({c % (len(sent) + 1) for c in cuts} | {0, len(sent)})
+    pieces = [sent[a:b] for a, b in itertools.pairwise(points)]
+    responses = parse_responses(await _exchange(reader, writer, pieces, delays))
     target.statuses.update(r.status for r in responses)
     for r in responses:
         kept = sum(1 for _, status, _ in target.server_errors if status == r.status)
@@ -675,24 +688,7 @@ async def body_case(target: Target, requests: list[BodyRequest]) -> None:
     target.seen.clear()
     sent = b"".join(r.data for r in requests)
     reader, writer = await asyncio.open_connection("127.0.0.1", target.b.inference_port)
-    received = bytearray()
-    try:
-        writer.write(sent)
-        with contextlib.suppress(ConnectionError):
-            await writer.drain()
-        async with asyncio.timeout(READ_LIMIT):
-            with contextlib.suppress(ConnectionError):
-                while chunk := await reader.read(65536):
-                    received += chunk
-    except TimeoutError:
-        raise AssertionError(
-            f"the connection stayed open {READ_LIMIT}s after the last byte"
-        ) from None
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-    responses = parse_responses(bytes(received))
+    responses = parse_responses(await _exchange(reader, writer, [sent], []))
     for r in responses:
         relayed = "x-corral-server" in r.headers
         target.statuses[r.status] += 1
