@@ -15,6 +15,7 @@ from textual.widgets import DataTable, Static
 from corral.addr import Addr
 from corral.balancer import Balancer, BalancerConfig
 from corral.cli import parser as corral_parser
+from corral.llamacpp.process import free_port
 from corral.top import TopApp
 from corral.top.app import AgentScreen
 
@@ -426,11 +427,7 @@ async def test_a_real_balancer_with_a_management_token() -> None:
 
 
 async def test_nothing_listening_is_a_clear_message_not_a_crash() -> None:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     app = TopApp(f"http://127.0.0.1:{port}", None, retry_delay=lambda _: 0.02)
     async with app.run_test(size=SIZE) as pilot:
         await eventually(lambda: app.attempts >= 2, what="two failed attempts")
