@@ -121,8 +121,9 @@ class BalancerConfig:
     """The routing policy by name (:data:`corral.core.routing.POLICIES`): ``slots`` or
     ``prefix``."""
     prefix_max_wait: float = default(BALANCER, "prefix_max_wait")
-    """With ``prefix`` routing: seconds a request may wait for the busy holder of its
-    prompt (0: never)."""
+    """With ``prefix`` routing: the most seconds a request may wait for the busy holder
+    of its prompt (0: never); within it, as long as the wait saves
+    (:func:`corral.core.routing.prefix.wait_bound`)."""
     prefix_max_pass: float = default(BALANCER, "prefix_max_pass")
     """With ``prefix`` routing: seconds a request first in line may be passed over for
     ones behind it whose prompt the freed server holds (0: never)."""

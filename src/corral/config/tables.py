@@ -314,11 +314,13 @@ BALANCER = Schema(
         ),
         Setting(
             "prefix_max_wait",
-            "with --routing prefix: seconds a request may wait for the busy server that "
-            "holds its prompt, when that is expected to be faster than prefilling "
-            "elsewhere (0: never wait)",
+            "with --routing prefix: the most seconds a request may wait for the busy "
+            "server that holds its prompt (0: never wait). It waits only when that server "
+            "is expected to serve it sooner than a free one that would read the whole "
+            "prompt, and only as long as that prefill would take (the time the wait can "
+            "save), so this is a cap for when the estimates are wrong",
             non_negative_float,
-            default=1.0,
+            default=10.0,
         ),
         Setting(
             "prefix_max_pass",
@@ -326,7 +328,7 @@ BALANCER = Schema(
             "first time, for later requests whose prompt the freed server holds (0: a "
             "request that would take the slot is never passed over). Under load every "
             "request waits, and serving them strictly in order sends most to servers "
-            "without their prompt; twice --prefix-max-wait lets the passed-over request's "
+            "without their prompt; a couple of seconds lets the passed-over request's "
             "own server free a slot meanwhile, and bounds what each request pays for others",
             non_negative_float,
             default=2.0,

@@ -9,6 +9,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from corral.core import Buffer, Condition, Dispatch, Fleet, ManualClock, Report, Scheduler
 from corral.core.events import Timings
 from corral.core.routing import PrefixPolicy, Prompt, RequestInfo, SlotPolicy, make_policy
+from corral.core.routing.prefix import wait_bound
 
 CHAT = "/v1/chat/completions"
 BLOCK = 1024
@@ -219,11 +220,74 @@ def test_waits_a_bounded_time_for_the_busy_holder_of_a_long_prefix():
     later = request(HISTORY * 4 + b"next")
     waiter = scheduler.submit(later, clock.now())
     assert not isinstance(waiter, Dispatch)
-    assert later.note.reason == "wait-prefix" and later.note.wait_until == clock.now() + 1.0
+    assert later.note.reason == "wait-prefix" and later.note.wait_until is not None
+    # it waits as long as the prefill it saves: "b" reads all 5,000 tokens (5 s at 1,000
+    # tokens/s), "a" next to none
+    bound = later.note.wait_until - clock.now()
+    assert 4.0 <= bound <= 5.0  # less its own short prefill on "a"
     assert scheduler.assign(clock.now()) == []  # "b" is free, but "a" is expected sooner
-    clock.advance(1.5)
+    clock.advance(bound - 0.1)
+    assert scheduler.assign(clock.now()) == []  # still worth waiting for
+    clock.advance(0.2)
     [assigned] = scheduler.assign(clock.now())  # the bound passed: "b" it is
     assert assigned.backend_id == "b"
+
+
+def test_max_wait_caps_the_wait():
+    clock = ManualClock()
+    fleet = fleet_of(("a", 1), ("b", 1))
+    fleet.report("a", Report(Condition.READY, model="m", slots_total=1, cache_ram_mib=64), 0)
+    fleet.report("b", Report(Condition.READY, model="m", slots_total=1), 0)  # "a" first again
+    scheduler = Scheduler(fleet, PrefixPolicy(clock=clock.now, max_wait=1.0), Buffer(100, 30.0))
+    first = request(HISTORY * 4)
+    assert scheduler.submit(first, 0.0) == Dispatch("a")
+    fleet.release("a", 0.5, first, Timings(5000, 0, 5000.0))
+    assert scheduler.submit(RequestInfo(CHAT, "m", "a"), 0.0) == Dispatch("a")
+    later = request(HISTORY * 4 + b"next")
+    scheduler.submit(later, clock.now())
+    assert later.note.wait_until == clock.now() + 1.0  # would save 5 s; capped at 1
+
+
+def test_waits_for_a_holder_busy_longer_than_a_second_when_that_saves_more():
+    # the holder's requests run 3 s (one slot: 3 s expected), a miss elsewhere reads
+    # 5,000 tokens (5 s): waiting is worth it though it lasts seconds (a fixed 1 s
+    # bound never waited here, and sent every later turn of a conversation away from
+    # its cache on a CPU, where requests run for seconds)
+    clock = ManualClock()
+    fleet = fleet_of(("a", 1), ("b", 1))
+    fleet.report("a", Report(Condition.READY, model="m", slots_total=1, cache_ram_mib=64), 0)
+    fleet.report("b", Report(Condition.READY, model="m", slots_total=1), 0)
+    policy = PrefixPolicy(clock=clock.now)
+    scheduler = Scheduler(fleet, policy, Buffer(100, 30.0))
+    first = request(HISTORY * 4)
+    assert scheduler.submit(first, 0.0) == Dispatch("a")
+    fleet.release("a", 3.0, first, Timings(5000, 0, 5000.0))
+    assert scheduler.submit(RequestInfo(CHAT, "m", "a"), 3.0) == Dispatch("a")
+    later = request(HISTORY * 4 + b"next")
+    assert not isinstance(scheduler.submit(later, clock.now()), Dispatch)
+    assert later.note.reason == "wait-prefix"
+
+
+def test_does_not_wait_when_the_holder_is_expected_later_than_a_prefill_elsewhere():
+    clock = ManualClock()
+    fleet = fleet_of(("a", 1), ("b", 1))
+    fleet.report("a", Report(Condition.READY, model="m", slots_total=1, cache_ram_mib=64), 0)
+    fleet.report("b", Report(Condition.READY, model="m", slots_total=1), 0)
+    scheduler = Scheduler(fleet, PrefixPolicy(clock=clock.now), Buffer(100, 30.0))
+    first = request(HISTORY * 4)
+    assert scheduler.submit(first, 0.0) == Dispatch("a")
+    fleet.release("a", 8.0, first, Timings(5000, 0, 5000.0))  # runs of 8 s on "a"
+    assert scheduler.submit(RequestInfo(CHAT, "m", "a"), 8.0) == Dispatch("a")
+    later = request(HISTORY * 4 + b"next")
+    assert scheduler.submit(later, clock.now()) == Dispatch("b")  # 5 s beats 8 s
+
+
+@pytest.mark.parametrize(
+    ("elsewhere", "there", "cap", "bound"),
+    [(5.0, 0.1, 10.0, 4.9), (5.0, 0.1, 1.0, 1.0), (0.5, 1.0, 10.0, 0.0), (3.0, 0.0, 0.0, 0.0)],
+)
+def test_wait_bound_is_the_prefill_saved_capped(elsewhere, there, cap, bound):
+    assert wait_bound(elsewhere, there, cap) == pytest.approx(bound)
 
 
 def test_a_request_waiting_for_its_prefix_holds_back_no_one_behind_it():

@@ -16,8 +16,9 @@ load:
 4. **Picker**: the lowest estimate, unless that would unbalance the fleet (:mod:`.picker`).
 5. **A bounded wait**: when the backend holding the longest prefix has no free slot
    but is expected to serve the request sooner (its wait plus its short prefill) than
-   the best free backend (a long prefill), the request waits in the buffer for it, at
-   most ``max_wait`` seconds (then it goes to the best free backend). The wait shows in
+   the best free backend (a long prefill), the request waits in the buffer for it, as
+   long as the prefill it saves at most, and never more than ``max_wait`` seconds
+   (:func:`wait_bound`); then it goes to the best free backend. The wait shows in
    the log line (``route=wait-prefix``) and the ``X-Corral-Buffer-Wait`` header. The
    free backend it leaves goes to a request behind it that suits it
    (``Wait.free``).
@@ -103,6 +104,21 @@ class _Slot:
     known: bool = False  # taken since the server (re)started: ``hashes`` is what it holds
 
 
+def wait_bound(elsewhere: float, there: float, cap: float) -> float:
+    """Seconds a request may wait for the busy server holding its prompt: the time the
+    wait would save, ``elsewhere - there`` (its estimated time to first token on the
+    best free server, a long prefill, minus its short prefill on the holder), and never
+    more than ``cap`` (``--prefix-max-wait``).
+
+    This is the ski-rental rule: wait until the time spent waiting equals what going
+    elsewhere costs, then go. Whatever the holder's real wait turns out to be, the
+    request's time to first token is then at most about twice that of going elsewhere
+    at once, while a holder that frees in time saves the whole prefill. The bound
+    scales with the prompt and the hardware (a second on a GPU, many on a CPU), where a
+    fixed number of seconds suits one of them only. Returns 0 or more."""
+    return max(0.0, min(cap, elsewhere - there))
+
+
 def shared_blocks(a: Sequence[int], b: Sequence[int]) -> int:
     """Leading blocks two prompts share: chained hashes are equal at ``i`` only if they
     are equal up to ``i``, so a binary search (about log2 of the shorter's length)."""
@@ -122,7 +138,8 @@ class PrefixPolicy:
     Args:
         block: prefix index block size, bytes of canonical text.
         imbalance: the picker's balance guard, in busy slots.
-        max_wait: seconds a request may wait for the busy holder of its prefix (0: never).
+        max_wait: the most seconds a request may wait for the busy holder of its prefix
+            (0: never); within it, as long as the wait saves (:func:`wait_bound`).
         breadth: least-loaded candidates scored, and as many prefix holders at most.
         clock: the balancer's clock (seconds), for ``max_wait``.
         rules: extra filters, as for slot routing.
@@ -136,7 +153,7 @@ class PrefixPolicy:
         *,
         block: int = 1024,
         imbalance: int = 2,
-        max_wait: float = 1.0,
+        max_wait: float = 10.0,
         breadth: int = 8,
         clock: Callable[[], float] | None = None,
         rules: Sequence[Rule] = (),
@@ -256,16 +273,21 @@ class PrefixPolicy:
         return Scored(backend, ttft, blocks, cached, backend.slots_total - free)
 
     def _wait_for(self, holder: Scored, winner: Scored, request: RequestInfo) -> bool:
-        """Whether to wait for ``holder`` (busy) rather than send to ``winner`` now."""
+        """Whether to wait for ``holder`` (busy) rather than send to ``winner`` now.
+
+        It waits when the holder is expected to serve it sooner (its expected wait plus
+        its short prefill, against the winner's long one), and for as long as the
+        prefill it would save, at most: :func:`wait_bound`."""
         if self.clock is None or self.max_wait <= 0 or holder.cached_blocks <= winner.cached_blocks:
             return False
         now = self.clock()
         note = request.note
         if note.wait_until is None:
-            expected = self.rates.duration(holder.backend.id) / max(1, holder.backend.slots_total)
-            if holder.ttft >= winner.ttft or expected > self.max_wait:
+            if holder.ttft >= winner.ttft:
                 return False
-            note.wait_until = now + self.max_wait
+            expected = self.rates.duration(holder.backend.id) / max(1, holder.backend.slots_total)
+            own_prefill = max(0.0, holder.ttft - expected)
+            note.wait_until = now + wait_bound(winner.ttft, own_prefill, self.max_wait)
         return now < note.wait_until and holder.ttft < winner.ttft
 
     def affinity(self, backend_id: str, request: RequestInfo) -> int:

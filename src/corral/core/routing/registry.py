@@ -37,7 +37,7 @@ class RoutingPolicy(Protocol):
 class RoutingOptions:
     """The settings a policy may read (see ``config/tables.py``)."""
 
-    prefix_max_wait: float = 1.0
+    prefix_max_wait: float = 10.0
     prefix_imbalance: int = 2
 
 
