@@ -48,3 +48,21 @@ async def test_real_and_simulated_servers_behind_each_contender(tmp_path: Path) 
     assert "cache hit rate" in section.markdown and "Why Corral was behind" in section.markdown
     assert "At saturation (300%)" in section.markdown  # the ratios to round robin
     assert children() <= before
+
+
+async def test_the_replica_runs_the_real_workload_on_simulated_servers(tmp_path: Path) -> None:
+    before = children()
+    env = SuiteEnv(out_dir=tmp_path / "charts", docs_dir=tmp_path, quick=True)
+    section = await run(
+        env, contenders=("corral-prefix", "nginx-sticky"), parts=("replica",), speedup=2.0
+    )
+    data = section.data
+    assert data["speedup"] == 2.0 and data["capacity_rps"] > 0
+    results = data["results"]
+    assert [r["contender"] for r in results][-1] == "nginx-sticky"
+    for r in results:
+        s = r["summary"]
+        assert s["failed"] == 0, (r["contender"], s["errors"])
+        assert s["prompt_tokens"] > 0 and 0 < s["cache_hit_rate"] < 1  # multi-turn reuse
+    assert "A replica, not a result" in section.markdown
+    assert children() <= before
