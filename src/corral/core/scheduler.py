@@ -45,12 +45,18 @@ the slot is: the request then lands on a server that does not hold its prefix. S
 when a head is about to take a slot on backend B (or waits for the busy holder of
 its prefix while B is free), the scheduler looks at the ``WINDOW`` requests behind
 it in its own queue (same group, class and tenant: the discipline's order between
-queues is untouched) and serves instead the one whose prompt B holds the most of,
-if that beats the head's by ``PASS_MARGIN`` tokens (a head that waits for its busy
-holder leaves B to anyone behind it). Every request is passed over for at most
-``max_pass`` seconds from the first time a later one overtook it
-(``--prefix-max-pass``), whether it was the head then or not; after that nothing
-behind it may pass it. Every rule above still applies to the request served (the
+queues is untouched) and serves instead one that B suits better: one whose prompt
+B holds more of than the head's by ``PASS_MARGIN`` tokens, or one that loses less on
+B than the head by that margin (a request's *loss* on B is what the server predicted
+to hold the most of its prompt holds beyond B: ``note.best_cached`` less B's share;
+a prompt held nowhere loses nothing anywhere, while a head whose prompt a busy server
+holds would read it all again on B). The least loss goes first, then the most cached,
+then the oldest: under load the misses that waiting would avoid come last, since the
+slot would otherwise go to someone who pays no more on B than anywhere. A head that
+waits for its busy holder leaves B to anyone behind it, in that order. Every request
+is passed over for at most ``max_pass`` seconds from the first time a later one
+overtook it (``--prefix-max-pass``), whether it was the head then or not; after that
+nothing behind it may pass it. Every rule above still applies to the request served (the
 policy picks its backend, a free slot; ``_may_take``), and the cost is ``WINDOW``
 affinity lookups and at most ``TRIES`` picks per head tried, not a scan of the fleet.
 """
@@ -108,6 +114,13 @@ class Refused:
 
     waiter: Waiter
     reject: Reject
+
+
+def _regret(waiter: Waiter, cached: int) -> int:
+    """Prompt tokens ``waiter`` would read again on a server holding ``cached`` of its
+    prompt, against the server predicted to hold the most (prefix routing's
+    ``note.best_cached``): 0 for a prompt held nowhere, or held there."""
+    return max(0, waiter.request.note.best_cached - cached)
 
 
 class Scheduler:
@@ -234,10 +247,12 @@ class Scheduler:
     def _affine(
         self, head: Waiter, decision: Dispatch | Wait | Reject, now: float | None
     ) -> tuple[Waiter, Dispatch] | None:
-        """A request behind ``head`` to serve instead, and where: the one whose prompt
-        the backend ``head`` would take (or leaves free, waiting for a busier one that
-        holds its prompt) holds the most of, by ``PASS_MARGIN`` tokens over the head's.
-        None: the head's decision stands. A head that chose to wait (for the busy
+        """A request behind ``head`` to serve instead, and where: on the backend
+        ``head`` would take (or leaves free, waiting for a busier one that holds its
+        prompt), one whose prompt it holds more of than the head's, or that loses less
+        there than the head (:func:`_regret`), by ``PASS_MARGIN`` tokens; the least
+        loss first, then the most cached, then the oldest. None: the head's decision
+        stands. A head that chose to wait (for the busy
         holder of its prompt) leaves the free slot to any request behind it, the most
         affine first, and keeps its place. Being passed over is bounded per request:
         ``max_pass`` seconds from the first time it was overtaken (the head, or one
@@ -257,25 +272,28 @@ class Scheduler:
         else:
             return None
         if isinstance(decision, Dispatch):  # beat the head by the margin
-            least = affinity(backend_id, head.request) + PASS_MARGIN
-        else:  # the head leaves the slot: anyone behind may have it, most affine first
-            least = 0
+            cached = affinity(backend_id, head.request)
+            least, most_regret = cached + PASS_MARGIN, _regret(head, cached) - PASS_MARGIN
+        else:  # the head leaves the slot: anyone behind may have it
+            least, most_regret = 0, 0
         behind = self.buffer.behind(head, WINDOW)
         for i, waiter in enumerate(behind):  # none may pass one whose bound ran out
             passed = waiter.passed_at
             if passed is not None and now is not None and now - passed >= self.max_pass:
                 behind = behind[: i + 1]  # it may be served itself, not passed
                 break
-        ranked = sorted(
-            (
-                (cached, -i, waiter)
-                for i, waiter in enumerate(behind)
-                if (cached := affinity(backend_id, waiter.request)) >= least
-            ),
-            key=lambda entry: entry[:2],
-            reverse=True,
-        )
-        for _, minus_i, best in ranked[:TRIES]:
+        # who may pass: one the server suits better by the margin, or one that loses
+        # less on it by the margin (a new prompt, where the head's is held elsewhere);
+        # the least loss first (a miss that waiting would avoid comes last), then the
+        # most cached, then the oldest
+        ranked: list[tuple[int, int, int, Waiter]] = []
+        for i, waiter in enumerate(behind):
+            cached = affinity(backend_id, waiter.request)
+            regret = _regret(waiter, cached)
+            if cached >= least or regret <= most_regret:
+                ranked.append((-regret, cached, -i, waiter))
+        ranked.sort(key=lambda entry: entry[:3], reverse=True)
+        for _, _, minus_i, best in ranked[:TRIES]:
             choice = self.policy.pick(self.fleet, best.request)
             if isinstance(choice, Dispatch) and self._may_take(
                 best.request, choice.backend_id, now

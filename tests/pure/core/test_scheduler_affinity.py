@@ -69,6 +69,33 @@ def test_a_freed_slot_goes_to_the_waiter_whose_prefix_that_server_holds():
     assert len(scheduler.buffer) == 1 and scheduler.buffer.bytes == head.request.size
 
 
+def test_a_prompt_held_nowhere_passes_a_head_whose_prompt_a_busy_server_holds():
+    # "a" frees: the head would read its whole prompt there (b holds it), the new
+    # prompt behind it reads all of its own anywhere; the slot goes to the new one, and
+    # the head goes to b when b frees (under load, the miss that waiting avoids comes
+    # last, not first)
+    fleet, scheduler, holders, running = saturated()
+    a, b = holders[P], holders[Q]
+    head = scheduler.submit(request(Q + b"second"), 0.5)
+    new = scheduler.submit(request(R), 0.6)
+    end(fleet, scheduler, a, running[a], 1.0)
+    assert scheduler.assign(1.0) == [Assigned(new, a)]
+    assert list(scheduler.buffer) == [head] and head.request.note.best_cached > 1000
+    end(fleet, scheduler, b, running[b], 1.5)
+    assert scheduler.assign(1.5) == [Assigned(head, b)]
+    assert head.request.note.reason == "prefix"
+
+
+def test_a_head_held_nowhere_is_not_passed_by_another_prompt_held_nowhere():
+    fleet, scheduler, holders, running = saturated()
+    a = holders[P]
+    head = scheduler.submit(request(R), 0.5)
+    other = scheduler.submit(request(R.upper()), 0.6)
+    end(fleet, scheduler, a, running[a], 1.0)
+    assert scheduler.assign(1.0) == [Assigned(head, a)]
+    assert list(scheduler.buffer) == [other]
+
+
 def test_the_head_is_passed_over_for_max_pass_seconds_at_most():
     fleet, scheduler, holders, running = saturated(max_pass=2.0)
     a = holders[P]

@@ -214,6 +214,7 @@ class PrefixPolicy:
             self._weigh(backend, hashes, tokens, blocks, scored, busy)
         busy_holder = min(busy, key=lambda s: s.ttft, default=None)
         note = request.note
+        note.best_cached = max((s.cached_tokens for s in itertools.chain(scored, busy)), default=0)
         if not scored:
             note.wait_until = None
             for backend in loaders(fleet, pools):  # no server has the model loaded

@@ -83,6 +83,10 @@ class RouteNote:
         sent_at: when the slot was reserved (balancer's clock), for run times.
         wait_until: when a request waiting for the busy holder of its prefix stops
             waiting for it (balancer's clock); None: not waiting for one.
+        best_cached: at the last decision, the most prompt tokens any server was
+            predicted to hold (a busy one included): what the request loses, at most,
+            on a server holding none of it. The scheduler weighs waiting requests by
+            it (:meth:`~corral.core.scheduler.Scheduler.assign`).
     """
 
     reason: str = ""
@@ -91,6 +95,7 @@ class RouteNote:
     prior: list[int] = field(default_factory=list)
     sent_at: float | None = None
     wait_until: float | None = None
+    best_cached: int = 0
 
 
 @dataclass(frozen=True, slots=True)
