@@ -614,7 +614,12 @@ token is then at most about twice that of going elsewhere at once), capped by
 `--prefix-max-wait`, now 10 s. On simulated servers replaying this workload five times
 faster, one run each on the same machine: prefix routing's p50 0.75 s against slot
 routing's 3.32 s and the sticky oracle's 1.39 s, where the old rule, with its second
-scaled to 0.2 s, measured 2.26 s."""
+scaled to 0.2 s, measured 2.26 s. (5) Under load, once a request's wait for its
+server ran out it took the next free slot elsewhere and read its whole history again,
+while a new conversation behind it, which reads its whole prompt on any server, waited
+for it: a freed slot now goes first to waiting requests that lose nothing there (a
+prompt held nowhere, or held there), and last to one whose prompt a busy server holds
+(`Scheduler.assign`; `tests/pure/core/test_scheduler_affinity.py`)."""
 
 
 async def run(
