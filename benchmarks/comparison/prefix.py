@@ -102,8 +102,8 @@ class RealScale:
     calibrate: float
     """Seconds of the capacity measurement, which sets every contender's load: 45 s
     (some 30 answers) measured 0.58, 0.81 and 0.70 requests/s in three runs of one
-    day, so a 90% load ranged from comfortable to overloaded; twice as long halves
-    that spread's weight of the few longest answers."""
+    day, so a 90% load ranged from comfortable to overloaded; twice as many answers
+    narrow that spread (by about 1.4x, were the answers independent)."""
 
     @property
     def cache_ram_mib(self) -> int:
