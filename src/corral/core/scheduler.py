@@ -88,12 +88,13 @@ given prefix 98% of the time (32: 87%); on section 5's simulated fleet at 300% l
 in a discrete-event run of the pure core, 64 reuse 88% of prompt tokens where 32
 reuse 82% (128: 92%)."""
 TRIES = 4
-"""Of those, the most affine ones asked to place themselves, at most (each is a pick):
+"""Of those, the first ones in that order asked to place themselves, at most (each is a pick):
 one that would rather wait for its own busy holder is passed for the next."""
 PASS_MARGIN = 256
-"""Prompt tokens a request behind the head must find cached beyond the head's own to
-be served first: a real prefill saved (a block of the prefix index, ~0.1 s at 2,000
-tokens/s), not a chat template's worth of difference."""
+"""Prompt tokens a request behind the head must find cached beyond the head's own, or
+lose less than the head (see :func:`_regret`), to be served first: a real prefill
+saved (a block of the prefix index, ~0.1 s at 2,000 tokens/s), not a chat template's
+worth of difference."""
 MAX_PASS = 2.0
 """``--prefix-max-pass``'s default (see ``config/tables.py``)."""
 
@@ -252,9 +253,10 @@ class Scheduler:
         prompt), one whose prompt it holds more of than the head's, or that loses less
         there than the head (:func:`_regret`), by ``PASS_MARGIN`` tokens; the least
         loss first, then the most cached, then the oldest. None: the head's decision
-        stands. A head that chose to wait (for the busy
-        holder of its prompt) leaves the free slot to any request behind it, the most
-        affine first, and keeps its place. Being passed over is bounded per request:
+        stands. A head that chose to wait (for the busy holder of its prompt) leaves
+        the free slot to any request behind it, in the same order, and keeps its
+        place; when one takes it, those that refused it start their wait bound again
+        (:func:`~corral.core.routing.prefix.wait_bound`). Being passed over is bounded per request:
         ``max_pass`` seconds from the first time it was overtaken (the head, or one
         behind it), after which nothing behind it may pass it. Cost: ``WINDOW``
         affinity lookups and at most ``TRIES`` picks."""
@@ -293,11 +295,23 @@ class Scheduler:
             if cached >= least or regret <= most_regret:
                 ranked.append((-regret, cached, -i, waiter))
         ranked.sort(key=lambda entry: entry[:3], reverse=True)
+        refused = [head] if isinstance(decision, Wait) else []
         for _, _, minus_i, best in ranked[:TRIES]:
             choice = self.policy.pick(self.fleet, best.request)
+            if isinstance(decision, Dispatch):  # the pick refreshed its best_cached
+                cached = affinity(backend_id, best.request)
+                if cached < least and _regret(best, cached) > most_regret:
+                    continue
+            if isinstance(choice, Wait):
+                refused.append(best)
             if isinstance(choice, Dispatch) and self._may_take(
                 best.request, choice.backend_id, now
             ):
+                # those that refused the slot to wait for their prompt's busy holder
+                # cost the fleet nothing (it is taken): their wait bound starts again
+                # at their next refusal (``note.wait_cap`` still holds)
+                for waiter in refused:
+                    waiter.request.note.wait_until = None
                 # every request it overtakes starts its own bound now, not once it is
                 # the head: none waits much more than max_pass for others (a head that
                 # chose to wait for its holder is not overtaken: it left the slot)

@@ -421,3 +421,35 @@ def test_a_restart_does_not_make_a_host_cache_of_what_the_slots_held_before():
     probe = request(b"someone else entirely. " * 200)
     assert scheduler.submit(probe, 4.0) == Dispatch("a")
     assert policy.index.capacity("a") <= 2 * 4096 * 4 // BLOCK  # no host cache learned
+
+
+def test_a_miss_on_a_prompt_the_index_forgot_but_a_slot_holds_does_not_crash():
+    # found by review (a state machine with waits on a clock)
+    # "b" (2 slots, no host cache): a miss on P makes forget_older drop every older
+    # entry of "b", Q's too, while a slot still holds Q; the next Q predicts 8 blocks
+    # (the idle slot) with note.prior == [], and on a miss _finished reads prior[0]
+    fleet = Fleet()
+    p_text = b"the first group's long document. " * 250  # 8 blocks
+    q_text = b"another group, another document! " * 250
+    fleet.register("b", name="b", address="http://b", api_key=None, now=0)
+    fleet.report("b", Report(Condition.READY, model="m", slots_total=2), now=0)
+    sched = Scheduler(fleet, PrefixPolicy(), Buffer(100, 30.0))
+
+    def send(text, now):
+        info = RequestInfo("/v1/chat/completions", "m", prompt=Prompt(text), size=len(text))
+        assert sched.submit(info, now) == Dispatch("b")
+        return info
+
+    def miss(info, now):
+        fleet.release("b", now, info, Timings(2000, 0, 1000.0))  # the server reused nothing
+        sched.finished(info, now)
+
+    q, p = send(q_text + b"1", 0.0), send(p_text + b"1", 0.0)
+    miss(p, 0.5)
+    miss(q, 0.6)
+    p2 = send(p_text + b"2", 1.0)  # the idle slot holding P: predicted 8 blocks
+    miss(p2, 1.5)  # forget_older drops Q's entries too
+    q2 = send(q_text + b"2", 2.0)
+    assert q2.note.predicted_blocks == 8 and q2.note.prior == []
+    miss(q2, 2.5)  # raised IndexError (prior[0]) out of fleet.release
+    assert fleet.get("b").free == 2

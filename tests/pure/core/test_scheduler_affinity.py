@@ -257,3 +257,140 @@ def test_a_waiter_sixty_places_behind_the_head_is_found():
     assert isinstance(head, Waiter) and isinstance(behind, Waiter)
     end(fleet, scheduler, holders[P], running[holders[P]], 1.0)
     assert scheduler.assign(1.0) == [Assigned(behind, holders[P])]
+
+
+HISTORY = b"the conversation so far. " * 200  # 5,000 bytes
+S = b"a fourth text, for server c only. " * 250
+
+
+def reg(fleet, name, model, slots, cache=None):
+    fleet.register(name, name=name, address=f"http://{name}", api_key=None, now=0)
+    report = Report(Condition.READY, model=model, slots_total=slots, cache_ram_mib=cache)
+    fleet.report(name, report, now=0)
+
+
+def req(text: bytes, model="m") -> RequestInfo:
+    return RequestInfo(CHAT, model, prompt=Prompt(text), size=len(text))
+
+
+def test_wait_for_holder_is_capped_even_when_another_models_slot_frees_meanwhile():
+    """max_wait is 'never more than': the head waits for busy "a" (holds its prompt)
+    and leaves "b" to a new request behind it; an m2 slot frees (an assign with no
+    free m slot resets note.wait_until); "b" frees again: the head waits a fresh full
+    bound instead of taking "b"."""
+    clock = ManualClock(0.0)
+    fleet = Fleet()
+    reg(fleet, "a", "m", 1, cache=64)
+    reg(fleet, "b", "m", 1)
+    reg(fleet, "c", "m2", 1)
+    sched = Scheduler(fleet, PrefixPolicy(clock=clock.now, max_wait=1.0), Buffer(100, 300.0))
+    first = req(HISTORY * 4)
+    assert sched.submit(first, 0.0) == Dispatch("a")
+    fleet.release("a", 0.5, first, Timings(5000, 0, 5000.0))
+    sched.finished(first, 0.5)
+    busy = RequestInfo(CHAT, "m", "a")  # pinned, holds "a" for a long time
+    assert sched.submit(busy, 0.0) == Dispatch("a")
+    on_b = RequestInfo(CHAT, "m", "b")
+    assert sched.submit(on_b, 0.0) == Dispatch("b")
+    on_c = RequestInfo(CHAT, "m2", "c")
+    assert sched.submit(on_c, 0.0) == Dispatch("c")
+    head = sched.submit(req(HISTORY * 4 + b"next"), 0.0)
+    assert isinstance(head, Waiter)
+    t = 0.0
+    for k in range(10):
+        sched.submit(req(bytes([65 + k]) * 3000), t)  # new prompts behind the head
+        t += 0.6
+        clock.advance(0.6)
+        fleet.release("b", t, on_b, None)  # b frees
+        out = sched.assign(t)
+        if any(o.waiter is head for o in out):
+            break
+        on_b = next(o.waiter.request for o in out if o.backend_id == "b")
+        t += 0.3
+        clock.advance(0.3)
+        fleet.release("c", t, on_c, None)  # an m2 slot frees: assign looks at the head
+        sched.assign(t)
+        on_c = RequestInfo(CHAT, "m2", "c")
+        assert sched.submit(on_c, t) == Dispatch("c")
+    # bound: its first wait (until 1.6), the next time "b" frees (0.9), max_pass
+    # (2.0) of being passed over, the next time "b" frees (0.9): 5.4
+    assert t <= 0.6 + 1.0 + 0.9 + 2.0 + 0.9 + 1e-9, (
+        f"head still waiting at t={t}, b freed {k + 1} times"
+    )
+
+
+def test_a_stale_best_cached_does_not_let_an_equal_loser_pass_the_head():
+    """The pass rule is checked on best_cached from the candidate's last pick (its
+    arrival, when nobody held R); the pick in _affine refreshes it (c now holds R,
+    busy) but the rule is not checked again: R2 loses as much on "a" as the head
+    does, yet passes it."""
+    fleet = Fleet()
+    for name in "abc":
+        reg(fleet, name, "m", 1)
+    sched = Scheduler(fleet, PrefixPolicy(), Buffer(100, 30.0), max_pass=2.0)
+    running = {}
+    for text in (P, Q, S):
+        info = req(text + b"first")
+        d = sched.submit(info, 0.0)
+        running[d.backend_id] = info
+
+    def server_of(text):
+        return next(
+            k
+            for k, info in running.items()
+            if info is not None
+            and info.prompt is not None
+            and sched.policy.index.match(k, Prompt(text + b"first").hashes(1024)) > 0
+        )
+
+    a, _, c = server_of(P), server_of(Q), server_of(S)
+    head = sched.submit(req(Q + b"second"), 0.5)  # b (busy) holds Q
+    r1 = sched.submit(req(R + b"one"), 0.6)  # nobody holds R
+    r2 = sched.submit(req(R + b"two"), 0.7)  # nobody holds R (yet)
+    assert r2.request.note.best_cached == 0
+    end_c = running[c]
+    fleet.release(c, 1.0, end_c, Timings(2062, 0, 1031.0))
+    sched.finished(end_c, 1.0)
+    assert sched.assign(1.0) == [Assigned(r1, c)]  # intended: R held nowhere passes
+    # now c (busy) holds R: r2 loses on "a" what the head loses there
+    end_a = running[a]
+    fleet.release(a, 1.5, end_a, Timings(2062, 0, 1031.0))
+    sched.finished(end_a, 1.5)
+    out = sched.assign(1.5)
+    assert r2.request.note.best_cached > 1000  # refreshed by the pick in _affine
+    assert out == [Assigned(head, a)], out
+
+
+def test_a_refused_slot_taken_by_another_restarts_the_wait_within_its_cap():
+    # the head waits for busy "a" (it holds its prompt) and leaves "b" to a new prompt
+    # behind it: its wait cost the fleet nothing, so when "b" frees again after its
+    # first bound it still waits for "a"; once max_wait from its first refusal has
+    # passed, it waits no more
+    clock = ManualClock(0.0)
+    fleet = Fleet()
+    reg(fleet, "a", "m", 1, cache=64)
+    reg(fleet, "b", "m", 1)
+    policy = PrefixPolicy(clock=clock.now, max_wait=8.0)
+    sched = Scheduler(fleet, policy, Buffer(100, 300.0), max_pass=0.0)
+    first = req(HISTORY * 4)
+    assert sched.submit(first, 0.0) == Dispatch("a")
+    fleet.release("a", 0.5, first, Timings(5000, 0, 5000.0))  # 1,000 tokens/s
+    sched.finished(first, 0.5)
+    assert sched.submit(RequestInfo(CHAT, "m", "a"), 0.0) == Dispatch("a")  # "a" busy
+    on_b = RequestInfo(CHAT, "m", "b")
+    assert sched.submit(on_b, 0.0) == Dispatch("b")
+    head = sched.submit(req(HISTORY * 4 + b"next"), 0.0)
+    assert isinstance(head, Waiter)
+    note = head.request.note
+    for k in range(3):
+        sched.submit(req(bytes([65 + k]) * 3000), clock.now())  # a new prompt behind
+        fleet.release("b", clock.now(), on_b, None)
+        [out] = sched.assign(clock.now())
+        assert out.waiter is not head and out.backend_id == "b"
+        assert note.reason == "wait-prefix" and note.wait_until is None  # restarts
+        on_b = out.waiter.request
+        clock.advance(2.5)  # past the first bound (a 5 s prefill saved: about 4.5 s)
+    assert note.wait_cap == 8.0  # from its first refusal, at 0
+    clock.advance(1.0)  # 8.5 s: past the cap
+    fleet.release("b", clock.now(), on_b, None)
+    assert sched.assign(clock.now()) == [Assigned(head, "b")]

@@ -111,11 +111,15 @@ def wait_bound(elsewhere: float, there: float, cap: float) -> float:
     more than ``cap`` (``--prefix-max-wait``).
 
     This is the ski-rental rule: wait until the time spent waiting equals what going
-    elsewhere costs, then go. Whatever the holder's real wait turns out to be, the
-    request's time to first token is then at most about twice that of going elsewhere
-    at once, while a holder that frees in time saves the whole prefill. The bound
-    scales with the prompt and the hardware (a second on a GPU, many on a CPU), where a
-    fixed number of seconds suits one of them only. Returns 0 or more."""
+    elsewhere costs, then go. While the free server stays free, whatever the holder's
+    real wait turns out to be, the request's time to first token is then at most about
+    twice that of going elsewhere at once, and a holder that frees in time saves the
+    whole prefill. When another request takes the free server meanwhile (under load),
+    the wait cost the fleet nothing and the scheduler starts the bound again at the
+    next refusal; ``cap``, counted from the first refusal (``note.wait_cap``), still
+    holds. The bound scales with the prompt and the hardware (a second on a GPU, many
+    on a CPU), where a fixed number of seconds suits one of them only. Returns 0 or
+    more."""
     return max(0.0, min(cap, elsewhere - there))
 
 
@@ -216,7 +220,6 @@ class PrefixPolicy:
         note = request.note
         note.best_cached = max((s.cached_tokens for s in itertools.chain(scored, busy)), default=0)
         if not scored:
-            note.wait_until = None
             for backend in loaders(fleet, pools):  # no server has the model loaded
                 if self._accepts(backend, request):
                     note.reason = "load"
@@ -286,9 +289,12 @@ class PrefixPolicy:
         if note.wait_until is None:
             if holder.ttft >= winner.ttft:
                 return False
+            if note.wait_cap is None:  # its first refusal: max_wait counts from here
+                note.wait_cap = now + self.max_wait
             expected = self.rates.duration(holder.backend.id) / max(1, holder.backend.slots_total)
             own_prefill = max(0.0, holder.ttft - expected)
-            note.wait_until = now + wait_bound(winner.ttft, own_prefill, self.max_wait)
+            bound = wait_bound(winner.ttft, own_prefill, self.max_wait)
+            note.wait_until = min(now + bound, note.wait_cap)
         return now < note.wait_until and holder.ttft < winner.ttft
 
     def affinity(self, backend_id: str, request: RequestInfo) -> int:
@@ -454,7 +460,9 @@ class PrefixPolicy:
             and real > running[2] + 1  # more than any idle slot held: a host cache
         ):
             self._host.add(backend_id)
-        if real + 1 < note.predicted_blocks:  # one block of slack for the chat template
+        # one block of slack for the chat template; ``prior`` may be shorter than the
+        # prediction (slots hold what the index let go): then nothing older to forget
+        if real + 1 < note.predicted_blocks and real < len(note.prior):
             self.index.forget_older(backend_id, note.prior[real])
 
     def _capacity_blocks(self, backend: Backend) -> int:

@@ -82,7 +82,12 @@ class RouteNote:
             renewed them (to forget what the server evicted if it held less).
         sent_at: when the slot was reserved (balancer's clock), for run times.
         wait_until: when a request waiting for the busy holder of its prefix stops
-            waiting for it (balancer's clock); None: not waiting for one.
+            waiting for it (balancer's clock); None: not waiting for one. The
+            scheduler clears it when the free slot the request left was taken by
+            another (its wait then cost the fleet nothing: the bound starts again at
+            its next refusal, within ``wait_cap``).
+        wait_cap: the latest it may wait for that holder at all, from its first
+            refusal of a free slot (``--prefix-max-wait``); never cleared.
         best_cached: at the last decision, the most prompt tokens any server was
             predicted to hold (a busy one included): what the request loses, at most,
             on a server holding none of it. The scheduler weighs waiting requests by
@@ -95,6 +100,7 @@ class RouteNote:
     prior: list[int] = field(default_factory=list)
     sent_at: float | None = None
     wait_until: float | None = None
+    wait_cap: float | None = None
     best_cached: int = 0
 
 
