@@ -586,7 +586,15 @@ now carry the read's span and the fleet counts its own requests over it
 (`core/fleet.py`; `tests/inprocess/balancer/test_steady_load.py`: total buffer wait
 2.8 s against an ideal 2.8 s, where the old rule waited 8.4-15.2 s). The figures of
 section 2 were not rerun here: whether these changes close the gap needs the full run
-on a quiet machine, with its spread over repeated runs."""
+on a quiet machine, with its spread over repeated runs. (4) Section 5's real part
+(2026-11-29, commit 5b72518, its load set by a capacity measured too high) shows the
+gap again, larger: slot routing's TTFT p50 22.67 s against HAProxy's 3.34 s, with the
+same cache hit rate (29% and 31%). It is not idle slots: replayed from Corral's
+request log, a slot was free while a request waited for 0.05 slot-seconds in the
+whole run (four slots busy 99.5% of it); Corral was simply overloaded. HAProxy failed
+16 of its 189 requests (connection errors), which the others served, and Corral's
+balancer and agents, in Python, take CPU from two servers that have two cores between
+them, where HAProxy takes little. Which of these makes the gap is not measured yet."""
 
 
 PREFIX_FINDING = """\
