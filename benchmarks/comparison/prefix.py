@@ -590,8 +590,9 @@ on a quiet machine, with its spread over repeated runs. (4) Section 5's real par
 (2026-11-29, commit 5b72518, its load set by a capacity measured too high) shows the
 gap again, larger: slot routing's TTFT p50 22.67 s against HAProxy's 3.34 s, with the
 same cache hit rate (29% and 31%). It is not idle slots: replayed from Corral's
-request log, a slot was free while a request waited for 0.05 slot-seconds in the
-whole run (four slots busy 99.5% of it); Corral was simply overloaded. HAProxy failed
+request log (`benchmarks/idle_slots.py`), a slot was free while a request waited for
+0.08 slot-seconds in the whole run (3.98 of the 4 slots busy on average); Corral was
+simply overloaded. HAProxy failed
 16 of its 189 requests (connection errors), which the others served, and Corral's
 balancer and agents, in Python, take CPU from two servers that have two cores between
 them, where HAProxy takes little. Which of these makes the gap is not measured yet."""
