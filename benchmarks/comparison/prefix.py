@@ -101,7 +101,7 @@ class RealScale:
     duration: float
     calibrate: float
     """Seconds of the capacity measurement, which sets every contender's load: 45 s
-    (some 30 answers) measured 0.58, 0.81 and 0.70 requests/s in three runs of one
+    (some 30 answers) measured 0.58, 0.81 and 0.67 requests/s in three runs of one
     day, so a 90% load ranged from comfortable to overloaded; twice as many answers
     narrow that spread (by about 1.4x, were the answers independent)."""
 
