@@ -602,8 +602,8 @@ PREFIX_FINDING = """\
 **Why prefix routing was no better than slot routing on real servers (issue #10).** The
 first run of this section gave every server llama-server's default host cache, which
 held every conversation, so all contenders reused 74-83% and routing could not matter;
-the real servers now hold a few conversations each (above). Two faults in Corral were
-found with it. (1) The prefix index bounded each server by its slots times its
+the real servers now hold a few conversations each (above). Five faults in Corral
+were found with it. (1) The prefix index bounded each server by its slots times its
 context when its agent did not report a host cache (an attached server: the agent
 cannot see `--cache-ram`), so it forgot conversations the server still held and sent
 their next turns anywhere; replayed through the policy, this workload's later turns
