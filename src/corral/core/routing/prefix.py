@@ -127,6 +127,8 @@ def shared_blocks(a: Sequence[int], b: Sequence[int]) -> int:
     """Leading blocks two prompts share: chained hashes are equal at ``i`` only if they
     are equal up to ``i``, so a binary search (about log2 of the shorter's length)."""
     low, high = 0, min(len(a), len(b))
+    if not high or a[0] != b[0]:  # most prompts share nothing: one comparison
+        return 0
     while low < high:
         mid = (low + high) // 2
         if a[mid] == b[mid]:
@@ -336,14 +338,13 @@ class PrefixPolicy:
     def _slot_match(self, backend_id: str, hashes: list[int], busy: bool | None = False) -> int:
         """The most leading blocks of a prompt an idle slot of the backend holds (a busy
         one, with ``busy``; any, with None)."""
-        return max(
-            (
-                shared_blocks(hashes, s.hashes)
-                for s in self._slots_of.get(backend_id, ())
-                if busy is None or s.busy == busy
-            ),
-            default=0,
-        )
+        if not hashes:
+            return 0
+        first, most = hashes[0], 0
+        for s in self._slots_of.get(backend_id, ()):  # a plain loop: this is per candidate
+            if (busy is None or s.busy == busy) and s.hashes and s.hashes[0] == first:
+                most = max(most, shared_blocks(hashes, s.hashes))
+        return most
 
     def _predict(self, backend_id: str, prompt: Prompt, request: RequestInfo) -> None:
         hashes = prompt.hashes(self.index.block)
