@@ -296,7 +296,8 @@ def _data(results: Sequence[Result]) -> list[dict[str, Any]]:
 # ------------------------------------------------------------------- parts
 
 
-async def real_part(env: SuiteEnv, contenders: Sequence[str]) -> tuple[list[str], dict[str, Any]]:
+def real_workload(env: SuiteEnv) -> tuple[RealScale, WorkloadSpec]:
+    """The real part's scale and its ``multi-turn`` workload (the replica's too)."""
     scale = REAL_QUICK if env.quick else REAL_FULL
     spec = WorkloadSpec(
         shape="multi-turn",
@@ -307,6 +308,11 @@ async def real_part(env: SuiteEnv, contenders: Sequence[str]) -> tuple[list[str]
         turns=scale.turns,
         seed=env.seed,
     )
+    return scale, spec
+
+
+async def real_part(env: SuiteEnv, contenders: Sequence[str]) -> tuple[list[str], dict[str, Any]]:
+    scale, spec = real_workload(env)
     try:
         binary, model = llama_server_path(), bundled_model()
     except (LlamaCppNotFound, ModelError) as exc:
@@ -527,16 +533,7 @@ async def replica_part(
     env: SuiteEnv, contenders: Sequence[str], speedup: float
 ) -> tuple[list[str], dict[str, Any]]:
     """The real part's workload on simulated servers, ``speedup`` times faster."""
-    scale = REAL_QUICK if env.quick else REAL_FULL
-    spec = WorkloadSpec(
-        shape="multi-turn",
-        prompt_tokens=scale.system_tokens,
-        output_tokens=scale.median_tokens,
-        max_output_tokens=scale.max_tokens,
-        sessions=scale.sessions,
-        turns=scale.turns,
-        seed=env.seed,
-    )
+    scale, spec = real_workload(env)
     with processes(env, "prefix-replica") as procs:
         backends, usage_url = await start_simfleet(
             env, procs, scale.servers, scale.slots,
