@@ -383,11 +383,23 @@ class PrefixFleet(RuleBasedStateMachine):
         for assigned in self.scheduler.assign(1.0):
             self.running.append((assigned.backend_id, assigned.waiter.request))
 
+    @rule(name=st.sampled_from(["a", "b", "c"]), slots=st.integers(1, 3))
+    def restart(self, name: str, slots: int) -> None:
+        # a server that comes back (with as many slots or others) holds nothing: its
+        # requests in flight are gone with it
+        self.fleet.report(name, Report(Condition.UNREACHABLE, model="m", slots_total=slots), 1.0)
+        self.fleet.report(name, Report(Condition.READY, model="m", slots_total=slots), 1.0)
+        for backend, info in [r for r in self.running if r[0] == name]:
+            self.running.remove((backend, info))
+            self.fleet.release(backend, 1.0, info)
+        for assigned in self.scheduler.assign(1.0):
+            self.running.append((assigned.backend_id, assigned.waiter.request))
+
     @invariant()
     def never_oversubscribed(self) -> None:
         for backend in self.fleet:
             assert backend.reserved <= backend.slots_total, backend
-        self.policy.index.check()
+        self.policy.check()  # the index, and the slots' first-block counts
 
 
 TestPrefixFleet = PrefixFleet.TestCase

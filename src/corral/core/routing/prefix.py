@@ -123,6 +123,19 @@ def wait_bound(elsewhere: float, there: float, cap: float) -> float:
     return max(0.0, min(cap, elsewhere - there))
 
 
+def _count_first(firsts: dict[int, int], hashes: list[int], change: int) -> None:
+    """Count a slot's prompt in (``+1``) or out (``-1``) of its backend's first-block
+    counts (``PrefixPolicy._firsts``); an empty prompt is not counted."""
+    if not hashes:
+        return
+    first = hashes[0]
+    count = firsts.get(first, 0) + change
+    if count > 0:
+        firsts[first] = count
+    else:
+        firsts.pop(first, None)
+
+
 def shared_blocks(a: Sequence[int], b: Sequence[int]) -> int:
     """Leading blocks two prompts share: chained hashes are equal at ``i`` only if they
     are equal up to ``i``, so a binary search (about log2 of the shorter's length)."""
@@ -175,6 +188,10 @@ class PrefixPolicy:
         self._slots = SlotPolicy(rules)
         self._freed: dict[str, list[int]] = {}  # backend -> block hashes of the last end
         self._slots_of: dict[str, list[_Slot]] = {}  # backend -> what its slots last read
+        # backend -> first block hash of each slot's prompt -> how many slots: a prompt
+        # no slot starts with shares nothing with any (chained hashes), found in one
+        # lookup instead of a scan of the slots (most candidates, for most prompts)
+        self._firsts: dict[str, dict[int, int]] = {}
         self._in: dict[int, tuple[str, _Slot, int | None]] = {}  # request -> backend, slot, blocks
         self._host: set[str] = set()  # backends seen reusing more than their idle slots hold
         self._uses = 0
@@ -258,15 +275,16 @@ class PrefixPolicy:
         there holds more of the prompt than a free one (:meth:`_held`), the wait for
         that slot (into ``busy``): a request may wait for it (:meth:`_wait_for`)."""
         held = self._held(backend, hashes, blocks)
-        if backend.free > 0:
-            scored.append(self._score(backend, held, tokens))
+        free = backend.free  # a property that computes: read once
+        if free > 0:
+            scored.append(self._score(backend, held, tokens, free))
         if backend.id not in self._host:  # what a busy slot holds now, not what it held
-            blocks = self._slot_match(backend.id, hashes, None if backend.free == 0 else True)
+            blocks = self._slot_match(backend.id, hashes, None if free == 0 else True)
         elif blocks is None:
             blocks = self.index.match(backend.id, hashes)
-        if blocks and (backend.free == 0 or held < blocks):
-            holder = self._score(backend, blocks, tokens)
-            if backend.free > 0:  # estimated_ttft counted no wait: the holder frees in turn
+        if blocks and (free == 0 or held < blocks):
+            holder = self._score(backend, blocks, tokens, free)
+            if free > 0:  # estimated_ttft counted no wait: the holder frees in turn
                 holder.ttft += self.rates.duration(backend.id) / max(1, backend.slots_total)
             busy.append(holder)
 
@@ -341,6 +359,9 @@ class PrefixPolicy:
         if not hashes:
             return 0
         first, most = hashes[0], 0
+        firsts = self._firsts.get(backend_id)
+        if not firsts or first not in firsts:
+            return 0
         for s in self._slots_of.get(backend_id, ()):  # a plain loop: this is per candidate
             if (busy is None or s.busy == busy) and s.hashes and s.hashes[0] == first:
                 most = max(most, shared_blocks(hashes, s.hashes))
@@ -366,6 +387,7 @@ class PrefixPolicy:
         elif isinstance(event, Reset):
             self._freed.pop(event.backend_id, None)
             self._slots_of.pop(event.backend_id, None)
+            self._firsts.pop(event.backend_id, None)
             gone = [
                 key
                 for key, (backend_id, _, _) in self._in.items()
@@ -409,7 +431,10 @@ class PrefixPolicy:
         sharing more than ``SIMILARITY`` of it, else the idle one used least recently
         (any, when the balancer's count says none is idle); it now holds the prompt."""
         slots = self._slots_of.setdefault(backend.id, [])
+        firsts = self._firsts.setdefault(backend.id, {})
         n = max(1, backend.slots_total)
+        for gone in slots[n:]:
+            _count_first(firsts, gone.hashes, -1)
         del slots[n:]
         slots.extend(_Slot() for _ in range(n - len(slots)))
         idle = [s for s in slots if not s.busy] or slots
@@ -417,6 +442,8 @@ class PrefixPolicy:
         if shared_blocks(hashes, best.hashes) <= SIMILARITY * len(hashes):
             best = min(idle, key=lambda s: s.used)
         self._uses += 1
+        _count_first(firsts, best.hashes, -1)
+        _count_first(firsts, hashes, +1)
         best.hashes, best.busy, best.used, best.known = hashes, True, self._uses, True
         return best
 
@@ -480,6 +507,17 @@ class PrefixPolicy:
             mib = DEFAULT_CACHE_MIB if mib < 0 else mib
             tokens += mib * 1024 * 1024 // KV_BYTES_PER_TOKEN
         return int(tokens * self.ratio.value) // self.index.block
+
+    def check(self) -> None:
+        """Assert the policy's views agree (for tests): the index's, and each
+        backend's first-block counts with what its slots hold."""
+        self.index.check()
+        assert self._firsts.keys() == self._slots_of.keys(), "first-block counts of a lost backend"
+        for backend_id, slots in self._slots_of.items():
+            counts: dict[int, int] = {}
+            for s in slots:
+                _count_first(counts, s.hashes, +1)
+            assert counts == self._firsts[backend_id], (backend_id, counts)
 
     def __repr__(self) -> str:
         return f"<Policy prefix {self.index!r} max_wait={self.max_wait:g}s>"
