@@ -328,10 +328,11 @@ BALANCER = Schema(
             "first time, for later requests whose prompt the freed server holds (0: a "
             "request that would take the slot is never passed over). Under load every "
             "request waits, and serving them strictly in order sends most to servers "
-            "without their prompt; a couple of seconds lets the passed-over request's "
-            "own server free a slot meanwhile, and bounds what each request pays for others",
+            "without their prompt. The bound must outlast a request's trip through the "
+            "scheduler's window of waiting requests under load, or the passed-over pile "
+            "up and block all passing (benchmarks/prefix_buffer.py compares values)",
             non_negative_float,
-            default=2.0,
+            default=10.0,
         ),
         Setting("statsd_addr", "HOST:PORT of a StatsD server (UDP)", addr),
         Setting("statsd_prefix", "prefix of StatsD metric names", default="corral"),

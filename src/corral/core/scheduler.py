@@ -95,8 +95,14 @@ PASS_MARGIN = 256
 lose less than the head (see :func:`_regret`), to be served first: a real prefill
 saved (a block of the prefix index, ~0.1 s at 2,000 tokens/s), not a chat template's
 worth of difference."""
-MAX_PASS = 2.0
-"""``--prefix-max-pass``'s default (see ``config/tables.py``)."""
+MAX_PASS = 10.0
+"""``--prefix-max-pass``'s default (see ``config/tables.py``). Under load a request
+crosses the ``WINDOW`` behind the head in about ``WINDOW`` dispatches (some 2 s on
+section 5's simulated fleet at saturation), and it is stamped as passed over as soon
+as one behind it is served: with a bound of 2 s (the default before) it ran out during
+that trip, the passed-over piled up at the head and blocked all passing, and freed
+slots went in arrival order to servers without the prompt. ``benchmarks/prefix_buffer.py``
+compares the two on that fleet at 50-300% load (docs/benchmarks.md, section 5)."""
 
 _Key = tuple[str | None, Priority, str]  # model, class, tenant
 
