@@ -51,6 +51,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from comparison.capacity import Capacity, CapacityError, uncached_capacity
 from comparison.common import (
     CORRAL,
     Section,
@@ -63,7 +64,7 @@ from comparison.common import (
     wait_http,
 )
 from comparison.contenders import Backend, corral_routing
-from comparison.real_engine import direct_capacity
+from comparison.real_engine import direct_outcomes
 from comparison.routing import (
     Result,
     compare,
@@ -73,6 +74,7 @@ from comparison.routing import (
     spread,
     start_simfleet,
 )
+from corral.bench.stats import summarise
 from corral.bench.workload import Workload, WorkloadSpec
 from corral.llamacpp import LlamaCppNotFound, ModelError, bundled_model, llama_server_path
 from corral.llamacpp.process import llama_server_command
@@ -311,6 +313,34 @@ def real_workload(env: SuiteEnv) -> tuple[RealScale, WorkloadSpec]:
     return scale, spec
 
 
+async def measure_capacity(
+    backends: Sequence[Backend], spec: WorkloadSpec, scale: RealScale, seconds: float, seed: int
+) -> Capacity:
+    """The real part's uncached capacity (:mod:`comparison.capacity`), from a closed
+    loop of ``seconds`` on the servers directly. Raises :class:`SuiteError`."""
+    outcomes = await direct_outcomes(backends, spec, seconds, seed)
+    calls = Workload(spec).take(scale.sessions * scale.turns * 4)  # whole conversations
+    slots = sum(b.slots for b in backends)
+    try:
+        return uncached_capacity(outcomes, calls, slots, summarise(outcomes).requests_per_second)
+    except CapacityError as exc:
+        raise SuiteError(f"cannot measure the servers' capacity: {exc}") from None
+
+
+def capacity_text(cap: Capacity, seconds: float) -> str:
+    """How the capacity was found, for the page."""
+    return (
+        f"It comes from speeds measured on the servers directly ({seconds:g} s of one user "
+        f"per slot, no balancer): with every slot busy a slot read {cap.prefill:.0f} "
+        f"prompt tokens/s and generated {cap.decode:.1f} tokens/s; the workload's mean "
+        f"request is {cap.prompt_tokens:,.0f} prompt tokens and {cap.output_tokens:.0f} "
+        f"generated, read whole (`benchmarks/comparison/capacity.py`). Counting answers "
+        f"instead, the same closed loop finished {cap.closed_loop:.2f} requests/s with the "
+        "reuse it happened to get; that count set the load before, and ranged 0.58-0.81 "
+        "requests/s over a day's runs."
+    )
+
+
 async def real_part(env: SuiteEnv, contenders: Sequence[str]) -> tuple[list[str], dict[str, Any]]:
     scale, spec = real_workload(env)
     try:
@@ -330,8 +360,8 @@ async def real_part(env: SuiteEnv, contenders: Sequence[str]) -> tuple[list[str]
             backends.append(Backend(f"llama-{i}", port, scale.slots))
         for b in backends:
             await wait_http(f"http://{b.addr}/health", timeout=180, procs=procs)
-        measured = await direct_capacity(backends, spec, scale.calibrate, env.seed)
-        capacity = measured.requests_per_second
+        cap = await measure_capacity(backends, spec, scale, scale.calibrate, env.seed)
+        capacity = cap.requests_per_second
         rates = [(load, load * capacity) for load in scale.loads]
         results = await compare(
             env, procs, backends, spec, rates, scale.duration, contenders,
@@ -365,10 +395,10 @@ async def real_part(env: SuiteEnv, contenders: Sequence[str]) -> tuple[list[str]
         "server cannot, so a conversation sent to the wrong server reads its whole "
         "history again.",
         "",
-        f"Capacity, measured on the servers directly (one user per slot, no balancer, "
-        f"{scale.calibrate:g} s; each server is sent every conversation, so this is the "
-        f"capacity without affinity): {capacity:.2f} requests/s. Each run sends Poisson "
-        f"arrivals for {scale.duration:g} s and waits for every answer"
+        f"Capacity, with nothing reused: {capacity:.2f} requests/s. "
+        + capacity_text(cap, scale.calibrate)
+        + f" Each run sends Poisson arrivals for {scale.duration:g} s and waits for every "
+        "answer"
         + (
             "."
             if env.repeat == 1
@@ -380,6 +410,7 @@ async def real_part(env: SuiteEnv, contenders: Sequence[str]) -> tuple[list[str]
     ]
     data = {
         "capacity_rps": capacity,
+        "capacity": dataclasses.asdict(cap),
         "cache_ram_mib": scale.cache_ram_mib,
         "ctx_checkpoints": CHECKPOINTS,
         "repeat": env.repeat,
@@ -542,8 +573,8 @@ async def replica_part(
             "--slowdown", str(REPLICA.slowdown),
             "--host-cache", str(REPLICA.host_cache_tokens), "--ctx", str(scale.ctx),
         )  # fmt: skip
-        measured = await direct_capacity(backends, spec, scale.calibrate / speedup, env.seed)
-        capacity = measured.requests_per_second
+        cap = await measure_capacity(backends, spec, scale, scale.calibrate / speedup, env.seed)
+        capacity = cap.requests_per_second
         rates = [(load, load * capacity) for load in scale.loads]
         results = await compare(
             env, procs, backends, spec, rates, scale.duration / speedup, contenders,

@@ -6,10 +6,12 @@ maxconn = slots, queue) and nginx (round robin) take turns in front of them with
 same seeded heavy-tailed workload and the same arrival trace.
 
 Capacity is measured first, on the servers themselves with no balancer in between: a
-closed loop with one user per slot on each server (every slot busy all the time) gives
-the requests/s the servers finish; the runs then send Poisson arrivals at a share of
-it. Before each contender the servers must be idle (``/slots``), so no contender is
-measured on slots an earlier one left generating.
+closed loop with one user per slot on each server (every slot busy all the time)
+measures how fast a slot reads prompts and generates tokens, and the capacity is what
+those speeds make of the workload's mean request (:mod:`comparison.capacity`); the
+runs then send Poisson arrivals at a share of it. Before each contender the servers
+must be idle (``/slots``), so no contender is measured on slots an earlier one left
+generating.
 
     PYTHONPATH=benchmarks python -m comparison.real_engine [--quick] [--repeat N]
 """
@@ -17,9 +19,11 @@ measured on slots an earlier one left generating.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sys
 from collections.abc import Sequence
 
+from comparison.capacity import CapacityError, uncached_capacity
 from comparison.common import (
     Section,
     SuiteEnv,
@@ -32,7 +36,7 @@ from comparison.common import (
 from comparison.contenders import Backend
 from comparison.routing import compare, draw, ratio_lines, tables
 from corral.bench.driver import Load, Runner, Target
-from corral.bench.stats import Summary, summarise
+from corral.bench.stats import Outcome, summarise
 from corral.bench.workload import Workload, WorkloadSpec
 from corral.llamacpp import LlamaCppNotFound, ModelError, bundled_model, llama_server_path
 from corral.llamacpp.process import llama_server_command
@@ -40,13 +44,14 @@ from corral.llamacpp.process import llama_server_command
 CONTENDERS = ("corral", "haproxy", "nginx-rr")
 
 
-async def direct_capacity(
+async def direct_outcomes(
     backends: Sequence[Backend], spec: WorkloadSpec, duration: float, seed: int
-) -> Summary:
-    """What the servers finish with every slot busy, measured on the servers themselves:
-    a closed loop of one user per slot on each server at once, no contender in between
-    (a capacity measured through one contender would set every contender's load by
-    that one's behaviour). Raises :class:`SuiteError` if no request succeeded."""
+) -> list[Outcome]:
+    """Every slot busy, on the servers themselves: a closed loop of one user per slot
+    on each server at once, no contender in between (a capacity measured through one
+    contender would set every contender's load by that one's behaviour). Each server
+    is sent the workload's calls from the first. Raises :class:`SuiteError` if no
+    request succeeded."""
     runs = [
         Runner(
             Target(f"http://{b.addr}", api="chat"),
@@ -58,10 +63,10 @@ async def direct_capacity(
     # the runs start together, each on its own clock: they differ by far less than a
     # request takes, so one summary of all outcomes is the fleet's throughput
     outcomes = [o for run in await asyncio.gather(*runs) for o in run]
-    measured = summarise(outcomes)
-    if measured.succeeded == 0:
-        raise SuiteError(f"no request succeeded while measuring capacity: {measured.errors}")
-    return measured
+    if not any(o.ok for o in outcomes):
+        errors = summarise(outcomes).errors
+        raise SuiteError(f"no request succeeded while measuring capacity: {errors}")
+    return outcomes
 
 
 async def run(env: SuiteEnv, contenders: Sequence[str] = CONTENDERS) -> Section:
@@ -92,8 +97,15 @@ async def run(env: SuiteEnv, contenders: Sequence[str] = CONTENDERS) -> Section:
         for b in backends:
             await wait_http(f"http://{b.addr}/health", timeout=180, procs=procs)
 
-        measured = await direct_capacity(backends, spec, calibrate, env.seed)
-        capacity = measured.requests_per_second
+        outcomes = await direct_outcomes(backends, spec, calibrate, env.seed)
+        measured = summarise(outcomes)
+        try:  # the heavy tail's mean from 5,000 calls, not from a window's few answers
+            cap = uncached_capacity(
+                outcomes, Workload(spec).take(5000), servers * slots, measured.requests_per_second
+            )
+        except CapacityError as exc:
+            raise SuiteError(f"cannot measure the servers' capacity: {exc}") from None
+        capacity = cap.requests_per_second
         rates = [(load, load * capacity) for load in loads]
         results = await compare(
             env, procs, backends, spec, rates, duration, contenders, repeat=env.repeat
@@ -105,9 +117,14 @@ async def run(env: SuiteEnv, contenders: Sequence[str] = CONTENDERS) -> Section:
         "streamed chat completions. Processes are not pinned here: the two servers need "
         "the two cores.",
         "",
-        f"Measured capacity (one user per slot on each server directly, no balancer, for "
-        f"{calibrate:g} s): "
-        f"{capacity:.2f} requests/s, {measured.output_tokens_per_second:.0f} output tokens/s. "
+        f"Capacity: {capacity:.2f} requests/s, from speeds measured on the servers "
+        f"directly ({calibrate:g} s of one user per slot, no balancer): with every slot "
+        f"busy a slot read {cap.prefill:.0f} prompt tokens/s and generated "
+        f"{cap.decode:.1f} tokens/s; the workload's mean request (over 5,000 of its "
+        f"calls) is {cap.prompt_tokens:.0f} prompt tokens and {cap.output_tokens:.1f} "
+        f"generated (`benchmarks/comparison/capacity.py`). Counting answers instead, the "
+        f"closed loop finished {cap.closed_loop:.2f} requests/s: a window of "
+        f"{calibrate:g} s holds a few answers of a heavy tail, or none of its longest. "
         f"Each run then sends Poisson arrivals for {duration:g} s and waits for every answer"
         + (
             "."
@@ -127,6 +144,7 @@ async def run(env: SuiteEnv, contenders: Sequence[str] = CONTENDERS) -> Section:
     ]
     data = {
         "capacity_rps": capacity,
+        "capacity": dataclasses.asdict(cap),
         "repeat": env.repeat,
         "results": [
             {"contender": r.contender, "load": r.load, "rate": r.rate, "run": r.run,

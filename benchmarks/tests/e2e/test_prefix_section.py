@@ -26,6 +26,8 @@ async def test_real_and_simulated_servers_behind_each_contender(tmp_path: Path) 
     corral = ["corral-prefix", "corral-slots"] if data["routing_option"] else ["corral"]
     assert data["contenders"] == [*corral, "nginx-sticky"]
     assert data["real"]["capacity_rps"] > 0
+    cap = data["real"]["capacity"]  # from speeds measured on the servers, read whole
+    assert cap["prefill"] > 0 and cap["decode"] > 0 and cap["prompt_tokens"] > 0
     real = data["real"]["results"]
     assert [r["contender"] for r in real] == data["contenders"]
     for r in real:

@@ -22,6 +22,9 @@ async def test_real_servers_behind_each_contender(tmp_path: Path) -> None:
     env = SuiteEnv(out_dir=tmp_path / "charts", docs_dir=tmp_path, quick=True)
     section = await run(env, contenders=("corral", "nginx-rr"))
     assert section.data["capacity_rps"] > 0
+    cap = section.data["capacity"]  # speeds measured on the servers, per token
+    assert cap["prefill"] > 0 and cap["decode"] > 0 and cap["output_tokens"] > 0
+    assert cap["requests_per_second"] == section.data["capacity_rps"]
     results = section.data["results"]
     assert [(r["contender"], r["load"]) for r in results] == [
         (name, load) for load in (0.9, 1.5) for name in ("corral", "nginx-rr")
@@ -32,6 +35,7 @@ async def test_real_servers_behind_each_contender(tmp_path: Path) -> None:
         assert s["failed"] == 0, (r["contender"], s["errors"])
         assert s["output_tokens"] > 0
         assert r["settled_s"] >= 0  # the servers were checked idle before it started
-    assert "Measured capacity" in section.markdown and "| **corral** |" in section.markdown
+    assert "Capacity: " in section.markdown and "tokens/s" in section.markdown
+    assert "| **corral** |" in section.markdown
     assert (tmp_path / "charts" / "real-engine-ttft-p99.png").stat().st_size > 1000
     assert children() <= before
