@@ -274,8 +274,14 @@ class PrefixPolicy:
         """Score a candidate: its free slot (into ``scored``), and, when a busy slot
         there holds more of the prompt than a free one (:meth:`_held`), the wait for
         that slot (into ``busy``): a request may wait for it (:meth:`_wait_for`)."""
-        held = self._held(backend, hashes, blocks)
         free = backend.free  # a property that computes: read once
+        if backend.id not in self._host and hashes:
+            firsts = self._firsts.get(backend.id)
+            if not firsts or hashes[0] not in firsts:  # no slot holds any of it
+                if free > 0:
+                    scored.append(self._score(backend, 0, tokens, free))
+                return
+        held = self._held(backend, hashes, blocks)
         if free > 0:
             scored.append(self._score(backend, held, tokens, free))
         if backend.id not in self._host:  # what a busy slot holds now, not what it held
@@ -291,7 +297,7 @@ class PrefixPolicy:
     def _score(self, backend: Backend, blocks: int, tokens: int, free: int | None = None) -> Scored:
         if free is None:
             free = backend.free
-        cached = min(tokens, self.ratio.tokens(blocks * self.index.block))
+        cached = min(tokens, self.ratio.tokens(blocks * self.index.block)) if blocks else 0
         rate = self.rates.rate(backend.id) or 1.0  # known: some backend was measured
         ttft = estimated_ttft(backend, tokens - cached, rate, self.rates, free)
         return Scored(backend, ttft, blocks, cached, backend.slots_total - free)
@@ -438,8 +444,12 @@ class PrefixPolicy:
         del slots[n:]
         slots.extend(_Slot() for _ in range(n - len(slots)))
         idle = [s for s in slots if not s.busy] or slots
-        best = max(idle, key=lambda s: shared_blocks(hashes, s.hashes))
-        if shared_blocks(hashes, best.hashes) <= SIMILARITY * len(hashes):
+        if hashes and hashes[0] in firsts:  # some slot shares its start: the longest?
+            best = max(idle, key=lambda s: shared_blocks(hashes, s.hashes))
+            shared = shared_blocks(hashes, best.hashes)
+        else:
+            shared = 0
+        if shared <= SIMILARITY * len(hashes):
             best = min(idle, key=lambda s: s.used)
         self._uses += 1
         _count_first(firsts, best.hashes, -1)
