@@ -56,14 +56,24 @@ slot would otherwise go to someone who pays no more on B than anywhere. A head t
 waits for its busy holder leaves B to anyone behind it, in that order. Every request
 is passed over for at most ``max_pass`` seconds from the first time a later one
 overtook it (``--prefix-max-pass``), whether it was the head then or not; after that
-nothing behind it may pass it. Every rule above still applies to the request served (the
-policy picks its backend, a free slot; ``_may_take``), and the cost is ``WINDOW``
-affinity lookups and at most ``TRIES`` picks per head tried, not a scan of the fleet.
+nothing behind it may pass it. Under load the window fills with requests whose own
+servers are busy, and those a freed server suits are further back: the scheduler also
+weighs the ``EXTRA`` oldest requests of the queue, beyond the window, whose prompts share
+the most with what the freed server holds, found by the prompts' keys (the policy's
+``waiter_keys``: chained block hashes at depths 1, 2, 4...; ``held_keys``: those of what
+the server's idle slots hold). One served from there overtakes the whole window, and
+every request before it starts its ``max_pass`` bound then (``_passed_at``). Every
+rule above still applies to the request served (the policy picks its backend, a free
+slot; ``_may_take``), and the cost is ``WINDOW + EXTRA`` affinity lookups, a lookup per
+key of the freed server's idle prompts, and at most ``TRIES`` picks per head tried,
+not a scan of the fleet or of the buffer.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
+from collections import deque
 from dataclasses import dataclass
 
 from corral.core.fleet import Fleet
@@ -87,6 +97,14 @@ its prompt's blocks each). With 16 prefixes in even shares, 64 places hold one o
 given prefix 98% of the time (32: 87%); on section 5's simulated fleet at 300% load,
 in a discrete-event run of the pure core, 64 reuse 88% of prompt tokens where 32
 reuse 82% (128: 92%)."""
+EXTRA = 8
+"""Requests beyond the ``WINDOW`` weighed as well for a freed slot: the oldest of
+those whose prompt shares the most with what the freed server holds (by the policy's
+keys). Under load the window fills with requests whose own servers are busy, and the
+requests a freed server suits are often further back."""
+KEYED_SLACK = 8
+"""Keyed entries allowed per live one (a request has about log2 of its prompt's blocks
+of them) before those of requests no longer waiting are swept out."""
 TRIES = 4
 """Of those, the first ones in that order asked to place themselves, at most (each is a pick):
 one that would rather wait for its own busy holder is passed for the next."""
@@ -168,6 +186,15 @@ class Scheduler:
         again within ``RECHECK`` seconds, as the demand it yields to fades."""
         if policy.observe is not None:  # a policy with its own view of the backends
             fleet.subscribe(policy.observe)
+        # cache affinity beyond the window: waiting requests by the keys of their
+        # prompts (``policy.waiter_keys``), oldest first; a served or expired one is
+        # dropped lazily, and all of them once they outnumber the live ones by far
+        self._keyed: dict[int, deque[Waiter]] = {}
+        self._keyed_entries = 0
+        # when a request beyond the window was served, per queue: the times, and the
+        # highest ``seq`` served so far at each (every live request of that queue with
+        # a lower seq was overtaken then: its bound starts at the first such time)
+        self._marks: dict[object, tuple[list[float], list[int]]] = {}
 
     def submit(
         self, request: RequestInfo, now: float, token: object = None
@@ -177,17 +204,94 @@ class Scheduler:
         A dispatch has its slot reserved already. A :class:`Waiter` is in the buffer.
         """
         if self._at_limit(request):
-            return self.buffer.push(request, now, token)
+            return self._push(request, now, token)
         decision = self.policy.pick(self.fleet, request)
         if isinstance(decision, Dispatch):
             if not self._may_take(request, decision.backend_id, now):
                 self.held_back = True
-                return self.buffer.push(request, now, token)
+                return self._push(request, now, token)
             self._start(decision.backend_id, now, request)
             return decision
         if isinstance(decision, Reject):
             return decision
-        return self.buffer.push(request, now, token)
+        return self._push(request, now, token)
+
+    def _push(self, request: RequestInfo, now: float, token: object) -> Waiter:
+        """Into the buffer (raises BufferFull), and into the keyed lookup."""
+        waiter = self.buffer.push(request, now, token)
+        keys = self.policy.waiter_keys
+        if keys is not None and self.policy.affinity is not None:
+            for key in keys(request):
+                self._keyed.setdefault(key, deque()).append(waiter)
+                self._keyed_entries += 1
+            if self._keyed_entries > KEYED_SLACK * (len(self.buffer) + WINDOW):
+                self._sweep()
+        return waiter
+
+    def _sweep(self) -> None:
+        """Drop every entry of a request no longer waiting: O(entries), run when they
+        outnumber the live ones ``KEYED_SLACK`` times, so O(1) per request."""
+        entries = 0
+        for key in list(self._keyed):
+            live = deque(w for w in self._keyed[key] if not w.done)
+            if live:
+                self._keyed[key] = live
+                entries += len(live)
+            else:
+                del self._keyed[key]
+        self._keyed_entries = entries
+
+    def _passed_at(self, waiter: Waiter) -> float | None:
+        """When ``waiter`` was first overtaken: its own stamp (in the window, or the
+        head), or the first time a later request beyond the window was served."""
+        marks = self._marks.get(waiter.key)
+        if marks is not None:
+            times, seqs = marks
+            i = bisect.bisect_right(seqs, waiter.seq)
+            if i < len(times) and (waiter.passed_at is None or times[i] < waiter.passed_at):
+                return times[i]
+        return waiter.passed_at
+
+    def _mark(self, head: Waiter, served: Waiter, now: float | None) -> None:
+        """``served``, beyond the window, overtook every request of its queue before it."""
+        if now is None:
+            return
+        times, seqs = self._marks.setdefault(head.key, ([], []))
+        cut = bisect.bisect_right(seqs, head.seq)  # marks that concern no one waiting
+        if cut:
+            del times[:cut], seqs[:cut]
+        times.append(now)
+        seqs.append(max(served.seq, seqs[-1] if seqs else served.seq))
+
+    def _keyed_behind(self, backend_id: str, head: Waiter, seen: set[int]) -> list[Waiter]:
+        """Requests in ``head``'s queue beyond its window (ids not in ``seen``) whose
+        prompts share the most with what ``backend_id`` holds (``policy.held_keys``,
+        deepest first), oldest first, ``EXTRA`` at most; [] without keys."""
+        held = self.policy.held_keys
+        if held is None or not self._keyed:
+            return []
+        key_of = head.key
+        for key in held(backend_id):
+            bucket = self._keyed.get(key)
+            if not bucket:
+                continue
+            while bucket and bucket[0].done:
+                bucket.popleft()
+                self._keyed_entries -= 1
+            found = []
+            for waiter in bucket:  # oldest first; stops at EXTRA
+                if (
+                    not waiter.done
+                    and waiter is not head
+                    and id(waiter) not in seen
+                    and waiter.key == key_of
+                ):
+                    found.append(waiter)
+                    if len(found) >= EXTRA:
+                        break
+            if found:
+                return found
+        return []
 
     def assign(self, now: float | None = None) -> list[Assigned | Refused]:
         """Give free slots to buffered requests, in the discipline's order (within a
@@ -264,7 +368,9 @@ class Scheduler:
         place; when one takes it, those that refused it start their wait bound again
         (:func:`~corral.core.routing.prefix.wait_bound`). Being passed over is bounded per request:
         ``max_pass`` seconds from the first time it was overtaken (the head, or one
-        behind it), after which nothing behind it may pass it. Cost: ``WINDOW``
+        behind it), after which nothing behind it may pass it. Beyond the window,
+        the ``EXTRA`` oldest requests whose prompts share the most with what the
+        backend holds are weighed too (:meth:`_keyed_behind`). Cost: ``WINDOW + EXTRA``
         affinity lookups and at most ``TRIES`` picks."""
         affinity = self.policy.affinity
         if affinity is None:
@@ -272,7 +378,8 @@ class Scheduler:
         if isinstance(decision, Dispatch):
             if now is None or self.max_pass <= 0:
                 return None
-            if head.passed_at is not None and now - head.passed_at >= self.max_pass:
+            passed = self._passed_at(head)
+            if passed is not None and now - passed >= self.max_pass:
                 return None
             backend_id = decision.backend_id
         elif isinstance(decision, Wait) and decision.free is not None:
@@ -285,17 +392,22 @@ class Scheduler:
         else:  # the head leaves the slot: anyone behind may have it
             least, most_regret = 0, 0
         behind = self.buffer.behind(head, WINDOW)
+        candidates = behind
         for i, waiter in enumerate(behind):  # none may pass one whose bound ran out
-            passed = waiter.passed_at
+            passed = self._passed_at(waiter)
             if passed is not None and now is not None and now - passed >= self.max_pass:
-                behind = behind[: i + 1]  # it may be served itself, not passed
+                behind = candidates = behind[: i + 1]  # it may be served itself, not passed
                 break
+        else:  # and beyond the window, those whose prompt the backend holds the most of
+            beyond = self._keyed_behind(backend_id, head, {id(w) for w in behind})
+            if beyond:
+                candidates = behind + beyond
         # who may pass: one the server suits better by the margin, or one that loses
         # less on it by the margin (a new prompt, where the head's is held elsewhere);
         # the least loss first (a miss that waiting would avoid comes last), then the
         # most cached, then the oldest
         ranked: list[tuple[int, int, int, Waiter]] = []
-        for i, waiter in enumerate(behind):
+        for i, waiter in enumerate(candidates):
             cached = affinity(backend_id, waiter.request)
             regret = _regret(waiter, cached)
             if cached >= least or regret <= most_regret:
@@ -325,8 +437,10 @@ class Scheduler:
                 if isinstance(decision, Dispatch):
                     overtaken.insert(0, head)
                 for waiter in overtaken:
-                    if waiter.passed_at is None:
-                        waiter.passed_at = now
+                    first = self._passed_at(waiter)
+                    waiter.passed_at = now if first is None else first
+                if -minus_i >= len(behind):  # from beyond the window: all before it
+                    self._mark(head, best, now)
                 return best, choice
         return None
 

@@ -7,10 +7,11 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from corral.core import Buffer, Condition, Dispatch, Fleet, ManualClock, Report, Scheduler
+from corral.core import scheduler as scheduler_module
 from corral.core.events import Timings
 from corral.core.queueing import Waiter
 from corral.core.routing import PrefixPolicy, Prompt, RequestInfo, SlotPolicy
-from corral.core.scheduler import Assigned
+from corral.core.scheduler import KEYED_SLACK, WINDOW, Assigned
 
 CHAT = "/v1/chat/completions"
 P = b"the first group's long document. " * 250  # 8,250 bytes: 8 blocks
@@ -244,6 +245,67 @@ class Overtaking(RuleBasedStateMachine):
 
 TestOvertaking = Overtaking.TestCase
 TestOvertaking.settings = settings(max_examples=80, stateful_step_count=50, deadline=None)
+
+
+class OvertakingBeyondTheWindow(Overtaking):
+    """The same bounds when the window is two requests: most of those served ahead of
+    their turn are found beyond it, by their prompts' keys."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._window, self._extra = scheduler_module.WINDOW, scheduler_module.EXTRA
+        scheduler_module.WINDOW, scheduler_module.EXTRA = 2, 2
+
+    def teardown(self) -> None:
+        scheduler_module.WINDOW, scheduler_module.EXTRA = self._window, self._extra
+
+
+TestOvertakingBeyondTheWindow = OvertakingBeyondTheWindow.TestCase
+TestOvertakingBeyondTheWindow.settings = settings(
+    max_examples=120, stateful_step_count=60, deadline=None
+)
+
+
+def test_a_waiter_beyond_the_window_whose_prompt_the_freed_server_holds_is_found():
+    # under load the window fills with requests whose own servers are busy; the one a
+    # freed server suits is further back, and is found by its prompt's keys
+    fleet, scheduler, holders, running = saturated()
+    scheduler.buffer = Buffer(1000, 30.0)  # room for more than the window
+    head = scheduler.submit(request(Q + b"head"), 0.5)
+    for i in range(3 * WINDOW):
+        scheduler.submit(request(R + str(i).encode()), 0.5)
+    far = scheduler.submit(request(P + b"far behind"), 0.6)
+    assert isinstance(head, Waiter) and isinstance(far, Waiter)
+    end(fleet, scheduler, holders[P], running[holders[P]], 1.0)
+    assert scheduler.assign(1.0) == [Assigned(far, holders[P])]
+    # every request it overtook starts its max_pass bound now: the head at once, and
+    # those beyond the window when they come into it (Overtaking checks the bound)
+    assert head.passed_at == 1.0
+
+
+def test_the_keyed_lookup_forgets_requests_no_longer_waiting():
+    # requests pass through the buffer by the thousand: what the lookup keeps stays
+    # bounded by those waiting, not by all that ever waited
+    fleet, scheduler, holders, running = saturated()
+    scheduler.buffer = Buffer(10_000, 30.0)
+    now = 1.0
+    for i in range(100):
+        scheduler.submit(request((P, Q, R)[i % 3] + str(i).encode()), now)
+    for i in range(100, 5000):  # one arrives, one ends and its slot goes to one waiting
+        scheduler.submit(request((P, Q, R)[i % 3] + str(i).encode()), now)
+        backend = holders[P] if i % 2 else holders[Q]
+        end(fleet, scheduler, backend, running[backend], now)
+        (assigned,) = scheduler.assign(now)
+        running[assigned.backend_id] = assigned.waiter.request
+        now += 0.001
+    for i in range(2000):  # and clients that leave while waiting (cancelled)
+        waiter = scheduler.submit(request(P + b"gone " + str(i).encode()), now)
+        assert isinstance(waiter, Waiter) and scheduler.buffer.cancel(waiter)
+    waiting = len(scheduler.buffer)
+    assert waiting == 100
+    assert scheduler._keyed_entries <= KEYED_SLACK * (waiting + WINDOW)
+    live = {id(w) for b in scheduler._keyed.values() for w in b if not w.done}
+    assert len(live) == waiting  # each waiting request is still found
 
 
 def test_a_waiter_sixty_places_behind_the_head_is_found():

@@ -123,6 +123,15 @@ def wait_bound(elsewhere: float, there: float, cap: float) -> float:
     return max(0.0, min(cap, elsewhere - there))
 
 
+def _depths(blocks: int) -> list[int]:
+    """1, 2, 4... up to ``blocks`` (none for 0): where prompts are keyed for the buffer."""
+    out, depth = [], 1
+    while depth <= blocks:
+        out.append(depth)
+        depth *= 2
+    return out
+
+
 def _count_first(firsts: dict[int, int], hashes: list[int], change: int) -> None:
     """Count a slot's prompt in (``+1``) or out (``-1``) of its backend's first-block
     counts (``PrefixPolicy._firsts``); an empty prompt is not counted."""
@@ -345,6 +354,29 @@ class PrefixPolicy:
             return 0
         freed = shared_blocks(hashes, self._freed.get(backend_id, ()))
         return self.ratio.tokens((blocks + freed) * self.index.block)
+
+    def waiter_keys(self, request: RequestInfo) -> list[int]:
+        """Keys to find ``request`` by while it waits in the buffer
+        (:meth:`~corral.core.scheduler.Scheduler.assign`): its prompt's chained block
+        hashes at depths 1, 2, 4, 8... blocks. A prompt shares ``2**k`` blocks or more
+        with another exactly when they have the key at depth ``2**k`` in common (none
+        without a prompt, with an adapter or a pin: :meth:`affinity` is 0 for them)."""
+        prompt = request.prompt
+        if prompt is None or request.adapter is not None or request.backend_id is not None:
+            return []
+        hashes = prompt.hashes(self.index.block)
+        return [hashes[d - 1] for d in _depths(len(hashes))]
+
+    def held_keys(self, backend_id: str) -> list[int]:
+        """The keys (as :meth:`waiter_keys`) of the prompts a request sent to
+        ``backend_id`` now would reuse, deepest first: what its idle slots hold (and,
+        with a host cache, the prompt that ended there last). The scheduler looks up
+        waiting requests by them, beyond the window it weighs, for a freed slot."""
+        prompts = [s.hashes for s in self._slots_of.get(backend_id, ()) if not s.busy]
+        if backend_id in self._host and backend_id in self._freed:
+            prompts.append(self._freed[backend_id])
+        keyed = sorted(((d, h[d - 1]) for h in prompts for d in _depths(len(h))), reverse=True)
+        return [key for _, key in keyed]
 
     def _held(self, backend: Backend, hashes: list[int], blocks: int | None = None) -> int:
         """Leading blocks of a prompt that a request sent to ``backend`` now would reuse,

@@ -19,7 +19,10 @@ class RoutingPolicy(Protocol):
     fleet's events; ``needs_prompt`` tells the proxy to give ``RequestInfo.prompt``;
     ``affinity``, when not None, says how many prompt tokens of a request a backend
     probably holds (the scheduler gives a freed slot to the waiting request it suits
-    best, within bounds: :meth:`~corral.core.scheduler.Scheduler.assign`)."""
+    best, within bounds: :meth:`~corral.core.scheduler.Scheduler.assign`);
+    ``waiter_keys`` and ``held_keys``, with it, let the scheduler find waiting requests
+    a backend suits beyond the window it weighs (keys a request is found by; keys of
+    what a backend holds, deepest first)."""
 
     name: str
     needs_prompt: bool
@@ -31,6 +34,12 @@ class RoutingPolicy(Protocol):
 
     @property
     def affinity(self) -> Callable[[str, RequestInfo], int] | None: ...
+
+    @property
+    def waiter_keys(self) -> Callable[[RequestInfo], list[int]] | None: ...
+
+    @property
+    def held_keys(self) -> Callable[[str], list[int]] | None: ...
 
 
 @dataclass(frozen=True, slots=True)

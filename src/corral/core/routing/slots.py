@@ -42,6 +42,8 @@ class SlotPolicy:
     """No view of its own: the fleet's events are not needed (and not built)."""
     affinity = None
     """No preference among waiting requests for a freed slot: the buffer's order holds."""
+    waiter_keys = None
+    held_keys = None
 
     def __init__(self, rules: Sequence[Rule] = (), breadth: int = 8) -> None:
         self.rules = tuple(rules)
