@@ -144,6 +144,10 @@ class Processes:
         """A mark for :meth:`stop_since`: how many processes run now."""
         return len(self._procs)
 
+    def pids_since(self, mark: int) -> list[int]:
+        """The process ids of those started after :meth:`mark` returned ``mark``."""
+        return [proc.pid for _, proc in self._procs[mark:]]
+
     def stop_since(self, mark: int) -> None:
         """Stop the processes started after :meth:`mark` returned ``mark``, newest first."""
         while len(self._procs) > mark:

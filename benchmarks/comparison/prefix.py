@@ -68,6 +68,7 @@ from comparison.real_engine import direct_outcomes
 from comparison.routing import (
     Result,
     compare,
+    cpu_lines,
     errors_cell,
     quantile,
     runs_of,
@@ -290,7 +291,7 @@ def _data(results: Sequence[Result]) -> list[dict[str, Any]]:
     return [
         {"contender": r.contender, "load": r.load, "rate": r.rate, "run": r.run,
          "summary": r.summary.to_dict(), "usage": r.usage, "settled_s": r.settled,
-         "busiest_over_mean": _work_share(r)}
+         "busiest_over_mean": _work_share(r), "cpu_s": r.cpu}
         for r in results
     ]  # fmt: skip
 
@@ -407,6 +408,8 @@ async def real_part(env: SuiteEnv, contenders: Sequence[str]) -> tuple[list[str]
         ),
         "",
         *table(results, "Real llama-servers"),
+        "",
+        *cpu_lines(results),
     ]
     data = {
         "capacity_rps": capacity,

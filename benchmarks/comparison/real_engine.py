@@ -34,7 +34,7 @@ from comparison.common import (
     wait_http,
 )
 from comparison.contenders import Backend
-from comparison.routing import compare, draw, ratio_lines, tables
+from comparison.routing import compare, cpu_lines, draw, ratio_lines, tables
 from corral.bench.driver import Load, Runner, Target
 from corral.bench.stats import Outcome, summarise
 from corral.bench.workload import Workload, WorkloadSpec
@@ -139,6 +139,7 @@ async def run(env: SuiteEnv, contenders: Sequence[str] = CONTENDERS) -> Section:
         "",
         tables(results, with_usage=False),
         *ratio_lines(results),
+        *cpu_lines(results),
         "",
         *draw(results, env, "real-engine", "real llama-servers"),
     ]
@@ -148,7 +149,7 @@ async def run(env: SuiteEnv, contenders: Sequence[str] = CONTENDERS) -> Section:
         "repeat": env.repeat,
         "results": [
             {"contender": r.contender, "load": r.load, "rate": r.rate, "run": r.run,
-             "summary": r.summary.to_dict(), "settled_s": r.settled}
+             "summary": r.summary.to_dict(), "settled_s": r.settled, "cpu_s": r.cpu}
             for r in results
         ],
     }  # fmt: skip

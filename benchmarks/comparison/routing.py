@@ -23,6 +23,7 @@ from comparison.common import (
     Processes,
     Section,
     SuiteEnv,
+    cpu_seconds,
     free_port,
     get_json,
     harness_command,
@@ -68,6 +69,17 @@ class Result:
     """Seconds the servers needed to go idle before this contender started."""
     run: int = 0
     """Which run of this contender at this load (0, 1...; see ``SuiteEnv.repeat``)."""
+    cpu: float | None = None
+    """CPU seconds the contender's own processes used (balancer and agents, or the
+    proxy), from their start to the end of the run; None: not read."""
+
+    @property
+    def cpu_share(self) -> float | None:
+        """:attr:`cpu` per second of the run (first request sent to last answer)."""
+        if self.cpu is None or not self.outcomes:
+            return None
+        wall = max(o.end for o in self.outcomes) - min(o.start for o in self.outcomes)
+        return self.cpu / wall if wall > 0 else None
 
 
 def runs_of(results: Sequence[Result]) -> dict[tuple[float, str], list[Result]]:
@@ -167,10 +179,12 @@ async def compare(
                 )
                 outcomes = await runner.run()
                 usage = await meter.read() if meter is not None else {}
+                cpu = _cpu_of(procs.pids_since(mark))
             finally:
                 procs.stop_since(mark)
             summary = summarise(outcomes)
-            results.append(Result(name, load, rate, summary, outcomes, usage, settled, run))
+            result = Result(name, load, rate, summary, outcomes, usage, settled, run, cpu)
+            results.append(result)
             hit = summary.cache_hit_rate
             print(
                 f"  {name:<17} load {load:>4.0%}"
@@ -178,7 +192,8 @@ async def compare(
                 + f": servers idle after {settled:.1f} s; {summary.succeeded}/"
                 f"{summary.requests} ok, TTFT p50 {_s(summary, 'ttft', 'p50')} s, "
                 f"p99 {_s(summary, 'ttft', 'p99')} s"
-                + ("" if hit is None else f", cache hit {hit:.0%}"),
+                + ("" if hit is None else f", cache hit {hit:.0%}")
+                + ("" if result.cpu_share is None else f", its CPU {result.cpu_share:.2f} s/s"),
                 file=sys.stderr,
                 flush=True,
             )
@@ -248,6 +263,39 @@ def tables(results: Sequence[Result], with_usage: bool) -> str:
 def _median(values: Sequence[float | None]) -> float | None:
     present = [v for v in values if v is not None]
     return statistics.median(present) if present else None
+
+
+def _cpu_of(pids: Sequence[int]) -> float | None:
+    """CPU seconds these processes used so far; None if none could be read."""
+    total, read = 0.0, False
+    for pid in pids:
+        try:
+            total += cpu_seconds(pid)
+            read = True
+        except (OSError, ValueError, IndexError):  # exited meanwhile
+            continue
+    return total if read else None
+
+
+def cpu_lines(results: Sequence[Result]) -> list[str]:
+    """One line per load: the CPU each contender's own processes used per second of
+    its run (median over repeated runs): on a machine whose cores the servers need,
+    what a balancer takes, they lose."""
+    lines = []
+    grouped = runs_of(results)
+    for load in sorted({r.load for r in results}):
+        parts = []
+        for (at, name), runs in grouped.items():
+            if at == load:
+                share = _median([r.cpu_share for r in runs])
+                if share is not None:
+                    parts.append(f"{name} {share:.2f}")
+        if parts:
+            lines.append(
+                f"- at {load:.0%}, CPU seconds each contender's own processes used per "
+                "second of its run: " + ", ".join(parts)
+            )
+    return lines
 
 
 def ratio_lines(results: Sequence[Result]) -> list[str]:

@@ -35,6 +35,7 @@ async def test_real_servers_behind_each_contender(tmp_path: Path) -> None:
         assert s["failed"] == 0, (r["contender"], s["errors"])
         assert s["output_tokens"] > 0
         assert r["settled_s"] >= 0  # the servers were checked idle before it started
+        assert r["cpu_s"] > 0  # what the contender's own processes took from the servers
     assert "Capacity: " in section.markdown and "tokens/s" in section.markdown
     assert "| **corral** |" in section.markdown
     assert (tmp_path / "charts" / "real-engine-ttft-p99.png").stat().st_size > 1000

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from comparison.common import SuiteEnv
-from comparison.routing import Result, runs_of, spread, tables
+from comparison.routing import Result, cpu_lines, runs_of, spread, tables
 from corral.bench.stats import Outcome, summarise
 
 
@@ -42,3 +42,21 @@ def test_repeat_must_be_positive(repeat: int, capsys: pytest.CaptureFixture[str]
 
 def test_the_suite_runs_once_unless_told() -> None:
     assert SuiteEnv(out_dir=None, docs_dir=None).repeat == 1  # type: ignore[arg-type]
+
+
+def test_the_cpu_a_contender_used_is_per_second_of_its_run_median_over_runs() -> None:
+    def run(contender: str, cpu: float | None, i: int) -> Result:
+        outcomes = [
+            Outcome(index=0, start=0.0, end=3.0, first_token=0.5, output_tokens=8),
+            Outcome(index=1, start=1.0, end=10.0, first_token=1.5, output_tokens=8),
+        ]  # the run lasts 10 s: first sent to last answer
+        return Result(contender, 0.9, 1.0, summarise(outcomes), outcomes, run=i, cpu=cpu)
+
+    results = [run("corral", cpu, i) for i, cpu in enumerate((3.0, 2.0, 4.0))]
+    results += [run("haproxy", 0.5, 0), run("nginx-rr", None, 0)]
+    assert results[0].cpu_share == pytest.approx(0.3)
+    assert results[-1].cpu_share is None  # not read: left out
+    assert cpu_lines(results) == [
+        "- at 90%, CPU seconds each contender's own processes used per second of its "
+        "run: corral 0.30, haproxy 0.05"
+    ]
