@@ -284,6 +284,21 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
+def children_of(pids: Sequence[int]) -> list[int]:
+    """The live processes whose parent is one of ``pids`` (Linux ``/proc``)."""
+    parents, found = set(pids), []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) in parents:
+            found.append(int(entry))
+    return found
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time a process has used, in seconds (Linux)."""
     fields_ = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -343,6 +358,7 @@ __all__ = [
     "agents_ready",
     "busy_slots",
     "child_env",
+    "children_of",
     "cpu_seconds",
     "free_port",
     "get_json",

@@ -23,6 +23,7 @@ from comparison.common import (
     Processes,
     Section,
     SuiteEnv,
+    children_of,
     cpu_seconds,
     free_port,
     get_json,
@@ -266,9 +267,10 @@ def _median(values: Sequence[float | None]) -> float | None:
 
 
 def _cpu_of(pids: Sequence[int]) -> float | None:
-    """CPU seconds these processes used so far; None if none could be read."""
+    """CPU seconds these processes and their children (nginx's workers) used so far;
+    None if none could be read."""
     total, read = 0.0, False
-    for pid in pids:
+    for pid in [*pids, *children_of(pids)]:
         try:
             total += cpu_seconds(pid)
             read = True
