@@ -55,14 +55,22 @@ then the oldest: under load the misses that waiting would avoid come last, since
 slot would otherwise go to someone who pays no more on B than anywhere. A head that
 waits for its busy holder leaves B to anyone behind it, in that order. Every request
 is passed over for at most ``max_pass`` seconds from the first time a later one
-overtook it (``--prefix-max-pass``), whether it was the head then or not; after that
+overtook it (``--prefix-max-pass``), whether it was the head then or one of the
+``WINDOW`` behind it; after that
 nothing behind it may pass it. Under load the window fills with requests whose own
 servers are busy, and those a freed server suits are further back: the scheduler also
 weighs the ``EXTRA`` oldest requests of the queue, beyond the window, whose prompts share
 the most with what the freed server holds, found by the prompts' keys (the policy's
 ``waiter_keys``: chained block hashes at depths 1, 2, 4...; ``held_keys``: those of what
-the server's idle slots hold). One served from there overtakes the whole window, and
-every request before it starts its ``max_pass`` bound then (``_passed_at``). Every
+the server's idle slots hold). One served from there overtakes the whole window, whose
+requests start their ``max_pass`` bound then; those between the window and it do not
+(the bound is for requests near their turn: the head and the ``WINDOW`` behind it). Under
+a backlog a request deep in the queue is overtaken as soon as it arrives, and a bound
+counted from then runs out long before its turn: the passed-over then block all
+passing and freed slots go in arrival order (``benchmarks/prefix_buffer.py``: at 300%
+load on section 5's simulated fleet, counting it from there took the cache hit rate
+from 91% to 74%). What is found beyond the window is ``EXTRA`` requests per freed slot
+at most, each sharing part of its prompt with what that server holds. Every
 rule above still applies to the request served (the policy picks its backend, a free
 slot; ``_may_take``), and the cost is ``WINDOW + EXTRA`` affinity lookups, a lookup per
 key of the freed server's idle prompts, and at most ``TRIES`` picks per head tried,
@@ -71,9 +79,7 @@ not a scan of the fleet or of the buffer.
 
 from __future__ import annotations
 
-import bisect
 import math
-from collections import deque
 from dataclasses import dataclass
 
 from corral.core.fleet import Fleet
@@ -102,6 +108,9 @@ EXTRA = 8
 those whose prompt shares the most with what the freed server holds (by the policy's
 keys). Under load the window fills with requests whose own servers are busy, and the
 requests a freed server suits are often further back."""
+SCAN = 256
+"""Keyed entries looked at per freed slot, at most: a bucket may hold requests of other
+queues (another model, class or tenant sharing a system prompt) or ones that left."""
 KEYED_SLACK = 8
 """Keyed entries allowed per live one (a request has about log2 of its prompt's blocks
 of them) before those of requests no longer waiting are swept out."""
@@ -187,14 +196,12 @@ class Scheduler:
         if policy.observe is not None:  # a policy with its own view of the backends
             fleet.subscribe(policy.observe)
         # cache affinity beyond the window: waiting requests by the keys of their
-        # prompts (``policy.waiter_keys``), oldest first; a served or expired one is
-        # dropped lazily, and all of them once they outnumber the live ones by far
-        self._keyed: dict[int, deque[Waiter]] = {}
+        # prompts (``policy.waiter_keys``), oldest first (ordered dicts keyed by
+        # ``id``); one served or expired here leaves at once, one cancelled (its client
+        # left) when a lookup meets it or at the next sweep
+        self._keyed: dict[int, dict[int, Waiter]] = {}
         self._keyed_entries = 0
-        # when a request beyond the window was served, per queue: the times, and the
-        # highest ``seq`` served so far at each (every live request of that queue with
-        # a lower seq was overtaken then: its bound starts at the first such time)
-        self._marks: dict[object, tuple[list[float], list[int]]] = {}
+        self._keyed_live = 0  # entries the last sweep kept: the next comes at twice as many
 
     def submit(
         self, request: RequestInfo, now: float, token: object = None
@@ -222,46 +229,38 @@ class Scheduler:
         keys = self.policy.waiter_keys
         if keys is not None and self.policy.affinity is not None:
             for key in keys(request):
-                self._keyed.setdefault(key, deque()).append(waiter)
+                self._keyed.setdefault(key, {})[id(waiter)] = waiter
                 self._keyed_entries += 1
-            if self._keyed_entries > KEYED_SLACK * (len(self.buffer) + WINDOW):
+            limit = max(KEYED_SLACK * (len(self.buffer) + WINDOW), 2 * self._keyed_live)
+            if self._keyed_entries > limit:
                 self._sweep()
         return waiter
 
     def _sweep(self) -> None:
         """Drop every entry of a request no longer waiting: O(entries), run when they
-        outnumber the live ones ``KEYED_SLACK`` times, so O(1) per request."""
+        outnumber ``KEYED_SLACK`` per waiting request and twice what the last sweep
+        kept, so O(1) per entry added."""
         entries = 0
         for key in list(self._keyed):
-            live = deque(w for w in self._keyed[key] if not w.done)
+            live = {i: w for i, w in self._keyed[key].items() if not w.done}
             if live:
                 self._keyed[key] = live
                 entries += len(live)
             else:
                 del self._keyed[key]
-        self._keyed_entries = entries
+        self._keyed_entries = self._keyed_live = entries
 
-    def _passed_at(self, waiter: Waiter) -> float | None:
-        """When ``waiter`` was first overtaken: its own stamp (in the window, or the
-        head), or the first time a later request beyond the window was served."""
-        marks = self._marks.get(waiter.key)
-        if marks is not None:
-            times, seqs = marks
-            i = bisect.bisect_right(seqs, waiter.seq)
-            if i < len(times) and (waiter.passed_at is None or times[i] < waiter.passed_at):
-                return times[i]
-        return waiter.passed_at
-
-    def _mark(self, head: Waiter, served: Waiter, now: float | None) -> None:
-        """``served``, beyond the window, overtook every request of its queue before it."""
-        if now is None:
+    def _unkey(self, waiter: Waiter) -> None:
+        """``waiter`` no longer waits: out of the keyed lookup."""
+        keys = self.policy.waiter_keys
+        if keys is None or not self._keyed:
             return
-        times, seqs = self._marks.setdefault(head.key, ([], []))
-        cut = bisect.bisect_right(seqs, head.seq)  # marks that concern no one waiting
-        if cut:
-            del times[:cut], seqs[:cut]
-        times.append(now)
-        seqs.append(max(served.seq, seqs[-1] if seqs else served.seq))
+        for key in keys(waiter.request):
+            bucket = self._keyed.get(key)
+            if bucket is not None and bucket.pop(id(waiter), None) is not None:
+                self._keyed_entries -= 1
+                if not bucket:
+                    del self._keyed[key]
 
     def _keyed_behind(self, backend_id: str, head: Waiter, seen: set[int]) -> list[Waiter]:
         """Requests in ``head``'s queue beyond its window (ids not in ``seen``) whose
@@ -270,26 +269,28 @@ class Scheduler:
         held = self.policy.held_keys
         if held is None or not self._keyed:
             return []
-        key_of = head.key
+        key_of, budget = head.key, SCAN
         for key in held(backend_id):
             bucket = self._keyed.get(key)
             if not bucket:
                 continue
-            while bucket and bucket[0].done:
-                bucket.popleft()
-                self._keyed_entries -= 1
-            found = []
-            for waiter in bucket:  # oldest first; stops at EXTRA
-                if (
-                    not waiter.done
-                    and waiter is not head
-                    and id(waiter) not in seen
-                    and waiter.key == key_of
-                ):
+            found, gone = [], []
+            for waiter in bucket.values():  # oldest first; to EXTRA, or the budget's end
+                budget -= 1
+                if waiter.done:  # cancelled: its client left
+                    gone.append(id(waiter))
+                elif waiter is not head and id(waiter) not in seen and waiter.key == key_of:
                     found.append(waiter)
                     if len(found) >= EXTRA:
                         break
-            if found:
+                if budget <= 0:
+                    break
+            for i in gone:
+                del bucket[i]
+            self._keyed_entries -= len(gone)
+            if not bucket:
+                del self._keyed[key]
+            if found or budget <= 0:
                 return found
         return []
 
@@ -313,10 +314,12 @@ class Scheduler:
                 if better is not None:
                     waiter, decision = better
                     self.buffer.take_behind(waiter, now)
+                    self._unkey(waiter)
                 elif isinstance(decision, Wait):
                     continue
                 else:
                     self.buffer.take(waiter, now)
+                    self._unkey(waiter)
                 if isinstance(decision, Dispatch):
                     self._start(decision.backend_id, now, waiter.request)
                     outcomes.append(Assigned(waiter, decision.backend_id))
@@ -329,7 +332,11 @@ class Scheduler:
         return outcomes
 
     def expire(self, now: float) -> list[Waiter]:
-        return self.buffer.expire(now)
+        """Remove and return the requests that waited past their deadline."""
+        expired = self.buffer.expire(now)
+        for waiter in expired:
+            self._unkey(waiter)
+        return expired
 
     def finished(self, request: RequestInfo, now: float | None = None) -> None:
         """A request that got a slot (from :meth:`submit` or :meth:`assign`) ended at
@@ -368,7 +375,7 @@ class Scheduler:
         place; when one takes it, those that refused it start their wait bound again
         (:func:`~corral.core.routing.prefix.wait_bound`). Being passed over is bounded per request:
         ``max_pass`` seconds from the first time it was overtaken (the head, or one
-        behind it), after which nothing behind it may pass it. Beyond the window,
+        of the ``WINDOW`` behind it), after which nothing behind it may pass it. Beyond the window,
         the ``EXTRA`` oldest requests whose prompts share the most with what the
         backend holds are weighed too (:meth:`_keyed_behind`). Cost: ``WINDOW + EXTRA``
         affinity lookups and at most ``TRIES`` picks."""
@@ -378,8 +385,7 @@ class Scheduler:
         if isinstance(decision, Dispatch):
             if now is None or self.max_pass <= 0:
                 return None
-            passed = self._passed_at(head)
-            if passed is not None and now - passed >= self.max_pass:
+            if head.passed_at is not None and now - head.passed_at >= self.max_pass:
                 return None
             backend_id = decision.backend_id
         elif isinstance(decision, Wait) and decision.free is not None:
@@ -394,7 +400,7 @@ class Scheduler:
         behind = self.buffer.behind(head, WINDOW)
         candidates = behind
         for i, waiter in enumerate(behind):  # none may pass one whose bound ran out
-            passed = self._passed_at(waiter)
+            passed = waiter.passed_at
             if passed is not None and now is not None and now - passed >= self.max_pass:
                 behind = candidates = behind[: i + 1]  # it may be served itself, not passed
                 break
@@ -437,10 +443,8 @@ class Scheduler:
                 if isinstance(decision, Dispatch):
                     overtaken.insert(0, head)
                 for waiter in overtaken:
-                    first = self._passed_at(waiter)
-                    waiter.passed_at = now if first is None else first
-                if -minus_i >= len(behind):  # from beyond the window: all before it
-                    self._mark(head, best, now)
+                    if waiter.passed_at is None:
+                        waiter.passed_at = now
                 return best, choice
         return None
 

@@ -229,7 +229,9 @@ class Overtaking(RuleBasedStateMachine):
             assert isinstance(outcome, Assigned)
             waiter = outcome.waiter
             older = self.waiting[: self.waiting.index(waiter)]
-            for passed in older:  # overtaken by a request behind it: the head or not
+            for place, passed in enumerate(older):  # overtaken by one behind it
+                if place > scheduler_module.WINDOW and passed.seq not in self.overtaken:
+                    continue  # not yet near its turn: the bound starts in the window
                 first = self.overtaken.setdefault(passed.seq, self.now)
                 assert self.now - first < self.MAX_PASS, (passed, self.now, first)
             self.waiting.remove(waiter)
@@ -249,7 +251,8 @@ TestOvertaking.settings = settings(max_examples=80, stateful_step_count=50, dead
 
 class OvertakingBeyondTheWindow(Overtaking):
     """The same bounds when the window is two requests: most of those served ahead of
-    their turn are found beyond it, by their prompts' keys."""
+    their turn are found beyond it, by their prompts' keys; a request's bound starts
+    once it is overtaken as the head or within the window behind it."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -304,7 +307,7 @@ def test_the_keyed_lookup_forgets_requests_no_longer_waiting():
     waiting = len(scheduler.buffer)
     assert waiting == 100
     assert scheduler._keyed_entries <= KEYED_SLACK * (waiting + WINDOW)
-    live = {id(w) for b in scheduler._keyed.values() for w in b if not w.done}
+    live = {id(w) for b in scheduler._keyed.values() for w in b.values() if not w.done}
     assert len(live) == waiting  # each waiting request is still found
 
 
@@ -457,3 +460,59 @@ def test_a_refused_slot_taken_by_another_restarts_the_wait_within_its_cap():
     clock.advance(1.0)  # 8.5 s: past the cap
     fleet.release("b", clock.now(), on_b, None)
     assert sched.assign(clock.now()) == [Assigned(head, "b")]
+
+
+def test_no_request_beyond_the_window_passes_one_in_it_whose_bound_ran_out(monkeypatch):
+    """One served from beyond the window overtakes the whole window: those in it start
+    their bound then, and once it has run out nothing beyond may pass them. The head
+    waits for the busy server holding its prompt, so only the window's bounds hold."""
+    monkeypatch.setattr(scheduler_module, "WINDOW", 2)
+    monkeypatch.setattr(scheduler_module, "EXTRA", 2)
+    clock = ManualClock(0.0)
+    fleet = Fleet()
+    reg(fleet, "a", "m", 1, cache=64)
+    reg(fleet, "b", "m", 1)
+    policy = PrefixPolicy(clock=clock.now, max_wait=100.0)
+    sched = Scheduler(fleet, policy, Buffer(100, 300.0), max_pass=2.0)
+    first = req(HISTORY * 4)
+    assert sched.submit(first, 0.0) == Dispatch("a")
+    fleet.release("a", 0.5, first, Timings(5000, 0, 5000.0))
+    sched.finished(first, 0.5)
+    assert sched.submit(RequestInfo(CHAT, "m", "a"), 0.0) == Dispatch("a")  # a: busy
+    on_b = RequestInfo(CHAT, "m", "b", prompt=Prompt(S))  # pinned: b's slot learns S
+    assert sched.submit(on_b, 0.0) == Dispatch("b")
+    head = sched.submit(req(HISTORY * 4 + b"next"), 0.0)
+    x1 = sched.submit(req(b"C" * 3000), 0.0)
+    c1 = sched.submit(req(b"D" * 3000), 0.0)
+    y = sched.submit(req(S + b"y"), 0.0)
+    x2 = sched.submit(req(S + b"x2"), 0.0)
+    assert all(isinstance(w, Waiter) for w in (head, x1, c1, y, x2))
+    clock.advance(1.0)
+    fleet.release("b", 1.0, on_b, None)
+    sched.finished(on_b, 1.0)
+    assert sched.assign(1.0) == [Assigned(y, "b")]  # from beyond the window
+    assert head.request.note.reason == "wait-prefix" and head.passed_at is None
+    assert x1.passed_at == c1.passed_at == 1.0  # the window's bound starts
+    clock.advance(3.0)
+    fleet.release("b", 4.0, y.request, None)
+    sched.finished(y.request, 4.0)
+    # x1 was passed over 3 s ago (max_pass 2 s): x2, from beyond, may not pass it
+    assert sched.assign(4.0) == [Assigned(x1, "b")]
+
+
+def test_long_prompts_waiting_by_the_hundred_are_not_swept_at_every_arrival():
+    """Found by review: with 9 keys a request, the live entries alone passed the sweep's
+    threshold once some 500 waited, and every arrival swept them all for nothing."""
+    fleet = Fleet()
+    fleet.register("a", name="a", address="http://a", api_key=None, now=0)
+    fleet.report("a", Report(Condition.READY, model="m", slots_total=1), now=0)
+    sched = Scheduler(fleet, PrefixPolicy(), Buffer(2000, 300.0))
+    assert sched.submit(RequestInfo(CHAT, "m", prompt=Prompt(b"x" * 100)), 0.0) == Dispatch("a")
+    body = b"long document. " * 20000  # 300,000 bytes: 292 blocks -> 9 keys
+    calls = []
+    orig = sched._sweep
+    sched._sweep = lambda: (calls.append(1), orig())
+    for i in range(800):
+        sched.submit(RequestInfo(CHAT, "m", prompt=Prompt(str(i).encode() + body)), 0.0)
+    # nothing was served or cancelled: every sweep here finds nothing to drop
+    assert len(calls) < 10, f"{len(calls)} full sweeps of ~{sched._keyed_entries} entries"
