@@ -410,6 +410,7 @@ async def real_part(env: SuiteEnv, contenders: Sequence[str]) -> tuple[list[str]
         *table(results, "Real llama-servers"),
         "",
         *cpu_lines(results),
+        "",
     ]
     data = {
         "capacity_rps": capacity,

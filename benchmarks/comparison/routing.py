@@ -158,7 +158,11 @@ async def compare(
     starting with a different one each time, so a machine that slows down over the run
     does not favour whoever went first. Each contender starts in front of idle servers
     (:func:`~comparison.common.wait_idle`): nothing an earlier one left running counts
-    against it, and the wait is printed and kept (``Result.settled``).
+    against it, and the wait is printed and kept (``Result.settled``). Each run's
+    prompts carry a salt of their own (:class:`~corral.bench.workload.Workload`): the
+    servers keep earlier prompts in their caches (llama-server's host prompt cache
+    holds thousands of short ones), and without it whoever ran second found the same
+    prompts cached and read less of each.
     """
     if meter is None and usage_url:
         meter = UsageMeter(usage_url)
@@ -175,7 +179,9 @@ async def compare(
                     await meter.reset()
                 runner = Runner(
                     Target(running.url, api="chat", timeout=timeout),
-                    Workload(spec),
+                    # the same calls, salted: nothing of an earlier run's prompts is
+                    # left in the servers' caches for this one
+                    Workload(spec, salt=f"[{name} {turn}]"),
                     Load(rate=rate, duration=duration, seed=env.seed),
                 )
                 outcomes = await runner.run()

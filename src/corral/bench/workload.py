@@ -39,6 +39,7 @@ generator, so the same seed gives the same trace whatever the workload.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import random
@@ -163,10 +164,26 @@ class _Session:
 class Workload:
     """The sequence of calls a spec describes. Iterate it (it never ends)."""
 
-    def __init__(self, spec: WorkloadSpec) -> None:
+    def __init__(self, spec: WorkloadSpec, salt: str = "") -> None:
+        """``salt``: a text put before every call's first message (and so before every
+        prompt), the same for all of them. Two runs of the same calls with different
+        salts share no prompt prefix beyond the chat template's, so a run does not
+        find the previous run's prompts in the servers' caches (llama-server keeps them
+        in its slots and its host prompt cache); within a run, prompts share what they
+        would share without it."""
         self.spec = spec
+        self.salt = salt
 
     def __iter__(self) -> Iterator[Call]:
+        if not self.salt:
+            yield from self._calls()
+            return
+        for call in self._calls():
+            first, *rest = call.messages
+            salted = Message(first.role, f"{self.salt} {first.content}")
+            yield dataclasses.replace(call, messages=(salted, *rest))
+
+    def _calls(self) -> Iterator[Call]:
         spec = self.spec
         rng = random.Random(f"corral-workload:{spec.seed}")
         if spec.shape in ("shared-prefix", "no-sharing"):

@@ -146,3 +146,28 @@ def test_multi_turn_histories_pass_1000_tokens_at_the_prefix_benchmark_scale() -
     assert last_turns and min(last_turns) > 1000
     # and the default stays small (a quick benchmark, not a cache test)
     assert max(history_words(c) for c in Workload(WorkloadSpec(shape="multi-turn")).take(50)) < 1000
+
+
+@pytest.mark.parametrize("shape", ["heavy-tail", "multi-turn", "shared-prefix"])
+def test_a_salt_keeps_two_runs_from_sharing_prompts_and_nothing_else(shape):
+    # two contenders sent the same calls: without a salt the second finds the first's
+    # prompts in the servers' caches; with one, the runs share no prompt prefix, while
+    # within a run prompts share what they did, and lengths and answers are the same
+    spec = WorkloadSpec(shape=shape, sessions=2, turns=3, groups=2, users=2, seed=3)
+    plain = Workload(spec).take(12)
+    a, b = Workload(spec, salt="[a 0]").take(12), Workload(spec, salt="[b 1]").take(12)
+    for p, x, y in zip(plain, a, b, strict=True):
+        assert x.prompt == "[a 0] " + p.prompt and y.prompt == "[b 1] " + p.prompt
+        assert (x.max_tokens, x.session, x.turn, x.group) == (
+            p.max_tokens, p.session, p.turn, p.group,
+        )  # fmt: skip
+        assert [m.role for m in x.messages] == [m.role for m in p.messages]
+
+    def shared(u: str, v: str) -> int:  # characters in common at the start
+        return next(
+            (k for k, (c, d) in enumerate(zip(u, v, strict=False)) if c != d), min(len(u), len(v))
+        )
+
+    for i, j in itertools.combinations(range(12), 2):  # within a run: as without a salt
+        assert shared(a[i].prompt, a[j].prompt) == 6 + shared(plain[i].prompt, plain[j].prompt)
+        assert shared(a[i].prompt, b[j].prompt) == 1  # across runs: the "[" only
