@@ -47,8 +47,10 @@ there a few long answers decide the tail of a run of a few dozen requests, so tr
 differences within a row as noise unless they are large. Sections 3 and 4 are about
 Corral's own cost. Section 5 is about the prompt cache: where a request is sent
 decides whether a server reads a long history again or reuses it. Every contender
-starts in front of idle servers (checked on `/slots`), and real-server capacity is
-measured on the servers directly, not through any contender. HAProxy is given each
+starts in front of idle servers (checked on `/slots`) with prompts of its own (a salt
+before each, so none finds the previous contender's prompts in the servers' caches),
+and real-server capacity comes from speeds measured on the servers directly, not
+through any contender. HAProxy is given each
 server's slot count by hand and is the only client of those servers, which is the
 best case for a static configuration; Corral learns the slots from its agents,
 follows servers as they come and go, and counts requests that reach a server from
