@@ -314,7 +314,8 @@ def section_main(
     contenders: Sequence[str] | None = None,
 ) -> int:
     """``python -m comparison.<name> [--quick] [--out DIR]``: run one section
-    alone and print its Markdown (charts go to ``--out``)."""
+    alone and print its Markdown (charts and ``<name>.json``, its data, go to
+    ``--out``)."""
     p = argparse.ArgumentParser(
         prog=f"python -m comparison.{name}",
         description=doc.split("\n\n")[0] if doc else None,
@@ -337,6 +338,8 @@ def section_main(
         print(f"{name}: {exc}", file=sys.stderr)
         return 1
     print(f"## {section.title}\n\n{section.markdown}")
+    data = {"title": section.title, "data": section.data}
+    (out / f"{name}.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
     return 0
 
 

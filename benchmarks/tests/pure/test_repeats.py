@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from comparison.common import SuiteEnv
@@ -60,3 +62,16 @@ def test_the_cpu_a_contender_used_is_per_second_of_its_run_median_over_runs() ->
         "- at 90%, CPU seconds each contender's own processes used per second of its "
         "run: corral 0.30, haproxy 0.05"
     ]
+
+
+def test_a_section_run_alone_prints_its_page_and_keeps_its_data(tmp_path, capsys) -> None:
+    from comparison.common import Section, section_main
+
+    async def run(env: SuiteEnv) -> Section:
+        assert env.out_dir == tmp_path
+        return Section("A title", "the page", {"capacity_rps": 0.65})
+
+    assert section_main("prefix", "doc", run, ["--out", str(tmp_path)]) == 0
+    assert "## A title\n\nthe page" in capsys.readouterr().out
+    kept = json.loads((tmp_path / "prefix.json").read_text())
+    assert kept == {"title": "A title", "data": {"capacity_rps": 0.65}}
