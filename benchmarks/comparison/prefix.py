@@ -628,7 +628,14 @@ request log (`benchmarks/idle_slots.py`), a slot was free while a request waited
 simply overloaded. HAProxy failed
 16 of its 189 requests (connection errors), which the others served, and Corral's
 balancer and agents, in Python, take CPU from two servers that have two cores between
-them, where HAProxy takes little. Which of these makes the gap is not measured yet."""
+them, where HAProxy takes little. (5) Measured since (2026-11-29, section 2 rerun three
+times per contender): each contender's CPU (Corral's balancer and agents 0.03 CPU-s per
+second of run, HAProxy 0.01: not the cause), and two faults of the harness, fixed: the
+load was set by counting a short window's answers (1.19 and 2.49 requests/s on two
+days; it now comes from measured speeds), and the contender that ran second found the
+first one's identical prompts in llama-server's host cache (each run's prompts are now
+salted). Corral's TTFT p50 is still the highest there and its p99 below round robin's;
+HAProxy failed 13% of its requests. What remains is in section 2."""
 
 
 PREFIX_FINDING = """\
