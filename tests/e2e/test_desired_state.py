@@ -10,7 +10,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from support.procs import Fleet, agents, get_json, wait_until
+from support.procs import FULL_LENGTH, Fleet, agents, get_json, wait_until
 
 from corral.llamacpp import bundled_model
 
@@ -39,7 +39,7 @@ def test_a_model_change_under_steady_load_fails_no_request(fleet: Fleet, tmp_pat
     shutil.copyfile(bundled_model(), other)
     stop = threading.Event()
     outcomes: list[str] = []
-    body = json.dumps({"prompt": "Hello", "n_predict": 8}).encode()
+    body = json.dumps({"prompt": "Hello", "n_predict": 8, **FULL_LENGTH}).encode()
 
     def user() -> None:
         while not stop.is_set():

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from openai import OpenAI
-from support.procs import Fleet, get_json, wait_until
+from support.procs import FULL_LENGTH, Fleet, get_json, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -35,7 +35,9 @@ def test_openai_sdk_streaming_and_not_and_spread_by_free_slots(fleet: Fleet):
     sdk = client(inference)
 
     # not streamed
-    reply = sdk.chat.completions.create(model="gemma", messages=PROMPT, max_tokens=8)
+    reply = sdk.chat.completions.create(
+        model="gemma", messages=PROMPT, max_tokens=8, extra_body=FULL_LENGTH
+    )
     assert reply.choices[0].message.content
     assert reply.usage.completion_tokens == 8
 
@@ -55,7 +57,13 @@ def test_openai_sdk_streaming_and_not_and_spread_by_free_slots(fleet: Fleet):
     )
     with ThreadPoolExecutor(4) as pool:
         futures = [
-            pool.submit(sdk.completions.create, model="x", prompt="Once upon", max_tokens=120)
+            pool.submit(
+                sdk.completions.create,
+                model="x",
+                prompt="Once upon",
+                max_tokens=120,
+                extra_body=FULL_LENGTH,
+            )
             for _ in range(4)
         ]
         wait_until(lambda: busy_slots(a) + busy_slots(b) == 4, 30, "four busy slots")
@@ -127,9 +135,17 @@ def test_new_server_takes_buffered_requests_at_once(fleet: Fleet):
     fleet.agent("first", a, management)
     sdk = client(inference)
     with ThreadPoolExecutor(2) as pool:
-        long = pool.submit(sdk.completions.create, model="x", prompt="Essay:", max_tokens=400)
+        long = pool.submit(
+            sdk.completions.create,
+            model="x",
+            prompt="Essay:",
+            max_tokens=400,
+            extra_body=FULL_LENGTH,
+        )
         wait_until(lambda: busy_slots(a) == 1, 30, "first server busy")
-        short = pool.submit(sdk.completions.create, model="x", prompt="Hi", max_tokens=4)
+        short = pool.submit(
+            sdk.completions.create, model="x", prompt="Hi", max_tokens=4, extra_body=FULL_LENGTH
+        )
         wait_until(
             lambda: (
                 get_json(f"http://127.0.0.1:{management}/api/v1/buffered-requests")[1][
@@ -150,7 +166,7 @@ def test_new_server_takes_buffered_requests_at_once(fleet: Fleet):
 def test_scale_from_zero_and_plain_http(fleet: Fleet):
     _, inference, management = fleet.balancer()
     assert get_json(f"http://127.0.0.1:{inference}/health")[0] == 503
-    body = json.dumps({"prompt": "Hello", "n_predict": 4}).encode()
+    body = json.dumps({"prompt": "Hello", "n_predict": 4, **FULL_LENGTH}).encode()
     request = urllib.request.Request(f"http://127.0.0.1:{inference}/completion", data=body)
 
     def send() -> dict:
@@ -175,7 +191,9 @@ def test_two_level_balancer_tree(fleet: Fleet):
     status, health = get_json(f"http://127.0.0.1:{parent_inference}/health")
     assert status == 200 and health["slots_idle"] == 2
     sdk = client(parent_inference)
-    reply = sdk.chat.completions.create(model="gemma", messages=PROMPT, max_tokens=6)
+    reply = sdk.chat.completions.create(
+        model="gemma", messages=PROMPT, max_tokens=6, extra_body=FULL_LENGTH
+    )
     assert reply.usage.completion_tokens == 6
     chunks = list(sdk.completions.create(model="gemma", prompt="Hi", max_tokens=6, stream=True))
     assert sum(1 for c in chunks if c.choices and c.choices[0].text) >= 5

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from openai import OpenAI
-from support.procs import Fleet, agents, free_port, get_json, models_dir, wait_until
+from support.procs import FULL_LENGTH, Fleet, agents, free_port, get_json, models_dir, wait_until
 
 from corral.llamacpp import llama_server_path
 
@@ -35,7 +35,9 @@ def test_two_models_of_one_router_through_corral(fleet: Fleet, tmp_path: Path):
     assert states == {"alpha": "unloaded", "beta": "unloaded"}
 
     for name in ("alpha", "beta", "alpha"):  # each loads on demand (--models-max 1)
-        reply = sdk.completions.create(model=name, prompt="The capital of France is", max_tokens=4)
+        reply = sdk.completions.create(
+            model=name, prompt="The capital of France is", max_tokens=4, extra_body=FULL_LENGTH
+        )
         assert reply.model == name
         assert reply.usage.completion_tokens == 4
         wait_until(

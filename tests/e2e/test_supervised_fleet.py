@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from openai import OpenAI
-from support.procs import Fleet, agents, alive, get_json, wait_until
+from support.procs import FULL_LENGTH, Fleet, agents, alive, get_json, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -41,7 +41,7 @@ def test_killed_supervised_server_is_restarted_and_the_fleet_serves_on(fleet: Fl
 
     wait_until(restarted, 60, "server restarted")
     assert "SIGKILL" in agents(management)["one"]["supervisor"]["last_crash"]
-    reply = sdk.completions.create(model="x", prompt="Hi", max_tokens=4)
+    reply = sdk.completions.create(model="x", prompt="Hi", max_tokens=4, extra_body=FULL_LENGTH)
     assert reply.usage.completion_tokens == 4
     status, health = get_json(f"http://127.0.0.1:{inference}/health")
     assert status == 200 and health["slots_idle"] + health["slots_processing"] == 4

@@ -11,7 +11,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from support.procs import alive, get_json, wait_until
+from support.procs import FULL_LENGTH, alive, get_json, wait_until
 
 from corral.llamacpp.process import free_port
 
@@ -80,7 +80,7 @@ def test_up_serves_and_stops_without_leaving_a_process():
         assert status == 200 and health["slots_idle"] == 2
         agents = get_json(f"http://127.0.0.1:{management}/api/v1/agents")[1]["agents"]
         assert sorted(a["name"] for a in agents) == ["local-0", "local-1"]
-        body = json.dumps({"prompt": "Hello", "n_predict": 4}).encode()
+        body = json.dumps({"prompt": "Hello", "n_predict": 4, **FULL_LENGTH}).encode()
         request = urllib.request.Request(f"http://127.0.0.1:{inference}/completion", data=body)
         with urllib.request.urlopen(request, timeout=60) as reply:
             assert json.loads(reply.read())["tokens_predicted"] == 4

@@ -244,3 +244,9 @@ def children(parent: int | None = None) -> set[int]:
             if int(stat.rsplit(")", 1)[1].split()[1]) == parent:
                 found.add(int(entry))
     return found
+
+
+FULL_LENGTH = {"ignore_eos": True}
+"""An OpenAI SDK ``extra_body`` for llama-server: generate ``max_tokens`` whatever the
+model samples (a base model may emit its end of sequence early, and did: 91 of 120
+tokens in one CI run), so a test can count the tokens of an answer."""
