@@ -427,22 +427,29 @@ def test_a_stale_best_cached_does_not_let_an_equal_loser_pass_the_head():
     assert out == [Assigned(head, a)], out
 
 
-def test_a_refused_slot_taken_by_another_restarts_the_wait_within_its_cap():
-    # the head waits for busy "a" (it holds its prompt) and leaves "b" to a new prompt
-    # behind it: its wait cost the fleet nothing, so when "b" frees again after its
-    # first bound it still waits for "a"; once max_wait from its first refusal has
-    # passed, it waits no more
+def holder_busy(max_wait: float, max_pass: float) -> tuple[ManualClock, Fleet, Scheduler]:
+    """Servers "a" (a host cache; it holds HISTORY * 4, read at 1,000 tokens/s, and is
+    busy with a pinned request) and "b" (free), both of one slot, at time 0."""
     clock = ManualClock(0.0)
     fleet = Fleet()
     reg(fleet, "a", "m", 1, cache=64)
     reg(fleet, "b", "m", 1)
-    policy = PrefixPolicy(clock=clock.now, max_wait=8.0)
-    sched = Scheduler(fleet, policy, Buffer(100, 300.0), max_pass=0.0)
+    policy = PrefixPolicy(clock=clock.now, max_wait=max_wait)
+    sched = Scheduler(fleet, policy, Buffer(100, 300.0), max_pass=max_pass)
     first = req(HISTORY * 4)
     assert sched.submit(first, 0.0) == Dispatch("a")
     fleet.release("a", 0.5, first, Timings(5000, 0, 5000.0))  # 1,000 tokens/s
     sched.finished(first, 0.5)
     assert sched.submit(RequestInfo(CHAT, "m", "a"), 0.0) == Dispatch("a")  # "a" busy
+    return clock, fleet, sched
+
+
+def test_a_refused_slot_taken_by_another_restarts_the_wait_within_its_cap():
+    # the head waits for busy "a" (it holds its prompt) and leaves "b" to a new prompt
+    # behind it: its wait cost the fleet nothing, so when "b" frees again after its
+    # first bound it still waits for "a"; once max_wait from its first refusal has
+    # passed, it waits no more
+    clock, fleet, sched = holder_busy(max_wait=8.0, max_pass=0.0)
     on_b = RequestInfo(CHAT, "m", "b")
     assert sched.submit(on_b, 0.0) == Dispatch("b")
     head = sched.submit(req(HISTORY * 4 + b"next"), 0.0)
@@ -468,17 +475,7 @@ def test_no_request_beyond_the_window_passes_one_in_it_whose_bound_ran_out(monke
     waits for the busy server holding its prompt, so only the window's bounds hold."""
     monkeypatch.setattr(scheduler_module, "WINDOW", 2)
     monkeypatch.setattr(scheduler_module, "EXTRA", 2)
-    clock = ManualClock(0.0)
-    fleet = Fleet()
-    reg(fleet, "a", "m", 1, cache=64)
-    reg(fleet, "b", "m", 1)
-    policy = PrefixPolicy(clock=clock.now, max_wait=100.0)
-    sched = Scheduler(fleet, policy, Buffer(100, 300.0), max_pass=2.0)
-    first = req(HISTORY * 4)
-    assert sched.submit(first, 0.0) == Dispatch("a")
-    fleet.release("a", 0.5, first, Timings(5000, 0, 5000.0))
-    sched.finished(first, 0.5)
-    assert sched.submit(RequestInfo(CHAT, "m", "a"), 0.0) == Dispatch("a")  # a: busy
+    clock, fleet, sched = holder_busy(max_wait=100.0, max_pass=2.0)
     on_b = RequestInfo(CHAT, "m", "b", prompt=Prompt(S))  # pinned: b's slot learns S
     assert sched.submit(on_b, 0.0) == Dispatch("b")
     head = sched.submit(req(HISTORY * 4 + b"next"), 0.0)
