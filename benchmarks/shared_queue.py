@@ -65,7 +65,6 @@ READ_S = 0.05  # how long an agent's read of /slots takes
 SPEC = WorkloadSpec(  # section 2's (benchmarks/comparison/real_engine.py)
     shape="heavy-tail", prompt_tokens=32, output_tokens=16, max_output_tokens=256
 )
-CONTENDERS = ("corral", "central", "rr")
 
 
 @dataclass(frozen=True, slots=True)
