@@ -403,8 +403,9 @@ async def real_part(env: SuiteEnv, contenders: Sequence[str]) -> tuple[list[str]
         + (
             "."
             if env.repeat == 1
-            else f"; every contender ran {env.repeat} times (same requests, same arrivals): "
-            "each cell is the median over the runs, with its range."
+            else f"; every contender ran {env.repeat} times (same requests, Poisson "
+            f"arrivals drawn with seed {env.seed}, {env.seed + 1}..., the same for every "
+            "contender in a run): each cell is the median over the runs, with its range."
         ),
         "",
         *table(results, "Real llama-servers"),

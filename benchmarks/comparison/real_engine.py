@@ -130,7 +130,9 @@ async def run(env: SuiteEnv, contenders: Sequence[str] = CONTENDERS) -> Section:
             "."
             if env.repeat == 1
             else f"; every contender ran {env.repeat} times at each load (same requests, "
-            "same arrivals): each cell is the median over the runs, with its range."
+            f"Poisson arrivals drawn with seed {env.seed}, {env.seed + 1}..., the same for "
+            "every contender in a run): "
+            "each cell is the median over the runs, with its range."
         ),
         "",
         "Every contender starts once both servers' `/slots` are idle. Before issue #10 the "

@@ -152,7 +152,11 @@ async def compare(
     repeat: int = 1,
 ) -> list[Result]:
     """Run every contender at every (load, rate) in front of ``backends``, ``repeat``
-    times each (every run with the same requests and arrival trace).
+    times each. Every run sends the same requests; run ``k`` (0, 1...) draws its
+    Poisson arrivals with seed ``env.seed + k``, the same trace for every contender in
+    that run: one trace's bursts can offer well above its nominal load (section 2's
+    seed 1 offers 106% of capacity at "90%", ``benchmarks/shared_queue.py``), so
+    repeated runs spread over traces, and contenders are compared on the same ones.
 
     Loads are the outer loop, then the runs; the contenders take turns within each,
     starting with a different one each time, so a machine that slows down over the run
@@ -182,7 +186,7 @@ async def compare(
                     # the same calls, salted: nothing of an earlier run's prompts is
                     # left in the servers' caches for this one
                     Workload(spec, salt=f"[{name} {turn}]"),
-                    Load(rate=rate, duration=duration, seed=env.seed),
+                    Load(rate=rate, duration=duration, seed=env.seed + run),
                 )
                 outcomes = await runner.run()
                 usage = await meter.read() if meter is not None else {}

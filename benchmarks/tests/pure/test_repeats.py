@@ -75,3 +75,50 @@ def test_a_section_run_alone_prints_its_page_and_keeps_its_data(tmp_path, capsys
     assert "## A title\n\nthe page" in capsys.readouterr().out
     kept = json.loads((tmp_path / "prefix.json").read_text())
     assert kept == {"title": "A title", "data": {"capacity_rps": 0.65}}
+
+
+def test_repeated_runs_draw_arrivals_from_successive_seeds_the_same_for_every_contender(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Run k's trace is seeded ``env.seed + k`` for every contender: one trace's bursts
+    must not decide a section, and contenders are compared on the same traces."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from comparison import routing
+    from corral.bench.workload import WorkloadSpec
+
+    seeds: list[tuple[str, int]] = []
+
+    class FakeRunner:
+        def __init__(self, target: object, workload: object, load: routing.Load) -> None:
+            self.load = load
+
+        async def run(self) -> list[Outcome]:
+            seeds.append((current[0], self.load.seed))
+            return [Outcome(index=0, start=0.0, end=1.0, first_token=0.1, output_tokens=4)]
+
+    current = [""]
+
+    async def fake_start(name: str, *args: object, **kwargs: object) -> object:
+        current[0] = name
+        return SimpleNamespace(url="http://127.0.0.1:1")
+
+    async def idle(*args: object, **kwargs: object) -> float:
+        return 0.0
+
+    procs = SimpleNamespace(
+        mark=lambda: 0, pids_since=lambda mark: [], stop_since=lambda mark: None
+    )
+    monkeypatch.setattr(routing, "Runner", FakeRunner)
+    monkeypatch.setattr(routing, "start", fake_start)
+    monkeypatch.setattr(routing, "wait_idle", idle)
+    env = SuiteEnv(out_dir=None, docs_dir=None, seed=5)  # type: ignore[arg-type]
+    spec = WorkloadSpec(shape="heavy-tail", seed=1)
+    results = asyncio.run(
+        routing.compare(env, procs, [], spec, [(0.9, 1.0)], 1.0, ["a", "b"], repeat=3)  # type: ignore[arg-type]
+    )
+    assert sorted(seeds) == [("a", 5), ("a", 6), ("a", 7), ("b", 5), ("b", 6), ("b", 7)]
+    assert [(r.contender, r.run) for r in results] == [
+        ("a", 0), ("a", 1), ("a", 2), ("b", 0), ("b", 1), ("b", 2)
+    ]  # fmt: skip
