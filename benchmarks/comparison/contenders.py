@@ -115,12 +115,14 @@ def haproxy_config(backends: Sequence[Backend], port: int, queue_timeout: float)
 
     Each request gets a server connection of its own (``option http-server-close``):
     llama-server (cpp-httplib) closes a kept-alive connection after 5 s idle, and a
-    request HAProxy sends over an idle connection the server has just closed is lost:
+    request HAProxy sent over an idle connection the server had just closed was lost:
     HAProxy closes the client's connection without an answer, for a browser to retry
-    (``http-reuse``), and no API client resends a POST. With reuse on, 9-34 of 109-178
-    requests a run failed so in the real-server sections. Requests that end abnormally
-    are logged to stdout (the process log), one ``option httplog`` line each with its
-    termination state.
+    (``http-reuse safe``), and logs nothing; the load generator, like any API client,
+    does not resend a POST and counts a ``connection`` error (aiohttp's
+    ``ServerDisconnectedError``): 9-34 of 109-178 requests a run in the real-server
+    sections. Requests that end abnormally otherwise (a queue timeout, a server
+    error) are logged to stdout, the process log: one ``option httplog`` line each,
+    with its termination state.
     """
     servers = "\n".join(f"  server {b.name} {b.addr} maxconn {b.slots}" for b in backends)
     return f"""global
