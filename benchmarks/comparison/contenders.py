@@ -120,9 +120,10 @@ def haproxy_config(backends: Sequence[Backend], port: int, queue_timeout: float)
     (``http-reuse safe``), and logs nothing; the load generator, like any API client,
     does not resend a POST and counts a ``connection`` error (aiohttp's
     ``ServerDisconnectedError``): 9-34 of 109-178 requests a run in the real-server
-    sections. Requests that end abnormally otherwise (a queue timeout, a server
-    error) are logged to stdout, the process log: one ``option httplog`` line each,
-    with its termination state.
+    sections. (``retry-on empty-response`` saves them too, but only requests that fit
+    HAProxy's 16 kB buffer, and by sending a POST twice.) Requests that end abnormally
+    otherwise (a queue timeout, a server error) are logged to stdout, the process
+    log: one ``option httplog`` line each, with its termination state.
     """
     servers = "\n".join(f"  server {b.name} {b.addr} maxconn {b.slots}" for b in backends)
     return f"""global
