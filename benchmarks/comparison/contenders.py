@@ -10,7 +10,8 @@
   its load: the oracle of cache affinity, blind to slots;
 - ``haproxy``: HAProxy ``balance leastconn`` with ``maxconn`` per server set to its
   slots, so requests beyond them wait in HAProxy's queue instead of in a server's:
-  the strongest static configuration a generic balancer offers.
+  the strongest static configuration a generic balancer offers. Each request opens
+  its own server connection (see :func:`haproxy_config` for why).
 
 nginx's open-source build has no queue: ``max_conns`` there turns the overflow into
 502 errors, so nginx runs without it, as usually deployed. The config renderers are
@@ -110,19 +111,36 @@ http {{
 
 
 def haproxy_config(backends: Sequence[Backend], port: int, queue_timeout: float) -> str:
-    """An HAProxy config: ``leastconn``, ``maxconn`` = slots per server, and a queue."""
+    """An HAProxy config: ``leastconn``, ``maxconn`` = slots per server, and a queue.
+
+    Each request gets a server connection of its own (``option http-server-close``):
+    llama-server (cpp-httplib) closes a kept-alive connection after 5 s idle, and a
+    request HAProxy sent over an idle connection the server had just closed was lost:
+    HAProxy closes the client's connection without an answer, for a browser to retry
+    (``http-reuse safe``), and logs nothing; the load generator, like any API client,
+    does not resend a POST and counts a ``connection`` error (aiohttp's
+    ``ServerDisconnectedError``): 9-34 of 109-178 requests a run in the real-server
+    sections. (``retry-on empty-response`` saves them too, but only requests that fit
+    HAProxy's 16 kB buffer, and by sending a POST twice.) Requests that end abnormally
+    otherwise (a queue timeout, a server error) are logged to stdout, the process
+    log: one ``option httplog`` line each, with its termination state.
+    """
     servers = "\n".join(f"  server {b.name} {b.addr} maxconn {b.slots}" for b in backends)
     return f"""global
   maxconn 4000
   nbthread 1
+  log stdout format raw local0
 
 defaults
   mode http
+  log global
+  option httplog
+  option dontlog-normal
   timeout connect 5s
   timeout client 900s
   timeout server 900s
   timeout queue {int(queue_timeout)}s
-  http-reuse safe
+  option http-server-close
   option http-no-delay
 
 frontend corral_bench

@@ -45,6 +45,13 @@ def test_haproxy_config_caps_each_server_at_its_slots_and_queues() -> None:
     assert "bind 127.0.0.1:8000" in conf
 
 
+def test_haproxy_config_opens_a_server_connection_per_request_and_logs_failures() -> None:
+    # reusing llama-server's idle connections lost requests (inprocess/test_haproxy_reuse)
+    conf = haproxy_config(BACKENDS, 8000, queue_timeout=120)
+    assert "option http-server-close" in conf and "http-reuse" not in conf
+    assert "log stdout" in conf and "option httplog" in conf
+
+
 def test_usage_accounting_on_a_known_trace() -> None:
     usage = Usage(("a", "b"), (2, 2))
     usage.sample(busy=[2, 0], queued=[3, 0], dt=1.0)  # 3 wait in a; b has 2 free slots
