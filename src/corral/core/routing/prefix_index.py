@@ -213,17 +213,18 @@ class PrefixIndex:
         held.batches.append(_Batch(tuple(hashes), stamp))
         held.pending += len(hashes)
         holders = self._holders
-        get = holders.get
+        mark, hold = blocks.setdefault, holders.setdefault  # one lookup for a new block
         for h in hashes:
-            if h not in blocks:
-                owner = get(h)
-                if owner is None:
-                    holders[h] = backend_id
-                elif isinstance(owner, str):
+            was = mark(h, stamp)
+            if was != stamp:  # held already: renewed
+                blocks[h] = stamp
+                continue
+            owner = hold(h, backend_id)
+            if owner is not backend_id:  # held elsewhere too
+                if isinstance(owner, str):
                     holders[h] = {owner: None, backend_id: None}
                 else:
                     owner[backend_id] = None
-            blocks[h] = stamp
         if len(blocks) > capacity:
             self._evict(backend_id)
         elif held.pending > 2 * len(blocks) + 64:  # stale entries outnumber live ones
@@ -268,21 +269,25 @@ class PrefixIndex:
         if held is None:
             return
         blocks, batches, holders = held.blocks, held.batches, self._holders
+        unmark, unhold = blocks.pop, holders.pop
         excess = len(blocks) - self._capacity.get(backend_id, 0)
         while excess > 0:
             batch = batches[0]
             stamp, left = batch.stamp, batch.left
             low = max(0, left - excess)  # at most ``excess`` live entries there
-            gone = [h for h in batch.hashes[low:left] if blocks.get(h) == stamp]
             held.pending -= left - low
             if low:
                 batch.left = low
             else:
                 batches.popleft()
-            excess -= len(gone)
-            for h in gone:  # self._unhold, inlined: this loop runs for every add
-                del blocks[h]
-                owner = holders.pop(h)
+            for h in batch.hashes[low:left]:  # self._unhold, inlined: runs for every add
+                was = unmark(h, None)
+                if was != stamp:  # stale: renewed since (put back), or gone
+                    if was is not None:
+                        blocks[h] = was
+                    continue
+                excess -= 1
+                owner = unhold(h)
                 if not isinstance(owner, str):
                     del owner[backend_id]
                     holders[h] = next(iter(owner)) if len(owner) == 1 else owner
