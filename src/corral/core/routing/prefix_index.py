@@ -240,12 +240,7 @@ class PrefixIndex:
         while batches and batches[0].stamp <= stamp:
             batch = batches.popleft()
             held.pending -= batch.left
-            old = batch.stamp
-            for h in batch.hashes[: batch.left]:
-                if blocks.get(h) == old:  # not renewed since
-                    del blocks[h]
-                    self._unhold(backend_id, h)
-                    dropped += 1
+            dropped += self._unmark(backend_id, blocks, batch.hashes[: batch.left], batch.stamp)
         return dropped
 
     def drop(self, backend_id: str) -> int:
@@ -268,29 +263,40 @@ class PrefixIndex:
         held = self._held.get(backend_id)
         if held is None:
             return
-        blocks, batches, holders = held.blocks, held.batches, self._holders
-        unmark, unhold = blocks.pop, holders.pop
+        blocks, batches = held.blocks, held.batches
         excess = len(blocks) - self._capacity.get(backend_id, 0)
         while excess > 0:
             batch = batches[0]
-            stamp, left = batch.stamp, batch.left
+            left = batch.left
             low = max(0, left - excess)  # at most ``excess`` live entries there
             held.pending -= left - low
             if low:
                 batch.left = low
             else:
                 batches.popleft()
-            for h in batch.hashes[low:left]:  # self._unhold, inlined: runs for every add
-                was = unmark(h, None)
-                if was != stamp:  # stale: renewed since (put back), or gone
-                    if was is not None:
-                        blocks[h] = was
-                    continue
-                excess -= 1
-                owner = unhold(h)
-                if not isinstance(owner, str):
-                    del owner[backend_id]
-                    holders[h] = next(iter(owner)) if len(owner) == 1 else owner
+            excess -= self._unmark(backend_id, blocks, batch.hashes[low:left], batch.stamp)
+
+    def _unmark(
+        self, backend_id: str, blocks: dict[int, int], hashes: Sequence[int], stamp: int
+    ) -> int:
+        """Drop those of ``hashes`` the backend holds with ``stamp`` (its ``blocks``),
+        from both maps, skipping stale entries; return how many. One operation on each
+        map per block: this runs for every add that evicts."""
+        holders = self._holders
+        unmark, unhold = blocks.pop, holders.pop
+        dropped = 0
+        for h in hashes:
+            was = unmark(h, None)
+            if was != stamp:  # stale: renewed since (put back), or gone
+                if was is not None:
+                    blocks[h] = was
+                continue
+            dropped += 1
+            owner = unhold(h)
+            if not isinstance(owner, str):
+                del owner[backend_id]
+                holders[h] = next(iter(owner)) if len(owner) == 1 else owner
+        return dropped
 
     def _compact(self, held: _Held) -> None:
         """Rewrite the batches without their stale entries (order kept)."""
