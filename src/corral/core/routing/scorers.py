@@ -140,11 +140,11 @@ def estimated_ttft(
     ``free``: the backend's free slots when the caller has read them already."""
     if free is None:
         free = backend.free
-    prefill = uncached_tokens / rate * slowdown(backend, free)
+    total = backend.slots_total
+    prefill = uncached_tokens / rate * (1.0 + (total - free) / total if total else 1.0)  # slowdown
     if free > 0:
         return prefill
-    slots = max(1, backend.slots_total)
-    return prefill + rates.duration(backend.id) / slots
+    return prefill + rates.duration(backend.id) / max(1, total)
 
 
 def adapter_affinity(backend: Backend, adapter: str | None) -> int:
