@@ -56,6 +56,7 @@ class PrefillRates:
     def __init__(self, alpha: float = 0.2) -> None:
         self.alpha = alpha
         self._rates: dict[str, _Mean] = {}
+        self._known: dict[str, float] = {}  # the rates not 0, as plain floats: read per candidate
         self._durations: dict[str, _Mean] = {}
         self._sum = 0.0  # of known rates, for the fleet mean in O(1)
 
@@ -66,6 +67,10 @@ class PrefillRates:
         before = mean.value or 0.0
         mean.add(timings.prompt_n * 1000.0 / timings.prompt_ms)
         self._sum += (mean.value or 0.0) - before
+        if mean.value:
+            self._known[backend_id] = mean.value
+        else:
+            self._known.pop(backend_id, None)
 
     def ran(self, backend_id: str, seconds: float) -> None:
         """A request ran this long on the backend (from dispatch to end)."""
@@ -74,9 +79,9 @@ class PrefillRates:
     def rate(self, backend_id: str) -> float | None:
         """Tokens per second on this backend; the fleet's mean if not measured; None
         when no backend was measured."""
-        mean = self._rates.get(backend_id)
-        if mean is not None and mean.value:
-            return mean.value
+        rate = self._known.get(backend_id)
+        if rate is not None:
+            return rate
         return self._sum / len(self._rates) if self._rates else None
 
     def duration(self, backend_id: str) -> float:
@@ -87,6 +92,7 @@ class PrefillRates:
         mean = self._rates.pop(backend_id, None)
         if mean is not None:
             self._sum -= mean.value or 0.0
+        self._known.pop(backend_id, None)
         self._durations.pop(backend_id, None)
 
     @property
