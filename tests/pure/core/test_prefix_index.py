@@ -253,3 +253,50 @@ def test_a_prompt_renewed_many_times_keeps_its_batches_bounded():
     index.check()
     assert index.size("a") == 20
     assert index._held["a"].pending <= 2 * 20 + 64 + 20
+
+
+def _holders_walking_every_block(index: PrefixIndex, hashes: list[int], budget: int):
+    """``holders`` as a walk of every held block, deepest first (the reference)."""
+    seen: set[str] = set()
+    depths = [d for d in range(len(hashes), 0, -1) if hashes[d - 1] in index._holders]
+    for depth in depths:
+        held = index._holders[hashes[depth - 1]]
+        if isinstance(held, str):
+            if held not in seen:
+                if budget <= 0:
+                    return
+                budget -= 1
+                seen.add(held)
+                yield held, depth
+            continue
+        if all(b in seen for b in held):
+            continue
+        for backend_id in held:
+            if budget <= 0:
+                return
+            budget -= 1
+            if backend_id not in seen:
+                seen.add(backend_id)
+                yield backend_id, depth
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    sent=st.lists(
+        st.tuples(st.sampled_from("abcde"), st.lists(st.integers(0, 2), max_size=8)),
+        max_size=30,
+    ),
+    asked=st.lists(st.integers(0, 2), max_size=8),
+    budget=st.integers(0, 6),
+)
+def test_holders_stops_walking_once_every_holder_is_found(sent, asked, budget):
+    """Stopping once every holder of the first block is found yields what walking every
+    block would, in the same order, within the same budget."""
+    index = PrefixIndex(BLOCK)
+    for backend in "abcde":
+        index.set_capacity(backend, 6)
+    for backend, path in sent:
+        index.add(backend, [hash(tuple(path[: i + 1])) for i in range(len(path))])
+    hashes = [hash(tuple(asked[: i + 1])) for i in range(len(asked))]
+    expected = list(_holders_walking_every_block(index, hashes, budget))
+    assert list(index.holders(hashes, budget)) == expected

@@ -118,13 +118,18 @@ class PrefixIndex:
     def holders(self, hashes: list[int], budget: int = 64) -> Iterator[tuple[str, int]]:
         """``(backend_id, blocks held)`` for backends holding a prefix of this prompt,
         longest match first, each backend once. Looks at most ``budget`` holder
-        entries in all, plus one dict lookup per block up to the deepest one held.
+        entries in all, plus at most one dict lookup per block up to the deepest one
+        held.
 
         Whoever holds a block holds every block before it, so the blocks held anywhere
-        are a prefix of the prompt: its length is found by binary search."""
+        are a prefix of the prompt: its length is found by binary search; and whoever
+        holds any of it holds its first block: once those are all found, the walk
+        stops (one holder, the usual case: after the first block it looks at)."""
         holders = self._holders
-        if not hashes or hashes[0] not in holders:  # nobody holds any of it
+        root = holders.get(hashes[0]) if hashes else None
+        if root is None:  # nobody holds any of it
             return
+        everyone = 1 if isinstance(root, str) else len(root)
         low, high = 1, len(hashes)  # blocks [0, low) held somewhere; [high, ...) nowhere
         while low < high:
             mid = (low + high) // 2
@@ -135,6 +140,8 @@ class PrefixIndex:
         seen: set[str] = set()
         get = holders.get
         for depth in range(low, 0, -1):
+            if len(seen) == everyone:  # the shallower blocks' holders are all seen
+                return
             held = get(hashes[depth - 1])
             if held is None:
                 continue
