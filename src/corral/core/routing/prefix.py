@@ -315,13 +315,15 @@ class PrefixPolicy:
                 if free > 0:
                     scored.append(self._score(backend, 0, tokens, free))
                 return
-        held = self._held(backend, hashes, blocks)
+        if backend.id not in self._host:  # what a busy slot holds now, not what it held
+            held, in_busy = self._slot_matches(backend.id, hashes)  # see _held
+            blocks = in_busy if free > 0 else max(held, in_busy)
+        else:
+            held = self._held(backend, hashes, blocks)
+            if blocks is None:
+                blocks = self.index.match(backend.id, hashes)
         if free > 0:
             scored.append(self._score(backend, held, tokens, free))
-        if backend.id not in self._host:  # what a busy slot holds now, not what it held
-            blocks = self._slot_match(backend.id, hashes, None if free == 0 else True)
-        elif blocks is None:
-            blocks = self.index.match(backend.id, hashes)
         if blocks and (free == 0 or held < blocks):
             holder = self._score(backend, blocks, tokens, free)
             if free > 0:  # estimated_ttft counted no wait: the holder frees in turn
@@ -419,16 +421,29 @@ class PrefixPolicy:
     def _slot_match(self, backend_id: str, hashes: list[int], busy: bool | None = False) -> int:
         """The most leading blocks of a prompt an idle slot of the backend holds (a busy
         one, with ``busy``; any, with None)."""
+        idle, in_busy = self._slot_matches(backend_id, hashes)
+        if busy is None:
+            return max(idle, in_busy)
+        return in_busy if busy else idle
+
+    def _slot_matches(self, backend_id: str, hashes: list[int]) -> tuple[int, int]:
+        """The most leading blocks of a prompt an idle slot of the backend holds, and
+        a busy one, in one pass over its slots."""
         if not hashes:
-            return 0
-        first, most = hashes[0], 0
+            return 0, 0
+        first = hashes[0]
         starts = self._starts.get(first)
         if not starts or backend_id not in starts:
-            return 0
+            return 0, 0
+        idle = busy = 0
         for s in self._slots_of.get(backend_id, ()):  # a plain loop: this is per candidate
-            if (busy is None or s.busy == busy) and s.hashes and s.hashes[0] == first:
-                most = max(most, shared_blocks(hashes, s.hashes))
-        return most
+            if s.hashes and s.hashes[0] == first:
+                shared = shared_blocks(hashes, s.hashes)
+                if s.busy:
+                    busy = max(busy, shared)
+                else:
+                    idle = max(idle, shared)
+        return idle, busy
 
     def _predict(self, backend_id: str, prompt: Prompt, request: RequestInfo) -> None:
         hashes = prompt.hashes(self.index.block)
@@ -503,11 +518,13 @@ class PrefixPolicy:
             del slots[n:]
             slots.extend(_Slot() for _ in range(n - len(slots)))
         idle = [s for s in slots if not s.busy] or slots
+        best, shared = idle[0], 0
         if hashes and backend.id in starts.get(hashes[0], ()):  # a slot shares its start
-            best = max(idle, key=lambda s: shared_blocks(hashes, s.hashes))
-            shared = shared_blocks(hashes, best.hashes)
-        else:
-            shared = 0
+            shared = -1
+            for s in idle:  # the first that shares the most (max's choice), each once
+                n = shared_blocks(hashes, s.hashes)
+                if n > shared:
+                    best, shared = s, n
         if shared <= SIMILARITY * len(hashes):
             best = min(idle, key=_by_use)
         self._uses += 1
