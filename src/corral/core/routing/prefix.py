@@ -522,9 +522,9 @@ class PrefixPolicy:
         if hashes and backend.id in starts.get(hashes[0], ()):  # a slot shares its start
             shared = -1
             for s in idle:  # the first that shares the most (max's choice), each once
-                n = shared_blocks(hashes, s.hashes)
-                if n > shared:
-                    best, shared = s, n
+                common = shared_blocks(hashes, s.hashes)
+                if common > shared:
+                    best, shared = s, common
         if shared <= SIMILARITY * len(hashes):
             best = min(idle, key=_by_use)
         self._uses += 1
