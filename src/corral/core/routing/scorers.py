@@ -63,7 +63,9 @@ class PrefillRates:
     def learn(self, backend_id: str, timings: Timings) -> None:
         if timings.prompt_n < MIN_PROMPT_TOKENS or timings.prompt_ms <= 0:
             return
-        mean = self._rates.setdefault(backend_id, _Mean(self.alpha))
+        mean = self._rates.get(backend_id)
+        if mean is None:  # get, then create: setdefault would build one per answer
+            mean = self._rates[backend_id] = _Mean(self.alpha)
         before = mean.value or 0.0
         mean.add(timings.prompt_n * 1000.0 / timings.prompt_ms)
         self._sum += (mean.value or 0.0) - before
@@ -74,7 +76,10 @@ class PrefillRates:
 
     def ran(self, backend_id: str, seconds: float) -> None:
         """A request ran this long on the backend (from dispatch to end)."""
-        self._durations.setdefault(backend_id, _Mean(self.alpha)).add(max(0.0, seconds))
+        mean = self._durations.get(backend_id)
+        if mean is None:
+            mean = self._durations[backend_id] = _Mean(self.alpha)
+        mean.add(max(0.0, seconds))
 
     def rate(self, backend_id: str) -> float | None:
         """Tokens per second on this backend; the fleet's mean if not measured; None
