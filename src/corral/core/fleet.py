@@ -303,10 +303,13 @@ class Backend:
 
     @property
     def free(self) -> int:
-        free = self.slots_total - self.reserved - self.external
-        if self.slots_share is not None:  # never more than our share, whatever the rest
-            free = min(free, self.slots_share - self.reserved)
-        return max(0, free)
+        # ``external`` and max/min written out: routing reads this for every candidate
+        external = self.slots_processing - self.reserved_at_report
+        free = self.slots_total - self.reserved - (external if external > 0 else 0)
+        share = self.slots_share
+        if share is not None and share - self.reserved < free:  # never more than our share
+            free = share - self.reserved
+        return free if free > 0 else 0
 
     @property
     def busy(self) -> int:
@@ -363,7 +366,10 @@ class _Pool:
         self.buckets: dict[int, dict[str, Backend]] = {}
 
     def add(self, backend: Backend, free: int) -> None:
-        self.buckets.setdefault(free, {})[backend.id] = backend
+        bucket = self.buckets.get(free)
+        if bucket is None:
+            bucket = self.buckets[free] = {}
+        bucket[backend.id] = backend
 
     def remove(self, backend_id: str, free: int) -> None:
         bucket = self.buckets[free]
@@ -803,10 +809,16 @@ class Fleet:
             return
         free = backend.free
         hot = backend.hot
-        for model in hot:
-            self._hot.setdefault(model, {})[backend.id] = backend
+        for model in hot:  # get, then create: setdefault would build its default each time
+            backends = self._hot.get(model)
+            if backends is None:
+                backends = self._hot[model] = {}
+            backends[backend.id] = backend
             if free > 0:
-                self._pools.setdefault(model, _Pool()).add(backend, free)
+                pool = self._pools.get(model)
+                if pool is None:
+                    pool = self._pools[model] = _Pool()
+                pool.add(backend, free)
         backend._bucket = (hot, free)
 
     def _unindex(self, backend: Backend) -> None:

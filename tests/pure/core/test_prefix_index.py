@@ -1,5 +1,7 @@
 """The prefix index: chained blocks, LRU bound, corrections, cost."""
 
+from collections import OrderedDict
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -157,3 +159,144 @@ def test_holders_agree_with_match_as_blocks_are_shared_and_dropped(steps, asked)
     expected = {(b, index.match(b, hashes)) for b in "abc" if index.match(b, hashes)}
     assert set(found) == expected and len(found) == len(expected)
     assert [depth for _, depth in found] == sorted((d for _, d in found), reverse=True)
+
+
+class _ReferenceLRU:
+    """The index's eviction order, written plainly: one ordered map per backend of
+    block -> stamp, each add renewing its prompt's blocks deepest first."""
+
+    def __init__(self) -> None:
+        self.lru: dict[str, OrderedDict[int, int]] = {}
+        self.capacity: dict[str, int] = {}
+        self.stamp = 0
+
+    def set_capacity(self, backend: str, blocks: int) -> None:
+        self.capacity[backend] = max(0, blocks)
+        self._evict(backend)
+
+    def add(self, backend: str, hashes: list[int]) -> None:
+        capacity = self.capacity.get(backend, 0)
+        if capacity <= 0 or not hashes:
+            return
+        lru = self.lru.setdefault(backend, OrderedDict())
+        self.stamp += 1
+        for h in reversed(hashes[:capacity]):
+            lru[h] = self.stamp
+            lru.move_to_end(h)
+        self._evict(backend)
+
+    def forget_older(self, backend: str, stamp: int) -> int:
+        lru = self.lru.get(backend, OrderedDict())
+        old = [h for h, s in lru.items() if s <= stamp]
+        for h in old:
+            del lru[h]
+        return len(old)
+
+    def drop(self, backend: str) -> int:
+        return len(self.lru.pop(backend, {}))
+
+    def _evict(self, backend: str) -> None:
+        lru = self.lru.get(backend, OrderedDict())
+        while len(lru) > self.capacity.get(backend, 0):
+            lru.popitem(last=False)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from("ab"),
+            st.sampled_from(["add", "add", "add", "older", "drop", "bound"]),
+            st.lists(st.integers(0, 5), max_size=10),  # a prompt as a path of choices
+            st.integers(0, 12),
+        ),
+        min_size=1,
+        max_size=60,
+    )
+)
+def test_evicts_and_forgets_as_a_plain_lru_would(steps):
+    """Whatever the adds (prompts sharing prefixes and renewed again and again, so that
+    stale entries pile up), bounds and corrections, the index holds exactly what one
+    least-recently-used map of block -> stamp per backend holds, with the same stamps."""
+    index, reference = PrefixIndex(BLOCK), _ReferenceLRU()
+    for backend in "ab":
+        index.set_capacity(backend, 8)
+        reference.set_capacity(backend, 8)
+    for backend, step, path, number in steps:
+        hashes = [hash(tuple(path[: i + 1])) for i in range(len(path))]  # chained
+        if step == "add":
+            index.add(backend, hashes)
+            reference.add(backend, hashes)
+        elif step == "older":
+            stamp = reference.stamp - number
+            assert index.forget_older(backend, stamp) == reference.forget_older(backend, stamp)
+        elif step == "drop":
+            assert index.drop(backend) == reference.drop(backend)
+        else:
+            index.set_capacity(backend, number)
+            reference.set_capacity(backend, number)
+        index.check()
+        for b in "ab":
+            held = reference.lru.get(b, {})
+            assert index.size(b) == len(held)
+            assert all(index.stamps(b, [h]) == [s] for h, s in held.items())
+
+
+def test_a_prompt_renewed_many_times_keeps_its_batches_bounded():
+    """Renewing the same blocks leaves stale entries in older batches; they are
+    rewritten away, so memory follows what is held, not how often it was sent."""
+    index = PrefixIndex(BLOCK)
+    index.set_capacity("a", 1000)
+    hashes = Prompt(b"x" * 20 * BLOCK).hashes(BLOCK)
+    for _ in range(1000):
+        index.add("a", hashes)
+    index.check()
+    assert index.size("a") == 20
+    assert index._held["a"].pending <= 2 * 20 + 64 + 20
+
+
+def _holders_walking_every_block(index: PrefixIndex, hashes: list[int], budget: int):
+    """``holders`` as a walk of every held block, deepest first (the reference)."""
+    seen: set[str] = set()
+    depths = [d for d in range(len(hashes), 0, -1) if hashes[d - 1] in index._holders]
+    for depth in depths:
+        held = index._holders[hashes[depth - 1]]
+        if isinstance(held, str):
+            if held not in seen:
+                if budget <= 0:
+                    return
+                budget -= 1
+                seen.add(held)
+                yield held, depth
+            continue
+        if all(b in seen for b in held):
+            continue
+        for backend_id in held:
+            if budget <= 0:
+                return
+            budget -= 1
+            if backend_id not in seen:
+                seen.add(backend_id)
+                yield backend_id, depth
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    sent=st.lists(
+        st.tuples(st.sampled_from("abcde"), st.lists(st.integers(0, 2), max_size=8)),
+        max_size=30,
+    ),
+    asked=st.lists(st.integers(0, 2), max_size=8),
+    budget=st.integers(0, 6),
+)
+def test_holders_stops_walking_once_every_holder_is_found(sent, asked, budget):
+    """Stopping once every holder of the first block is found yields what walking every
+    block would, in the same order, within the same budget."""
+    index = PrefixIndex(BLOCK)
+    for backend in "abcde":
+        index.set_capacity(backend, 6)
+    for backend, path in sent:
+        index.add(backend, [hash(tuple(path[: i + 1])) for i in range(len(path))])
+    hashes = [hash(tuple(asked[: i + 1])) for i in range(len(asked))]
+    expected = list(_holders_walking_every_block(index, hashes, budget))
+    assert list(index.holders(hashes, budget)) == expected

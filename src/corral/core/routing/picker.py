@@ -40,18 +40,14 @@ def pick(scored: list[Scored], imbalance: int) -> tuple[Scored, str]:
     Raises ValueError on an empty list."""
     if not scored:
         raise ValueError("no candidate to pick from")
-    best = min(scored, key=_by_ttft)
-    least = min(scored, key=_by_busy)
+    best = least = scored[0]
+    for s in scored:  # min by ttft and by busy, the first of equals: a plain loop (per request)
+        if s.ttft < best.ttft:
+            best = s
+        if s.busy < least.busy:
+            least = s
     if best.busy - least.busy > imbalance:
         return least, "balance"
     if best.cached_blocks == 0:
         return best, "least-load"
     return best, "prefix"
-
-
-def _by_ttft(s: Scored) -> float:
-    return s.ttft
-
-
-def _by_busy(s: Scored) -> int:
-    return s.busy

@@ -132,17 +132,33 @@ def _depths(blocks: int) -> list[int]:
     return out
 
 
-def _count_first(firsts: dict[int, int], hashes: list[int], change: int) -> None:
-    """Count a slot's prompt in (``+1``) or out (``-1``) of its backend's first-block
-    counts (``PrefixPolicy._firsts``); an empty prompt is not counted."""
+def _count_first(
+    starts: dict[int, dict[str, int]], backend_id: str, hashes: list[int], change: int
+) -> None:
+    """Count a slot's prompt in (``+1``) or out (``-1``) of the first-block counts
+    (``PrefixPolicy._starts``); an empty prompt is not counted."""
     if not hashes:
         return
     first = hashes[0]
-    count = firsts.get(first, 0) + change
+    counts = starts.get(first)
+    count = (counts.get(backend_id, 0) if counts else 0) + change
     if count > 0:
-        firsts[first] = count
-    else:
-        firsts.pop(first, None)
+        if counts is None:
+            starts[first] = {backend_id: count}
+        else:
+            counts[backend_id] = count
+    elif counts is not None:
+        counts.pop(backend_id, None)
+        if not counts:
+            del starts[first]
+
+
+def _by_ttft(scored: Scored) -> float:
+    return scored.ttft
+
+
+def _by_use(slot: _Slot) -> int:
+    return slot.used
 
 
 def shared_blocks(a: Sequence[int], b: Sequence[int]) -> int:
@@ -197,10 +213,11 @@ class PrefixPolicy:
         self._slots = SlotPolicy(rules)
         self._freed: dict[str, list[int]] = {}  # backend -> block hashes of the last end
         self._slots_of: dict[str, list[_Slot]] = {}  # backend -> what its slots last read
-        # backend -> first block hash of each slot's prompt -> how many slots: a prompt
-        # no slot starts with shares nothing with any (chained hashes), found in one
-        # lookup instead of a scan of the slots (most candidates, for most prompts)
-        self._firsts: dict[str, dict[int, int]] = {}
+        # first block hash of a slot's prompt -> backend -> how many of its slots: a
+        # prompt no slot starts with shares nothing with any (chained hashes), found in
+        # one lookup for all candidates instead of a scan of each one's slots (most
+        # candidates, for most prompts)
+        self._starts: dict[int, dict[str, int]] = {}
         self._in: dict[int, tuple[str, _Slot, int | None]] = {}  # request -> backend, slot, blocks
         self._host: set[str] = set()  # backends seen reusing more than their idle slots hold
         self._uses = 0
@@ -226,10 +243,14 @@ class PrefixPolicy:
         scored: list[Scored] = []
         busy: list[Scored] = []  # busy slots there hold more than a free one would reuse
         seen: set[str] = set()
+        # the filters veto nothing when the request names no API family and there are
+        # no rules (a request with an adapter was routed as slot routing above)
+        vets = request.api is not None or bool(self.rules)
+        weigh, accepts = self._weigh, self._accepts
         for backend in itertools.islice(with_free_slot(fleet, pools), self.breadth):
-            if self._accepts(backend, request):
+            if not vets or accepts(backend, request):
                 seen.add(backend.id)
-                self._weigh(backend, hashes, tokens, None, scored, busy)
+                weigh(backend, hashes, tokens, None, scored, busy)
         added = 0
         for backend_id, blocks in self.index.holders(hashes):
             if added >= self.breadth:
@@ -239,14 +260,18 @@ class PrefixPolicy:
             backend = fleet.get(backend_id)
             if not backend.routable or not in_pools(backend, pools):
                 continue
-            if not self._accepts(backend, request):
+            if vets and not accepts(backend, request):
                 continue
             seen.add(backend_id)
             added += 1
-            self._weigh(backend, hashes, tokens, blocks, scored, busy)
-        busy_holder = min(busy, key=lambda s: s.ttft, default=None)
+            weigh(backend, hashes, tokens, blocks, scored, busy)
+        busy_holder = min(busy, key=_by_ttft) if busy else None
         note = request.note
-        note.best_cached = max((s.cached_tokens for s in itertools.chain(scored, busy)), default=0)
+        best_cached = 0
+        for s in itertools.chain(scored, busy):  # a plain loop: this is per request
+            if s.cached_tokens > best_cached:
+                best_cached = s.cached_tokens
+        note.best_cached = best_cached
         if not scored:
             for backend in loaders(fleet, pools):  # no server has the model loaded
                 if self._accepts(backend, request):
@@ -285,18 +310,20 @@ class PrefixPolicy:
         that slot (into ``busy``): a request may wait for it (:meth:`_wait_for`)."""
         free = backend.free  # a property that computes: read once
         if backend.id not in self._host and hashes:
-            firsts = self._firsts.get(backend.id)
-            if not firsts or hashes[0] not in firsts:  # no slot holds any of it
+            starts = self._starts.get(hashes[0])
+            if not starts or backend.id not in starts:  # no slot holds any of it
                 if free > 0:
                     scored.append(self._score(backend, 0, tokens, free))
                 return
-        held = self._held(backend, hashes, blocks)
+        if backend.id not in self._host:  # what a busy slot holds now, not what it held
+            held, in_busy = self._slot_matches(backend.id, hashes)  # see _held
+            blocks = in_busy if free > 0 else max(held, in_busy)
+        else:
+            held = self._held(backend, hashes, blocks)
+            if blocks is None:
+                blocks = self.index.match(backend.id, hashes)
         if free > 0:
             scored.append(self._score(backend, held, tokens, free))
-        if backend.id not in self._host:  # what a busy slot holds now, not what it held
-            blocks = self._slot_match(backend.id, hashes, None if free == 0 else True)
-        elif blocks is None:
-            blocks = self.index.match(backend.id, hashes)
         if blocks and (free == 0 or held < blocks):
             holder = self._score(backend, blocks, tokens, free)
             if free > 0:  # estimated_ttft counted no wait: the holder frees in turn
@@ -394,16 +421,29 @@ class PrefixPolicy:
     def _slot_match(self, backend_id: str, hashes: list[int], busy: bool | None = False) -> int:
         """The most leading blocks of a prompt an idle slot of the backend holds (a busy
         one, with ``busy``; any, with None)."""
+        idle, in_busy = self._slot_matches(backend_id, hashes)
+        if busy is None:
+            return max(idle, in_busy)
+        return in_busy if busy else idle
+
+    def _slot_matches(self, backend_id: str, hashes: list[int]) -> tuple[int, int]:
+        """The most leading blocks of a prompt an idle slot of the backend holds, and
+        a busy one, in one pass over its slots."""
         if not hashes:
-            return 0
-        first, most = hashes[0], 0
-        firsts = self._firsts.get(backend_id)
-        if not firsts or first not in firsts:
-            return 0
+            return 0, 0
+        first = hashes[0]
+        starts = self._starts.get(first)
+        if not starts or backend_id not in starts:
+            return 0, 0
+        idle = busy = 0
         for s in self._slots_of.get(backend_id, ()):  # a plain loop: this is per candidate
-            if (busy is None or s.busy == busy) and s.hashes and s.hashes[0] == first:
-                most = max(most, shared_blocks(hashes, s.hashes))
-        return most
+            if s.hashes and s.hashes[0] == first:
+                shared = shared_blocks(hashes, s.hashes)
+                if s.busy:
+                    busy = max(busy, shared)
+                else:
+                    idle = max(idle, shared)
+        return idle, busy
 
     def _predict(self, backend_id: str, prompt: Prompt, request: RequestInfo) -> None:
         hashes = prompt.hashes(self.index.block)
@@ -424,8 +464,8 @@ class PrefixPolicy:
             self._finished(event)
         elif isinstance(event, Reset):
             self._freed.pop(event.backend_id, None)
-            self._slots_of.pop(event.backend_id, None)
-            self._firsts.pop(event.backend_id, None)
+            for s in self._slots_of.pop(event.backend_id, ()):
+                _count_first(self._starts, event.backend_id, s.hashes, -1)
             gone = [
                 key
                 for key, (backend_id, _, _) in self._in.items()
@@ -453,7 +493,8 @@ class PrefixPolicy:
         note.prior = self.index.stamps(backend.id, hashes)
         held = self._held(backend, hashes, len(note.prior))
         note.predicted_blocks = held
-        idle = self._evidence_base(backend, hashes)  # for learning of a host cache
+        # for learning of a host cache; without one, held is what idle slots hold
+        idle = self._evidence_base(backend, hashes, None if backend.id in self._host else held)
         note.sent_at = event.now
         mib = backend.cache_ram_mib
         if mib is not None:  # the agent says: trust it over what was seen
@@ -469,38 +510,45 @@ class PrefixPolicy:
         sharing more than ``SIMILARITY`` of it, else the idle one used least recently
         (any, when the balancer's count says none is idle); it now holds the prompt."""
         slots = self._slots_of.setdefault(backend.id, [])
-        firsts = self._firsts.setdefault(backend.id, {})
+        starts = self._starts
         n = max(1, backend.slots_total)
-        for gone in slots[n:]:
-            _count_first(firsts, gone.hashes, -1)
-        del slots[n:]
-        slots.extend(_Slot() for _ in range(n - len(slots)))
+        if len(slots) != n:  # the server's slots changed (or first seen)
+            for gone in slots[n:]:
+                _count_first(starts, backend.id, gone.hashes, -1)
+            del slots[n:]
+            slots.extend(_Slot() for _ in range(n - len(slots)))
         idle = [s for s in slots if not s.busy] or slots
-        if hashes and hashes[0] in firsts:  # some slot shares its start: the longest?
-            best = max(idle, key=lambda s: shared_blocks(hashes, s.hashes))
-            shared = shared_blocks(hashes, best.hashes)
-        else:
-            shared = 0
+        best, shared = idle[0], 0
+        if hashes and backend.id in starts.get(hashes[0], ()):  # a slot shares its start
+            shared = -1
+            for s in idle:  # the first that shares the most (max's choice), each once
+                common = shared_blocks(hashes, s.hashes)
+                if common > shared:
+                    best, shared = s, common
         if shared <= SIMILARITY * len(hashes):
-            best = min(idle, key=lambda s: s.used)
+            best = min(idle, key=_by_use)
         self._uses += 1
-        _count_first(firsts, best.hashes, -1)
-        _count_first(firsts, hashes, +1)
+        _count_first(starts, backend.id, best.hashes, -1)
+        _count_first(starts, backend.id, hashes, +1)
         best.hashes, best.busy, best.used, best.known = hashes, True, self._uses, True
         return best
 
-    def _evidence_base(self, backend: Backend, hashes: list[int]) -> int | None:
+    def _evidence_base(
+        self, backend: Backend, hashes: list[int], idle: int | None = None
+    ) -> int | None:
         """What a request's answer must beat to show a host cache: the most blocks an
         idle slot holds, when every slot's content is known; None when it is not (a
         slot untaken since the server restarted holds what it held before, and with
         another balancer in front of the same server (``slots_share``: docs/ha.md)
-        requests this one never saw fill its slots)."""
+        requests this one never saw fill its slots). ``idle``: the slots' match
+        (:meth:`_slot_match`) when the caller has it."""
         slots = self._slots_of.get(backend.id, ())
         if backend.slots_share is not None or len(slots) < backend.slots_total:
             return None
-        if not all(s.known for s in slots):
-            return None
-        return self._slot_match(backend.id, hashes)
+        for s in slots:  # a plain loop: this is per dispatch
+            if not s.known:
+                return None
+        return self._slot_match(backend.id, hashes) if idle is None else idle
 
     def _finished(self, event: Finished) -> None:
         request, timings, backend_id = event.request, event.timings, event.backend.id
@@ -554,12 +602,11 @@ class PrefixPolicy:
         """Assert the policy's views agree (for tests): the index's, and each
         backend's first-block counts with what its slots hold."""
         self.index.check()
-        assert self._firsts.keys() == self._slots_of.keys(), "first-block counts of a lost backend"
+        counts: dict[int, dict[str, int]] = {}
         for backend_id, slots in self._slots_of.items():
-            counts: dict[int, int] = {}
             for s in slots:
-                _count_first(counts, s.hashes, +1)
-            assert counts == self._firsts[backend_id], (backend_id, counts)
+                _count_first(counts, backend_id, s.hashes, +1)
+        assert counts == self._starts, "first-block counts differ from what the slots hold"
 
     def __repr__(self) -> str:
         return f"<Policy prefix {self.index!r} max_wait={self.max_wait:g}s>"

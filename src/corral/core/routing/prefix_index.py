@@ -16,11 +16,17 @@ stands for the whole prefix up to it. The index is two maps:
   of ids used as a set (two or more). The holders of a prompt are found by walking
   its blocks from the deepest, so a lookup costs the prompt's length in blocks plus a
   bounded number of holders examined, never the fleet's size;
-- ``backend -> its blocks in recency order`` (an ``OrderedDict`` of block hash to a
-  recency stamp): least recently used first. A prompt's blocks are renewed deepest
-  first, so its first block is the most recent: eviction takes the tails of old
-  prompts before their heads, as a radix tree evicts leaves, and what is left of a
-  prompt is always a prefix of it.
+- ``backend -> its blocks``: each block's recency stamp (a plain dict), and the
+  batches that put them there in recency order, least recently used first: one batch
+  per :meth:`~PrefixIndex.add`, the prompt's blocks with that add's stamp. A prompt's
+  blocks are renewed deepest first, so its first block is the most recent: eviction
+  takes the tails of old prompts before their heads, as a radix tree evicts leaves,
+  and what is left of a prompt is always a prefix of it. A block renewed by a later
+  add stays in its old batch as a stale entry (its stamp there is not its stamp now),
+  skipped when eviction reaches it; the batches are rewritten without their stale
+  entries when those outnumber the live ones. Adding and evicting a block are a few
+  plain dict operations, with no linked-list node per entry to move or allocate (an
+  ``OrderedDict`` kept one).
 
 Each backend holds at most ``capacity`` blocks: its slots times its context (the
 tokens its KV cache holds) plus its host prompt cache when its agent reports one,
@@ -33,15 +39,41 @@ backend's entries not renewed since that block's old stamp are dropped
 (:meth:`PrefixIndex.forget_older`). A server that restarts, changes model or leaves
 loses all its entries (:meth:`PrefixIndex.drop`).
 
-Memory: two dict entries per (backend, block) and the block's hash, about 200 bytes
-with every backend's cache full (benchmarks/prefix_cost.py measures it); a block held
-by several backends adds a small dict of their ids.
+Memory: two dict entries per (backend, block), the block's hash and its place in a
+batch (benchmarks/prefix_cost.py measures it with every backend's cache full); a
+block held by several backends adds a small dict of their ids.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterator, Sequence
+
+
+class _Batch:
+    """The blocks one :meth:`PrefixIndex.add` renewed, with its stamp. Eviction takes
+    them deepest first: ``hashes[:left]`` are those it has not reached yet (each still
+    held with ``stamp``, or stale: renewed by a later add, or dropped)."""
+
+    __slots__ = ("hashes", "left", "stamp")
+
+    def __init__(self, hashes: tuple[int, ...], stamp: int) -> None:
+        self.hashes = hashes
+        self.left = len(hashes)
+        self.stamp = stamp
+
+
+class _Held:
+    """One backend's entries: block hash -> recency stamp, and the batches in recency
+    order (oldest first); ``pending`` counts the batches' entries not yet passed by
+    eviction, live or stale."""
+
+    __slots__ = ("batches", "blocks", "pending")
+
+    def __init__(self) -> None:
+        self.blocks: dict[int, int] = {}
+        self.batches: deque[_Batch] = deque()
+        self.pending = 0
 
 
 class PrefixIndex:
@@ -57,7 +89,7 @@ class PrefixIndex:
             raise ValueError("block must be at least 1 byte")
         self.block = block
         self._holders: dict[int, str | dict[str, None]] = {}  # one id, or 2+ as a set
-        self._lru: dict[str, OrderedDict[int, int]] = {}
+        self._held: dict[str, _Held] = {}
         self._capacity: dict[str, int] = {}
         self._stamp = 0
 
@@ -68,13 +100,16 @@ class PrefixIndex:
         What a backend holds of any prompt is a prefix of it (see the module
         docstring: eviction takes tails first), so this is a binary search: about
         ``log2(len(hashes))`` lookups, not one per block."""
-        lru = self._lru.get(backend_id)
-        if not lru or not hashes or hashes[0] not in lru:  # the usual answer, in one lookup
+        held = self._held.get(backend_id)
+        if held is None or not hashes:
+            return 0
+        blocks = held.blocks
+        if hashes[0] not in blocks:  # the usual answer, in one lookup
             return 0
         low, high = 1, len(hashes)  # blocks [0, low) held; [high, ...) not
         while low < high:
             mid = (low + high) // 2
-            if hashes[mid] in lru:
+            if hashes[mid] in blocks:
                 low = mid + 1
             else:
                 high = mid
@@ -83,13 +118,18 @@ class PrefixIndex:
     def holders(self, hashes: list[int], budget: int = 64) -> Iterator[tuple[str, int]]:
         """``(backend_id, blocks held)`` for backends holding a prefix of this prompt,
         longest match first, each backend once. Looks at most ``budget`` holder
-        entries in all, plus one dict lookup per block up to the deepest one held.
+        entries in all, plus at most one dict lookup per block up to the deepest one
+        held.
 
         Whoever holds a block holds every block before it, so the blocks held anywhere
-        are a prefix of the prompt: its length is found by binary search."""
+        are a prefix of the prompt: its length is found by binary search; and whoever
+        holds any of it holds its first block: once those are all found, the walk
+        stops (one holder, the usual case: after the first block it looks at)."""
         holders = self._holders
-        if not hashes or hashes[0] not in holders:  # nobody holds any of it
+        root = holders.get(hashes[0]) if hashes else None
+        if root is None:  # nobody holds any of it
             return
+        everyone = 1 if isinstance(root, str) else len(root)
         low, high = 1, len(hashes)  # blocks [0, low) held somewhere; [high, ...) nowhere
         while low < high:
             mid = (low + high) // 2
@@ -100,6 +140,8 @@ class PrefixIndex:
         seen: set[str] = set()
         get = holders.get
         for depth in range(low, 0, -1):
+            if len(seen) == everyone:  # the shallower blocks' holders are all seen
+                return
             held = get(hashes[depth - 1])
             if held is None:
                 continue
@@ -123,11 +165,12 @@ class PrefixIndex:
 
     def stamps(self, backend_id: str, hashes: list[int]) -> list[int]:
         """The recency stamps of the first blocks ``backend_id`` holds, in order."""
-        lru = self._lru.get(backend_id)
+        held = self._held.get(backend_id)
         out: list[int] = []
-        if lru:
+        if held is not None:
+            get = held.blocks.get
             for h in hashes:
-                stamp = lru.get(h)
+                stamp = get(h)
                 if stamp is None:
                     break
                 out.append(stamp)
@@ -135,19 +178,19 @@ class PrefixIndex:
 
     def size(self, backend_id: str) -> int:
         """Blocks held by a backend."""
-        lru = self._lru.get(backend_id)
-        return len(lru) if lru else 0
+        held = self._held.get(backend_id)
+        return len(held.blocks) if held is not None else 0
 
     def capacity(self, backend_id: str) -> int:
         return self._capacity.get(backend_id, 0)
 
     def __len__(self) -> int:
         """Entries held, all backends together."""
-        return sum(len(lru) for lru in self._lru.values())
+        return sum(len(held.blocks) for held in self._held.values())
 
     def __repr__(self) -> str:
         return (
-            f"<PrefixIndex [{len(self._lru)} backends | {len(self)} entries | "
+            f"<PrefixIndex [{len(self._held)} backends | {len(self)} entries | "
             f"{len(self._holders)} distinct blocks of {self.block} bytes]>"
         )
 
@@ -159,53 +202,62 @@ class PrefixIndex:
             self._capacity[backend_id] = blocks
             self._evict(backend_id)
 
-    def add(self, backend_id: str, hashes: list[int]) -> None:
+    def add(self, backend_id: str, hashes: Sequence[int]) -> None:
         """The backend is being sent this prompt: it will hold all its blocks.
 
         Blocks are renewed deepest first, so the prompt's head is the most recent."""
         capacity = self._capacity.get(backend_id, 0)
         if capacity <= 0 or not hashes:
             return
-        lru = self._lru.get(backend_id)
-        if lru is None:
-            lru = self._lru[backend_id] = OrderedDict()
-        holders = self._holders
-        self._stamp += 1
-        stamp = self._stamp
+        held = self._held.get(backend_id)
+        if held is None:
+            held = self._held[backend_id] = _Held()
+        blocks = held.blocks
         if len(hashes) > capacity:  # a prompt bigger than the cache: its head
             hashes = hashes[:capacity]
-        for h in reversed(hashes):
-            if h in lru:
-                lru.move_to_end(h)
-            else:
-                held = holders.get(h)
-                if held is None:
-                    holders[h] = backend_id
-                elif isinstance(held, str):
-                    holders[h] = {held: None, backend_id: None}
+        self._stamp += 1
+        stamp = self._stamp
+        held.batches.append(_Batch(tuple(hashes), stamp))
+        held.pending += len(hashes)
+        holders = self._holders
+        mark, hold = blocks.setdefault, holders.setdefault  # one lookup for a new block
+        for h in hashes:
+            was = mark(h, stamp)
+            if was != stamp:  # held already: renewed
+                blocks[h] = stamp
+                continue
+            owner = hold(h, backend_id)
+            if owner is not backend_id:  # held elsewhere too
+                if isinstance(owner, str):
+                    holders[h] = {owner: None, backend_id: None}
                 else:
-                    held[backend_id] = None
-            lru[h] = stamp
-        if len(lru) > capacity:
+                    owner[backend_id] = None
+        if len(blocks) > capacity:
             self._evict(backend_id)
+        elif held.pending > 2 * len(blocks) + 64:  # stale entries outnumber live ones
+            self._compact(held)
 
     def forget_older(self, backend_id: str, stamp: int) -> int:
         """Drop the backend's entries not renewed since ``stamp``; return how many."""
-        lru = self._lru.get(backend_id)
+        held = self._held.get(backend_id)
+        if held is None:
+            return 0
+        blocks, batches = held.blocks, held.batches
         dropped = 0
-        while lru and next(iter(lru.values())) <= stamp:
-            self._unhold(backend_id, lru.popitem(last=False)[0])
-            dropped += 1
+        while batches and batches[0].stamp <= stamp:
+            batch = batches.popleft()
+            held.pending -= batch.left
+            dropped += self._unmark(backend_id, blocks, batch.hashes[: batch.left], batch.stamp)
         return dropped
 
     def drop(self, backend_id: str) -> int:
         """Forget everything the backend held (it restarted, changed model, left)."""
-        lru = self._lru.pop(backend_id, None)
-        if not lru:
+        held = self._held.pop(backend_id, None)
+        if held is None:
             return 0
-        for h in lru:
+        for h in held.blocks:
             self._unhold(backend_id, h)
-        return len(lru)
+        return len(held.blocks)
 
     def forget(self, backend_id: str) -> None:
         """The backend left: its entries and its bound."""
@@ -213,42 +265,88 @@ class PrefixIndex:
         self._capacity.pop(backend_id, None)
 
     def _evict(self, backend_id: str) -> None:
-        lru = self._lru.get(backend_id)
-        if lru is None:
+        """Drop the least recently used entries past the backend's bound: from the
+        oldest batch, deepest block first, skipping stale entries."""
+        held = self._held.get(backend_id)
+        if held is None:
             return
-        excess = len(lru) - self._capacity.get(backend_id, 0)
-        holders, popitem = self._holders, lru.popitem
-        for _ in range(excess):  # self._unhold, inlined: this loop runs for every add
-            h = popitem(last=False)[0]
-            held = holders[h]
-            if isinstance(held, str):
-                del holders[h]
+        blocks, batches = held.blocks, held.batches
+        excess = len(blocks) - self._capacity.get(backend_id, 0)
+        while excess > 0:
+            batch = batches[0]
+            left = batch.left
+            low = max(0, left - excess)  # at most ``excess`` live entries there
+            held.pending -= left - low
+            if low:
+                batch.left = low
             else:
-                del held[backend_id]
-                if len(held) == 1:
-                    holders[h] = next(iter(held))
+                batches.popleft()
+            excess -= self._unmark(backend_id, blocks, batch.hashes[low:left], batch.stamp)
+
+    def _unmark(
+        self, backend_id: str, blocks: dict[int, int], hashes: Sequence[int], stamp: int
+    ) -> int:
+        """Drop those of ``hashes`` the backend holds with ``stamp`` (its ``blocks``),
+        from both maps, skipping stale entries; return how many. One operation on each
+        map per block: this runs for every add that evicts."""
+        holders = self._holders
+        unmark, unhold = blocks.pop, holders.pop
+        dropped = 0
+        for h in hashes:
+            was = unmark(h, None)
+            if was != stamp:  # stale: renewed since (put back), or gone
+                if was is not None:
+                    blocks[h] = was
+                continue
+            dropped += 1
+            owner = unhold(h)
+            if not isinstance(owner, str):
+                del owner[backend_id]
+                holders[h] = next(iter(owner)) if len(owner) == 1 else owner
+        return dropped
+
+    def _compact(self, held: _Held) -> None:
+        """Rewrite the batches without their stale entries (order kept)."""
+        blocks = held.blocks
+        batches: deque[_Batch] = deque()
+        for batch in held.batches:
+            stamp = batch.stamp
+            live = tuple(h for h in batch.hashes[: batch.left] if blocks.get(h) == stamp)
+            if live:
+                batches.append(_Batch(live, stamp))
+        held.batches = batches
+        held.pending = len(blocks)
 
     def _unhold(self, backend_id: str, h: int) -> None:
         holders = self._holders
-        held = holders[h]
-        if isinstance(held, str):
+        owner = holders[h]
+        if isinstance(owner, str):
             del holders[h]
         else:
-            del held[backend_id]
-            if len(held) == 1:  # back to one holder: its id alone
-                holders[h] = next(iter(held))
+            del owner[backend_id]
+            if len(owner) == 1:  # back to one holder: its id alone
+                holders[h] = next(iter(owner))
 
     def check(self) -> None:
         """Assert the two maps agree and every bound holds (for tests)."""
-        pairs = {(b, h) for b, lru in self._lru.items() for h in lru}
+        pairs = {(b, h) for b, held in self._held.items() for h in held.blocks}
         sets = {
-            h: {held: None} if isinstance(held, str) else held for h, held in self._holders.items()
+            h: {owner: None} if isinstance(owner, str) else owner
+            for h, owner in self._holders.items()
         }
-        assert pairs == {(b, h) for h, held in sets.items() for b in held}
-        for held in self._holders.values():
-            assert isinstance(held, str) or len(held) >= 2, "a holder set of one left a set"
-        for b, lru in self._lru.items():
-            assert len(lru) <= self._capacity.get(b, 0), (b, len(lru))
-            stamps = list(lru.values())
+        assert pairs == {(b, h) for h, owners in sets.items() for b in owners}
+        for owner in self._holders.values():
+            assert isinstance(owner, str) or len(owner) >= 2, "a holder set of one left a set"
+        for b, held in self._held.items():
+            assert len(held.blocks) <= self._capacity.get(b, 0), (b, len(held.blocks))
+            assert held.pending == sum(batch.left for batch in held.batches), "pending count"
+            live = [
+                (h, batch.stamp)
+                for batch in held.batches
+                for h in reversed(batch.hashes[: batch.left])
+                if held.blocks.get(h) == batch.stamp
+            ]
+            assert dict(live) == held.blocks, "a block held but in no batch, or twice"
+            stamps = [stamp for _, stamp in live]
             assert stamps == sorted(stamps), "recency order broken"
         assert all(self._holders.values()), "empty holder left behind"

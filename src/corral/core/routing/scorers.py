@@ -56,27 +56,37 @@ class PrefillRates:
     def __init__(self, alpha: float = 0.2) -> None:
         self.alpha = alpha
         self._rates: dict[str, _Mean] = {}
+        self._known: dict[str, float] = {}  # the rates not 0, as plain floats: read per candidate
         self._durations: dict[str, _Mean] = {}
         self._sum = 0.0  # of known rates, for the fleet mean in O(1)
 
     def learn(self, backend_id: str, timings: Timings) -> None:
         if timings.prompt_n < MIN_PROMPT_TOKENS or timings.prompt_ms <= 0:
             return
-        mean = self._rates.setdefault(backend_id, _Mean(self.alpha))
+        mean = self._rates.get(backend_id)
+        if mean is None:  # get, then create: setdefault would build one per answer
+            mean = self._rates[backend_id] = _Mean(self.alpha)
         before = mean.value or 0.0
         mean.add(timings.prompt_n * 1000.0 / timings.prompt_ms)
         self._sum += (mean.value or 0.0) - before
+        if mean.value:
+            self._known[backend_id] = mean.value
+        else:
+            self._known.pop(backend_id, None)
 
     def ran(self, backend_id: str, seconds: float) -> None:
         """A request ran this long on the backend (from dispatch to end)."""
-        self._durations.setdefault(backend_id, _Mean(self.alpha)).add(max(0.0, seconds))
+        mean = self._durations.get(backend_id)
+        if mean is None:
+            mean = self._durations[backend_id] = _Mean(self.alpha)
+        mean.add(max(0.0, seconds))
 
     def rate(self, backend_id: str) -> float | None:
         """Tokens per second on this backend; the fleet's mean if not measured; None
         when no backend was measured."""
-        mean = self._rates.get(backend_id)
-        if mean is not None and mean.value:
-            return mean.value
+        rate = self._known.get(backend_id)
+        if rate is not None:
+            return rate
         return self._sum / len(self._rates) if self._rates else None
 
     def duration(self, backend_id: str) -> float:
@@ -87,6 +97,7 @@ class PrefillRates:
         mean = self._rates.pop(backend_id, None)
         if mean is not None:
             self._sum -= mean.value or 0.0
+        self._known.pop(backend_id, None)
         self._durations.pop(backend_id, None)
 
     @property
@@ -140,11 +151,11 @@ def estimated_ttft(
     ``free``: the backend's free slots when the caller has read them already."""
     if free is None:
         free = backend.free
-    prefill = uncached_tokens / rate * slowdown(backend, free)
+    total = backend.slots_total
+    prefill = uncached_tokens / rate * (1.0 + (total - free) / total if total else 1.0)  # slowdown
     if free > 0:
         return prefill
-    slots = max(1, backend.slots_total)
-    return prefill + rates.duration(backend.id) / slots
+    return prefill + rates.duration(backend.id) / max(1, total)
 
 
 def adapter_affinity(backend: Backend, adapter: str | None) -> int:
