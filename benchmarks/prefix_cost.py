@@ -63,6 +63,18 @@ def _text(rng: random.Random, size: int) -> bytes:
     return rng.randbytes(size)
 
 
+def answer_timings(prompt_bytes: int, cache_n: int) -> Timings:
+    """What a llama-server that held the predicted ``cache_n`` tokens reports for a
+    prompt of ``prompt_bytes`` bytes (4 bytes a token, as the index counts): it
+    processed the rest (``prompt_n`` counts only the tokens not found in its cache, so
+    ``prompt_n + cache_n`` is the prompt), in 50 ms. Raises ``ValueError`` if
+    ``cache_n`` is more than the prompt."""
+    tokens = prompt_bytes // 4
+    if not 0 <= cache_n <= tokens:
+        raise ValueError(f"cache_n {cache_n} outside a prompt of {tokens} tokens")
+    return Timings(tokens - cache_n, cache_n, 50.0)
+
+
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -86,9 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     def serve(info: RequestInfo, cached_tokens: int | None = None) -> None:
         decision = scheduler.submit(info, clock.now())
         assert isinstance(decision, Dispatch), decision
-        tokens = len(info.prompt or b"") // 4
         cache_n = info.note.predicted_cached if cached_tokens is None else cached_tokens
-        fleet.release(decision.backend_id, clock.now(), info, Timings(tokens, cache_n, 50.0))
+        timings = answer_timings(len(info.prompt or b""), cache_n)
+        fleet.release(decision.backend_id, clock.now(), info, timings)
 
     # fill every backend's predicted cache to its bound (teaches the rates too); the
     # texts are made first so that the memory measured is what routing keeps
@@ -134,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             decision.backend_id,
             clock.now(),
             info,
-            Timings(size // 4, info.note.predicted_cached, 50.0),
+            answer_timings(size, info.note.predicted_cached),
         )
         done, done_cpu = time.perf_counter(), time.thread_time()
         in_timed += collections[0] != seen

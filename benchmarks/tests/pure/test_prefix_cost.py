@@ -1,0 +1,41 @@
+"""prefix_cost.py answers as llama-server does: ``prompt_n`` + ``cache_n`` is the prompt."""
+
+from __future__ import annotations
+
+import pytest
+
+import prefix_cost
+from corral.core.routing import PrefixPolicy
+
+
+def test_an_answer_reports_the_uncached_rest_as_processed() -> None:
+    timings = prefix_cost.answer_timings(32 * 1024, 3000)
+    assert (timings.prompt_n, timings.cache_n) == (8192 - 3000, 3000)
+    assert timings.prompt_tokens == 8192
+    assert prefix_cost.answer_timings(400, 0).prompt_n == 100
+
+
+@pytest.mark.parametrize("cache_n", [-1, 101])
+def test_cached_tokens_outside_the_prompt_are_refused(cache_n: int) -> None:
+    with pytest.raises(ValueError, match="outside a prompt of 100 tokens"):
+        prefix_cost.answer_timings(400, cache_n)
+
+
+def test_a_correct_prediction_answered_so_leaves_the_index_whole(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The benchmark times the path of a correct prediction: with its answers the index
+    never drops what it predicted (a prompt_n that counted the cached tokens again made
+    every hit look over-predicted and corrected the index on every later turn)."""
+    index_type = type(PrefixPolicy(clock=lambda: 0.0).index)
+    forget = index_type.forget_older
+    dropped: list[object] = []
+
+    def counting(self: object, *args: object, **kwargs: object) -> object:
+        dropped.append(args)
+        return forget(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(index_type, "forget_older", counting)
+    assert prefix_cost.main(["--backends", "20", "--requests", "200", "--prompt-kib", "8"]) == 0
+    assert "pick+update" in capsys.readouterr().out
+    assert dropped == []
