@@ -38,7 +38,7 @@ def finish(fleet: Fleet, backend: str, info: RequestInfo, cache_n: int, prompt_n
     fleet.release(backend, 1.0, info, Timings(prompt_n, cache_n, prompt_n / 1000 * 1000.0))
 
 
-HISTORY = b"the conversation so far. " * 200  # 5,000 bytes: 19 blocks
+HISTORY = b"the conversation so far. " * 200  # 5,000 bytes: 4 blocks
 
 
 def test_without_measured_rates_it_routes_like_slots_and_still_learns():
@@ -465,3 +465,73 @@ def test_a_miss_on_a_prompt_the_index_forgot_but_a_slot_holds_does_not_crash():
     assert q2.note.predicted_blocks == 8 and q2.note.prior == []
     miss(q2, 2.5)  # raised IndexError (prior[0]) out of fleet.release
     assert fleet.get("b").free == 2
+
+
+def host_cached(*backends: tuple[str, int]):
+    """Servers whose agents report a host prompt cache (``--cache-ram 208``)."""
+    fleet = Fleet()
+    for name, slots in backends:
+        fleet.register(name, name=name, address=f"http://{name}", api_key=None, now=0)
+        report = Report(Condition.READY, model="m", slots_total=slots, cache_ram_mib=208)
+        fleet.report(name, report, now=0)
+    policy = PrefixPolicy()
+    return fleet, policy, Scheduler(fleet, policy, Buffer(100, 30.0))
+
+
+def test_a_miss_on_a_prompt_still_in_flight_there_forgets_nothing_else():
+    # a conversation's next turn sent before its answer came (an open-loop client):
+    # the server cannot reuse a busy slot's prompt, so it reuses nothing. That is no
+    # eviction: the other conversations it holds stay known (issue #10: forgetting
+    # them sent their next turns anywhere)
+    fleet, policy, scheduler = host_cached(("a", 2))
+    other = request(b"another conversation. " * 200)
+    assert scheduler.submit(other, 0.0) == Dispatch("a")
+    finish(fleet, "a", other, 0, 1250)
+    turn = request(HISTORY)
+    assert scheduler.submit(turn, 0.0) == Dispatch("a")  # still running
+    sooner = request(HISTORY + b"and, before the answer, another question")
+    assert scheduler.submit(sooner, 0.0) == Dispatch("a")
+    assert sooner.note.predicted_blocks == len(HISTORY) // BLOCK
+    finish(fleet, "a", sooner, 0, 1260)  # the history was in the busy slot
+    assert policy.index.match("a", other.prompt.hashes(BLOCK)) == len(other.prompt) // BLOCK
+    policy.check()
+
+
+def test_reusing_part_of_the_last_prompt_sent_forgets_nothing_else():
+    # Gemma 3 (sliding-window attention): llama-server rolls back to a context
+    # checkpoint near the end of the cached prompt and reuses a few hundred tokens
+    # less than it holds. It held the prompt (it caches whole prompts), so the
+    # shortfall evicted nothing
+    fleet, policy, scheduler = host_cached(("a", 2))
+    other = request(b"another conversation. " * 200)
+    assert scheduler.submit(other, 0.0) == Dispatch("a")
+    finish(fleet, "a", other, 0, 1250)
+    history = HISTORY * 3  # 15,000 bytes: 14 blocks, 3,750 tokens
+    turn = request(history)
+    assert scheduler.submit(turn, 0.0) == Dispatch("a")
+    finish(fleet, "a", turn, 0, 3750)
+    later = request(history + b"the next question?")
+    assert scheduler.submit(later, 0.0) == Dispatch("a")
+    assert later.note.predicted_blocks == 14
+    finish(fleet, "a", later, 3150, 605)  # from a checkpoint 600 tokens short: 12 blocks
+    assert policy.index.match("a", other.prompt.hashes(BLOCK)) == len(other.prompt) // BLOCK
+    policy.check()
+
+
+def test_a_miss_on_a_prompt_the_server_evicted_still_forgets_what_is_older():
+    fleet, policy, scheduler = host_cached(("a", 2))
+    old = request(b"an old conversation. " * 100)
+    assert scheduler.submit(old, 0.0) == Dispatch("a")
+    finish(fleet, "a", old, 0, 500)
+    turn = request(HISTORY)
+    assert scheduler.submit(turn, 0.0) == Dispatch("a")
+    finish(fleet, "a", turn, 0, 1250)
+    newer = request(b"a newer conversation. " * 200)
+    assert scheduler.submit(newer, 0.0) == Dispatch("a")
+    finish(fleet, "a", newer, 0, 1250)
+    later = request(HISTORY + b"the next question?")
+    assert scheduler.submit(later, 0.0) == Dispatch("a")
+    finish(fleet, "a", later, 0, 1255)  # evicted from its host cache
+    assert policy.index.match("a", old.prompt.hashes(BLOCK)) == 0  # older: gone too
+    assert policy.index.match("a", newer.prompt.hashes(BLOCK)) > 0  # newer: kept
+    policy.check()

@@ -45,8 +45,10 @@ times its context plus its host prompt cache (``--cache-ram``; llama-server's de
 when the agent does not report it but the answers show one, see
 :data:`DEFAULT_CACHE_MIB`); a finished request teaches the prefill rate
 and the bytes-per-token ratio, and when the server reused fewer tokens than predicted
-its stale entries are dropped (:meth:`.PrefixIndex.forget_older`); a server that left,
-restarted or changed model loses its entries.
+because it evicted them, its stale entries are dropped
+(:meth:`.PrefixIndex.forget_older`; a copy in a busy slot, or part of one prompt
+reused, is no eviction: :func:`_evicted`); a server that left, restarted or changed
+model loses its entries.
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ from corral.core.routing.filters import (
 )
 from corral.core.routing.picker import Scored, pick
 from corral.core.routing.prefix_index import PrefixIndex
-from corral.core.routing.request import Prompt, RequestInfo
+from corral.core.routing.request import Prompt, RequestInfo, RouteNote
 from corral.core.routing.scorers import PrefillRates, TokenRatio, estimated_ttft
 from corral.core.routing.slots import SlotPolicy
 
@@ -159,6 +161,31 @@ def _by_ttft(scored: Scored) -> float:
 
 def _by_use(slot: _Slot) -> int:
     return slot.used
+
+
+def _evicted(note: RouteNote, real: int) -> bool:
+    """Whether a server that reused only ``real`` leading blocks of a prompt, fewer
+    than predicted, shows that it evicted block ``real`` (and so, least recently used
+    first, everything it held less recently: :meth:`.PrefixIndex.forget_older`).
+
+    Two shortfalls are no eviction, and forgetting on them made the index forget most
+    conversations a server held, so their next turns went anywhere (issue #10):
+
+    - the copy was in flight: a request still running on that server was sent those
+      blocks (``note.in_flight``); a busy slot's prompt is no use to another request
+      until it ends (a conversation's next turn sent before its answer came);
+    - part of one prompt was reused: block ``real`` was last sent in the same request
+      as block ``real - 1``, which the server did reuse (their stamps in
+      ``note.prior`` are equal). llama-server caches and evicts whole prompts, a
+      slot's or a host cache entry, so it held that prompt; it reused less of it by
+      its own rules: with sliding-window attention (Gemma 3) it rolls back to a
+      context checkpoint taken near the end of the prompt, a few hundred tokens
+      short.
+
+    ``real`` is below ``len(note.prior)``."""
+    if real < note.in_flight:
+        return False
+    return real == 0 or note.prior[real] != note.prior[real - 1]
 
 
 def shared_blocks(a: Sequence[int], b: Sequence[int]) -> int:
@@ -496,6 +523,7 @@ class PrefixPolicy:
         # for learning of a host cache; without one, held is what idle slots hold
         idle = self._evidence_base(backend, hashes, None if backend.id in self._host else held)
         note.sent_at = event.now
+        note.in_flight = self._slot_match(backend.id, hashes, busy=True)
         mib = backend.cache_ram_mib
         if mib is not None:  # the agent says: trust it over what was seen
             (self._host.add if mib != 0 else self._host.discard)(backend.id)
@@ -580,7 +608,7 @@ class PrefixPolicy:
             self._host.add(backend_id)
         # one block of slack for the chat template; ``prior`` may be shorter than the
         # prediction (slots hold what the index let go): then nothing older to forget
-        if real + 1 < note.predicted_blocks and real < len(note.prior):
+        if real + 1 < note.predicted_blocks and real < len(note.prior) and _evicted(note, real):
             self.index.forget_older(backend_id, note.prior[real])
 
     def _capacity_blocks(self, backend: Backend) -> int:

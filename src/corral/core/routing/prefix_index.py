@@ -36,7 +36,9 @@ converted to blocks. Adding past the bound evicts the least recently used.
 (``timings.cache_n``). When that is less than predicted, the first block the server
 did not have was evicted there, and so was everything it held less recently: the
 backend's entries not renewed since that block's old stamp are dropped
-(:meth:`PrefixIndex.forget_older`). A server that restarts, changes model or leaves
+(:meth:`PrefixIndex.forget_older`). The policy calls it only for a shortfall that is an
+eviction: not when the copy was in a busy slot, nor when part of one prompt was reused
+(``corral.core.routing.prefix._evicted``). A server that restarts, changes model or leaves
 loses all its entries (:meth:`PrefixIndex.drop`).
 
 Memory: two dict entries per (backend, block), the block's hash and its place in a

@@ -80,6 +80,9 @@ class RouteNote:
         predicted_blocks: the same, in the prefix index's blocks.
         prior: the index's recency stamps of those blocks before this dispatch
             renewed them (to forget what the server evicted if it held less).
+        in_flight: leading blocks of the prompt that a request still running on the
+            chosen server was sent (a busy slot holds them): the server cannot reuse
+            that copy, so reusing less than this is no sign of an eviction.
         sent_at: when the slot was reserved (balancer's clock), for run times.
         wait_until: when a request waiting for the busy holder of its prefix stops
             waiting for it (balancer's clock); None: not waiting for one. The
@@ -98,6 +101,7 @@ class RouteNote:
     predicted_cached: int = 0
     predicted_blocks: int = 0
     prior: list[int] = field(default_factory=list)
+    in_flight: int = 0
     sent_at: float | None = None
     wait_until: float | None = None
     wait_cap: float | None = None
