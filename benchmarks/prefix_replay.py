@@ -151,6 +151,10 @@ def replay(load: float, seed: int, shortfall: float) -> tuple[float, Counter[str
         ends = at + (job.tokens - job.cache_n) / PREFILL + call.max_tokens / DECODE
         heapq.heappush(events, (ends, next(order), "finish", job))
 
+    def held_by(backend: str) -> set[int]:
+        """The conversations whose first block the index says ``backend`` holds."""
+        return {c for c, h in firsts.items() if policy.index.stamps(backend, [h])}
+
     waiting: dict[int, _Job] = {}
     wake: float | None = None
     while events:
@@ -167,13 +171,11 @@ def replay(load: float, seed: int, shortfall: float) -> tuple[float, Counter[str
             assert job.slot is not None
             job.slot.busy = False
             scheduler.finished(job.request, at)
-            lru: dict[int, int] = policy.index._lru.get(job.backend, {})
-            before = {c for c, h in firsts.items() if h in lru}
+            before = held_by(job.backend)
             uncached = job.tokens - job.cache_n
             timings = Timings(uncached, job.cache_n, max(1.0, uncached / PREFILL * 1000))
             scheduler.fleet.release(job.backend, at, job.request, timings)
-            lru = policy.index._lru.get(job.backend, {})
-            for c in before - {c for c, h in firsts.items() if h in lru}:
+            for c in before - held_by(job.backend):
                 holds = servers[job.backend].holds(Call(0, (), 0, False, session=c, turn=99))
                 counts[f"conversations forgotten, the server {'held' if holds else 'lost'}"] += 1
         else:
