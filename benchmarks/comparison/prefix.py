@@ -635,8 +635,14 @@ second of run, HAProxy 0.01: not the cause), and two faults of the harness, fixe
 load was set by counting a short window's answers (1.19 and 2.49 requests/s on two
 days; it now comes from measured speeds), and the contender that ran second found the
 first one's identical prompts in llama-server's host cache (each run's prompts are now
-salted). Corral's TTFT p50 is still the highest there and its p99 below round robin's;
-HAProxy failed 13% of its requests. What remains is in section 2."""
+salted). (6) Settled (2026-11-29, section 2): HAProxy lost 13% of its requests to a
+harness fault (it reused server connections llama-server had closed; fixed), one
+arrival trace offered 106% at the nominal 90% (repeated runs now draw a trace each),
+and Corral's higher median against round robin is the one-queue discipline it shares
+with HAProxy (`benchmarks/shared_queue.py`: one queue in front of every slot evens out
+the waits; round robin's queue per server gives a lower median and a longer tail).
+With the harness fixed, Corral and HAProxy are level, and both have 0.6x round
+robin's p99 at 150%."""
 
 
 PREFIX_FINDING = """\
