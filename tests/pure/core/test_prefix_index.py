@@ -255,6 +255,21 @@ def test_a_prompt_renewed_many_times_keeps_its_batches_bounded():
     assert index._held["a"].pending <= 2 * 20 + 64 + 20
 
 
+def test_a_shared_head_at_capacity_keeps_the_batches_bounded():
+    """At capacity every add evicts; a head every prompt shares (a system prompt)
+    leaves a stale copy in each older batch until eviction reaches it. They are
+    rewritten away then too (they were only after an add that evicted nothing, so at
+    capacity they grew with the capacity squared: 39 per live entry at 320 blocks)."""
+    index = PrefixIndex(BLOCK)
+    index.set_capacity("a", 320)
+    head = [hash(("system", i)) for i in range(128)]
+    for k in range(3000):
+        index.add("a", head + [hash(("turn", k, j)) for j in range(2)])
+    index.check()
+    assert index.size("a") == 320
+    assert index._held["a"].pending <= 2 * 320 + 64 + 130
+
+
 def _holders_walking_every_block(index: PrefixIndex, hashes: list[int], budget: int):
     """``holders`` as a walk of every held block, deepest first (the reference)."""
     seen: set[str] = set()

@@ -535,3 +535,32 @@ def test_a_miss_on_a_prompt_the_server_evicted_still_forgets_what_is_older():
     assert policy.index.match("a", old.prompt.hashes(BLOCK)) == 0  # older: gone too
     assert policy.index.match("a", newer.prompt.hashes(BLOCK)) > 0  # newer: kept
     policy.check()
+
+
+@pytest.mark.parametrize("off_by", [-1, 0, 1])
+def test_an_eviction_behind_a_shared_system_prompt_is_seen_whatever_the_estimate(
+    off_by: int,
+) -> None:
+    """A shared system prompt, renewed by every conversation, is newer than any
+    conversation's own blocks; a server that evicted a conversation reuses just it. The
+    blocks reused are estimated from ``cache_n``, one block either way: the older
+    conversation the server also lost is forgotten in each case (an estimate one block
+    off judged it partial reuse and kept it)."""
+    system = b"s" * (6 * BLOCK)  # 6 whole blocks, 1,536 tokens at 4 bytes a token
+    fleet, policy, scheduler = host_cached(("a", 2))
+    old = request(system + b"an old conversation. " * 300)
+    assert scheduler.submit(old, 0.0) == Dispatch("a")
+    finish(fleet, "a", old, 0, len(old.prompt) // 4)
+    turn = request(system + b"this conversation. " * 400)
+    assert scheduler.submit(turn, 0.0) == Dispatch("a")
+    finish(fleet, "a", turn, 1536, len(turn.prompt) // 4 - 1536)
+    other = request(system + b"a newer one. " * 400)  # renews the system prompt
+    assert scheduler.submit(other, 0.0) == Dispatch("a")
+    finish(fleet, "a", other, 1536, len(other.prompt) // 4 - 1536)
+    later = request(system + b"this conversation. " * 400 + b"next question?")
+    assert scheduler.submit(later, 0.0) == Dispatch("a")
+    cache_n = 1536 + off_by * BLOCK // 4  # the server reused the system prompt only
+    finish(fleet, "a", later, cache_n, len(later.prompt) // 4 - cache_n)
+    assert policy.index.match("a", old.prompt.hashes(BLOCK)) == 6  # the system prompt
+    assert policy.index.match("a", other.prompt.hashes(BLOCK)) > 6  # newer: kept
+    policy.check()

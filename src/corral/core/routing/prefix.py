@@ -163,10 +163,17 @@ def _by_use(slot: _Slot) -> int:
     return slot.used
 
 
-def _evicted(note: RouteNote, real: int) -> bool:
+_SLACK = 1
+"""Blocks an estimate of the blocks reused may be off by, either way (the chat
+template's tokens, a prompt's uneven bytes per token)."""
+
+
+def _evicted(note: RouteNote, real: int) -> int | None:
     """Whether a server that reused only ``real`` leading blocks of a prompt, fewer
     than predicted, shows that it evicted block ``real`` (and so, least recently used
-    first, everything it held less recently: :meth:`.PrefixIndex.forget_older`).
+    first, everything it held less recently: :meth:`.PrefixIndex.forget_older`): the
+    recency stamp of the evicted block, to forget what is no more recent, or ``None``
+    for no eviction.
 
     Two shortfalls are no eviction, and forgetting on them made the index forget most
     conversations a server held, so their next turns went anywhere (issue #10):
@@ -182,10 +189,21 @@ def _evicted(note: RouteNote, real: int) -> bool:
       context checkpoint taken near the end of the prompt, a few hundred tokens
       short.
 
+    ``real`` is an estimate (``cache_n`` in blocks, by the prompt's bytes per token), so
+    partial reuse is judged only when every block within :data:`_SLACK` blocks of
+    ``real`` either way was last sent in one request: a stamp that changes there (a
+    shared system prompt renewed since, whose reuse alone is what an evicted
+    conversation leaves) is an eviction whichever side of it ``real`` fell, and the
+    evicted block is the least recent there.
+
     ``real`` is below ``len(note.prior)``."""
     if real < note.in_flight:
-        return False
-    return real == 0 or note.prior[real] != note.prior[real - 1]
+        return None
+    if real == 0:
+        return note.prior[0]
+    window = note.prior[max(0, real - 1 - _SLACK) : real + 1 + _SLACK]
+    oldest = min(window)
+    return oldest if oldest != max(window) else None
 
 
 def shared_blocks(a: Sequence[int], b: Sequence[int]) -> int:
@@ -608,8 +626,10 @@ class PrefixPolicy:
             self._host.add(backend_id)
         # one block of slack for the chat template; ``prior`` may be shorter than the
         # prediction (slots hold what the index let go): then nothing older to forget
-        if real + 1 < note.predicted_blocks and real < len(note.prior) and _evicted(note, real):
-            self.index.forget_older(backend_id, note.prior[real])
+        if real + _SLACK < note.predicted_blocks and real < len(note.prior):
+            evicted = _evicted(note, real)
+            if evicted is not None:
+                self.index.forget_older(backend_id, evicted)
 
     def _capacity_blocks(self, backend: Backend) -> int:
         """What the backend's caches hold, in blocks (see the module docstring)."""

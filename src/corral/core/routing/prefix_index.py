@@ -236,7 +236,9 @@ class PrefixIndex:
                     owner[backend_id] = None
         if len(blocks) > capacity:
             self._evict(backend_id)
-        elif held.pending > 2 * len(blocks) + 64:  # stale entries outnumber live ones
+        # after an eviction too: at capacity every add evicts, and a head that every
+        # prompt shares leaves a stale copy in each batch until eviction reaches it
+        if held.pending > 2 * len(blocks) + 64:  # stale entries outnumber live ones
             self._compact(held)
 
     def forget_older(self, backend_id: str, stamp: int) -> int:
