@@ -102,7 +102,9 @@ class Served:
 def jobs(load: float, duration: float, seed: int) -> tuple[list[Job], float]:
     """Section 2's requests at ``load`` of capacity for ``duration`` seconds of
     arrivals, with ``seed`` for both the calls and the arrival trace (1: section 2's
-    own); and the capacity (requests/s)."""
+    own; the harness's repeated runs vary only the arrivals, so only seed 1 is a run of
+    the harness); and the capacity (requests/s). Raises ``ValueError`` for a trace
+    longer than the 5,000 calls drawn."""
     spec = WorkloadSpec(**{**asdict(SPEC), "seed": seed})
     sample = Workload(spec).take(5000)  # the harness's mean request, from 5,000 calls
     per_word = PROMPT_TOKENS / statistics.fmean(history_words(c) for c in sample)
@@ -113,7 +115,13 @@ def jobs(load: float, duration: float, seed: int) -> tuple[list[Job], float]:
 
     capacity = SERVERS * SLOTS / statistics.fmean(sum(service(c)) for c in sample)
     trace = itertools.takewhile(lambda t: t < duration, poisson_arrivals(load * capacity, seed))
-    return [Job(at, *service(call)) for at, call in zip(trace, sample, strict=False)], capacity
+    arrivals = list(trace)
+    if len(arrivals) > len(sample):
+        raise ValueError(
+            f"{len(arrivals)} arrivals at {load:.0%} for {duration:g} s: more than the "
+            f"{len(sample)} calls drawn; shorten --duration"
+        )
+    return [Job(at, *service(call)) for at, call in zip(arrivals, sample, strict=False)], capacity
 
 
 def fifo_starts(jobs: Sequence[Job], slots: int) -> list[float]:
@@ -325,7 +333,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error(f"need seeds >= 1, duration > 0, report-every > {READ_S}, lag >= 0")
     if any(not x > 0 for x in loads):
         p.error("--loads must be positive")
-    rows = measure(loads, seeds, args.duration, args.report_every, args.lag)
+    try:
+        rows = measure(loads, seeds, args.duration, args.report_every, args.lag)
+    except ValueError as exc:
+        p.error(str(exc))
     if args.json:
         print(json.dumps([asdict(r) for r in rows], indent=2))
     else:

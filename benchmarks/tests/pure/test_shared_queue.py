@@ -71,3 +71,11 @@ def test_main_prints_the_table_and_refuses_nonsense(capsys):
     assert "| 90% | corral |" in out and "| 90% | rr |" in out
     with pytest.raises(SystemExit):
         q.main(["--loads", "fast"])
+
+
+def test_a_trace_longer_than_the_calls_drawn_is_refused_not_cut(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        q.main(["--seeds", "1", "--loads", "1.5", "--duration", "3000"])
+    assert "more than the 5000 calls drawn" in capsys.readouterr().err
