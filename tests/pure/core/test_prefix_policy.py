@@ -478,15 +478,24 @@ def host_cached(*backends: tuple[str, int]):
     return fleet, policy, Scheduler(fleet, policy, Buffer(100, 30.0))
 
 
+def answered_on_a(
+    fleet: Fleet, scheduler: Scheduler, text: bytes, cache_n: int, prompt_n: int
+) -> RequestInfo:
+    """A request for ``text`` dispatched to backend ``a`` and answered there with these
+    timings (tokens reused, tokens read)."""
+    info = request(text)
+    assert scheduler.submit(info, 0.0) == Dispatch("a")
+    finish(fleet, "a", info, cache_n, prompt_n)
+    return info
+
+
 def test_a_miss_on_a_prompt_still_in_flight_there_forgets_nothing_else():
     # a conversation's next turn sent before its answer came (an open-loop client):
     # the server cannot reuse a busy slot's prompt, so it reuses nothing. That is no
     # eviction: the other conversations it holds stay known (issue #10: forgetting
     # them sent their next turns anywhere)
     fleet, policy, scheduler = host_cached(("a", 2))
-    other = request(b"another conversation. " * 200)
-    assert scheduler.submit(other, 0.0) == Dispatch("a")
-    finish(fleet, "a", other, 0, 1250)
+    other = answered_on_a(fleet, scheduler, b"another conversation. " * 200, 0, 1250)
     turn = request(HISTORY)
     assert scheduler.submit(turn, 0.0) == Dispatch("a")  # still running
     sooner = request(HISTORY + b"and, before the answer, another question")
@@ -503,13 +512,9 @@ def test_reusing_part_of_the_last_prompt_sent_forgets_nothing_else():
     # less than it holds. It held the prompt (it caches whole prompts), so the
     # shortfall evicted nothing
     fleet, policy, scheduler = host_cached(("a", 2))
-    other = request(b"another conversation. " * 200)
-    assert scheduler.submit(other, 0.0) == Dispatch("a")
-    finish(fleet, "a", other, 0, 1250)
+    other = answered_on_a(fleet, scheduler, b"another conversation. " * 200, 0, 1250)
     history = HISTORY * 3  # 15,000 bytes: 14 blocks, 3,750 tokens
-    turn = request(history)
-    assert scheduler.submit(turn, 0.0) == Dispatch("a")
-    finish(fleet, "a", turn, 0, 3750)
+    answered_on_a(fleet, scheduler, history, 0, 3750)
     later = request(history + b"the next question?")
     assert scheduler.submit(later, 0.0) == Dispatch("a")
     assert later.note.predicted_blocks == 14
@@ -520,15 +525,9 @@ def test_reusing_part_of_the_last_prompt_sent_forgets_nothing_else():
 
 def test_a_miss_on_a_prompt_the_server_evicted_still_forgets_what_is_older():
     fleet, policy, scheduler = host_cached(("a", 2))
-    old = request(b"an old conversation. " * 100)
-    assert scheduler.submit(old, 0.0) == Dispatch("a")
-    finish(fleet, "a", old, 0, 500)
-    turn = request(HISTORY)
-    assert scheduler.submit(turn, 0.0) == Dispatch("a")
-    finish(fleet, "a", turn, 0, 1250)
-    newer = request(b"a newer conversation. " * 200)
-    assert scheduler.submit(newer, 0.0) == Dispatch("a")
-    finish(fleet, "a", newer, 0, 1250)
+    old = answered_on_a(fleet, scheduler, b"an old conversation. " * 100, 0, 500)
+    answered_on_a(fleet, scheduler, HISTORY, 0, 1250)
+    newer = answered_on_a(fleet, scheduler, b"a newer conversation. " * 200, 0, 1250)
     later = request(HISTORY + b"the next question?")
     assert scheduler.submit(later, 0.0) == Dispatch("a")
     finish(fleet, "a", later, 0, 1255)  # evicted from its host cache
