@@ -436,6 +436,15 @@ class InferenceProxy:
         if not access_log.isEnabledFor(logging.INFO):
             return
         ttfb = ex.first_byte - ex.started if ex.first_byte is not None else None
+        # a prompt's reused tokens as the server measured them, of the prompt's, and as
+        # the balancer predicted them: where prefix routing misjudged a cache (#10)
+        info = ex.info if ex.info is not None and ex.info.prompt is not None else None
+        timings = ex.timings if info is not None else None
+        cached = (
+            f"{timings.cache_n}/{timings.prompt_tokens}~{info.note.predicted_cached}"
+            if timings is not None and info is not None
+            else "-"
+        )
         fields = {
             "request_id": ex.request_id,
             "method": request.method,
@@ -447,12 +456,15 @@ class InferenceProxy:
             "priority": ex.priority.label,
             "buffer_wait_s": round(ex.waited, 6),
             "route": ex.info.note.reason if ex.info else None,
+            "cache_n": timings.cache_n if timings is not None else None,
+            "prompt_tokens": timings.prompt_tokens if timings is not None else None,
+            "predicted_cached": info.note.predicted_cached if info is not None else None,
             "ttfb_s": round(ttfb, 6) if ttfb is not None else None,
             "duration_s": round(total, 6),
         }
         access_log.info(
-            "%s %s %s %d model=%s agent=%s tenant=%s priority=%s route=%s wait=%.3fs ttfb=%s "
-            "total=%.3fs",
+            "%s %s %s %d model=%s agent=%s tenant=%s priority=%s route=%s cached=%s wait=%.3fs "
+            "ttfb=%s total=%.3fs",
             ex.request_id,
             request.method,
             request.path,
@@ -462,6 +474,7 @@ class InferenceProxy:
             ex.tenant.name,
             ex.priority.label,
             (ex.info.note.reason if ex.info else "") or "-",
+            cached,
             ex.waited,
             f"{ttfb:.3f}s" if ttfb is not None else "-",
             total,

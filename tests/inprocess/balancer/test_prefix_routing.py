@@ -39,6 +39,10 @@ async def test_a_conversation_stays_where_its_prefix_is(
     routes = [r.fields["route"] for r in caplog.records if hasattr(r, "fields")]
     assert routes[0] == "slots" and routes[-1] == "prefix", routes
     assert "route=prefix" in caplog.records[-1].getMessage()
+    last = caplog.records[-1].fields  # type: ignore[attr-defined]
+    assert last["predicted_cached"] == predicted[-1] and 0 < last["cache_n"] < last["prompt_tokens"]
+    cached = f"cached={last['cache_n']}/{last['prompt_tokens']}~{predicted[-1]} "
+    assert cached in caplog.records[-1].getMessage()
 
     async with harness.http.get(mgmt(balancer, "/metrics")) as r:
         text = await r.text()
