@@ -53,11 +53,14 @@ async def test_a_conversation_stays_where_its_prefix_is(
     assert f'corral_agent_timed_prompt_tokens_total{{agent="{served[0]}"}}' in text
 
 
-async def test_slot_routing_sends_no_prediction_header(harness: Harness):
+async def test_slot_routing_sends_no_prediction_header(harness: Harness, caplog):
     balancer = await harness.balancer()
     _, port = await harness.sim(name="a", slots=2)
     await harness.agent(port, balancer, name="a")
     body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    caplog.set_level(logging.INFO, "corral.access")
     async with harness.http.post(url(balancer, CHAT), json=body) as r:
         assert r.status == 200
         assert "X-Corral-Predicted-Cached-Tokens" not in r.headers
+    line = caplog.records[-1]
+    assert " cached=- " in line.getMessage() and line.fields["cache_n"] is None  # type: ignore[attr-defined]

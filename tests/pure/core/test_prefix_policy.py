@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from corral.core import Buffer, Condition, Dispatch, Fleet, ManualClock, Report, Scheduler
-from corral.core.events import Timings
+from corral.core.events import Reset, Timings
 from corral.core.routing import PrefixPolicy, Prompt, RequestInfo, SlotPolicy, make_policy
 from corral.core.routing.prefix import wait_bound
 
@@ -589,15 +589,28 @@ def test_new_conversations_take_turns_over_equally_loaded_servers():
     assert later.note.reason == "prefix"
 
 
-def test_a_new_conversation_goes_by_turns_only_among_equally_loaded_servers():
-    fleet, _policy, scheduler = setup(("a", 2), ("b", 2))
-    first = request(b"first conversation. " * 300)
-    assert scheduler.submit(first, 0.0) == Dispatch("a")
-    finish(fleet, "a", first, 0, 1250)  # teaches a rate; both idle again
-    busy = request(b"a long one on b. " * 300)
-    assert scheduler.submit(busy, 0.0) == Dispatch("b")  # b's turn
-    # b runs one of its 2 slots: a new prefix would prefill 1.5x slower there, which is
-    # load, not noise (SPREAD), so it goes to a though a had the last but one
+def place(scheduler: Scheduler, fleet: Fleet, *order: str) -> None:
+    """New conversations, each ended before the next, going to ``order`` in turn."""
+    for i, to in enumerate(order):
+        info = request(f"new conversation {i}. ".encode() * 300)
+        assert scheduler.submit(info, 0.0) == Dispatch(to)
+        finish(fleet, to, info, 0, 1250)
+
+
+@pytest.mark.parametrize(("slots", "busy"), [(2, 1), (16, 3)])
+def test_a_new_conversation_goes_by_turns_only_among_servers_no_busier(slots, busy):
+    fleet, _policy, scheduler = setup(("a", slots), ("b", slots))
+    place(scheduler, fleet, "a", "b", "a")  # b's turn next
+    for _ in range(busy):  # but b runs requests (1 of 2 slots: 1.5x slower; 3 of 16:
+        assert scheduler.submit(RequestInfo(CHAT, "m", "b"), 0.0) == Dispatch("b")  # 1.19x)
     other = request(b"someone else entirely. " * 300)
-    assert scheduler.submit(other, 0.0) == Dispatch("a")
+    assert scheduler.submit(other, 0.0) == Dispatch("a")  # load decides, not turns
     assert other.note.reason == "least-load"
+
+
+def test_a_restarted_server_is_given_the_next_new_conversation():
+    fleet, policy, scheduler = setup(("a", 2), ("b", 2))
+    place(scheduler, fleet, "a", "b", "a", "b")  # a's turn next
+    policy.observe(Reset("b", "restarted"))  # b's cache is empty: it has the room
+    other = request(b"someone else entirely. " * 300)
+    assert scheduler.submit(other, 0.0) == Dispatch("b")

@@ -14,13 +14,14 @@ load:
 3. **Scorers** estimate each one's time to first token from its predicted cached
    tokens, its measured prefill rate and its load (:mod:`.scorers`).
 4. **Picker**: the lowest estimate, unless that would unbalance the fleet (:mod:`.picker`).
-   A new prefix (no candidate holds any of it) goes, among the candidates whose
-   estimates are within :data:`SPREAD` of the lowest, to the one given a new prefix
-   least recently (:meth:`PrefixPolicy._spread`): new conversations take turns over
-   equally loaded servers, as a consistent hash would spread them, and each server's
-   cache holds its share. Without it the idle server measured a little faster got every
-   new conversation (on two real servers at 50% load, 23 of 34 went to one, whose
-   cache then overflowed: 12 of its predicted hits reused nothing, issue #10).
+   A new prefix (the best free candidate holds none of it) goes, among the candidates
+   holding none of it, no busier and with estimates within :data:`SPREAD` of the
+   lowest, to the one given a new prefix least recently (:meth:`PrefixPolicy._spread`):
+   new conversations take turns over equally loaded servers, as a consistent hash
+   would spread them, and each server's cache holds its share. Without it the idle
+   server measured a little faster got every new conversation (on two real servers at
+   50% load, 23 of 34 went to one, whose cache then overflowed: 12 of its predicted
+   hits reused nothing, issue #10).
 5. **A bounded wait**: when the backend holding the longest prefix has no free slot
    but is expected to serve the request sooner (its wait plus its short prefill) than
    the best free backend (a long prefill), the request waits in the buffer for it, as
@@ -100,11 +101,12 @@ little is never corrected: the index forgets conversations the server still hold
 sends their next turns anywhere."""
 SPREAD = 1.2
 """How close to the lowest estimate another candidate's must be (a ratio) for a new
-prefix to go to it instead (:meth:`PrefixPolicy._spread`). Estimates of idle servers
-differ by their measured prefill rates, moving averages of answers that vary 20-30%
-from one to the next on the same server (a short prefill runs slower per token); a
-busy slot of 4 slows a server by 25% (:func:`.scorers.slowdown`), which is load, not
-noise, and stays outside."""
+prefix to go to it instead (:meth:`PrefixPolicy._spread`). Estimates of equally loaded
+servers differ by their measured prefill rates: moving averages of answers whose rates
+vary 20-30% from one to the next on one server (the pinned build on this project's
+CPU: a short prefill runs slower per token), so two like servers' averages differ by
+some percent at any moment. A candidate busier than the best one is never taken
+(load, not noise), whatever its estimate."""
 SIMILARITY = 0.1
 """llama-server's ``--slot-prompt-similarity`` default: an idle slot whose prompt shares
 more than this share of a new one gets it, else the least recently used idle slot."""
@@ -339,27 +341,29 @@ class PrefixPolicy:
                     return Dispatch(backend.id)
             return Wait("no free slot")
         winner, reason = pick(scored, self.imbalance)
-        if reason == "least-load":
-            winner = self._spread(scored, winner)
         if busy_holder is not None and self._wait_for(busy_holder, winner, request):
             note.reason = "wait-prefix"
             return Wait(
                 f"waiting for {busy_holder.backend.name}, which holds the prompt",
                 free=winner.backend.id,
             )
+        if reason == "least-load":  # after the wait: that weighs the best free backend
+            winner = self._spread(scored, winner)
         note.reason = reason
         note.predicted_cached = winner.cached_tokens
         return Dispatch(winner.backend.id)
 
     def _spread(self, scored: list[Scored], best: Scored) -> Scored:
-        """Where a new prefix goes: of the candidates that hold none of the prompt and
-        whose estimate is within :data:`SPREAD` of ``best``'s, the one given a new
-        prefix least recently (never: first)."""
+        """Where a prompt that the best free candidate holds none of goes: of the
+        candidates that hold none of it, no busier than ``best`` (in busy slots) and
+        whose estimate is within :data:`SPREAD` of its, the one given a new prefix least
+        recently (one never given one, or reset since, first)."""
         limit = best.ttft * SPREAD
+        busy = best.busy
         placed = self._placed
         chosen, last = best, placed.get(best.backend.id, -1)
         for s in scored:  # a plain loop: candidates are few
-            if s.cached_blocks == 0 and s.ttft <= limit:
+            if s.cached_blocks == 0 and s.busy <= busy and s.ttft <= limit:
                 when = placed.get(s.backend.id, -1)
                 if when < last:
                     chosen, last = s, when
@@ -570,7 +574,7 @@ class PrefixPolicy:
         note.prior = self.index.stamps(backend.id, hashes)
         held = self._held(backend, hashes, len(note.prior))
         note.predicted_blocks = held
-        if held == 0:  # a prefix new to it (whatever the route): see _spread
+        if held == 0 and hashes:  # a prefix new to it (whatever the route): see _spread
             self._uses += 1
             self._placed[backend.id] = self._uses
         # for learning of a host cache; without one, held is what idle slots hold
