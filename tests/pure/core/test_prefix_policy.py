@@ -614,3 +614,35 @@ def test_a_restarted_server_is_given_the_next_new_conversation():
     policy.observe(Reset("b", "restarted"))  # b's cache is empty: it has the room
     other = request(b"someone else entirely. " * 300)
     assert scheduler.submit(other, 0.0) == Dispatch("b")
+
+
+def test_a_conversation_whose_server_is_busy_goes_to_the_fastest_free_server_not_by_turns():
+    # h holds the conversation and is busy; f2 is the fastest free server, f1 a little
+    # slower (within SPREAD) and given a new prefix less recently. The request is no new
+    # conversation: it is weighed against the fastest (h's 1.31 s, its short prefill
+    # and its wait, against f2's 1.26 s: no wait) and goes there; by turns it went to
+    # f1, and then waited for h, faster than f1's 1.38 s (commit 1b2538b)
+    clock = ManualClock(0.0)
+    fleet = Fleet()
+    for name, cache in (("h", 64), ("f1", None), ("f2", None)):
+        fleet.register(name, name=name, address=f"http://{name}", api_key=None, now=0)
+        report = Report(Condition.READY, model="m", slots_total=1, cache_ram_mib=cache)
+        fleet.report(name, report, now=0)
+    scheduler = Scheduler(fleet, PrefixPolicy(clock=clock.now), Buffer(100, 300.0))
+    first = request(HISTORY)
+    assert scheduler.submit(first, 0.0) == Dispatch("h")
+    fleet.release("h", 0.85, first, Timings(1250, 0, 1250.0))  # 1,000 tokens/s, 0.85 s
+    scheduler.finished(first, 0.85)
+    placed = []
+    for order, ms in enumerate((1375.0, 1250.0)):  # the first placed measured slower
+        other = request(f"server {order}".encode() * 500)  # 5,000 bytes, 4 a token
+        sent = scheduler.submit(other, 0.0)
+        assert isinstance(sent, Dispatch)
+        placed.append(sent.backend_id)
+        fleet.release(sent.backend_id, 1.4, other, Timings(1250, 0, ms))
+        scheduler.finished(other, 1.4)
+    _slower, fastest = placed
+    assert scheduler.submit(RequestInfo(CHAT, "m", "h"), 0.0) == Dispatch("h")  # h busy
+    later = request(HISTORY + b" and the next question?")
+    assert scheduler.submit(later, 0.0) == Dispatch(fastest)
+    assert later.note.reason == "least-load"

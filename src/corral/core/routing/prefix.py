@@ -14,14 +14,14 @@ load:
 3. **Scorers** estimate each one's time to first token from its predicted cached
    tokens, its measured prefill rate and its load (:mod:`.scorers`).
 4. **Picker**: the lowest estimate, unless that would unbalance the fleet (:mod:`.picker`).
-   A new prefix (the best free candidate holds none of it) goes, among the candidates
-   holding none of it, no busier and with estimates within :data:`SPREAD` of the
-   lowest, to the one given a new prefix least recently (:meth:`PrefixPolicy._spread`):
-   new conversations take turns over equally loaded servers, as a consistent hash
-   would spread them, and each server's cache holds its share. Without it the idle
-   server measured a little faster got every new conversation (on two real servers at
-   50% load, 23 of 34 went to one, whose cache then overflowed: 12 of its predicted
-   hits reused nothing, issue #10).
+   A new prefix (no candidate, free or busy, holds any of it) goes, among the
+   candidates no busier than the best and with estimates within :data:`SPREAD` of its,
+   to the one given a new prefix least recently (:meth:`PrefixPolicy._spread`): new
+   conversations take turns over equally loaded servers, as a consistent hash would
+   spread them, and each server's cache holds its share. Without it the idle server
+   measured a little faster got every new conversation (on two real servers at 50%
+   load, 23 of 34 went to one, whose cache then overflowed: 12 of its predicted hits
+   reused nothing, issue #10).
 5. **A bounded wait**: when the backend holding the longest prefix has no free slot
    but is expected to serve the request sooner (its wait plus its short prefill) than
    the best free backend (a long prefill), the request waits in the buffer for it, as
@@ -347,23 +347,24 @@ class PrefixPolicy:
                 f"waiting for {busy_holder.backend.name}, which holds the prompt",
                 free=winner.backend.id,
             )
-        if reason == "least-load":  # after the wait: that weighs the best free backend
+        if reason == "least-load" and best_cached == 0:  # a prefix new to every candidate
             winner = self._spread(scored, winner)
         note.reason = reason
         note.predicted_cached = winner.cached_tokens
         return Dispatch(winner.backend.id)
 
     def _spread(self, scored: list[Scored], best: Scored) -> Scored:
-        """Where a prompt that the best free candidate holds none of goes: of the
-        candidates that hold none of it, no busier than ``best`` (in busy slots) and
-        whose estimate is within :data:`SPREAD` of its, the one given a new prefix least
-        recently (one never given one, or reset since, first)."""
+        """Where a prompt no candidate holds any of goes: of the candidates no busier
+        than ``best`` (in busy slots) and whose estimate is within :data:`SPREAD` of its,
+        the one given a new prefix least recently (one never given one, or reset since,
+        first). A prompt whose holder is busy is no new conversation: it goes to the
+        fastest free candidate, or waits for its holder."""
         limit = best.ttft * SPREAD
         busy = best.busy
         placed = self._placed
         chosen, last = best, placed.get(best.backend.id, -1)
         for s in scored:  # a plain loop: candidates are few
-            if s.cached_blocks == 0 and s.busy <= busy and s.ttft <= limit:
+            if s.busy <= busy and s.ttft <= limit:
                 when = placed.get(s.backend.id, -1)
                 if when < last:
                     chosen, last = s, when
