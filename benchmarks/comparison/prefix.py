@@ -649,7 +649,7 @@ PREFIX_FINDING = """\
 **Why prefix routing was no better than slot routing on real servers (issue #10).** The
 first run of this section gave every server llama-server's default host cache, which
 held every conversation, so all contenders reused 74-83% and routing could not matter;
-the real servers now hold a few conversations each (above). Five faults in Corral
+the real servers now hold a few conversations each (above). Seven faults in Corral
 were found with it. (1) The prefix index bounded each server by its slots times its
 context when its agent did not report a host cache (an attached server: the agent
 cannot see `--cache-ram`), so it forgot conversations the server still held and sent
@@ -689,7 +689,24 @@ freed server's prompt: the window fills with requests whose own servers are busy
 bound is now 10 s, and a freed slot is also offered to the 8
 oldest requests further back whose prompts share the most with what it holds (found by
 their prompts' block hashes); the bound starts when a request is overtaken within the
-window (`tests/pure/core/test_scheduler_affinity.py`)."""
+window (`tests/pure/core/test_scheduler_affinity.py`). (7) An idle fleet sent every
+new conversation to the server whose measured prefill rate was a little higher: idle
+candidates tie on load, and their estimates differ by rate alone. The request log's
+`cached=` field (reused/prompt~predicted tokens, new) showed it in a run of prefix
+routing alone at 50% (commit 5c3efd4): 23 of 34 new-prefix routes (`least-load`) went
+to one of the two servers, whose host cache then churned, and 12 of its predicted hits
+reused nothing. A prefix no server holds now goes, among the candidates no busier than the best
+and within 1.2x of its estimate, to the server given a new prefix least recently
+(`SPREAD`,
+`PrefixPolicy._spread`; `tests/pure/core/test_prefix_policy.py`). The same run on
+1b2538b: 13 and 12 new-prefix routes, later turns routed as new prompts 19 -> 10, hit
+rate 51% -> 56%, p50 1.22 -> 1.02 s, p99 9.95 -> 7.04 s (one run each). Left: in both
+runs 13 predicted hits (of 64 and 73) reused nothing. llama-server saves a slot's
+prompt to its host cache when the slot starts another task and evicts the oldest entry
+to make room (80 evictions in the 1b2538b run's 176 task starts), so a conversation
+lasts a few of its server's tasks there, and the index, which bounds a server by its
+slots times their context plus its host cache, predicts more than the server keeps:
+learning each server's real bound from its evictions is the next step."""
 
 
 async def run(
