@@ -90,7 +90,7 @@ class RealScale:
     servers: int
     slots: int
     system_tokens: int
-    """Words of each conversation's opening system prompt (a user turn is a quarter)."""
+    """Words of each conversation's opening system prompt."""
     turns: int
     sessions: int
     median_tokens: int
@@ -108,9 +108,17 @@ class RealScale:
     day, so a 90% load ranged from comfortable to overloaded; twice as many answers
     narrow that spread (by about 1.4x, were the answers independent)."""
 
+    turn_words: int | None = None
+    """Words of each user turn; None: a quarter of the system prompt's
+    (``WorkloadSpec.turn_tokens``)."""
+
     @property
     def cache_ram_mib(self) -> int:
         return self.host_prompts * PROMPT_MIB
+
+    @property
+    def user_words(self) -> int:
+        return self.turn_words or max(1, self.system_tokens // 4)
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,6 +317,7 @@ def real_workload(env: SuiteEnv) -> tuple[RealScale, WorkloadSpec]:
         max_output_tokens=scale.max_tokens,
         sessions=scale.sessions,
         turns=scale.turns,
+        turn_tokens=scale.turn_words,
         seed=env.seed,
     )
     return scale, spec
@@ -375,7 +384,8 @@ async def real_part(env: SuiteEnv, contenders: Sequence[str]) -> tuple[list[str]
         f"{scale.servers} real llama-servers (one CPU thread each, {scale.slots} slots of "
         f"{scale.ctx} tokens), serving `{model.name}`. Workload: `multi-turn`, seed "
         f"{env.seed}: {scale.sessions} conversations open at once, {scale.turns} turns each, "
-        f"a {scale.system_tokens}-word system prompt; the last turns send about {longest:,} "
+        f"a {scale.system_tokens}-word system prompt, {scale.user_words}-word user turns; "
+        f"the last turns send about {longest:,} "
         f"words. Answers: median {scale.median_tokens} tokens (cap {scale.max_tokens}).",
         "",
         "**The cache is the scarce resource, as in a real fleet.** llama-server keeps the "
@@ -418,6 +428,7 @@ async def real_part(env: SuiteEnv, contenders: Sequence[str]) -> tuple[list[str]
         "capacity": dataclasses.asdict(cap),
         "cache_ram_mib": scale.cache_ram_mib,
         "ctx_checkpoints": CHECKPOINTS,
+        "turn_words": scale.user_words,
         "repeat": env.repeat,
         "results": _data(results),
     }
@@ -775,8 +786,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--sim-duration", type=float, help="seconds of arrivals per simulated run")
     p.add_argument("--sim-loads", help="comma-separated shares of uncached capacity")
+    p.add_argument(
+        "--turn-words",
+        type=int,
+        help="the real part's user turns, words (default: a quarter of the system prompt)",
+    )
+    p.add_argument("--real-loads", help="the real part's loads: comma-separated shares")
     args, rest = p.parse_known_args(argv)
-    global SIM_FULL
+    global SIM_FULL, REAL_FULL
+    if args.turn_words is not None:
+        if args.turn_words < 1:
+            p.error("--turn-words must be at least 1")
+        REAL_FULL = dataclasses.replace(REAL_FULL, turn_words=args.turn_words)
+    if args.real_loads:
+        REAL_FULL = dataclasses.replace(
+            REAL_FULL, loads=tuple(float(x) for x in args.real_loads.split(","))
+        )
     if args.sim_duration is not None:
         SIM_FULL = dataclasses.replace(SIM_FULL, duration=args.sim_duration)
     if args.sim_loads:

@@ -77,6 +77,12 @@ def add_arguments(p: argparse.ArgumentParser, flag: Callable[..., None]) -> None
     )
     w.add_argument("--sessions", type=_int(1), default=8, help="multi-turn: open conversations")
     w.add_argument("--turns", type=_int(1), default=4, help="multi-turn: turns per conversation")
+    w.add_argument(
+        "--turn-tokens",
+        type=_int(1),
+        default=None,
+        help="multi-turn: words in each user turn (default: a quarter of --prompt-tokens)",
+    )
     w.add_argument("--groups", type=_int(1), default=4, help="shared-prefix: groups")
     w.add_argument("--group-users", type=_int(1), default=8, help="shared-prefix: users per group")
     w.add_argument(
@@ -173,6 +179,7 @@ def plan(args: argparse.Namespace) -> tuple[Target, WorkloadSpec, Load]:
         stream_share=args.stream_share,
         sessions=args.sessions,
         turns=args.turns,
+        turn_tokens=args.turn_tokens,
         groups=args.groups,
         users=args.group_users,
         prefix_tokens=args.prefix_tokens,

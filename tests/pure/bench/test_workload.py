@@ -77,6 +77,15 @@ def test_multi_turn_histories_grow_and_share_their_prefix() -> None:
     assert len(by_session) > 3  # sessions end after 4 turns and new ones start
 
 
+@pytest.mark.parametrize(("turn_tokens", "words"), [(None, 100), (20, 20)])
+def test_multi_turn_user_turns_have_turn_tokens_words(turn_tokens: int | None, words: int) -> None:
+    spec = WorkloadSpec(shape="multi-turn", prompt_tokens=400, turn_tokens=turn_tokens, seed=2)
+    for call in Workload(spec).take(30):
+        assert len(call.messages[-1].content.split()) == words  # the new user turn
+        assert call.messages[-1].role == "user"
+    assert call.messages[0].role == "system"
+
+
 def test_poisson_arrivals_have_the_asked_rate_and_repeat() -> None:
     times = list(itertools.islice(poisson_arrivals(50.0, seed=4), 20000))
     assert times == list(itertools.islice(poisson_arrivals(50.0, seed=4), 20000))
@@ -96,6 +105,7 @@ def test_poisson_arrivals_have_the_asked_rate_and_repeat() -> None:
         ({"output_tokens": 300, "max_output_tokens": 200}, "above the cap"),
         ({"stream_share": 1.5}, "between 0 and 1"),
         ({"tail_sigma": -1}, "tail sigma"),
+        ({"turn_tokens": 0}, "turn tokens must be >= 1"),
     ],
 )
 def test_bad_specs_say_what_is_wrong(overrides: dict, words: str) -> None:
