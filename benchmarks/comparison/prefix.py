@@ -76,7 +76,7 @@ from comparison.routing import (
     start_simfleet,
 )
 from corral.bench.stats import summarise
-from corral.bench.workload import Workload, WorkloadSpec
+from corral.bench.workload import HISTORIES, History, Workload, WorkloadSpec
 from corral.llamacpp import LlamaCppNotFound, ModelError, bundled_model, llama_server_path
 from corral.llamacpp.process import llama_server_command
 from corral.sim.model import SpeedModel
@@ -111,6 +111,8 @@ class RealScale:
     turn_words: int | None = None
     """Words of each user turn; None: a quarter of the system prompt's
     (``WorkloadSpec.turn_tokens``)."""
+    history: History = "planned"
+    """What later turns resend as earlier answers (``WorkloadSpec.history``)."""
 
     @property
     def cache_ram_mib(self) -> int:
@@ -318,6 +320,7 @@ def real_workload(env: SuiteEnv) -> tuple[RealScale, WorkloadSpec]:
         sessions=scale.sessions,
         turns=scale.turns,
         turn_tokens=scale.turn_words,
+        history=scale.history,
         seed=env.seed,
     )
     return scale, spec
@@ -386,7 +389,14 @@ async def real_part(env: SuiteEnv, contenders: Sequence[str]) -> tuple[list[str]
         f"{env.seed}: {scale.sessions} conversations open at once, {scale.turns} turns each, "
         f"a {scale.system_tokens}-word system prompt, {scale.user_words}-word user turns; "
         f"the last turns send about {longest:,} "
-        f"words. Answers: median {scale.median_tokens} tokens (cap {scale.max_tokens}).",
+        f"words. Answers: median {scale.median_tokens} tokens (cap {scale.max_tokens}); "
+        + (
+            "a later turn resends each server's own answers, as a chat client does, and "
+            "is sent once the answer before it has ended."
+            if scale.history == "served"
+            else "a later turn resends planned answers (text of the planned length, the same "
+            "for every contender), not the server's words."
+        ),
         "",
         "**The cache is the scarce resource, as in a real fleet.** llama-server keeps the "
         "prompts it evicts from its slots in a host prompt cache (`--cache-ram`, 8,192 MiB "
@@ -429,6 +439,7 @@ async def real_part(env: SuiteEnv, contenders: Sequence[str]) -> tuple[list[str]
         "cache_ram_mib": scale.cache_ram_mib,
         "ctx_checkpoints": CHECKPOINTS,
         "turn_words": scale.user_words,
+        "history": scale.history,
         "repeat": env.repeat,
         "results": _data(results),
     }
@@ -792,12 +803,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the real part's user turns, words (default: a quarter of the system prompt)",
     )
     p.add_argument("--real-loads", help="the real part's loads: comma-separated shares")
+    p.add_argument(
+        "--history", choices=HISTORIES, help="the real part's earlier answers (default planned)"
+    )
     args, rest = p.parse_known_args(argv)
     global SIM_FULL, REAL_FULL
     if args.turn_words is not None:
         if args.turn_words < 1:
             p.error("--turn-words must be at least 1")
         REAL_FULL = dataclasses.replace(REAL_FULL, turn_words=args.turn_words)
+    if args.history:
+        REAL_FULL = dataclasses.replace(REAL_FULL, history=args.history)
     if args.real_loads:
         REAL_FULL = dataclasses.replace(
             REAL_FULL, loads=tuple(float(x) for x in args.real_loads.split(","))

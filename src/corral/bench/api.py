@@ -88,6 +88,8 @@ class Event:
 
     tokens: int = 0
     """Generated tokens in it (0 or 1: llama-server sends one per event)."""
+    text: str = ""
+    """The generated text in it."""
     usage_tokens: int | None = None
     """The answer's total output tokens, when the event reports usage."""
     done: bool = False
@@ -141,10 +143,12 @@ def read_event(data: bytes) -> Event:
                 delta = choice.get("delta")
                 piece = delta.get("content") if isinstance(delta, dict) else choice.get("text")
                 text += piece if isinstance(piece, str) else ""
-        return Event(tokens=1 if text else 0, usage_tokens=usage, cache=cache)
+        return Event(tokens=1 if text else 0, text=text, usage_tokens=usage, cache=cache)
     content = obj.get("content")
+    content = content if isinstance(content, str) else ""
     return Event(
-        tokens=1 if isinstance(content, str) and content else 0,
+        tokens=1 if content else 0,
+        text=content,
         usage_tokens=usage,
         done=obj.get("stop") is True,
         cache=cache,
@@ -171,10 +175,32 @@ def answer_tokens(body: bytes) -> int | None:
 def read_answer(body: bytes) -> tuple[int | None, Cache | None]:
     """Output tokens and prompt-cache figures a non-streamed answer reports (None for
     what it does not say)."""
+    obj = _object(body)
+    if obj is None:
+        return None, None
+    return _usage_tokens(obj), _cache(obj)
+
+
+def answer_text(body: bytes) -> str | None:
+    """The generated text of a non-streamed answer of any of the three APIs (chat's
+    ``choices[0].message.content``, completions' ``choices[0].text``, llama.cpp's
+    ``content``), or None if it has none."""
+    obj = _object(body)
+    if obj is None:
+        return None
+    choices = obj.get("choices")
+    if isinstance(choices, list):
+        first = choices[0] if choices and isinstance(choices[0], dict) else {}
+        message = first.get("message")
+        text = message.get("content") if isinstance(message, dict) else first.get("text")
+    else:
+        text = obj.get("content")
+    return text if isinstance(text, str) else None
+
+
+def _object(body: bytes) -> dict[str, Any] | None:
     try:
         obj = msgspec.json.decode(body)
     except msgspec.DecodeError:
-        return None, None
-    if not isinstance(obj, dict):
-        return None, None
-    return _usage_tokens(obj), _cache(obj)
+        return None
+    return obj if isinstance(obj, dict) else None

@@ -17,7 +17,7 @@ from typing import Any, TextIO
 from corral.bench.api import APIS
 from corral.bench.driver import Load, Runner, Target
 from corral.bench.stats import Outcome, Summary, format_table, summarise
-from corral.bench.workload import SHAPES, Workload, WorkloadError, WorkloadSpec
+from corral.bench.workload import HISTORIES, SHAPES, Workload, WorkloadError, WorkloadSpec
 
 DEFAULT_REQUESTS = 100
 CHARTS_MISSING = "--charts needs matplotlib, which is not installed: pip install 'corral[charts]'"
@@ -82,6 +82,14 @@ def add_arguments(p: argparse.ArgumentParser, flag: Callable[..., None]) -> None
         type=_int(1),
         default=None,
         help="multi-turn: words in each user turn (default: a quarter of --prompt-tokens)",
+    )
+    w.add_argument(
+        "--history",
+        choices=HISTORIES,
+        default="planned",
+        help="multi-turn: the earlier answers a turn resends: planned (text of the planned "
+        "length, the same every run) or served (the server's own words, as a chat client "
+        "sends them back; each turn waits for the answer before it) (default %(default)s)",
     )
     w.add_argument("--groups", type=_int(1), default=4, help="shared-prefix: groups")
     w.add_argument("--group-users", type=_int(1), default=8, help="shared-prefix: users per group")
@@ -180,6 +188,7 @@ def plan(args: argparse.Namespace) -> tuple[Target, WorkloadSpec, Load]:
         sessions=args.sessions,
         turns=args.turns,
         turn_tokens=args.turn_tokens,
+        history=args.history,
         groups=args.groups,
         users=args.group_users,
         prefix_tokens=args.prefix_tokens,

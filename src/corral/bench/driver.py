@@ -12,6 +12,12 @@ Two ways to load a server, as in the serving literature:
 A run stops issuing requests after ``duration`` seconds or ``requests`` requests
 (whichever is given, or first), then waits for those in flight (each bounded by the
 request timeout). Every request becomes an :class:`~corral.bench.stats.Outcome`.
+
+With a ``multi-turn`` workload whose history is ``served``, a conversation's turn is
+sent only once the answer to its previous turn has ended (a user reads before
+replying), with that answer's words in its history (:func:`~corral.bench.workload.
+with_answers`); its ``scheduled`` time stays the trace's, its ``start`` is when it
+was sent.
 """
 
 from __future__ import annotations
@@ -24,9 +30,18 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from corral.bench.api import PATHS, Api, Cache, SSEParser, read_answer, read_event, request_body
+from corral.bench.api import (
+    PATHS,
+    Api,
+    Cache,
+    SSEParser,
+    answer_text,
+    read_answer,
+    read_event,
+    request_body,
+)
 from corral.bench.stats import Outcome
-from corral.bench.workload import Call, Workload, WorkloadError, poisson_arrivals
+from corral.bench.workload import Call, Workload, WorkloadError, poisson_arrivals, with_answers
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +125,10 @@ class Runner:
         self.clock = clock
         self.outcomes: list[Outcome] = []
         self.in_flight = 0
+        spec = workload.spec
+        self._serve = spec.shape == "multi-turn" and spec.history == "served"
+        self._answers: dict[int, list[str | None]] = {}  # session -> its answers so far
+        self._answered: dict[tuple[int, int], asyncio.Event] = {}  # (session, turn) ended
         self._t0 = clock()
         self._headers = {"Content-Type": "application/json"}
         if target.api_key:
@@ -167,21 +186,42 @@ class Runner:
             await asyncio.gather(*tasks)
 
     # -------------------------------------------------------------- request
+    def _ended(self, key: tuple[int, int]) -> asyncio.Event:
+        event = self._answered.get(key)
+        if event is None:
+            event = self._answered[key] = asyncio.Event()
+        return event
+
     async def _send(
         self, session: aiohttp.ClientSession, call: Call, scheduled: float | None
     ) -> None:
+        text: str | None = None
+        if self._serve and call.turn > 0:  # after the previous answer, with its words
+            await self._ended((call.session, call.turn - 1)).wait()
+            del self._answered[(call.session, call.turn - 1)]
+            call = with_answers(call, self._answers.get(call.session, []))
         self.in_flight += 1
         try:
-            outcome = await self._exchange(session, call, scheduled)
+            outcome, text = await self._exchange(session, call, scheduled)
         finally:
             self.in_flight -= 1
+            if self._serve:
+                answers = self._answers.setdefault(call.session, [])
+                if call.turn == 0:
+                    answers.clear()
+                answers.append(text)
+                if call.turn + 1 >= self.workload.spec.turns:  # the conversation ends
+                    del self._answers[call.session]
+                else:
+                    self._ended((call.session, call.turn)).set()
         self.outcomes.append(outcome)
         if self.on_outcome is not None:
             self.on_outcome(outcome)
 
     async def _exchange(
         self, session: aiohttp.ClientSession, call: Call, scheduled: float | None
-    ) -> Outcome:
+    ) -> tuple[Outcome, str | None]:
+        """The request's outcome, and the answer's text (None when it failed)."""
         t = self.target
         body = request_body(call, t.api, model=t.model, ignore_eos=t.ignore_eos)
         start = self.elapsed()
@@ -193,6 +233,7 @@ class Runner:
         server: str | None = None
         error: str | None = None
         cache: Cache | None = None
+        pieces: list[str] = []
         # the session lets a sticky balancer keep a conversation (or a user) on one server
         headers = {**self._headers, "X-Session-Id": str(call.session)}
         try:
@@ -217,6 +258,8 @@ class Runner:
                                 usage = event.usage_tokens
                             if event.cache is not None:
                                 cache = event.cache
+                            if event.text:
+                                pieces.append(event.text)
                             if event.tokens:
                                 if first is None:
                                     first = now
@@ -227,14 +270,16 @@ class Runner:
                     if error is None and parser.pending.strip():
                         error = "truncated_stream"
                 else:
-                    usage, cache = read_answer(await response.read())
+                    body = await response.read()
+                    usage, cache = read_answer(body)
+                    pieces.append(answer_text(body) or "")
         except TimeoutError:
             error = "timeout"
         except aiohttp.ClientPayloadError:
             error = "truncated_stream"
         except (aiohttp.ClientError, OSError):
             error = "connection"
-        return Outcome(
+        outcome = Outcome(
             index=call.index,
             start=start,
             end=self.elapsed(),
@@ -249,6 +294,7 @@ class Runner:
             prompt_tokens=cache.prompt if cache is not None else None,
             cached_tokens=cache.cached if cache is not None else None,
         )
+        return outcome, ("".join(pieces) or None) if error is None else None
 
 
 def _float(text: str | None) -> float | None:

@@ -18,7 +18,9 @@ Output lengths come from one of three shapes:
   messages are the whole history so far, so calls share long prefixes. The
   assistant's earlier answers in the history are the planned answers (text of the
   planned length), not the server's real words, so the sequence does not depend on
-  who answered. Output lengths are heavy-tailed as above. For a prompt cache to
+  who answered; with ``history="served"`` the load generator puts the server's words
+  there instead, as a chat client does, and sends each turn after the answer to the
+  one before. Output lengths are heavy-tailed as above. For a prompt cache to
   matter, histories must grow long: with ``prompt_tokens`` 400 and 8 turns of answers
   near 64 tokens, the last turns send over 1,000 tokens (:func:`history_words`). Each
   user turn has ``turn_tokens`` words (a quarter of ``prompt_tokens`` by default).
@@ -44,12 +46,14 @@ import dataclasses
 import itertools
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 Shape = Literal["fixed", "heavy-tail", "multi-turn", "shared-prefix", "no-sharing"]
 SHAPES: tuple[Shape, ...] = ("fixed", "heavy-tail", "multi-turn", "shared-prefix", "no-sharing")
+History = Literal["planned", "served"]
+HISTORIES: tuple[History, ...] = ("planned", "served")
 
 _WORDS = (
     "the", "fleet", "server", "slot", "token", "model", "prompt", "answer", "request",
@@ -84,6 +88,12 @@ class WorkloadSpec:
     """``multi-turn``: conversations open at once."""
     turns: int = 4
     """``multi-turn``: turns per conversation before it ends and a new one starts."""
+    history: History = "planned"
+    """``multi-turn``: what a later turn resends as the earlier answers. ``planned``:
+    text of the planned length, the same for every run; ``served``: the server's own
+    words, as a chat client sends them back (the load generator puts them in:
+    :func:`with_answers`), so a server that kept the conversation reads only the new
+    turn. Each turn then waits for the answer before it."""
     turn_tokens: int | None = None
     """``multi-turn``: words in each user turn (the first follows a system prompt of
     ``prompt_tokens`` words); None: a quarter of ``prompt_tokens``. A chat's turns are
@@ -106,6 +116,8 @@ class WorkloadSpec:
         ):  # fmt: skip
             if getattr(self, name) < 1:
                 raise WorkloadError(f"{name.replace('_', ' ')} must be >= 1")
+        if self.history not in HISTORIES:
+            raise WorkloadError(f"unknown history {self.history!r}; choose one of {HISTORIES}")
         if self.turn_tokens is not None and self.turn_tokens < 1:
             raise WorkloadError("turn tokens must be >= 1")
         if self.output_tokens > self.max_output_tokens:
@@ -146,6 +158,23 @@ class Call:
     def prompt(self) -> str:
         """The history as one text, for completion endpoints."""
         return "\n".join(m.content for m in self.messages)
+
+
+def with_answers(call: Call, answers: Sequence[str | None]) -> Call:
+    """``call`` with its earlier answers (its assistant messages, in order) replaced by
+    ``answers``: what the server said to each earlier turn of the conversation (None,
+    or none given: the planned text stays, as for a turn that failed)."""
+    if not any(answers):
+        return call
+    messages, k = [], 0
+    for m in call.messages:
+        if m.role == "assistant":
+            served = answers[k] if k < len(answers) else None
+            k += 1
+            if served is not None:
+                m = Message("assistant", served)
+        messages.append(m)
+    return dataclasses.replace(call, messages=tuple(messages))
 
 
 def output_length(rng: random.Random, spec: WorkloadSpec) -> int:

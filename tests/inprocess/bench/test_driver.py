@@ -179,3 +179,58 @@ async def test_each_request_names_its_session() -> None:
     finally:
         await runner.cleanup()
     assert seen == [str(c.session) for c in Workload(spec).take(6)]
+
+
+@pytest.mark.parametrize("stream_share", [0.0, 1.0])
+async def test_a_served_history_resends_the_servers_answers(stream_share: float) -> None:
+    """``history="served"``: each later turn carries the server's words for the turns
+    before it, and so is sent only after the answer to the one before has ended."""
+    from aiohttp import web
+
+    got: list[tuple[str, list[dict[str, str]]]] = []
+    said: dict[tuple[str, int], str] = {}  # (session, turn) -> the answer's text
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        session = request.headers["X-Session-Id"]
+        turn = sum(m["role"] == "user" for m in body["messages"]) - 1
+        got.append((session, body["messages"]))
+        text = f"words of answer {len(got)}"
+        said[(session, turn)] = text
+        if not body.get("stream"):
+            return web.json_response(
+                {"choices": [{"message": {"content": text}}], "usage": {"completion_tokens": 4}}
+            )
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for word in text.split(" "):
+            chunk = {"choices": [{"delta": {"content": word + " "}}]}
+            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    spec = WorkloadSpec(
+        shape="multi-turn", sessions=2, turns=3, stream_share=stream_share, history="served"
+    )
+    try:  # arrivals far faster than answers: turns would overlap if they did not wait
+        outcomes = await Runner(
+            Target(f"http://127.0.0.1:{port}"), Workload(spec), Load(rate=500.0, requests=12)
+        ).run()
+    finally:
+        await runner.cleanup()
+    assert summarise(outcomes).succeeded == 12
+    later = 0
+    for session, messages in got:
+        answers = [m["content"] for m in messages if m["role"] == "assistant"]
+        sent = [said[(session, turn)] for turn in range(len(answers))]
+        if stream_share:  # the streamed words, joined as they came
+            sent = [" ".join(text.split(" ")) + " " for text in sent]
+        assert answers == sent
+        later += bool(answers)
+    assert later == 8  # with this seed, 12 calls begin 4 conversations

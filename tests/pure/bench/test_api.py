@@ -9,6 +9,7 @@ import pytest
 from corral.bench.api import (
     Cache,
     SSEParser,
+    answer_text,
     answer_tokens,
     read_answer,
     read_event,
@@ -117,3 +118,17 @@ def test_cache_figures_come_from_timings_in_a_body_or_the_last_event() -> None:
     assert event.cache == Cache(1200, 30)
     assert read_event(b'{"choices": []}').cache is None
     assert read_answer(b'{"timings": {"cache_n": "x"}}') == (None, None)
+
+
+def test_the_answers_text_from_each_api_whole_or_streamed() -> None:
+    assert answer_text(b'{"choices":[{"message":{"role":"assistant","content":"hi you"}}]}') == (
+        "hi you"
+    )
+    assert answer_text(b'{"choices":[{"text":" so it goes","index":0}]}') == " so it goes"
+    assert answer_text(b'{"content":"llama words","stop":true}') == "llama words"
+    for nothing in (b"oops", b"[1]", b'{"choices":[]}', b'{"choices":[{"message":{}}]}'):
+        assert answer_text(nothing) is None
+    assert read_event(b'{"choices":[{"delta":{"content":" tok"}}]}').text == " tok"
+    assert read_event(b'{"choices":[{"text":" tok1","index":0}]}').text == " tok1"
+    assert read_event(b'{"content":"tok","stop":false}').text == "tok"
+    assert read_event(b'{"choices":[{"delta":{}}],"usage":{"completion_tokens":3}}').text == ""

@@ -14,6 +14,7 @@ from corral.bench.workload import (
     history_words,
     output_length,
     poisson_arrivals,
+    with_answers,
 )
 
 
@@ -106,6 +107,7 @@ def test_poisson_arrivals_have_the_asked_rate_and_repeat() -> None:
         ({"stream_share": 1.5}, "between 0 and 1"),
         ({"tail_sigma": -1}, "tail sigma"),
         ({"turn_tokens": 0}, "turn tokens must be >= 1"),
+        ({"history": "imagined"}, "unknown history"),
     ],
 )
 def test_bad_specs_say_what_is_wrong(overrides: dict, words: str) -> None:
@@ -181,3 +183,22 @@ def test_a_salt_keeps_two_runs_from_sharing_prompts_and_nothing_else(shape):
     for i, j in itertools.combinations(range(12), 2):  # within a run: as without a salt
         assert shared(a[i].prompt, a[j].prompt) == 6 + shared(plain[i].prompt, plain[j].prompt)
         assert shared(a[i].prompt, b[j].prompt) == 1  # across runs: the "[" only
+
+
+def test_with_answers_puts_the_served_words_in_place_of_the_planned_ones() -> None:
+    spec = WorkloadSpec(shape="multi-turn", sessions=1, turns=4, seed=4)
+    third = Workload(spec).take(3)[2]  # turn 2: two answers in its history
+    planned = [m.content for m in third.messages if m.role == "assistant"]
+    served = with_answers(third, ["first served", "second served"])
+    assert [m.content for m in served.messages if m.role == "assistant"] == [
+        "first served",
+        "second served",
+    ]
+    assert [m.role for m in served.messages] == [m.role for m in third.messages]
+    assert served.messages[-1] == third.messages[-1] and served.index == third.index
+    kept = with_answers(third, [None, "second served"])  # a failed turn keeps its plan
+    assert [m.content for m in kept.messages if m.role == "assistant"] == [
+        planned[0],
+        "second served",
+    ]
+    assert with_answers(third, []) is third
