@@ -573,15 +573,15 @@ class PrefixPolicy:
         hashes = request.prompt.hashes(self.index.block)
         note = request.note
         note.prior = self.index.stamps(backend.id, hashes)
-        held = self._held(backend, hashes, len(note.prior))
+        in_idle, in_busy = self._slot_matches(backend.id, hashes)
+        held = len(note.prior) if backend.id in self._host else in_idle  # see _held
         note.predicted_blocks = held
         if held == 0 and hashes:  # a prefix new to it (whatever the route): see _spread
             self._uses += 1
             self._placed[backend.id] = self._uses
-        # for learning of a host cache; without one, held is what idle slots hold
-        idle = self._evidence_base(backend, hashes, None if backend.id in self._host else held)
+        idle = self._evidence_base(backend, in_idle)  # for learning of a host cache
         note.sent_at = event.now
-        note.in_flight = self._slot_match(backend.id, hashes, busy=True)
+        note.in_flight = in_busy
         mib = backend.cache_ram_mib
         if mib is not None:  # the agent says: trust it over what was seen
             (self._host.add if mib != 0 else self._host.discard)(backend.id)
@@ -619,22 +619,20 @@ class PrefixPolicy:
         best.hashes, best.busy, best.used, best.known = hashes, True, self._uses, True
         return best
 
-    def _evidence_base(
-        self, backend: Backend, hashes: list[int], idle: int | None = None
-    ) -> int | None:
-        """What a request's answer must beat to show a host cache: the most blocks an
-        idle slot holds, when every slot's content is known; None when it is not (a
-        slot untaken since the server restarted holds what it held before, and with
-        another balancer in front of the same server (``slots_share``: docs/ha.md)
-        requests this one never saw fill its slots). ``idle``: the slots' match
-        (:meth:`_slot_match`) when the caller has it."""
+    def _evidence_base(self, backend: Backend, idle: int) -> int | None:
+        """What a request's answer must beat to show a host cache: ``idle``, the most
+        blocks of its prompt an idle slot holds (:meth:`_slot_matches`), when every
+        slot's content is known; None when it is not (a slot untaken since the server
+        restarted holds what it held before, and with another balancer in front of the
+        same server (``slots_share``: docs/ha.md) requests this one never saw fill its
+        slots)."""
         slots = self._slots_of.get(backend.id, ())
         if backend.slots_share is not None or len(slots) < backend.slots_total:
             return None
         for s in slots:  # a plain loop: this is per dispatch
             if not s.known:
                 return None
-        return self._slot_match(backend.id, hashes) if idle is None else idle
+        return idle
 
     def _finished(self, event: Finished) -> None:
         request, timings, backend_id = event.request, event.timings, event.backend.id

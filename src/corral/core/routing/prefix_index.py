@@ -49,7 +49,24 @@ block held by several backends adds a small dict of their ids.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Container, Iterator, Sequence
+
+
+def _held_prefix(held: Container[int], hashes: Sequence[int], high: int | None = None) -> int:
+    """How many leading blocks of ``hashes`` are keys of ``held``, when those that are
+    form a prefix of them (a backend's blocks, or the blocks any backend holds): a
+    binary search, about log2(len(hashes)) lookups; ``high``: at most this many."""
+    high = len(hashes) if high is None else high
+    if not high or hashes[0] not in held:  # the usual answer, in one lookup
+        return 0
+    low = 1  # blocks [0, low) held; [high, ...) not
+    while low < high:
+        mid = (low + high) // 2
+        if hashes[mid] in held:
+            low = mid + 1
+        else:
+            high = mid
+    return low
 
 
 class _Batch:
@@ -103,19 +120,7 @@ class PrefixIndex:
         docstring: eviction takes tails first), so this is a binary search: about
         ``log2(len(hashes))`` lookups, not one per block."""
         held = self._held.get(backend_id)
-        if held is None or not hashes:
-            return 0
-        blocks = held.blocks
-        if hashes[0] not in blocks:  # the usual answer, in one lookup
-            return 0
-        low, high = 1, len(hashes)  # blocks [0, low) held; [high, ...) not
-        while low < high:
-            mid = (low + high) // 2
-            if hashes[mid] in blocks:
-                low = mid + 1
-            else:
-                high = mid
-        return low
+        return 0 if held is None else _held_prefix(held.blocks, hashes)
 
     def holders(self, hashes: list[int], budget: int = 64) -> Iterator[tuple[str, int]]:
         """``(backend_id, blocks held)`` for backends holding a prefix of this prompt,
@@ -132,13 +137,7 @@ class PrefixIndex:
         if root is None:  # nobody holds any of it
             return
         everyone = 1 if isinstance(root, str) else len(root)
-        low, high = 1, len(hashes)  # blocks [0, low) held somewhere; [high, ...) nowhere
-        while low < high:
-            mid = (low + high) // 2
-            if hashes[mid] in holders:
-                low = mid + 1
-            else:
-                high = mid
+        low = _held_prefix(holders, hashes)  # blocks held somewhere
         seen: set[str] = set()
         get = holders.get
         for depth in range(low, 0, -1):
@@ -222,18 +221,25 @@ class PrefixIndex:
         held.batches.append(_Batch(tuple(hashes), stamp))
         held.pending += len(hashes)
         holders = self._holders
-        mark, hold = blocks.setdefault, holders.setdefault  # one lookup for a new block
-        for h in hashes:
-            was = mark(h, stamp)
-            if was != stamp:  # held already: renewed
-                blocks[h] = stamp
-                continue
-            owner = hold(h, backend_id)
-            if owner is not backend_id:  # held elsewhere too
-                if isinstance(owner, str):
-                    holders[h] = {owner: None, backend_id: None}
-                else:
-                    owner[backend_id] = None
+        # what this backend holds of the prompt is a prefix of it, and so is what any
+        # backend holds (see holders): renew the first, join the holders of the rest of
+        # the second, and add what nobody holds at once, in C (most blocks, most often)
+        anywhere = _held_prefix(holders, hashes)
+        mine = _held_prefix(blocks, hashes, anywhere)
+        for i in range(mine):
+            blocks[hashes[i]] = stamp
+        for i in range(mine, anywhere):
+            h = hashes[i]
+            blocks[h] = stamp
+            owner = holders[h]
+            if isinstance(owner, str):
+                holders[h] = {owner: None, backend_id: None}
+            else:
+                owner[backend_id] = None
+        if anywhere < len(hashes):
+            new = hashes[anywhere:]
+            blocks.update(dict.fromkeys(new, stamp))
+            holders.update(dict.fromkeys(new, backend_id))
         if len(blocks) > capacity:
             self._evict(backend_id)
         # after an eviction too: at capacity every add evicts, and a head that every
