@@ -806,12 +806,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--history", choices=HISTORIES, help="the real part's earlier answers (default planned)"
     )
+    p.add_argument(
+        "--fleet",
+        help="the real part's fleet: SERVERS,SLOTS,HOST_PROMPTS (default "
+        f"{REAL_FULL.servers},{REAL_FULL.slots},{REAL_FULL.host_prompts}: servers, slots "
+        "each, conversations each server's host cache holds)",
+    )
     args, rest = p.parse_known_args(argv)
     global SIM_FULL, REAL_FULL
     if args.turn_words is not None:
         if args.turn_words < 1:
             p.error("--turn-words must be at least 1")
         REAL_FULL = dataclasses.replace(REAL_FULL, turn_words=args.turn_words)
+    if args.fleet:
+        try:
+            servers, slots, host = (int(x) for x in args.fleet.split(","))
+        except ValueError:
+            p.error(f"--fleet takes SERVERS,SLOTS,HOST_PROMPTS, got {args.fleet!r}")
+        if min(servers, slots) < 1 or host < 0:
+            p.error("--fleet needs at least 1 server and 1 slot, and 0 or more host prompts")
+        REAL_FULL = dataclasses.replace(REAL_FULL, servers=servers, slots=slots, host_prompts=host)
     if args.history:
         REAL_FULL = dataclasses.replace(REAL_FULL, history=args.history)
     if args.real_loads:
