@@ -221,25 +221,18 @@ class PrefixIndex:
         held.batches.append(_Batch(tuple(hashes), stamp))
         held.pending += len(hashes)
         holders = self._holders
-        # what this backend holds of the prompt is a prefix of it, and so is what any
-        # backend holds (see holders): renew the first, join the holders of the rest of
-        # the second, and add what nobody holds at once, in C (most blocks, most often)
-        anywhere = _held_prefix(holders, hashes)
-        mine = _held_prefix(blocks, hashes, anywhere)
-        for i in range(mine):
-            blocks[hashes[i]] = stamp
-        for i in range(mine, anywhere):
-            h = hashes[i]
-            blocks[h] = stamp
-            owner = holders[h]
-            if isinstance(owner, str):
-                holders[h] = {owner: None, backend_id: None}
-            else:
-                owner[backend_id] = None
-        if anywhere < len(hashes):
-            new = hashes[anywhere:]
-            blocks.update(dict.fromkeys(new, stamp))
-            holders.update(dict.fromkeys(new, backend_id))
+        mark, hold = blocks.setdefault, holders.setdefault  # one lookup for a new block
+        for h in hashes:
+            was = mark(h, stamp)
+            if was != stamp:  # held already: renewed
+                blocks[h] = stamp
+                continue
+            owner = hold(h, backend_id)
+            if owner is not backend_id:  # held elsewhere too
+                if isinstance(owner, str):
+                    holders[h] = {owner: None, backend_id: None}
+                else:
+                    owner[backend_id] = None
         if len(blocks) > capacity:
             self._evict(backend_id)
         # after an eviction too: at capacity every add evicts, and a head that every
