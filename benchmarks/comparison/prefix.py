@@ -790,6 +790,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m comparison.prefix [--quick] [--part sim] [--sim-duration S]
     [--sim-loads 0.9,3] [--contenders ...]``: the section alone; ``--part``,
     ``--sim-duration`` and ``--sim-loads`` make a shorter check (not for the page)."""
+    global SIM_FULL, REAL_FULL
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--part", choices=("all", "real", "sim", "replica"), default="all")
     p.add_argument(
@@ -813,7 +814,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         "each, conversations each server's host cache holds)",
     )
     args, rest = p.parse_known_args(argv)
-    global SIM_FULL, REAL_FULL
     if args.turn_words is not None:
         if args.turn_words < 1:
             p.error("--turn-words must be at least 1")

@@ -1,0 +1,25 @@
+"""Section 5's options for its real part: bad values say what is wrong."""
+
+from __future__ import annotations
+
+import pytest
+
+from comparison import prefix
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["--fleet", "4,1"], "--fleet takes SERVERS,SLOTS,HOST_PROMPTS, got '4,1'"),
+        (["--fleet", "0,1,4"], "at least 1 server and 1 slot"),
+        (["--turn-words", "0"], "--turn-words must be at least 1"),
+        (["--history", "imagined"], "invalid choice: 'imagined'"),
+    ],
+)
+def test_bad_real_part_options_exit_with_a_message(
+    argv: list[str], words: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        prefix.main(["--part", "real", *argv])
+    assert exit_.value.code == 2
+    assert words in capsys.readouterr().err
