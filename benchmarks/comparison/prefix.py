@@ -29,6 +29,8 @@ busy slot-time from the simulated fleet).
         --sim-loads 0.9,3 --contenders corral-prefix,corral-slots   # a shorter check
     PYTHONPATH=benchmarks python -m comparison.prefix --part replica --speedup 5 \
         --contenders corral-prefix,corral-slots,nginx-sticky   # the real part, simulated
+    PYTHONPATH=benchmarks python -m comparison.prefix --part real --real-loads 0.5,0.9 \
+        --turn-words 32 --history served --fleet 4,1,4   # chats as clients send them
 
 ``--part replica`` is a diagnostic, not for the page: the real part's workload and
 fleet shape on simulated servers (:data:`REPLICA`: speeds measured on the real ones),
@@ -388,8 +390,9 @@ async def real_part(env: SuiteEnv, contenders: Sequence[str]) -> tuple[list[str]
         f"{scale.ctx} tokens), serving `{model.name}`. Workload: `multi-turn`, seed "
         f"{env.seed}: {scale.sessions} conversations open at once, {scale.turns} turns each, "
         f"a {scale.system_tokens}-word system prompt, {scale.user_words}-word user turns; "
-        f"the last turns send about {longest:,} "
-        f"words. Answers: median {scale.median_tokens} tokens (cap {scale.max_tokens}); "
+        f"the last turns send about {longest:,} words"
+        + (" (with planned answers)" if scale.history == "served" else "")
+        + f". Answers: median {scale.median_tokens} tokens (cap {scale.max_tokens}); "
         + (
             "a later turn resends each server's own answers, as a chat client does, and "
             "is sent once the answer before it has ended."
@@ -786,10 +789,24 @@ async def run(
     return Section("Prefix-cache-aware routing", "\n".join(md), data)
 
 
+def _loads(p: argparse.ArgumentParser, option: str, text: str) -> tuple[float, ...]:
+    """Comma-separated shares of capacity, each above 0 (else the parser's error)."""
+    try:
+        loads = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        p.error(f"{option} takes comma-separated shares of capacity, got {text!r}")
+    if not all(load > 0 for load in loads):
+        p.error(f"{option}: every share must be above 0, got {text!r}")
+    return loads
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m comparison.prefix [--quick] [--part sim] [--sim-duration S]
-    [--sim-loads 0.9,3] [--contenders ...]``: the section alone; ``--part``,
-    ``--sim-duration`` and ``--sim-loads`` make a shorter check (not for the page)."""
+    [--sim-loads 0.9,3] [--real-loads 0.5,0.9] [--turn-words N] [--history served]
+    [--fleet SERVERS,SLOTS,HOST_PROMPTS] [--contenders ...]``: the section alone;
+    ``--part``, ``--sim-duration`` and ``--sim-loads`` make a shorter check (not for the
+    page); ``--real-loads``, ``--turn-words``, ``--history`` and ``--fleet`` shape the
+    real part (ignored with ``--quick``, whose scale is fixed)."""
     global SIM_FULL, REAL_FULL
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--part", choices=("all", "real", "sim", "replica"), default="all")
@@ -829,14 +846,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.history:
         REAL_FULL = dataclasses.replace(REAL_FULL, history=args.history)
     if args.real_loads:
-        REAL_FULL = dataclasses.replace(
-            REAL_FULL, loads=tuple(float(x) for x in args.real_loads.split(","))
-        )
+        REAL_FULL = dataclasses.replace(REAL_FULL, loads=_loads(p, "--real-loads", args.real_loads))
     if args.sim_duration is not None:
         SIM_FULL = dataclasses.replace(SIM_FULL, duration=args.sim_duration)
     if args.sim_loads:
-        loads = tuple(float(x) for x in args.sim_loads.split(","))
-        SIM_FULL = dataclasses.replace(SIM_FULL, loads=loads)
+        SIM_FULL = dataclasses.replace(SIM_FULL, loads=_loads(p, "--sim-loads", args.sim_loads))
     parts = ("real", "sim") if args.part == "all" else (args.part,)
     if args.speedup <= 0:
         p.error("--speedup must be above 0")

@@ -14,6 +14,9 @@ from comparison import prefix
         (["--fleet", "0,1,4"], "at least 1 server and 1 slot"),
         (["--turn-words", "0"], "--turn-words must be at least 1"),
         (["--history", "imagined"], "invalid choice: 'imagined'"),
+        (["--real-loads", "0.9,x"], "--real-loads takes comma-separated shares"),
+        (["--real-loads", "0.5,0"], "every share must be above 0"),
+        (["--sim-loads", "-1"], "--sim-loads: every share must be above 0"),
     ],
 )
 def test_bad_real_part_options_exit_with_a_message(

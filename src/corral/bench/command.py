@@ -89,7 +89,8 @@ def add_arguments(p: argparse.ArgumentParser, flag: Callable[..., None]) -> None
         default="planned",
         help="multi-turn: the earlier answers a turn resends: planned (text of the planned "
         "length, the same every run) or served (the server's own words, as a chat client "
-        "sends them back; each turn waits for the answer before it) (default %(default)s)",
+        "sends them back; each turn waits for the answer before it, so an open loop's "
+        "turn may go later than its arrival) (default %(default)s)",
     )
     w.add_argument("--groups", type=_int(1), default=4, help="shared-prefix: groups")
     w.add_argument("--group-users", type=_int(1), default=8, help="shared-prefix: users per group")

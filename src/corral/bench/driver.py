@@ -17,7 +17,12 @@ With a ``multi-turn`` workload whose history is ``served``, a conversation's tur
 sent only once the answer to its previous turn has ended (a user reads before
 replying), with that answer's words in its history (:func:`~corral.bench.workload.
 with_answers`); its ``scheduled`` time stays the trace's, its ``start`` is when it
-was sent.
+was sent. The loops are then not quite what they were: an open loop's turn that
+arrives before the answer before it has ended goes when that answer ends (so a slow
+endpoint delays some of its own arrivals, and a turn can go after ``duration``, to
+which its arrival belonged), and a closed-loop user who takes such a turn waits for
+it, so fewer than ``users`` requests may be in flight (``users`` at most ``sessions``
+keeps them all busy).
 """
 
 from __future__ import annotations
@@ -140,6 +145,8 @@ class Runner:
     async def run(self) -> list[Outcome]:
         connector = aiohttp.TCPConnector(limit=0, force_close=False)
         timeout = aiohttp.ClientTimeout(total=self.target.timeout)
+        self._answers.clear()
+        self._answered.clear()
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
             self._t0 = self.clock()
             calls: Iterator[Call] = iter(self.workload)
@@ -270,9 +277,9 @@ class Runner:
                     if error is None and parser.pending.strip():
                         error = "truncated_stream"
                 else:
-                    body = await response.read()
-                    usage, cache = read_answer(body)
-                    pieces.append(answer_text(body) or "")
+                    answer = await response.read()
+                    usage, cache = read_answer(answer)
+                    pieces.append(answer_text(answer) or "")
         except TimeoutError:
             error = "timeout"
         except aiohttp.ClientPayloadError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 from pathlib import Path
@@ -219,9 +220,12 @@ async def test_a_served_history_resends_the_servers_answers(stream_share: float)
         shape="multi-turn", sessions=2, turns=3, stream_share=stream_share, history="served"
     )
     try:  # arrivals far faster than answers: turns would overlap if they did not wait
-        outcomes = await Runner(
-            Target(f"http://127.0.0.1:{port}"), Workload(spec), Load(rate=500.0, requests=12)
-        ).run()
+        outcomes = await asyncio.wait_for(  # a turn that never went would hang the run
+            Runner(
+                Target(f"http://127.0.0.1:{port}"), Workload(spec), Load(rate=500.0, requests=12)
+            ).run(),
+            30,
+        )
     finally:
         await runner.cleanup()
     assert summarise(outcomes).succeeded == 12
@@ -234,3 +238,45 @@ async def test_a_served_history_resends_the_servers_answers(stream_share: float)
         assert answers == sent
         later += bool(answers)
     assert later == 8  # with this seed, 12 calls begin 4 conversations
+
+
+async def test_a_failed_turn_lets_the_next_go_with_its_planned_answer() -> None:
+    """A turn whose answer failed still releases the conversation's next turn, which
+    resends the planned answer in its place; a closed loop of two users ends."""
+    from aiohttp import web
+
+    got: dict[tuple[str, int], list[str]] = {}  # (session, turn) -> answers resent
+
+    async def answer(request: web.Request) -> web.Response:
+        body = await request.json()
+        turn = sum(m["role"] == "user" for m in body["messages"]) - 1
+        key = (request.headers["X-Session-Id"], turn)
+        got[key] = [m["content"] for m in body["messages"] if m["role"] == "assistant"]
+        if len(got) == 1:  # the first turn of the first conversation fails
+            return web.Response(status=500)
+        return web.json_response(
+            {"choices": [{"message": {"content": f"answer to {key}"}}], "usage": {}}
+        )
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    spec = WorkloadSpec(shape="multi-turn", sessions=1, turns=3, stream_share=0.0, history="served")
+    try:
+        outcomes = await asyncio.wait_for(  # a turn that never went would hang the run
+            Runner(
+                Target(f"http://127.0.0.1:{port}"), Workload(spec), Load(users=2, requests=6)
+            ).run(),
+            30,
+        )
+    finally:
+        await runner.cleanup()
+    assert summarise(outcomes).errors == {"http_500": 1}
+    plan = [m.content for m in Workload(spec).take(3)[2].messages if m.role == "assistant"]
+    assert got[("0", 1)] == plan[:1]  # the failed turn's plan
+    assert got[("0", 2)] == [plan[0], "answer to ('0', 1)"]
+    assert got[("1", 1)] == ["answer to ('1', 0)"]
+    assert got[("1", 2)] == ["answer to ('1', 0)", "answer to ('1', 1)"]

@@ -486,7 +486,13 @@ class PrefixPolicy:
         keyed = sorted(((d, h[d - 1]) for h in prompts for d in _depths(len(h))), reverse=True)
         return [key for _, key in keyed]
 
-    def _held(self, backend: Backend, hashes: list[int], blocks: int | None = None) -> int:
+    def _held(
+        self,
+        backend: Backend,
+        hashes: list[int],
+        blocks: int | None = None,
+        idle: int | None = None,
+    ) -> int:
         """Leading blocks of a prompt that a request sent to ``backend`` now would reuse,
         predicted. With a host prompt cache (``--cache-ram``: reported, or seen in its
         answers) the server restores any prompt it holds: the index's match
@@ -494,9 +500,10 @@ class PrefixPolicy:
         prompt and the request gets an idle slot: only what an idle slot holds counts,
         not a prompt held by a busy slot (a server of 4 slots holds 4 prompts at most,
         and reuses only those whose slots are free); the slots' contents are known
-        exactly (what was sent), where the index may have let a tail go."""
+        exactly (what was sent), where the index may have let a tail go. ``idle``: the
+        idle slots' match (:meth:`_slot_matches`) when the caller has it."""
         if backend.id not in self._host:
-            return self._slot_match(backend.id, hashes)
+            return self._slot_match(backend.id, hashes) if idle is None else idle
         return self.index.match(backend.id, hashes) if blocks is None else blocks
 
     def _slot_match(self, backend_id: str, hashes: list[int], busy: bool | None = False) -> int:
@@ -574,7 +581,7 @@ class PrefixPolicy:
         note = request.note
         note.prior = self.index.stamps(backend.id, hashes)
         in_idle, in_busy = self._slot_matches(backend.id, hashes)
-        held = len(note.prior) if backend.id in self._host else in_idle  # see _held
+        held = self._held(backend, hashes, len(note.prior), in_idle)
         note.predicted_blocks = held
         if held == 0 and hashes:  # a prefix new to it (whatever the route): see _spread
             self._uses += 1

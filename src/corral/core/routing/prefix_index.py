@@ -52,14 +52,13 @@ from collections import deque
 from collections.abc import Container, Iterator, Sequence
 
 
-def _held_prefix(held: Container[int], hashes: Sequence[int], high: int | None = None) -> int:
+def _held_prefix(held: Container[int], hashes: Sequence[int]) -> int:
     """How many leading blocks of ``hashes`` are keys of ``held``, when those that are
     form a prefix of them (a backend's blocks, or the blocks any backend holds): a
-    binary search, about log2(len(hashes)) lookups; ``high``: at most this many."""
-    high = len(hashes) if high is None else high
-    if not high or hashes[0] not in held:  # the usual answer, in one lookup
+    binary search, about log2(len(hashes)) lookups."""
+    if not hashes or hashes[0] not in held:  # the usual answer, in one lookup
         return 0
-    low = 1  # blocks [0, low) held; [high, ...) not
+    low, high = 1, len(hashes)  # blocks [0, low) held; [high, ...) not
     while low < high:
         mid = (low + high) // 2
         if hashes[mid] in held:
