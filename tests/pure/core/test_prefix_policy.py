@@ -130,6 +130,37 @@ def test_a_server_that_reuses_more_than_its_idle_slots_hold_has_a_host_cache():
     assert scheduler.submit(last, 0.0) == Dispatch("a") and last.note.predicted_cached > 1000
 
 
+def test_once_one_unreported_server_shows_a_host_cache_the_others_are_taken_to_have_one():
+    # attached servers (no cache size reported) of one slot: "b" keeps a conversation
+    # in its host cache, but would show it only if a later turn happened to land there
+    fleet, policy, scheduler = setup(("a", 1), ("b", 1), ("c", 1))
+    other = b"someone else entirely. " * 200
+
+    def send(backend: str, info: RequestInfo, cache_n: int, prompt_n: int) -> None:
+        fleet.reserve(backend, 0.0, info)
+        finish(fleet, backend, info, cache_n, prompt_n)
+
+    send("b", request(HISTORY), 0, 1250)
+    send("b", request(other), 0, 1150)  # its one slot moved on
+    assert policy.affinity("b", request(HISTORY + b"next")) == 0  # no host cache known
+    chat = b"a third conversation. " * 220
+    send("a", request(chat), 0, 1200)
+    send("a", request(other + b"!"), 0, 1150)
+    send("a", request(chat + b"more"), 1195, 5)  # "a" reused more than its slot held
+    assert policy.affinity("b", request(HISTORY + b"next")) > 1000  # "b" is like "a"
+    assert policy.affinity("c", request(HISTORY + b"next")) == 0  # "c" never had it
+    later = request(HISTORY + b"next")
+    assert scheduler.submit(later, 0.0) == Dispatch("b")
+    assert later.note.reason == "prefix" and later.note.predicted_cached > 1000
+    for name in ("a", "b", "c"):  # an agent that reports no host cache is believed
+        fleet.report(name, Report(Condition.READY, model="m", slots_total=1, cache_ram_mib=0), 0)
+    fleet.release("b", 1.0, later, Timings(5, 1245, 5.0))
+    send("c", request(other), 0, 1150)
+    send("c", request(HISTORY), 0, 1250)
+    send("c", request(chat), 0, 1200)
+    assert policy.affinity("c", request(HISTORY + b"again")) == 0
+
+
 def test_what_a_slot_holds_counts_whole_though_the_index_let_its_tail_go():
     # the index is bounded by slots x context (here 1 x 512 tokens: 2 blocks) and keeps
     # a prompt's head; the slot holds the whole prompt it last read. Counting the index's

@@ -41,7 +41,11 @@ slot is no use to it. The policy keeps what each slot last read (llama-server's 
 of slot: the idle one sharing more than ``SIMILARITY`` of the prompt, else the least
 recently used) and counts only what idle slots hold. With a host cache
 (``--cache-ram``, reported by the agent, or seen when an answer reuses more than the
-idle slots held) any prompt the index says the server holds counts.
+idle slots held) any prompt the index says the server holds counts. Once one server
+whose agent does not report its cache (an attached one) has shown a host cache, every
+such server is taken to have one: servers of a fleet are started alike, and one that
+waits to show its cache by itself only shows it when a later turn happens to land
+where its conversation was (one time in four on four servers of one slot: issue #10).
 
 Without a prompt (embeddings, multipart, pinned requests) or before any server has
 reported a prefill rate (a fleet without ``timings``), it routes as slot routing.
@@ -280,7 +284,9 @@ class PrefixPolicy:
         # candidates, for most prompts)
         self._starts: dict[int, dict[str, int]] = {}
         self._in: dict[int, tuple[str, _Slot, int | None]] = {}  # request -> backend, slot, blocks
-        self._host: set[str] = set()  # backends seen reusing more than their idle slots hold
+        self._host: set[str] = set()  # backends with a host cache (reported, or seen)
+        self._unreported: set[str] = set()  # backends whose agents report no cache size
+        self._host_seen = False  # an unreported one has shown a host cache
         self._uses = 0
         self._placed: dict[str, int] = {}  # backend -> when it last got a new prefix (a counter)
 
@@ -562,6 +568,7 @@ class PrefixPolicy:
             for key in gone:  # their ends will not come (or will find no slot)
                 del self._in[key]
             self._host.discard(event.backend_id)
+            self._unreported.discard(event.backend_id)
             self._placed.pop(event.backend_id, None)
             self.index.drop(event.backend_id)
             if event.reason != "restarted":
@@ -592,6 +599,11 @@ class PrefixPolicy:
         mib = backend.cache_ram_mib
         if mib is not None:  # the agent says: trust it over what was seen
             (self._host.add if mib != 0 else self._host.discard)(backend.id)
+            self._unreported.discard(backend.id)
+        else:
+            self._unreported.add(backend.id)
+            if self._host_seen:  # as the others (see the module docstring)
+                self._host.add(backend.id)
         self.index.set_capacity(backend.id, self._capacity_blocks(backend))
         self.index.add(backend.id, hashes)
         self._freed.pop(backend.id, None)  # the freed slot is (probably) taken
@@ -668,7 +680,8 @@ class PrefixPolicy:
             and running[2] is not None
             and real > running[2] + 1  # more than any idle slot held: a host cache
         ):
-            self._host.add(backend_id)
+            self._host_seen = True  # and so do the others (see the module docstring)
+            self._host |= self._unreported
         # one block of slack for the chat template; ``prior`` may be shorter than the
         # prediction (slots hold what the index let go): then nothing older to forget
         if real + _SLACK < note.predicted_blocks and real < len(note.prior):
