@@ -674,7 +674,7 @@ PREFIX_FINDING = """\
 **Why prefix routing was no better than slot routing on real servers (issue #10).** The
 first run of this section gave every server llama-server's default host cache, which
 held every conversation, so all contenders reused 74-83% and routing could not matter;
-the real servers now hold a few conversations each (above). Seven faults in Corral
+the real servers now hold a few conversations each (above). Eight faults in Corral
 were found with it. (1) The prefix index bounded each server by its slots times its
 context when its agent did not report a host cache (an attached server: the agent
 cannot see `--cache-ram`), so it forgot conversations the server still held and sent
@@ -731,7 +731,14 @@ prompt to its host cache when the slot starts another task and evicts the oldest
 to make room (80 evictions in the 1b2538b run's 176 task starts), so a conversation
 lasts a few of its server's tasks there, and the index, which bounds a server by its
 slots times their context plus its host cache, predicts more than the server keeps:
-learning each server's real bound from its evictions is the next step."""
+learning each server's real bound from its evictions is the next step. (8) The
+harness's own: every later turn resent planned answers, not the server's words, so a
+server that held the conversation still read the last answer again, and no router
+could reach 5x slot routing's p50 (2.3x at best in the 977e6b0 run). `corral bench
+--history served` now resends what the server said, as a chat client does; with it
+and 32-word questions prefix routing beat the sticky oracle on two servers (p50 0.38
+and 0.54 s against 0.50 and 1.03 s) and fell far behind it on four servers of one slot
+(1.08 and 1.14 s against 0.37 and 0.55 s): one of three causes fixed since (above)."""
 
 
 async def run(
