@@ -3,19 +3,44 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from support.harness import Harness
 
 from corral.bench.driver import Load, Runner, Target
-from corral.bench.stats import summarise
+from corral.bench.stats import Outcome, summarise
 from corral.bench.workload import Workload, WorkloadError, WorkloadSpec, poisson_arrivals
 from corral.llamacpp.process import free_port
 
 FAST = {"tokens_per_second": 2000.0, "prompt_tokens_per_second": 1e6}
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+async def within(seconds: float, port: int, spec: WorkloadSpec, load: Load) -> list[Outcome]:
+    """A run against ``port`` that fails, rather than hangs, if a turn never goes."""
+    runner = Runner(Target(f"http://127.0.0.1:{port}"), Workload(spec), load)
+    return await asyncio.wait_for(runner.run(), seconds)
+
+
+@contextlib.asynccontextmanager
+async def chat_endpoint(answer: Handler) -> AsyncIterator[int]:
+    """A stand-in chat endpoint on a free port (yielded) that answers with ``answer``."""
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield port
+    finally:
+        await runner.cleanup()
 
 
 @pytest.mark.parametrize("api", ["chat", "completions", "llamacpp"])
@@ -158,27 +183,17 @@ async def test_a_shared_prefix_run_reports_the_servers_cache_hit_rate(harness: H
 
 
 async def test_each_request_names_its_session() -> None:
-    from aiohttp import web
-
     seen: list[str | None] = []
 
     async def answer(request: web.Request) -> web.Response:
         seen.append(request.headers.get("X-Session-Id"))
         return web.json_response({"usage": {"completion_tokens": 1}})
 
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", answer)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        spec = WorkloadSpec(shape="multi-turn", sessions=2, stream_share=0.0)
+    spec = WorkloadSpec(shape="multi-turn", sessions=2, stream_share=0.0)
+    async with chat_endpoint(answer) as port:
         await Runner(
             Target(f"http://127.0.0.1:{port}"), Workload(spec), Load(users=1, requests=6)
         ).run()
-    finally:
-        await runner.cleanup()
     assert seen == [str(c.session) for c in Workload(spec).take(6)]
 
 
@@ -186,8 +201,6 @@ async def test_each_request_names_its_session() -> None:
 async def test_a_served_history_resends_the_servers_answers(stream_share: float) -> None:
     """``history="served"``: each later turn carries the server's words for the turns
     before it, and so is sent only after the answer to the one before has ended."""
-    from aiohttp import web
-
     got: list[tuple[str, list[dict[str, str]]]] = []
     said: dict[tuple[str, int], str] = {}  # (session, turn) -> the answer's text
 
@@ -210,24 +223,12 @@ async def test_a_served_history_resends_the_servers_answers(stream_share: float)
         await response.write(b"data: [DONE]\n\n")
         return response
 
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", answer)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
     spec = WorkloadSpec(
         shape="multi-turn", sessions=2, turns=3, stream_share=stream_share, history="served"
     )
-    try:  # arrivals far faster than answers: turns would overlap if they did not wait
-        outcomes = await asyncio.wait_for(  # a turn that never went would hang the run
-            Runner(
-                Target(f"http://127.0.0.1:{port}"), Workload(spec), Load(rate=500.0, requests=12)
-            ).run(),
-            30,
-        )
-    finally:
-        await runner.cleanup()
+    # arrivals far faster than answers: turns would overlap if they did not wait
+    async with chat_endpoint(answer) as port:
+        outcomes = await within(30, port, spec, Load(rate=500.0, requests=12))
     assert summarise(outcomes).succeeded == 12
     later = 0
     for session, messages in got:
@@ -243,8 +244,6 @@ async def test_a_served_history_resends_the_servers_answers(stream_share: float)
 async def test_a_failed_turn_lets_the_next_go_with_its_planned_answer() -> None:
     """A turn whose answer failed still releases the conversation's next turn, which
     resends the planned answer in its place; a closed loop of two users ends."""
-    from aiohttp import web
-
     got: dict[tuple[str, int], list[str]] = {}  # (session, turn) -> answers resent
 
     async def answer(request: web.Request) -> web.Response:
@@ -258,22 +257,9 @@ async def test_a_failed_turn_lets_the_next_go_with_its_planned_answer() -> None:
             {"choices": [{"message": {"content": f"answer to {key}"}}], "usage": {}}
         )
 
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", answer)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
     spec = WorkloadSpec(shape="multi-turn", sessions=1, turns=3, stream_share=0.0, history="served")
-    try:
-        outcomes = await asyncio.wait_for(  # a turn that never went would hang the run
-            Runner(
-                Target(f"http://127.0.0.1:{port}"), Workload(spec), Load(users=2, requests=6)
-            ).run(),
-            30,
-        )
-    finally:
-        await runner.cleanup()
+    async with chat_endpoint(answer) as port:
+        outcomes = await within(30, port, spec, Load(users=2, requests=6))
     assert summarise(outcomes).errors == {"http_500": 1}
     plan = [m.content for m in Workload(spec).take(3)[2].messages if m.role == "assistant"]
     assert got[("0", 1)] == plan[:1]  # the failed turn's plan
