@@ -677,3 +677,71 @@ def test_a_conversation_whose_server_is_busy_goes_to_the_fastest_free_server_not
     later = request(HISTORY + b" and the next question?")
     assert scheduler.submit(later, 0.0) == Dispatch(fastest)
     assert later.note.reason == "least-load"
+
+
+def attached_with_host_cache(fleet: Fleet, scheduler: Scheduler) -> None:
+    """Show backend ``a`` (one slot, no cache size reported) to have a host cache: a
+    conversation its slot no longer holds is reused."""
+    answered_on_a(fleet, scheduler, HISTORY, 0, 1250)
+    answered_on_a(fleet, scheduler, b"someone else entirely. " * 200, 0, 1150)
+    answered_on_a(fleet, scheduler, HISTORY + b"back to it", 1240, 10)
+
+
+def conversation(i: int) -> bytes:
+    return f"conversation number {i}. ".encode() * 200  # about 5 KB: 4-5 blocks
+
+
+def test_an_eviction_teaches_what_an_unreported_host_cache_holds():
+    # an attached server (its agent cannot see --cache-ram) is taken to have the
+    # default 8 GiB host cache, some 60 conversations; this one holds 5. On four such
+    # real servers, 13 of 117 turns were predicted on a conversation evicted long
+    # before (issue #10). Once a miss shows what it evicted, what it still holds is its
+    # bound, so the index forgets the oldest conversations when the server does
+    fleet, policy, scheduler = setup(("a", 1))
+    attached_with_host_cache(fleet, scheduler)
+    for i in range(6):
+        answered_on_a(fleet, scheduler, conversation(i), 0, 1250)
+    default = policy.index.capacity("a")  # set at dispatch
+    assert default > 4096 // BLOCK  # more than its slot: the default host cache
+    assert policy.index.match("a", request(conversation(0)).prompt.hashes(BLOCK)) > 0
+    miss = answered_on_a(fleet, scheduler, conversation(0) + b"again?", 0, 1260)
+    assert miss.note.predicted_blocks > 0  # predicted, reused nothing: evicted
+    answered_on_a(fleet, scheduler, conversation(6), 0, 1250)
+    assert policy.index.capacity("a") < default // 4
+    oldest = answered_on_a(fleet, scheduler, conversation(1) + b"later", 0, 1260)
+    assert oldest.note.predicted_blocks == 0  # forgotten with the server, not predicted
+    newest = request(conversation(6) + b"later")
+    assert scheduler.submit(newest, 0.0) == Dispatch("a") and newest.note.predicted_blocks > 0
+    policy.check()
+
+
+def test_a_learned_bound_grows_when_the_server_held_more_than_it():
+    fleet, policy, scheduler = setup(("a", 1))
+    attached_with_host_cache(fleet, scheduler)
+    for i in range(6):
+        answered_on_a(fleet, scheduler, conversation(i), 0, 1250)
+    answered_on_a(fleet, scheduler, conversation(0) + b"again?", 0, 1260)  # evicted
+    answered_on_a(fleet, scheduler, conversation(6), 0, 1250)
+    bound = policy.index.capacity("a")
+    found = answered_on_a(fleet, scheduler, conversation(1) + b"later", 1250, 10)
+    assert found.note.predicted_blocks == 0  # the index had let it go; the server had not
+    answered_on_a(fleet, scheduler, conversation(7), 0, 1250)
+    assert policy.index.capacity("a") > bound
+    policy.check()
+
+
+def test_a_restart_forgets_the_learned_bound():
+    # it may have restarted with another --cache-ram
+    fleet, policy, scheduler = setup(("a", 1))
+    attached_with_host_cache(fleet, scheduler)
+    for i in range(6):
+        answered_on_a(fleet, scheduler, conversation(i), 0, 1250)
+    default = policy.index.capacity("a")  # set at dispatch
+    assert default > 4096 // BLOCK  # more than its slot: the default host cache
+    answered_on_a(fleet, scheduler, conversation(0) + b"again?", 0, 1260)
+    answered_on_a(fleet, scheduler, conversation(6), 0, 1250)
+    assert policy.index.capacity("a") < default // 4  # learned
+    fleet.report("a", Report(Condition.UNREACHABLE, model="m", slots_total=1), now=1)
+    fleet.report("a", Report(Condition.READY, model="m", slots_total=1), now=2)
+    answered_on_a(fleet, scheduler, conversation(7), 0, 1250)
+    assert policy.index.capacity("a") > default // 2  # the default again (the ratio moves)

@@ -61,6 +61,17 @@ because it evicted them, its stale entries are dropped
 (:meth:`.PrefixIndex.forget_older`; a copy in a busy slot, or part of one prompt
 reused, is no eviction: :func:`_evicted`); a server that left, restarted or changed
 model loses its entries.
+
+**A host cache's real size is learned.** The bound above is a guess wherever the agent
+does not report ``--cache-ram`` (the default 8 GiB is some 60 conversations of 1,000
+tokens at :data:`KV_BYTES_PER_TOKEN`; four real attached servers held 5 each, and 13 of
+117 turns were predicted on conversations evicted long before: issue #10), and a
+reported size is turned into tokens at a guessed ratio. So an eviction on a server with
+a host cache sets its bound to what the index still holds for it (what it held more
+recently than the block it evicted); the index then forgets its oldest conversations
+when the server does, and their next turns go as new ones. When an answer then reuses
+more than the index held (it had let go what the server kept), the bound grows by the
+shortfall, an eighth at least. A reset forgets what was learned.
 """
 
 from __future__ import annotations
@@ -100,9 +111,11 @@ DEFAULT_CACHE_MIB = 8192
 attached server: its agent cannot see the flag) once the server's answers show it has
 one (it reused more than its idle slots held). Taking an unknown cache to be the
 default errs towards predicting too much, which answers correct
-(:meth:`PrefixIndex.forget_older` drops what a server no longer held); predicting too
-little is never corrected: the index forgets conversations the server still holds and
-sends their next turns anywhere."""
+(:meth:`PrefixIndex.forget_older` drops what a server no longer held, and the first
+eviction sets the server's bound: see the module docstring). Predicting too little
+costs more while it lasts (the index forgets conversations the server still holds and
+sends their next turns anywhere) and is corrected only by an answer that reuses a
+conversation the index had let go."""
 SPREAD = 1.2
 """How close to the lowest estimate another candidate's must be (a ratio) for a new
 prefix to go to it instead (:meth:`PrefixPolicy._spread`). Estimates of equally loaded
@@ -287,6 +300,7 @@ class PrefixPolicy:
         self._host: set[str] = set()  # backends with a host cache (reported, or seen)
         self._unreported: set[str] = set()  # backends whose agents report no cache size
         self._host_seen = False  # an unreported one has shown a host cache
+        self._bound: dict[str, int] = {}  # backend -> blocks its caches hold, as learned
         self._uses = 0
         self._placed: dict[str, int] = {}  # backend -> when it last got a new prefix (a counter)
 
@@ -569,6 +583,7 @@ class PrefixPolicy:
                 del self._in[key]
             self._host.discard(event.backend_id)
             self._unreported.discard(event.backend_id)
+            self._bound.pop(event.backend_id, None)  # it may have restarted with other flags
             self._placed.pop(event.backend_id, None)
             self.index.drop(event.backend_id)
             if event.reason != "restarted":
@@ -672,6 +687,7 @@ class PrefixPolicy:
         if prompt is None or timings.prompt_tokens <= 0:
             return
         self.ratio.learn(len(prompt), timings.prompt_tokens)
+        hashes = prompt.hashes(self.index.block)
         real = timings.cache_n * len(prompt) // (timings.prompt_tokens * self.index.block)
         if (
             running is not None
@@ -688,9 +704,24 @@ class PrefixPolicy:
             evicted = _evicted(note, real)
             if evicted is not None:
                 self.index.forget_older(backend_id, evicted)
+                if backend_id in self._host:  # what is left is what it holds: its bound
+                    self._bound[backend_id] = max(1, len(hashes), self.index.size(backend_id))
+        elif real > len(note.prior) + _SLACK and backend_id in self._host:
+            # it held blocks the index had let go: its bound was too low
+            bound = self._bound.get(backend_id)
+            if bound is not None:
+                self._bound[backend_id] = bound + max(real - len(note.prior), bound // 8)
+            elif event.backend.cache_ram_mib is not None:  # a reported size, in too few tokens
+                capacity = self.index.capacity(backend_id)
+                self._bound[backend_id] = capacity + max(real - len(note.prior), capacity // 8)
 
     def _capacity_blocks(self, backend: Backend) -> int:
-        """What the backend's caches hold, in blocks (see the module docstring)."""
+        """What the backend's caches hold, in blocks: as learned from its answers
+        (:meth:`_finished`), else from its slots, context and host cache (see the
+        module docstring)."""
+        learned = self._bound.get(backend.id)
+        if learned is not None:
+            return learned
         settings = backend.props.get("default_generation_settings")
         n_ctx = settings.get("n_ctx") if isinstance(settings, dict) else None
         if not isinstance(n_ctx, int) or n_ctx <= 0:
