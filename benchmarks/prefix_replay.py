@@ -1,7 +1,8 @@
 """Why do later turns go to a server holding none of their conversation? A replay.
 
     PYTHONPATH=src:benchmarks .venv/bin/python benchmarks/prefix_replay.py
-        [--load 0.5] [--seed 1] [--shortfall 400]
+        [--load 0.5] [--seed 1] [--shortfall 400] [--fleet 2,2,8] [--turn-words N]
+        [--speeds 0.57,315,13.6] [--jitter 0.0] [--router prefix|sticky]
 
 Replays section 5's real part (``comparison.prefix.REAL_FULL``: 2 llama-servers x 2
 slots, a host prompt cache of 8 prompts each, the ``multi-turn`` workload with 16
@@ -19,7 +20,16 @@ the same conversation is a prefix. ``--shortfall``: with sliding-window attentio
 prompt, so it reuses up to this many tokens less (uniform). Prefill at 315 tokens/s,
 decoding at 13.6 tokens/s (the section's measured speeds), 4 bytes a token.
 
-Reported: the cache hit rate, the routing reason of later turns and whether they went
+Options for the section's other fleets: ``--fleet SERVERS,SLOTS,HOST_PROMPTS`` (as the
+section's), ``--turn-words`` (words per user turn), ``--speeds CAPACITY,PREFILL,DECODE``
+(requests/s with nothing reused, and a slot's tokens/s with every slot busy; 4 x 1
+host 4 measured 0.78, 218, 35.1), ``--jitter J`` (each request's prefill takes between
+1 - J and 1 + J times its share: the rates a real server reports vary), and
+``--router sticky`` (each conversation pinned to one server by a hash of its number, as
+the section's sticky oracle: the yardstick).
+
+Reported: the cache hit rate, TTFT p50 and p99 (seconds), the busiest server's
+share of decoded tokens over the mean, the routing reason of later turns and whether they went
 to the server of the conversation's previous turn, and each time the index forgot
 conversations (:meth:`~corral.core.routing.prefix_index.PrefixIndex.forget_older`),
 how many of them the modelled server still held.
@@ -31,7 +41,9 @@ import argparse
 import heapq
 import json
 import random
+import statistics
 import sys
+import zlib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -61,7 +73,7 @@ class _Slot:
 
 @dataclass(slots=True)
 class _Server:
-    slots: list[_Slot] = field(default_factory=lambda: [_Slot() for _ in range(SLOTS)])
+    slots: list[_Slot]
     host: dict[Held, None] = field(default_factory=dict)  # insertion order: LRU first
     uses: int = 0
 
@@ -78,6 +90,7 @@ class _Job:
     cache_n: int = 0
     backend: str = ""
     slot: _Slot | None = None
+    arrived: float = 0.0
 
 
 def _reuse(held: Held | None, call: Call) -> int:
@@ -87,8 +100,27 @@ def _reuse(held: Held | None, call: Call) -> int:
     return held[2]
 
 
-def replay(load: float, seed: int, shortfall: float) -> tuple[float, Counter[str]]:
-    """One run: ``(cache hit rate, counts)``."""
+@dataclass(frozen=True, slots=True)
+class Setup:
+    """The fleet and workload replayed (the defaults: section 5's 2 x 2 fleet)."""
+
+    servers: int = 2
+    slots: int = SLOTS
+    host: int = HOST
+    turn_words: int | None = None
+    capacity: float = CAPACITY
+    prefill: float = PREFILL
+    decode: float = DECODE
+    jitter: float = 0.0
+    router: str = "prefix"
+
+
+def replay(
+    load: float, seed: int, shortfall: float, setup: Setup | None = None
+) -> tuple[float, Counter[str]]:
+    """One run: ``(cache hit rate, counts)``; the TTFTs and work shares are in
+    ``counts`` too (keys ``ttft p50 ms``, ``ttft p99 ms``, ``busiest/mean %``)."""
+    setup = setup or Setup()
     rng = random.Random(seed)
     now = [0.0]
     policy = PrefixPolicy(clock=lambda: now[0], max_wait=10.0)
@@ -96,19 +128,21 @@ def replay(load: float, seed: int, shortfall: float) -> tuple[float, Counter[str
     scheduler = Scheduler(Fleet(), policy, make_queue("fifo", options))
     props = {"default_generation_settings": {"n_ctx": 4096}}
     servers: dict[str, _Server] = {}
-    for n in (1, 2):
+    for n in range(1, setup.servers + 1):
         name = f"llama-{n}"
         scheduler.fleet.register(name, name=name, address=name, api_key=None, now=0)
-        report = Report(Condition.READY, model="m", slots_total=SLOTS, props=props)
+        report = Report(Condition.READY, model="m", slots_total=setup.slots, props=props)
         scheduler.fleet.report(name, report, 0)
-        servers[name] = _Server()
+        servers[name] = _Server([_Slot() for _ in range(setup.slots)])
+    names = list(servers)
     spec = WorkloadSpec(shape="multi-turn", prompt_tokens=400, output_tokens=32,
-                        max_output_tokens=128, sessions=16, turns=8, seed=1)  # fmt: skip
+                        max_output_tokens=128, sessions=16, turns=8, seed=1,
+                        turn_tokens=setup.turn_words)  # fmt: skip
     calls = iter(Workload(spec, salt="replay"))
     events: list[tuple[float, int, str, _Job | None]] = []
     order = iter(range(10**9))
     firsts: dict[int, int] = {}  # conversation -> its first block's hash
-    for at in poisson_arrivals(load * CAPACITY, seed):
+    for at in poisson_arrivals(load * setup.capacity, seed):
         if at > 300.0:
             break
         call = next(calls)
@@ -116,12 +150,17 @@ def replay(load: float, seed: int, shortfall: float) -> tuple[float, Counter[str
         prompt = prompt_of(json.dumps({"messages": messages}).encode())
         assert prompt is not None
         firsts.setdefault(call.session, prompt.hashes(policy.index.block)[0])
-        job = _Job(call, RequestInfo("/v1/chat/completions", "m", prompt=prompt),
-                   int(len(prompt) / BYTES_PER_TOKEN))  # fmt: skip
+        pin = None
+        if setup.router == "sticky":  # as nginx's hash of X-Session-Id
+            pin = names[zlib.crc32(str(call.session).encode()) % len(names)]
+        job = _Job(call, RequestInfo("/v1/chat/completions", "m", pin, prompt=prompt),
+                   int(len(prompt) / BYTES_PER_TOKEN), arrived=at)  # fmt: skip
         heapq.heappush(events, (at, next(order), "arrive", job))
     counts: Counter[str] = Counter()
     where: dict[int, str] = {}  # conversation -> server of its last turn
     cached = total = 0
+    ttfts: list[float] = []
+    decoded: Counter[str] = Counter()
 
     def start(job: _Job, backend: str, at: float) -> None:
         nonlocal cached, total
@@ -137,7 +176,7 @@ def replay(load: float, seed: int, shortfall: float) -> tuple[float, Counter[str
             del server.host[best]
         if slot.held is not None and slot.held[0] != call.session:
             server.host[slot.held] = None
-            while len(server.host) > HOST:
+            while len(server.host) > setup.host:
                 del server.host[next(iter(server.host))]
         server.uses += 1
         slot.held, slot.used, slot.busy = (call.session, call.turn, job.tokens), server.uses, True
@@ -148,7 +187,12 @@ def replay(load: float, seed: int, shortfall: float) -> tuple[float, Counter[str
             counts[f"later turns: {job.request.note.reason}, {there}"] += 1
         where[call.session] = backend
         cached, total = cached + job.cache_n, total + job.tokens
-        ends = at + (job.tokens - job.cache_n) / PREFILL + call.max_tokens / DECODE
+        prefill = (job.tokens - job.cache_n) / setup.prefill
+        if setup.jitter:
+            prefill *= rng.uniform(1 - setup.jitter, 1 + setup.jitter)
+        ttfts.append(at - job.arrived + prefill)
+        decoded[backend] += call.max_tokens
+        ends = at + prefill + call.max_tokens / setup.decode
         heapq.heappush(events, (ends, next(order), "finish", job))
 
     def held_by(backend: str) -> set[int]:
@@ -173,7 +217,10 @@ def replay(load: float, seed: int, shortfall: float) -> tuple[float, Counter[str
             scheduler.finished(job.request, at)
             before = held_by(job.backend)
             uncached = job.tokens - job.cache_n
-            timings = Timings(uncached, job.cache_n, max(1.0, uncached / PREFILL * 1000))
+            ms = uncached / setup.prefill * 1000
+            if setup.jitter:
+                ms *= rng.uniform(1 - setup.jitter, 1 + setup.jitter)
+            timings = Timings(uncached, job.cache_n, max(1.0, ms))
             scheduler.fleet.release(job.backend, at, job.request, timings)
             for c in before - held_by(job.backend):
                 holds = servers[job.backend].holds(Call(0, (), 0, False, session=c, turn=99))
@@ -189,6 +236,11 @@ def replay(load: float, seed: int, shortfall: float) -> tuple[float, Counter[str
         if ends and (wake is None or min(ends) < wake):
             wake = min(ends) + 0.001
             heapq.heappush(events, (wake, next(order), "wake", None))
+    ttfts.sort()
+    counts["ttft p50 ms"] = round(1000 * statistics.median(ttfts))
+    counts["ttft p99 ms"] = round(1000 * ttfts[min(len(ttfts) - 1, int(0.99 * len(ttfts)))])
+    shares = [decoded[n] for n in names]
+    counts["busiest/mean %"] = round(100 * max(shares) / statistics.mean(shares))
     return cached / max(1, total), counts
 
 
@@ -198,8 +250,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1, help="Poisson arrivals' seed")
     parser.add_argument("--shortfall", type=float, default=400.0,
                         help="tokens a checkpoint roll-back loses, at most")  # fmt: skip
+    parser.add_argument("--fleet", default=f"2,{SLOTS},{HOST}",
+                        help="SERVERS,SLOTS,HOST_PROMPTS (default %(default)s)")  # fmt: skip
+    parser.add_argument("--turn-words", type=int, default=None, help="words per user turn")
+    parser.add_argument("--speeds", default=f"{CAPACITY},{PREFILL},{DECODE}",
+                        help="CAPACITY,PREFILL,DECODE: requests/s with nothing reused, "
+                        "a slot's prompt and generated tokens/s (default %(default)s)")  # fmt: skip
+    parser.add_argument("--jitter", type=float, default=0.0,
+                        help="each prefill takes 1 +- this times its share (0 to 1)")  # fmt: skip
+    parser.add_argument("--router", choices=("prefix", "sticky"), default="prefix")
     args = parser.parse_args(argv)
-    hit, counts = replay(args.load, args.seed, args.shortfall)
+    try:
+        servers, slots, host = (int(v) for v in args.fleet.split(","))
+        capacity, prefill, decode = (float(v) for v in args.speeds.split(","))
+    except ValueError:
+        parser.error("--fleet takes three integers and --speeds three numbers, comma-separated")
+    if min(servers, slots) < 1 or host < 0 or min(capacity, prefill, decode) <= 0:
+        parser.error("--fleet needs a server and a slot at least; --speeds, positive numbers")
+    if not 0 <= args.jitter < 1:
+        parser.error("--jitter is from 0 to below 1")
+    setup = Setup(servers, slots, host, args.turn_words, capacity, prefill, decode,
+                  args.jitter, args.router)  # fmt: skip
+    hit, counts = replay(args.load, args.seed, args.shortfall, setup)
     print(f"load {args.load:.0%}, seed {args.seed}, shortfall {args.shortfall:g}: hit {hit:.0%}")
     for key, value in sorted(counts.items()):
         print(f"  {key}: {value}")
