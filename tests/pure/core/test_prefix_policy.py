@@ -9,7 +9,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from corral.core import Buffer, Condition, Dispatch, Fleet, ManualClock, Report, Scheduler
 from corral.core.events import Reset, Timings
 from corral.core.routing import PrefixPolicy, Prompt, RequestInfo, SlotPolicy, make_policy
-from corral.core.routing.prefix import wait_bound
+from corral.core.routing.prefix import elsewhere_cost, wait_bound
 
 CHAT = "/v1/chat/completions"
 BLOCK = 1024
@@ -252,10 +252,11 @@ def test_waits_a_bounded_time_for_the_busy_holder_of_a_long_prefix():
     waiter = scheduler.submit(later, clock.now())
     assert not isinstance(waiter, Dispatch)
     assert later.note.reason == "wait-prefix" and later.note.wait_until is not None
-    # it waits as long as the prefill it saves: "b" reads all 5,000 tokens (5 s at 1,000
-    # tokens/s), "a" next to none
+    # it waits as long as going to "b" costs: "b" reads all 5,000 tokens (5 s at 1,000
+    # tokens/s), during which its one slot serves no one else (elsewhere_cost: 2 x 5 s);
+    # "a" next to none
     bound = later.note.wait_until - clock.now()
-    assert 4.0 <= bound <= 5.0  # less its own short prefill on "a"
+    assert 9.0 <= bound <= 10.0  # less its own short prefill on "a"
     assert scheduler.assign(clock.now()) == []  # "b" is free, but "a" is expected sooner
     clock.advance(bound - 0.1)
     assert scheduler.assign(clock.now()) == []  # still worth waiting for
@@ -307,10 +308,62 @@ def test_does_not_wait_when_the_holder_is_expected_later_than_a_prefill_elsewher
     scheduler = Scheduler(fleet, PrefixPolicy(clock=clock.now), Buffer(100, 30.0))
     first = request(HISTORY * 4)
     assert scheduler.submit(first, 0.0) == Dispatch("a")
-    fleet.release("a", 8.0, first, Timings(5000, 0, 5000.0))  # runs of 8 s on "a"
-    assert scheduler.submit(RequestInfo(CHAT, "m", "a"), 8.0) == Dispatch("a")
+    fleet.release("a", 12.0, first, Timings(5000, 0, 5000.0))  # runs of 12 s on "a"
+    assert scheduler.submit(RequestInfo(CHAT, "m", "a"), 12.0) == Dispatch("a")
     later = request(HISTORY * 4 + b"next")
-    assert scheduler.submit(later, clock.now()) == Dispatch("b")  # 5 s beats 8 s
+    # 5 s on "b", which serves no one else meanwhile (elsewhere_cost: 10 s), beats 12 s
+    assert scheduler.submit(later, clock.now()) == Dispatch("b")
+
+
+def test_the_expected_wait_counts_how_long_the_holders_request_has_run():
+    # requests on "a" run 12 s: one just sent there ends in about 12 s (a miss on "b",
+    # 10 s with the slot it takes, beats that); the same one 10 s later is expected to
+    # end soon, and waiting for it beats reading 5,000 tokens again. The mean run time
+    # alone (the old estimate) sent the request to "b" at any moment: replayed on four
+    # one-slot servers at 90% load, 51% of later turns left their conversation's server
+    # (36% with this estimate; prefix_replay.py)
+    clock = ManualClock()
+    fleet = fleet_of(("a", 1), ("b", 1))
+    fleet.report("a", Report(Condition.READY, model="m", slots_total=1, cache_ram_mib=64), 0)
+    fleet.report("b", Report(Condition.READY, model="m", slots_total=1), 0)
+    policy = PrefixPolicy(clock=clock.now)
+    scheduler = Scheduler(fleet, policy, Buffer(100, 30.0))
+    first = request(HISTORY * 4)
+    assert scheduler.submit(first, 0.0) == Dispatch("a")
+    fleet.release("a", 12.0, first, Timings(5000, 0, 5000.0))  # runs of 12 s on "a"
+    assert scheduler.submit(RequestInfo(CHAT, "m", "a"), clock.now()) == Dispatch("a")
+    assert policy.pick(fleet, request(HISTORY * 4 + b"now")) == Dispatch("b")  # not sent
+    clock.advance(10.0)
+    later = request(HISTORY * 4 + b"later")
+    assert not isinstance(scheduler.submit(later, clock.now()), Dispatch)
+    assert later.note.reason == "wait-prefix"
+
+
+@pytest.mark.parametrize(
+    ("ttft", "slots", "cost"), [(5.0, 1, 10.0), (5.0, 4, 6.25), (5.0, 0, 10.0), (0.0, 2, 0.0)]
+)
+def test_a_prefill_elsewhere_costs_the_share_of_that_server_it_takes(ttft, slots, cost):
+    assert elsewhere_cost(ttft, slots) == pytest.approx(cost)
+
+
+@pytest.mark.parametrize(("slots", "waits"), [(1, True), (4, False)])
+def test_a_request_waits_longer_rather_than_take_a_whole_server_elsewhere(slots, waits):
+    # the holder "a" is expected in 8 s; "b" reads the whole prompt in 5 s. A one-slot
+    # "b" serves no one else meanwhile (10 s in all: wait); one of four slots gives it a
+    # quarter of its batch (6.25 s: go). Replayed on four one-slot servers at 90% load,
+    # 96% of later turns stayed on their conversation's server so, against 64% (#10)
+    clock = ManualClock()
+    fleet = fleet_of(("a", 1), ("b", slots))
+    fleet.report("a", Report(Condition.READY, model="m", slots_total=1, cache_ram_mib=64), 0)
+    scheduler = Scheduler(fleet, PrefixPolicy(clock=clock.now), Buffer(100, 30.0))
+    first = RequestInfo(CHAT, "m", "a", prompt=Prompt(HISTORY * 4))  # pinned to "a"
+    assert scheduler.submit(first, 0.0) == Dispatch("a")
+    fleet.release("a", 8.0, first, Timings(5000, 0, 5000.0))  # runs of 8 s on "a"
+    assert scheduler.submit(RequestInfo(CHAT, "m", "a"), clock.now()) == Dispatch("a")
+    later = request(HISTORY * 4 + b"next")
+    sent = scheduler.submit(later, clock.now())
+    assert (not isinstance(sent, Dispatch)) is waits, sent
+    assert (later.note.reason == "wait-prefix") is waits
 
 
 @pytest.mark.parametrize(
@@ -650,9 +703,10 @@ def test_a_restarted_server_is_given_the_next_new_conversation():
 def test_a_conversation_whose_server_is_busy_goes_to_the_fastest_free_server_not_by_turns():
     # h holds the conversation and is busy; f2 is the fastest free server, f1 a little
     # slower (within SPREAD) and given a new prefix less recently. The request is no new
-    # conversation: it is weighed against the fastest (h's 1.31 s, its short prefill
-    # and its wait, against f2's 1.26 s: no wait) and goes there; by turns it went to
-    # f1, and then waited for h, faster than f1's 1.38 s (commit 1b2538b)
+    # conversation: it is weighed against the fastest (h's 2.61 s, its short prefill
+    # and its wait, against f2's 2.52 s: 1.26 s, and the one slot it takes there,
+    # elsewhere_cost: no wait) and goes there; by turns it went to f1, and then waited
+    # for h, cheaper than f1's 2.76 s (commit 1b2538b)
     clock = ManualClock(0.0)
     fleet = Fleet()
     for name, cache in (("h", 64), ("f1", None), ("f2", None)):
@@ -662,8 +716,8 @@ def test_a_conversation_whose_server_is_busy_goes_to_the_fastest_free_server_not
     scheduler = Scheduler(fleet, PrefixPolicy(clock=clock.now), Buffer(100, 300.0))
     first = request(HISTORY)
     assert scheduler.submit(first, 0.0) == Dispatch("h")
-    fleet.release("h", 0.85, first, Timings(1250, 0, 1250.0))  # 1,000 tokens/s, 0.85 s
-    scheduler.finished(first, 0.85)
+    fleet.release("h", 2.15, first, Timings(1250, 0, 1250.0))  # 1,000 tokens/s, 2.15 s
+    scheduler.finished(first, 2.15)
     placed = []
     for order, ms in enumerate((1375.0, 1250.0)):  # the first placed measured slower
         other = request(f"server {order}".encode() * 500)  # 5,000 bytes, 4 a token

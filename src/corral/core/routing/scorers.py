@@ -17,7 +17,9 @@ wait for a slot:
 - ``1 + busy/slots``: a server shares its compute among the sequences it runs, so a
   busier server prefills more slowly (the *free slots* scorer, as a factor);
 - ``wait(b)``: 0 with a free slot; for a busy server, the mean time a request runs
-  there divided by its slots (the expected time until one of them ends).
+  there divided by its slots (the expected time until one of them ends), or, where
+  the caller knows how long each running request has run, the soonest expected end
+  (``PrefixPolicy._expected_wait``).
 
 For a request that names a LoRA adapter, *adapter affinity* (:func:`adapter_affinity`)
 breaks ties: llama-server does not batch requests with different adapters together, so
@@ -143,19 +145,27 @@ def estimated_ttft(
     backend: Backend,
     uncached_tokens: int,
     rate: float,
-    rates: PrefillRates,
+    wait: float,
     free: int | None = None,
 ) -> float:
     """Seconds to first token on ``backend`` (see the module docstring).
 
-    ``free``: the backend's free slots when the caller has read them already."""
+    ``wait``: seconds until a slot frees, counted when none is free (the caller's
+    estimate: :func:`expected_wait`, or better); ``free``: the backend's free slots
+    when the caller has read them already."""
     if free is None:
         free = backend.free
     total = backend.slots_total
     prefill = uncached_tokens / rate * (1.0 + (total - free) / total if total else 1.0)  # slowdown
     if free > 0:
         return prefill
-    return prefill + rates.duration(backend.id) / max(1, total)
+    return prefill + wait
+
+
+def expected_wait(backend: Backend, rates: PrefillRates) -> float:
+    """Seconds until a busy backend's slot frees, knowing only its mean run time: that
+    over its slots (the module docstring's ``wait(b)``)."""
+    return rates.duration(backend.id) / max(1, backend.slots_total)
 
 
 def adapter_affinity(backend: Backend, adapter: str | None) -> int:
