@@ -16,6 +16,12 @@ process:
   hashed;
 - ``total``: the two together.
 
+Between requests it times a *control*: the same work every time (dict lookups, sized
+to take about the median request's pick+update), whose tail is the machine's, not the
+code's: a p99 well above its p50 says the machine stretches any work of this size (on
+this project's shared 2-core VM, 1.4-2.3x: a timer's tail, the caches, a neighbour),
+and the code's own tail is its p99/p50 against the control's.
+
 Not timed: reading the request body and building its canonical text (the proxy's
 per-request work, measured with the rest of it in section 3 of docs/benchmarks.md).
 
@@ -75,6 +81,31 @@ def answer_timings(prompt_bytes: int, cache_n: int) -> Timings:
     return Timings(tokens - cache_n, cache_n, 50.0)
 
 
+class Control:
+    """The same work every call: ``lookups`` dict lookups over a fixed set of keys."""
+
+    def __init__(self, rng: random.Random, lookups: int) -> None:
+        self.table = {rng.getrandbits(63): i for i in range(64_000)}
+        self.keys = list(self.table)[: max(1, lookups)]
+
+    def __call__(self) -> int:
+        table, total = self.table, 0
+        for key in self.keys:
+            total += table[key]
+        return total
+
+    def sized(self, micros: float) -> Control:
+        """This control resized to take about ``micros`` microseconds (median of 201)."""
+        times = []
+        for _ in range(201):
+            start = time.perf_counter()
+            self()
+            times.append((time.perf_counter() - start) * 1e6)
+        per_lookup = statistics.median(times) / len(self.keys)
+        self.keys = list(self.table)[: max(1, min(len(self.table), int(micros / per_lookup)))]
+        return self
+
+
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -131,7 +162,17 @@ def main(argv: list[str] | None = None) -> int:
 
     wall: dict[str, list[float]] = {"hash": [], "pick+update": [], "total": []}
     cpu: dict[str, list[float]] = {"hash": [], "pick+update": [], "total": []}
+    control_wall: list[float] = []
     in_timed = 0
+    # warm up, and size the control to a request's median, with prompts of their own
+    # (drawn after the timed ones, which stay what they were)
+    for i in range(200):
+        text = rng.choice(conversations) + _text(rng, size - size // 2) if i % 2 else None
+        start = time.perf_counter()
+        serve(RequestInfo(CHAT, "m", prompt=Prompt(text or _text(rng, size))))
+        control_wall.append((time.perf_counter() - start) * 1e6)
+    control = Control(rng, 1000).sized(statistics.median(control_wall))
+    control_wall.clear()
     gc.collect()
     gc.callbacks.append(count)
     for text in prompts:
@@ -157,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
             into["hash"].append((b - a) * 1e6)
             into["pick+update"].append((c - b) * 1e6)
             into["total"].append((c - a) * 1e6)
+        start = time.perf_counter()
+        control()
+        control_wall.append((time.perf_counter() - start) * 1e6)
     gc.callbacks.remove(count)
 
     print(
@@ -171,6 +215,12 @@ def main(argv: list[str] | None = None) -> int:
             f"(CPU p50 {statistics.median(cpu[name]):7.1f} us   "
             f"p99 {_percentile(cpu[name], 0.99):7.1f} us)"
         )
+    c50, c99 = statistics.median(control_wall), _percentile(control_wall, 0.99)
+    r50, r99 = statistics.median(wall["pick+update"]), _percentile(wall["pick+update"], 0.99)
+    print(
+        f"  {'control':12} p50 {c50:7.1f} us   p99 {c99:7.1f} us   (the same work each "
+        f"time, between requests: p99/p50 {c99 / c50:.2f}; pick+update's {r99 / r50:.2f})"
+    )
     print(f"  gc: {collections[0]} collections, in {in_timed} of {args.requests} timed requests")
     print(
         f"  index: {entries:,} entries over {args.backends} backends with full caches, "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 import prefix_cost
@@ -39,3 +41,19 @@ def test_a_correct_prediction_answered_so_leaves_the_index_whole(
     assert prefix_cost.main(["--backends", "20", "--requests", "200", "--prompt-kib", "8"]) == 0
     assert "pick+update" in capsys.readouterr().out
     assert dropped == []
+
+
+def test_it_times_a_control_of_constant_work_beside_the_requests(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert prefix_cost.main(["--backends", "20", "--requests", "200", "--prompt-kib", "8"]) == 0
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if line.strip().startswith("control"))
+    assert "p99/p50" in line and "pick+update's" in line
+
+
+def test_the_control_does_the_same_work_each_time_and_is_sized() -> None:
+    control = prefix_cost.Control(random.Random(1), 10)
+    assert control() == control() and len(control.keys) == 10
+    assert len(control.sized(5.0).keys) >= 1
+    assert len(control.sized(1e9).keys) == len(control.table)  # never more than it has
