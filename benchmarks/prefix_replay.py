@@ -91,6 +91,7 @@ class _Job:
     backend: str = ""
     slot: _Slot | None = None
     arrived: float = 0.0
+    prefill: float = 0.0  # seconds it took (the answer's prompt_ms)
 
 
 def _reuse(held: Held | None, call: Call) -> int:
@@ -190,6 +191,7 @@ def replay(
         prefill = (job.tokens - job.cache_n) / setup.prefill
         if setup.jitter:
             prefill *= rng.uniform(1 - setup.jitter, 1 + setup.jitter)
+        job.prefill = prefill
         ttfts.append(at - job.arrived + prefill)
         decoded[backend] += call.max_tokens
         ends = at + prefill + call.max_tokens / setup.decode
@@ -217,10 +219,7 @@ def replay(
             scheduler.finished(job.request, at)
             before = held_by(job.backend)
             uncached = job.tokens - job.cache_n
-            ms = uncached / setup.prefill * 1000
-            if setup.jitter:
-                ms *= rng.uniform(1 - setup.jitter, 1 + setup.jitter)
-            timings = Timings(uncached, job.cache_n, max(1.0, ms))
+            timings = Timings(uncached, job.cache_n, max(1.0, job.prefill * 1000))
             scheduler.fleet.release(job.backend, at, job.request, timings)
             for c in before - held_by(job.backend):
                 holds = servers[job.backend].holds(Call(0, (), 0, False, session=c, turn=99))

@@ -799,3 +799,112 @@ def test_a_restart_forgets_the_learned_bound():
     fleet.report("a", Report(Condition.READY, model="m", slots_total=1), now=2)
     answered_on_a(fleet, scheduler, conversation(7), 0, 1250)
     assert policy.index.capacity("a") > default // 2  # the default again (the ratio moves)
+
+
+def one_slot_holder_running_12_s(clock: ManualClock, holder_slots: int = 1):
+    """ "a" (a host cache, ``holder_slots`` slots) whose requests run 12 s and "b" (one
+    slot, free), 1,000 prompt tokens/s: a miss on "b" reads HISTORY * 4 in 5 s."""
+    fleet = fleet_of(("a", holder_slots), ("b", 1))
+    fleet.report(
+        "a", Report(Condition.READY, model="m", slots_total=holder_slots, cache_ram_mib=64), 0
+    )
+    policy = PrefixPolicy(clock=clock.now)
+    scheduler = Scheduler(fleet, policy, Buffer(100, 30.0))
+    first = RequestInfo(CHAT, "m", "a", prompt=Prompt(HISTORY * 4))  # pinned to "a"
+    assert scheduler.submit(first, clock.now()) == Dispatch("a")
+    clock.advance(12.0)
+    fleet.release("a", clock.now(), first, Timings(5000, 0, 5000.0))
+    return fleet, policy, scheduler
+
+
+def test_a_request_without_a_prompt_starts_its_slots_clock_again():
+    # found by review: an embedding (no prompt) took the slot of a request sent 20 s
+    # earlier and kept its start, so the slot looked about to end (the 20% floor)
+    clock = ManualClock()
+    fleet, policy, scheduler = one_slot_holder_running_12_s(clock)
+    clock.advance(20.0)
+    assert scheduler.submit(RequestInfo(CHAT, "m", "a"), clock.now()) == Dispatch("a")
+    assert policy._expected_wait(fleet.get("a")) == pytest.approx(12.0)
+    later = request(HISTORY * 4 + b"next")
+    assert scheduler.submit(later, clock.now()) == Dispatch("b")  # 10 s beats 12 s
+
+
+def test_a_request_past_its_mean_run_time_is_still_expected_to_run_a_while():
+    clock = ManualClock()
+    fleet, policy, scheduler = one_slot_holder_running_12_s(clock)
+    assert scheduler.submit(RequestInfo(CHAT, "m", "a"), clock.now()) == Dispatch("a")
+    clock.advance(30.0)  # 18 s past its mean of 12
+    assert policy._expected_wait(fleet.get("a")) == pytest.approx(0.2 * 12.0)  # RESIDUAL
+
+
+def test_without_a_host_cache_the_wait_is_for_the_slot_holding_the_prompt():
+    # found by review: "a" (3 slots, no host cache) holds the conversation in a slot
+    # just taken (12 s to go), and another request, sent 10 s ago, is about to end; the
+    # request needs the first, and "b" reads it in 5 s (10 s with its one slot)
+    clock = ManualClock()
+    fleet = fleet_of(("a", 3), ("b", 1))
+    policy = PrefixPolicy(clock=clock.now)
+    scheduler = Scheduler(fleet, policy, Buffer(100, 30.0))
+    first = request(HISTORY * 4)
+    assert scheduler.submit(first, clock.now()) == Dispatch("a")
+    clock.advance(12.0)
+    fleet.release("a", clock.now(), first, Timings(5000, 0, 5000.0))
+    other = RequestInfo(CHAT, "m", "a", prompt=Prompt(b"something else. " * 300))
+    assert scheduler.submit(other, clock.now()) == Dispatch("a")
+    clock.advance(10.0)
+    turn = request(HISTORY * 4 + b"a turn")
+    assert scheduler.submit(turn, clock.now()) == Dispatch("a")  # the idle slot holding it
+    later = request(HISTORY * 4 + b"a turn, and the next")
+    assert scheduler.submit(later, clock.now()) == Dispatch("b")
+    assert later.note.reason != "wait-prefix"
+
+
+def test_the_learned_bound_grows_no_further_than_the_default_host_cache():
+    fleet, policy, scheduler = setup(("a", 1))
+    attached_with_host_cache(fleet, scheduler)
+    for i in range(6):
+        answered_on_a(fleet, scheduler, conversation(i), 0, 1250)
+    default = policy.index.capacity("a")
+    answered_on_a(fleet, scheduler, conversation(0) + b"again?", 0, 1260)  # evicted
+    for i in range(200):  # every answer reuses more than the index held
+        answered_on_a(fleet, scheduler, conversation(100 + i) + b"?", 1250, 10)
+    # (the default host cache at the bytes-per-token ratio learned meanwhile)
+    assert default // 2 < policy.index.capacity("a") <= default * 1.1
+    policy.check()
+
+
+def test_a_server_shared_with_another_balancer_teaches_no_bound():
+    # requests this balancer never saw fill a shared server (slots_share, docs/ha.md):
+    # what the index holds is not what the server holds
+    fleet, policy, scheduler = setup(("a", 1))
+    fleet.report("a", Report(Condition.READY, model="m", slots_total=1), now=0)
+    attached_with_host_cache(fleet, scheduler)
+    fleet.get("a").slots_share = 1
+    for i in range(6):
+        answered_on_a(fleet, scheduler, conversation(i), 0, 1250)
+    default = policy.index.capacity("a")
+    answered_on_a(fleet, scheduler, conversation(0) + b"again?", 0, 1260)
+    answered_on_a(fleet, scheduler, conversation(6), 0, 1250)
+    assert policy.index.capacity("a") > default * 0.9  # learned, it would be about 30
+
+
+def test_a_learned_bound_is_never_below_what_the_slots_hold():
+    # a false eviction (a client that asked for no cache reuses nothing) right after a
+    # restart leaves little in the index: the bound stays at least the slots' context
+    fleet, policy, scheduler = setup(("a", 1))
+    attached_with_host_cache(fleet, scheduler)
+    answered_on_a(fleet, scheduler, conversation(0), 0, 1250)
+    answered_on_a(fleet, scheduler, conversation(0) + b"again?", 0, 1260)
+    answered_on_a(fleet, scheduler, conversation(1), 0, 1250)
+    assert policy.index.capacity("a") >= 4096 * 4 // BLOCK - 1  # 4,096 tokens, ~4 bytes each
+
+
+def test_a_reported_cache_of_nothing_forgets_a_learned_bound():
+    fleet, policy, scheduler = setup(("a", 1))
+    attached_with_host_cache(fleet, scheduler)
+    for i in range(6):
+        answered_on_a(fleet, scheduler, conversation(i), 0, 1250)
+    answered_on_a(fleet, scheduler, conversation(0) + b"again?", 0, 1260)
+    fleet.report("a", Report(Condition.READY, model="m", slots_total=1, cache_ram_mib=0), now=1)
+    answered_on_a(fleet, scheduler, conversation(7), 0, 1250)
+    assert "a" not in policy._host and "a" not in policy._bound

@@ -31,6 +31,7 @@ class Scored:
     cached_blocks: int  # predicted, in the prefix index's blocks
     cached_tokens: int  # predicted
     busy: int  # the backend's busy slots when scored (``Backend.busy``)
+    wait: float = 0.0  # seconds until a slot frees there, counted in ``ttft``
 
 
 def pick(scored: list[Scored], imbalance: int) -> tuple[Scored, str]:

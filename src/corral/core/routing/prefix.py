@@ -25,9 +25,10 @@ load:
 5. **A bounded wait**: when the backend holding the longest prefix has no free slot
    but is expected to serve the request sooner (its wait plus its short prefill) than
    the best free backend (a long prefill, which also takes that server from the
-   requests that follow: :func:`elsewhere_cost`), the request waits in the buffer for it, as
-   long as the prefill it saves at most, and never more than ``max_wait`` seconds
-   (:func:`wait_bound`); then it goes to the best free backend. The wait shows in
+   requests that follow: :func:`elsewhere_cost`), the request waits in the buffer for
+   it, as long as going elsewhere costs at most (less its own prefill on the holder),
+   and never more than ``max_wait`` seconds (:func:`wait_bound`); then it goes to the
+   best free backend. The wait shows in
    the log line (``route=wait-prefix``) and the ``X-Corral-Buffer-Wait`` header. The
    free backend it leaves goes to a request behind it that suits it
    (``Wait.free``).
@@ -125,6 +126,10 @@ vary 20-30% from one to the next on one server (the pinned build on this project
 CPU: a short prefill runs slower per token), so two like servers' averages differ by
 some percent at any moment. A candidate busier than the best one is never taken
 (load, not noise), whatever its estimate."""
+REPORTED_SLACK = 8
+"""How far a learned bound may grow past a reported ``--cache-ram`` (a factor): a model
+smaller than :data:`KV_BYTES_PER_TOKEN`'s 8B takes less memory per token (Gemma 3 270M,
+this project's, about 26 KB with its context checkpoints: 5x fewer)."""
 RESIDUAL = 0.2
 """The least share of its server's mean run time a running request is expected to
 still run (:meth:`PrefixPolicy._expected_wait`): one that has run past the mean is
@@ -147,16 +152,17 @@ class _Slot:
 
 
 def wait_bound(elsewhere: float, there: float, cap: float) -> float:
-    """Seconds a request may wait for the busy server holding its prompt: the time the
-    wait would save, ``elsewhere - there`` (its estimated time to first token on the
-    best free server, a long prefill, minus its short prefill on the holder), and never
-    more than ``cap`` (``--prefix-max-wait``).
+    """Seconds a request may wait for the busy server holding its prompt: what the
+    wait would save, ``elsewhere - there`` (the cost of the best free server, a long
+    prefill and the share of that server it takes: :func:`elsewhere_cost`, minus its
+    short prefill on the holder), and never more than ``cap`` (``--prefix-max-wait``).
 
     This is the ski-rental rule: wait until the time spent waiting equals what going
     elsewhere costs, then go. While the free server stays free, whatever the holder's
     real wait turns out to be, the request's time to first token is then at most about
-    twice that of going elsewhere at once, and a holder that frees in time saves the
-    whole prefill. When another request takes the free server meanwhile (under load),
+    ``elsewhere`` plus its prefill there (on a one-slot server, three times that
+    prefill; on one of four slots, 2.25 times), and a holder that frees in time saves
+    the whole prefill. When another request takes the free server meanwhile (under load),
     the wait cost the fleet nothing and the scheduler starts the bound again at the
     next refusal; ``cap``, counted from the first refusal (``note.wait_cap``), still
     holds. The bound scales with the prompt and the hardware (a second on a GPU, many
@@ -450,38 +456,51 @@ class PrefixPolicy:
         if free > 0:
             scored.append(self._score(backend, held, tokens, free))
         if blocks and (free == 0 or held < blocks):
-            holder = self._score(backend, blocks, tokens, free)
+            # without a host cache only the slot holding the prompt will do
+            holding = hashes if backend.id not in self._host else None
+            holder = self._score(backend, blocks, tokens, free, holding)
             if free > 0:  # estimated_ttft counted no wait: the holder frees in turn
-                holder.ttft += self._expected_wait(backend)
+                holder.wait = self._expected_wait(backend, holding)
+                holder.ttft += holder.wait
             busy.append(holder)
 
-    def _expected_wait(self, backend: Backend) -> float:
-        """Seconds until a busy slot of ``backend`` is expected to free: of the requests
-        the policy sent there, the soonest expected to end (its mean run time there
-        less how long it has run, and at least :data:`RESIDUAL` of the mean: one past
-        its mean is expected to run on). Without a clock, or where the policy sent
-        none of the requests running there, the mean run time over its slots."""
+    def _expected_wait(self, backend: Backend, holding: list[int] | None = None) -> float:
+        """Seconds until a busy slot of ``backend`` is expected to free (with
+        ``holding``, a prompt's block hashes: one whose prompt starts as it does): of
+        the requests the policy sent there, the soonest expected to end (its mean run
+        time there less how long it has run, and at least :data:`RESIDUAL` of the
+        mean: one past its mean is expected to run on). Without a clock, or where the
+        policy sent none of the requests running there, the mean run time over its
+        slots."""
         slots = self._slots_of.get(backend.id)
         if self.clock is None or not slots:
             return expected_wait(backend, self.rates)
         duration = self.rates.duration(backend.id)
         now, soonest = self.clock(), None
         floor = RESIDUAL * duration
+        first = holding[0] if holding else None
         for s in slots:  # a plain loop: slots are few, and only busy candidates ask
-            if s.busy and s.since is not None:
+            if s.busy and s.since is not None and (first is None or s.hashes[:1] == [first]):
                 left = max(floor, duration - (now - s.since))
                 if soonest is None or left < soonest:
                     soonest = left
         return expected_wait(backend, self.rates) if soonest is None else soonest
 
-    def _score(self, backend: Backend, blocks: int, tokens: int, free: int | None = None) -> Scored:
+    def _score(
+        self,
+        backend: Backend,
+        blocks: int,
+        tokens: int,
+        free: int | None = None,
+        holding: list[int] | None = None,
+    ) -> Scored:
         if free is None:
             free = backend.free
         cached = min(tokens, self.ratio.tokens(blocks * self.index.block)) if blocks else 0
         rate = self.rates.rate(backend.id) or 1.0  # known: some backend was measured
-        wait = self._expected_wait(backend) if free == 0 else 0.0
+        wait = self._expected_wait(backend, holding) if free == 0 else 0.0
         ttft = estimated_ttft(backend, tokens - cached, rate, wait, free)
-        return Scored(backend, ttft, blocks, cached, backend.slots_total - free)
+        return Scored(backend, ttft, blocks, cached, backend.slots_total - free, wait)
 
     def _wait_for(self, holder: Scored, winner: Scored, request: RequestInfo) -> bool:
         """Whether to wait for ``holder`` (busy) rather than send to ``winner`` now.
@@ -500,8 +519,7 @@ class PrefixPolicy:
                 return False
             if note.wait_cap is None:  # its first refusal: max_wait counts from here
                 note.wait_cap = now + self.max_wait
-            expected = self._expected_wait(holder.backend)
-            own_prefill = max(0.0, holder.ttft - expected)
+            own_prefill = max(0.0, holder.ttft - holder.wait)
             bound = wait_bound(elsewhere, own_prefill, self.max_wait)
             note.wait_until = min(now + bound, note.wait_cap)
         return now < note.wait_until and holder.ttft < elsewhere
@@ -642,8 +660,11 @@ class PrefixPolicy:
         if not isinstance(request, RequestInfo):
             return
         backend = event.backend
+        now = self.clock() if self.clock is not None else None  # _expected_wait's clock
         if request.prompt is None:  # it takes a slot all the same (and what it held)
-            self._in[id(request)] = backend.id, self._take_slot(backend, []), 0
+            slot = self._take_slot(backend, [])
+            slot.since = now
+            self._in[id(request)] = backend.id, slot, 0
             return
         hashes = request.prompt.hashes(self.index.block)
         note = request.note
@@ -661,6 +682,8 @@ class PrefixPolicy:
         if mib is not None:  # the agent says: trust it over what was seen
             (self._host.add if mib != 0 else self._host.discard)(backend.id)
             self._unreported.discard(backend.id)
+            if mib == 0:
+                self._bound.pop(backend.id, None)
         else:
             self._unreported.add(backend.id)
             if self._host_seen:  # as the others (see the module docstring)
@@ -669,7 +692,7 @@ class PrefixPolicy:
         self.index.add(backend.id, hashes)
         self._freed.pop(backend.id, None)  # the freed slot is (probably) taken
         slot = self._take_slot(backend, hashes)
-        slot.since = self.clock() if self.clock is not None else None  # _expected_wait's clock
+        slot.since = now
         self._in[id(request)] = backend.id, slot, idle
 
     def _take_slot(self, backend: Backend, hashes: list[int]) -> _Slot:
@@ -751,36 +774,64 @@ class PrefixPolicy:
             evicted = _evicted(note, real)
             if evicted is not None:
                 self.index.forget_older(backend_id, evicted)
-                if backend_id in self._host:  # what is left is what it holds: its bound
-                    self._bound[backend_id] = max(1, len(hashes), self.index.size(backend_id))
-        elif real > len(note.prior) + _SLACK and backend_id in self._host:
+                if backend_id in self._host and event.backend.slots_share is None:
+                    # what is left is what it holds: its bound, at least what its
+                    # slots hold (another balancer's requests fill a shared server)
+                    floor = max(len(hashes), self._slot_blocks(event.backend))
+                    self._bound[backend_id] = max(floor, self.index.size(backend_id))
+        elif (
+            real > len(note.prior) + _SLACK
+            and backend_id in self._host
+            and event.backend.slots_share is None
+        ):
             # it held blocks the index had let go: its bound was too low
             bound = self._bound.get(backend_id)
+            if bound is None and event.backend.cache_ram_mib is not None:
+                bound = self.index.capacity(backend_id)  # a reported size, in too few tokens
             if bound is not None:
-                self._bound[backend_id] = bound + max(real - len(note.prior), bound // 8)
-            elif event.backend.cache_ram_mib is not None:  # a reported size, in too few tokens
-                capacity = self.index.capacity(backend_id)
-                self._bound[backend_id] = capacity + max(real - len(note.prior), capacity // 8)
+                grown = bound + max(real - len(note.prior), bound // 8)
+                self._bound[backend_id] = min(grown, self._largest_blocks(event.backend))
 
     def _capacity_blocks(self, backend: Backend) -> int:
         """What the backend's caches hold, in blocks: as learned from its answers
         (:meth:`_finished`), else from its slots, context and host cache (see the
         module docstring)."""
         learned = self._bound.get(backend.id)
-        if learned is not None:
+        if learned is not None and backend.id in self._host:
             return learned
+        return self._tokens_to_blocks(self._slot_tokens(backend) + self._host_tokens(backend))
+
+    def _slot_tokens(self, backend: Backend) -> int:
+        """What the backend's slots hold, in tokens: its slots times their context."""
         settings = backend.props.get("default_generation_settings")
         n_ctx = settings.get("n_ctx") if isinstance(settings, dict) else None
         if not isinstance(n_ctx, int) or n_ctx <= 0:
             n_ctx = DEFAULT_CTX
-        tokens = max(1, backend.slots_total) * n_ctx
+        return max(1, backend.slots_total) * n_ctx
+
+    def _host_tokens(self, backend: Backend, reported: int = 1) -> int:
+        """What the backend's host prompt cache holds, in tokens, as reported (times
+        ``reported``), or llama-server's default where seen and not reported."""
         mib = backend.cache_ram_mib
         if mib is None and backend.id in self._host:  # seen, not reported: the default
-            mib = DEFAULT_CACHE_MIB
-        if mib is not None and mib != 0:
-            mib = DEFAULT_CACHE_MIB if mib < 0 else mib
-            tokens += mib * 1024 * 1024 // KV_BYTES_PER_TOKEN
+            mib, reported = DEFAULT_CACHE_MIB, 1
+        if mib is None or mib == 0:
+            return 0
+        mib = DEFAULT_CACHE_MIB if mib < 0 else mib * reported
+        return mib * 1024 * 1024 // KV_BYTES_PER_TOKEN
+
+    def _tokens_to_blocks(self, tokens: int) -> int:
         return int(tokens * self.ratio.value) // self.index.block
+
+    def _slot_blocks(self, backend: Backend) -> int:
+        return self._tokens_to_blocks(self._slot_tokens(backend))
+
+    def _largest_blocks(self, backend: Backend) -> int:
+        """The most a learned bound may grow to: the default host cache where the size
+        is not reported, else :data:`REPORTED_SLACK` times the reported size (its
+        tokens are counted at :data:`KV_BYTES_PER_TOKEN`, an 8B model's)."""
+        host = self._host_tokens(backend, REPORTED_SLACK)
+        return self._tokens_to_blocks(self._slot_tokens(backend) + host)
 
     def check(self) -> None:
         """Assert the policy's views agree (for tests): the index's, and each
