@@ -168,8 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     # (drawn after the timed ones, which stay what they were)
     for i in range(200):
         text = rng.choice(conversations) + _text(rng, size - size // 2) if i % 2 else None
+        prompt = Prompt(text or _text(rng, size))
+        prompt.hashes(policy.index.block)  # not timed, as below
         start = time.perf_counter()
-        serve(RequestInfo(CHAT, "m", prompt=Prompt(text or _text(rng, size))))
+        serve(RequestInfo(CHAT, "m", prompt=prompt))
         control_wall.append((time.perf_counter() - start) * 1e6)
     control = Control(rng, 1000).sized(statistics.median(control_wall))
     control_wall.clear()
