@@ -300,16 +300,26 @@ def test_waits_for_a_holder_busy_longer_than_a_second_when_that_saves_more():
     assert later.note.reason == "wait-prefix"
 
 
+def one_slot_holder_running_12_s(clock: ManualClock, holder_slots: int = 1):
+    """ "a" (a host cache, ``holder_slots`` slots) whose requests run 12 s and "b" (one
+    slot, free), 1,000 prompt tokens/s: a miss on "b" reads HISTORY * 4 in 5 s."""
+    fleet = fleet_of(("a", holder_slots), ("b", 1))
+    fleet.report(
+        "a", Report(Condition.READY, model="m", slots_total=holder_slots, cache_ram_mib=64), 0
+    )
+    policy = PrefixPolicy(clock=clock.now)
+    scheduler = Scheduler(fleet, policy, Buffer(100, 30.0))
+    first = RequestInfo(CHAT, "m", "a", prompt=Prompt(HISTORY * 4))  # pinned to "a"
+    assert scheduler.submit(first, clock.now()) == Dispatch("a")
+    clock.advance(12.0)
+    fleet.release("a", clock.now(), first, Timings(5000, 0, 5000.0))
+    return fleet, policy, scheduler
+
+
 def test_does_not_wait_when_the_holder_is_expected_later_than_a_prefill_elsewhere():
     clock = ManualClock()
-    fleet = fleet_of(("a", 1), ("b", 1))
-    fleet.report("a", Report(Condition.READY, model="m", slots_total=1, cache_ram_mib=64), 0)
-    fleet.report("b", Report(Condition.READY, model="m", slots_total=1), 0)
-    scheduler = Scheduler(fleet, PrefixPolicy(clock=clock.now), Buffer(100, 30.0))
-    first = request(HISTORY * 4)
-    assert scheduler.submit(first, 0.0) == Dispatch("a")
-    fleet.release("a", 12.0, first, Timings(5000, 0, 5000.0))  # runs of 12 s on "a"
-    assert scheduler.submit(RequestInfo(CHAT, "m", "a"), 12.0) == Dispatch("a")
+    _fleet, _policy, scheduler = one_slot_holder_running_12_s(clock)
+    assert scheduler.submit(RequestInfo(CHAT, "m", "a"), clock.now()) == Dispatch("a")
     later = request(HISTORY * 4 + b"next")
     # 5 s on "b", which serves no one else meanwhile (elsewhere_cost: 10 s), beats 12 s
     assert scheduler.submit(later, clock.now()) == Dispatch("b")
@@ -323,14 +333,7 @@ def test_the_expected_wait_counts_how_long_the_holders_request_has_run():
     # one-slot servers at 90% load, 51% of later turns left their conversation's server
     # (36% with this estimate; prefix_replay.py)
     clock = ManualClock()
-    fleet = fleet_of(("a", 1), ("b", 1))
-    fleet.report("a", Report(Condition.READY, model="m", slots_total=1, cache_ram_mib=64), 0)
-    fleet.report("b", Report(Condition.READY, model="m", slots_total=1), 0)
-    policy = PrefixPolicy(clock=clock.now)
-    scheduler = Scheduler(fleet, policy, Buffer(100, 30.0))
-    first = request(HISTORY * 4)
-    assert scheduler.submit(first, 0.0) == Dispatch("a")
-    fleet.release("a", 12.0, first, Timings(5000, 0, 5000.0))  # runs of 12 s on "a"
+    fleet, policy, scheduler = one_slot_holder_running_12_s(clock)
     assert scheduler.submit(RequestInfo(CHAT, "m", "a"), clock.now()) == Dispatch("a")
     assert policy.pick(fleet, request(HISTORY * 4 + b"now")) == Dispatch("b")  # not sent
     clock.advance(10.0)
@@ -745,6 +748,20 @@ def conversation(i: int) -> bytes:
     return f"conversation number {i}. ".encode() * 200  # about 5 KB: 4-5 blocks
 
 
+def six_conversations_on_a(fleet: Fleet, policy: PrefixPolicy, scheduler: Scheduler) -> int:
+    """Backend ``a`` (one slot, shown to have a host cache) answers six conversations,
+    reusing nothing; returns its bound then, in blocks (the default host cache)."""
+    attached_with_host_cache(fleet, scheduler)
+    for i in range(6):
+        answered_on_a(fleet, scheduler, conversation(i), 0, 1250)
+    return policy.index.capacity("a")
+
+
+def evicts_the_first(fleet: Fleet, scheduler: Scheduler) -> RequestInfo:
+    """The first conversation's next turn reuses nothing on ``a``: it was evicted."""
+    return answered_on_a(fleet, scheduler, conversation(0) + b"again?", 0, 1260)
+
+
 def test_an_eviction_teaches_what_an_unreported_host_cache_holds():
     # an attached server (its agent cannot see --cache-ram) is taken to have the
     # default 8 GiB host cache, some 60 conversations; this one holds 5. On four such
@@ -752,13 +769,10 @@ def test_an_eviction_teaches_what_an_unreported_host_cache_holds():
     # before (issue #10). Once a miss shows what it evicted, what it still holds is its
     # bound, so the index forgets the oldest conversations when the server does
     fleet, policy, scheduler = setup(("a", 1))
-    attached_with_host_cache(fleet, scheduler)
-    for i in range(6):
-        answered_on_a(fleet, scheduler, conversation(i), 0, 1250)
-    default = policy.index.capacity("a")  # set at dispatch
+    default = six_conversations_on_a(fleet, policy, scheduler)  # set at dispatch
     assert default > 4096 // BLOCK  # more than its slot: the default host cache
     assert policy.index.match("a", request(conversation(0)).prompt.hashes(BLOCK)) > 0
-    miss = answered_on_a(fleet, scheduler, conversation(0) + b"again?", 0, 1260)
+    miss = evicts_the_first(fleet, scheduler)
     assert miss.note.predicted_blocks > 0  # predicted, reused nothing: evicted
     answered_on_a(fleet, scheduler, conversation(6), 0, 1250)
     assert policy.index.capacity("a") < default // 4
@@ -771,10 +785,8 @@ def test_an_eviction_teaches_what_an_unreported_host_cache_holds():
 
 def test_a_learned_bound_grows_when_the_server_held_more_than_it():
     fleet, policy, scheduler = setup(("a", 1))
-    attached_with_host_cache(fleet, scheduler)
-    for i in range(6):
-        answered_on_a(fleet, scheduler, conversation(i), 0, 1250)
-    answered_on_a(fleet, scheduler, conversation(0) + b"again?", 0, 1260)  # evicted
+    six_conversations_on_a(fleet, policy, scheduler)
+    evicts_the_first(fleet, scheduler)
     answered_on_a(fleet, scheduler, conversation(6), 0, 1250)
     bound = policy.index.capacity("a")
     found = answered_on_a(fleet, scheduler, conversation(1) + b"later", 1250, 10)
@@ -787,34 +799,15 @@ def test_a_learned_bound_grows_when_the_server_held_more_than_it():
 def test_a_restart_forgets_the_learned_bound():
     # it may have restarted with another --cache-ram
     fleet, policy, scheduler = setup(("a", 1))
-    attached_with_host_cache(fleet, scheduler)
-    for i in range(6):
-        answered_on_a(fleet, scheduler, conversation(i), 0, 1250)
-    default = policy.index.capacity("a")  # set at dispatch
+    default = six_conversations_on_a(fleet, policy, scheduler)  # set at dispatch
     assert default > 4096 // BLOCK  # more than its slot: the default host cache
-    answered_on_a(fleet, scheduler, conversation(0) + b"again?", 0, 1260)
+    evicts_the_first(fleet, scheduler)
     answered_on_a(fleet, scheduler, conversation(6), 0, 1250)
     assert policy.index.capacity("a") < default // 4  # learned
     fleet.report("a", Report(Condition.UNREACHABLE, model="m", slots_total=1), now=1)
     fleet.report("a", Report(Condition.READY, model="m", slots_total=1), now=2)
     answered_on_a(fleet, scheduler, conversation(7), 0, 1250)
     assert policy.index.capacity("a") > default // 2  # the default again (the ratio moves)
-
-
-def one_slot_holder_running_12_s(clock: ManualClock, holder_slots: int = 1):
-    """ "a" (a host cache, ``holder_slots`` slots) whose requests run 12 s and "b" (one
-    slot, free), 1,000 prompt tokens/s: a miss on "b" reads HISTORY * 4 in 5 s."""
-    fleet = fleet_of(("a", holder_slots), ("b", 1))
-    fleet.report(
-        "a", Report(Condition.READY, model="m", slots_total=holder_slots, cache_ram_mib=64), 0
-    )
-    policy = PrefixPolicy(clock=clock.now)
-    scheduler = Scheduler(fleet, policy, Buffer(100, 30.0))
-    first = RequestInfo(CHAT, "m", "a", prompt=Prompt(HISTORY * 4))  # pinned to "a"
-    assert scheduler.submit(first, clock.now()) == Dispatch("a")
-    clock.advance(12.0)
-    fleet.release("a", clock.now(), first, Timings(5000, 0, 5000.0))
-    return fleet, policy, scheduler
 
 
 def test_a_request_without_a_prompt_starts_its_slots_clock_again():
@@ -861,11 +854,8 @@ def test_without_a_host_cache_the_wait_is_for_the_slot_holding_the_prompt():
 
 def test_the_learned_bound_grows_no_further_than_the_default_host_cache():
     fleet, policy, scheduler = setup(("a", 1))
-    attached_with_host_cache(fleet, scheduler)
-    for i in range(6):
-        answered_on_a(fleet, scheduler, conversation(i), 0, 1250)
-    default = policy.index.capacity("a")
-    answered_on_a(fleet, scheduler, conversation(0) + b"again?", 0, 1260)  # evicted
+    default = six_conversations_on_a(fleet, policy, scheduler)
+    evicts_the_first(fleet, scheduler)
     for i in range(200):  # every answer reuses more than the index held
         answered_on_a(fleet, scheduler, conversation(100 + i) + b"?", 1250, 10)
     # (the default host cache at the bytes-per-token ratio learned meanwhile)
@@ -883,7 +873,7 @@ def test_a_server_shared_with_another_balancer_teaches_no_bound():
     for i in range(6):
         answered_on_a(fleet, scheduler, conversation(i), 0, 1250)
     default = policy.index.capacity("a")
-    answered_on_a(fleet, scheduler, conversation(0) + b"again?", 0, 1260)
+    evicts_the_first(fleet, scheduler)
     answered_on_a(fleet, scheduler, conversation(6), 0, 1250)
     assert policy.index.capacity("a") > default * 0.9  # learned, it would be about 30
 
@@ -894,17 +884,15 @@ def test_a_learned_bound_is_never_below_what_the_slots_hold():
     fleet, policy, scheduler = setup(("a", 1))
     attached_with_host_cache(fleet, scheduler)
     answered_on_a(fleet, scheduler, conversation(0), 0, 1250)
-    answered_on_a(fleet, scheduler, conversation(0) + b"again?", 0, 1260)
+    evicts_the_first(fleet, scheduler)
     answered_on_a(fleet, scheduler, conversation(1), 0, 1250)
     assert policy.index.capacity("a") >= 4096 * 4 // BLOCK - 1  # 4,096 tokens, ~4 bytes each
 
 
 def test_a_reported_cache_of_nothing_forgets_a_learned_bound():
     fleet, policy, scheduler = setup(("a", 1))
-    attached_with_host_cache(fleet, scheduler)
-    for i in range(6):
-        answered_on_a(fleet, scheduler, conversation(i), 0, 1250)
-    answered_on_a(fleet, scheduler, conversation(0) + b"again?", 0, 1260)
+    six_conversations_on_a(fleet, policy, scheduler)
+    evicts_the_first(fleet, scheduler)
     fleet.report("a", Report(Condition.READY, model="m", slots_total=1, cache_ram_mib=0), now=1)
     answered_on_a(fleet, scheduler, conversation(7), 0, 1250)
     assert "a" not in policy._host and "a" not in policy._bound
