@@ -73,7 +73,10 @@ a host cache sets its bound to what the index still holds for it (what it held m
 recently than the block it evicted); the index then forgets its oldest conversations
 when the server does, and their next turns go as new ones. When an answer then reuses
 more than the index held (it had let go what the server kept), the bound grows by the
-shortfall, an eighth at least. A reset forgets what was learned.
+shortfall, an eighth at least. A learned bound is never below what the slots hold nor
+above the default host cache (:data:`REPORTED_SLACK` times a reported one); nothing is
+learned on a server shared with another balancer (its requests fill the server
+unseen), and a reset or a reported cache of 0 forgets what was learned.
 """
 
 from __future__ import annotations
@@ -480,7 +483,11 @@ class PrefixPolicy:
         floor = RESIDUAL * duration
         first = holding[0] if holding else None
         for s in slots:  # a plain loop: slots are few, and only busy candidates ask
-            if s.busy and s.since is not None and (first is None or s.hashes[:1] == [first]):
+            if (
+                s.busy
+                and s.since is not None
+                and (first is None or (s.hashes and s.hashes[0] == first))
+            ):
                 left = max(floor, duration - (now - s.since))
                 if soonest is None or left < soonest:
                     soonest = left
@@ -809,15 +816,16 @@ class PrefixPolicy:
             n_ctx = DEFAULT_CTX
         return max(1, backend.slots_total) * n_ctx
 
-    def _host_tokens(self, backend: Backend, reported: int = 1) -> int:
-        """What the backend's host prompt cache holds, in tokens, as reported (times
-        ``reported``), or llama-server's default where seen and not reported."""
+    def _host_tokens(self, backend: Backend, factor: int = 1) -> int:
+        """What the backend's host prompt cache holds, in tokens: its reported size
+        times ``factor``, or llama-server's default where seen and not reported (or
+        reported unlimited)."""
         mib = backend.cache_ram_mib
         if mib is None and backend.id in self._host:  # seen, not reported: the default
-            mib, reported = DEFAULT_CACHE_MIB, 1
+            mib, factor = DEFAULT_CACHE_MIB, 1
         if mib is None or mib == 0:
             return 0
-        mib = DEFAULT_CACHE_MIB if mib < 0 else mib * reported
+        mib = DEFAULT_CACHE_MIB if mib < 0 else mib * factor
         return mib * 1024 * 1024 // KV_BYTES_PER_TOKEN
 
     def _tokens_to_blocks(self, tokens: int) -> int:
