@@ -1,6 +1,8 @@
 """Prefix routing on real llama-servers: a conversation's later turns go where its
-history is cached (the server's own ``timings.cache_n`` grows), and a server restart
-that empties its cache is noticed (the balancer stops predicting a cache there)."""
+history is cached (the server's own ``timings.cache_n`` grows), a turn sent with
+``cache_prompt: false`` is predicted to reuse nothing and forgets nothing, and a
+server restart that empties its cache is noticed (the balancer stops predicting a
+cache there)."""
 
 from __future__ import annotations
 
@@ -21,8 +23,11 @@ SYSTEM = "You are a librarian. Answer in one short sentence. The catalogue follo
 )
 
 
-def turn(port: int, messages: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, str]]:
-    body = json.dumps({"messages": messages, "max_tokens": 4, "temperature": 0}).encode()
+def turn(
+    port: int, messages: list[dict[str, Any]], **fields: Any
+) -> tuple[dict[str, Any], dict[str, str]]:
+    body = json.dumps({"messages": messages, "max_tokens": 4, "temperature": 0, **fields})
+    body = body.encode()
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}/v1/chat/completions",
         body,
@@ -61,6 +66,20 @@ def test_later_turns_reuse_the_cache_and_a_restart_is_noticed(fleet: Fleet):
     cached = [s[1] for s in seen]
     assert cached[0] < 50 and all(c > 400 for c in cached[1:]), seen  # the history is reused
     assert all(s[2] > 200 for s in seen[1:]), seen  # and the balancer expected it
+
+    # A turn that asks for no cache reuse: the server reuses nothing (cache_n 0), the
+    # balancer expects nothing, and the next turn still finds the history
+    for cache_prompt in (False, True):
+        messages.append({"role": "user", "content": "And the one after?"})
+        answer, headers = turn(inference, messages, cache_prompt=cache_prompt)
+        predicted = int(headers["X-Corral-Predicted-Cached-Tokens"])
+        if cache_prompt:
+            assert headers["X-Corral-Server"] == holder and predicted > 200, headers
+            assert answer["timings"]["cache_n"] > 400, answer["timings"]
+        else:
+            assert predicted == 0 and answer["timings"]["cache_n"] == 0, answer["timings"]
+        reply = answer["choices"][0]["message"]["content"]
+        messages.append({"role": "assistant", "content": reply})
 
     # Restart the holder on the same port: its cache is empty now.
     proc, port = servers[holder]

@@ -113,7 +113,8 @@ class Dispatcher:
             if self.scheduler.buffer.cancel(waiter):
                 self._notify()
             elif future.done() and not future.cancelled() and future.exception() is None:
-                self.release(future.result(), request=request)  # got a slot as the client left
+                # got a slot as the client left: nothing was sent
+                self.release(future.result(), request=request, sent=False)
             raise
         if backend_id not in self.fleet:  # it left between the assignment and now
             self.scheduler.finished(request, self.clock.now())
@@ -138,24 +139,33 @@ class Dispatcher:
         ok: bool = True,
         request: RequestInfo | None = None,
         timings: Timings | None = None,
+        sent: bool = True,
     ) -> None:
         """The request on this slot finished (or failed after it started); ``request``
-        and its answer's ``timings`` go to the fleet's subscribers (the prefix index)."""
+        and its answer's ``timings`` go to the fleet's subscribers (the prefix index);
+        ``sent=False``: it never reached the server (:class:`~corral.core.events.Finished`)."""
         if request is not None:
             self.scheduler.finished(request, self.clock.now())  # its tenant's count in flight
         try:
             adapter = request.adapter if request is not None else None
-            self.fleet.release(backend_id, self.clock.now(), request, timings, adapter)
+            self.fleet.release(backend_id, self.clock.now(), request, timings, adapter, sent=sent)
         except FleetError:
             log.exception("release of a slot that was not reserved")
         if ok:
             self.fleet.succeeded(backend_id)
         self.changed()
 
-    def failed(self, backend_id: str, reason: str, request: RequestInfo | None = None) -> None:
-        """A request on this slot failed in the server: set it aside, free the slot."""
+    def failed(
+        self,
+        backend_id: str,
+        reason: str,
+        request: RequestInfo | None = None,
+        sent: bool = True,
+    ) -> None:
+        """A request on this slot failed in the server: set it aside, free the slot.
+        ``sent=False``: the server never read it (see :meth:`release`)."""
         self.set_aside(backend_id, reason)
-        self.release(backend_id, ok=False, request=request)
+        self.release(backend_id, ok=False, request=request, sent=sent)
 
     def set_aside(self, backend_id: str, reason: str) -> None:
         """Send nothing more to this server until its agent reports it ready."""
@@ -195,6 +205,7 @@ class Dispatcher:
                             self.clock.now(),
                             outcome.waiter.request,  # the policy's events see it end
                             adapter=adapter,
+                            sent=False,
                         )
                         self.scheduler.finished(outcome.waiter.request, self.clock.now())
                         again = True

@@ -9,6 +9,10 @@ conversation's later turns:
   role, content and tool calls, in order;
 - completion (``prompt``; ``input`` for ``/v1/responses``, ``/v1/embeddings``): the
   prompt as sent.
+
+A body with ``"cache_prompt": false`` (llama-server's field) gives a prompt that says
+so: the server will reuse none of its cache for it. Any other value is read as true,
+as llama-server reads a field of the wrong type as its default.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ class _PromptBody(msgspec.Struct):
     tools: msgspec.Raw = _EMPTY
     prompt: msgspec.Raw = _EMPTY
     input: msgspec.Raw = _EMPTY
+    cache_prompt: msgspec.Raw = _EMPTY
 
 
 _decoder = msgspec.json.Decoder(_PromptBody)
@@ -44,11 +49,12 @@ def prompt_of(body: bytes) -> Prompt | None:
         fields = _decoder.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
         return None
+    cache = bytes(fields.cache_prompt) != b"false"  # raw JSON, without whitespace
     if fields.messages is not None:
         messages = [(b"system", bytes(fields.system))] if fields.system else []
         messages += [
             (m.role.encode(), bytes(m.content) + bytes(m.tool_calls)) for m in fields.messages
         ]
-        return Prompt.of_chat(messages, bytes(fields.tools) or None)
+        return Prompt.of_chat(messages, bytes(fields.tools) or None, cache_prompt=cache)
     text = bytes(fields.prompt) or bytes(fields.input)
-    return Prompt(text) if text else None
+    return Prompt(text, cache_prompt=cache) if text else None

@@ -491,7 +491,7 @@ class InferenceProxy:
             return with_lora(body, backend.adapters if backend else (), adapter)
         except HTTPError:
             if inference:
-                self.dispatcher.release(target.backend_id, request=info)
+                self.dispatcher.release(target.backend_id, request=info, sent=False)
             raise
 
     def _any_ready(self, info: RequestInfo) -> Reservation:
@@ -536,6 +536,7 @@ class InferenceProxy:
     ) -> None:
         """One attempt on one server. Frees the slot whatever happens."""
         healthy = True
+        read = False  # whether the server may have read the request (the prefix index)
         try:
             if target.api_key:
                 headers += _line(b"Authorization", f"Bearer {target.api_key}")
@@ -545,7 +546,9 @@ class InferenceProxy:
                 )
             except UpstreamError as exc:
                 self.metrics.upstream_failures.labels(exc.kind).inc()
+                read = exc.sent
                 raise _Retry(f"{target.name}: {exc}", held=exc.sent) from None
+            read = upstream.status != 503  # a 503 is llama-server refusing it unread
             try:
                 if upstream.status == 503:
                     self.metrics.upstream_failures.labels("unavailable").inc()
@@ -567,7 +570,7 @@ class InferenceProxy:
                         ex.timings = timings_of(ex.counted)
                     self.dispatcher.release(target.backend_id, request=ex.info, timings=ex.timings)
             elif inference:
-                self.dispatcher.failed(target.backend_id, "request failed", ex.info)
+                self.dispatcher.failed(target.backend_id, "request failed", ex.info, sent=read)
             else:
                 self.dispatcher.set_aside(target.backend_id, "request failed")
 

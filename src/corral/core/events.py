@@ -56,12 +56,18 @@ class Dispatched:
 @dataclass(frozen=True, slots=True)
 class Finished:
     """The request ended on ``backend``; ``timings`` is None when the answer had none
-    (an error, an endpoint that does not report them, a client that left)."""
+    (an error, an endpoint that does not report them, a client that left).
+
+    ``sent`` is False when the request never reached the server, or the server refused
+    it unread (a 503): its client left between the reservation and the send, or the
+    connection failed first. The server then holds nothing of it, and a subscriber
+    that took the dispatch as a change to the server's cache takes it back."""
 
     backend: Backend
     request: object
     timings: Timings | None
     now: float | None
+    sent: bool = True
 
 
 @dataclass(frozen=True, slots=True)

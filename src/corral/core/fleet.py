@@ -687,11 +687,14 @@ class Fleet:
         request: object = None,
         timings: Timings | None = None,
         adapter: str | None = None,
+        *,
+        sent: bool = True,
     ) -> Backend | None:
         """Give back a slot taken by :meth:`reserve`. ``None`` if the backend has left.
 
         ``request`` and the answer's ``timings`` go to subscribers in a
-        :class:`Finished` event; ``adapter`` is the one the reservation named."""
+        :class:`Finished` event; ``adapter`` is the one the reservation named;
+        ``sent=False``: the request never reached the server (see :class:`Finished`)."""
         backend = self._backends.get(backend_id)
         if backend is None:
             return None
@@ -710,7 +713,7 @@ class Fleet:
         self._index(backend)
         self._changed()
         if self._observers:
-            self._emit(Finished(backend, request, timings, now))
+            self._emit(Finished(backend, request, timings, now, sent))
         return backend
 
     def set_aside(self, backend_id: str) -> Backend | None:

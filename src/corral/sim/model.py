@@ -128,6 +128,11 @@ class Job:
     """The request's sampling parameters, shown by ``/slots``."""
     tokens: tuple[int, ...] = ()
     """The prompt's token ids, for the prompt cache (empty: no caching)."""
+    cache_prompt: bool = True
+    """llama-server's request field: False reuses nothing of the cache for this prompt,
+    which the slot then holds as any other (checked on the pinned build: the same
+    prompt again with ``cache_prompt: false`` reports ``cache_n`` 0, and once more
+    without it reuses all but its last token)."""
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -367,7 +372,7 @@ class SlotTable:
                     self.host.save(own)
                 _, longest = self.host.best(job.tokens)
                 lcp = max(lcp, longest)
-            cached = reusable(lcp, job.n_prompt)
+            cached = reusable(lcp, job.n_prompt) if job.cache_prompt else 0
             self._cache[slot_id] = job.tokens
         self._clock += 1
         self._used[slot_id] = self._clock

@@ -409,6 +409,7 @@ class _GenerateBody(msgspec.Struct):
     temperature: float | None = None
     seed: int | None = None
     lora: list[dict[str, Any]] | None = None
+    cache_prompt: bool = True
 
 
 class _EmbeddingBody(msgspec.Struct):
@@ -452,6 +453,7 @@ class _Ask:
     include_usage: bool
     stop: tuple[str, ...]
     ignore_eos: bool
+    cache_prompt: bool = True
     params: dict[str, Any] = field(default_factory=dict)
 
 
@@ -478,6 +480,7 @@ def _parse_ask(kind: Kind, body: _GenerateBody, vocab: Vocab, config: SimConfig)
         include_usage=include,
         stop=stop,
         ignore_eos=body.ignore_eos,
+        cache_prompt=body.cache_prompt,
     )
     return replace(ask, params=_params(ask, body))
 
@@ -543,7 +546,9 @@ async def _generate(request: web.Request, kind: Kind) -> web.StreamResponse:
             config.model, engine.new_id(), int(time.time()), include_usage=ask.include_usage
         )
 
-    job = Job(ask.n_prompt, ask.n_predict, ask.params, tokens=ask.tokens)
+    job = Job(
+        ask.n_prompt, ask.n_predict, ask.params, tokens=ask.tokens, cache_prompt=ask.cache_prompt
+    )
     async with engine.occupy(job) as ticket:
         assert ticket.slot is not None
         run = _Run(engine, request, ticket.slot, plan, ask.n_prompt, ticket.cached)

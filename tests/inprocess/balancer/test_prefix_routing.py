@@ -64,3 +64,25 @@ async def test_slot_routing_sends_no_prediction_header(harness: Harness, caplog)
         assert "X-Corral-Predicted-Cached-Tokens" not in r.headers
     line = caplog.records[-1]
     assert " cached=- " in line.getMessage() and line.fields["cache_n"] is None  # type: ignore[attr-defined]
+
+
+async def test_a_turn_sent_with_cache_prompt_false_forgets_nothing(harness: Harness):
+    # llama-server reuses nothing for it (cache_n 0), and holds it afterwards: the
+    # prediction is 0, and the next turn is still predicted where the conversation is
+    balancer = await harness.balancer(routing="prefix")
+    for name in ("a", "b"):
+        _, port = await harness.sim(name=name, slots=2, tokens_per_second=500)
+        await harness.agent(port, balancer, name=name)
+    messages = [{"role": "system", "content": SYSTEM}]
+    seen = []
+    for turn, cache_prompt in enumerate([True, True, False, True]):
+        messages.append({"role": "user", "content": f"question {turn}?"})
+        body = {"messages": messages, "max_tokens": 4, "cache_prompt": cache_prompt}
+        async with harness.http.post(url(balancer, CHAT), json=body) as r:
+            assert r.status == 200, await r.text()
+            answer = await r.json()
+            predicted = int(r.headers["X-Corral-Predicted-Cached-Tokens"])
+            seen.append((predicted, answer["timings"]["cache_n"]))
+        messages.append(answer["choices"][0]["message"])
+    assert seen[2] == (0, 0), seen  # predicted and reused nothing
+    assert seen[3][0] > 500 and seen[3][1] > 500, seen  # the history is still known

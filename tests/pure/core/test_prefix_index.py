@@ -70,6 +70,24 @@ def test_forget_older_drops_what_was_not_renewed():
     index.check()
 
 
+def test_withdraw_takes_back_the_blocks_an_unsent_prompt_added():
+    index = PrefixIndex(BLOCK)
+    index.set_capacity("a", 100)
+    history = Prompt(b"h" * 3 * BLOCK).hashes(BLOCK)
+    later = Prompt(b"h" * 3 * BLOCK + b"n" * 2 * BLOCK).hashes(BLOCK)
+    index.add("a", history)
+    stamp = index.add("a", later)  # the later turn, never sent
+    assert stamp is not None and index.match("a", later) == 5
+    assert index.withdraw("a", later[3:], stamp) == 2  # what it added; the history stays
+    assert index.match("a", later) == 3 and index.match("a", history) == 3
+    index.check()
+    again = index.add("a", later)  # sent after all, by a later dispatch
+    assert again is not None and index.withdraw("a", later[3:], stamp) == 0  # renewed since
+    assert index.match("a", later) == 5
+    assert index.add("a", []) is None
+    index.check()
+
+
 def test_drop_and_forget():
     index = PrefixIndex(BLOCK)
     index.set_capacity("a", 10)
@@ -185,6 +203,13 @@ class _ReferenceLRU:
             lru.move_to_end(h)
         self._evict(backend)
 
+    def withdraw(self, backend: str, hashes: list[int], stamp: int) -> int:
+        lru = self.lru.get(backend, OrderedDict())
+        gone = [h for h in dict.fromkeys(hashes) if lru.get(h) == stamp]
+        for h in gone:
+            del lru[h]
+        return len(gone)
+
     def forget_older(self, backend: str, stamp: int) -> int:
         lru = self.lru.get(backend, OrderedDict())
         old = [h for h, s in lru.items() if s <= stamp]
@@ -206,7 +231,7 @@ class _ReferenceLRU:
     steps=st.lists(
         st.tuples(
             st.sampled_from("ab"),
-            st.sampled_from(["add", "add", "add", "older", "drop", "bound"]),
+            st.sampled_from(["add", "add", "add", "older", "drop", "bound", "withdraw"]),
             st.lists(st.integers(0, 5), max_size=10),  # a prompt as a path of choices
             st.integers(0, 12),
         ),
@@ -219,14 +244,21 @@ def test_evicts_and_forgets_as_a_plain_lru_would(steps):
     stale entries pile up), bounds and corrections, the index holds exactly what one
     least-recently-used map of block -> stamp per backend holds, with the same stamps."""
     index, reference = PrefixIndex(BLOCK), _ReferenceLRU()
+    last: dict[str, tuple[list[int], int]] = {}  # backend -> its last add's new tail, stamp
     for backend in "ab":
         index.set_capacity(backend, 8)
         reference.set_capacity(backend, 8)
     for backend, step, path, number in steps:
         hashes = [hash(tuple(path[: i + 1])) for i in range(len(path))]  # chained
         if step == "add":
-            index.add(backend, hashes)
+            held = len(index.stamps(backend, hashes))
+            stamp = index.add(backend, hashes)
             reference.add(backend, hashes)
+            if stamp is not None:
+                last[backend] = hashes[held:], stamp
+        elif step == "withdraw" and backend in last:  # the last add was never sent
+            tail, stamp = last.pop(backend)
+            assert index.withdraw(backend, tail, stamp) == reference.withdraw(backend, tail, stamp)
         elif step == "older":
             stamp = reference.stamp - number
             assert index.forget_older(backend, stamp) == reference.forget_older(backend, stamp)

@@ -470,6 +470,16 @@ class PrefixFleet(RuleBasedStateMachine):
         for assigned in self.scheduler.assign(1.0):
             self.running.append((assigned.backend_id, assigned.waiter.request))
 
+    @rule(data=st.data())
+    def never_sent(self, data: st.DataObject) -> None:
+        # its client left between the reservation and the send
+        if not self.running:
+            return
+        backend, info = self.running.pop(data.draw(st.integers(0, len(self.running) - 1)))
+        self.fleet.release(backend, 1.0, info, sent=False)
+        for assigned in self.scheduler.assign(1.0):
+            self.running.append((assigned.backend_id, assigned.waiter.request))
+
     @rule(name=st.sampled_from(["a", "b", "c"]), slots=st.integers(1, 3))
     def restart(self, name: str, slots: int) -> None:
         # a server that comes back (with as many slots or others) holds nothing: its
@@ -896,3 +906,62 @@ def test_a_reported_cache_of_nothing_forgets_a_learned_bound():
     fleet.report("a", Report(Condition.READY, model="m", slots_total=1, cache_ram_mib=0), now=1)
     answered_on_a(fleet, scheduler, conversation(7), 0, 1250)
     assert "a" not in policy._host and "a" not in policy._bound
+
+
+def test_a_request_never_sent_leaves_its_slot_holding_what_it_held():
+    # a waiter given a slot as its client left (the dispatcher releases it unsent):
+    # the server never saw it, so its slot still holds the conversation before it
+    fleet, policy, scheduler = setup(("a", 1), ("b", 1))
+    first = request(HISTORY)
+    assert scheduler.submit(first, 0.0) == Dispatch("a")
+    finish(fleet, "a", first, 0, 1250)
+    busy = request(b"someone else entirely. " * 200)
+    assert scheduler.submit(busy, 0.0) == Dispatch("b")
+    gone = request(conversation(1))
+    assert scheduler.submit(gone, 0.0) == Dispatch("a")  # the only free slot
+    fleet.release("a", 1.0, gone, sent=False)
+    assert policy.affinity("a", request(HISTORY + b"next")) > 1000  # still HISTORY
+    assert policy.index.match("a", gone.prompt.hashes(BLOCK)) == 0
+    later = request(HISTORY + b"the next question?")
+    assert scheduler.submit(later, 0.0) == Dispatch("a")
+    assert later.note.reason == "prefix" and later.note.predicted_cached > 1000
+    policy.check()
+
+
+def test_a_later_turn_never_sent_is_no_eviction_when_it_is_sent_again():
+    # the unsent turn's blocks were predicted on "a"; sent again, "a" reuses only the
+    # history. Read as an eviction, that shortfall forgot every older conversation
+    fleet, policy, scheduler = host_cached(("a", 2))
+    other = answered_on_a(fleet, scheduler, b"another conversation. " * 200, 0, 1250)
+    answered_on_a(fleet, scheduler, HISTORY, 0, 1250)
+    turn = HISTORY + b"the next question, and a long one. " * 60  # 2 more blocks
+    unsent = request(turn)
+    assert scheduler.submit(unsent, 0.0) == Dispatch("a")
+    fleet.release("a", 1.0, unsent, sent=False)
+    again = request(turn)
+    assert scheduler.submit(again, 0.0) == Dispatch("a")
+    assert again.note.predicted_blocks == len(HISTORY) // BLOCK  # not the unsent tail
+    finish(fleet, "a", again, 1250, 525)  # it reused the history, as predicted
+    assert policy.index.match("a", other.prompt.hashes(BLOCK)) == len(other.prompt) // BLOCK
+    policy.check()
+
+
+def test_cache_prompt_false_is_routed_by_load_and_its_miss_is_no_eviction():
+    # "cache_prompt": false: llama-server reuses nothing for it (cache_n 0) and then
+    # holds it. No server is predicted to hold it, and its 0 forgets nothing
+    fleet, policy, scheduler = host_cached(("a", 2))
+    other = answered_on_a(fleet, scheduler, b"another conversation. " * 200, 0, 1250)
+    answered_on_a(fleet, scheduler, HISTORY, 0, 1250)
+    bound = policy.index.capacity("a")
+    fresh = RequestInfo(CHAT, "m", prompt=Prompt(HISTORY + b"again?", cache_prompt=False))
+    assert policy.affinity("a", fresh) == 0 and policy.waiter_keys(fresh) == []
+    assert scheduler.submit(fresh, 0.0) == Dispatch("a")
+    assert fresh.note.reason == "slots" and fresh.note.predicted_cached == 0
+    assert fresh.note.predicted_blocks == 0
+    finish(fleet, "a", fresh, 0, 1260)  # on the server that holds it: no eviction
+    assert policy.index.match("a", other.prompt.hashes(BLOCK)) == len(other.prompt) // BLOCK
+    assert policy.index.capacity("a") == bound
+    later = request(HISTORY + b"again?")  # it holds that prompt now, and reuses it
+    assert scheduler.submit(later, 0.0) == Dispatch("a")
+    assert later.note.predicted_blocks == len(later.prompt) // BLOCK
+    policy.check()

@@ -82,6 +82,23 @@ def test_a_host_cache_restores_a_prompt_the_slot_moved_away_from() -> None:
     assert no_host.submit(_job((*a, 9))).cached == 0
 
 
+def test_cache_prompt_false_reuses_nothing_but_the_slot_then_holds_it() -> None:
+    # as the pinned llama-server does: the same prompt with "cache_prompt": false
+    # reports cache_n 0; sent again without it, all but its last token are reused
+    table = SlotTable(1, host_cache_tokens=1000)
+    a, b = tuple(range(100)), tuple(range(500, 600))
+    table.submit(_job(a))
+    table.release(0)
+    again = Job(n_prompt=100, n_predict=4, tokens=a, cache_prompt=False)
+    assert table.submit(again).cached == 0
+    table.release(0)
+    assert table.submit(_job(a)).cached == 99
+    table.release(0)
+    table.submit(Job(n_prompt=100, n_predict=4, tokens=b, cache_prompt=False))
+    table.release(0)  # the slot moved to b: a went to the host cache
+    assert table.submit(_job((*a, 9))).cached == 100
+
+
 def test_the_host_cache_keeps_to_its_size_least_recently_used_out() -> None:
     host = HostCache(25)
     for start in (0, 100, 200):

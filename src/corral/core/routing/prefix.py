@@ -49,9 +49,11 @@ such server is taken to have one: servers of a fleet are started alike, and one 
 waits to show its cache by itself only shows it when a later turn happens to land
 where its conversation was (one time in four on four servers of one slot: issue #10).
 
-Without a prompt (embeddings, multipart, pinned requests) or before any server has
-reported a prefill rate (a fleet without ``timings``), it routes as slot routing.
-Either way, every dispatch is recorded in the index, so it learns from the start.
+Without a prompt (embeddings, multipart, pinned requests), for a prompt sent with
+``cache_prompt: false`` (the server reuses nothing for it, wherever it goes), or
+before any server has reported a prefill rate (a fleet without ``timings``), it routes
+as slot routing. Either way, every dispatch is recorded in the index, so it learns
+from the start.
 
 **Learning** from the fleet's events (:mod:`corral.core.events`): a dispatch adds the
 prompt's blocks to the backend's entries, bounded by what the server holds: its slots
@@ -152,6 +154,21 @@ class _Slot:
     used: int = 0  # when it was last taken (a counter)
     since: float | None = None  # when its request was sent (the balancer's clock, seconds)
     known: bool = False  # taken since the server (re)started: ``hashes`` is what it holds
+
+
+@dataclass(slots=True)
+class _Running:
+    """A request the policy saw dispatched, until it finishes: where, on which slot,
+    what that slot held before (to take the dispatch back if the request is never
+    sent), and what :meth:`PrefixPolicy._finished` compares its answer with."""
+
+    backend_id: str
+    slot: _Slot
+    idle: int | None  # blocks an idle slot held (None: unknown): see _evidence_base
+    hashes: list[int]  # the prompt's blocks, as the slot and the index took them
+    before: tuple[list[int], int, bool]  # the slot's hashes, used and known before
+    stamp: int | None  # the index's stamp for the blocks the dispatch added
+    added: int  # blocks[added:] were new to the server's entries (the rest renewed)
 
 
 def wait_bound(elsewhere: float, there: float, cap: float) -> float:
@@ -329,7 +346,7 @@ class PrefixPolicy:
         # one lookup for all candidates instead of a scan of each one's slots (most
         # candidates, for most prompts)
         self._starts: dict[int, dict[str, int]] = {}
-        self._in: dict[int, tuple[str, _Slot, int | None]] = {}  # request -> backend, slot, blocks
+        self._in: dict[int, _Running] = {}  # id(request) -> where it runs
         self._host: set[str] = set()  # backends with a host cache (reported, or seen)
         self._unreported: set[str] = set()  # backends whose agents report no cache size
         self._host_seen = False  # an unreported one has shown a host cache
@@ -342,6 +359,7 @@ class PrefixPolicy:
         prompt = request.prompt
         if (
             prompt is None
+            or not prompt.cache_prompt  # it reuses nothing anywhere: load alone decides
             or request.backend_id is not None
             or request.adapter is not None  # a cache made with another adapter is no use
             or not self.rates.known
@@ -533,15 +551,20 @@ class PrefixPolicy:
 
     def affinity(self, backend_id: str, request: RequestInfo) -> int:
         """How well ``backend_id`` suits ``request``, in prompt tokens (0 without a
-        prompt, with an adapter or a pin): the tokens a free slot there would reuse
-        (:meth:`_held`), and with a host cache once more those the prompt shares with
-        the one that last ended there (the slot that just freed holds it; llama-server
-        gives a request the idle slot whose prompt shares the most, and under load
-        that is the only idle one). The scheduler weighs requests waiting in the
-        buffer for a freed slot by it. Cost: about (slots + 2) log2(prompt blocks)
-        lookups."""
+        prompt, with ``cache_prompt: false``, an adapter or a pin): the tokens a free
+        slot there would reuse (:meth:`_held`), and with a host cache once more those
+        the prompt shares with the one that last ended there (the slot that just freed
+        holds it; llama-server gives a request the idle slot whose prompt shares the
+        most, and under load that is the only idle one). The scheduler weighs requests
+        waiting in the buffer for a freed slot by it. Cost: about (slots + 2)
+        log2(prompt blocks) lookups."""
         prompt = request.prompt
-        if prompt is None or request.adapter is not None or request.backend_id is not None:
+        if (
+            prompt is None
+            or not prompt.cache_prompt
+            or request.adapter is not None
+            or request.backend_id is not None
+        ):
             return 0
         if backend_id not in self._slots_of:
             return 0
@@ -559,9 +582,15 @@ class PrefixPolicy:
         (:meth:`~corral.core.scheduler.Scheduler.assign`): its prompt's chained block
         hashes at depths 1, 2, 4, 8... blocks. A prompt shares ``2**k`` blocks or more
         with another exactly when they have the key at depth ``2**k`` in common (none
-        without a prompt, with an adapter or a pin: :meth:`affinity` is 0 for them)."""
+        without a prompt, with ``cache_prompt: false``, an adapter or a pin:
+        :meth:`affinity` is 0 for them)."""
         prompt = request.prompt
-        if prompt is None or request.adapter is not None or request.backend_id is not None:
+        if (
+            prompt is None
+            or not prompt.cache_prompt
+            or request.adapter is not None
+            or request.backend_id is not None
+        ):
             return []
         hashes = prompt.hashes(self.index.block)
         return [hashes[d - 1] for d in _depths(len(hashes))]
@@ -625,6 +654,9 @@ class PrefixPolicy:
         return idle, busy
 
     def _predict(self, backend_id: str, prompt: Prompt, request: RequestInfo) -> None:
+        if not prompt.cache_prompt:
+            request.note.predicted_cached = 0
+            return
         hashes = prompt.hashes(self.index.block)
         if backend_id in self._host:
             blocks = self.index.match(backend_id, hashes)
@@ -645,11 +677,7 @@ class PrefixPolicy:
             self._freed.pop(event.backend_id, None)
             for s in self._slots_of.pop(event.backend_id, ()):
                 _count_first(self._starts, event.backend_id, s.hashes, -1)
-            gone = [
-                key
-                for key, (backend_id, _, _) in self._in.items()
-                if backend_id == event.backend_id
-            ]
+            gone = [key for key, run in self._in.items() if run.backend_id == event.backend_id]
             for key in gone:  # their ends will not come (or will find no slot)
                 del self._in[key]
             self._host.discard(event.backend_id)
@@ -669,15 +697,17 @@ class PrefixPolicy:
         backend = event.backend
         now = self.clock() if self.clock is not None else None  # _expected_wait's clock
         if request.prompt is None:  # it takes a slot all the same (and what it held)
-            slot = self._take_slot(backend, [])
+            slot, before = self._take_slot(backend, [])
             slot.since = now
-            self._in[id(request)] = backend.id, slot, 0
+            self._in[id(request)] = _Running(backend.id, slot, 0, slot.hashes, before, None, 0)
             return
         hashes = request.prompt.hashes(self.index.block)
         note = request.note
         note.prior = self.index.stamps(backend.id, hashes)
         in_idle, in_busy = self._slot_matches(backend.id, hashes)
         held = self._held(backend, hashes, len(note.prior), in_idle)
+        if not request.prompt.cache_prompt:  # reused nowhere: its 0 is no eviction
+            held = 0
         note.predicted_blocks = held
         if held == 0 and hashes:  # a prefix new to it (whatever the route): see _spread
             self._uses += 1
@@ -696,16 +726,22 @@ class PrefixPolicy:
             if self._host_seen:  # as the others (see the module docstring)
                 self._host.add(backend.id)
         self.index.set_capacity(backend.id, self._capacity_blocks(backend))
-        self.index.add(backend.id, hashes)
+        stamp = self.index.add(backend.id, hashes)
         self._freed.pop(backend.id, None)  # the freed slot is (probably) taken
-        slot = self._take_slot(backend, hashes)
+        slot, before = self._take_slot(backend, hashes)
         slot.since = now
-        self._in[id(request)] = backend.id, slot, idle
+        self._in[id(request)] = _Running(
+            backend.id, slot, idle, hashes, before, stamp, len(note.prior)
+        )
 
-    def _take_slot(self, backend: Backend, hashes: list[int]) -> _Slot:
+    def _take_slot(
+        self, backend: Backend, hashes: list[int]
+    ) -> tuple[_Slot, tuple[list[int], int, bool]]:
         """The slot llama-server gives a prompt (without ``id_slot``): the idle one
         sharing more than ``SIMILARITY`` of it, else the idle one used least recently
-        (any, when the balancer's count says none is idle); it now holds the prompt."""
+        (any, when the balancer's count says none is idle); it now holds the prompt.
+        Also what it held before (its hashes, used and known), to put back if the
+        request is never sent (:meth:`_unsent`)."""
         slots = self._slots_of.setdefault(backend.id, [])
         starts = self._starts
         n = max(1, backend.slots_total)
@@ -727,8 +763,9 @@ class PrefixPolicy:
         self._uses += 1
         _count_first(starts, backend.id, best.hashes, -1)
         _count_first(starts, backend.id, hashes, +1)
+        before = best.hashes, best.used, best.known
         best.hashes, best.busy, best.used, best.known = hashes, True, self._uses, True
-        return best
+        return best, before
 
     def _evidence_base(self, backend: Backend, idle: int) -> int | None:
         """What a request's answer must beat to show a host cache: ``idle``, the most
@@ -753,8 +790,12 @@ class PrefixPolicy:
         if note.sent_at is not None and event.now is not None and timings is not None:
             self.rates.ran(backend_id, event.now - note.sent_at)  # an answer, not a cancel
         running = self._in.pop(id(request), None)
+        if not event.sent:
+            if running is not None:
+                self._unsent(running)
+            return
         if running is not None:
-            running[1].busy = False  # it keeps the prompt
+            running.slot.busy = False  # it keeps the prompt
         if request.prompt is not None and request.adapter is None:
             self._freed[backend_id] = request.prompt.hashes(self.index.block)
         if timings is None:
@@ -770,8 +811,8 @@ class PrefixPolicy:
             running is not None
             and backend_id not in self._host
             and event.backend.cache_ram_mib is None
-            and running[2] is not None
-            and real > running[2] + 1  # more than any idle slot held: a host cache
+            and running.idle is not None
+            and real > running.idle + 1  # more than any idle slot held: a host cache
         ):
             self._host_seen = True  # and so do the others (see the module docstring)
             self._host |= self._unreported
@@ -798,6 +839,24 @@ class PrefixPolicy:
             if bound is not None:
                 grown = bound + max(real - len(note.prior), bound // 8)
                 self._bound[backend_id] = min(grown, self._largest_blocks(event.backend))
+
+    def _unsent(self, running: _Running) -> None:
+        """A dispatched request never reached its server: take the dispatch back. Its
+        slot holds what it held before (unless another request has taken it since),
+        and the index forgets the blocks the dispatch added (those a later dispatch
+        renewed stay). Those it only renewed keep their new recency, and those it
+        evicted stay evicted (the index errs towards predicting too little): without
+        this, the next turn was predicted to find the unsent one's blocks, and its
+        answer's shortfall read as an eviction, which forgets older conversations."""
+        slot = running.slot
+        slot.busy = False
+        if slot.hashes is running.hashes:  # not taken again since
+            starts, backend_id = self._starts, running.backend_id
+            _count_first(starts, backend_id, slot.hashes, -1)
+            slot.hashes, slot.used, slot.known = running.before
+            _count_first(starts, backend_id, slot.hashes, +1)
+        if running.stamp is not None:
+            self.index.withdraw(running.backend_id, running.hashes[running.added :], running.stamp)
 
     def _capacity_blocks(self, backend: Backend) -> int:
         """What the backend's caches hold, in blocks: as learned from its answers

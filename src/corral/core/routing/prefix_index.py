@@ -202,13 +202,14 @@ class PrefixIndex:
             self._capacity[backend_id] = blocks
             self._evict(backend_id)
 
-    def add(self, backend_id: str, hashes: Sequence[int]) -> None:
-        """The backend is being sent this prompt: it will hold all its blocks.
+    def add(self, backend_id: str, hashes: Sequence[int]) -> int | None:
+        """The backend is being sent this prompt: it will hold all its blocks. Returns
+        the stamp they were given (for :meth:`withdraw`; None: nothing was added).
 
         Blocks are renewed deepest first, so the prompt's head is the most recent."""
         capacity = self._capacity.get(backend_id, 0)
         if capacity <= 0 or not hashes:
-            return
+            return None
         held = self._held.get(backend_id)
         if held is None:
             held = self._held[backend_id] = _Held()
@@ -238,6 +239,18 @@ class PrefixIndex:
         # prompt shares leaves a stale copy in each batch until eviction reaches it
         if held.pending > 2 * len(blocks) + 64:  # stale entries outnumber live ones
             self._compact(held)
+        return stamp
+
+    def withdraw(self, backend_id: str, hashes: Sequence[int], stamp: int) -> int:
+        """The prompt an :meth:`add` with ``stamp`` announced was never sent: drop those
+        of ``hashes`` (the blocks that add put there: the prompt's tail past what the
+        backend held before) that it still holds with that stamp (none a later add
+        renewed); return how many. What is left of each prompt is still a prefix of it:
+        a tail goes, deepest blocks with it."""
+        held = self._held.get(backend_id)
+        if held is None:
+            return 0
+        return self._unmark(backend_id, held.blocks, hashes, stamp)
 
     def forget_older(self, backend_id: str, stamp: int) -> int:
         """Drop the backend's entries not renewed since ``stamp``; return how many."""

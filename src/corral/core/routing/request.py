@@ -34,23 +34,35 @@ class Prompt:
     share block ``i``'s hash only if they share their first ``i + 1`` blocks. A
     partial last block is not hashed: it cannot be matched by a longer prompt.
     Hashes are Python's (salted per process): the index lives in one process.
+
+    ``cache_prompt``: llama-server's request field (default true). False: the server
+    reuses none of its cache for this prompt (it processes it whole, then holds it
+    like any other), so no server is predicted to hold any of it, and its answer's
+    ``cache_n`` of 0 is no sign of an eviction.
     """
 
-    __slots__ = ("_block", "_hashes", "text")
+    __slots__ = ("_block", "_hashes", "cache_prompt", "text")
 
-    def __init__(self, text: bytes) -> None:
+    def __init__(self, text: bytes, *, cache_prompt: bool = True) -> None:
         self.text = text
+        self.cache_prompt = cache_prompt
         self._block = 0
         self._hashes: list[int] = []
 
     @classmethod
-    def of_chat(cls, messages: Iterable[tuple[bytes, bytes]], tools: bytes | None) -> Prompt:
+    def of_chat(
+        cls,
+        messages: Iterable[tuple[bytes, bytes]],
+        tools: bytes | None,
+        *,
+        cache_prompt: bool = True,
+    ) -> Prompt:
         """From a chat request: the tools (raw JSON), then each ``(role, content)``
         (content as raw JSON) in order."""
         parts = [b"\x1dtools\x1e", tools or b"", b"\x1f"]
         for role, content in messages:
             parts += (b"\x1d", role, b"\x1e", content, b"\x1f")
-        return cls(b"".join(parts))
+        return cls(b"".join(parts), cache_prompt=cache_prompt)
 
     def hashes(self, block: int) -> list[int]:
         """The chained hashes of the full ``block``-byte blocks (computed once)."""
@@ -66,7 +78,8 @@ class Prompt:
         return len(self.text)
 
     def __repr__(self) -> str:
-        return f"<Prompt {len(self.text)} bytes>"
+        reuse = "" if self.cache_prompt else ", cache_prompt=false"
+        return f"<Prompt {len(self.text)} bytes{reuse}>"
 
 
 @dataclass(eq=False, slots=True)

@@ -1,0 +1,75 @@
+"""A slot given to a request whose client has gone, or whose server refused the
+connection, is given back unsent: the fleet's subscribers (the prefix index) are told
+the server never saw it."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from support.harness import Harness, url
+
+from corral.balancer.dispatcher import Dispatcher
+from corral.core import Buffer, Condition, Fleet, MonotonicClock, Report, Scheduler
+from corral.core.events import Finished, FleetEvent, Timings
+from corral.core.routing import PrefixPolicy, Prompt, RequestInfo
+
+CHAT = "/v1/chat/completions"
+
+
+@pytest.mark.parametrize("leaves", ["before the assignment", "after the assignment"])
+async def test_a_waiter_whose_client_left_gives_its_slot_back_unsent(leaves: str):
+    clock = MonotonicClock()
+    fleet = Fleet()
+    fleet.register("a", name="a", address="http://a", api_key=None, now=0)
+    fleet.report("a", Report(Condition.READY, model="m", slots_total=1), now=0)
+    policy = PrefixPolicy(clock=clock.now)
+    dispatcher = Dispatcher(Scheduler(fleet, policy, Buffer(10, 30.0)), clock)
+    events: list[FleetEvent] = []
+    fleet.subscribe(events.append)
+
+    first = RequestInfo(CHAT, "m", prompt=Prompt(b"the first conversation. " * 200))
+    assert (await dispatcher.acquire(first)).backend_id == "a"
+    waiter = RequestInfo(CHAT, "m", prompt=Prompt(b"a conversation never sent. " * 200))
+    task = asyncio.create_task(dispatcher.acquire(waiter))
+    await asyncio.sleep(0.01)
+    assert not task.done()  # waiting in the buffer
+    if leaves == "before the assignment":  # the slot frees before its task runs again
+        task.cancel()
+        dispatcher.release("a", request=first, timings=Timings(1250, 0, 1000.0))
+    else:  # it was given the slot, then left before it could use it
+        dispatcher.release("a", request=first, timings=Timings(1250, 0, 1000.0))
+        task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    ends = [e for e in events if isinstance(e, Finished) and e.request is waiter]
+    assert [e.sent for e in ends] == [False]
+    assert fleet.get("a").reserved == 0
+    assert policy.index.match("a", waiter.prompt.hashes(policy.index.block)) == 0
+    assert policy.affinity("a", RequestInfo(CHAT, "m", prompt=first.prompt)) > 0
+    policy.check()
+
+
+async def test_a_server_that_refused_the_connection_is_told_to_hold_nothing(harness: Harness):
+    balancer = await harness.balancer(routing="prefix")
+    runner, port = await harness.sim(name="a", slots=4)
+    await harness.agent(port, balancer, name="a")
+    _, other = await harness.sim(name="b", slots=1)
+    await harness.agent(other, balancer, name="b")
+    events: list[FleetEvent] = []
+    balancer.fleet.subscribe(events.append)
+    await runner.cleanup()  # a is gone before its agent notices: connection refused
+    body = {"messages": [{"role": "user", "content": "a long question. " * 300}], "max_tokens": 2}
+    async with harness.http.post(url(balancer, CHAT), json=body) as r:
+        assert r.status == 200 and r.headers["X-Sim-Server"] == "b"
+    ends = {e.backend.name: e.sent for e in events if isinstance(e, Finished)}
+    assert ends == {"a": False, "b": True}
+    policy = balancer.scheduler.policy
+    assert isinstance(policy, PrefixPolicy)
+    ids = {backend.name: backend.id for backend in balancer.fleet}
+    info = next(e.request for e in events if isinstance(e, Finished))
+    assert isinstance(info, RequestInfo) and info.prompt is not None
+    hashes = info.prompt.hashes(policy.index.block)
+    assert policy.index.match(ids["a"], hashes) == 0
+    assert policy.index.match(ids["b"], hashes) > 0
