@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 
+from support.fleets import ready_fleet
+
 from corral.balancer.dispatcher import Dispatcher
-from corral.core import Buffer, Condition, Fleet, MonotonicClock, Report, Scheduler
+from corral.core import Buffer, MonotonicClock, Scheduler
 from corral.core.events import Timings
 from corral.core.routing import PrefixPolicy, Prompt, RequestInfo
 
@@ -16,19 +18,10 @@ HISTORY = b"the conversation so far. " * 800  # 20,000 bytes: a long prefill
 MAX_WAIT = 0.2
 
 
-def fleet_of(*names: str) -> Fleet:
-    fleet = Fleet()
-    for name in names:
-        fleet.register(name, name=name, address=f"http://{name}", api_key=None, now=0)
-        # a host cache (--cache-ram): "a" keeps the prompt while another request runs
-        report = Report(Condition.READY, model="m", slots_total=1, cache_ram_mib=64)
-        fleet.report(name, report, now=0)
-    return fleet
-
-
 async def test_a_wait_decided_in_the_buffer_ends_at_its_bound_without_another_event():
     clock = MonotonicClock()
-    fleet = fleet_of("a", "b")
+    # a host cache (--cache-ram): "a" keeps the prompt while another request runs
+    fleet = ready_fleet(("a", 1), ("b", 1), cache_ram_mib=64)
     policy = PrefixPolicy(clock=clock.now, max_wait=MAX_WAIT)
     dispatcher = Dispatcher(Scheduler(fleet, policy, Buffer(10, 30.0)), clock)
 

@@ -7,10 +7,11 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from support.fleets import ready_fleet
 from support.harness import Harness, url
 
 from corral.balancer.dispatcher import Dispatcher
-from corral.core import Buffer, Condition, Fleet, MonotonicClock, Report, Scheduler
+from corral.core import Buffer, MonotonicClock, Scheduler
 from corral.core.events import Finished, FleetEvent, Timings
 from corral.core.routing import PrefixPolicy, Prompt, RequestInfo
 
@@ -20,9 +21,7 @@ CHAT = "/v1/chat/completions"
 @pytest.mark.parametrize("leaves", ["before the assignment", "after the assignment"])
 async def test_a_waiter_whose_client_left_gives_its_slot_back_unsent(leaves: str):
     clock = MonotonicClock()
-    fleet = Fleet()
-    fleet.register("a", name="a", address="http://a", api_key=None, now=0)
-    fleet.report("a", Report(Condition.READY, model="m", slots_total=1), now=0)
+    fleet = ready_fleet(("a", 1))
     policy = PrefixPolicy(clock=clock.now)
     dispatcher = Dispatcher(Scheduler(fleet, policy, Buffer(10, 30.0)), clock)
     events: list[FleetEvent] = []

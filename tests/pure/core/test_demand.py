@@ -1,19 +1,12 @@
-from corral.core import Condition, Fleet, Report
+from support.fleets import ready_fleet
+
 from corral.core.buffer import Buffer
 from corral.core.demand import ColdStarts, model_demand
 from corral.core.policy import RequestInfo
 
 
-def fleet_of(*backends: tuple[str, str, int]) -> Fleet:
-    fleet = Fleet()
-    for name, model, slots in backends:
-        fleet.register(name, name=name, address=f"http://{name}", api_key=None, now=0)
-        fleet.report(name, Report(Condition.READY, model=model, slots_total=slots), now=0)
-    return fleet
-
-
 def test_demand_is_buffered_plus_in_flight_of_ready_servers():
-    fleet = fleet_of(("a", "small", 4), ("b", "large", 2))
+    fleet = ready_fleet(("a", "small", 4), ("b", "large", 2))
     fleet.reserve("a", 0.0)
     buffer = Buffer(10, 30.0)
     buffer.push(RequestInfo("/completion", "small"), 0.0)
@@ -26,11 +19,11 @@ def test_demand_is_buffered_plus_in_flight_of_ready_servers():
 
 def test_a_cold_start_runs_from_the_first_buffered_request_to_a_ready_server():
     cold = ColdStarts()
-    empty = fleet_of()
+    empty = ready_fleet()
     cold.buffered(empty, "small", 10.0)
     cold.buffered(empty, "small", 11.0)  # the first request starts it, not later ones
     assert cold.changed(empty, 12.0) == []
-    ready = fleet_of(("a", "small", 4))
+    ready = ready_fleet(("a", "small", 4))
     assert cold.changed(ready, 25.0) == [("small", 15.0)]
     cold.buffered(ready, "small", 30.0)  # a ready server: not a cold start
     assert cold.changed(ready, 31.0) == []

@@ -2,17 +2,10 @@
 
 from dataclasses import dataclass
 
+from support.fleets import ready_fleet
+
 from corral.core import Condition, Dispatch, Fleet, Policy, Reject, Report, RequestInfo, Wait
 from corral.core.fleet import Backend
-
-
-def fleet_of(*backends: tuple[str, str, int]) -> Fleet:
-    fleet = Fleet()
-    for name, model, slots in backends:
-        fleet.register(name, name=name, address=f"http://{name}", api_key=None, now=0)
-        fleet.report(name, Report(Condition.READY, model=model, slots_total=slots), now=0)
-    return fleet
-
 
 CHAT = "/v1/chat/completions"
 
@@ -22,22 +15,22 @@ def test_empty_fleet_waits():
 
 
 def test_most_free_slots_wins():
-    fleet = fleet_of(("small", "m", 2), ("big", "m", 8))
+    fleet = ready_fleet(("small", "m", 2), ("big", "m", 8))
     assert Policy().pick(fleet, RequestInfo(CHAT)) == Dispatch("big")
 
 
 def test_single_model_fleet_accepts_any_model_name():
-    fleet = fleet_of(("a", "gemma", 2))
+    fleet = ready_fleet(("a", "gemma", 2))
     assert Policy().pick(fleet, RequestInfo(CHAT, "gpt-4o")) == Dispatch("a")
 
 
 def test_model_picks_the_pool():
-    fleet = fleet_of(("a", "gemma", 8), ("b", "qwen", 2))
+    fleet = ready_fleet(("a", "gemma", 8), ("b", "qwen", 2))
     assert Policy().pick(fleet, RequestInfo(CHAT, "qwen")) == Dispatch("b")
 
 
 def test_unknown_model_in_multi_model_fleet_is_rejected_with_the_list():
-    fleet = fleet_of(("a", "gemma", 8), ("b", "qwen", 2))
+    fleet = ready_fleet(("a", "gemma", 8), ("b", "qwen", 2))
     decision = Policy().pick(fleet, RequestInfo(CHAT, "llama"))
     assert isinstance(decision, Reject)
     assert decision.status == 404
@@ -46,18 +39,18 @@ def test_unknown_model_in_multi_model_fleet_is_rejected_with_the_list():
 
 
 def test_no_model_field_goes_to_the_most_free_server_of_any_model():
-    fleet = fleet_of(("a", "gemma", 2), ("b", "qwen", 6))
+    fleet = ready_fleet(("a", "gemma", 2), ("b", "qwen", 6))
     assert Policy().pick(fleet, RequestInfo(CHAT)) == Dispatch("b")
 
 
 def test_full_fleet_waits():
-    fleet = fleet_of(("a", "m", 1))
+    fleet = ready_fleet(("a", "m", 1))
     fleet.reserve("a")
     assert isinstance(Policy().pick(fleet, RequestInfo(CHAT)), Wait)
 
 
 def test_model_of_a_loading_server_waits_rather_than_404():
-    fleet = fleet_of(("a", "gemma", 2), ("b", "qwen", 2))
+    fleet = ready_fleet(("a", "gemma", 2), ("b", "qwen", 2))
     fleet.report("b", Report(Condition.LOADING, model="qwen"), now=1)
     assert isinstance(Policy().pick(fleet, RequestInfo(CHAT, "qwen")), Wait)
 
@@ -73,13 +66,13 @@ class OnlyNamed:
 
 
 def test_rules_veto_candidates():
-    fleet = fleet_of(("big", "m", 8), ("small", "m", 2))
+    fleet = ready_fleet(("big", "m", 8), ("small", "m", 2))
     assert Policy([OnlyNamed("small")]).pick(fleet, RequestInfo(CHAT)) == Dispatch("small")
     assert isinstance(Policy([OnlyNamed("nobody")]).pick(fleet, RequestInfo(CHAT)), Wait)
 
 
 def test_ties_are_broken_fairly():
-    fleet = fleet_of(*[(f"s{i}", "m", 4) for i in range(4)])
+    fleet = ready_fleet(*[(f"s{i}", "m", 4) for i in range(4)])
     policy = Policy()
     picks = []
     for _ in range(8):
@@ -121,7 +114,7 @@ def test_a_pinned_request_waits_for_its_agent():
 
 
 def test_model_whose_only_server_is_loading_waits_never_goes_to_another():
-    fleet = fleet_of(("a", "small", 4), ("b", "other", 2))
+    fleet = ready_fleet(("a", "small", 4), ("b", "other", 2))
     fleet.report("b", Report(Condition.LOADING, model=None), now=1)  # restarted: no name yet
     assert fleet.models() == ["small"]
     assert Policy().pick(fleet, RequestInfo(CHAT, "other")) == Wait("no free slot")
@@ -129,7 +122,7 @@ def test_model_whose_only_server_is_loading_waits_never_goes_to_another():
 
 
 def test_model_whose_only_server_left_the_fleet_waits_never_goes_to_another():
-    fleet = fleet_of(("a", "small", 4), ("b", "other", 2))
+    fleet = ready_fleet(("a", "small", 4), ("b", "other", 2))
     fleet.remove("b")  # its agent is gone: one model is left registered
     assert fleet.models() == ["small"]
     assert fleet.seen_models() == ["other", "small"]
@@ -141,7 +134,7 @@ def test_model_whose_only_server_left_the_fleet_waits_never_goes_to_another():
 
 
 def test_model_whose_only_server_is_unreachable_or_draining_waits():
-    fleet = fleet_of(("a", "small", 4), ("b", "other", 2))
+    fleet = ready_fleet(("a", "small", 4), ("b", "other", 2))
     fleet.report("b", Report(Condition.UNREACHABLE, model="other"), now=1)
     assert isinstance(Policy().pick(fleet, RequestInfo(CHAT, "other")), Wait)
     fleet.report("b", Report(Condition.READY, model="other", slots_total=2), now=2)
@@ -152,7 +145,7 @@ def test_model_whose_only_server_is_unreachable_or_draining_waits():
 
 
 def test_a_fleet_that_only_ever_saw_one_model_accepts_any_name_even_when_it_is_down():
-    fleet = fleet_of(("a", "small", 2))
+    fleet = ready_fleet(("a", "small", 2))
     fleet.report("a", Report(Condition.LOADING), now=1)
     assert isinstance(Policy().pick(fleet, RequestInfo(CHAT, "gpt-4o")), Wait)
     fleet.report("a", Report(Condition.READY, model="small", slots_total=2), now=2)
@@ -160,11 +153,11 @@ def test_a_fleet_that_only_ever_saw_one_model_accepts_any_name_even_when_it_is_d
 
 
 def test_a_scaled_model_with_no_server_waits_instead_of_404_or_another_model():
-    fleet = fleet_of(("a", "small", 2), ("b", "medium", 2))
+    fleet = ready_fleet(("a", "small", 2), ("b", "medium", 2))
     assert isinstance(Policy().pick(fleet, RequestInfo("/completion", "large")), Reject)
     fleet.expect(["large"])  # --scaled-model large: it may have no server now
     assert isinstance(Policy().pick(fleet, RequestInfo("/completion", "large")), Wait)
-    one = fleet_of(("a", "small", 2))
+    one = ready_fleet(("a", "small", 2))
     one.expect(["large"])
     assert isinstance(Policy().pick(one, RequestInfo("/completion", "large")), Wait)
     # the fleet knows two models now: another name is unknown, never sent to "small"
@@ -172,7 +165,7 @@ def test_a_scaled_model_with_no_server_waits_instead_of_404_or_another_model():
 
 
 def test_a_route_goes_only_to_servers_that_answer_its_api():
-    fleet = fleet_of(("llama", "m", 2))
+    fleet = ready_fleet(("llama", "m", 2))
     fleet.register("vllm", name="vllm", address="http://vllm", api_key=None, now=0)
     fleet.report(
         "vllm",
@@ -201,7 +194,7 @@ def test_requests_of_different_apis_wait_in_different_queues():
 
 
 def test_a_model_whose_servers_do_not_answer_the_route_is_rejected_not_buffered():
-    fleet = fleet_of(("llama", "gemma", 2))
+    fleet = ready_fleet(("llama", "gemma", 2))
     fleet.register("vllm", name="vllm", address="http://vllm", api_key=None, now=0)
     fleet.report(
         "vllm",

@@ -5,6 +5,7 @@ import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from support.fleets import ready_fleet
 
 from corral.core import Buffer, Condition, Dispatch, Fleet, ManualClock, Report, Scheduler
 from corral.core.events import Reset, Timings
@@ -15,16 +16,8 @@ CHAT = "/v1/chat/completions"
 BLOCK = 1024
 
 
-def fleet_of(*backends: tuple[str, int]) -> Fleet:
-    fleet = Fleet()
-    for name, slots in backends:
-        fleet.register(name, name=name, address=f"http://{name}", api_key=None, now=0)
-        fleet.report(name, Report(Condition.READY, model="m", slots_total=slots), now=0)
-    return fleet
-
-
 def setup(*backends: tuple[str, int], clock: ManualClock | None = None):
-    fleet = fleet_of(*backends)
+    fleet = ready_fleet(*backends)
     policy = PrefixPolicy(clock=clock.now if clock else None)
     scheduler = Scheduler(fleet, policy, Buffer(100, 30.0))
     return fleet, policy, scheduler
@@ -267,7 +260,7 @@ def test_waits_a_bounded_time_for_the_busy_holder_of_a_long_prefix():
 
 def test_max_wait_caps_the_wait():
     clock = ManualClock()
-    fleet = fleet_of(("a", 1), ("b", 1))
+    fleet = ready_fleet(("a", 1), ("b", 1))
     fleet.report("a", Report(Condition.READY, model="m", slots_total=1, cache_ram_mib=64), 0)
     fleet.report("b", Report(Condition.READY, model="m", slots_total=1), 0)  # "a" first again
     scheduler = Scheduler(fleet, PrefixPolicy(clock=clock.now, max_wait=1.0), Buffer(100, 30.0))
@@ -286,7 +279,7 @@ def test_waits_for_a_holder_busy_longer_than_a_second_when_that_saves_more():
     # bound never waited here, and sent every later turn of a conversation away from
     # its cache on a CPU, where requests run for seconds)
     clock = ManualClock()
-    fleet = fleet_of(("a", 1), ("b", 1))
+    fleet = ready_fleet(("a", 1), ("b", 1))
     fleet.report("a", Report(Condition.READY, model="m", slots_total=1, cache_ram_mib=64), 0)
     fleet.report("b", Report(Condition.READY, model="m", slots_total=1), 0)
     policy = PrefixPolicy(clock=clock.now)
@@ -303,7 +296,7 @@ def test_waits_for_a_holder_busy_longer_than_a_second_when_that_saves_more():
 def one_slot_holder_running_12_s(clock: ManualClock, holder_slots: int = 1):
     """ "a" (a host cache, ``holder_slots`` slots) whose requests run 12 s and "b" (one
     slot, free), 1,000 prompt tokens/s: a miss on "b" reads HISTORY * 4 in 5 s."""
-    fleet = fleet_of(("a", holder_slots), ("b", 1))
+    fleet = ready_fleet(("a", holder_slots), ("b", 1))
     fleet.report(
         "a", Report(Condition.READY, model="m", slots_total=holder_slots, cache_ram_mib=64), 0
     )
@@ -356,7 +349,7 @@ def test_a_request_waits_longer_rather_than_take_a_whole_server_elsewhere(slots,
     # quarter of its batch (6.25 s: go). Replayed on four one-slot servers at 90% load,
     # 96% of later turns stayed on their conversation's server so, against 64% (#10)
     clock = ManualClock()
-    fleet = fleet_of(("a", 1), ("b", slots))
+    fleet = ready_fleet(("a", 1), ("b", slots))
     fleet.report("a", Report(Condition.READY, model="m", slots_total=1, cache_ram_mib=64), 0)
     scheduler = Scheduler(fleet, PrefixPolicy(clock=clock.now), Buffer(100, 30.0))
     first = RequestInfo(CHAT, "m", "a", prompt=Prompt(HISTORY * 4))  # pinned to "a"
@@ -433,7 +426,7 @@ def test_does_not_wait_for_a_server_whose_slots_all_moved_on():
 
 
 def test_slot_routing_builds_no_events_and_reads_no_prompt():
-    fleet = fleet_of(("a", 2))
+    fleet = ready_fleet(("a", 2))
     Scheduler(fleet, SlotPolicy(), Buffer(10, 1.0))
     assert not fleet._observers
     assert make_policy("slots").needs_prompt is False
@@ -566,11 +559,7 @@ def test_a_miss_on_a_prompt_the_index_forgot_but_a_slot_holds_does_not_crash():
 
 def host_cached(*backends: tuple[str, int]):
     """Servers whose agents report a host prompt cache (``--cache-ram 208``)."""
-    fleet = Fleet()
-    for name, slots in backends:
-        fleet.register(name, name=name, address=f"http://{name}", api_key=None, now=0)
-        report = Report(Condition.READY, model="m", slots_total=slots, cache_ram_mib=208)
-        fleet.report(name, report, now=0)
+    fleet = ready_fleet(*backends, cache_ram_mib=208)
     policy = PrefixPolicy()
     return fleet, policy, Scheduler(fleet, policy, Buffer(100, 30.0))
 
@@ -845,7 +834,7 @@ def test_without_a_host_cache_the_wait_is_for_the_slot_holding_the_prompt():
     # just taken (12 s to go), and another request, sent 10 s ago, is about to end; the
     # request needs the first, and "b" reads it in 5 s (10 s with its one slot)
     clock = ManualClock()
-    fleet = fleet_of(("a", 3), ("b", 1))
+    fleet = ready_fleet(("a", 3), ("b", 1))
     policy = PrefixPolicy(clock=clock.now)
     scheduler = Scheduler(fleet, policy, Buffer(100, 30.0))
     first = request(HISTORY * 4)

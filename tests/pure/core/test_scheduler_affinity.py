@@ -5,6 +5,7 @@ server's slots."""
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from support.fleets import ready_fleet
 
 from corral.core import Buffer, Condition, Dispatch, Fleet, ManualClock, Report, Scheduler
 from corral.core import scheduler as scheduler_module
@@ -17,14 +18,6 @@ CHAT = "/v1/chat/completions"
 P = b"the first group's long document. " * 250  # 8,250 bytes: 8 blocks
 Q = b"another group, another document! " * 250
 R = b"a third text that nobody shares.. " * 250
-
-
-def fleet_of(*backends: tuple[str, int]) -> Fleet:
-    fleet = Fleet()
-    for name, slots in backends:
-        fleet.register(name, name=name, address=f"http://{name}", api_key=None, now=0)
-        fleet.report(name, Report(Condition.READY, model="m", slots_total=slots), now=0)
-    return fleet
 
 
 def request(text: bytes) -> RequestInfo:
@@ -41,7 +34,7 @@ def saturated(
 ) -> tuple[Fleet, Scheduler, dict[bytes, str], dict[str, RequestInfo]]:
     """Two one-slot servers, each busy with a request of its own prefix (P, Q): the
     holder of each prefix, and what runs on each server."""
-    fleet = fleet_of(("a", 1), ("b", 1))
+    fleet = ready_fleet(("a", 1), ("b", 1))
     scheduler = Scheduler(fleet, PrefixPolicy(), Buffer(100, 30.0), max_pass=max_pass)
     holders, running = {}, {}
     for text in (P, Q):
@@ -113,7 +106,7 @@ def test_the_head_is_passed_over_for_max_pass_seconds_at_most():
 
 
 def test_the_slot_just_freed_prefers_the_prompt_that_ended_there():
-    fleet = fleet_of(("b", 2))
+    fleet = ready_fleet(("b", 2))
     scheduler = Scheduler(fleet, PrefixPolicy(), Buffer(100, 30.0))
     p, q = request(P + b"first"), request(Q + b"first")
     assert scheduler.submit(p, 0.0) == Dispatch("b")
@@ -126,7 +119,7 @@ def test_the_slot_just_freed_prefers_the_prompt_that_ended_there():
 
 
 def test_slot_routing_keeps_the_order():
-    fleet = fleet_of(("a", 1))
+    fleet = ready_fleet(("a", 1))
     scheduler = Scheduler(fleet, SlotPolicy(), Buffer(100, 30.0))
     first = request(P)
     assert scheduler.submit(first, 0.0) == Dispatch("a")
@@ -139,7 +132,7 @@ def test_slot_routing_keeps_the_order():
 
 def test_a_request_waiting_for_its_busy_holder_does_not_hold_up_the_queue():
     clock = ManualClock(0.0)
-    fleet = fleet_of(("a", 1), ("b", 1))
+    fleet = ready_fleet(("a", 1), ("b", 1))
     # a host cache (--cache-ram): "a" keeps P while a request it cannot read runs there
     fleet.report("a", Report(Condition.READY, model="m", slots_total=1, cache_ram_mib=64), 0)
     fleet.report("b", Report(Condition.READY, model="m", slots_total=1), 0)  # "a" first again
@@ -167,7 +160,7 @@ def test_requests_behind_the_head_are_passed_over_for_max_pass_at_most_too():
     # a queue of new conversations ahead of a steady stream of turns the server holds:
     # each new conversation's bound starts when it is first overtaken, not when it
     # becomes the head (then the last of 6 waited about 6 x max_pass)
-    fleet = fleet_of(("a", 1))
+    fleet = ready_fleet(("a", 1))
     fleet.report("a", Report(Condition.READY, model="m", slots_total=1, cache_ram_mib=64), 0)
     scheduler = Scheduler(fleet, PrefixPolicy(), Buffer(100, 1000.0), max_pass=2.0)
     running = request(P + b"first")
@@ -198,7 +191,7 @@ class Overtaking(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.fleet = fleet_of(("a", 1), ("b", 1))
+        self.fleet = ready_fleet(("a", 1), ("b", 1))
         self.scheduler = Scheduler(
             self.fleet, PrefixPolicy(), Buffer(1000, 1000.0), max_pass=self.MAX_PASS
         )
