@@ -68,16 +68,17 @@ def test_later_turns_reuse_the_cache_and_a_restart_is_noticed(fleet: Fleet):
     assert all(s[2] > 200 for s in seen[1:]), seen  # and the balancer expected it
 
     # A turn that asks for no cache reuse: the server reuses nothing (cache_n 0), the
-    # balancer expects nothing, and the next turn still finds the history
+    # balancer expects nothing (it routes by load), and the next turn still finds the
+    # history, where it was or where that turn went (which now holds more of it)
     for cache_prompt in (False, True):
         messages.append({"role": "user", "content": "And the one after?"})
         answer, headers = turn(inference, messages, cache_prompt=cache_prompt)
         predicted = int(headers["X-Corral-Predicted-Cached-Tokens"])
         if cache_prompt:
-            assert headers["X-Corral-Server"] == holder and predicted > 200, headers
-            assert answer["timings"]["cache_n"] > 400, answer["timings"]
+            assert predicted > 200 and answer["timings"]["cache_n"] > 400, (headers, answer)
         else:
             assert predicted == 0 and answer["timings"]["cache_n"] == 0, answer["timings"]
+        holder = headers["X-Corral-Server"]
         reply = answer["choices"][0]["message"]["content"]
         messages.append({"role": "assistant", "content": reply})
 

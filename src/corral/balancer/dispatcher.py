@@ -141,9 +141,10 @@ class Dispatcher:
         timings: Timings | None = None,
         sent: bool = True,
     ) -> None:
-        """The request on this slot finished (or failed after it started); ``request``
-        and its answer's ``timings`` go to the fleet's subscribers (the prefix index);
-        ``sent=False``: it never reached the server (:class:`~corral.core.events.Finished`)."""
+        """Free this slot: its request finished, failed, or was never sent
+        (``sent=False``: its client left first, or the server refused it unread:
+        :class:`~corral.core.events.Finished`). ``request`` and its answer's
+        ``timings`` go to the fleet's subscribers (the prefix index)."""
         if request is not None:
             self.scheduler.finished(request, self.clock.now())  # its tenant's count in flight
         try:
@@ -162,8 +163,9 @@ class Dispatcher:
         request: RequestInfo | None = None,
         sent: bool = True,
     ) -> None:
-        """A request on this slot failed in the server: set it aside, free the slot.
-        ``sent=False``: the server never read it (see :meth:`release`)."""
+        """A request on this slot failed (the server broke, hung or refused it): set the
+        server aside, free the slot. ``sent=False``: the server never read it (see
+        :meth:`release`)."""
         self.set_aside(backend_id, reason)
         self.release(backend_id, ok=False, request=request, sent=sent)
 

@@ -409,7 +409,7 @@ class _GenerateBody(msgspec.Struct):
     temperature: float | None = None
     seed: int | None = None
     lora: list[dict[str, Any]] | None = None
-    cache_prompt: bool = True
+    cache_prompt: Any = True  # of another type: the default, as llama-server reads it
 
 
 class _EmbeddingBody(msgspec.Struct):
@@ -480,7 +480,7 @@ def _parse_ask(kind: Kind, body: _GenerateBody, vocab: Vocab, config: SimConfig)
         include_usage=include,
         stop=stop,
         ignore_eos=body.ignore_eos,
-        cache_prompt=body.cache_prompt,
+        cache_prompt=body.cache_prompt is not False,
     )
     return replace(ask, params=_params(ask, body))
 

@@ -18,6 +18,8 @@ from corral.core.routing import PrefixPolicy, Prompt, RequestInfo
 CHAT = "/v1/chat/completions"
 
 
+# before: the slot is handed over after the client left (Dispatcher.changed);
+# after: the client leaves once handed the slot, before its task resumes (Dispatcher._wait)
 @pytest.mark.parametrize("leaves", ["before the assignment", "after the assignment"])
 async def test_a_waiter_whose_client_left_gives_its_slot_back_unsent(leaves: str):
     clock = MonotonicClock()

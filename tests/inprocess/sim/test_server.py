@@ -656,3 +656,18 @@ async def test_a_conversation_reuses_its_cached_prefix_and_says_so(
     assert t["cache_n"] + t["prompt_n"] == last["usage"]["prompt_tokens"]
     assert last["usage"]["prompt_tokens_details"] == {"cached_tokens": t["cache_n"]}
     assert t["prompt_ms"] < 1000 * 20 / 100  # only the new turn was read
+
+
+@pytest.mark.parametrize(
+    ("value", "reused"), [(False, False), (True, True), (None, True), (0, True)]
+)
+async def test_cache_prompt_false_reuses_nothing_and_other_values_mean_true(
+    make_client: MakeClient, value: object, reused: bool
+) -> None:
+    # llama-server reads a field of the wrong type as its default (true)
+    client = await make_client(SimConfig(tokens_per_second=1e6, prompt_tokens_per_second=1e5))
+    body = {"prompt": "the same prompt again, " * 20, "n_predict": 1}
+    assert (await client.post("/completion", json=body)).status == 200
+    answer = await client.post("/completion", json={**body, "cache_prompt": value})
+    assert answer.status == 200
+    assert ((await answer.json())["timings"]["cache_n"] > 0) is reused

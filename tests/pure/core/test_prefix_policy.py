@@ -935,6 +935,26 @@ def test_a_later_turn_never_sent_is_no_eviction_when_it_is_sent_again():
     policy.check()
 
 
+def test_two_requests_with_one_new_prefix_never_sent_leave_none_of_it():
+    # a burst of requests sharing a new system prompt, whose clients left together: the
+    # second counted the first's blocks as held; both taken back, none of it is left,
+    # so a third is predicted nothing there and its miss forgets no other conversation
+    fleet, policy, scheduler = host_cached(("a", 4))
+    other = answered_on_a(fleet, scheduler, b"another conversation. " * 200, 0, 1250)
+    system = b"a new system prompt. " * 200
+    burst = [request(system + f"question {i}?".encode()) for i in range(2)]
+    for info in burst:
+        assert scheduler.submit(info, 0.0) == Dispatch("a")
+    for info in burst:  # in the order they were given slots
+        fleet.release("a", 1.0, info, sent=False)
+    third = request(system + b"question 2?")
+    assert scheduler.submit(third, 0.0) == Dispatch("a")
+    assert third.note.predicted_blocks == 0
+    finish(fleet, "a", third, 0, 1260)
+    assert policy.index.match("a", other.prompt.hashes(BLOCK)) == len(other.prompt) // BLOCK
+    policy.check()
+
+
 def test_cache_prompt_false_is_routed_by_load_and_its_miss_is_no_eviction():
     # "cache_prompt": false: llama-server reuses nothing for it (cache_n 0) and then
     # holds it. No server is predicted to hold it, and its 0 forgets nothing

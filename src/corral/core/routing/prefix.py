@@ -154,6 +154,7 @@ class _Slot:
     used: int = 0  # when it was last taken (a counter)
     since: float | None = None  # when its request was sent (the balancer's clock, seconds)
     known: bool = False  # taken since the server (re)started: ``hashes`` is what it holds
+    running: _Running | None = field(default=None, repr=False, compare=False)  # until it ends
 
 
 @dataclass(slots=True)
@@ -165,10 +166,10 @@ class _Running:
     backend_id: str
     slot: _Slot
     idle: int | None  # blocks an idle slot held (None: unknown): see _evidence_base
-    hashes: list[int]  # the prompt's blocks, as the slot and the index took them
+    hashes: list[int]  # the prompt's blocks (the slot took them all; the index, its bound)
     before: tuple[list[int], int, bool]  # the slot's hashes, used and known before
     stamp: int | None  # the index's stamp for the blocks the dispatch added
-    added: int  # blocks[added:] were new to the server's entries (the rest renewed)
+    added: int  # hashes[added:] were new to the server's entries (the rest renewed)
 
 
 def wait_bound(elsewhere: float, there: float, cap: float) -> float:
@@ -699,19 +700,21 @@ class PrefixPolicy:
         if request.prompt is None:  # it takes a slot all the same (and what it held)
             slot, before = self._take_slot(backend, [])
             slot.since = now
-            self._in[id(request)] = _Running(backend.id, slot, 0, slot.hashes, before, None, 0)
+            slot.running = self._in[id(request)] = _Running(
+                backend.id, slot, 0, slot.hashes, before, None, 0
+            )
             return
         hashes = request.prompt.hashes(self.index.block)
         note = request.note
         note.prior = self.index.stamps(backend.id, hashes)
         in_idle, in_busy = self._slot_matches(backend.id, hashes)
         held = self._held(backend, hashes, len(note.prior), in_idle)
-        if not request.prompt.cache_prompt:  # reused nowhere: its 0 is no eviction
-            held = 0
-        note.predicted_blocks = held
         if held == 0 and hashes:  # a prefix new to it (whatever the route): see _spread
             self._uses += 1
             self._placed[backend.id] = self._uses
+        if not request.prompt.cache_prompt:  # reused nowhere: its 0 is no eviction
+            held = 0
+        note.predicted_blocks = held
         idle = self._evidence_base(backend, in_idle)  # for learning of a host cache
         note.sent_at = event.now
         note.in_flight = in_busy
@@ -730,7 +733,7 @@ class PrefixPolicy:
         self._freed.pop(backend.id, None)  # the freed slot is (probably) taken
         slot, before = self._take_slot(backend, hashes)
         slot.since = now
-        self._in[id(request)] = _Running(
+        slot.running = self._in[id(request)] = _Running(
             backend.id, slot, idle, hashes, before, stamp, len(note.prior)
         )
 
@@ -796,6 +799,8 @@ class PrefixPolicy:
             return
         if running is not None:
             running.slot.busy = False  # it keeps the prompt
+            if running.slot.running is running:
+                running.slot.running = None
         if request.prompt is not None and request.adapter is None:
             self._freed[backend_id] = request.prompt.hashes(self.index.block)
         if timings is None:
@@ -845,18 +850,40 @@ class PrefixPolicy:
         slot holds what it held before (unless another request has taken it since),
         and the index forgets the blocks the dispatch added (those a later dispatch
         renewed stay). Those it only renewed keep their new recency, and those it
-        evicted stay evicted (the index errs towards predicting too little): without
-        this, the next turn was predicted to find the unsent one's blocks, and its
-        answer's shortfall read as an eviction, which forgets older conversations."""
-        slot = running.slot
+        evicted stay evicted: without this, the next turn was predicted to find the
+        unsent one's blocks, and its answer's shortfall read as an eviction, which
+        forgets older conversations.
+
+        A later dispatch to the same server, still running, that counted this one's
+        blocks as held (a burst of requests with one new system prompt, whose clients
+        left together) now counts them as its own, so it withdraws them if it is never
+        sent either. Taken back in the other order (the later one first), what the
+        later one renewed of this one's blocks stays (the stamp says the later one
+        put it there): the index may then predict blocks no sent request brought."""
+        slot, backend_id = running.slot, running.backend_id
         slot.busy = False
-        if slot.hashes is running.hashes:  # not taken again since
-            starts, backend_id = self._starts, running.backend_id
+        if slot.running is running:
+            slot.running = None
+        slots = self._slots_of.get(backend_id, ())
+        if slot.hashes is running.hashes and any(s is slot for s in slots):  # not retaken
+            starts = self._starts
             _count_first(starts, backend_id, slot.hashes, -1)
             slot.hashes, slot.used, slot.known = running.before
             _count_first(starts, backend_id, slot.hashes, +1)
-        if running.stamp is not None:
-            self.index.withdraw(running.backend_id, running.hashes[running.added :], running.stamp)
+        if running.stamp is None:
+            return
+        added = running.added
+        for other in slots:  # a plain loop: slots are few, and this is rare
+            later = other.running
+            if (
+                later is not None
+                and later.stamp is not None
+                and later.stamp > running.stamp
+                and later.added > added
+                and shared_blocks(later.hashes, running.hashes) > added
+            ):
+                later.added = added
+        self.index.withdraw(backend_id, running.hashes[added:], running.stamp)
 
     def _capacity_blocks(self, backend: Backend) -> int:
         """What the backend's caches hold, in blocks: as learned from its answers
