@@ -311,8 +311,9 @@ class Scheduler:
                     self.held_back = True
                     continue
                 better = self._affine(waiter, decision, now)
+                refused: list[Waiter] = []
                 if better is not None:
-                    waiter, decision = better
+                    waiter, decision, refused = better
                     self.buffer.take_behind(waiter, now)
                     self._unkey(waiter)
                 elif isinstance(decision, Wait):
@@ -322,6 +323,14 @@ class Scheduler:
                     self._unkey(waiter)
                 if isinstance(decision, Dispatch):
                     self._start(decision.backend_id, now, waiter.request)
+                    if refused and not self.fleet.has_free_slot():
+                        # those that refused the slot to wait for their prompt's busy
+                        # holder could now go nowhere else: waiting costs them nothing
+                        # more, and their wait bound starts again at their next refusal
+                        # (``note.wait_cap`` still holds). With a free slot left, it
+                        # runs on: the bound is what a request may lose by waiting
+                        for refuser in refused:
+                            refuser.request.note.wait_until = None
                     outcomes.append(Assigned(waiter, decision.backend_id))
                 else:
                     outcomes.append(Refused(waiter, decision))
@@ -364,7 +373,7 @@ class Scheduler:
     # -------------------------------------------------------------- rules
     def _affine(
         self, head: Waiter, decision: Dispatch | Wait | Reject, now: float | None
-    ) -> tuple[Waiter, Dispatch] | None:
+    ) -> tuple[Waiter, Dispatch, list[Waiter]] | None:
         """A request behind ``head`` to serve instead, and where: on the backend
         ``head`` would take (or leaves free, waiting for a busier one that holds its
         prompt), one whose prompt it holds more of than the head's, or that loses less
@@ -372,8 +381,9 @@ class Scheduler:
         loss first, then the most cached, then the oldest. None: the head's decision
         stands. A head that chose to wait (for the busy holder of its prompt) leaves
         the free slot to any request behind it, in the same order, and keeps its
-        place; when one takes it, those that refused it start their wait bound again
-        (:func:`~corral.core.routing.prefix.wait_bound`). Being passed over is bounded per request:
+        place; when one takes it, those that refused it are returned too (if no free
+        slot is left, their wait bound starts again:
+        :func:`~corral.core.routing.prefix.wait_bound`). Being passed over is bounded per request:
         ``max_pass`` seconds from the first time it was overtaken (the head, or one
         of the ``WINDOW`` behind it), after which nothing behind it may pass it. Beyond the window,
         the ``EXTRA`` oldest requests whose prompts share the most with what the
@@ -431,11 +441,6 @@ class Scheduler:
             if isinstance(choice, Dispatch) and self._may_take(
                 best.request, choice.backend_id, now
             ):
-                # those that refused the slot to wait for their prompt's busy holder
-                # cost the fleet nothing (it is taken): their wait bound starts again
-                # at their next refusal (``note.wait_cap`` still holds)
-                for waiter in refused:
-                    waiter.request.note.wait_until = None
                 # every request it overtakes starts its own bound now, not once it is
                 # the head: none waits much more than max_pass for others (a head that
                 # chose to wait for its holder is not overtaken: it left the slot)
@@ -445,7 +450,7 @@ class Scheduler:
                 for waiter in overtaken:
                     if waiter.passed_at is None:
                         waiter.passed_at = now
-                return best, choice
+                return best, choice, refused
         return None
 
     def _start(self, backend_id: str, now: float | None, request: RequestInfo) -> None:

@@ -390,6 +390,56 @@ def test_a_request_waiting_for_its_prefix_holds_back_no_one_behind_it():
     assert [(a.waiter.request, a.backend_id) for a in assigned] == [(other, "b")]
 
 
+def test_a_waits_bound_starts_again_when_no_free_slot_is_left():
+    # the request behind takes the free slot the waiting one left, and none is left:
+    # it could go nowhere else, so its bound starts again at its next refusal
+    clock = ManualClock()
+    fleet, _policy, scheduler = setup(("a", 1), ("b", 1), clock=clock)
+    fleet.report("a", Report(Condition.READY, model="m", slots_total=1, cache_ram_mib=64), 0)
+    first = RequestInfo(CHAT, "m", "a", prompt=Prompt(HISTORY * 4))  # pinned to "a"
+    assert scheduler.submit(first, clock.now()) == Dispatch("a")
+    fleet.release("a", clock.now(), first, Timings(5000, 0, 5000.0))
+    for name in "ab":  # every server busy
+        assert scheduler.submit(RequestInfo(CHAT, "m", name), clock.now()) == Dispatch(name)
+    later = request(HISTORY * 4 + b"next")  # waits for "a"
+    other = request(b"a new conversation. " * 100)  # cached nowhere: any slot will do
+    scheduler.submit(later, clock.now())
+    scheduler.submit(other, clock.now())
+    fleet.release("b", clock.now())
+    [assigned] = scheduler.assign(clock.now())
+    assert assigned.waiter.request is other and later.note.reason == "wait-prefix"
+    assert later.note.wait_until is None
+
+
+def test_a_waits_bound_runs_on_while_a_free_slot_is_left():
+    # two requests wait for the busy holders of their prompts ("a", "d") beside a free
+    # "b"; "d" frees and the second takes it. "b" is still free: the first's bound runs
+    # on from its first refusal (restarting it whenever its refused slot was taken let
+    # requests on 16 servers at 50% load wait 4 s, then read their whole prompt: #10)
+    clock = ManualClock()
+    fleet, _policy, scheduler = setup(("a", 1), ("b", 1), ("d", 1), clock=clock)
+    document = b"another document entirely. " * 740  # as long as HISTORY * 4
+    for name, text in (("a", HISTORY * 4), ("d", document)):
+        report = Report(Condition.READY, model="m", slots_total=1, cache_ram_mib=64)
+        fleet.report(name, report, 0)
+        first = RequestInfo(CHAT, "m", name, prompt=Prompt(text))  # pinned
+        assert scheduler.submit(first, clock.now()) == Dispatch(name)
+        fleet.release(name, clock.now(), first, Timings(5000, 0, 5000.0))
+        assert scheduler.submit(RequestInfo(CHAT, "m", name), clock.now()) == Dispatch(name)
+    later = request(HISTORY * 4 + b"next")
+    assert not isinstance(scheduler.submit(later, clock.now()), Dispatch)  # waits for "a"
+    refused_at = later.note.wait_until
+    assert refused_at is not None
+    clock.advance(1.0)
+    other = request(document + b"next")
+    assert not isinstance(scheduler.submit(other, clock.now()), Dispatch)  # waits for "d"
+    clock.advance(1.0)
+    fleet.release("d", clock.now())
+    [assigned] = scheduler.assign(clock.now())
+    assert (assigned.waiter.request, assigned.backend_id) == (other, "d")
+    assert fleet.get("b").free == 1 and later.note.wait_until == refused_at
+
+
 def test_waits_for_the_busy_slot_of_a_server_with_other_slots_free():
     # without a host cache, a server whose only copy of the prompt is in a busy slot is
     # a busy holder, though its other slot is free (that slot would read it all again)
