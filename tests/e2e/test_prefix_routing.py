@@ -67,21 +67,6 @@ def test_later_turns_reuse_the_cache_and_a_restart_is_noticed(fleet: Fleet):
     assert cached[0] < 50 and all(c > 400 for c in cached[1:]), seen  # the history is reused
     assert all(s[2] > 200 for s in seen[1:]), seen  # and the balancer expected it
 
-    # A turn that asks for no cache reuse: the server reuses nothing (cache_n 0), the
-    # balancer expects nothing (it routes by load), and the next turn still finds the
-    # history, where it was or where that turn went (which now holds more of it)
-    for cache_prompt in (False, True):
-        messages.append({"role": "user", "content": "And the one after?"})
-        answer, headers = turn(inference, messages, cache_prompt=cache_prompt)
-        predicted = int(headers["X-Corral-Predicted-Cached-Tokens"])
-        if cache_prompt:
-            assert predicted > 200 and answer["timings"]["cache_n"] > 400, (headers, answer)
-        else:
-            assert predicted == 0 and answer["timings"]["cache_n"] == 0, answer["timings"]
-        holder = headers["X-Corral-Server"]
-        reply = answer["choices"][0]["message"]["content"]
-        messages.append({"role": "assistant", "content": reply})
-
     # Restart the holder on the same port: its cache is empty now.
     proc, port = servers[holder]
     proc.kill9()
@@ -102,3 +87,17 @@ def test_later_turns_reuse_the_cache_and_a_restart_is_noticed(fleet: Fleet):
     answer, headers = turn(inference, messages)
     assert int(headers["X-Corral-Predicted-Cached-Tokens"]) == 0, headers  # noticed
     assert answer["timings"]["cache_n"] < 50
+
+    # A turn that asks for no cache reuse: the server reuses nothing (cache_n 0), the
+    # balancer expects nothing (it routes by load), and the next turn still finds the
+    # history, where it was or where that turn went (which now holds more of it)
+    for cache_prompt in (False, True):
+        messages.append({"role": "user", "content": "And the one after?"})
+        answer, headers = turn(inference, messages, cache_prompt=cache_prompt)
+        predicted = int(headers["X-Corral-Predicted-Cached-Tokens"])
+        if cache_prompt:
+            assert predicted > 200 and answer["timings"]["cache_n"] > 400, (headers, answer)
+        else:
+            assert predicted == 0 and answer["timings"]["cache_n"] == 0, answer["timings"]
+        reply = answer["choices"][0]["message"]["content"]
+        messages.append({"role": "assistant", "content": reply})
