@@ -129,10 +129,19 @@ def render(
     for number, section in enumerate(sections, 1):
         lines += [f"## {number}. {section.title}", ""]
         if number <= len(ran) and ran[number - 1]:
-            when = ran[number - 1]
-            lines += [f"*Ran {when['date']} on commit {when['commit']}: `{when['command']}`*", ""]
+            lines += [ran_line(ran[number - 1]), ""]
         lines += [section.markdown.strip(), ""]
     return "\n".join(lines)
+
+
+def ran_line(when: dict[str, Any]) -> str:
+    """The line under a section's title that says when and how it ran: from ``date``,
+    ``commit`` and ``command`` (compare.py's own runs), or ``text`` for a section put
+    together from several runs (section 5: parts on several commits), which then says
+    it all itself."""
+    if "text" in when:
+        return f"*{when['text']}*"
+    return f"*Ran {when['date']} on commit {when['commit']}: `{when['command']}`*"
 
 
 def targets(data: dict[str, dict[str, Any]]) -> str:
@@ -241,10 +250,18 @@ KEPT = (
 def with_kept(text: str, old_page: str | None) -> str:
     """The generated ``text``, followed by the part of ``old_page`` from :data:`KEPT` on
     (the sections other scripts measured; rewriting the page once lost three of them).
-    ``old_page`` None or without the line: ``text`` and an empty kept part."""
-    at = -1 if old_page is None else old_page.find(KEPT)
-    tail = old_page[at:] if old_page is not None and at >= 0 else KEPT + "\n"
-    return text.rstrip("\n") + "\n\n" + tail
+    ``old_page`` None: ``text`` and an empty kept part. Raises ValueError for an old
+    page without the line (what follows the generated sections there would be lost:
+    the line went missing once, and the page could no longer be regenerated)."""
+    if old_page is None:
+        return text.rstrip("\n") + "\n\n" + KEPT + "\n"
+    at = old_page.find(KEPT)
+    if at < 0:
+        raise ValueError(
+            "the page has no line marking where the hand-written sections begin; "
+            f"add this line above them, then run again:\n{KEPT}"
+        )
+    return text.rstrip("\n") + "\n\n" + old_page[at:]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -275,6 +292,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
     page = args.out.resolve()
+    old_page = page.read_text() if page.exists() else None
+    try:
+        with_kept("", old_page)  # before hours of runs, not after
+    except ValueError as exc:
+        print(f"compare: {page}: {exc}", file=sys.stderr)
+        return 1
     charts = page.parent / page.stem
     charts.mkdir(parents=True, exist_ok=True)
     env = SuiteEnv(
@@ -309,6 +332,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = targets(saved)
     if summary:
         text += "\n## The foundation's speed targets\n\n" + summary + "\n"
-    page.write_text(with_kept(text, page.read_text() if page.exists() else None))
+    page.write_text(with_kept(text, old_page))
     print(f"[bench] wrote {page} and {charts}/", file=sys.stderr)
     return 0

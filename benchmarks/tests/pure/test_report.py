@@ -38,6 +38,10 @@ def test_a_section_kept_from_an_earlier_run_says_when_it_ran(tmp_path) -> None:
     assert section == Section("Routing", "| a |", {"n": 1}) and ran == when
     page = render("cmd", {}, [section], [ran])
     assert "*Ran 2026-11-21 on commit abc1234: `python x.py`*" in page
+    several = {"date": "2026-11-30", "text": "Ran 2026-11-29/30: parts on commits a and b."}
+    assert "\n*Ran 2026-11-29/30: parts on commits a and b.*\n" in render(
+        "cmd", {}, [section], [several]
+    )
     assert _load(tmp_path / "missing.json") is None
     (tmp_path / "bad.json").write_text("{not json")
     assert _load(tmp_path / "bad.json") is None
@@ -86,4 +90,14 @@ def test_a_regenerated_page_keeps_the_sections_other_scripts_measured() -> None:
     assert "new tables" in page and "old tables" not in page
     assert page.endswith(f"{KEPT}\n\n## Fuzzing\n\n100,000 cases\n\n## Chaos\n")
     assert with_kept("# B\n", None) == f"# B\n\n{KEPT}\n"
-    assert with_kept("# B\n", "# B\n\nno line\n") == f"# B\n\n{KEPT}\n"
+    with pytest.raises(ValueError, match="add this line above them"):
+        with_kept("# B\n", "# B\n\nno line\n\n## Fuzzing\n")
+
+
+def test_a_page_without_the_kept_line_is_refused_before_anything_runs(tmp_path, capsys) -> None:
+    page = tmp_path / "benchmarks.md"
+    page.write_text("# Benchmarks\n\n## Fuzzing\n\nwritten by hand\n")
+    assert main(["--sections", "routing", "--out", str(page)]) == 1
+    assert "add this line above them" in capsys.readouterr().err
+    assert page.read_text() == "# Benchmarks\n\n## Fuzzing\n\nwritten by hand\n"
+    assert not (tmp_path / "benchmarks").exists()  # nothing ran, no charts folder
