@@ -85,6 +85,7 @@ from dataclasses import dataclass
 from corral.core.fleet import Fleet
 from corral.core.queueing import Priority, Queue, Waiter
 from corral.core.routing import Dispatch, Reject, RequestInfo, RoutingPolicy, Wait
+from corral.core.routing.filters import resolve_pools
 
 RISE = 5.0
 """Seconds over which a class's or tenant's demand estimate rises to the slots it holds."""
@@ -323,13 +324,14 @@ class Scheduler:
                     self._unkey(waiter)
                 if isinstance(decision, Dispatch):
                     self._start(decision.backend_id, now, waiter.request)
-                    if refused and not self.fleet.has_free_slot():
-                        # those that refused the slot to wait for their prompt's busy
-                        # holder could now go nowhere else: waiting costs them nothing
-                        # more, and their wait bound starts again at their next refusal
-                        # (``note.wait_cap`` still holds). With a free slot left, it
-                        # runs on: the bound is what a request may lose by waiting
-                        for refuser in refused:
+                    for refuser in refused:
+                        # one that refused the slot to wait for its prompt's busy
+                        # holder, with no free slot left for it, could now go nowhere
+                        # else: waiting costs it nothing more, and its wait bound
+                        # starts again at its next refusal (``note.wait_cap`` still
+                        # holds). With one left, the bound runs on: it is what a
+                        # request may lose by waiting
+                        if not self._has_slot_for(refuser.request):
                             refuser.request.note.wait_until = None
                     outcomes.append(Assigned(waiter, decision.backend_id))
                 else:
@@ -371,6 +373,12 @@ class Scheduler:
         return self._tenant_running.get(tenant, 0)
 
     # -------------------------------------------------------------- rules
+    def _has_slot_for(self, request: RequestInfo) -> bool:
+        """Whether a backend of ``request``'s model pools has a free slot (its API family,
+        rules and pin are not checked: this errs towards a free slot)."""
+        pools = resolve_pools(self.fleet, request)
+        return isinstance(pools, list) and next(self.fleet.candidates(pools), None) is not None
+
     def _affine(
         self, head: Waiter, decision: Dispatch | Wait | Reject, now: float | None
     ) -> tuple[Waiter, Dispatch, list[Waiter]] | None:
@@ -382,7 +390,7 @@ class Scheduler:
         stands. A head that chose to wait (for the busy holder of its prompt) leaves
         the free slot to any request behind it, in the same order, and keeps its
         place; when one takes it, those that refused it are returned too (if no free
-        slot is left, their wait bound starts again:
+        slot is left for one of them, its wait bound starts again:
         :func:`~corral.core.routing.prefix.wait_bound`). Being passed over is bounded per request:
         ``max_pass`` seconds from the first time it was overtaken (the head, or one
         of the ``WINDOW`` behind it), after which nothing behind it may pass it. Beyond the window,

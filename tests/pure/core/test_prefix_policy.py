@@ -440,6 +440,42 @@ def test_a_waits_bound_runs_on_while_a_free_slot_is_left():
     assert fleet.get("b").free == 1 and later.note.wait_until == refused_at
 
 
+def test_a_waits_bound_runs_on_when_its_refused_slot_is_taken_and_another_is_free():
+    # "a" holds the first request's prompt, "b" the second's; both busy, "c" free (and
+    # slower). Both wait. "b" frees: the first refuses it (for "a"), the second takes
+    # it. "c" is still free: the first's bound runs on from its first refusal
+    clock = ManualClock()
+    fleet, _policy, scheduler = host_cached(("a", 1), ("b", 1), ("c", 1))
+    policy = PrefixPolicy(clock=clock.now, max_wait=100.0)
+    scheduler = Scheduler(fleet, policy, Buffer(100, 300.0))
+    document = b"another document entirely. " * 740  # as long as HISTORY * 4
+    spare = b"something else again, here. " * 740
+    for name, text, ms in (
+        ("a", HISTORY * 4, 5000.0),
+        ("b", document, 5000.0),
+        ("c", spare, 6250.0),
+    ):
+        first = RequestInfo(CHAT, "m", name, prompt=Prompt(text))  # pinned
+        assert scheduler.submit(first, clock.now()) == Dispatch(name)
+        clock.advance(0.5)
+        fleet.release(name, clock.now(), first, Timings(5000, 0, ms))
+    busy = {name: RequestInfo(CHAT, "m", name) for name in "ab"}  # pinned: busy
+    for name, info in busy.items():
+        assert scheduler.submit(info, clock.now()) == Dispatch(name)
+    later = request(HISTORY * 4 + b"next")
+    assert not isinstance(scheduler.submit(later, clock.now()), Dispatch)  # for "a"
+    refused_at = later.note.wait_until
+    assert refused_at is not None
+    clock.advance(1.0)
+    other = request(document + b"next")
+    assert not isinstance(scheduler.submit(other, clock.now()), Dispatch)  # for "b"
+    clock.advance(1.0)
+    fleet.release("b", clock.now(), busy["b"])
+    [assigned] = scheduler.assign(clock.now())
+    assert (assigned.waiter.request, assigned.backend_id) == (other, "b")
+    assert fleet.get("c").free == 1 and later.note.wait_until == refused_at
+
+
 def test_waits_for_the_busy_slot_of_a_server_with_other_slots_free():
     # without a host cache, a server whose only copy of the prompt is in a busy slot is
     # a busy holder, though its other slot is free (that slot would read it all again)

@@ -333,9 +333,9 @@ def req(text: bytes, model="m") -> RequestInfo:
 
 def test_wait_for_holder_is_capped_even_when_another_models_slot_frees_meanwhile():
     """max_wait is 'never more than': the head waits for busy "a" (holds its prompt)
-    and leaves "b" to a new request behind it; an m2 slot frees (an assign with no
-    free m slot resets note.wait_until); "b" frees again: the head waits a fresh full
-    bound instead of taking "b"."""
+    and leaves "b" to a new request behind it (no m slot is left: its bound starts
+    again at its next refusal); an m2 slot frees and assign looks at the head; "b"
+    frees again: the head must not wait a fresh full bound each time."""
     clock = ManualClock(0.0)
     fleet = Fleet()
     reg(fleet, "a", "m", 1, cache=64)

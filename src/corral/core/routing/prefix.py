@@ -183,15 +183,15 @@ def wait_bound(elsewhere: float, there: float, cap: float) -> float:
     real wait turns out to be, the request's time to first token is then at most about
     ``elsewhere`` plus its prefill there (on a one-slot server, three times that
     prefill; on one of four slots, 2.25 times), and a holder that frees in time saves
-    the whole prefill. When another request takes the free server meanwhile and no
-    free slot is left (at saturation), the request could go nowhere else: the
-    scheduler starts the bound again at its next refusal; ``cap``, counted from the
-    first refusal (``note.wait_cap``), still holds. While another free slot is left the
-    bound runs on (restarting it whenever the refused slot was taken let requests on a
-    16-server fleet at 50% load wait 4 s, then read their whole prompt elsewhere:
-    issue #10). The bound scales with the prompt and the hardware (a second on a GPU, many
-    on a CPU), where a fixed number of seconds suits one of them only. Returns 0 or
-    more."""
+    the whole prefill. When a request behind it in its queue takes the free server
+    meanwhile and no free slot of its model is left (at saturation), the request could
+    go nowhere else: the scheduler starts the bound again at its next refusal;
+    ``cap``, counted from the first refusal (``note.wait_cap``), still holds. While
+    another free slot is left the bound runs on (restarting it whenever the refused
+    slot was taken let requests on a 16-server fleet at 50% load wait 4 s, then read
+    their whole prompt elsewhere: issue #10). The bound scales with the prompt and the
+    hardware (a second on a GPU, many on a CPU), where a fixed number of seconds suits
+    one of them only. Returns 0 or more."""
     return max(0.0, min(cap, elsewhere - there))
 
 

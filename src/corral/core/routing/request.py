@@ -99,10 +99,10 @@ class RouteNote:
         sent_at: when the slot was reserved (balancer's clock), for run times.
         wait_until: when a request waiting for the busy holder of its prefix stops
             waiting for it (balancer's clock); None: not waiting for one. The
-            scheduler clears it when the free slot the request left was taken by
-            another and no free slot is left (it could go nowhere else: waiting
-            costs it nothing more, and the bound starts again at its next refusal,
-            within ``wait_cap``).
+            scheduler clears it when the free slot the request left was taken by a
+            request behind it in its queue and no free slot of its model is left (it
+            could go nowhere else: waiting costs it nothing more, and the bound
+            starts again at its next refusal, within ``wait_cap``).
         wait_cap: the latest it may wait for that holder at all, from its first
             refusal of a free slot (``--prefix-max-wait``); never cleared.
         best_cached: at the last decision, the most prompt tokens any server was
