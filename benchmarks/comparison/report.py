@@ -119,7 +119,7 @@ def render(
     command: str,
     env_info: dict[str, str],
     sections: Sequence[Section],
-    ran: Sequence[dict[str, str]] = (),
+    ran: Sequence[dict[str, Any]] = (),
 ) -> str:
     """The whole page. ``ran[i]`` says when section ``i`` ran (date, commit, command)."""
     lines = ["# Benchmarks", "", INTRO, "Regenerate with:", "", "```sh", command, "```", ""]
@@ -138,7 +138,7 @@ def ran_line(when: dict[str, Any]) -> str:
     """The line under a section's title that says when and how it ran: from ``date``,
     ``commit`` and ``command`` (compare.py's own runs), or ``text`` for a section put
     together from several runs (section 5: parts on several commits), which then says
-    it all itself."""
+    it all itself. Raises KeyError when ``when`` has neither."""
     if "text" in when:
         return f"*{when['text']}*"
     return f"*Ran {when['date']} on commit {when['commit']}: `{when['command']}`*"
@@ -214,12 +214,12 @@ def _met(ok: bool, partly: bool = False, words: str = "") -> str:
     return "yes" if ok else (words if partly else "**no**")
 
 
-def _save(path: Path, section: Section, when: dict[str, str]) -> None:
+def _save(path: Path, section: Section, when: dict[str, Any]) -> None:
     document = {"title": section.title, "markdown": section.markdown, "data": section.data}
     path.write_text(json.dumps({**document, "ran": when}, indent=1, default=str))
 
 
-def _load(path: Path) -> tuple[Section, dict[str, str]] | None:
+def _load(path: Path) -> tuple[Section, dict[str, Any]] | None:
     try:
         document = json.loads(path.read_text())
         section = Section(document["title"], document["markdown"], document.get("data", {}))
@@ -292,13 +292,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
     page = args.out.resolve()
-    old_page = page.read_text() if page.exists() else None
-    try:
-        with_kept("", old_page)  # before hours of runs, not after
-    except ValueError as exc:
-        print(f"compare: {page}: {exc}", file=sys.stderr)
-        return 1
     charts = page.parent / page.stem
+    try:  # before hours of runs, not after: the page and the saved sections
+        with_kept("", page.read_text() if page.exists() else None)
+        for name in SECTIONS:
+            if (kept := _load(charts / f"{name}.json")) is not None and kept[1]:
+                ran_line(kept[1])
+    except (ValueError, KeyError) as exc:
+        print(f"compare: {page}: cannot be written again: {exc}", file=sys.stderr)
+        return 1
     charts.mkdir(parents=True, exist_ok=True)
     env = SuiteEnv(
         out_dir=charts,
@@ -316,7 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     when = {"date": info["date"], "commit": info["corral"].split("commit ")[-1], "command": command}
     shown: list[Section] = []
-    ran: list[dict[str, str]] = []
+    ran: list[dict[str, Any]] = []
     for name in SECTIONS:
         saved = charts / f"{name}.json"
         if name in sections:
@@ -332,6 +334,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = targets(saved)
     if summary:
         text += "\n## The foundation's speed targets\n\n" + summary + "\n"
-    page.write_text(with_kept(text, old_page))
+    try:  # the page as it is now: it may have been edited during the run
+        page.write_text(with_kept(text, page.read_text() if page.exists() else None))
+    except ValueError as exc:
+        print(f"compare: {page}: {exc}", file=sys.stderr)
+        return 1
     print(f"[bench] wrote {page} and {charts}/", file=sys.stderr)
     return 0

@@ -101,3 +101,19 @@ def test_a_page_without_the_kept_line_is_refused_before_anything_runs(tmp_path, 
     assert "add this line above them" in capsys.readouterr().err
     assert page.read_text() == "# Benchmarks\n\n## Fuzzing\n\nwritten by hand\n"
     assert not (tmp_path / "benchmarks").exists()  # nothing ran, no charts folder
+
+
+def test_a_saved_section_that_cannot_say_when_it_ran_is_refused_before_anything_runs(
+    tmp_path, capsys
+) -> None:
+    from comparison.report import KEPT
+
+    page = tmp_path / "benchmarks.md"
+    page.write_text(f"# Benchmarks\n\n{KEPT}\n")
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "benchmarks" / "prefix.json").write_text(
+        '{"title": "Prefix", "markdown": "x", "ran": {"date": "2026-11-30"}}'
+    )
+    assert main(["--sections", "routing", "--out", str(page)]) == 1
+    assert "cannot be written again" in capsys.readouterr().err
+    assert page.read_text() == f"# Benchmarks\n\n{KEPT}\n"
