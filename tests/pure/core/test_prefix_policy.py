@@ -370,16 +370,24 @@ def test_wait_bound_is_the_prefill_saved_capped(elsewhere, there, cap, bound):
     assert wait_bound(elsewhere, there, cap) == pytest.approx(bound)
 
 
-def test_a_request_waiting_for_its_prefix_holds_back_no_one_behind_it():
-    clock = ManualClock()
+def a_holding_history_and_both_busy(clock: ManualClock) -> tuple[Fleet, Scheduler]:
+    """ "a" (a host cache: it keeps the history while a pinned request runs) has read
+    ``HISTORY * 4`` at 1,000 tokens/s; then "a" and "b" (one slot each) are both busy."""
     fleet, _policy, scheduler = setup(("a", 1), ("b", 1), clock=clock)
-    # a host cache (--cache-ram): "a" keeps the history while the pinned request runs
     fleet.report("a", Report(Condition.READY, model="m", slots_total=1, cache_ram_mib=64), 0)
     first = RequestInfo(CHAT, "m", "a", prompt=Prompt(HISTORY * 4))  # pinned to "a"
     assert scheduler.submit(first, clock.now()) == Dispatch("a")
     fleet.release("a", clock.now(), first, Timings(5000, 0, 5000.0))
-    scheduler.submit(RequestInfo(CHAT, "m", "a"), clock.now())  # pinned: "a" busy
-    scheduler.submit(RequestInfo(CHAT, "m", "b"), clock.now())  # and "b"
+    for name in "ab":  # pinned: every server busy
+        assert scheduler.submit(RequestInfo(CHAT, "m", name), clock.now()) == Dispatch(name)
+    return fleet, scheduler
+
+
+def test_a_request_waiting_for_its_prefix_holds_back_no_one_behind_it():
+    # the request behind takes the free slot the waiting one left, and none is left:
+    # it could go nowhere else, so its bound starts again at its next refusal
+    clock = ManualClock()
+    fleet, scheduler = a_holding_history_and_both_busy(clock)
     later = request(HISTORY * 4 + b"next")  # waits for "a"
     other = request(b"a new conversation. " * 100)  # cached nowhere: any slot will do
     scheduler.submit(later, clock.now())
@@ -388,26 +396,6 @@ def test_a_request_waiting_for_its_prefix_holds_back_no_one_behind_it():
     assigned = scheduler.assign(clock.now())
     assert later.note.reason == "wait-prefix"
     assert [(a.waiter.request, a.backend_id) for a in assigned] == [(other, "b")]
-
-
-def test_a_waits_bound_starts_again_when_no_free_slot_is_left():
-    # the request behind takes the free slot the waiting one left, and none is left:
-    # it could go nowhere else, so its bound starts again at its next refusal
-    clock = ManualClock()
-    fleet, _policy, scheduler = setup(("a", 1), ("b", 1), clock=clock)
-    fleet.report("a", Report(Condition.READY, model="m", slots_total=1, cache_ram_mib=64), 0)
-    first = RequestInfo(CHAT, "m", "a", prompt=Prompt(HISTORY * 4))  # pinned to "a"
-    assert scheduler.submit(first, clock.now()) == Dispatch("a")
-    fleet.release("a", clock.now(), first, Timings(5000, 0, 5000.0))
-    for name in "ab":  # every server busy
-        assert scheduler.submit(RequestInfo(CHAT, "m", name), clock.now()) == Dispatch(name)
-    later = request(HISTORY * 4 + b"next")  # waits for "a"
-    other = request(b"a new conversation. " * 100)  # cached nowhere: any slot will do
-    scheduler.submit(later, clock.now())
-    scheduler.submit(other, clock.now())
-    fleet.release("b", clock.now())
-    [assigned] = scheduler.assign(clock.now())
-    assert assigned.waiter.request is other and later.note.reason == "wait-prefix"
     assert later.note.wait_until is None
 
 
@@ -661,20 +649,32 @@ def answered_on_a(
     return info
 
 
+def another_on_a(fleet: Fleet, scheduler: Scheduler) -> RequestInfo:
+    """Another conversation (about 5 KB), answered on ``a`` with nothing reused: the
+    one a false eviction there would make the index forget."""
+    return answered_on_a(fleet, scheduler, b"another conversation. " * 200, 0, 1250)
+
+
+def wholly_known_on_a(policy: PrefixPolicy, info: RequestInfo) -> bool:
+    """Whether the index still says ``a`` holds every whole block of ``info``'s prompt."""
+    assert info.prompt is not None
+    return policy.index.match("a", info.prompt.hashes(BLOCK)) == len(info.prompt) // BLOCK
+
+
 def test_a_miss_on_a_prompt_still_in_flight_there_forgets_nothing_else():
     # a conversation's next turn sent before its answer came (an open-loop client):
     # the server cannot reuse a busy slot's prompt, so it reuses nothing. That is no
     # eviction: the other conversations it holds stay known (issue #10: forgetting
     # them sent their next turns anywhere)
     fleet, policy, scheduler = host_cached(("a", 2))
-    other = answered_on_a(fleet, scheduler, b"another conversation. " * 200, 0, 1250)
+    other = another_on_a(fleet, scheduler)
     turn = request(HISTORY)
     assert scheduler.submit(turn, 0.0) == Dispatch("a")  # still running
     sooner = request(HISTORY + b"and, before the answer, another question")
     assert scheduler.submit(sooner, 0.0) == Dispatch("a")
     assert sooner.note.predicted_blocks == len(HISTORY) // BLOCK
     finish(fleet, "a", sooner, 0, 1260)  # the history was in the busy slot
-    assert policy.index.match("a", other.prompt.hashes(BLOCK)) == len(other.prompt) // BLOCK
+    assert wholly_known_on_a(policy, other)
     policy.check()
 
 
@@ -684,14 +684,14 @@ def test_reusing_part_of_the_last_prompt_sent_forgets_nothing_else():
     # less than it holds. It held the prompt (it caches whole prompts), so the
     # shortfall evicted nothing
     fleet, policy, scheduler = host_cached(("a", 2))
-    other = answered_on_a(fleet, scheduler, b"another conversation. " * 200, 0, 1250)
+    other = another_on_a(fleet, scheduler)
     history = HISTORY * 3  # 15,000 bytes: 14 blocks, 3,750 tokens
     answered_on_a(fleet, scheduler, history, 0, 3750)
     later = request(history + b"the next question?")
     assert scheduler.submit(later, 0.0) == Dispatch("a")
     assert later.note.predicted_blocks == 14
     finish(fleet, "a", later, 3150, 605)  # from a checkpoint 600 tokens short: 12 blocks
-    assert policy.index.match("a", other.prompt.hashes(BLOCK)) == len(other.prompt) // BLOCK
+    assert wholly_known_on_a(policy, other)
     policy.check()
 
 
@@ -1007,7 +1007,7 @@ def test_a_later_turn_never_sent_is_no_eviction_when_it_is_sent_again():
     # the unsent turn's blocks were predicted on "a"; sent again, "a" reuses only the
     # history. Read as an eviction, that shortfall forgot every older conversation
     fleet, policy, scheduler = host_cached(("a", 2))
-    other = answered_on_a(fleet, scheduler, b"another conversation. " * 200, 0, 1250)
+    other = another_on_a(fleet, scheduler)
     answered_on_a(fleet, scheduler, HISTORY, 0, 1250)
     turn = HISTORY + b"the next question, and a long one. " * 60  # 2 more blocks
     unsent = request(turn)
@@ -1017,7 +1017,7 @@ def test_a_later_turn_never_sent_is_no_eviction_when_it_is_sent_again():
     assert scheduler.submit(again, 0.0) == Dispatch("a")
     assert again.note.predicted_blocks == len(HISTORY) // BLOCK  # not the unsent tail
     finish(fleet, "a", again, 1250, 525)  # it reused the history, as predicted
-    assert policy.index.match("a", other.prompt.hashes(BLOCK)) == len(other.prompt) // BLOCK
+    assert wholly_known_on_a(policy, other)
     policy.check()
 
 
@@ -1026,7 +1026,7 @@ def test_two_requests_with_one_new_prefix_never_sent_leave_none_of_it():
     # second counted the first's blocks as held; both taken back, none of it is left,
     # so a third is predicted nothing there and its miss forgets no other conversation
     fleet, policy, scheduler = host_cached(("a", 4))
-    other = answered_on_a(fleet, scheduler, b"another conversation. " * 200, 0, 1250)
+    other = another_on_a(fleet, scheduler)
     system = b"a new system prompt. " * 200
     burst = [request(system + f"question {i}?".encode()) for i in range(2)]
     for info in burst:
@@ -1037,7 +1037,7 @@ def test_two_requests_with_one_new_prefix_never_sent_leave_none_of_it():
     assert scheduler.submit(third, 0.0) == Dispatch("a")
     assert third.note.predicted_blocks == 0
     finish(fleet, "a", third, 0, 1260)
-    assert policy.index.match("a", other.prompt.hashes(BLOCK)) == len(other.prompt) // BLOCK
+    assert wholly_known_on_a(policy, other)
     policy.check()
 
 
@@ -1045,7 +1045,7 @@ def test_cache_prompt_false_is_routed_by_load_and_its_miss_is_no_eviction():
     # "cache_prompt": false: llama-server reuses nothing for it (cache_n 0) and then
     # holds it. No server is predicted to hold it, and its 0 forgets nothing
     fleet, policy, scheduler = host_cached(("a", 2))
-    other = answered_on_a(fleet, scheduler, b"another conversation. " * 200, 0, 1250)
+    other = another_on_a(fleet, scheduler)
     answered_on_a(fleet, scheduler, HISTORY, 0, 1250)
     bound = policy.index.capacity("a")
     fresh = RequestInfo(CHAT, "m", prompt=Prompt(HISTORY + b"again?", cache_prompt=False))
@@ -1054,7 +1054,7 @@ def test_cache_prompt_false_is_routed_by_load_and_its_miss_is_no_eviction():
     assert fresh.note.reason == "slots" and fresh.note.predicted_cached == 0
     assert fresh.note.predicted_blocks == 0
     finish(fleet, "a", fresh, 0, 1260)  # on the server that holds it: no eviction
-    assert policy.index.match("a", other.prompt.hashes(BLOCK)) == len(other.prompt) // BLOCK
+    assert wholly_known_on_a(policy, other)
     assert policy.index.capacity("a") == bound
     later = request(HISTORY + b"again?")  # it holds that prompt now, and reuses it
     assert scheduler.submit(later, 0.0) == Dispatch("a")
