@@ -111,7 +111,10 @@ class Dispatcher:
             backend_id = await future
         except asyncio.CancelledError:
             if self.scheduler.buffer.cancel(waiter):
-                self._notify()
+                # the request behind it may now head its queue beside a free slot this
+                # one refused (waiting for the holder of its prompt), with a bound of
+                # its own: look again now, and arm the timer for its bound
+                self.changed()
             elif future.done() and not future.cancelled() and future.exception() is None:
                 # got a slot as the client left: nothing was sent
                 self.release(future.result(), request=request, sent=False)
@@ -304,7 +307,7 @@ class Dispatcher:
                 )
         if expired:
             log.warning("%d buffered request(s) timed out", len(expired))
-            self._notify()
+            self.changed()  # new heads of their queues: look again (as for a cancel)
         self._arm_expiry()
 
     def close(self) -> None:

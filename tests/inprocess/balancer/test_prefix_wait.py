@@ -48,3 +48,43 @@ async def test_a_wait_decided_in_the_buffer_ends_at_its_bound_without_another_ev
     assert MAX_WAIT * 0.9 <= reservation.waited <= MAX_WAIT + 0.3
     dispatcher.release("a")
     dispatcher.release("b")
+
+
+async def test_a_request_behind_a_cancelled_one_ends_its_own_wait_at_its_own_bound():
+    """Two requests wait for the busy server holding their prompts, beside a free one.
+    The first, with the longer bound, gives up (its client leaves): the one behind it
+    now heads the queue and goes to the free server at its own, shorter bound, not at
+    the first one's."""
+    clock = MonotonicClock()
+    fleet = ready_fleet(("a", 1), ("b", 1), cache_ram_mib=64)
+    long_wait = 3.0
+    policy = PrefixPolicy(clock=clock.now, max_wait=long_wait)
+    dispatcher = Dispatcher(Scheduler(fleet, policy, Buffer(10, 30.0)), clock)
+
+    long_history = HISTORY  # 5,000 tokens: its wait is bounded by max_wait
+    short_history = b"another conversation. " * 60  # 330 tokens: a short bound of its own
+    for history in (long_history, short_history):  # "a" holds both conversations
+        turn = RequestInfo(CHAT, "m", "a", prompt=Prompt(history))  # pinned there
+        assert (await dispatcher.acquire(turn)).backend_id == "a"
+        tokens = len(history) // 4  # 1,000 prompt tokens/s, and short runs
+        dispatcher.release("a", request=turn, timings=Timings(tokens, 0, float(tokens)))
+    on_a = await dispatcher.acquire(RequestInfo(CHAT, "m", "a"))  # pinned: "a" is busy
+    assert on_a.backend_id == "a"
+
+    first = RequestInfo(CHAT, "m", prompt=Prompt(long_history + b"a question?"))
+    first_task = asyncio.create_task(dispatcher.acquire(first))
+    await asyncio.sleep(0.01)
+    second = RequestInfo(CHAT, "m", prompt=Prompt(short_history + b"a question?"))
+    second_task = asyncio.create_task(dispatcher.acquire(second))
+    await asyncio.sleep(0.01)
+    assert (first.note.reason, second.note.reason) == ("wait-prefix", "wait-prefix")
+    assert first.note.wait_until is not None and second.note.wait_until is not None
+    bound = second.note.wait_until - clock.now()
+    assert 0.0 < bound < first.note.wait_until - clock.now() - 1.0
+
+    first_task.cancel()  # its client leaves
+    reservation = await asyncio.wait_for(second_task, timeout=long_wait + 1.0)
+    assert reservation.backend_id == "b"
+    assert reservation.waited <= bound + 0.5, (reservation.waited, bound)
+    dispatcher.release("a")
+    dispatcher.release("b")
