@@ -2,10 +2,13 @@
 
 from collections import OrderedDict
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from corral.core.routing import PrefixIndex, Prompt
+from corral.core.routing.prefix_index import KEY_DEPTHS
+from corral.core.routing.request import depth_of, with_depth
 
 BLOCK = 8
 
@@ -249,7 +252,7 @@ def test_evicts_and_forgets_as_a_plain_lru_would(steps):
         index.set_capacity(backend, 8)
         reference.set_capacity(backend, 8)
     for backend, step, path, number in steps:
-        hashes = [hash(tuple(path[: i + 1])) for i in range(len(path))]  # chained
+        hashes = _chained(path)
         if step == "add":
             held = len(index.stamps(backend, hashes))
             stamp = index.add(backend, hashes)
@@ -294,37 +297,50 @@ def test_a_shared_head_at_capacity_keeps_the_batches_bounded():
     capacity they grew with the capacity squared: 39 per live entry at 320 blocks)."""
     index = PrefixIndex(BLOCK)
     index.set_capacity("a", 320)
-    head = [hash(("system", i)) for i in range(128)]
+    head = [with_depth(hash(("system", i)), i + 1) for i in range(128)]
     for k in range(3000):
-        index.add("a", head + [hash(("turn", k, j)) for j in range(2)])
+        index.add("a", head + [with_depth(hash(("turn", k, j)), 129 + j) for j in range(2)])
     index.check()
     assert index.size("a") == 320
     assert index._held["a"].pending <= 2 * 320 + 64 + 130
 
 
-def _holders_walking_every_block(index: PrefixIndex, hashes: list[int], budget: int):
-    """``holders`` as a walk of every held block, deepest first (the reference)."""
+def _chained(path: list[int]) -> list[int]:
+    """Block hashes of a prompt given as a path of small ints, chained and marked with
+    their depths as :meth:`Prompt.hashes` makes them."""
+    return [with_depth(hash(tuple(path[: i + 1])), i + 1) for i in range(len(path))]
+
+
+def _holders_walking_every_key(index: PrefixIndex, hashes: list[int], budget: int):
+    """``holders`` as a walk of every key block, deepest first, the backends found at
+    one key sorted by what each holds (the reference)."""
     seen: set[str] = set()
-    depths = [d for d in range(len(hashes), 0, -1) if hashes[d - 1] in index._holders]
+    depths = [d for d in reversed(KEY_DEPTHS) if d <= len(hashes)]
     for depth in depths:
-        held = index._holders[hashes[depth - 1]]
+        held = index._holders.get(hashes[depth - 1])
+        if held is None:
+            continue
         if isinstance(held, str):
             if held not in seen:
                 if budget <= 0:
                     return
                 budget -= 1
                 seen.add(held)
-                yield held, depth
+                yield held, index.match(held, hashes)
             continue
         if all(b in seen for b in held):
             continue
+        found = []
         for backend_id in held:
             if budget <= 0:
-                return
+                break
             budget -= 1
             if backend_id not in seen:
                 seen.add(backend_id)
-                yield backend_id, depth
+                found.append((backend_id, index.match(backend_id, hashes)))
+        yield from sorted(found, key=lambda pair: -pair[1])
+        if budget <= 0:
+            return
 
 
 @settings(max_examples=300, deadline=None)
@@ -337,13 +353,45 @@ def _holders_walking_every_block(index: PrefixIndex, hashes: list[int], budget: 
     budget=st.integers(0, 6),
 )
 def test_holders_stops_walking_once_every_holder_is_found(sent, asked, budget):
-    """Stopping once every holder of the first block is found yields what walking every
-    block would, in the same order, within the same budget."""
+    """Stopping once every holder of the first block is found (and finding the deepest
+    key held by binary search) yields what walking every key would, in the same order,
+    within the same budget; with budget enough, every backend holding part of the
+    prompt, with what it holds."""
     index = PrefixIndex(BLOCK)
     for backend in "abcde":
         index.set_capacity(backend, 6)
     for backend, path in sent:
-        index.add(backend, [hash(tuple(path[: i + 1])) for i in range(len(path))])
-    hashes = [hash(tuple(asked[: i + 1])) for i in range(len(asked))]
-    expected = list(_holders_walking_every_block(index, hashes, budget))
+        index.add(backend, _chained(path))
+    index.check()
+    hashes = _chained(asked)
+    expected = list(_holders_walking_every_key(index, hashes, budget))
     assert list(index.holders(hashes, budget)) == expected
+    everyone = {(b, index.match(b, hashes)) for b in "abcde" if index.match(b, hashes)}
+    assert set(index.holders(hashes, budget=100)) == everyone
+
+
+def test_only_key_blocks_are_in_the_map_of_holders():
+    """The map of holders keys the blocks at depths 1, 2, 4... 128 only (a 32-block
+    prompt puts 6 entries there, not 32), and holders still says exactly how much of a
+    prompt each backend holds, deeper than the last key too."""
+    index = PrefixIndex(BLOCK)
+    for backend in "abc":
+        index.set_capacity(backend, 1000)
+    long = Prompt(bytes(range(256)) * 8).hashes(BLOCK)  # 256 blocks
+    assert [depth_of(h) for h in long[:3]] == [1, 2, 3] and depth_of(long[-1]) == 255
+    index.add("a", long[:32])
+    assert len(index._holders) == 6  # depths 1, 2, 4, 8, 16, 32
+    index.add("b", long[:3])
+    index.add("c", long)
+    assert len(index._holders) == 8  # ... 64, 128: deeper blocks are no keys
+    assert list(index.holders(long)) == [("c", 256), ("a", 32), ("b", 3)]
+    assert list(index.holders(long[:20])) == [("a", 20), ("c", 20), ("b", 3)]
+    index.check()
+
+
+def test_a_depth_is_marked_in_the_low_bits():
+    h = hash("any block")
+    assert depth_of(with_depth(h, 1)) == 1 and depth_of(with_depth(h, 300)) == 255
+    assert with_depth(h, 7) >> 8 == h >> 8  # the rest of the hash is kept
+    with pytest.raises(ValueError, match="depth"):
+        with_depth(h, 0)

@@ -11,11 +11,20 @@ A prompt is cut into fixed-size blocks of its canonical text, each hash chained 
 the previous one (:class:`~corral.core.routing.request.Prompt`), so a block's hash
 stands for the whole prefix up to it. The index is two maps:
 
-- ``block hash -> backends holding it``: the one backend's id when one holds it (the
-  usual case: a block most often lives on one server), else an insertion-ordered dict
-  of ids used as a set (two or more). The holders of a prompt are found by walking
-  its blocks from the deepest, so a lookup costs the prompt's length in blocks plus a
-  bounded number of holders examined, never the fleet's size;
+- ``key block hash -> backends holding it``, for the blocks at depths 1, 2, 4... 128
+  only (:data:`KEY_DEPTHS`; each hash carries its depth:
+  :func:`~corral.core.routing.request.with_depth`): the one backend's id when one
+  holds it (the usual case: a block most often lives on one server), else an
+  insertion-ordered dict of ids used as a set (two or more). Whoever holds a block
+  holds every block before it, so a backend holding ``d`` blocks of a prompt holds
+  its key blocks up to the deepest at or below ``d``: the holders of a prompt are
+  found by walking its key blocks from the deepest, each found backend's exact depth
+  by a binary search of its own map. A lookup costs about log2 of the prompt's length
+  in blocks per backend found plus a bounded number of holders examined, never the
+  fleet's size. Keying every block made this map hold as many entries as all
+  backends' maps together (64,000 in ``benchmarks/prefix_cost.py``): an add and an
+  eviction each touched it once per block, and those scattered accesses to a large
+  map were the larger part of a dispatch's cost (issue #10);
 - ``backend -> its blocks``: each block's recency stamp (a plain dict), and the
   batches that put them there in recency order, least recently used first: one batch
   per :meth:`~PrefixIndex.add`, the prompt's blocks with that add's stamp. A prompt's
@@ -41,15 +50,23 @@ eviction: not when the copy was in a busy slot, nor when part of one prompt was 
 (``corral.core.routing.prefix._evicted``). A server that restarts, changes model or leaves
 loses all its entries (:meth:`PrefixIndex.drop`).
 
-Memory: two dict entries per (backend, block), the block's hash and its place in a
-batch (benchmarks/prefix_cost.py measures it with every backend's cache full); a
-block held by several backends adds a small dict of their ids.
+Memory: about two dict entries per (backend, block), the block's stamp and its place
+in a batch, and one more per key block held (benchmarks/prefix_cost.py measures it
+with every backend's cache full); a key block held by several backends adds a small
+dict of their ids.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Container, Iterator, Sequence
+
+from corral.core.routing.request import DEPTH_MASK
+
+KEY_DEPTHS = tuple(2**k for k in range(8))
+"""The depths (in blocks) whose hashes key the map of holders: 1, 2, 4... 128. A hash's
+depth is in its low bits, so whether a block is a key needs no prompt (255, every
+block from the 255th on, is not)."""
 
 
 def _held_prefix(held: Container[int], hashes: Sequence[int]) -> int:
@@ -66,6 +83,18 @@ def _held_prefix(held: Container[int], hashes: Sequence[int]) -> int:
         else:
             high = mid
     return low
+
+
+_IS_KEY = tuple(depth in KEY_DEPTHS for depth in range(DEPTH_MASK + 1))
+
+
+def _is_key(h: int) -> bool:
+    """Whether a block hash keys the map of holders (:data:`KEY_DEPTHS`)."""
+    return _IS_KEY[h & DEPTH_MASK]
+
+
+def _deepest_first(found: tuple[int, str]) -> int:
+    return -found[0]
 
 
 class _Batch:
@@ -123,26 +152,30 @@ class PrefixIndex:
 
     def holders(self, hashes: list[int], budget: int = 64) -> Iterator[tuple[str, int]]:
         """``(backend_id, blocks held)`` for backends holding a prefix of this prompt,
-        longest match first, each backend once. Looks at most ``budget`` holder
-        entries in all, plus at most one dict lookup per block up to the deepest one
-        held.
+        longest match first (equal ones in the order the map of holders lists them),
+        each backend once. Looks at most ``budget`` holder entries in all.
 
-        Whoever holds a block holds every block before it, so the blocks held anywhere
-        are a prefix of the prompt: its length is found by binary search; and whoever
-        holds any of it holds its first block: once those are all found, the walk
-        stops (one holder, the usual case: after the first block it looks at)."""
+        Whoever holds a block holds every block before it, so the key blocks
+        (:data:`KEY_DEPTHS`) held anywhere are a prefix of the prompt's: the deepest is
+        found by binary search. A backend first found at key depth ``d`` holds at least
+        ``d`` blocks and fewer than the next key depth (else it was found there): its
+        exact depth is a binary search of its own map (:meth:`match`), and the
+        backends found at one key are yielded deepest first. Whoever holds any of the
+        prompt holds its first block, a key: once those are all found, the walk stops
+        (one holder, the usual case: after the first key it looks at)."""
         holders = self._holders
         root = holders.get(hashes[0]) if hashes else None
         if root is None:  # nobody holds any of it
             return
         everyone = 1 if isinstance(root, str) else len(root)
-        low = _held_prefix(holders, hashes)  # blocks held somewhere
+        count = len(hashes)
+        keys = [hashes[d - 1] for d in KEY_DEPTHS if d <= count]
         seen: set[str] = set()
-        get = holders.get
-        for depth in range(low, 0, -1):
-            if len(seen) == everyone:  # the shallower blocks' holders are all seen
+        get, match = holders.get, self.match
+        for i in range(_held_prefix(holders, keys) - 1, -1, -1):
+            if len(seen) == everyone:  # the shallower keys' holders are all seen
                 return
-            held = get(hashes[depth - 1])
+            held = get(keys[i])
             if held is None:
                 continue
             if isinstance(held, str):  # one holder
@@ -151,17 +184,23 @@ class PrefixIndex:
                         return
                     budget -= 1
                     seen.add(held)
-                    yield held, depth
+                    yield held, match(held, hashes)
                 continue
             if len(held) <= len(seen) and all(b in seen for b in held):
                 continue
+            found: list[tuple[int, str]] = []
             for backend_id in held:
                 if budget <= 0:
-                    return
+                    break
                 budget -= 1
                 if backend_id not in seen:
                     seen.add(backend_id)
-                    yield backend_id, depth
+                    found.append((match(backend_id, hashes), backend_id))
+            found.sort(key=_deepest_first)  # stable: equal depths keep their order
+            for depth, backend_id in found:
+                yield backend_id, depth
+            if budget <= 0:
+                return
 
     def stamps(self, backend_id: str, hashes: list[int]) -> list[int]:
         """The recency stamps of the first blocks ``backend_id`` holds, in order."""
@@ -220,19 +259,21 @@ class PrefixIndex:
         stamp = self._stamp
         held.batches.append(_Batch(tuple(hashes), stamp))
         held.pending += len(hashes)
-        holders = self._holders
-        mark, hold = blocks.setdefault, holders.setdefault  # one lookup for a new block
-        for h in hashes:
-            was = mark(h, stamp)
-            if was != stamp:  # held already: renewed
-                blocks[h] = stamp
-                continue
+        for h in hashes:  # new or renewed, each now has this add's stamp
+            blocks[h] = stamp
+        holders, count = self._holders, len(hashes)
+        hold = holders.setdefault
+        for depth in KEY_DEPTHS:  # the key blocks (8 at most) in the map of holders
+            if depth > count:
+                break
+            h = hashes[depth - 1]
             owner = hold(h, backend_id)
-            if owner is not backend_id:  # held elsewhere too
-                if isinstance(owner, str):
-                    holders[h] = {owner: None, backend_id: None}
-                else:
-                    owner[backend_id] = None
+            if owner is backend_id or owner == backend_id:  # new there, or its alone
+                continue
+            if isinstance(owner, str):  # held elsewhere too
+                holders[h] = {owner: None, backend_id: None}
+            elif backend_id not in owner:
+                owner[backend_id] = None
         if len(blocks) > capacity:
             self._evict(backend_id)
         # after an eviction too: at capacity every add evicts, and a head that every
@@ -271,7 +312,8 @@ class PrefixIndex:
         if held is None:
             return 0
         for h in held.blocks:
-            self._unhold(backend_id, h)
+            if _is_key(h):
+                self._unhold(backend_id, h)
         return len(held.blocks)
 
     def forget(self, backend_id: str) -> None:
@@ -305,7 +347,7 @@ class PrefixIndex:
         from both maps, skipping stale entries; return how many. One operation on each
         map per block: this runs for every add that evicts."""
         holders = self._holders
-        unmark, unhold = blocks.pop, holders.pop
+        unmark, unhold, is_key = blocks.pop, holders.pop, _IS_KEY
         dropped = 0
         for h in hashes:
             was = unmark(h, None)
@@ -314,6 +356,8 @@ class PrefixIndex:
                     blocks[h] = was
                 continue
             dropped += 1
+            if not is_key[h & DEPTH_MASK]:
+                continue
             owner = unhold(h)
             if not isinstance(owner, str):
                 del owner[backend_id]
@@ -344,7 +388,7 @@ class PrefixIndex:
 
     def check(self) -> None:
         """Assert the two maps agree and every bound holds (for tests)."""
-        pairs = {(b, h) for b, held in self._held.items() for h in held.blocks}
+        pairs = {(b, h) for b, held in self._held.items() for h in held.blocks if _is_key(h)}
         sets = {
             h: {owner: None} if isinstance(owner, str) else owner
             for h, owner in self._holders.items()
