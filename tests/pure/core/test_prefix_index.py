@@ -2,13 +2,11 @@
 
 from collections import OrderedDict
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from corral.core.routing import PrefixIndex, Prompt
 from corral.core.routing.prefix_index import KEY_DEPTHS
-from corral.core.routing.request import depth_of, with_depth
 
 BLOCK = 8
 
@@ -297,18 +295,17 @@ def test_a_shared_head_at_capacity_keeps_the_batches_bounded():
     capacity they grew with the capacity squared: 39 per live entry at 320 blocks)."""
     index = PrefixIndex(BLOCK)
     index.set_capacity("a", 320)
-    head = [with_depth(hash(("system", i)), i + 1) for i in range(128)]
+    head = [hash(("system", i)) for i in range(128)]
     for k in range(3000):
-        index.add("a", head + [with_depth(hash(("turn", k, j)), 129 + j) for j in range(2)])
+        index.add("a", head + [hash(("turn", k, j)) for j in range(2)])
     index.check()
     assert index.size("a") == 320
     assert index._held["a"].pending <= 2 * 320 + 64 + 130
 
 
 def _chained(path: list[int]) -> list[int]:
-    """Block hashes of a prompt given as a path of small ints, chained and marked with
-    their depths as :meth:`Prompt.hashes` makes them."""
-    return [with_depth(hash(tuple(path[: i + 1])), i + 1) for i in range(len(path))]
+    """Block hashes of a prompt given as a path of small ints, chained."""
+    return [hash(tuple(path[: i + 1])) for i in range(len(path))]
 
 
 def _holders_walking_every_key(index: PrefixIndex, hashes: list[int], budget: int):
@@ -378,7 +375,6 @@ def test_only_key_blocks_are_in_the_map_of_holders():
     for backend in "abc":
         index.set_capacity(backend, 1000)
     long = Prompt(bytes(range(256)) * 8).hashes(BLOCK)  # 256 blocks
-    assert [depth_of(h) for h in long[:3]] == [1, 2, 3] and depth_of(long[-1]) == 255
     index.add("a", long[:32])
     assert len(index._holders) == 6  # depths 1, 2, 4, 8, 16, 32
     index.add("b", long[:3])
@@ -387,11 +383,3 @@ def test_only_key_blocks_are_in_the_map_of_holders():
     assert list(index.holders(long)) == [("c", 256), ("a", 32), ("b", 3)]
     assert list(index.holders(long[:20])) == [("a", 20), ("c", 20), ("b", 3)]
     index.check()
-
-
-def test_a_depth_is_marked_in_the_low_bits():
-    h = hash("any block")
-    assert depth_of(with_depth(h, 1)) == 1 and depth_of(with_depth(h, 300)) == 255
-    assert with_depth(h, 7) >> 8 == h >> 8  # the rest of the hash is kept
-    with pytest.raises(ValueError, match="depth"):
-        with_depth(h, 0)

@@ -12,8 +12,8 @@ the previous one (:class:`~corral.core.routing.request.Prompt`), so a block's ha
 stands for the whole prefix up to it. The index is two maps:
 
 - ``key block hash -> backends holding it``, for the blocks at depths 1, 2, 4... 128
-  only (:data:`KEY_DEPTHS`; each hash carries its depth:
-  :func:`~corral.core.routing.request.with_depth`): the one backend's id when one
+  only (:data:`KEY_DEPTHS`; each backend keeps the set of key blocks it holds, so an
+  eviction knows which blocks to take out of this map): the one backend's id when one
   holds it (the usual case: a block most often lives on one server), else an
   insertion-ordered dict of ids used as a set (two or more). Whoever holds a block
   holds every block before it, so a backend holding ``d`` blocks of a prompt holds
@@ -61,12 +61,9 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Container, Iterator, Sequence
 
-from corral.core.routing.request import DEPTH_MASK
-
 KEY_DEPTHS = tuple(2**k for k in range(8))
-"""The depths (in blocks) whose hashes key the map of holders: 1, 2, 4... 128. A hash's
-depth is in its low bits, so whether a block is a key needs no prompt (255, every
-block from the 255th on, is not)."""
+"""The depths (in blocks) whose hashes key the map of holders: 1, 2, 4... 128 (a
+block's hash stands for its whole prefix, so it has one depth wherever it is met)."""
 
 
 def _held_prefix(held: Container[int], hashes: Sequence[int]) -> int:
@@ -83,14 +80,6 @@ def _held_prefix(held: Container[int], hashes: Sequence[int]) -> int:
         else:
             high = mid
     return low
-
-
-_IS_KEY = tuple(depth in KEY_DEPTHS for depth in range(DEPTH_MASK + 1))
-
-
-def _is_key(h: int) -> bool:
-    """Whether a block hash keys the map of holders (:data:`KEY_DEPTHS`)."""
-    return _IS_KEY[h & DEPTH_MASK]
 
 
 def _deepest_first(found: tuple[int, str]) -> int:
@@ -111,15 +100,17 @@ class _Batch:
 
 
 class _Held:
-    """One backend's entries: block hash -> recency stamp, and the batches in recency
-    order (oldest first); ``pending`` counts the batches' entries not yet passed by
+    """One backend's entries: block hash -> recency stamp, the batches in recency
+    order (oldest first), and which of its blocks are keys of the map of holders
+    (:data:`KEY_DEPTHS`); ``pending`` counts the batches' entries not yet passed by
     eviction, live or stale."""
 
-    __slots__ = ("batches", "blocks", "pending")
+    __slots__ = ("batches", "blocks", "keys", "pending")
 
     def __init__(self) -> None:
         self.blocks: dict[int, int] = {}
         self.batches: deque[_Batch] = deque()
+        self.keys: set[int] = set()
         self.pending = 0
 
 
@@ -261,19 +252,20 @@ class PrefixIndex:
         held.pending += len(hashes)
         for h in hashes:  # new or renewed, each now has this add's stamp
             blocks[h] = stamp
-        holders, count = self._holders, len(hashes)
-        hold = holders.setdefault
+        holders, keys, count = self._holders, held.keys, len(hashes)
         for depth in KEY_DEPTHS:  # the key blocks (8 at most) in the map of holders
             if depth > count:
                 break
             h = hashes[depth - 1]
-            owner = hold(h, backend_id)
-            if owner is backend_id or owner == backend_id:  # new there, or its alone
+            if h in keys:  # held already, and listed there
                 continue
-            if isinstance(owner, str):  # held elsewhere too
-                holders[h] = {owner: None, backend_id: None}
-            elif backend_id not in owner:
-                owner[backend_id] = None
+            keys.add(h)
+            owner = holders.setdefault(h, backend_id)
+            if owner is not backend_id:  # held elsewhere too
+                if isinstance(owner, str):
+                    holders[h] = {owner: None, backend_id: None}
+                else:
+                    owner[backend_id] = None
         if len(blocks) > capacity:
             self._evict(backend_id)
         # after an eviction too: at capacity every add evicts, and a head that every
@@ -291,19 +283,19 @@ class PrefixIndex:
         held = self._held.get(backend_id)
         if held is None:
             return 0
-        return self._unmark(backend_id, held.blocks, hashes, stamp)
+        return self._unmark(backend_id, held, hashes, stamp)
 
     def forget_older(self, backend_id: str, stamp: int) -> int:
         """Drop the backend's entries not renewed since ``stamp``; return how many."""
         held = self._held.get(backend_id)
         if held is None:
             return 0
-        blocks, batches = held.blocks, held.batches
+        batches = held.batches
         dropped = 0
         while batches and batches[0].stamp <= stamp:
             batch = batches.popleft()
             held.pending -= batch.left
-            dropped += self._unmark(backend_id, blocks, batch.hashes[: batch.left], batch.stamp)
+            dropped += self._unmark(backend_id, held, batch.hashes[: batch.left], batch.stamp)
         return dropped
 
     def drop(self, backend_id: str) -> int:
@@ -311,9 +303,8 @@ class PrefixIndex:
         held = self._held.pop(backend_id, None)
         if held is None:
             return 0
-        for h in held.blocks:
-            if _is_key(h):
-                self._unhold(backend_id, h)
+        for h in held.keys:
+            self._unhold(backend_id, h)
         return len(held.blocks)
 
     def forget(self, backend_id: str) -> None:
@@ -338,16 +329,15 @@ class PrefixIndex:
                 batch.left = low
             else:
                 batches.popleft()
-            excess -= self._unmark(backend_id, blocks, batch.hashes[low:left], batch.stamp)
+            excess -= self._unmark(backend_id, held, batch.hashes[low:left], batch.stamp)
 
-    def _unmark(
-        self, backend_id: str, blocks: dict[int, int], hashes: Sequence[int], stamp: int
-    ) -> int:
-        """Drop those of ``hashes`` the backend holds with ``stamp`` (its ``blocks``),
-        from both maps, skipping stale entries; return how many. One operation on each
-        map per block: this runs for every add that evicts."""
-        holders = self._holders
-        unmark, unhold, is_key = blocks.pop, holders.pop, _IS_KEY
+    def _unmark(self, backend_id: str, held: _Held, hashes: Sequence[int], stamp: int) -> int:
+        """Drop those of ``hashes`` the backend holds with ``stamp`` (in ``held``), from
+        both maps, skipping stale entries; return how many. One operation on its map
+        per block, and on the map of holders per key block: this runs for every add
+        that evicts."""
+        holders, blocks, keys = self._holders, held.blocks, held.keys
+        unmark, unhold = blocks.pop, holders.pop
         dropped = 0
         for h in hashes:
             was = unmark(h, None)
@@ -356,8 +346,9 @@ class PrefixIndex:
                     blocks[h] = was
                 continue
             dropped += 1
-            if not is_key[h & DEPTH_MASK]:
+            if h not in keys:
                 continue
+            keys.remove(h)
             owner = unhold(h)
             if not isinstance(owner, str):
                 del owner[backend_id]
@@ -388,7 +379,7 @@ class PrefixIndex:
 
     def check(self) -> None:
         """Assert the two maps agree and every bound holds (for tests)."""
-        pairs = {(b, h) for b, held in self._held.items() for h in held.blocks if _is_key(h)}
+        pairs = {(b, h) for b, held in self._held.items() for h in held.keys}
         sets = {
             h: {owner: None} if isinstance(owner, str) else owner
             for h, owner in self._holders.items()
@@ -397,6 +388,7 @@ class PrefixIndex:
         for owner in self._holders.values():
             assert isinstance(owner, str) or len(owner) >= 2, "a holder set of one left a set"
         for b, held in self._held.items():
+            assert held.keys <= held.blocks.keys(), "a key block listed but not held"
             assert len(held.blocks) <= self._capacity.get(b, 0), (b, len(held.blocks))
             assert held.pending == sum(batch.left for batch in held.batches), "pending count"
             live = [

@@ -25,26 +25,6 @@ from dataclasses import dataclass, field
 
 from corral.core.queueing.classes import DEFAULT_TENANT, Priority
 
-DEPTH_MASK = 0xFF
-"""The low bits of a block hash that hold its depth: 1 for a prompt's first block, 2
-for the second... up to 255, which every deeper block carries."""
-
-
-def with_depth(h: int, depth: int) -> int:
-    """A block hash ``h`` (any int) marked with its block's ``depth`` (1 or more), as
-    :meth:`Prompt.hashes` marks them: the prefix index keys its map of holders on the
-    blocks at depths 1, 2, 4... 128 only (:mod:`.prefix_index`), and a hash says
-    whether it is one of them without its prompt. Raises ValueError below 1."""
-    if depth < 1:
-        raise ValueError(f"a block's depth is 1 or more, not {depth}")
-    return h & ~DEPTH_MASK | min(depth, DEPTH_MASK)
-
-
-def depth_of(h: int) -> int:
-    """The depth a marked block hash carries (:func:`with_depth`): 1 to 255, where 255
-    stands for any block from the 255th on."""
-    return h & DEPTH_MASK
-
 
 class Prompt:
     """A request's canonical text, cut lazily into chained block hashes.
@@ -52,9 +32,7 @@ class Prompt:
     Block ``i`` covers bytes ``[i * block, (i + 1) * block)``; its hash covers every
     byte before it too (each hash is chained to the previous one), so two prompts
     share block ``i``'s hash only if they share their first ``i + 1`` blocks. A
-    partial last block is not hashed: it cannot be matched by a longer prompt. The
-    low 8 bits of a hash are its depth, ``i + 1`` (:func:`with_depth`), so 56 bits
-    tell blocks apart.
+    partial last block is not hashed: it cannot be matched by a longer prompt.
     Hashes are Python's (salted per process): the index lives in one process.
 
     ``cache_prompt``: llama-server's request field (default true). False: the server
@@ -87,13 +65,11 @@ class Prompt:
         return cls(b"".join(parts), cache_prompt=cache_prompt)
 
     def hashes(self, block: int) -> list[int]:
-        """The chained hashes of the full ``block``-byte blocks (computed once). Each
-        carries its block's depth in its low bits (:func:`with_depth`)."""
+        """The chained hashes of the full ``block``-byte blocks (computed once)."""
         if self._block != block:
             text, h, out = self.text, 0, []
-            keep = ~DEPTH_MASK
-            for depth, start in enumerate(range(0, len(text) - block + 1, block), 1):
-                h = hash((h, text[start : start + block])) & keep | min(depth, DEPTH_MASK)
+            for start in range(0, len(text) - block + 1, block):
+                h = hash((h, text[start : start + block]))
                 out.append(h)
             self._block, self._hashes = block, out
         return self._hashes
