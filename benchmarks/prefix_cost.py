@@ -14,7 +14,13 @@ process:
   which adds the prompt to the index) and the release with the server's timings
   (which may correct it): everything routing does for one request once its prompt is
   hashed;
-- ``total``: the two together.
+- ``total``: the two together;
+- ``policy``: of ``pick+update``, the prefix policy's own calls: its pick and its
+  handling of the dispatch and of the end (adding the prompt to the index and
+  evicting past the bound, the slot model, the correction): the issue's *pick plus
+  index update*, without the scheduler's and the fleet's bookkeeping of the
+  reservation, which slot routing pays too (:class:`PolicyTimer`; its two clock reads
+  per call are in both lines).
 
 Between requests it times a *control*: the same work every time (dict lookups, sized
 to take about the median request's pick+update), whose tail is the machine's, not the
@@ -46,6 +52,8 @@ import statistics
 import sys
 import time
 import tracemalloc
+from collections.abc import Callable
+from typing import Any
 
 from corral.core import Buffer, Condition, Fleet, ManualClock, Report, Scheduler
 from corral.core.events import Timings
@@ -106,6 +114,34 @@ class Control:
         return self
 
 
+class PolicyTimer:
+    """Times a policy's own calls: wraps its ``pick`` and its ``observe`` (the fleet's
+    events: dispatched, finished) on the instance, before a scheduler subscribes it;
+    ``spent`` sums their wall time in microseconds until :meth:`take` reads and
+    clears it."""
+
+    def __init__(self, policy: PrefixPolicy) -> None:
+        self.spent = 0.0
+        for name in ("pick", "observe"):
+            setattr(policy, name, self._timed(getattr(policy, name)))
+
+    def _timed(self, call: Callable[..., Any]) -> Callable[..., Any]:
+        clock = time.perf_counter
+
+        def timed(*args: Any) -> Any:
+            start = clock()
+            try:
+                return call(*args)
+            finally:
+                self.spent += (clock() - start) * 1e6
+
+        return timed
+
+    def take(self) -> float:
+        spent, self.spent = self.spent, 0.0
+        return spent
+
+
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -124,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     clock = ManualClock()
     fleet = _fleet(args.backends)
     policy = PrefixPolicy(clock=clock.now, **({"block": args.block} if args.block else {}))
+    timer = PolicyTimer(policy)  # before the scheduler subscribes its observe
     scheduler = Scheduler(fleet, policy, Buffer(100, 30.0))
 
     def serve(info: RequestInfo, cached_tokens: int | None = None) -> None:
@@ -161,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
             collections[0] += 1
 
     wall: dict[str, list[float]] = {"hash": [], "pick+update": [], "total": []}
+    own: list[float] = []  # the policy's calls within pick+update
     cpu: dict[str, list[float]] = {"hash": [], "pick+update": [], "total": []}
     control_wall: list[float] = []
     in_timed = 0
@@ -183,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         start, start_cpu = time.perf_counter(), time.thread_time()
         info.prompt.hashes(policy.index.block)  # type: ignore[union-attr]
         hashed, hashed_cpu = time.perf_counter(), time.thread_time()
+        timer.take()
         decision = scheduler.submit(info, clock.now())
         assert isinstance(decision, Dispatch)
         fleet.release(
@@ -192,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             answer_timings(size, info.note.predicted_cached),
         )
         done, done_cpu = time.perf_counter(), time.thread_time()
+        own.append(timer.take())
         in_timed += collections[0] != seen
         for into, (a, b, c) in (
             (wall, (start, hashed, done)),
@@ -217,6 +257,11 @@ def main(argv: list[str] | None = None) -> int:
             f"(CPU p50 {statistics.median(cpu[name]):7.1f} us   "
             f"p99 {_percentile(cpu[name], 0.99):7.1f} us)"
         )
+    print(
+        f"  {'policy':12} p50 {statistics.median(own):7.1f} us   "
+        f"p99 {_percentile(own, 0.99):7.1f} us   (of pick+update: the policy's pick "
+        "and its handling of the dispatch and the end)"
+    )
     c50, c99 = statistics.median(control_wall), _percentile(control_wall, 0.99)
     r50, r99 = statistics.median(wall["pick+update"]), _percentile(wall["pick+update"], 0.99)
     print(
