@@ -568,7 +568,13 @@ class InferenceProxy:
                 if inference:
                     if self._prompts and ex.counted is not None:
                         ex.timings = timings_of(ex.counted)
-                    self.dispatcher.release(target.backend_id, request=ex.info, timings=ex.timings)
+                    # a 4xx: the server refused the request before reading its prompt
+                    # (llama-server: a bad field, a prompt past its context), so its
+                    # cache holds what it held (the prefix index takes it back)
+                    read = not (ex.status is not None and 400 <= ex.status < 500)
+                    self.dispatcher.release(
+                        target.backend_id, request=ex.info, timings=ex.timings, sent=read
+                    )
             elif inference:
                 self.dispatcher.failed(target.backend_id, "request failed", ex.info, sent=read)
             else:

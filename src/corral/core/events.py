@@ -59,12 +59,14 @@ class Finished:
     (an error, an endpoint that does not report them, a client that left).
 
     ``sent`` is False when the request never reached the server, or the server refused
-    it unread (a 503): its client left between the reservation and the send, the
-    connection failed first, or its body could not be made for that server (a LoRA
-    adapter it does not have). The server then holds nothing of it, and a subscriber
-    that took the dispatch as a change to the server's cache takes it back. A request
-    given up while it was being sent, or refused with another status, counts as sent
-    (the balancer cannot tell whether the server read it)."""
+    it unread (a 503, or any 4xx: llama-server checks a request's fields and its
+    prompt's length against the slot's context before it reads the prompt into its
+    cache): its client left between the reservation and the send, the connection
+    failed first, or its body could not be made for that server (a LoRA adapter it
+    does not have). The server then holds nothing of it, and a subscriber that took
+    the dispatch as a change to the server's cache takes it back. A request given up
+    while it was being sent, or answered with another 5xx, counts as sent (the
+    balancer cannot tell whether the server read it)."""
 
     backend: Backend
     request: object

@@ -74,3 +74,28 @@ async def test_a_server_that_refused_the_connection_is_told_to_hold_nothing(harn
     hashes = info.prompt.hashes(policy.index.block)
     assert policy.index.match(ids["a"], hashes) == 0
     assert policy.index.match(ids["b"], hashes) > 0
+
+
+async def test_a_request_the_server_refused_unread_leaves_nothing_in_the_index(
+    harness: Harness,
+):
+    """A 4xx answer (here llama-server's 400 for a prompt past the slot's context) means
+    the server never read the prompt: the slot is given back unsent, and the prefix
+    index does not predict the prompt there."""
+    balancer = await harness.balancer(routing="prefix")
+    _, port = await harness.sim(name="a", slots=1, n_ctx=256)
+    await harness.agent(port, balancer, name="a")
+    events: list[FleetEvent] = []
+    balancer.fleet.subscribe(events.append)
+    body = {"messages": [{"role": "user", "content": "a long question. " * 300}], "max_tokens": 2}
+    async with harness.http.post(url(balancer, CHAT), json=body) as r:
+        assert r.status == 400, await r.text()
+        assert "exceeds the available context size" in await r.text()
+    ends = [e for e in events if isinstance(e, Finished)]
+    assert [e.sent for e in ends] == [False]
+    policy = balancer.scheduler.policy
+    assert isinstance(policy, PrefixPolicy)
+    info = ends[0].request
+    assert isinstance(info, RequestInfo) and info.prompt is not None
+    assert policy.index.match(ends[0].backend.id, info.prompt.hashes(policy.index.block)) == 0
+    policy.check()
