@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from support.fleets import ready_fleet
 
 from corral.balancer.dispatcher import Dispatcher
+from corral.balancer.errors import HTTPError
 from corral.core import Buffer, MonotonicClock, Scheduler
 from corral.core.events import Timings
 from corral.core.routing import PrefixPolicy, Prompt, RequestInfo
@@ -86,5 +88,40 @@ async def test_a_request_behind_a_cancelled_one_ends_its_own_wait_at_its_own_bou
     reservation = await asyncio.wait_for(second_task, timeout=long_wait + 1.0)
     assert reservation.backend_id == "b"
     assert reservation.waited <= bound + 0.5, (reservation.waited, bound)
+    dispatcher.release("a")
+    dispatcher.release("b")
+
+
+async def test_a_request_behind_a_timed_out_one_ends_its_own_wait_at_its_own_bound():
+    """As above, but the first request leaves the buffer by timing out
+    (``--buffered-request-timeout``), not by its client leaving."""
+    clock = MonotonicClock()
+    fleet = ready_fleet(("a", 1), ("b", 1), cache_ram_mib=64)
+    policy = PrefixPolicy(clock=clock.now, max_wait=5.0)
+    timeout = 1.2
+    dispatcher = Dispatcher(Scheduler(fleet, policy, Buffer(10, timeout)), clock)
+    short_history = b"another conversation. " * 60
+    for history in (HISTORY, short_history):  # "a" holds both conversations
+        turn = RequestInfo(CHAT, "m", "a", prompt=Prompt(history))
+        assert (await dispatcher.acquire(turn)).backend_id == "a"
+        tokens = len(history) // 4
+        dispatcher.release("a", request=turn, timings=Timings(tokens, 0, float(tokens)))
+    await dispatcher.acquire(RequestInfo(CHAT, "m", "a"))  # pinned: "a" is busy
+
+    first = RequestInfo(CHAT, "m", prompt=Prompt(HISTORY + b"a question?"))
+    first_task = asyncio.create_task(dispatcher.acquire(first))
+    await asyncio.sleep(timeout - 0.3)
+    second = RequestInfo(CHAT, "m", prompt=Prompt(short_history + b"a question?"))
+    second_task = asyncio.create_task(dispatcher.acquire(second))
+    await asyncio.sleep(0.01)
+    assert second.note.reason == "wait-prefix" and second.note.wait_until is not None
+    bound = second.note.wait_until - clock.now()
+    assert 0.3 < bound < 1.0  # it ends after the first one times out
+
+    with pytest.raises(HTTPError, match="no slot became free"):
+        await first_task
+    reservation = await asyncio.wait_for(second_task, timeout=3.0)
+    assert reservation.backend_id == "b"
+    assert reservation.waited <= bound + 0.3, (reservation.waited, bound)
     dispatcher.release("a")
     dispatcher.release("b")

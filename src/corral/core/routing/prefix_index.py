@@ -11,20 +11,11 @@ A prompt is cut into fixed-size blocks of its canonical text, each hash chained 
 the previous one (:class:`~corral.core.routing.request.Prompt`), so a block's hash
 stands for the whole prefix up to it. The index is two maps:
 
-- ``key block hash -> backends holding it``, for the blocks at depths 1, 2, 4... 128
-  only (:data:`KEY_DEPTHS`; each backend keeps the set of key blocks it holds, so an
-  eviction knows which blocks to take out of this map): the one backend's id when one
-  holds it (the usual case: a block most often lives on one server), else an
-  insertion-ordered dict of ids used as a set (two or more). Whoever holds a block
-  holds every block before it, so a backend holding ``d`` blocks of a prompt holds
-  its key blocks up to the deepest at or below ``d``: the holders of a prompt are
-  found by walking its key blocks from the deepest, each found backend's exact depth
-  by a binary search of its own map. A lookup costs about log2 of the prompt's length
-  in blocks per backend found plus a bounded number of holders examined, never the
-  fleet's size. Keying every block made this map hold as many entries as all
-  backends' maps together (64,000 in ``benchmarks/prefix_cost.py``): an add and an
-  eviction each touched it once per block, and those scattered accesses to a large
-  map were the larger part of a dispatch's cost (issue #10);
+- ``block hash -> backends holding it``: the one backend's id when one holds it (the
+  usual case: a block most often lives on one server), else an insertion-ordered dict
+  of ids used as a set (two or more). The holders of a prompt are found by walking
+  its blocks from the deepest, so a lookup costs the prompt's length in blocks plus a
+  bounded number of holders examined, never the fleet's size;
 - ``backend -> its blocks``: each block's recency stamp (a plain dict), and the
   batches that put them there in recency order, least recently used first: one batch
   per :meth:`~PrefixIndex.add`, the prompt's blocks with that add's stamp. A prompt's
@@ -50,20 +41,15 @@ eviction: not when the copy was in a busy slot, nor when part of one prompt was 
 (``corral.core.routing.prefix._evicted``). A server that restarts, changes model or leaves
 loses all its entries (:meth:`PrefixIndex.drop`).
 
-Memory: about two dict entries per (backend, block), the block's stamp and its place
-in a batch, and one more per key block held (benchmarks/prefix_cost.py measures it
-with every backend's cache full); a key block held by several backends adds a small
-dict of their ids.
+Memory: two dict entries per (backend, block), the block's hash and its place in a
+batch (benchmarks/prefix_cost.py measures it with every backend's cache full); a
+block held by several backends adds a small dict of their ids.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Container, Iterator, Sequence
-
-KEY_DEPTHS = tuple(2**k for k in range(8))
-"""The depths (in blocks) whose hashes key the map of holders: 1, 2, 4... 128 (a
-block's hash stands for its whole prefix, so it has one depth wherever it is met)."""
 
 
 def _held_prefix(held: Container[int], hashes: Sequence[int]) -> int:
@@ -82,10 +68,6 @@ def _held_prefix(held: Container[int], hashes: Sequence[int]) -> int:
     return low
 
 
-def _deepest_first(found: tuple[int, str]) -> int:
-    return -found[0]
-
-
 class _Batch:
     """The blocks one :meth:`PrefixIndex.add` renewed, with its stamp. Eviction takes
     them deepest first: ``hashes[:left]`` are those it has not reached yet (each still
@@ -100,17 +82,15 @@ class _Batch:
 
 
 class _Held:
-    """One backend's entries: block hash -> recency stamp, the batches in recency
-    order (oldest first), and which of its blocks are keys of the map of holders
-    (:data:`KEY_DEPTHS`); ``pending`` counts the batches' entries not yet passed by
+    """One backend's entries: block hash -> recency stamp, and the batches in recency
+    order (oldest first); ``pending`` counts the batches' entries not yet passed by
     eviction, live or stale."""
 
-    __slots__ = ("batches", "blocks", "keys", "pending")
+    __slots__ = ("batches", "blocks", "pending")
 
     def __init__(self) -> None:
         self.blocks: dict[int, int] = {}
         self.batches: deque[_Batch] = deque()
-        self.keys: set[int] = set()
         self.pending = 0
 
 
@@ -143,30 +123,26 @@ class PrefixIndex:
 
     def holders(self, hashes: list[int], budget: int = 64) -> Iterator[tuple[str, int]]:
         """``(backend_id, blocks held)`` for backends holding a prefix of this prompt,
-        longest match first (equal ones in the order the map of holders lists them),
-        each backend once. Looks at most ``budget`` holder entries in all.
+        longest match first, each backend once. Looks at most ``budget`` holder
+        entries in all, plus at most one dict lookup per block up to the deepest one
+        held.
 
-        Whoever holds a block holds every block before it, so the key blocks
-        (:data:`KEY_DEPTHS`) held anywhere are a prefix of the prompt's: the deepest is
-        found by binary search. A backend first found at key depth ``d`` holds at least
-        ``d`` blocks and fewer than the next key depth (else it was found there): its
-        exact depth is a binary search of its own map (:meth:`match`), and the
-        backends found at one key are yielded deepest first. Whoever holds any of the
-        prompt holds its first block, a key: once those are all found, the walk stops
-        (one holder, the usual case: after the first key it looks at)."""
+        Whoever holds a block holds every block before it, so the blocks held anywhere
+        are a prefix of the prompt: its length is found by binary search; and whoever
+        holds any of it holds its first block: once those are all found, the walk
+        stops (one holder, the usual case: after the first block it looks at)."""
         holders = self._holders
         root = holders.get(hashes[0]) if hashes else None
         if root is None:  # nobody holds any of it
             return
         everyone = 1 if isinstance(root, str) else len(root)
-        count = len(hashes)
-        keys = [hashes[d - 1] for d in KEY_DEPTHS if d <= count]
+        low = _held_prefix(holders, hashes)  # blocks held somewhere
         seen: set[str] = set()
-        get, match = holders.get, self.match
-        for i in range(_held_prefix(holders, keys) - 1, -1, -1):
-            if len(seen) == everyone:  # the shallower keys' holders are all seen
+        get = holders.get
+        for depth in range(low, 0, -1):
+            if len(seen) == everyone:  # the shallower blocks' holders are all seen
                 return
-            held = get(keys[i])
+            held = get(hashes[depth - 1])
             if held is None:
                 continue
             if isinstance(held, str):  # one holder
@@ -175,23 +151,17 @@ class PrefixIndex:
                         return
                     budget -= 1
                     seen.add(held)
-                    yield held, match(held, hashes)
+                    yield held, depth
                 continue
             if len(held) <= len(seen) and all(b in seen for b in held):
                 continue
-            found: list[tuple[int, str]] = []
             for backend_id in held:
                 if budget <= 0:
-                    break
+                    return
                 budget -= 1
                 if backend_id not in seen:
                     seen.add(backend_id)
-                    found.append((match(backend_id, hashes), backend_id))
-            found.sort(key=_deepest_first)  # stable: equal depths keep their order
-            for depth, backend_id in found:
-                yield backend_id, depth
-            if budget <= 0:
-                return
+                    yield backend_id, depth
 
     def stamps(self, backend_id: str, hashes: list[int]) -> list[int]:
         """The recency stamps of the first blocks ``backend_id`` holds, in order."""
@@ -250,17 +220,14 @@ class PrefixIndex:
         stamp = self._stamp
         held.batches.append(_Batch(tuple(hashes), stamp))
         held.pending += len(hashes)
-        for h in hashes:  # new or renewed, each now has this add's stamp
-            blocks[h] = stamp
-        holders, keys, count = self._holders, held.keys, len(hashes)
-        for depth in KEY_DEPTHS:  # the key blocks (8 at most) in the map of holders
-            if depth > count:
-                break
-            h = hashes[depth - 1]
-            if h in keys:  # held already, and listed there
+        holders = self._holders
+        mark, hold = blocks.setdefault, holders.setdefault  # one lookup for a new block
+        for h in hashes:
+            was = mark(h, stamp)
+            if was != stamp:  # held already: renewed
+                blocks[h] = stamp
                 continue
-            keys.add(h)
-            owner = holders.setdefault(h, backend_id)
+            owner = hold(h, backend_id)
             if owner is not backend_id:  # held elsewhere too
                 if isinstance(owner, str):
                     holders[h] = {owner: None, backend_id: None}
@@ -283,19 +250,19 @@ class PrefixIndex:
         held = self._held.get(backend_id)
         if held is None:
             return 0
-        return self._unmark(backend_id, held, hashes, stamp)
+        return self._unmark(backend_id, held.blocks, hashes, stamp)
 
     def forget_older(self, backend_id: str, stamp: int) -> int:
         """Drop the backend's entries not renewed since ``stamp``; return how many."""
         held = self._held.get(backend_id)
         if held is None:
             return 0
-        batches = held.batches
+        blocks, batches = held.blocks, held.batches
         dropped = 0
         while batches and batches[0].stamp <= stamp:
             batch = batches.popleft()
             held.pending -= batch.left
-            dropped += self._unmark(backend_id, held, batch.hashes[: batch.left], batch.stamp)
+            dropped += self._unmark(backend_id, blocks, batch.hashes[: batch.left], batch.stamp)
         return dropped
 
     def drop(self, backend_id: str) -> int:
@@ -303,7 +270,7 @@ class PrefixIndex:
         held = self._held.pop(backend_id, None)
         if held is None:
             return 0
-        for h in held.keys:
+        for h in held.blocks:
             self._unhold(backend_id, h)
         return len(held.blocks)
 
@@ -329,14 +296,15 @@ class PrefixIndex:
                 batch.left = low
             else:
                 batches.popleft()
-            excess -= self._unmark(backend_id, held, batch.hashes[low:left], batch.stamp)
+            excess -= self._unmark(backend_id, blocks, batch.hashes[low:left], batch.stamp)
 
-    def _unmark(self, backend_id: str, held: _Held, hashes: Sequence[int], stamp: int) -> int:
-        """Drop those of ``hashes`` the backend holds with ``stamp`` (in ``held``), from
-        both maps, skipping stale entries; return how many. One operation on its map
-        per block, and on the map of holders per key block: this runs for every add
-        that evicts."""
-        holders, blocks, keys = self._holders, held.blocks, held.keys
+    def _unmark(
+        self, backend_id: str, blocks: dict[int, int], hashes: Sequence[int], stamp: int
+    ) -> int:
+        """Drop those of ``hashes`` the backend holds with ``stamp`` (its ``blocks``),
+        from both maps, skipping stale entries; return how many. One operation on each
+        map per block: this runs for every add that evicts."""
+        holders = self._holders
         unmark, unhold = blocks.pop, holders.pop
         dropped = 0
         for h in hashes:
@@ -346,9 +314,6 @@ class PrefixIndex:
                     blocks[h] = was
                 continue
             dropped += 1
-            if h not in keys:
-                continue
-            keys.remove(h)
             owner = unhold(h)
             if not isinstance(owner, str):
                 del owner[backend_id]
@@ -379,7 +344,7 @@ class PrefixIndex:
 
     def check(self) -> None:
         """Assert the two maps agree and every bound holds (for tests)."""
-        pairs = {(b, h) for b, held in self._held.items() for h in held.keys}
+        pairs = {(b, h) for b, held in self._held.items() for h in held.blocks}
         sets = {
             h: {owner: None} if isinstance(owner, str) else owner
             for h, owner in self._holders.items()
@@ -388,7 +353,6 @@ class PrefixIndex:
         for owner in self._holders.values():
             assert isinstance(owner, str) or len(owner) >= 2, "a holder set of one left a set"
         for b, held in self._held.items():
-            assert held.keys <= held.blocks.keys(), "a key block listed but not held"
             assert len(held.blocks) <= self._capacity.get(b, 0), (b, len(held.blocks))
             assert held.pending == sum(batch.left for batch in held.batches), "pending count"
             live = [
