@@ -84,7 +84,7 @@ unseen), and a reset or a reported cache of 0 forgets what was learned.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Container, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from corral.core.events import Dispatched, Finished, FleetEvent, Reset
@@ -242,9 +242,6 @@ def _count_first(
             del starts[first]
 
 
-_NONE: dict[str, int] = {}  # no backend (read only)
-
-
 def _by_ttft(scored: Scored) -> float:
     return scored.ttft
 
@@ -387,12 +384,10 @@ class PrefixPolicy:
         # no rules (a request with an adapter was routed as slot routing above)
         vets = request.api is not None or bool(self.rules)
         weigh, accepts = self._weigh, self._accepts
-        # the backends with a slot whose prompt starts as this one does (see _weigh)
-        starts = self._starts.get(hashes[0], _NONE) if hashes else _NONE
         for backend in itertools.islice(with_free_slot(fleet, pools), self.breadth):
             if not vets or accepts(backend, request):
                 seen.add(backend.id)
-                weigh(backend, hashes, tokens, None, scored, busy, starts)
+                weigh(backend, hashes, tokens, None, scored, busy)
         added = 0
         for backend_id, blocks in self.index.holders(hashes):
             if added >= self.breadth:
@@ -406,7 +401,7 @@ class PrefixPolicy:
                 continue
             seen.add(backend_id)
             added += 1
-            weigh(backend, hashes, tokens, blocks, scored, busy, starts)
+            weigh(backend, hashes, tokens, blocks, scored, busy)
         busy_holder = min(busy, key=_by_ttft) if busy else None
         note = request.note
         best_cached = 0
@@ -465,18 +460,17 @@ class PrefixPolicy:
         blocks: int | None,
         scored: list[Scored],
         busy: list[Scored],
-        starts: Container[str],
     ) -> None:
         """Score a candidate: its free slot (into ``scored``), and, when a busy slot
         there holds more of the prompt than a free one (:meth:`_held`), the wait for
-        that slot (into ``busy``): a request may wait for it (:meth:`_wait_for`).
-        ``starts``: the backends with a slot whose prompt starts with this one's first
-        block (``_starts``, read once per pick): no slot elsewhere holds any of it."""
+        that slot (into ``busy``): a request may wait for it (:meth:`_wait_for`)."""
         free = backend.free  # a property that computes: read once
-        if backend.id not in starts and backend.id not in self._host:
-            if free > 0:  # no slot holds any of it, and no host cache
-                scored.append(self._score(backend, 0, tokens, free))
-            return
+        if backend.id not in self._host and hashes:
+            starts = self._starts.get(hashes[0])
+            if not starts or backend.id not in starts:  # no slot holds any of it
+                if free > 0:
+                    scored.append(self._score(backend, 0, tokens, free))
+                return
         if backend.id not in self._host:  # what a busy slot holds now, not what it held
             held, in_busy = self._slot_matches(backend.id, hashes)  # see _held
             blocks = in_busy if free > 0 else max(held, in_busy)
