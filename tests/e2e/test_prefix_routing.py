@@ -1,12 +1,14 @@
 """Prefix routing on real llama-servers: a conversation's later turns go where its
 history is cached (the server's own ``timings.cache_n`` grows), a turn sent with
-``cache_prompt: false`` is predicted to reuse nothing and forgets nothing, and a
+``cache_prompt: false`` is predicted to reuse nothing and forgets nothing, a turn the
+server refuses unread (past its context: 400) leaves the history where it was, and a
 server restart that empties its cache is noticed (the balancer stops predicting a
 cache there)."""
 
 from __future__ import annotations
 
 import json
+import urllib.error
 import urllib.request
 from typing import Any
 
@@ -101,3 +103,16 @@ def test_later_turns_reuse_the_cache_and_a_restart_is_noticed(fleet: Fleet):
             assert predicted == 0 and answer["timings"]["cache_n"] == 0, answer["timings"]
         reply = answer["choices"][0]["message"]["content"]
         messages.append({"role": "assistant", "content": reply})
+
+    # A turn past the slot's context (1,024 tokens each): llama-server refuses it before
+    # reading it (400), the balancer passes that on and releases the slot unsent, and
+    # the next turn still finds the history and is expected to
+    too_long = [*messages, {"role": "user", "content": "Describe every book. " * 800}]
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        turn(inference, too_long)
+    assert refused.value.code == 400
+    assert "exceeds the available context size" in refused.value.read().decode()
+    messages.append({"role": "user", "content": "And the one before?"})
+    answer, headers = turn(inference, messages)
+    assert int(headers["X-Corral-Predicted-Cached-Tokens"]) > 200, headers
+    assert answer["timings"]["cache_n"] > 400, answer["timings"]
