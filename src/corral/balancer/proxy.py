@@ -161,6 +161,14 @@ def _decoded(body: bytes, encoding: str | None, limit: int) -> bytes:
         raise HTTPError(400, f"request body is not valid {kind}: {exc}") from None
 
 
+def _refused_unread(status: int) -> bool:
+    """Whether a server that answered ``status`` refused the request before reading its
+    prompt: a 503 (llama-server with no slot, or loading) or any 4xx (it checks the
+    fields, and the prompt's length against the slot's context, first), so its cache
+    holds what it held (:class:`~corral.core.events.Finished`'s ``sent``)."""
+    return status == 503 or 400 <= status < 500
+
+
 def _line(name: bytes, value: str) -> bytes:
     """One header line from a value we did not choose (names, ids): never two lines."""
     clean = value.encode("latin-1", "replace").replace(b"\r", b" ").replace(b"\n", b" ")
@@ -548,7 +556,7 @@ class InferenceProxy:
                 self.metrics.upstream_failures.labels(exc.kind).inc()
                 read = exc.sent
                 raise _Retry(f"{target.name}: {exc}", held=exc.sent) from None
-            read = upstream.status != 503  # a 503 is llama-server refusing it unread
+            read = not _refused_unread(upstream.status)
             try:
                 if upstream.status == 503:
                     self.metrics.upstream_failures.labels("unavailable").inc()
@@ -568,12 +576,10 @@ class InferenceProxy:
                 if inference:
                     if self._prompts and ex.counted is not None:
                         ex.timings = timings_of(ex.counted)
-                    # a 4xx: the server refused the request before reading its prompt
-                    # (llama-server: a bad field, a prompt past its context), so its
-                    # cache holds what it held (the prefix index takes it back)
-                    read = not (ex.status is not None and 400 <= ex.status < 500)
+                    # a relayed 4xx was refused unread: the prefix index takes it back
+                    sent = not _refused_unread(ex.status)
                     self.dispatcher.release(
-                        target.backend_id, request=ex.info, timings=ex.timings, sent=read
+                        target.backend_id, request=ex.info, timings=ex.timings, sent=sent
                     )
             elif inference:
                 self.dispatcher.failed(target.backend_id, "request failed", ex.info, sent=read)

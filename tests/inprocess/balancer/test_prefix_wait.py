@@ -18,6 +18,25 @@ from corral.core.routing import PrefixPolicy, Prompt, RequestInfo
 CHAT = "/v1/chat/completions"
 HISTORY = b"the conversation so far. " * 800  # 20,000 bytes: a long prefill
 MAX_WAIT = 0.2
+SHORT_HISTORY = b"another conversation. " * 60  # 330 tokens: a short bound of its own
+
+
+async def a_holding_busy(max_wait: float, buffer_timeout: float) -> tuple[Dispatcher, PrefixPolicy]:
+    """Servers "a" and "b" of one slot, "a" with a host cache holding two conversations
+    (``HISTORY`` and ``SHORT_HISTORY``, learned at 1,000 prompt tokens/s with short
+    runs) and busy with a pinned request; "b" free."""
+    clock = MonotonicClock()
+    fleet = ready_fleet(("a", 1), ("b", 1), cache_ram_mib=64)
+    policy = PrefixPolicy(clock=clock.now, max_wait=max_wait)
+    dispatcher = Dispatcher(Scheduler(fleet, policy, Buffer(10, buffer_timeout)), clock)
+    for history in (HISTORY, SHORT_HISTORY):
+        turn = RequestInfo(CHAT, "m", "a", prompt=Prompt(history))  # pinned there
+        assert (await dispatcher.acquire(turn)).backend_id == "a"
+        tokens = len(history) // 4
+        dispatcher.release("a", request=turn, timings=Timings(tokens, 0, float(tokens)))
+    on_a = await dispatcher.acquire(RequestInfo(CHAT, "m", "a"))  # pinned: "a" is busy
+    assert on_a.backend_id == "a"
+    return dispatcher, policy
 
 
 async def test_a_wait_decided_in_the_buffer_ends_at_its_bound_without_another_event():
@@ -57,32 +76,21 @@ async def test_a_request_behind_a_cancelled_one_ends_its_own_wait_at_its_own_bou
     The first, with the longer bound, gives up (its client leaves): the one behind it
     now heads the queue and goes to the free server at its own, shorter bound, not at
     the first one's."""
-    clock = MonotonicClock()
-    fleet = ready_fleet(("a", 1), ("b", 1), cache_ram_mib=64)
     long_wait = 3.0
-    policy = PrefixPolicy(clock=clock.now, max_wait=long_wait)
-    dispatcher = Dispatcher(Scheduler(fleet, policy, Buffer(10, 30.0)), clock)
-
-    long_history = HISTORY  # 5,000 tokens: its wait is bounded by max_wait
-    short_history = b"another conversation. " * 60  # 330 tokens: a short bound of its own
-    for history in (long_history, short_history):  # "a" holds both conversations
-        turn = RequestInfo(CHAT, "m", "a", prompt=Prompt(history))  # pinned there
-        assert (await dispatcher.acquire(turn)).backend_id == "a"
-        tokens = len(history) // 4  # 1,000 prompt tokens/s, and short runs
-        dispatcher.release("a", request=turn, timings=Timings(tokens, 0, float(tokens)))
-    on_a = await dispatcher.acquire(RequestInfo(CHAT, "m", "a"))  # pinned: "a" is busy
-    assert on_a.backend_id == "a"
-
-    first = RequestInfo(CHAT, "m", prompt=Prompt(long_history + b"a question?"))
+    dispatcher, policy = await a_holding_busy(long_wait, 30.0)
+    clock = policy.clock
+    assert clock is not None
+    # HISTORY is 5,000 tokens: its wait is bounded by max_wait
+    first = RequestInfo(CHAT, "m", prompt=Prompt(HISTORY + b"a question?"))
     first_task = asyncio.create_task(dispatcher.acquire(first))
     await asyncio.sleep(0.01)
-    second = RequestInfo(CHAT, "m", prompt=Prompt(short_history + b"a question?"))
+    second = RequestInfo(CHAT, "m", prompt=Prompt(SHORT_HISTORY + b"a question?"))
     second_task = asyncio.create_task(dispatcher.acquire(second))
     await asyncio.sleep(0.01)
     assert (first.note.reason, second.note.reason) == ("wait-prefix", "wait-prefix")
     assert first.note.wait_until is not None and second.note.wait_until is not None
-    bound = second.note.wait_until - clock.now()
-    assert 0.0 < bound < first.note.wait_until - clock.now() - 1.0
+    bound = second.note.wait_until - clock()
+    assert 0.0 < bound < first.note.wait_until - clock() - 1.0
 
     first_task.cancel()  # its client leaves
     reservation = await asyncio.wait_for(second_task, timeout=long_wait + 1.0)
@@ -95,27 +103,18 @@ async def test_a_request_behind_a_cancelled_one_ends_its_own_wait_at_its_own_bou
 async def test_a_request_behind_a_timed_out_one_ends_its_own_wait_at_its_own_bound():
     """As above, but the first request leaves the buffer by timing out
     (``--buffered-request-timeout``), not by its client leaving."""
-    clock = MonotonicClock()
-    fleet = ready_fleet(("a", 1), ("b", 1), cache_ram_mib=64)
-    policy = PrefixPolicy(clock=clock.now, max_wait=5.0)
     timeout = 1.2
-    dispatcher = Dispatcher(Scheduler(fleet, policy, Buffer(10, timeout)), clock)
-    short_history = b"another conversation. " * 60
-    for history in (HISTORY, short_history):  # "a" holds both conversations
-        turn = RequestInfo(CHAT, "m", "a", prompt=Prompt(history))
-        assert (await dispatcher.acquire(turn)).backend_id == "a"
-        tokens = len(history) // 4
-        dispatcher.release("a", request=turn, timings=Timings(tokens, 0, float(tokens)))
-    await dispatcher.acquire(RequestInfo(CHAT, "m", "a"))  # pinned: "a" is busy
-
+    dispatcher, policy = await a_holding_busy(5.0, timeout)
+    clock = policy.clock
+    assert clock is not None
     first = RequestInfo(CHAT, "m", prompt=Prompt(HISTORY + b"a question?"))
     first_task = asyncio.create_task(dispatcher.acquire(first))
     await asyncio.sleep(timeout - 0.3)
-    second = RequestInfo(CHAT, "m", prompt=Prompt(short_history + b"a question?"))
+    second = RequestInfo(CHAT, "m", prompt=Prompt(SHORT_HISTORY + b"a question?"))
     second_task = asyncio.create_task(dispatcher.acquire(second))
     await asyncio.sleep(0.01)
     assert second.note.reason == "wait-prefix" and second.note.wait_until is not None
-    bound = second.note.wait_until - clock.now()
+    bound = second.note.wait_until - clock()
     assert 0.3 < bound < 1.0  # it ends after the first one times out
 
     with pytest.raises(HTTPError, match="no slot became free"):
