@@ -2,7 +2,7 @@
 
 from collections import OrderedDict
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from corral.core.routing import PrefixIndex, Prompt
@@ -181,12 +181,14 @@ def test_holders_agree_with_match_as_blocks_are_shared_and_dropped(steps, asked)
 
 class _ReferenceLRU:
     """The index's eviction order, written plainly: one ordered map per backend of
-    block -> stamp, each add renewing its prompt's blocks deepest first."""
+    block -> stamp, each add renewing its prompt's blocks deepest first; and each
+    block's holders in the order they came to hold it."""
 
     def __init__(self) -> None:
         self.lru: dict[str, OrderedDict[int, int]] = {}
         self.capacity: dict[str, int] = {}
         self.stamp = 0
+        self.order: dict[int, list[str]] = {}
 
     def set_capacity(self, backend: str, blocks: int) -> None:
         self.capacity[backend] = max(0, blocks)
@@ -199,6 +201,8 @@ class _ReferenceLRU:
         lru = self.lru.setdefault(backend, OrderedDict())
         self.stamp += 1
         for h in reversed(hashes[:capacity]):
+            if h not in lru:
+                self.order.setdefault(h, []).append(backend)
             lru[h] = self.stamp
             lru.move_to_end(h)
         self._evict(backend)
@@ -207,45 +211,62 @@ class _ReferenceLRU:
         lru = self.lru.get(backend, OrderedDict())
         gone = [h for h in dict.fromkeys(hashes) if lru.get(h) == stamp]
         for h in gone:
-            del lru[h]
+            self._lose(backend, lru, h)
         return len(gone)
 
     def forget_older(self, backend: str, stamp: int) -> int:
         lru = self.lru.get(backend, OrderedDict())
         old = [h for h, s in lru.items() if s <= stamp]
         for h in old:
-            del lru[h]
+            self._lose(backend, lru, h)
         return len(old)
 
     def drop(self, backend: str) -> int:
-        return len(self.lru.pop(backend, {}))
+        lru = self.lru.get(backend, OrderedDict())
+        held = list(lru)
+        for h in held:
+            self._lose(backend, lru, h)
+        self.lru.pop(backend, None)
+        return len(held)
 
     def _evict(self, backend: str) -> None:
         lru = self.lru.get(backend, OrderedDict())
         while len(lru) > self.capacity.get(backend, 0):
-            lru.popitem(last=False)
+            self._lose(backend, lru, next(iter(lru)))
+
+    def _lose(self, backend: str, lru: OrderedDict[int, int], h: int) -> None:
+        del lru[h]
+        self.order[h].remove(backend)
+        if not self.order[h]:
+            del self.order[h]
 
 
 @settings(max_examples=300, deadline=None)
 @given(
     steps=st.lists(
         st.tuples(
-            st.sampled_from("ab"),
+            st.sampled_from("abc"),
             st.sampled_from(["add", "add", "add", "older", "drop", "bound", "withdraw"]),
-            st.lists(st.integers(0, 5), max_size=10),  # a prompt as a path of choices
+            st.lists(st.integers(0, 2), max_size=10),  # a prompt as a path of choices
             st.integers(0, 12),
         ),
         min_size=1,
         max_size=60,
     )
 )
+# a block joined by "a" then "b", the block after it by "b" then "a": one set of
+# holders, in two orders, so in two nodes
+@example(steps=[("a", "add", [0], 0), ("b", "add", [0, 0], 0), ("a", "add", [0, 0], 0)])
 def test_evicts_and_forgets_as_a_plain_lru_would(steps):
     """Whatever the adds (prompts sharing prefixes and renewed again and again, so that
     stale entries pile up), bounds and corrections, the index holds exactly what one
-    least-recently-used map of block -> stamp per backend holds, with the same stamps."""
+    least-recently-used map of block -> stamp per backend holds, with the same stamps;
+    and ``holders`` finds who holds a prompt as a walk of every block would, over each
+    block's holders in the order they came to hold it (the map of every block the
+    index kept before its tree)."""
     index, reference = PrefixIndex(BLOCK), _ReferenceLRU()
     last: dict[str, tuple[list[int], int]] = {}  # backend -> its last add's new tail, stamp
-    for backend in "ab":
+    for backend in "abc":
         index.set_capacity(backend, 8)
         reference.set_capacity(backend, 8)
     for backend, step, path, number in steps:
@@ -268,10 +289,14 @@ def test_evicts_and_forgets_as_a_plain_lru_would(steps):
             index.set_capacity(backend, number)
             reference.set_capacity(backend, number)
         index.check()
-        for b in "ab":
+        for b in "abc":
             held = reference.lru.get(b, {})
             assert index.size(b) == len(held)
             assert all(index.stamps(b, [h]) == [s] for h, s in held.items())
+        for depth in range(1, len(hashes) + 1):  # the prompt, and each prefix of it
+            for budget in (1, 2, 64):
+                walk = _holders_walking_every_block(reference.order, hashes[:depth], budget)
+                assert list(index.holders(hashes[:depth], budget)) == list(walk)
 
 
 def test_a_prompt_renewed_many_times_keeps_its_batches_bounded():
@@ -302,13 +327,26 @@ def test_a_shared_head_at_capacity_keeps_the_batches_bounded():
     assert index._held["a"].pending <= 2 * 320 + 64 + 130
 
 
-def _holders_walking_every_block(index: PrefixIndex, hashes: list[int], budget: int):
-    """``holders`` as a walk of every held block, deepest first (the reference)."""
+def _holders_by_block(index: PrefixIndex) -> dict[int, list[str]]:
+    """Each block held anywhere -> its holders in the order they joined, from the tree."""
+    out: dict[int, list[str]] = {}
+    stack = [index._root]
+    while stack:
+        node = stack.pop()
+        out.update((h, list(node.holders)) for h in node.blocks)
+        stack.extend(node.children.values())
+    return out
+
+
+def _holders_walking_every_block(by_block: dict[int, list[str]], hashes: list[int], budget: int):
+    """``holders`` as a walk of every held block, deepest first (the reference): the
+    index's walk before its tree, over a map of every block to its holders."""
     seen: set[str] = set()
-    depths = [d for d in range(len(hashes), 0, -1) if hashes[d - 1] in index._holders]
+    depths = [d for d in range(len(hashes), 0, -1) if hashes[d - 1] in by_block]
     for depth in depths:
-        held = index._holders[hashes[depth - 1]]
-        if isinstance(held, str):
+        held = by_block[hashes[depth - 1]]
+        if len(held) == 1:
+            held = held[0]
             if held not in seen:
                 if budget <= 0:
                     return
@@ -345,7 +383,7 @@ def test_holders_stops_walking_once_every_holder_is_found(sent, asked, budget):
     for backend, path in sent:
         index.add(backend, [hash(tuple(path[: i + 1])) for i in range(len(path))])
     hashes = [hash(tuple(asked[: i + 1])) for i in range(len(asked))]
-    expected = list(_holders_walking_every_block(index, hashes, budget))
+    expected = list(_holders_walking_every_block(_holders_by_block(index), hashes, budget))
     assert list(index.holders(hashes, budget)) == expected
 
 

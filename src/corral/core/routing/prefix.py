@@ -8,9 +8,9 @@ load:
 1. **Filters** as for slot routing: model pool, free slot, pin, rules.
 2. **Candidates**, a bounded set: the ``breadth`` backends with the most free slots
    (from the fleet's index: where a new prefix goes) and the backends the prefix index
-   says hold the longest prefixes of this prompt (walked from the deepest block, at
-   most ``breadth`` more). The cost is the prompt's length in blocks plus a constant,
-   not the fleet's size.
+   says hold the longest prefixes of this prompt (longest first, at most ``breadth``
+   more: :meth:`.PrefixIndex.holders`). The cost is bounded by the prompt's length
+   plus a constant, not the fleet's size.
 3. **Scorers** estimate each one's time to first token from its predicted cached
    tokens, its measured prefill rate and its load (:mod:`.scorers`).
 4. **Picker**: the lowest estimate, unless that would unbalance the fleet (:mod:`.picker`).

@@ -9,24 +9,39 @@ so the balancer predicts it: a server holds what the balancer last sent it.
 
 A prompt is cut into fixed-size blocks of its canonical text, each hash chained to
 the previous one (:class:`~corral.core.routing.request.Prompt`), so a block's hash
-stands for the whole prefix up to it. The index is two maps:
+stands for the whole prefix up to it, and the blocks held anywhere form a tree. The
+index has two parts:
 
-- ``block hash -> backends holding it``: the one backend's id when one holds it (the
-  usual case: a block most often lives on one server), else an insertion-ordered dict
-  of ids used as a set (two or more). The holders of a prompt are found by walking
-  its blocks from the deepest, so a lookup costs the prompt's length in blocks plus a
-  bounded number of holders examined, never the fleet's size;
 - ``backend -> its blocks``: each block's recency stamp (a plain dict), and the
   batches that put them there in recency order, least recently used first: one batch
   per :meth:`~PrefixIndex.add`, the prompt's blocks with that add's stamp. A prompt's
   blocks are renewed deepest first, so its first block is the most recent: eviction
   takes the tails of old prompts before their heads, as a radix tree evicts leaves,
-  and what is left of a prompt is always a prefix of it. A block renewed by a later
-  add stays in its old batch as a stale entry (its stamp there is not its stamp now),
-  skipped when eviction reaches it; the batches are rewritten without their stale
-  entries when those outnumber the live ones. Adding and evicting a block are a few
-  plain dict operations, with no linked-list node per entry to move or allocate (an
-  ``OrderedDict`` kept one).
+  and what a backend holds is always closed under prefixes (whoever holds a block
+  holds every block before it). A block renewed by a later add stays in its old
+  batch as a stale entry (its stamp there is not its stamp now), skipped when
+  eviction reaches it; the batches are rewritten without their stale entries when
+  those outnumber the live ones. Adding and evicting a block are a few operations on
+  this backend's own small dict.
+- **the tree of holders**, for finding who holds a prompt: a radix tree whose nodes
+  are runs of blocks that the same backends hold (as SGLang's cache-aware router
+  keeps one tree whose nodes record the workers holding them:
+  ``shared/notes/prefix-cache-anchors.md``), each with its holders in the
+  order they joined. A child's holders are some of its parent's. A prompt's holders
+  are found by walking its path from the root, one small dict lookup and one hash
+  comparison per node (chained hashes are equal at a depth only if every block
+  before it is), and an add or an eviction walks the same path. A conversation that
+  grows on one server extends its own leaf; nodes are split where an add or an
+  eviction stops inside one, and merged again when a node's only child has the same
+  holders in the same order.
+
+  The cost per request is the number of nodes on the prompt's path (a few: a shared
+  system prompt, the conversation, its newest turn) plus a bounded number of holders
+  examined, never the fleet's size nor, beyond hashing, the prompt's blocks. A map
+  keyed by every block (before issue #10's cost work) cost two operations on a map of
+  every block held anywhere per block added or evicted, which on 1,000 servers was
+  the larger part of a dispatch; a map keyed only at depths 1, 2, 4... missed deeper
+  holders behind a prefix held by more servers than the lookup's budget.
 
 Each backend holds at most ``capacity`` blocks: its slots times its context (the
 tokens its KV cache holds) plus its host prompt cache when its agent reports one,
@@ -41,15 +56,16 @@ eviction: not when the copy was in a busy slot, nor when part of one prompt was 
 (``corral.core.routing.prefix._evicted``). A server that restarts, changes model or leaves
 loses all its entries (:meth:`PrefixIndex.drop`).
 
-Memory: two dict entries per (backend, block), the block's hash and its place in a
-batch (benchmarks/prefix_cost.py measures it with every backend's cache full); a
-block held by several backends adds a small dict of their ids.
+Memory: one dict entry per (backend, block), its stamp, and its place in a batch; the
+tree adds a node per run of blocks with the same holders (benchmarks/prefix_cost.py
+measures it all with every backend's cache full).
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Container, Iterator, Sequence
+from itertools import repeat
 
 
 def _held_prefix(held: Container[int], hashes: Sequence[int]) -> int:
@@ -81,6 +97,38 @@ class _Batch:
         self.stamp = stamp
 
 
+class _Node:
+    """A run of blocks in the tree of holders: ``blocks`` (chained hashes, one or
+    more), the backends holding every one of them (in the order they joined, a dict
+    used as an ordered set: never empty but at the root), the children, keyed by
+    their first block, and the parent."""
+
+    __slots__ = ("blocks", "children", "holders", "parent")
+
+    def __init__(self, blocks: list[int], holders: dict[str, None], parent: _Node | None) -> None:
+        self.blocks = blocks
+        self.holders = holders
+        self.children: dict[int, _Node] = {}
+        self.parent = parent  # None: the root, or a node merged away
+
+    def __repr__(self) -> str:
+        return f"<_Node {len(self.blocks)} blocks held by {list(self.holders)}>"
+
+
+def _shared_run(blocks: list[int], hashes: Sequence[int], at: int, end: int) -> int:
+    """How many of ``blocks`` (at most ``end``, the first known equal) equal
+    ``hashes[at:]``: chained hashes are equal at ``k`` only if equal before it, so a
+    binary search."""
+    low, high = 1, end  # blocks [0, low) equal; [high, ...) not
+    while low < high:
+        mid = (low + high) // 2
+        if blocks[mid] == hashes[at + mid]:
+            low = mid + 1
+        else:
+            high = mid
+    return low
+
+
 class _Held:
     """One backend's entries: block hash -> recency stamp, and the batches in recency
     order (oldest first); ``pending`` counts the batches' entries not yet passed by
@@ -106,7 +154,8 @@ class PrefixIndex:
         if block < 1:
             raise ValueError("block must be at least 1 byte")
         self.block = block
-        self._holders: dict[int, str | dict[str, None]] = {}  # one id, or 2+ as a set
+        self._root = _Node([], {}, None)
+        self._ends: dict[int, _Node] = {}  # a node's last block -> the node
         self._held: dict[str, _Held] = {}
         self._capacity: dict[str, int] = {}
         self._stamp = 0
@@ -124,34 +173,29 @@ class PrefixIndex:
     def holders(self, hashes: list[int], budget: int = 64) -> Iterator[tuple[str, int]]:
         """``(backend_id, blocks held)`` for backends holding a prefix of this prompt,
         longest match first, each backend once. Looks at most ``budget`` holder
-        entries in all, plus at most one dict lookup per block up to the deepest one
-        held.
+        entries in all (a node's holders count only where one of them is not seen
+        yet), plus one step per node on the prompt's path in the tree.
 
-        Whoever holds a block holds every block before it, so the blocks held anywhere
-        are a prefix of the prompt: its length is found by binary search; and whoever
-        holds any of it holds its first block: once those are all found, the walk
-        stops (one holder, the usual case: after the first block it looks at)."""
-        holders = self._holders
-        root = holders.get(hashes[0]) if hashes else None
-        if root is None:  # nobody holds any of it
+        Whoever holds any of the prompt holds its first block, so once the holders
+        of the path's first node are all found, the walk stops (one holder, the usual
+        case: after the deepest node it looks at)."""
+        path = self._path(hashes)
+        if not path:  # nobody holds any of it
             return
-        everyone = 1 if isinstance(root, str) else len(root)
-        low = _held_prefix(holders, hashes)  # blocks held somewhere
+        everyone = len(path[0][0].holders)
         seen: set[str] = set()
-        get = holders.get
-        for depth in range(low, 0, -1):
-            if len(seen) == everyone:  # the shallower blocks' holders are all seen
+        for node, depth in reversed(path):
+            if len(seen) == everyone:  # the shallower nodes' holders are all seen
                 return
-            held = get(hashes[depth - 1])
-            if held is None:
-                continue
-            if isinstance(held, str):  # one holder
-                if held not in seen:
-                    if budget <= 0:
-                        return
-                    budget -= 1
-                    seen.add(held)
-                    yield held, depth
+            held = node.holders
+            if len(held) == 1:
+                for backend_id in held:
+                    if backend_id not in seen:
+                        if budget <= 0:
+                            return
+                        budget -= 1
+                        seen.add(backend_id)
+                        yield backend_id, depth
                 continue
             if len(held) <= len(seen) and all(b in seen for b in held):
                 continue
@@ -166,15 +210,10 @@ class PrefixIndex:
     def stamps(self, backend_id: str, hashes: list[int]) -> list[int]:
         """The recency stamps of the first blocks ``backend_id`` holds, in order."""
         held = self._held.get(backend_id)
-        out: list[int] = []
-        if held is not None:
-            get = held.blocks.get
-            for h in hashes:
-                stamp = get(h)
-                if stamp is None:
-                    break
-                out.append(stamp)
-        return out
+        if held is None:
+            return []
+        blocks = held.blocks
+        return list(map(blocks.__getitem__, hashes[: _held_prefix(blocks, hashes)]))
 
     def size(self, backend_id: str) -> int:
         """Blocks held by a backend."""
@@ -189,9 +228,13 @@ class PrefixIndex:
         return sum(len(held.blocks) for held in self._held.values())
 
     def __repr__(self) -> str:
+        nodes = blocks = 0
+        for node in self._nodes():
+            nodes += 1
+            blocks += len(node.blocks)
         return (
             f"<PrefixIndex [{len(self._held)} backends | {len(self)} entries | "
-            f"{len(self._holders)} distinct blocks of {self.block} bytes]>"
+            f"{blocks} distinct blocks of {self.block} bytes in {nodes} nodes]>"
         )
 
     # -------------------------------------------------------------- transitions
@@ -220,19 +263,10 @@ class PrefixIndex:
         stamp = self._stamp
         held.batches.append(_Batch(tuple(hashes), stamp))
         held.pending += len(hashes)
-        holders = self._holders
-        mark, hold = blocks.setdefault, holders.setdefault  # one lookup for a new block
-        for h in hashes:
-            was = mark(h, stamp)
-            if was != stamp:  # held already: renewed
-                blocks[h] = stamp
-                continue
-            owner = hold(h, backend_id)
-            if owner is not backend_id:  # held elsewhere too
-                if isinstance(owner, str):
-                    holders[h] = {owner: None, backend_id: None}
-                else:
-                    owner[backend_id] = None
+        before = len(blocks)
+        blocks.update(dict.fromkeys(hashes, stamp))
+        if len(blocks) != before:  # new blocks: they join the tree
+            self._join(backend_id, hashes)
         if len(blocks) > capacity:
             self._evict(backend_id)
         # after an eviction too: at capacity every add evicts, and a head that every
@@ -270,8 +304,21 @@ class PrefixIndex:
         held = self._held.pop(backend_id, None)
         if held is None:
             return 0
-        for h in held.blocks:
-            self._unhold(backend_id, h)
+        ends = self._ends
+        # every node it is in ends with a block it holds (it holds all of the node)
+        nodes = [ends[h] for h in held.blocks if h in ends and backend_id in ends[h].holders]
+        gone: list[_Node] = []
+        for node in nodes:
+            del node.holders[backend_id]
+            if not node.holders:
+                gone.append(node)
+        for node in gone:  # a node's children are held by some of its holders: none
+            self._remove(node)
+        for node in nodes:
+            if node.holders:
+                self._tidy(node)
+                if node.parent is not None:
+                    self._tidy(node.parent)
         return len(held.blocks)
 
     def forget(self, backend_id: str) -> None:
@@ -301,23 +348,35 @@ class PrefixIndex:
     def _unmark(
         self, backend_id: str, blocks: dict[int, int], hashes: Sequence[int], stamp: int
     ) -> int:
-        """Drop those of ``hashes`` the backend holds with ``stamp`` (its ``blocks``),
-        from both maps, skipping stale entries; return how many. One operation on each
-        map per block: this runs for every add that evicts."""
-        holders = self._holders
-        unmark, unhold = blocks.pop, holders.pop
+        """Drop those of ``hashes`` (a run of one prompt's blocks, in order) the backend
+        holds with ``stamp`` (its ``blocks``), skipping stale entries, and take it out
+        of the tree there; return how many. This runs for every add that evicts.
+
+        Those dropped are a run of the prompt, the deepest the backend held on its
+        path: a prefix of a batch was renewed by a later prompt, a tail withdrawn or
+        evicted, and a block held below one of them would have renewed it."""
+        if not hashes:
+            return 0
+        stamps = list(map(blocks.pop, hashes, repeat(None, len(hashes))))
+        if stamps.count(stamp) == len(stamps):  # all held with it (the usual case)
+            runs = [(hashes[-1], len(hashes))]  # (deepest block, blocks) of each run dropped
+        else:
+            runs, last, length = [], 0, 0
+            for h, was in zip(hashes, stamps, strict=True):
+                if was != stamp:  # stale: renewed since (put back), or gone
+                    if was is not None:
+                        blocks[h] = was
+                    if length:
+                        runs.append((last, length))
+                        length = 0
+                    continue
+                last, length = h, length + 1
+            if length:
+                runs.append((last, length))
         dropped = 0
-        for h in hashes:
-            was = unmark(h, None)
-            if was != stamp:  # stale: renewed since (put back), or gone
-                if was is not None:
-                    blocks[h] = was
-                continue
-            dropped += 1
-            owner = unhold(h)
-            if not isinstance(owner, str):
-                del owner[backend_id]
-                holders[h] = next(iter(owner)) if len(owner) == 1 else owner
+        for deepest, length in reversed(runs):
+            self._leave(backend_id, deepest, length)
+            dropped += length
         return dropped
 
     def _compact(self, held: _Held) -> None:
@@ -332,26 +391,165 @@ class PrefixIndex:
         held.batches = batches
         held.pending = len(blocks)
 
-    def _unhold(self, backend_id: str, h: int) -> None:
-        holders = self._holders
-        owner = holders[h]
-        if isinstance(owner, str):
-            del holders[h]
-        else:
-            del owner[backend_id]
-            if len(owner) == 1:  # back to one holder: its id alone
-                holders[h] = next(iter(owner))
+    # --------------------------------------------------------------- the tree
+    def _path(self, hashes: Sequence[int]) -> list[tuple[_Node, int]]:
+        """The nodes on a prompt's path from the root, each with the depth (blocks of
+        the prompt) matched through it; the last may be matched in part."""
+        path: list[tuple[_Node, int]] = []
+        node, at, n = self._root, 0, len(hashes)
+        while at < n:
+            child = node.children.get(hashes[at])
+            if child is None:
+                break
+            blocks = child.blocks
+            end = min(len(blocks), n - at)
+            if blocks[end - 1] != hashes[at + end - 1]:
+                end = _shared_run(blocks, hashes, at, end)
+            at += end
+            path.append((child, at))
+            if end < len(blocks):
+                break
+            node = child
+        return path
+
+    def _join(self, backend_id: str, hashes: Sequence[int]) -> None:
+        """The backend now holds every block of a prompt: it joins the nodes on the
+        prompt's path it was not in (a node the prompt ends or leaves inside is split
+        there first), and the rest of the prompt hangs below (extending the backend's
+        own leaf when it alone holds the last node and nothing hangs below it)."""
+        root, ends = self._root, self._ends
+        node, at, n = root, 0, len(hashes)
+        joined: list[_Node] = []
+        while at < n:
+            child = node.children.get(hashes[at])
+            if child is None:
+                if (
+                    node is not root
+                    and not node.children
+                    and len(node.holders) == 1
+                    and backend_id in node.holders
+                ):
+                    del ends[node.blocks[-1]]
+                    node.blocks.extend(hashes[at:])
+                    ends[hashes[-1]] = node
+                else:
+                    leaf = _Node(list(hashes[at:]), {backend_id: None}, node)
+                    node.children[hashes[at]] = leaf
+                    ends[hashes[-1]] = leaf
+                break
+            blocks = child.blocks
+            end = min(len(blocks), n - at)
+            if blocks[end - 1] != hashes[at + end - 1]:
+                end = _shared_run(blocks, hashes, at, end)
+            if end < len(blocks):
+                if at + end == n and backend_id in child.holders:
+                    break  # it holds all of the prompt there already
+                child = self._split(child, end)
+            if backend_id not in child.holders:
+                if not joined:
+                    joined.append(node)
+                child.holders[backend_id] = None
+                joined.append(child)
+            node, at = child, at + end
+        for changed in joined:  # top down: a node merged away is skipped
+            self._tidy(changed)
+
+    def _split(self, node: _Node, at: int) -> _Node:
+        """Cut a node after its first ``at`` blocks: they become a new node in its
+        place, with the same holders, and the node (the rest, keeping its children)
+        its only child. Returns the new node."""
+        parent = node.parent
+        assert parent is not None, "the root is never split"
+        head = _Node(node.blocks[:at], dict(node.holders), parent)
+        del node.blocks[:at]
+        head.children[node.blocks[0]] = node
+        parent.children[head.blocks[0]] = head
+        node.parent = head
+        self._ends[head.blocks[-1]] = head
+        return head
+
+    def _tidy(self, node: _Node) -> None:
+        """While ``node`` has one child, held by the same backends in the same order,
+        the child takes in the node's blocks and its place (a run of blocks the same
+        backends hold, in one node again). The root and nodes merged away are left."""
+        while node.parent is not None and len(node.children) == 1:
+            (child,) = node.children.values()
+            holders = child.holders
+            if len(holders) != len(node.holders) or list(holders) != list(node.holders):
+                return
+            parent = node.parent
+            del self._ends[node.blocks[-1]]
+            child.blocks[:0] = node.blocks
+            parent.children[node.blocks[0]] = child
+            child.parent, node.parent = parent, None
+            node = child
+
+    def _leave(self, backend_id: str, deepest: int, length: int) -> None:
+        """The backend no longer holds a run of ``length`` blocks ending at ``deepest``,
+        nor anything below it (the deepest block it held there is the last of its
+        node: it holds all of a node or none of it). It leaves the nodes of the run,
+        from the deepest up (the topmost is split where the run starts in it); a node
+        no one holds any more goes."""
+        node = self._ends.get(deepest)
+        if node is None or backend_id not in node.holders:
+            return  # not in the tree (cannot happen while the two parts agree)
+        while length > 0 and node.parent is not None:
+            size = len(node.blocks)
+            if size > length:  # the run starts inside this node: its head stays held
+                self._split(node, size - length)
+                size = length
+            parent = node.parent
+            del node.holders[backend_id]
+            if not node.holders:
+                self._remove(node)
+            else:
+                self._tidy(node)
+            length -= size
+            node = parent
+        self._tidy(node)
+
+    def _remove(self, node: _Node) -> None:
+        """Take a node no one holds out of the tree (its children are held by some of
+        its holders: none)."""
+        parent = node.parent
+        if parent is not None:
+            del parent.children[node.blocks[0]]
+            node.parent = None
+        if self._ends.get(node.blocks[-1]) is node:
+            del self._ends[node.blocks[-1]]
+
+    def _nodes(self) -> Iterator[_Node]:
+        """Every node of the tree but the root."""
+        stack = list(self._root.children.values())
+        while stack:
+            node = stack.pop()
+            yield node
+            stack.extend(node.children.values())
 
     def check(self) -> None:
-        """Assert the two maps agree and every bound holds (for tests)."""
+        """Assert the tree and the backends' entries agree and every bound holds (for
+        tests)."""
         pairs = {(b, h) for b, held in self._held.items() for h in held.blocks}
-        sets = {
-            h: {owner: None} if isinstance(owner, str) else owner
-            for h, owner in self._holders.items()
-        }
-        assert pairs == {(b, h) for h, owners in sets.items() for b in owners}
-        for owner in self._holders.values():
-            assert isinstance(owner, str) or len(owner) >= 2, "a holder set of one left a set"
+        in_tree: set[tuple[str, int]] = set()
+        distinct: set[int] = set()
+        stack = [self._root]
+        while stack:
+            node = stack.pop()
+            for first, child in node.children.items():
+                assert child.blocks and child.blocks[0] == first, "child keyed by another block"
+                assert child.holders, "a node no one holds left in the tree"
+                assert child.holders.keys() <= node.holders.keys() or node is self._root, (
+                    "a child held by a backend that does not hold its parent"
+                )
+                assert child.parent is node, "a child that names another parent"
+                assert self._ends.get(child.blocks[-1]) is child, "a node not found by its end"
+                stack.append(child)
+            for h in node.blocks:
+                assert h not in distinct, "a block in two nodes"
+                distinct.add(h)
+                in_tree.update((b, h) for b in node.holders)
+        assert pairs == in_tree, "the tree and the backends' entries differ"
+        assert len(self._ends) == sum(1 for _ in self._nodes()), "an end naming no node"
         for b, held in self._held.items():
             assert len(held.blocks) <= self._capacity.get(b, 0), (b, len(held.blocks))
             assert held.pending == sum(batch.left for batch in held.batches), "pending count"
@@ -364,4 +562,3 @@ class PrefixIndex:
             assert dict(live) == held.blocks, "a block held but in no batch, or twice"
             stamps = [stamp for _, stamp in live]
             assert stamps == sorted(stamps), "recency order broken"
-        assert all(self._holders.values()), "empty holder left behind"
