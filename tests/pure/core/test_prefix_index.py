@@ -88,6 +88,31 @@ def test_withdraw_takes_back_the_blocks_an_unsent_prompt_added():
     index.check()
 
 
+def test_withdraw_keeps_a_block_that_something_held_hangs_below():
+    """An unsent request taken back with more than it added (``PrefixPolicy._unsent``
+    hands it an earlier unsent request's blocks): the blocks a sent request between
+    them went beyond stay, so what the backend holds stays closed under prefixes.
+    Dropping them left a held block below a missing one: ``stamps`` then raised, and
+    the tree named the backend as a holder after it had left (issue #10's review)."""
+    index = PrefixIndex(BLOCK)
+    index.set_capacity("a", 100)
+    a, b = _chain(["a", "b"])
+    c, y, z = (_chain(["a", "b", last])[2] for last in "cyz")
+    index.add("a", [a])  # sent
+    unsent = index.add("a", [a, b, z])  # added b, z: never sent
+    index.add("a", [a, b, c])  # sent
+    later = index.add("a", [a, b, y])  # added y, and is handed b: never sent
+    assert unsent is not None and later is not None
+    assert index.withdraw("a", [b, z], unsent) == 1  # z; b was renewed since
+    assert index.withdraw("a", [b, y], later) == 1  # y; the sent request went past b
+    index.check()
+    assert index.stamps("a", [a, b, c]) == [later, later, later - 1]
+    assert list(index.holders([a, b, c])) == [("a", 3)]
+    index.forget("a")
+    assert not list(index.holders([a, b, c])) and len(index) == 0
+    index.check()
+
+
 def test_drop_and_forget():
     index = PrefixIndex(BLOCK)
     index.set_capacity("a", 10)
@@ -189,6 +214,7 @@ class _ReferenceLRU:
         self.capacity: dict[str, int] = {}
         self.stamp = 0
         self.order: dict[int, list[str]] = {}
+        self.parent: dict[int, int | None] = {}  # block -> the block before it
 
     def set_capacity(self, backend: str, blocks: int) -> None:
         self.capacity[backend] = max(0, blocks)
@@ -200,6 +226,7 @@ class _ReferenceLRU:
             return
         lru = self.lru.setdefault(backend, OrderedDict())
         self.stamp += 1
+        self.parent.update(zip(hashes, [None, *hashes[:-1]], strict=True))
         for h in reversed(hashes[:capacity]):
             if h not in lru:
                 self.order.setdefault(h, []).append(backend)
@@ -208,8 +235,20 @@ class _ReferenceLRU:
         self._evict(backend)
 
     def withdraw(self, backend: str, hashes: list[int], stamp: int) -> int:
+        """Drop, from the deepest block of ``hashes`` it holds up, those with the stamp,
+        until one that something else it holds hangs below."""
         lru = self.lru.get(backend, OrderedDict())
-        gone = [h for h in dict.fromkeys(hashes) if lru.get(h) == stamp]
+        held = []
+        for h in hashes:
+            if h not in lru:
+                break
+            held.append(h)
+        gone: list[int] = []
+        for h in reversed(held):
+            below = [k for k in lru if self.parent[k] == h and k not in gone]
+            if lru[h] != stamp or below:
+                break
+            gone.append(h)
         for h in gone:
             self._lose(backend, lru, h)
         return len(gone)
@@ -246,7 +285,9 @@ class _ReferenceLRU:
     steps=st.lists(
         st.tuples(
             st.sampled_from("abc"),
-            st.sampled_from(["add", "add", "add", "older", "drop", "bound", "withdraw"]),
+            st.sampled_from(
+                ["add", "add", "add", "older", "drop", "bound", "withdraw", "withdraw-more"]
+            ),
             st.lists(st.integers(0, 2), max_size=10),  # a prompt as a path of choices
             st.integers(0, 12),
         ),
@@ -257,6 +298,10 @@ class _ReferenceLRU:
 # a block joined by "a" then "b", the block after it by "b" then "a": one set of
 # holders, in two orders, so in two nodes
 @example(steps=[("a", "add", [0], 0), ("b", "add", [0, 0], 0), ("a", "add", [0, 0], 0)])
+# taken back with the blocks it renewed, one of which a request before it went beyond
+@example(
+    steps=[("a", "add", [0, 1, 2], 0), ("a", "add", [0, 1, 0], 0), ("a", "withdraw-more", [], 0)]
+)
 def test_evicts_and_forgets_as_a_plain_lru_would(steps):
     """Whatever the adds (prompts sharing prefixes and renewed again and again, so that
     stale entries pile up), bounds and corrections, the index holds exactly what one
@@ -265,7 +310,7 @@ def test_evicts_and_forgets_as_a_plain_lru_would(steps):
     block's holders in the order they came to hold it (the map of every block the
     index kept before its tree)."""
     index, reference = PrefixIndex(BLOCK), _ReferenceLRU()
-    last: dict[str, tuple[list[int], int]] = {}  # backend -> its last add's new tail, stamp
+    last: dict[str, tuple[list[int], int, int]] = {}  # backend -> its last add, held, stamp
     for backend in "abc":
         index.set_capacity(backend, 8)
         reference.set_capacity(backend, 8)
@@ -276,9 +321,13 @@ def test_evicts_and_forgets_as_a_plain_lru_would(steps):
             stamp = index.add(backend, hashes)
             reference.add(backend, hashes)
             if stamp is not None:
-                last[backend] = hashes[held:], stamp
-        elif step == "withdraw" and backend in last:  # the last add was never sent
-            tail, stamp = last.pop(backend)
+                last[backend] = hashes, held, stamp
+        elif step in ("withdraw", "withdraw-more") and backend in last:
+            # the last add was never sent: its new tail, or (as PrefixPolicy._unsent
+            # takes back a request that counted an unsent earlier one's blocks as its
+            # own) more of its prompt, which requests since may have renewed
+            added, held, stamp = last.pop(backend)
+            tail = added[held if step == "withdraw" else min(held, number) :]
             assert index.withdraw(backend, tail, stamp) == reference.withdraw(backend, tail, stamp)
         elif step == "older":
             stamp = reference.stamp - number

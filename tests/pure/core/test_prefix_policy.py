@@ -1060,3 +1060,25 @@ def test_cache_prompt_false_is_routed_by_load_and_its_miss_is_no_eviction():
     assert scheduler.submit(later, 0.0) == Dispatch("a")
     assert later.note.predicted_blocks == len(later.prompt) // BLOCK
     policy.check()
+
+
+def test_requests_never_sent_leave_what_a_sent_request_between_them_renewed():
+    # P and Q never reach the server; L, sent between them, went past a block both
+    # renewed. Taking Q back with P's blocks (it had counted them as held) must not
+    # take that block: the server holds L's prompt, and the index must stay closed
+    # under prefixes (dropping it made the next dispatch's stamps raise: issue #10's
+    # review)
+    fleet, policy, scheduler = host_cached(("a", 4))
+    a, b, c, y, z = (bytes([ord(ch)]) * BLOCK for ch in "abcyz")
+    answered_on_a(fleet, scheduler, a, 0, 256)
+    p, sent, q = request(a + b + z), request(a + b + c), request(a + b + y)
+    for info in (p, sent, q):
+        assert scheduler.submit(info, 0.0) == Dispatch("a")
+    finish(fleet, "a", sent, 512, 256)
+    fleet.release("a", 1.0, p, sent=False)
+    fleet.release("a", 1.0, q, sent=False)
+    policy.check()
+    after = request(a + b + c + b"the next turn")
+    assert scheduler.submit(after, 0.0) == Dispatch("a")
+    assert after.note.predicted_blocks == 3
+    policy.check()

@@ -65,7 +65,6 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Container, Iterator, Sequence
-from itertools import repeat
 
 
 def _held_prefix(held: Container[int], hashes: Sequence[int]) -> int:
@@ -156,6 +155,8 @@ class PrefixIndex:
         self.block = block
         self._root = _Node([], {}, None)
         self._ends: dict[int, _Node] = {}  # a node's last block -> the node
+        self._nodes_n = 0  # nodes in the tree, the root aside
+        self._distinct = 0  # blocks in the tree
         self._held: dict[str, _Held] = {}
         self._capacity: dict[str, int] = {}
         self._stamp = 0
@@ -210,10 +211,15 @@ class PrefixIndex:
     def stamps(self, backend_id: str, hashes: list[int]) -> list[int]:
         """The recency stamps of the first blocks ``backend_id`` holds, in order."""
         held = self._held.get(backend_id)
-        if held is None:
-            return []
-        blocks = held.blocks
-        return list(map(blocks.__getitem__, hashes[: _held_prefix(blocks, hashes)]))
+        out: list[int] = []
+        if held is not None:
+            get = held.blocks.get
+            for h in hashes:
+                stamp = get(h)
+                if stamp is None:
+                    break
+                out.append(stamp)
+        return out
 
     def size(self, backend_id: str) -> int:
         """Blocks held by a backend."""
@@ -228,13 +234,10 @@ class PrefixIndex:
         return sum(len(held.blocks) for held in self._held.values())
 
     def __repr__(self) -> str:
-        nodes = blocks = 0
-        for node in self._nodes():
-            nodes += 1
-            blocks += len(node.blocks)
         return (
             f"<PrefixIndex [{len(self._held)} backends | {len(self)} entries | "
-            f"{blocks} distinct blocks of {self.block} bytes in {nodes} nodes]>"
+            f"{self._distinct} distinct blocks of {self.block} bytes "
+            f"in {self._nodes_n} nodes]>"
         )
 
     # -------------------------------------------------------------- transitions
@@ -279,12 +282,31 @@ class PrefixIndex:
         """The prompt an :meth:`add` with ``stamp`` announced was never sent: drop those
         of ``hashes`` (the blocks that add put there: the prompt's tail past what the
         backend held before) that it still holds with that stamp (none a later add
-        renewed); return how many. What is left of each prompt is still a prefix of it:
-        a tail goes, deepest blocks with it."""
+        renewed), from the deepest it holds up; return how many. What is left of each
+        prompt is still a prefix of it: a tail goes, deepest blocks with it.
+
+        A block something else it holds hangs below stays, stamp or not: a later
+        request sent it (an unsent request that counted an earlier unsent one's blocks
+        as its own, ``PrefixPolicy._unsent``, may name blocks a request between them
+        renewed and went beyond), and dropping it would leave what the backend holds
+        no longer closed under prefixes."""
         held = self._held.get(backend_id)
         if held is None:
             return 0
-        return self._unmark(backend_id, held.blocks, hashes, stamp)
+        blocks = held.blocks
+        n = 0  # the blocks of ``hashes`` it holds: a run from the first
+        while n < len(hashes) and hashes[n] in blocks:
+            n += 1
+        length = 0  # of those, the deepest with the stamp
+        while length < n and blocks[hashes[n - 1 - length]] == stamp:
+            length += 1
+        length = self._bare(backend_id, hashes[n - 1], length) if length else 0
+        if not length:
+            return 0
+        for h in hashes[n - length : n]:
+            del blocks[h]
+        self._leave(backend_id, hashes[n - 1], length)
+        return length
 
     def forget_older(self, backend_id: str, stamp: int) -> int:
         """Drop the backend's entries not renewed since ``stamp``; return how many."""
@@ -333,17 +355,23 @@ class PrefixIndex:
         if held is None:
             return
         blocks, batches = held.blocks, held.batches
+        get = blocks.get
         excess = len(blocks) - self._capacity.get(backend_id, 0)
         while excess > 0:
             batch = batches[0]
-            left = batch.left
+            hashes, stamp, left = batch.hashes, batch.stamp, batch.left
             low = max(0, left - excess)  # at most ``excess`` live entries there
+            stale = sum(1 for h in hashes[low:left] if get(h) != stamp)
+            while stale and low:  # a stale entry counted: one live entry more, further up
+                low -= 1
+                if get(hashes[low]) == stamp:
+                    stale -= 1
             held.pending -= left - low
             if low:
                 batch.left = low
             else:
                 batches.popleft()
-            excess -= self._unmark(backend_id, blocks, batch.hashes[low:left], batch.stamp)
+            excess -= self._unmark(backend_id, blocks, hashes[low:left], stamp)
 
     def _unmark(
         self, backend_id: str, blocks: dict[int, int], hashes: Sequence[int], stamp: int
@@ -355,21 +383,23 @@ class PrefixIndex:
         Those dropped are a run of the prompt, the deepest the backend held on its
         path: a prefix of a batch was renewed by a later prompt, a tail withdrawn or
         evicted, and a block held below one of them would have renewed it."""
-        if not hashes:
+        stamps = list(map(blocks.get, hashes))
+        live = stamps.count(stamp)
+        if not live:  # all stale: renewed since, or gone (eviction passing old batches)
             return 0
-        stamps = list(map(blocks.pop, hashes, repeat(None, len(hashes))))
-        if stamps.count(stamp) == len(stamps):  # all held with it (the usual case)
-            runs = [(hashes[-1], len(hashes))]  # (deepest block, blocks) of each run dropped
+        if live == len(stamps):  # all held with it (the usual case)
+            for h in hashes:
+                del blocks[h]
+            runs = [(hashes[-1], live)]  # (deepest block, blocks) of each run dropped
         else:
             runs, last, length = [], 0, 0
             for h, was in zip(hashes, stamps, strict=True):
-                if was != stamp:  # stale: renewed since (put back), or gone
-                    if was is not None:
-                        blocks[h] = was
+                if was != stamp:  # stale
                     if length:
                         runs.append((last, length))
                         length = 0
                     continue
+                del blocks[h]
                 last, length = h, length + 1
             if length:
                 runs.append((last, length))
@@ -432,10 +462,13 @@ class PrefixIndex:
                     del ends[node.blocks[-1]]
                     node.blocks.extend(hashes[at:])
                     ends[hashes[-1]] = node
+                    self._distinct += n - at
                 else:
                     leaf = _Node(list(hashes[at:]), {backend_id: None}, node)
                     node.children[hashes[at]] = leaf
                     ends[hashes[-1]] = leaf
+                    self._nodes_n += 1
+                    self._distinct += n - at
                 break
             blocks = child.blocks
             end = min(len(blocks), n - at)
@@ -466,6 +499,7 @@ class PrefixIndex:
         parent.children[head.blocks[0]] = head
         node.parent = head
         self._ends[head.blocks[-1]] = head
+        self._nodes_n += 1
         return head
 
     def _tidy(self, node: _Node) -> None:
@@ -482,6 +516,7 @@ class PrefixIndex:
             child.blocks[:0] = node.blocks
             parent.children[node.blocks[0]] = child
             child.parent, node.parent = parent, None
+            self._nodes_n -= 1
             node = child
 
     def _leave(self, backend_id: str, deepest: int, length: int) -> None:
@@ -508,6 +543,22 @@ class PrefixIndex:
             node = parent
         self._tidy(node)
 
+    def _bare(self, backend_id: str, deepest: int, length: int) -> int:
+        """How many of the ``length`` blocks ending at ``deepest`` (held by the backend)
+        it could drop, from the deepest up, and still hold a set closed under prefixes:
+        up to the first with something else it holds below it."""
+        node = self._ends.get(deepest)
+        if node is None or backend_id not in node.holders:
+            return 0  # it holds the block after ``deepest``, in the same node
+        bare, below = 0, None
+        while bare < length and node.parent is not None:
+            for child in node.children.values():
+                if child is not below and backend_id in child.holders:
+                    return min(bare, length)
+            bare += len(node.blocks)
+            below, node = node, node.parent
+        return min(bare, length)
+
     def _remove(self, node: _Node) -> None:
         """Take a node no one holds out of the tree (its children are held by some of
         its holders: none)."""
@@ -517,6 +568,8 @@ class PrefixIndex:
             node.parent = None
         if self._ends.get(node.blocks[-1]) is node:
             del self._ends[node.blocks[-1]]
+            self._nodes_n -= 1
+            self._distinct -= len(node.blocks)
 
     def _nodes(self) -> Iterator[_Node]:
         """Every node of the tree but the root."""
@@ -549,7 +602,9 @@ class PrefixIndex:
                 distinct.add(h)
                 in_tree.update((b, h) for b in node.holders)
         assert pairs == in_tree, "the tree and the backends' entries differ"
-        assert len(self._ends) == sum(1 for _ in self._nodes()), "an end naming no node"
+        nodes = list(self._nodes())
+        assert len(self._ends) == len(nodes) == self._nodes_n, "an end naming no node"
+        assert self._distinct == len(distinct), "distinct blocks miscounted"
         for b, held in self._held.items():
             assert len(held.blocks) <= self._capacity.get(b, 0), (b, len(held.blocks))
             assert held.pending == sum(batch.left for batch in held.batches), "pending count"
