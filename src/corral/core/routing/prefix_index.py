@@ -361,29 +361,39 @@ class PrefixIndex:
             batch = batches[0]
             hashes, stamp, left = batch.hashes, batch.stamp, batch.left
             low = max(0, left - excess)  # at most ``excess`` live entries there
-            stale = sum(1 for h in hashes[low:left] if get(h) != stamp)
-            while stale and low:  # a stale entry counted: one live entry more, further up
-                low -= 1
-                if get(hashes[low]) == stamp:
-                    stale -= 1
+            stamps = list(map(get, hashes[low:left]))
+            stale = len(stamps) - stamps.count(stamp)
+            if stale and low:  # each stale entry: one live entry more, further up
+                while stale and low:
+                    low -= 1
+                    if get(hashes[low]) == stamp:
+                        stale -= 1
+                stamps = list(map(get, hashes[low:left]))
             held.pending -= left - low
             if low:
                 batch.left = low
             else:
                 batches.popleft()
-            excess -= self._unmark(backend_id, blocks, hashes[low:left], stamp)
+            excess -= self._unmark(backend_id, blocks, hashes[low:left], stamp, stamps)
 
     def _unmark(
-        self, backend_id: str, blocks: dict[int, int], hashes: Sequence[int], stamp: int
+        self,
+        backend_id: str,
+        blocks: dict[int, int],
+        hashes: Sequence[int],
+        stamp: int,
+        stamps: list[int | None] | None = None,
     ) -> int:
         """Drop those of ``hashes`` (a run of one prompt's blocks, in order) the backend
-        holds with ``stamp`` (its ``blocks``), skipping stale entries, and take it out
-        of the tree there; return how many. This runs for every add that evicts.
+        holds with ``stamp`` (its ``blocks``; ``stamps``: their stamps there, when the
+        caller has read them), skipping stale entries, and take it out of the tree
+        there; return how many. This runs for every add that evicts.
 
         Those dropped are a run of the prompt, the deepest the backend held on its
         path: a prefix of a batch was renewed by a later prompt, a tail withdrawn or
         evicted, and a block held below one of them would have renewed it."""
-        stamps = list(map(blocks.get, hashes))
+        if stamps is None:
+            stamps = list(map(blocks.get, hashes))
         live = stamps.count(stamp)
         if not live:  # all stale: renewed since, or gone (eviction passing old batches)
             return 0
