@@ -357,7 +357,7 @@ class PrefixIndex:
         blocks, batches = held.blocks, held.batches
         get = blocks.get
         excess = len(blocks) - self._capacity.get(backend_id, 0)
-        while excess > 0:
+        while excess > 0:  # each pass drops a batch or shortens it: every live block is in one
             batch = batches[0]
             hashes, stamp, left = batch.hashes, batch.stamp, batch.left
             low = max(0, left - excess)  # at most ``excess`` live entries there
