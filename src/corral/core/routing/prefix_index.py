@@ -114,10 +114,13 @@ class _Node:
         return f"<_Node {len(self.blocks)} blocks held by {list(self.holders)}>"
 
 
-def _shared_run(blocks: list[int], hashes: Sequence[int], at: int, end: int) -> int:
-    """How many of ``blocks`` (at most ``end``, the first known equal) equal
-    ``hashes[at:]``: chained hashes are equal at ``k`` only if equal before it, so a
-    binary search."""
+def _matched(blocks: list[int], hashes: Sequence[int], at: int) -> int:
+    """How many leading ``blocks`` of a node (its first known equal) equal
+    ``hashes[at:]``: chained hashes are equal at ``k`` only if equal before it, so one
+    comparison when the node matches whole, else a binary search."""
+    end = min(len(blocks), len(hashes) - at)
+    if blocks[end - 1] == hashes[at + end - 1]:
+        return end
     low, high = 1, end  # blocks [0, low) equal; [high, ...) not
     while low < high:
         mid = (low + high) // 2
@@ -436,18 +439,15 @@ class PrefixIndex:
         """The nodes on a prompt's path from the root, each with the depth (blocks of
         the prompt) matched through it; the last may be matched in part."""
         path: list[tuple[_Node, int]] = []
-        node, at, n = self._root, 0, len(hashes)
-        while at < n:
+        node, at = self._root, 0
+        while at < len(hashes):
             child = node.children.get(hashes[at])
             if child is None:
                 break
-            blocks = child.blocks
-            end = min(len(blocks), n - at)
-            if blocks[end - 1] != hashes[at + end - 1]:
-                end = _shared_run(blocks, hashes, at, end)
+            end = _matched(child.blocks, hashes, at)
             at += end
             path.append((child, at))
-            if end < len(blocks):
+            if end < len(child.blocks):
                 break
             node = child
         return path
@@ -471,20 +471,16 @@ class PrefixIndex:
                 ):
                     del ends[node.blocks[-1]]
                     node.blocks.extend(hashes[at:])
-                    ends[hashes[-1]] = node
-                    self._distinct += n - at
+                    leaf = node
                 else:
                     leaf = _Node(list(hashes[at:]), {backend_id: None}, node)
                     node.children[hashes[at]] = leaf
-                    ends[hashes[-1]] = leaf
                     self._nodes_n += 1
-                    self._distinct += n - at
+                ends[hashes[-1]] = leaf
+                self._distinct += n - at
                 break
-            blocks = child.blocks
-            end = min(len(blocks), n - at)
-            if blocks[end - 1] != hashes[at + end - 1]:
-                end = _shared_run(blocks, hashes, at, end)
-            if end < len(blocks):
+            end = _matched(child.blocks, hashes, at)
+            if end < len(child.blocks):
                 if at + end == n and backend_id in child.holders:
                     break  # it holds all of the prompt there already
                 child = self._split(child, end)
