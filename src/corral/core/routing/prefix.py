@@ -383,11 +383,24 @@ class PrefixPolicy:
         # the filters veto nothing when the request names no API family and there are
         # no rules (a request with an adapter was routed as slot routing above)
         vets = request.api is not None or bool(self.rules)
-        weigh, accepts = self._weigh, self._accepts
+        weigh, accepts, rate_of, host = self._weigh, self._accepts, self.rates.rate, self._host
+        # the backends some slot of which starts as the prompt does (no other slot holds
+        # any of it: chained hashes), read once for all candidates
+        starts = self._starts.get(hashes[0]) if hashes else None
         for backend in itertools.islice(with_free_slot(fleet, pools), self.breadth):
-            if not vets or accepts(backend, request):
-                seen.add(backend.id)
+            if vets and not accepts(backend, request):
+                continue
+            backend_id = backend.id
+            seen.add(backend_id)
+            if backend_id in host or (starts is not None and backend_id in starts):
                 weigh(backend, hashes, tokens, None, scored, busy)
+                continue
+            # most candidates: nothing there holds any of the prompt, so a free slot
+            # reads all of it (what _weigh and _score find, inlined: per candidate)
+            free = backend.free
+            if free > 0:
+                ttft = estimated_ttft(backend, tokens, rate_of(backend_id) or 1.0, 0.0, free)
+                scored.append(Scored(backend, ttft, 0, 0, backend.slots_total - free))
         added = 0
         for backend_id, blocks in self.index.holders(hashes):
             if added >= self.breadth:
