@@ -234,9 +234,9 @@ class _ReferenceLRU:
             lru.move_to_end(h)
         self._evict(backend)
 
-    def withdraw(self, backend: str, hashes: list[int], stamp: int) -> int:
-        """Drop, from the deepest block of ``hashes`` it holds up, those with the stamp,
-        until one that something else it holds hangs below."""
+    def withdraw(self, backend: str, hashes: list[int], stamp: int, also: tuple[int, ...]) -> int:
+        """Drop, from the deepest block of ``hashes`` it holds up, those with the stamp
+        (or one of ``also``), until one that something else it holds hangs below."""
         lru = self.lru.get(backend, OrderedDict())
         held = []
         for h in hashes:
@@ -246,7 +246,7 @@ class _ReferenceLRU:
         gone: list[int] = []
         for h in reversed(held):
             below = [k for k in lru if self.parent[k] == h and k not in gone]
-            if lru[h] != stamp or below:
+            if (lru[h] != stamp and lru[h] not in also) or below:
                 break
             gone.append(h)
         for h in gone:
@@ -310,7 +310,8 @@ def test_evicts_and_forgets_as_a_plain_lru_would(steps):
     block's holders in the order they came to hold it (the map of every block the
     index kept before its tree)."""
     index, reference = PrefixIndex(BLOCK), _ReferenceLRU()
-    last: dict[str, tuple[list[int], int, int]] = {}  # backend -> its last add, held, stamp
+    adds: dict[str, list[tuple[list[int], int, int]]] = {}  # backend -> its adds, held, stamp
+    taken: dict[str, list[int]] = {}  # backend -> the stamps of its adds taken back
     for backend in "abc":
         index.set_capacity(backend, 8)
         reference.set_capacity(backend, 8)
@@ -321,14 +322,21 @@ def test_evicts_and_forgets_as_a_plain_lru_would(steps):
             stamp = index.add(backend, hashes)
             reference.add(backend, hashes)
             if stamp is not None:
-                last[backend] = hashes, held, stamp
-        elif step in ("withdraw", "withdraw-more") and backend in last:
-            # the last add was never sent: its new tail, or (as PrefixPolicy._unsent
-            # takes back a request that counted an unsent earlier one's blocks as its
-            # own) more of its prompt, which requests since may have renewed
-            added, held, stamp = last.pop(backend)
-            tail = added[held if step == "withdraw" else min(held, number) :]
-            assert index.withdraw(backend, tail, stamp) == reference.withdraw(backend, tail, stamp)
+                adds.setdefault(backend, []).append((hashes, held, stamp))
+        elif step in ("withdraw", "withdraw-more") and backend in adds:
+            # the latest add not taken back was never sent: its new tail, or (as
+            # PrefixPolicy._unsent takes back a request that counted an unsent earlier
+            # one's blocks as its own, with the stamps of later ones taken back that
+            # renewed them) more of its prompt, which requests since may have renewed
+            added, held, stamp = adds[backend].pop()
+            tail, also = added[held:], ()
+            if step == "withdraw-more":  # with the later adds taken back before it
+                tail, also = added[min(held, number) :], tuple(taken.get(backend, ()))
+            gone = reference.withdraw(backend, tail, stamp, also)
+            assert index.withdraw(backend, tail, stamp, also) == gone
+            taken.setdefault(backend, []).append(stamp)
+            if not adds[backend]:
+                del adds[backend]
         elif step == "older":
             stamp = reference.stamp - number
             assert index.forget_older(backend, stamp) == reference.forget_older(backend, stamp)

@@ -1,6 +1,8 @@
 """Prefix routing: weighs predicted cache against load, learns from timings, never
 oversubscribes, waits a bounded time for the holder of a long prefix."""
 
+import itertools
+
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -1038,6 +1040,54 @@ def test_two_requests_with_one_new_prefix_never_sent_leave_none_of_it():
     assert third.note.predicted_blocks == 0
     finish(fleet, "a", third, 0, 1260)
     assert wholly_known_on_a(policy, other)
+    policy.check()
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(range(3))))
+def test_a_burst_with_one_new_prefix_never_sent_leaves_none_of_it_in_any_order(order):
+    # as above, with three taken back in every order: taken back latest first, a later
+    # one had renewed the earlier's blocks with its own stamp, so the earlier's
+    # withdrawal found none with its own (they stayed, and the next request was
+    # predicted to find the whole system prompt there)
+    fleet, policy, scheduler = host_cached(("a", 4))
+    other = another_on_a(fleet, scheduler)
+    system = b"a new system prompt. " * 200
+    burst = [request(system + f"question {i}?".encode()) for i in range(3)]
+    for info in burst:
+        assert scheduler.submit(info, 0.0) == Dispatch("a")
+    for i in order:
+        fleet.release("a", 1.0, burst[i], sent=False)
+        policy.check()
+    assert policy.index.match("a", burst[0].prompt.hashes(BLOCK)) == 0
+    after = request(system + b"question 3?")
+    assert scheduler.submit(after, 0.0) == Dispatch("a")
+    assert after.note.predicted_blocks == 0
+    finish(fleet, "a", after, 0, 1260)
+    assert wholly_known_on_a(policy, other)
+    policy.check()
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(range(3))))
+def test_what_a_request_sent_brought_stays_whatever_the_others_in_any_order(order):
+    # three requests with one new system prompt, the second sent, the others never:
+    # the server holds the second's prompt, whichever ends first (taken back, a later
+    # one's withdrawal covered the blocks the sent one had renewed too)
+    fleet, policy, scheduler = host_cached(("a", 4))
+    system = b"a new system prompt. " * 200
+    burst = [request(system + f"question {i}?".encode()) for i in range(3)]
+    for info in burst:
+        assert scheduler.submit(info, 0.0) == Dispatch("a")
+    for i in order:
+        if i == 1:
+            finish(fleet, "a", burst[i], 0, 1260)
+        else:
+            fleet.release("a", 1.0, burst[i], sent=False)
+        policy.check()
+    hashes = burst[1].prompt.hashes(BLOCK)
+    assert policy.index.match("a", hashes) == len(hashes) > 0
+    after = request(system + b"question 3?")
+    assert scheduler.submit(after, 0.0) == Dispatch("a")
+    assert after.note.predicted_blocks == len(hashes)
     policy.check()
 
 

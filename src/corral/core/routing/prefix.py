@@ -170,6 +170,9 @@ class _Running:
     before: tuple[list[int], int, bool]  # the slot's hashes, used and known before
     stamp: int | None  # the index's stamp for the blocks the dispatch added
     added: int  # hashes[added:] were new to the server's entries (the rest renewed)
+    # stamps of later dispatches taken back that had renewed some of hashes[added:]:
+    # those blocks bear them now, and go with this one's if it is never sent either
+    also: list[int] = field(default_factory=list)
 
 
 def wait_bound(elsewhere: float, there: float, cap: float) -> float:
@@ -817,6 +820,8 @@ class PrefixPolicy:
             running.slot.busy = False  # it keeps the prompt
             if running.slot.running is running:
                 running.slot.running = None
+            if event.backend.reserved:  # others still running there
+                self._vouch(running)
         if request.prompt is not None and request.adapter is None:
             self._freed[backend_id] = request.prompt.hashes(self.index.block)
         if timings is None:
@@ -870,12 +875,18 @@ class PrefixPolicy:
         unsent one's blocks, and its answer's shortfall read as an eviction, which
         forgets older conversations.
 
-        A later dispatch to the same server, still running, that counted this one's
-        blocks as held (a burst of requests with one new system prompt, whose clients
-        left together) now counts them as its own, so it withdraws them if it is never
-        sent either. Taken back in the other order (the later one first), what the
-        later one renewed of this one's blocks stays (the stamp says the later one
-        put it there): the index may then predict blocks no sent request brought."""
+        Other dispatches to the same server still running share the blocks (a burst
+        of requests with one new system prompt, whose clients left together):
+
+        - a later one that counted this one's blocks as held now counts them as its
+          own (with the stamps they bear), so it withdraws them if it is never sent
+          either;
+        - an earlier one whose blocks this one renewed (taken back latest first) now
+          takes back, with its own, the blocks that bear this one's stamp: they stayed,
+          and the index predicted blocks no sent request brought (issue #10);
+        - this one leaves what another shares: the last of them taken back takes it.
+
+        What a request that was sent shares with them stays: see :meth:`_vouch`."""
         slot, backend_id = running.slot, running.backend_id
         slot.busy = False
         if slot.running is running:
@@ -888,18 +899,35 @@ class PrefixPolicy:
             _count_first(starts, backend_id, slot.hashes, +1)
         if running.stamp is None:
             return
-        added = running.added
+        added, stamps = running.added, (running.stamp, *running.also)
+        kept = added  # this one's blocks before ``kept`` stay: another running has them
         for other in slots:  # a plain loop: slots are few, and this is rare
-            later = other.running
-            if (
-                later is not None
-                and later.stamp is not None
-                and later.stamp > running.stamp
-                and later.added > added
-                and shared_blocks(later.hashes, running.hashes) > added
-            ):
-                later.added = added
-        self.index.withdraw(backend_id, running.hashes[added:], running.stamp)
+            pending = other.running
+            if pending is None or pending.stamp is None:
+                continue
+            shared = shared_blocks(pending.hashes, running.hashes)
+            kept = max(kept, shared)
+            if pending.stamp > running.stamp:
+                if pending.added > added and shared > added:
+                    pending.added = added
+                    pending.also.extend(stamps)
+            elif shared > pending.added:
+                pending.also.extend(stamps)
+        self.index.withdraw(backend_id, running.hashes[kept:], running.stamp, running.also)
+
+    def _vouch(self, sent: _Running) -> None:
+        """A request reached its server (it answered): the server holds its prompt,
+        whatever becomes of the other requests still running there. Those that share
+        blocks with it no longer take them back if they are never sent
+        (:meth:`_unsent`): without this, one that renewed them, or took them over from
+        a request taken back, dropped them from the index though the server held them.
+        Cost: a loop over the server's slots, run only while others run there."""
+        for other in self._slots_of.get(sent.backend_id, ()):  # a plain loop: slots are few
+            pending = other.running
+            if pending is not None and pending is not sent and pending.stamp is not None:
+                shared = shared_blocks(pending.hashes, sent.hashes)
+                if shared > pending.added:
+                    pending.added = shared
 
     def _capacity_blocks(self, backend: Backend) -> int:
         """What the backend's caches hold, in blocks: as learned from its answers

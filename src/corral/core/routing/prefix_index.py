@@ -281,12 +281,16 @@ class PrefixIndex:
             self._compact(held)
         return stamp
 
-    def withdraw(self, backend_id: str, hashes: Sequence[int], stamp: int) -> int:
+    def withdraw(
+        self, backend_id: str, hashes: Sequence[int], stamp: int, also: Sequence[int] = ()
+    ) -> int:
         """The prompt an :meth:`add` with ``stamp`` announced was never sent: drop those
         of ``hashes`` (the blocks that add put there: the prompt's tail past what the
         backend held before) that it still holds with that stamp (none a later add
         renewed), from the deepest it holds up; return how many. What is left of each
-        prompt is still a prefix of it: a tail goes, deepest blocks with it.
+        prompt is still a prefix of it: a tail goes, deepest blocks with it. ``also``:
+        stamps of later adds, also never sent, that renewed some of those blocks: a
+        block with one of them goes too.
 
         A block something else it holds hangs below stays, stamp or not: a later
         request sent it (an unsent request that counted an earlier unsent one's blocks
@@ -300,8 +304,9 @@ class PrefixIndex:
         n = 0  # the blocks of ``hashes`` it holds: a run from the first
         while n < len(hashes) and hashes[n] in blocks:
             n += 1
-        length = 0  # of those, the deepest with the stamp
-        while length < n and blocks[hashes[n - 1 - length]] == stamp:
+        stamps = (stamp, *also)
+        length = 0  # of those, the deepest with one of the stamps
+        while length < n and blocks[hashes[n - 1 - length]] in stamps:
             length += 1
         length = self._bare(backend_id, hashes[n - 1], length) if length else 0
         if not length:
