@@ -1091,6 +1091,54 @@ def test_what_a_request_sent_brought_stays_whatever_the_others_in_any_order(orde
     policy.check()
 
 
+def test_blocks_brought_back_after_an_eviction_by_requests_never_sent_go():
+    # p counted the system prompt as held; then an eviction let it go, and r brought it
+    # back. Taken back first, r left it to p, which took back only its own tail: the
+    # index held blocks no request sent since the eviction brought, and the next
+    # request's miss there read as an eviction that forgot another conversation (a
+    # review's reproducer)
+    fleet, policy, scheduler = host_cached(("a", 4))
+    system = b"system prompt A B. " * 108  # 2 blocks
+    answered_on_a(fleet, scheduler, system, 0, 500)
+    p = request(system + b"question P?" * 100)
+    assert scheduler.submit(p, 0.0) == Dispatch("a")  # still running
+    other = answered_on_a(fleet, scheduler, b"another conversation F. " * 90, 0, 540)
+    evicted = request(other.prompt.text + b"more")
+    assert scheduler.submit(evicted, 0.0) == Dispatch("a")
+    finish(fleet, "a", evicted, 0, 541)  # it reused none: everything older goes
+    assert policy.index.match("a", p.prompt.hashes(BLOCK)) == 0
+    r = request(system + b"question R?" * 100)
+    assert scheduler.submit(r, 0.0) == Dispatch("a")
+    fleet.release("a", 1.0, r, sent=False)
+    fleet.release("a", 1.0, p, sent=False)
+    policy.check()
+    assert policy.index.match("a", p.prompt.hashes(BLOCK)) == 0
+    after = request(system + b"question T?" * 100)
+    assert scheduler.submit(after, 0.0) == Dispatch("a")
+    assert after.note.predicted_blocks == 0
+    finish(fleet, "a", after, 0, 800)
+    assert wholly_known_on_a(policy, evicted)
+    policy.check()
+
+
+def test_a_chain_of_turns_never_sent_taken_back_latest_first_passes_each_stamp_once():
+    # turns of one conversation each sent before the last one's answer came, all
+    # taken back latest first: each passes what it inherited to the one before, and a
+    # list of them doubled at each step (2**20 stamps for 21 slots)
+    slots = 21
+    fleet, policy, scheduler = host_cached(("a", slots))
+    text, turns = b"", []
+    for i in range(slots):
+        text += f"turn {i}. ".encode() * 140  # a block or more each
+        turns.append(request(text))
+        assert scheduler.submit(turns[-1], 0.0) == Dispatch("a")
+    for info in reversed(turns):
+        assert all(len(run.also) < slots for run in policy._in.values())
+        fleet.release("a", 1.0, info, sent=False)
+    assert policy.index.size("a") == 0
+    policy.check()
+
+
 def test_cache_prompt_false_is_routed_by_load_and_its_miss_is_no_eviction():
     # "cache_prompt": false: llama-server reuses nothing for it (cache_n 0) and then
     # holds it. No server is predicted to hold it, and its 0 forgets nothing

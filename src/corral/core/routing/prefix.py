@@ -170,9 +170,10 @@ class _Running:
     before: tuple[list[int], int, bool]  # the slot's hashes, used and known before
     stamp: int | None  # the index's stamp for the blocks the dispatch added
     added: int  # hashes[added:] were new to the server's entries (the rest renewed)
-    # stamps of later dispatches taken back that had renewed some of hashes[added:]:
-    # those blocks bear them now, and go with this one's if it is never sent either
-    also: list[int] = field(default_factory=list)
+    # stamps of other dispatches taken back that had renewed or brought some of
+    # hashes[added:]: those blocks bear them now, and go with this one's if it is never
+    # sent either (a set: a chain of them taken back latest first passes each on once)
+    also: set[int] = field(default_factory=set)
 
 
 def wait_bound(elsewhere: float, there: float, cap: float) -> float:
@@ -878,13 +879,13 @@ class PrefixPolicy:
         Other dispatches to the same server still running share the blocks (a burst
         of requests with one new system prompt, whose clients left together):
 
-        - a later one that counted this one's blocks as held now counts them as its
-          own (with the stamps they bear), so it withdraws them if it is never sent
-          either;
-        - an earlier one whose blocks this one renewed (taken back latest first) now
-          takes back, with its own, the blocks that bear this one's stamp: they stayed,
-          and the index predicted blocks no sent request brought (issue #10);
-        - this one leaves what another shares: the last of them taken back takes it.
+        - one that shares blocks this one brought (a later one counted them as held;
+          an earlier one had them before the index let them go and this one brought
+          them back) now counts them as its own, so it withdraws them if it is never
+          sent either, and this one leaves them;
+        - one whose own blocks this one renewed (an earlier one, taken back latest
+          first) takes back, with them, the blocks that bear this one's stamp: they
+          stayed, and the index predicted blocks no sent request brought (issue #10).
 
         What a request that was sent shares with them stays: see :meth:`_vouch`."""
         slot, backend_id = running.slot, running.backend_id
@@ -899,20 +900,18 @@ class PrefixPolicy:
             _count_first(starts, backend_id, slot.hashes, +1)
         if running.stamp is None:
             return
-        added, stamps = running.added, (running.stamp, *running.also)
+        added, stamps = running.added, {running.stamp, *running.also}
         kept = added  # this one's blocks before ``kept`` stay: another running has them
         for other in slots:  # a plain loop: slots are few, and this is rare
             pending = other.running
             if pending is None or pending.stamp is None:
                 continue
             shared = shared_blocks(pending.hashes, running.hashes)
-            kept = max(kept, shared)
-            if pending.stamp > running.stamp:
-                if pending.added > added and shared > added:
-                    pending.added = added
-                    pending.also.extend(stamps)
-            elif shared > pending.added:
-                pending.also.extend(stamps)
+            if shared > added:  # it shares blocks this one brought: they are its own now
+                kept = max(kept, shared)
+                pending.added = min(pending.added, added)
+            if shared > pending.added:  # some of its own bear this one's stamps
+                pending.also |= stamps
         self.index.withdraw(backend_id, running.hashes[kept:], running.stamp, running.also)
 
     def _vouch(self, sent: _Running) -> None:

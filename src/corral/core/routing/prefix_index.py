@@ -64,7 +64,7 @@ measures it all with every backend's cache full).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Container, Iterator, Sequence
+from collections.abc import Collection, Container, Iterator, Sequence
 
 
 def _held_prefix(held: Container[int], hashes: Sequence[int]) -> int:
@@ -282,7 +282,7 @@ class PrefixIndex:
         return stamp
 
     def withdraw(
-        self, backend_id: str, hashes: Sequence[int], stamp: int, also: Sequence[int] = ()
+        self, backend_id: str, hashes: Sequence[int], stamp: int, also: Collection[int] = ()
     ) -> int:
         """The prompt an :meth:`add` with ``stamp`` announced was never sent: drop those
         of ``hashes`` (the blocks that add put there: the prompt's tail past what the
@@ -304,7 +304,7 @@ class PrefixIndex:
         n = 0  # the blocks of ``hashes`` it holds: a run from the first
         while n < len(hashes) and hashes[n] in blocks:
             n += 1
-        stamps = (stamp, *also)
+        stamps = {stamp, *also}
         length = 0  # of those, the deepest with one of the stamps
         while length < n and blocks[hashes[n - 1 - length]] in stamps:
             length += 1
