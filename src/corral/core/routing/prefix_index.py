@@ -289,8 +289,8 @@ class PrefixIndex:
         backend held before) that it still holds with that stamp (none a later add
         renewed), from the deepest it holds up; return how many. What is left of each
         prompt is still a prefix of it: a tail goes, deepest blocks with it. ``also``:
-        stamps of later adds, also never sent, that renewed some of those blocks: a
-        block with one of them goes too.
+        stamps of other adds, also never sent, that renewed or brought some of those
+        blocks: a block with one of them goes too.
 
         A block something else it holds hangs below stays, stamp or not: a later
         request sent it (an unsent request that counted an earlier unsent one's blocks
