@@ -1023,43 +1023,33 @@ def test_a_later_turn_never_sent_is_no_eviction_when_it_is_sent_again():
     policy.check()
 
 
-def test_two_requests_with_one_new_prefix_never_sent_leave_none_of_it():
-    # a burst of requests sharing a new system prompt, whose clients left together: the
-    # second counted the first's blocks as held; both taken back, none of it is left,
-    # so a third is predicted nothing there and its miss forgets no other conversation
-    fleet, policy, scheduler = host_cached(("a", 4))
-    other = another_on_a(fleet, scheduler)
-    system = b"a new system prompt. " * 200
-    burst = [request(system + f"question {i}?".encode()) for i in range(2)]
+SYSTEM = b"a new system prompt. " * 200  # 4 blocks: the questions after it fill none
+
+
+def burst_on_a(scheduler: Scheduler, n: int) -> list[RequestInfo]:
+    """``n`` requests sharing one new system prompt, each given a slot of ``a``."""
+    burst = [request(SYSTEM + f"question {i}?".encode()) for i in range(n)]
     for info in burst:
         assert scheduler.submit(info, 0.0) == Dispatch("a")
-    for info in burst:  # in the order they were given slots
-        fleet.release("a", 1.0, info, sent=False)
-    third = request(system + b"question 2?")
-    assert scheduler.submit(third, 0.0) == Dispatch("a")
-    assert third.note.predicted_blocks == 0
-    finish(fleet, "a", third, 0, 1260)
-    assert wholly_known_on_a(policy, other)
-    policy.check()
+    return burst
 
 
 @pytest.mark.parametrize("order", list(itertools.permutations(range(3))))
 def test_a_burst_with_one_new_prefix_never_sent_leaves_none_of_it_in_any_order(order):
-    # as above, with three taken back in every order: taken back latest first, a later
-    # one had renewed the earlier's blocks with its own stamp, so the earlier's
-    # withdrawal found none with its own (they stayed, and the next request was
-    # predicted to find the whole system prompt there)
+    # a burst of requests sharing a new system prompt, whose clients left together:
+    # the later ones counted the first's blocks as held. Taken back, in any order,
+    # none of it is left, so the next is predicted nothing there and its miss forgets
+    # no other conversation. Taken back latest first, a later one had renewed the
+    # earlier's blocks with its own stamp, and the earlier one's withdrawal found none
+    # with its own: they stayed
     fleet, policy, scheduler = host_cached(("a", 4))
     other = another_on_a(fleet, scheduler)
-    system = b"a new system prompt. " * 200
-    burst = [request(system + f"question {i}?".encode()) for i in range(3)]
-    for info in burst:
-        assert scheduler.submit(info, 0.0) == Dispatch("a")
+    burst = burst_on_a(scheduler, 3)
     for i in order:
         fleet.release("a", 1.0, burst[i], sent=False)
         policy.check()
     assert policy.index.match("a", burst[0].prompt.hashes(BLOCK)) == 0
-    after = request(system + b"question 3?")
+    after = request(SYSTEM + b"question 3?")
     assert scheduler.submit(after, 0.0) == Dispatch("a")
     assert after.note.predicted_blocks == 0
     finish(fleet, "a", after, 0, 1260)
@@ -1073,10 +1063,7 @@ def test_what_a_request_sent_brought_stays_whatever_the_others_in_any_order(orde
     # the server holds the second's prompt, whichever ends first (taken back, a later
     # one's withdrawal covered the blocks the sent one had renewed too)
     fleet, policy, scheduler = host_cached(("a", 4))
-    system = b"a new system prompt. " * 200
-    burst = [request(system + f"question {i}?".encode()) for i in range(3)]
-    for info in burst:
-        assert scheduler.submit(info, 0.0) == Dispatch("a")
+    burst = burst_on_a(scheduler, 3)
     for i in order:
         if i == 1:
             finish(fleet, "a", burst[i], 0, 1260)
@@ -1085,7 +1072,7 @@ def test_what_a_request_sent_brought_stays_whatever_the_others_in_any_order(orde
         policy.check()
     hashes = burst[1].prompt.hashes(BLOCK)
     assert policy.index.match("a", hashes) == len(hashes) > 0
-    after = request(system + b"question 3?")
+    after = request(SYSTEM + b"question 3?")
     assert scheduler.submit(after, 0.0) == Dispatch("a")
     assert after.note.predicted_blocks == len(hashes)
     policy.check()
