@@ -85,6 +85,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 from corral.core.events import Dispatched, Finished, FleetEvent, Reset
@@ -172,8 +173,9 @@ class _Running:
     added: int  # hashes[added:] were new to the server's entries (the rest renewed)
     # stamps of other dispatches taken back that had renewed or brought some of
     # hashes[added:]: those blocks bear them now, and go with this one's if it is never
-    # sent either (a set: a chain of them taken back latest first passes each on once)
-    also: set[int] = field(default_factory=set)
+    # sent either (a set: a chain of them taken back latest first passes each on once;
+    # empty and shared until one is passed on: no set made per dispatch)
+    also: AbstractSet[int] = frozenset()
 
 
 def wait_bound(elsewhere: float, there: float, cap: float) -> float:
@@ -911,7 +913,7 @@ class PrefixPolicy:
                 kept = max(kept, shared)
                 pending.added = min(pending.added, added)
             if shared > pending.added:  # some of its own bear this one's stamps
-                pending.also |= stamps
+                pending.also = pending.also | stamps
         self.index.withdraw(backend_id, running.hashes[kept:], running.stamp, running.also)
 
     def _vouch(self, sent: _Running) -> None:

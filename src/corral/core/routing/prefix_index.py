@@ -301,9 +301,7 @@ class PrefixIndex:
         if held is None:
             return 0
         blocks = held.blocks
-        n = 0  # the blocks of ``hashes`` it holds: a run from the first
-        while n < len(hashes) and hashes[n] in blocks:
-            n += 1
+        n = _held_prefix(blocks, hashes)  # the blocks of ``hashes`` it holds: a run from the first
         stamps = {stamp, *also}
         length = 0  # of those, the deepest with one of the stamps
         while length < n and blocks[hashes[n - 1 - length]] in stamps:
