@@ -312,13 +312,16 @@ def section_main(
     run: Callable[..., Coroutine[Any, Any, Section]],
     argv: Sequence[str] | None = None,
     contenders: Sequence[str] | None = None,
+    parents: Sequence[argparse.ArgumentParser] = (),
 ) -> int:
     """``python -m comparison.<name> [--quick] [--out DIR]``: run one section
     alone and print its Markdown (charts and ``<name>.json``, its data, go to
-    ``--out``)."""
+    ``--out``). ``parents``: parsers (made with ``add_help=False``) of the section's
+    own options, which it has already read: ``--help`` lists them too."""
     p = argparse.ArgumentParser(
         prog=f"python -m comparison.{name}",
         description=doc.split("\n\n")[0] if doc else None,
+        parents=list(parents),
     )
     p.add_argument("--quick", action="store_true", help="tiny scale, a few seconds per run")
     p.add_argument("--out", type=Path, default=Path("bench-out"), help="where charts go")

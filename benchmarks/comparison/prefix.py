@@ -867,6 +867,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         functools.partial(run, parts=parts, speedup=args.speedup),
         rest,
         contenders=CONTENDERS,
+        parents=[p],
     )
 
 

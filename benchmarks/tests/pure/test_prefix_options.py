@@ -26,3 +26,14 @@ def test_bad_real_part_options_exit_with_a_message(
         prefix.main(["--part", "real", *argv])
     assert exit_.value.code == 2
     assert words in capsys.readouterr().err
+
+
+def test_help_lists_the_real_parts_options_beside_the_sections(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        prefix.main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    for option in ("--fleet", "--real-loads", "--turn-words", "--part", "--repeat", "--quick"):
+        assert option in out
