@@ -18,8 +18,10 @@ CHAT = "/v1/chat/completions"
 BLOCK = 1024
 
 
-def setup(*backends: tuple[str, int], clock: ManualClock | None = None):
-    fleet = ready_fleet(*backends)
+def setup(*backends: tuple[str, int], clock: ManualClock | None = None, **report: int):
+    """A fleet of these backends with prefix routing; ``report``: more fields of their
+    reports (``cache_ram_mib=0``: supervised servers without a host cache)."""
+    fleet = ready_fleet(*backends, **report)
     policy = PrefixPolicy(clock=clock.now if clock else None)
     scheduler = Scheduler(fleet, policy, Buffer(100, 30.0))
     return fleet, policy, scheduler
@@ -34,6 +36,19 @@ def finish(fleet: Fleet, backend: str, info: RequestInfo, cache_n: int, prompt_n
 
 
 HISTORY = b"the conversation so far. " * 200  # 5,000 bytes: 4 blocks
+
+
+def shown_without_host_cache(fleet: Fleet, scheduler: Scheduler, backend: str) -> None:
+    """Answers of ``backend`` (its agent reports no cache size) that show it keeps no
+    host cache: twice (``HOST_DOUBTS``), a prompt its slots no longer held, which a
+    host cache would have kept, reused nothing. Pinned requests, one more prompt than
+    it has slots, then the first two again."""
+    slots = fleet.get(backend).slots_total
+    texts = [f"filler number {i}. ".encode() * 300 for i in range(slots + 1)]
+    for text in [*texts, texts[0] + b"!", texts[1] + b"!"]:
+        info = RequestInfo(CHAT, "m", backend, prompt=Prompt(text))
+        assert scheduler.submit(info, 0.0) == Dispatch(backend)
+        finish(fleet, backend, info, 0, len(text) // 4)
 
 
 def test_without_measured_rates_it_routes_like_slots_and_still_learns():
@@ -62,35 +77,61 @@ def test_a_server_whose_host_cache_is_not_reported_is_taken_to_have_the_default_
     # llama-server keeps evicted prompts in host memory (--cache-ram, 8 GiB by default);
     # an attached server's agent cannot see how much, so its slots alone (here 4,096
     # tokens, 16 blocks) must not bound what the index remembers: it would forget a
-    # conversation the server still holds, and send its next turn anywhere
-    # (once its answers show one: it reused more than its idle slots held)
+    # conversation the server still holds, and send its next turn anywhere. Taken to
+    # have none until an answer showed one, four real servers of one slot sent 3-4
+    # early later turns per run elsewhere to read their whole history (issue #10).
     fleet, policy, scheduler = setup(("a", 1), ("b", 1))
     assert all(b.cache_ram_mib is None for b in fleet)
     first = request(HISTORY)
     assert scheduler.submit(first, 0.0) == Dispatch("a")
     finish(fleet, "a", first, 0, 1250)
-    assert policy.index.capacity("a") <= 4096 * 4 // BLOCK  # nothing seen yet
+    assert policy.index.capacity("a") > 4096 * 4 // BLOCK  # from the first dispatch
     other = RequestInfo(CHAT, "m", "a", prompt=Prompt(b"someone else entirely. " * 200))
     assert scheduler.submit(other, 0.0) == Dispatch("a")  # pinned: a's one slot moves on
     finish(fleet, "a", other, 0, 1150)
-    back = RequestInfo(CHAT, "m", "a", prompt=Prompt(HISTORY + b"back to it"))  # pinned
-    assert scheduler.submit(back, 0.0) == Dispatch("a")
-    finish(fleet, "a", back, 1240, 10)  # yet it reused the history: a host cache
-    for i in range(8):  # 8 other conversations of 5,000 bytes, over both servers
-        other = request(f"conversation {i}. ".encode() * 300)
-        sent = scheduler.submit(other, 0.0)
-        assert isinstance(sent, Dispatch)
-        finish(fleet, sent.backend_id, other, 0, 1250)
-    later = request(HISTORY + b"and the next question?")
-    assert scheduler.submit(later, 0.0) == Dispatch("a")
-    assert later.note.reason == "prefix"
+    last = request(HISTORY + b"later")
+    assert policy.affinity("a", last) > 1000  # in its host cache, as llama-server's own
+    assert scheduler.submit(last, 0.0) == Dispatch("a") and last.note.predicted_cached > 1000
+    assert last.note.reason == "prefix"
+
+
+def test_answers_showing_no_host_cache_leave_unreported_servers_their_slots_alone():
+    # a server started with --cache-ram 0, or a build without host caches: a prompt its
+    # slot no longer holds reuses nothing. One such answer is what a host cache that
+    # evicted the prompt gives too; HOST_DOUBTS of them, and none showing a host cache
+    fleet, policy, scheduler = setup(("a", 1), ("b", 1))
+    x, y = b"conversation x. " * 300, b"conversation y. " * 300
+    for text, cache_n in ((x, 0), (y, 0), (x + b"?", 0)):  # x's slot moved on: reused none
+        answered = RequestInfo(CHAT, "m", "a", prompt=Prompt(text))
+        assert scheduler.submit(answered, 0.0) == Dispatch("a")
+        finish(fleet, "a", answered, cache_n, 1200)
+    assert policy.affinity("a", request(y + b"more")) > 1000  # one doubt: still assumed
     assert policy.index.capacity("a") > 4096 * 4 // BLOCK
+    shown_without_host_cache(fleet, scheduler, "b")  # two more: none keeps one
+    assert policy.affinity("a", request(y + b"more")) == 0  # a's slot holds x
+    assert policy.affinity("a", request(x + b"??")) > 1000
+    probe = RequestInfo(CHAT, "m", "a", prompt=Prompt(b"a probe. " * 100))
+    assert scheduler.submit(probe, 0.0) == Dispatch("a")
+    assert policy.index.capacity("a") <= 4096 * 4 // BLOCK  # its slot's context alone
+
+
+def test_once_a_host_cache_is_shown_answers_that_reuse_nothing_are_evictions():
+    fleet, policy, scheduler = setup(("a", 1))
+    x, y = b"conversation x. " * 300, b"conversation y. " * 300
+    for text, cache_n in ((x, 0), (y, 0), (x + b"?", 1190)):  # x from its host cache
+        answered = RequestInfo(CHAT, "m", "a", prompt=Prompt(text))
+        assert scheduler.submit(answered, 0.0) == Dispatch("a")
+        finish(fleet, "a", answered, cache_n, 1200)
+    shown_without_host_cache(fleet, scheduler, "a")  # evictions now, not doubts
+    # the last of them holds its slot; the one before is in the host cache, as shown
+    assert policy.affinity("a", request(b"filler number 0. " * 300 + b"!more")) > 1000
+    policy.check()
 
 
 def test_without_a_host_cache_a_prompt_held_by_a_busy_slot_counts_for_nothing():
     # llama-server without --cache-ram: a slot keeps only its own last prompt, and a
     # request gets an idle slot. "a" holds HISTORY in the slot its later turn is busy on.
-    fleet, policy, scheduler = setup(("a", 2), ("b", 2))
+    fleet, policy, scheduler = setup(("a", 2), ("b", 2), cache_ram_mib=0)
     first = request(HISTORY)
     assert scheduler.submit(first, 0.0) == Dispatch("a")
     finish(fleet, "a", first, 0, 1250)
@@ -107,6 +148,7 @@ def test_without_a_host_cache_a_prompt_held_by_a_busy_slot_counts_for_nothing():
 
 def test_a_server_that_reuses_more_than_its_idle_slots_hold_has_a_host_cache():
     fleet, policy, scheduler = setup(("a", 1))
+    shown_without_host_cache(fleet, scheduler, "a")
     first = request(HISTORY)
     assert scheduler.submit(first, 0.0) == Dispatch("a")
     finish(fleet, "a", first, 0, 1250)
@@ -129,6 +171,7 @@ def test_once_one_unreported_server_shows_a_host_cache_the_others_are_taken_to_h
     # attached servers (no cache size reported) of one slot: "b" keeps a conversation
     # in its host cache, but would show it only if a later turn happened to land there
     fleet, policy, scheduler = setup(("a", 1), ("b", 1), ("c", 1))
+    shown_without_host_cache(fleet, scheduler, "c")
     other = b"someone else entirely. " * 200
 
     def send(backend: str, info: RequestInfo, cache_n: int, prompt_n: int) -> None:
@@ -166,6 +209,7 @@ def test_what_a_slot_holds_counts_whole_though_the_index_let_its_tail_go():
     fleet.report("a", Report(Condition.READY, model="m", slots_total=1, props=props), now=0)
     policy = PrefixPolicy()
     scheduler = Scheduler(fleet, policy, Buffer(100, 30.0))
+    shown_without_host_cache(fleet, scheduler, "a")
     first = request(HISTORY)
     assert scheduler.submit(first, 0.0) == Dispatch("a")
     finish(fleet, "a", first, 0, 1250)
@@ -470,7 +514,7 @@ def test_waits_for_the_busy_slot_of_a_server_with_other_slots_free():
     # without a host cache, a server whose only copy of the prompt is in a busy slot is
     # a busy holder, though its other slot is free (that slot would read it all again)
     clock = ManualClock()
-    fleet, _policy, scheduler = setup(("a", 2), ("b", 2), clock=clock)
+    fleet, _policy, scheduler = setup(("a", 2), ("b", 2), clock=clock, cache_ram_mib=0)
     first = request(HISTORY * 4)
     assert scheduler.submit(first, 0.0) == Dispatch("a")
     fleet.release("a", 0.5, first, Timings(5000, 0, 5000.0))  # 1,000 tokens/s, 0.5 s runs
@@ -487,7 +531,7 @@ def test_waits_for_the_busy_slot_of_a_server_with_other_slots_free():
 
 def test_does_not_wait_for_a_server_whose_slots_all_moved_on():
     clock = ManualClock()
-    fleet, _policy, scheduler = setup(("a", 2), ("b", 2), clock=clock)
+    fleet, _policy, scheduler = setup(("a", 2), ("b", 2), clock=clock, cache_ram_mib=0)
     first = request(HISTORY * 4)
     assert scheduler.submit(first, 0.0) == Dispatch("a")
     fleet.release("a", 0.5, first, Timings(5000, 0, 5000.0))  # 1,000 tokens/s, 0.5 s runs
@@ -575,7 +619,7 @@ TestPrefixFleet.settings = settings(max_examples=60, stateful_step_count=40, dea
 def test_an_end_without_an_answer_frees_the_slot_and_teaches_no_run_time():
     # a client that left before its answer (the dispatcher releases its slot with the
     # request and no timings): the slot is idle again, and 0.5 s is no run time
-    fleet, policy, scheduler = setup(("a", 1))
+    fleet, policy, scheduler = setup(("a", 1), cache_ram_mib=0)
     first = request(HISTORY)
     assert scheduler.submit(first, 0.0) == Dispatch("a")
     assert policy.affinity("a", request(HISTORY + b"x")) == 0  # its slot is busy
@@ -588,6 +632,7 @@ def test_a_restart_does_not_make_a_host_cache_of_what_the_slots_held_before():
     # after a restart (or a read that timed out) the policy no longer knows what the
     # slots hold; an answer reusing a slot's old prompt is no sign of a host cache
     fleet, policy, scheduler = setup(("a", 2))
+    shown_without_host_cache(fleet, scheduler, "a")
     first = request(HISTORY)
     assert scheduler.submit(first, 0.0) == Dispatch("a")
     finish(fleet, "a", first, 0, 1250)
@@ -610,7 +655,7 @@ def test_a_miss_on_a_prompt_the_index_forgot_but_a_slot_holds_does_not_crash():
     p_text = b"the first group's long document. " * 250  # 8 blocks
     q_text = b"another group, another document! " * 250
     fleet.register("b", name="b", address="http://b", api_key=None, now=0)
-    fleet.report("b", Report(Condition.READY, model="m", slots_total=2), now=0)
+    fleet.report("b", Report(Condition.READY, model="m", slots_total=2, cache_ram_mib=0), now=0)
     sched = Scheduler(fleet, PrefixPolicy(), Buffer(100, 30.0))
 
     def send(text, now):
@@ -922,7 +967,7 @@ def test_without_a_host_cache_the_wait_is_for_the_slot_holding_the_prompt():
     # just taken (12 s to go), and another request, sent 10 s ago, is about to end; the
     # request needs the first, and "b" reads it in 5 s (10 s with its one slot)
     clock = ManualClock()
-    fleet = ready_fleet(("a", 3), ("b", 1))
+    fleet = ready_fleet(("a", 3), ("b", 1), cache_ram_mib=0)
     policy = PrefixPolicy(clock=clock.now)
     scheduler = Scheduler(fleet, policy, Buffer(100, 30.0))
     first = request(HISTORY * 4)

@@ -42,12 +42,15 @@ only its own last prompt, and a request gets an idle slot: a prompt held by a bu
 slot is no use to it. The policy keeps what each slot last read (llama-server's choice
 of slot: the idle one sharing more than ``SIMILARITY`` of the prompt, else the least
 recently used) and counts only what idle slots hold. With a host cache
-(``--cache-ram``, reported by the agent, or seen when an answer reuses more than the
-idle slots held) any prompt the index says the server holds counts. Once one server
-whose agent does not report its cache (an attached one) has shown a host cache, every
-such server is taken to have one: servers of a fleet are started alike, and one that
-waits to show its cache by itself only shows it when a later turn happens to land
-where its conversation was (one time in four on four servers of one slot: issue #10).
+(``--cache-ram``, as the agent reports it) any prompt the index says the server holds
+counts. Servers whose agents cannot report it (attached ones) are judged together, as
+servers of a fleet are started alike: each is taken to have llama-server's default host
+cache from its first request, until :data:`HOST_DOUBTS` answers of theirs show none
+(they reused no more than their idle slots held where the index predicted more), and
+for good once one shows one (it reused more than its idle slots held). Waiting for an
+answer to show one cost a run on four real servers of one slot 3-4 early later turns
+sent elsewhere to read their whole history: a server shows its cache only when a
+later turn lands where its conversation was after its slot moved on (issue #10).
 
 Without a prompt (embeddings, multipart, pinned requests), for a prompt sent with
 ``cache_prompt: false`` (the server reuses nothing for it, wherever it goes), or
@@ -116,8 +119,8 @@ bytes). Smaller models take less, so this errs towards predicting too little."""
 DEFAULT_CACHE_MIB = 8192
 """llama-server's own ``--cache-ram`` (the pinned build's default, MiB). It stands for
 ``--cache-ram -1`` (no limit) and for a host cache whose size is not reported (an
-attached server: its agent cannot see the flag) once the server's answers show it has
-one (it reused more than its idle slots held). Taking an unknown cache to be the
+attached server: its agent cannot see the flag), from its first request until answers
+show it has none (:data:`HOST_DOUBTS`). Taking an unknown cache to be the
 default errs towards predicting too much, which answers correct
 (:meth:`PrefixIndex.forget_older` drops what a server no longer held, and the first
 eviction sets the server's bound: see the module docstring). Predicting too little
@@ -141,6 +144,14 @@ RESIDUAL = 0.2
 still run (:meth:`PrefixPolicy._expected_wait`): one that has run past the mean is
 not about to end (run times have long tails: an answer of 128 tokens runs four times
 one of 32)."""
+HOST_DOUBTS = 2
+"""Answers of servers whose agents report no cache size that must show no host cache
+(they reused no more than their idle slots held, where a host cache would have kept
+more) before none of them is taken to have one (:meth:`PrefixPolicy._judge_host`). One
+whose host cache evicted the prompt answers the same, so one such answer is not
+enough; a fleet without host caches shows it within its first later turns that find
+their slot taken (``--cache-ram 0``, or a build before host caches:
+``benchmarks/prefix_replay.py --fleet 2,2,0``)."""
 SIMILARITY = 0.1
 """llama-server's ``--slot-prompt-similarity`` default: an idle slot whose prompt shares
 more than this share of a new one gets it, else the least recently used idle slot."""
@@ -360,6 +371,7 @@ class PrefixPolicy:
         self._host: set[str] = set()  # backends with a host cache (reported, or seen)
         self._unreported: set[str] = set()  # backends whose agents report no cache size
         self._host_seen = False  # an unreported one has shown a host cache
+        self._doubts = 0  # answers of unreported ones that showed none (see HOST_DOUBTS)
         self._bound: dict[str, int] = {}  # backend -> blocks its caches hold, as learned
         self._uses = 0
         self._placed: dict[str, int] = {}  # backend -> when it last got a new prefix (a counter)
@@ -748,7 +760,7 @@ class PrefixPolicy:
                 self._bound.pop(backend.id, None)
         else:
             self._unreported.add(backend.id)
-            if self._host_seen:  # as the others (see the module docstring)
+            if self._host_assumed:  # as the others (see the module docstring)
                 self._host.add(backend.id)
         self.index.set_capacity(backend.id, self._capacity_blocks(backend))
         stamp = self.index.add(backend.id, hashes)
@@ -838,13 +850,11 @@ class PrefixPolicy:
         real = timings.cache_n * len(prompt) // (timings.prompt_tokens * self.index.block)
         if (
             running is not None
-            and backend_id not in self._host
+            and not self._host_seen
             and event.backend.cache_ram_mib is None
             and running.idle is not None
-            and real > running.idle + 1  # more than any idle slot held: a host cache
         ):
-            self._host_seen = True  # and so do the others (see the module docstring)
-            self._host |= self._unreported
+            self._judge_host(running.idle, real, note)
         # one block of slack for the chat template; ``prior`` may be shorter than the
         # prediction (slots hold what the index let go): then nothing older to forget
         if real + _SLACK < note.predicted_blocks and real < len(note.prior):
@@ -868,6 +878,33 @@ class PrefixPolicy:
             if bound is not None:
                 grown = bound + max(real - len(note.prior), bound // 8)
                 self._bound[backend_id] = min(grown, self._largest_blocks(event.backend))
+
+    @property
+    def _host_assumed(self) -> bool:
+        """Whether servers whose agents report no cache size are taken to have a host
+        cache: once one has shown one, and until :data:`HOST_DOUBTS` answers have
+        shown none (llama-server keeps one by default)."""
+        return self._host_seen or self._doubts < HOST_DOUBTS
+
+    def _judge_host(self, idle: int, real: int, note: RouteNote) -> None:
+        """What an answer of a server whose agent reports no cache size shows of its
+        host cache, before any has shown one: one, when it reused more than any idle
+        slot held (``idle`` blocks), and then every such server is taken to have one
+        for good; none, when it reused no more than they held though the index, taking
+        the server to keep its prompts, predicted more (not a copy in a busy slot).
+        A host cache that evicted the prompt answers so too, so it takes
+        :data:`HOST_DOUBTS` such answers, and none showing one, to stop assuming it."""
+        if real > idle + 1:  # more than any idle slot held: a host cache
+            self._host_seen = True  # and so do the others (see the module docstring)
+            self._host |= self._unreported
+        elif (
+            self._host_assumed and note.predicted_blocks > idle + _SLACK and note.in_flight <= idle
+        ):
+            self._doubts += 1
+            if not self._host_assumed:  # none of them keeps one: slots alone, as shown
+                self._host -= self._unreported
+                for backend_id in self._unreported:
+                    self._bound.pop(backend_id, None)
 
     def _unsent(self, running: _Running) -> None:
         """A dispatched request never reached its server: take the dispatch back. Its
