@@ -1,11 +1,13 @@
 """What prefix routing costs the balancer per request, and the index's memory.
 
     .venv/bin/python benchmarks/prefix_cost.py [--backends 1000] [--prompt-kib 32]
+        [--host-cache MIB]
 
-A fleet of ``--backends`` backends (4 slots, 4,096 tokens each, no host cache) with
-prefix routing, each backend's predicted cache filled to its bound by earlier
-conversations. Then, for ``--requests`` requests, each a 32 KiB chat prompt (half of
-them a later turn of a conversation already in the index, half new), it times in one
+A fleet of ``--backends`` backends (4 slots, 4,096 tokens each; their agents report no
+host cache, or ``--host-cache`` MiB of one) with prefix routing, each backend's
+predicted cache filled to its bound by earlier conversations. Then, for ``--requests``
+requests, each a 32 KiB chat prompt (half of them a later turn of a conversation
+already in the index, half new), it times in one
 process:
 
 - ``hash``: cutting the prompt's canonical text into chained block hashes (once per
@@ -59,17 +61,30 @@ from corral.core import Buffer, Condition, Fleet, ManualClock, Report, Scheduler
 from corral.core.events import Timings
 from corral.core.routing import PrefixPolicy, Prompt, RequestInfo
 from corral.core.routing.decision import Dispatch
+from corral.core.routing.prefix import KV_BYTES_PER_TOKEN
 
 CHAT = "/v1/chat/completions"
 
 
-def _fleet(backends: int) -> Fleet:
+SLOTS, CTX = 4, 4096
+"""Each backend's slots and context per slot, tokens."""
+
+
+def _fleet(backends: int, host_cache_mib: int) -> Fleet:
+    """``backends`` ready backends whose agents report a host prompt cache of
+    ``host_cache_mib`` (0: none, as a supervised server started with ``--cache-ram 0``;
+    an attached server's agent reports no size, and the policy then takes it to keep
+    llama-server's default until its answers show none)."""
     fleet = Fleet()
-    props = {"default_generation_settings": {"n_ctx": 4096}}
+    props = {"default_generation_settings": {"n_ctx": CTX}}
     for i in range(backends):
         name = f"b{i}"
+        report = Report(
+            Condition.READY, model="m", slots_total=SLOTS, props=props,
+            cache_ram_mib=host_cache_mib,
+        )  # fmt: skip
         fleet.register(name, name=name, address=f"http://{name}", api_key=None, now=0)
-        fleet.report(name, Report(Condition.READY, model="m", slots_total=4, props=props), now=0)
+        fleet.report(name, report, now=0)
     return fleet
 
 
@@ -154,11 +169,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=5000)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--block", type=int, default=None, help="index block, bytes")
+    p.add_argument(
+        "--host-cache",
+        type=int,
+        default=0,
+        metavar="MIB",
+        help="host prompt cache each agent reports, MiB (default 0: none; the index "
+        f"turns it into tokens at {KV_BYTES_PER_TOKEN // 1024} KiB a token)",
+    )
     args = p.parse_args(argv)
+    if args.host_cache < 0:
+        p.error(f"--host-cache must be 0 or more MiB, got {args.host_cache}")
     rng = random.Random(args.seed)
     size = args.prompt_kib * 1024
     clock = ManualClock()
-    fleet = _fleet(args.backends)
+    fleet = _fleet(args.backends, args.host_cache)
     policy = PrefixPolicy(clock=clock.now, **({"block": args.block} if args.block else {}))
     timer = PolicyTimer(policy)  # before the scheduler subscribes its observe
     scheduler = Scheduler(fleet, policy, Buffer(100, 30.0))
@@ -172,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # fill every backend's predicted cache to its bound (teaches the rates too); the
     # texts are made first so that the memory measured is what routing keeps
-    fill = args.backends * 4 * 4096 * 4 // size + args.backends
+    host_tokens = args.host_cache * 1024 * 1024 // KV_BYTES_PER_TOKEN
+    fill = args.backends * (SLOTS * CTX + host_tokens) * 4 // size + args.backends
     texts = [_text(rng, size) for _ in range(fill)]
     conversations = [text[: size // 2] for text in texts]
     gc.collect()
@@ -248,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"prefix routing cost: {args.backends} backends, {args.prompt_kib} KiB prompts, "
         f"{policy.index.block}-byte blocks, "
-        f"{args.requests} requests (python {sys.version.split()[0]})"
+        + (f"a {args.host_cache} MiB host cache each, " if args.host_cache else "")
+        + f"{args.requests} requests (python {sys.version.split()[0]})"
     )
     for name in wall:
         print(

@@ -59,3 +59,22 @@ def test_the_control_does_the_same_work_each_time_and_is_sized() -> None:
     assert control() == control() and len(control.keys) == 10
     assert len(control.sized(5.0).keys) >= 1
     assert len(control.sized(1e9).keys) == len(control.table)  # never more than it has
+
+
+def test_with_a_host_cache_the_fill_reaches_the_larger_bound(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # 20 backends: 4 x 4,096 tokens of slots (64 blocks of 1 KiB at 4 bytes a token),
+    # and 256 MiB of host cache at 128 KiB a token, 2,048 tokens more (8 blocks)
+    argv = ["--backends", "20", "--requests", "50", "--prompt-kib", "8"]
+    assert prefix_cost.main([*argv, "--host-cache", "256"]) == 0
+    out = capsys.readouterr().out
+    assert "a 256 MiB host cache each" in out
+    assert "index: 1,440 entries over 20 backends" in out
+
+
+def test_a_negative_host_cache_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        prefix_cost.main(["--host-cache", "-1"])
+    assert exit_.value.code == 2
+    assert "--host-cache must be 0 or more MiB, got -1" in capsys.readouterr().err
