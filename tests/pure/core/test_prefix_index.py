@@ -184,7 +184,7 @@ def _common(a: bytes, b: bytes) -> int:
 def test_holders_agree_with_match_as_blocks_are_shared_and_dropped(steps, asked):
     """Whatever backends share, lose and regain (one holder or several per block),
     ``holders`` yields each backend holding part of a prompt once, with what ``match``
-    says it holds, deepest first."""
+    says it holds, deepest first; ``first_holders`` names them all in one lookup."""
     index = PrefixIndex(BLOCK)
     for backend in "abc":
         index.set_capacity(backend, 8)
@@ -202,6 +202,7 @@ def test_holders_agree_with_match_as_blocks_are_shared_and_dropped(steps, asked)
     expected = {(b, index.match(b, hashes)) for b in "abc" if index.match(b, hashes)}
     assert set(found) == expected and len(found) == len(expected)
     assert [depth for _, depth in found] == sorted((d for _, d in found), reverse=True)
+    assert set(index.first_holders(hashes)) == {b for b, _ in expected}
 
 
 class _ReferenceLRU:

@@ -403,18 +403,23 @@ class PrefixPolicy:
         vets = request.api is not None or bool(self.rules)
         weigh, accepts, rate_of, host = self._weigh, self._accepts, self.rates.rate, self._host
         # the backends some slot of which starts as the prompt does (no other slot holds
-        # any of it: chained hashes), read once for all candidates
+        # any of it: chained hashes), and those the index says hold its first block
+        # (with a host cache, what a request there reuses), read once for all candidates
         starts = self._starts.get(hashes[0]) if hashes else None
+        firsts = self.index.first_holders(hashes) if host else None
         for backend in itertools.islice(with_free_slot(fleet, pools), self.breadth):
             if vets and not accepts(backend, request):
                 continue
             backend_id = backend.id
             seen.add(backend_id)
-            if backend_id in host or (starts is not None and backend_id in starts):
+            if (starts is not None and backend_id in starts) or (
+                firsts is not None and backend_id in firsts and backend_id in host
+            ):
                 weigh(backend, hashes, tokens, None, scored, busy)
                 continue
-            # most candidates: nothing there holds any of the prompt, so a free slot
-            # reads all of it (what _weigh and _score find, inlined: per candidate)
+            # most candidates: nothing there holds any of the prompt (no slot, nor, with
+            # a host cache, the index), so a free slot reads all of it (what _weigh and
+            # _score find, inlined: per candidate)
             free = backend.free
             if free > 0:
                 ttft = estimated_ttft(backend, tokens, rate_of(backend_id) or 1.0, 0.0, free)

@@ -64,7 +64,8 @@ measures it all with every backend's cache full).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Collection, Container, Iterator, Sequence
+from collections.abc import Collection, Container, Iterator, Mapping, Sequence
+from types import MappingProxyType
 
 
 def _held_prefix(held: Container[int], hashes: Sequence[int]) -> int:
@@ -81,6 +82,10 @@ def _held_prefix(held: Container[int], hashes: Sequence[int]) -> int:
         else:
             high = mid
     return low
+
+
+_NOBODY: Mapping[str, None] = MappingProxyType({})
+"""No backend (:meth:`PrefixIndex.first_holders` of a prompt nobody holds)."""
 
 
 class _Batch:
@@ -210,6 +215,13 @@ class PrefixIndex:
                 if backend_id not in seen:
                     seen.add(backend_id)
                     yield backend_id, depth
+
+    def first_holders(self, hashes: Sequence[int]) -> Mapping[str, None]:
+        """The backends holding a prompt's first block, as a read-only map used as a
+        set: every backend holding any of the prompt holds its first block (one
+        lookup; none for an empty prompt)."""
+        node = self._root.children.get(hashes[0]) if hashes else None
+        return _NOBODY if node is None else node.holders
 
     def stamps(self, backend_id: str, hashes: list[int]) -> list[int]:
         """The recency stamps of the first blocks ``backend_id`` holds, in order."""
