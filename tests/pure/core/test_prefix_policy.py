@@ -78,8 +78,8 @@ def test_a_server_whose_host_cache_is_not_reported_is_taken_to_have_the_default_
     # an attached server's agent cannot see how much, so its slots alone (here 4,096
     # tokens, 16 blocks) must not bound what the index remembers: it would forget a
     # conversation the server still holds, and send its next turn anywhere. Taken to
-    # have none until an answer showed one, four real servers of one slot sent 3-4
-    # early later turns per run elsewhere to read their whole history (issue #10).
+    # have none until an answer showed one, four real servers of one slot sent 1-5
+    # early later turns a run elsewhere to read their whole history (issue #10).
     fleet, policy, scheduler = setup(("a", 1), ("b", 1))
     assert all(b.cache_ram_mib is None for b in fleet)
     first = request(HISTORY)

@@ -48,9 +48,10 @@ servers of a fleet are started alike: each is taken to have llama-server's defau
 cache from its first request, until :data:`HOST_DOUBTS` answers of theirs show none
 (they reused no more than their idle slots held where the index predicted more), and
 for good once one shows one (it reused more than its idle slots held). Waiting for an
-answer to show one cost a run on four real servers of one slot 3-4 early later turns
-sent elsewhere to read their whole history: a server shows its cache only when a
-later turn lands where its conversation was after its slot moved on (issue #10).
+answer to show one sent 1-5 later turns a run, in its first 50 s, on four real servers
+of one slot to another server to read their whole history: a server shows its cache
+only when a later turn lands where its conversation was after its slot moved on, and
+until then a conversation whose server is busy is held nowhere (issue #10).
 
 Without a prompt (embeddings, multipart, pinned requests), for a prompt sent with
 ``cache_prompt: false`` (the server reuses nothing for it, wherever it goes), or
@@ -368,7 +369,7 @@ class PrefixPolicy:
         # candidates, for most prompts)
         self._starts: dict[int, dict[str, int]] = {}
         self._in: dict[int, _Running] = {}  # id(request) -> where it runs
-        self._host: set[str] = set()  # backends with a host cache (reported, or seen)
+        self._host: set[str] = set()  # backends with a host cache (reported, or assumed)
         self._unreported: set[str] = set()  # backends whose agents report no cache size
         self._host_seen = False  # an unreported one has shown a host cache
         self._doubts = 0  # answers of unreported ones that showed none (see HOST_DOUBTS)
