@@ -12,7 +12,7 @@ from support.fleets import ready_fleet
 from corral.core import Buffer, Condition, Dispatch, Fleet, ManualClock, Report, Scheduler
 from corral.core.events import Reset, Timings
 from corral.core.routing import PrefixPolicy, Prompt, RequestInfo, SlotPolicy, make_policy
-from corral.core.routing.prefix import elsewhere_cost, wait_bound
+from corral.core.routing.prefix import HOST_DOUBTS, elsewhere_cost, wait_bound
 
 CHAT = "/v1/chat/completions"
 BLOCK = 1024
@@ -113,6 +113,27 @@ def test_answers_showing_no_host_cache_leave_unreported_servers_their_slots_alon
     probe = RequestInfo(CHAT, "m", "a", prompt=Prompt(b"a probe. " * 100))
     assert scheduler.submit(probe, 0.0) == Dispatch("a")
     assert policy.index.capacity("a") <= 4096 * 4 // BLOCK  # its slot's context alone
+
+
+def test_a_turn_whose_slot_went_to_a_prompt_sharing_most_of_it_is_no_doubt():
+    # found by review: llama-server saves a slot's prompt in its host cache only when
+    # the prompt taking the slot keeps less than half of it; x and y share a long
+    # system prompt, y takes x's slot by similarity, and x's next turn finds only the
+    # system prompt, with a host cache too. Counted as doubts, such turns turned the
+    # assumption off on servers that keep one.
+    fleet, policy, scheduler = setup(("a", 1), ("b", 1))
+    system = b"you are a helpful agent. " * 250  # about 6 blocks
+    for n in range(HOST_DOUBTS):
+        x = system + f"user x{n}: ".encode() * 300  # about 3 blocks more
+        y = system + f"user y{n}: ".encode() * 300
+        for text, cache_n in ((x, 0), (y, 1560), (x + b"?", 1560)):
+            info = RequestInfo(CHAT, "m", "a", prompt=Prompt(text))
+            assert scheduler.submit(info, 0.0) == Dispatch("a")
+            finish(fleet, "a", info, cache_n, len(text) // 4)
+    later = request(system + b"user y0: " * 300 + b"more")
+    assert policy.affinity("a", later) > 2000  # y0 in its host cache: still assumed
+    shown_without_host_cache(fleet, scheduler, "b")  # prompts sharing nothing: doubts
+    assert policy.affinity("a", later) < 2000  # what a's slot holds: the system prompt
 
 
 def test_once_a_host_cache_is_shown_answers_that_reuse_nothing_are_evictions():

@@ -897,14 +897,21 @@ class PrefixPolicy:
         host cache, before any has shown one: one, when it reused more than any idle
         slot held (``idle`` blocks), and then every such server is taken to have one
         for good; none, when it reused no more than they held though the index, taking
-        the server to keep its prompts, predicted more (not a copy in a busy slot).
-        A host cache that evicted the prompt answers so too, so it takes
-        :data:`HOST_DOUBTS` such answers, and none showing one, to stop assuming it."""
+        the server to keep its prompts, predicted more (not a copy in a busy slot),
+        and more than twice what they held: llama-server saves a slot's prompt in its
+        host cache only when the prompt that takes the slot keeps less than half of it
+        (or the slot is taken as the least recently used), so a turn whose slot went to
+        another prompt sharing most of it (a long system prompt) finds only the shared
+        part with a host cache too (found by review). A host cache that evicted the
+        prompt answers so too, so it takes :data:`HOST_DOUBTS` such answers, and none
+        showing one, to stop assuming it."""
         if real > idle + 1:  # more than any idle slot held: a host cache
             self._host_seen = True  # and so do the others (see the module docstring)
             self._host |= self._unreported
         elif (
-            self._host_assumed and note.predicted_blocks > idle + _SLACK and note.in_flight <= idle
+            self._host_assumed
+            and note.predicted_blocks > max(idle + _SLACK, 2 * idle)
+            and note.in_flight <= idle
         ):
             self._doubts += 1
             if not self._host_assumed:  # none of them keeps one: slots alone, as shown
