@@ -38,6 +38,16 @@ def finish(fleet: Fleet, backend: str, info: RequestInfo, cache_n: int, prompt_n
 HISTORY = b"the conversation so far. " * 200  # 5,000 bytes: 4 blocks
 
 
+def answered_pinned(
+    fleet: Fleet, scheduler: Scheduler, backend: str, text: bytes, cache_n: int, prompt_n: int
+) -> None:
+    """A request for ``text`` pinned to ``backend`` and answered there with these
+    timings (tokens reused, tokens read)."""
+    info = RequestInfo(CHAT, "m", backend, prompt=Prompt(text))
+    assert scheduler.submit(info, 0.0) == Dispatch(backend)
+    finish(fleet, backend, info, cache_n, prompt_n)
+
+
 def shown_without_host_cache(fleet: Fleet, scheduler: Scheduler, backend: str) -> None:
     """Answers of ``backend`` (its agent reports no cache size) that show it keeps no
     host cache: twice (``HOST_DOUBTS``), a prompt its slots no longer held, which a
@@ -46,9 +56,7 @@ def shown_without_host_cache(fleet: Fleet, scheduler: Scheduler, backend: str) -
     slots = fleet.get(backend).slots_total
     texts = [f"filler number {i}. ".encode() * 300 for i in range(slots + 1)]
     for text in [*texts, texts[0] + b"!", texts[1] + b"!"]:
-        info = RequestInfo(CHAT, "m", backend, prompt=Prompt(text))
-        assert scheduler.submit(info, 0.0) == Dispatch(backend)
-        finish(fleet, backend, info, 0, len(text) // 4)
+        answered_pinned(fleet, scheduler, backend, text, 0, len(text) // 4)
 
 
 def test_without_measured_rates_it_routes_like_slots_and_still_learns():
@@ -102,9 +110,7 @@ def test_answers_showing_no_host_cache_leave_unreported_servers_their_slots_alon
     fleet, policy, scheduler = setup(("a", 1), ("b", 1))
     x, y = b"conversation x. " * 300, b"conversation y. " * 300
     for text, cache_n in ((x, 0), (y, 0), (x + b"?", 0)):  # x's slot moved on: reused none
-        answered = RequestInfo(CHAT, "m", "a", prompt=Prompt(text))
-        assert scheduler.submit(answered, 0.0) == Dispatch("a")
-        finish(fleet, "a", answered, cache_n, 1200)
+        answered_pinned(fleet, scheduler, "a", text, cache_n, 1200)
     assert policy.affinity("a", request(y + b"more")) > 1000  # one doubt: still assumed
     assert policy.index.capacity("a") > 4096 * 4 // BLOCK
     shown_without_host_cache(fleet, scheduler, "b")  # two more: none keeps one
@@ -127,9 +133,7 @@ def test_a_turn_whose_slot_went_to_a_prompt_sharing_most_of_it_is_no_doubt():
         x = system + f"user x{n}: ".encode() * 300  # about 3 blocks more
         y = system + f"user y{n}: ".encode() * 300
         for text, cache_n in ((x, 0), (y, 1560), (x + b"?", 1560)):
-            info = RequestInfo(CHAT, "m", "a", prompt=Prompt(text))
-            assert scheduler.submit(info, 0.0) == Dispatch("a")
-            finish(fleet, "a", info, cache_n, len(text) // 4)
+            answered_pinned(fleet, scheduler, "a", text, cache_n, len(text) // 4)
     later = request(system + b"user y0: " * 300 + b"more")
     assert policy.affinity("a", later) > 2000  # y0 in its host cache: still assumed
     shown_without_host_cache(fleet, scheduler, "b")  # prompts sharing nothing: doubts
@@ -140,9 +144,7 @@ def test_once_a_host_cache_is_shown_answers_that_reuse_nothing_are_evictions():
     fleet, policy, scheduler = setup(("a", 1))
     x, y = b"conversation x. " * 300, b"conversation y. " * 300
     for text, cache_n in ((x, 0), (y, 0), (x + b"?", 1190)):  # x from its host cache
-        answered = RequestInfo(CHAT, "m", "a", prompt=Prompt(text))
-        assert scheduler.submit(answered, 0.0) == Dispatch("a")
-        finish(fleet, "a", answered, cache_n, 1200)
+        answered_pinned(fleet, scheduler, "a", text, cache_n, 1200)
     shown_without_host_cache(fleet, scheduler, "a")  # evictions now, not doubts
     # the last of them holds its slot; the one before is in the host cache, as shown
     assert policy.affinity("a", request(b"filler number 0. " * 300 + b"!more")) > 1000

@@ -905,7 +905,7 @@ class PrefixPolicy:
         part with a host cache too (found by review). A host cache that evicted the
         prompt answers so too, so it takes :data:`HOST_DOUBTS` such answers, and none
         showing one, to stop assuming it."""
-        if real > idle + 1:  # more than any idle slot held: a host cache
+        if real > idle + _SLACK:  # more than any idle slot held: a host cache
             self._host_seen = True  # and so do the others (see the module docstring)
             self._host |= self._unreported
         elif (
