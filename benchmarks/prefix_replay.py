@@ -2,7 +2,7 @@
 
     PYTHONPATH=src:benchmarks .venv/bin/python benchmarks/prefix_replay.py
         [--load 0.5] [--seed 1] [--shortfall 400] [--fleet 2,2,8] [--turn-words N]
-        [--speeds 0.57,315,13.6] [--jitter 0.0] [--router prefix|sticky]
+        [--speeds 0.57,315,13.6] [--jitter 0.0] [--overhead 0] [--router prefix|sticky]
 
 Replays section 5's real part (``comparison.prefix.REAL_FULL``: 2 llama-servers x 2
 slots, a host prompt cache of 8 prompts each, the ``multi-turn`` workload with 16
@@ -24,7 +24,10 @@ Options for the section's other fleets: ``--fleet SERVERS,SLOTS,HOST_PROMPTS`` (
 section's), ``--turn-words`` (words per user turn), ``--speeds CAPACITY,PREFILL,DECODE``
 (requests/s with nothing reused, and a slot's tokens/s with every slot busy; 4 x 1
 host 4 measured 0.78, 218, 35.1), ``--jitter J`` (each request's prefill takes between
-1 - J and 1 + J times its share: the rates a real server reports vary), and
+1 - J and 1 + J times its share: the rates a real server reports vary), ``--overhead
+T`` (each prefill takes as long as T more tokens: per token a short prefill runs slower
+than a long one; on the four one-slot servers of section 5, a median 175 tokens/s for
+16-63 tokens and 316 for 448-511, about what 38 tokens more gives), and
 ``--router sticky`` (each conversation pinned to one server by a hash of its number, as
 the section's sticky oracle: the yardstick).
 
@@ -114,6 +117,7 @@ class Setup:
     decode: float = DECODE
     jitter: float = 0.0
     router: str = "prefix"
+    overhead: float = 0.0  # tokens' worth of time each prefill takes more
 
 
 def replay(
@@ -188,7 +192,7 @@ def replay(
             counts[f"later turns: {job.request.note.reason}, {there}"] += 1
         where[call.session] = backend
         cached, total = cached + job.cache_n, total + job.tokens
-        prefill = (job.tokens - job.cache_n) / setup.prefill
+        prefill = (job.tokens - job.cache_n + setup.overhead) / setup.prefill
         if setup.jitter:
             prefill *= rng.uniform(1 - setup.jitter, 1 + setup.jitter)
         job.prefill = prefill
@@ -257,6 +261,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "a slot's prompt and generated tokens/s (default %(default)s)")  # fmt: skip
     parser.add_argument("--jitter", type=float, default=0.0,
                         help="each prefill takes 1 +- this times its share (0 to 1)")  # fmt: skip
+    parser.add_argument("--overhead", type=float, default=0.0,
+                        help="each prefill takes as long as this many tokens more")  # fmt: skip
     parser.add_argument("--router", choices=("prefix", "sticky"), default="prefix")
     args = parser.parse_args(argv)
     try:
@@ -268,8 +274,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--fleet needs a server and a slot at least; --speeds, positive numbers")
     if not 0 <= args.jitter < 1:
         parser.error("--jitter is from 0 to below 1")
+    if args.overhead < 0:
+        parser.error("--overhead is 0 or more tokens")
     setup = Setup(servers, slots, host, args.turn_words, capacity, prefill, decode,
-                  args.jitter, args.router)  # fmt: skip
+                  args.jitter, args.router, args.overhead)  # fmt: skip
     hit, counts = replay(args.load, args.seed, args.shortfall, setup)
     print(f"load {args.load:.0%}, seed {args.seed}, shortfall {args.shortfall:g}: hit {hit:.0%}")
     for key, value in sorted(counts.items()):

@@ -402,7 +402,8 @@ class PrefixPolicy:
         # the filters veto nothing when the request names no API family and there are
         # no rules (a request with an adapter was routed as slot routing above)
         vets = request.api is not None or bool(self.rules)
-        weigh, accepts, rate_of, host = self._weigh, self._accepts, self.rates.rate, self._host
+        weigh, accepts, speed_of, host = self._weigh, self._accepts, self.rates.speed, self._host
+        whole = self.rates.at(tokens) or 1.0  # the fleet's rate for reading all of it
         # the backends some slot of which starts as the prompt does (no other slot holds
         # any of it: chained hashes), and those the index says hold its first block
         # (with a host cache, what a request there reuses), read once for all candidates
@@ -423,7 +424,7 @@ class PrefixPolicy:
             # _score find, inlined: per candidate)
             free = backend.free
             if free > 0:
-                ttft = estimated_ttft(backend, tokens, rate_of(backend_id) or 1.0, 0.0, free)
+                ttft = estimated_ttft(backend, tokens, speed_of(backend_id) * whole, 0.0, free)
                 scored.append(Scored(backend, ttft, 0, 0, backend.slots_total - free))
         added = 0
         for backend_id, blocks in self.index.holders(hashes):
@@ -563,7 +564,7 @@ class PrefixPolicy:
         if free is None:
             free = backend.free
         cached = min(tokens, self.ratio.tokens(blocks * self.index.block)) if blocks else 0
-        rate = self.rates.rate(backend.id) or 1.0  # known: some backend was measured
+        rate = self.rates.rate(backend.id, tokens - cached) or 1.0  # known: some was measured
         wait = self._expected_wait(backend, holding) if free == 0 else 0.0
         ttft = estimated_ttft(backend, tokens - cached, rate, wait, free)
         return Scored(backend, ttft, blocks, cached, backend.slots_total - free, wait)

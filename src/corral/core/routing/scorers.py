@@ -31,6 +31,9 @@ learned from answers (:class:`TokenRatio`): the balancer does not tokenize.
 
 from __future__ import annotations
 
+import bisect
+import math
+
 from corral.core.events import Timings
 from corral.core.fleet import Backend
 
@@ -51,30 +54,72 @@ class _Mean:
         self.value = x if self.value is None else self.value + self.alpha * (x - self.value)
 
 
+def size_class(tokens: int) -> int:
+    """The size class of a prefill of ``tokens``: ``tokens.bit_length()`` (16-31
+    tokens are class 5, 32-63 class 6...), at least that of :data:`MIN_PROMPT_TOKENS`.
+    Class ``k``'s centre is ``2 ** (k - 0.5)`` tokens."""
+    return max(_MIN_CLASS, tokens.bit_length())
+
+
+_MIN_CLASS = MIN_PROMPT_TOKENS.bit_length()
+
+
 class PrefillRates:
     """Each backend's prefill rate in prompt tokens per second, and how long its
-    requests run, learned from answers."""
+    requests run, learned from answers.
 
-    def __init__(self, alpha: float = 0.2) -> None:
+    A rate is two factors, learned apart: the fleet's rate for a prefill of that size,
+    and the server's *speed* (about 1: a moving average of its answers' rates over the
+    fleet's for their sizes). Per token, a short prefill runs slower than a long one
+    (the pinned llama-server on this project's CPU, four servers on two cores: a median
+    175 tokens/s for 16-63 tokens, 316 for 448-511), so one average per server of
+    whatever it happened to read ranks servers by the mix of their requests: a server
+    that had just read a new conversation's whole prompt looked faster than one serving
+    later turns, and got the next new conversation too (issue #10's runs of four
+    servers placed 8, 8, 3 and 5 conversations). Speeds compare servers as if they had
+    read the same sizes.
+
+    The fleet's rate by size: one value per :func:`size_class`, the rate at its centre,
+    interpolated between the centres of the nearest measured classes (linearly in the
+    logarithms of size and rate; flat beyond the first and the last). An answer moves
+    its class's value by ``size_alpha`` of the way to what the interpolation should
+    have said for its size, the answer's rate over its server's speed; the first
+    answer of a class sets it.
+
+    A server with no answer yet has the fleet's mean speed; a new server's first
+    answers move its speed from there by ``alpha`` each (not to the first answer's: one
+    answer's rate varies 20-30%)."""
+
+    def __init__(self, alpha: float = 0.2, size_alpha: float = 0.1) -> None:
         self.alpha = alpha
-        self._rates: dict[str, _Mean] = {}
-        self._known: dict[str, float] = {}  # the rates not 0, as plain floats: read per candidate
+        self.size_alpha = size_alpha
+        self._curve: dict[int, float] = {}  # size class -> the fleet's rate at its centre
+        self._classes: list[int] = []  # the curve's classes, in order
+        self._speeds: dict[str, _Mean] = {}
+        self._known: dict[str, float] = {}  # the speeds, as plain floats: read per candidate
         self._durations: dict[str, _Mean] = {}
-        self._sum = 0.0  # of known rates, for the fleet mean in O(1)
+        self._sum = 0.0  # of the speeds, for the fleet's mean in O(1)
 
     def learn(self, backend_id: str, timings: Timings) -> None:
-        if timings.prompt_n < MIN_PROMPT_TOKENS or timings.prompt_ms <= 0:
+        n = timings.prompt_n
+        if n < MIN_PROMPT_TOKENS or timings.prompt_ms <= 0:
             return
-        mean = self._rates.get(backend_id)
+        sample = n * 1000.0 / timings.prompt_ms
+        mean = self._speeds.get(backend_id)
         if mean is None:  # get, then create: setdefault would build one per answer
-            mean = self._rates[backend_id] = _Mean(self.alpha)
-        before = mean.value or 0.0
-        mean.add(timings.prompt_n * 1000.0 / timings.prompt_ms)
-        self._sum += (mean.value or 0.0) - before
-        if mean.value:
-            self._known[backend_id] = mean.value
-        else:
-            self._known.pop(backend_id, None)
+            mean = self._speeds[backend_id] = _Mean(self.alpha, self.mean_speed())
+            self._sum += mean.value or 0.0
+        speed = mean.value or 1.0
+        size = size_class(n)
+        predicted = self.at(n)
+        if predicted is None or size not in self._curve:  # the first of its size sets it
+            self._curve[size] = sample / speed
+            bisect.insort(self._classes, size)
+        else:  # its rate over the fleet's for its size, before this answer
+            mean.add(sample / predicted)
+            self._sum += (mean.value or 0.0) - speed
+            self._curve[size] *= 1.0 + self.size_alpha * (sample / speed / predicted - 1.0)
+        self._known[backend_id] = mean.value or 1.0
 
     def ran(self, backend_id: str, seconds: float) -> None:
         """A request ran this long on the backend (from dispatch to end)."""
@@ -83,20 +128,44 @@ class PrefillRates:
             mean = self._durations[backend_id] = _Mean(self.alpha)
         mean.add(max(0.0, seconds))
 
-    def rate(self, backend_id: str) -> float | None:
-        """Tokens per second on this backend; the fleet's mean if not measured; None
-        when no backend was measured."""
-        rate = self._known.get(backend_id)
-        if rate is not None:
-            return rate
-        return self._sum / len(self._rates) if self._rates else None
+    def mean_speed(self) -> float:
+        """The mean of the servers' speeds (1 before any answer)."""
+        return self._sum / len(self._speeds) if self._speeds else 1.0
+
+    def speed(self, backend_id: str) -> float:
+        """The backend's prefill speed relative to the fleet's (about 1); the fleet's
+        mean where it has none yet."""
+        speed = self._known.get(backend_id)
+        return speed if speed is not None else self.mean_speed()
+
+    def at(self, tokens: int) -> float | None:
+        """The fleet's prefill rate (tokens/s) for a prefill of ``tokens`` (see the
+        class docstring); None when no answer was learned from."""
+        classes = self._classes
+        if not classes:
+            return None
+        x = math.log2(max(tokens, MIN_PROMPT_TOKENS)) + 0.5  # class k's centre is at k
+        i = bisect.bisect_left(classes, x)
+        if i == 0:
+            return self._curve[classes[0]]
+        if i == len(classes):
+            return self._curve[classes[-1]]
+        low, high = classes[i - 1], classes[i]
+        f = (x - low) / (high - low)
+        return float(self._curve[low] ** (1.0 - f) * self._curve[high] ** f)
+
+    def rate(self, backend_id: str, tokens: int) -> float | None:
+        """Tokens per second on this backend for a prefill of ``tokens``: its speed
+        times the fleet's rate for that size; None when no backend was measured."""
+        at = self.at(tokens)
+        return None if at is None else self.speed(backend_id) * at
 
     def duration(self, backend_id: str) -> float:
         mean = self._durations.get(backend_id)
         return (mean.value or 0.0) if mean is not None else 0.0
 
     def forget(self, backend_id: str) -> None:
-        mean = self._rates.pop(backend_id, None)
+        mean = self._speeds.pop(backend_id, None)
         if mean is not None:
             self._sum -= mean.value or 0.0
         self._known.pop(backend_id, None)
@@ -104,7 +173,7 @@ class PrefillRates:
 
     @property
     def known(self) -> bool:
-        return bool(self._rates)
+        return bool(self._classes)
 
 
 class TokenRatio:
