@@ -131,11 +131,11 @@ conversation the index had let go."""
 SPREAD = 1.2
 """How close to the lowest estimate another candidate's must be (a ratio) for a new
 prefix to go to it instead (:meth:`PrefixPolicy._spread`). Estimates of equally loaded
-servers differ by their measured prefill rates: moving averages of answers whose rates
-vary 20-30% from one to the next on one server (the pinned build on this project's
-CPU: a short prefill runs slower per token), so two like servers' averages differ by
-some percent at any moment. A candidate busier than the best one is never taken
-(load, not noise), whatever its estimate."""
+servers differ by their measured speeds (:class:`~corral.core.routing.scorers.PrefillRates`):
+moving averages of answers whose rates vary 20-30% from one to the next on one server
+(the pinned build on this project's CPU, whose servers share its cores), so two like
+servers' speeds differ by some percent at any moment. A candidate busier than the best
+one is never taken (load, not noise), whatever its estimate."""
 REPORTED_SLACK = 8
 """How far a learned bound may grow past a reported ``--cache-ram`` (a factor): a model
 smaller than :data:`KV_BYTES_PER_TOKEN`'s 8B takes less memory per token (Gemma 3 270M,

@@ -10,10 +10,11 @@ wait for a slot:
 
 - ``uncached(b)``: prompt tokens minus the tokens the prefix index predicts ``b``
   holds (the *predicted cache* scorer);
-- ``rate(b)``: prompt tokens per second, learned from every answer's ``timings``
-  (``prompt_n / prompt_ms``) as a moving average (:class:`PrefillRates`). A server
-  with no measurement yet borrows the fleet's mean; a fleet with none at all has no
-  basis for the estimate, and the prefix policy routes by free slots alone;
+- ``rate(b)``: prompt tokens per second for a prefill of ``uncached(b)`` tokens,
+  learned from every answer's ``timings`` (``prompt_n / prompt_ms``): the fleet's rate
+  for that size times ``b``'s speed, each a moving average (:class:`PrefillRates`). A
+  server with no measurement yet has the fleet's mean speed; a fleet with none at all
+  has no basis for the estimate, and the prefix policy routes by free slots alone;
 - ``1 + busy/slots``: a server shares its compute among the sequences it runs, so a
   busier server prefills more slowly (the *free slots* scorer, as a factor);
 - ``wait(b)``: 0 with a free slot; for a busy server, the mean time a request runs
@@ -151,8 +152,8 @@ class PrefillRates:
         if i == len(classes):
             return self._curve[classes[-1]]
         low, high = classes[i - 1], classes[i]
-        f = (x - low) / (high - low)
-        return float(self._curve[low] ** (1.0 - f) * self._curve[high] ** f)
+        at_low = self._curve[low]  # times a ratio of 1 where the curve is flat: exact
+        return float(at_low * (self._curve[high] / at_low) ** ((x - low) / (high - low)))
 
     def rate(self, backend_id: str, tokens: int) -> float | None:
         """Tokens per second on this backend for a prefill of ``tokens``: its speed
