@@ -866,7 +866,7 @@ def test_a_server_serving_later_turns_is_not_taken_for_a_slower_one():
         assert scheduler.submit(later, 0.0) == Dispatch("b")
         assert later.note.reason == "prefix"
         fleet.release("b", 1.0, later, Timings(40, 1250, 40 / 550 * 1000))
-    assert policy.rates.speed("b") == pytest.approx(policy.rates.speed("a"))
+    assert policy.rates.speed("b") == pytest.approx(policy.rates.speed("a"), rel=0.05)
     other = request(b"someone else entirely. " * 300)
     assert scheduler.submit(other, 0.0) == Dispatch("b")
     assert other.note.reason == "least-load"
