@@ -104,8 +104,7 @@ class PrefillRates:
         self.size_alpha = size_alpha
         self._curve: dict[int, float] = {}  # size class -> the fleet's rate at its centre
         self._classes: list[int] = []  # the curve's classes, in order
-        self._speeds: dict[str, _Mean] = {}
-        self._known: dict[str, float] = {}  # the speeds, as plain floats: read per candidate
+        self._speeds: dict[str, float] = {}  # plain floats, not _Mean: read per candidate
         self._durations: dict[str, _Mean] = {}
         self._sum = 0.0  # of the speeds, for the fleet's mean in O(1)
 
@@ -116,21 +115,19 @@ class PrefillRates:
         sample = n * 1000.0 / timings.prompt_ms
         if not math.isfinite(sample):  # a prompt_ms too small to divide by
             return
-        mean = self._speeds.get(backend_id)
-        if mean is None:  # get, then create: setdefault would build one per answer
-            mean = self._speeds[backend_id] = _Mean(self.alpha, self.mean_speed())
-            self._sum += mean.value or 0.0
-        speed = mean.value or 1.0
+        speed = self._speeds.get(backend_id)
+        if speed is None:  # a new server starts at the fleet's mean
+            speed = self._speeds[backend_id] = self.mean_speed()
+            self._sum += speed
         size = size_class(n)
         predicted = self.at(n)
         if predicted is None or size not in self._curve:  # the first of its size sets it
             self._curve[size] = sample / speed
             bisect.insort(self._classes, size)
         else:  # its rate over the fleet's for its size, before this answer
-            mean.add(sample / predicted)
-            self._sum += (mean.value or 0.0) - speed
+            moved = self._speeds[backend_id] = speed + self.alpha * (sample / predicted - speed)
+            self._sum += moved - speed
             self._curve[size] *= 1.0 + self.size_alpha * (sample / speed / predicted - 1.0)
-        self._known[backend_id] = mean.value or 1.0
         scale = self._sum / len(self._speeds)
         if not SCALE_BAND[0] <= scale <= SCALE_BAND[1]:
             self._rescale(scale)
@@ -138,10 +135,10 @@ class PrefillRates:
     def _rescale(self, scale: float) -> None:
         """Divide every speed by ``scale`` and multiply the fleet's rates by it: every
         rate stays as it was, and the speeds' mean is 1 again."""
-        for backend_id, mean in self._speeds.items():
-            mean.value = (mean.value or scale) / scale
-            self._known[backend_id] = mean.value
-        self._sum = sum(mean.value or 0.0 for mean in self._speeds.values())
+        speeds = self._speeds
+        for backend_id, speed in speeds.items():
+            speeds[backend_id] = speed / scale
+        self._sum = sum(speeds.values())
         for size in self._curve:
             self._curve[size] *= scale
 
@@ -159,7 +156,7 @@ class PrefillRates:
     def speed(self, backend_id: str) -> float:
         """The backend's prefill speed relative to the fleet's (about 1); the fleet's
         mean where it has none yet."""
-        speed = self._known.get(backend_id)
+        speed = self._speeds.get(backend_id)
         return speed if speed is not None else self.mean_speed()
 
     def at(self, tokens: int) -> float | None:
@@ -198,10 +195,9 @@ class PrefillRates:
         """Drop what was learned of ``backend_id``; with the last server's, the fleet's
         rates too (the next servers may run another model or hardware: until one
         answers, nothing is known)."""
-        mean = self._speeds.pop(backend_id, None)
-        if mean is not None:
-            self._sum -= mean.value or 0.0
-        self._known.pop(backend_id, None)
+        speed = self._speeds.pop(backend_id, None)
+        if speed is not None:
+            self._sum -= speed
         self._durations.pop(backend_id, None)
         if not self._speeds:
             self._sum = 0.0
