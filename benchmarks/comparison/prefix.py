@@ -299,6 +299,74 @@ def saturation(results: Sequence[Result], baseline: str = "nginx-rr") -> list[st
     return [f"**At saturation ({SATURATION:.0%})**, against `{baseline}`:", "", *lines, ""]
 
 
+HIT_SHARE = 0.5
+"""A request that reused at least this share of its prompt (``cache_n`` over prompt
+tokens) found its history cached (:func:`hit_floor`)."""
+NO_WAIT_S = 0.1
+"""Seconds in Corral's buffer that count as no wait (:func:`hit_floor`)."""
+SLOTS_ONLY = "corral-slots"
+
+
+def hit_floor(results: Sequence[Result], load: float) -> tuple[float, int] | None:
+    """What a request takes at ``load`` when its server holds its history and is free:
+    the median time to first token, in seconds, of the Corral contenders' requests
+    (every run) that reused at least :data:`HIT_SHARE` of their prompt and waited less
+    than :data:`NO_WAIT_S` in the buffer (Corral never sends a server more requests
+    than it has slots, so none waited in a server's queue either), and how many there
+    were. A router that sent every request so could make the TTFT p50 no lower than
+    this: on the real fleet it is the reading of a turn's new tokens on servers sharing
+    the machine's cores, not routing. None when no such request was answered."""
+    times = sorted(
+        o.first_token - o.start
+        for r in results
+        if r.load == load and r.contender.startswith("corral")
+        for o in r.outcomes
+        if o.ok
+        and o.first_token is not None
+        and o.prompt_tokens
+        and o.cached_tokens is not None
+        and o.cached_tokens >= HIT_SHARE * o.prompt_tokens
+        and o.buffer_wait is not None
+        and o.buffer_wait < NO_WAIT_S
+    )
+    return (statistics.median(times), len(times)) if times else None
+
+
+def floor_lines(results: Sequence[Result]) -> list[str]:
+    """The real part's bound (issue #10's target: TTFT p50 at least 5x slot
+    routing's): at each load, :func:`hit_floor` and slot routing's TTFT p50 over it,
+    the most any router could gain on slot routing there; nothing without slot
+    routing or a floor."""
+    lines = []
+    for load in sorted({r.load for r in results}):
+        floor = hit_floor(results, load)
+        slots = [quantile(r, "ttft", "p50") for r in results
+                 if r.load == load and r.contender == SLOTS_ONLY]  # fmt: skip
+        present = [p for p in slots if p is not None]
+        if floor is None or not present or floor[0] <= 0:
+            continue
+        seconds, n = floor
+        p50 = statistics.median(present)
+        lines.append(
+            f"- {load:.0%}: {seconds:.2f} s ({n} requests); `{SLOTS_ONLY}`'s TTFT p50 "
+            f"{p50:.2f} s is {p50 / seconds:.1f}x that"
+        )
+    if not lines:
+        return []
+    return [
+        "**What any router can reach here.** A request whose server held its history and "
+        "was free (it reused at least half its prompt and waited under "
+        f"{NO_WAIT_S:g} s in Corral's buffer) had this TTFT p50, over the Corral "
+        "contenders' runs: reading the turn's new tokens on servers that share the "
+        "machine's cores. No router can bring the p50 below it (first turns, which no "
+        "router finds cached, take longer), so slot routing's p50 over it is the most "
+        "any router could gain on slot routing:",
+        "",
+        *lines,
+        "",
+    ]
+
+
 def _data(results: Sequence[Result]) -> list[dict[str, Any]]:
     return [
         {"contender": r.contender, "load": r.load, "rate": r.rate, "run": r.run,
@@ -432,6 +500,7 @@ async def real_part(env: SuiteEnv, contenders: Sequence[str]) -> tuple[list[str]
         ),
         "",
         *table(results, "Real llama-servers"),
+        *floor_lines(results),
         "",
         *cpu_lines(results),
         "",
@@ -445,6 +514,7 @@ async def real_part(env: SuiteEnv, contenders: Sequence[str]) -> tuple[list[str]
         "history": scale.history,
         "repeat": env.repeat,
         "results": _data(results),
+        "hit_floor": {f"{load:g}": hit_floor(results, load) for load in scale.loads},
     }
     return md, data
 
