@@ -313,9 +313,10 @@ def hit_floor(results: Sequence[Result], load: float) -> tuple[float, int] | Non
     (every run) that reused at least :data:`HIT_SHARE` of their prompt and waited less
     than :data:`NO_WAIT_S` in the buffer (Corral never sends a server more requests
     than it has slots, so none waited in a server's queue either), and how many there
-    were. A router that sent every request so could make the TTFT p50 no lower than
-    this: on the real fleet it is the reading of a turn's new tokens on servers sharing
-    the machine's cores, not routing. None when no such request was answered."""
+    were. A router that sent every request so would have about this TTFT p50, and
+    first turns (cached nowhere) only add slower requests: on the real fleet it is the
+    reading of a turn's new tokens on servers sharing the machine's cores, not routing.
+    None when no such request was answered."""
     times = sorted(
         o.first_token - o.start
         for r in results
@@ -358,9 +359,9 @@ def floor_lines(results: Sequence[Result]) -> list[str]:
         "was free (it reused at least half its prompt and waited under "
         f"{NO_WAIT_S:g} s in Corral's buffer) had this TTFT p50, over the Corral "
         "contenders' runs: reading the turn's new tokens on servers that share the "
-        "machine's cores. No router can bring the p50 below it (first turns, which no "
-        "router finds cached, take longer), so slot routing's p50 over it is the most "
-        "any router could gain on slot routing:",
+        "machine's cores. A router that sent every request so would have about this "
+        "p50 (first turns, which no router finds cached, take longer), so slot routing's "
+        "p50 over it is about the most any router could gain on slot routing:",
         "",
         *lines,
         "",
