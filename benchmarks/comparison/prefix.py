@@ -359,9 +359,10 @@ def floor_lines(results: Sequence[Result]) -> list[str]:
         "was free (it reused at least half its prompt and waited under "
         f"{NO_WAIT_S:g} s in Corral's buffer) had this TTFT p50, over the Corral "
         "contenders' runs: reading the turn's new tokens on servers that share the "
-        "machine's cores. A router that sent every request so would have about this "
+        "machine's cores. A router that sent every later turn so would have about this "
         "p50 (first turns, which no router finds cached, take longer), so slot routing's "
-        "p50 over it is about the most any router could gain on slot routing:",
+        "p50 over it estimates what any router could gain on slot routing (a stricter "
+        "hit, the history whole in a slot, takes less: the estimate depends on it):",
         "",
         *lines,
         "",
