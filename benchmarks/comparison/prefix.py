@@ -317,7 +317,7 @@ def hit_floor(results: Sequence[Result], load: float) -> tuple[float, int] | Non
     first turns (cached nowhere) only add slower requests: on the real fleet it is the
     reading of a turn's new tokens on servers sharing the machine's cores, not routing.
     None when no such request was answered."""
-    times = sorted(
+    times = [
         o.first_token - o.start
         for r in results
         if r.load == load and r.contender.startswith("corral")
@@ -329,15 +329,15 @@ def hit_floor(results: Sequence[Result], load: float) -> tuple[float, int] | Non
         and o.cached_tokens >= HIT_SHARE * o.prompt_tokens
         and o.buffer_wait is not None
         and o.buffer_wait < NO_WAIT_S
-    )
+    ]
     return (statistics.median(times), len(times)) if times else None
 
 
 def floor_lines(results: Sequence[Result]) -> list[str]:
     """The real part's bound (issue #10's target: TTFT p50 at least 5x slot
-    routing's): at each load, :func:`hit_floor` and slot routing's TTFT p50 over it,
-    the most any router could gain on slot routing there; nothing without slot
-    routing or a floor."""
+    routing's): at each load, :func:`hit_floor` and slot routing's TTFT p50 (the
+    median of its runs', as in the tables) over it, an estimate of what any router
+    could gain on slot routing there; nothing without slot routing or a floor."""
     lines = []
     for load in sorted({r.load for r in results}):
         floor = hit_floor(results, load)
@@ -356,7 +356,7 @@ def floor_lines(results: Sequence[Result]) -> list[str]:
         return []
     return [
         "**What any router can reach here.** A request whose server held its history and "
-        "was free (it reused at least half its prompt and waited under "
+        f"was free (it reused at least {HIT_SHARE:.0%} of its prompt and waited under "
         f"{NO_WAIT_S:g} s in Corral's buffer) had this TTFT p50, over the Corral "
         "contenders' runs: reading the turn's new tokens on servers that share the "
         "machine's cores. A router that sent every later turn so would have about this "
