@@ -6,9 +6,9 @@
 A fleet of ``--backends`` backends (4 slots, 4,096 tokens each; their agents report no
 host cache, or ``--host-cache`` MiB of one) with prefix routing, each backend's
 predicted cache filled to its bound by earlier conversations. Then, for ``--requests``
-requests, each a 32 KiB chat prompt (half of them a later turn of a conversation
-already in the index, half new), it times in one
-process:
+requests, each a 32 KiB chat prompt (half new, half a later turn: the first half of one
+of the prompts shortly before it, which a slot still holds, and a new half), it
+times in one process:
 
 - ``hash``: cutting the prompt's canonical text into chained block hashes (once per
   request);
@@ -54,6 +54,7 @@ import statistics
 import sys
 import time
 import tracemalloc
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -92,16 +93,45 @@ def _text(rng: random.Random, size: int) -> bytes:
     return rng.randbytes(size)
 
 
+def turns(rng: random.Random, earlier: list[bytes], count: int, recent: int) -> list[bytes]:
+    """``count`` prompts of ``len(earlier[-1])`` bytes after ``earlier``: each even
+    one new, each odd one a later turn (the first half of one of the ``recent``
+    prompts before it, then a new half). Raises ``ValueError`` without ``earlier`` or
+    with ``recent`` under 1."""
+    if not earlier or recent < 1:
+        raise ValueError(f"turns continue 1 or more earlier prompts: {len(earlier)}, {recent}")
+    size = len(earlier[-1])
+    window = deque(earlier[-recent:], maxlen=recent)
+    out: list[bytes] = []
+    for i in range(count):
+        if i % 2:
+            text = rng.choice(window)[: size // 2] + _text(rng, size - size // 2)
+        else:
+            text = _text(rng, size)
+        window.append(text)
+        out.append(text)
+    return out
+
+
+PREFILL_RATE = 500.0
+"""Prompt tokens a backend processes per second, whatever the prefill's size (this
+CPU's llama-server with Gemma 3 270M read 1,530 tokens in 3.03 s: issue #10)."""
+
+
 def answer_timings(prompt_bytes: int, cache_n: int) -> Timings:
     """What a llama-server that held the predicted ``cache_n`` tokens reports for a
     prompt of ``prompt_bytes`` bytes (4 bytes a token, as the index counts): it
     processed the rest (``prompt_n`` counts only the tokens not found in its cache, so
-    ``prompt_n + cache_n`` is the prompt), in 50 ms. Raises ``ValueError`` if
+    ``prompt_n + cache_n`` is the prompt) at :data:`PREFILL_RATE`, so that a prefill
+    of half the prompt takes half the time and the policy learns that reuse pays (a
+    fixed time per answer taught it that a short prefill is as slow as a long one, and
+    no request was ever sent to the holder of its prefix). Raises ``ValueError`` if
     ``cache_n`` is more than the prompt."""
     tokens = prompt_bytes // 4
     if not 0 <= cache_n <= tokens:
         raise ValueError(f"cache_n {cache_n} outside a prompt of {tokens} tokens")
-    return Timings(tokens - cache_n, cache_n, 50.0)
+    prompt_n = tokens - cache_n
+    return Timings(prompt_n, cache_n, prompt_n * 1000.0 / PREFILL_RATE)
 
 
 class Control:
@@ -200,7 +230,6 @@ def main(argv: list[str] | None = None) -> int:
     host_tokens = args.host_cache * 1024 * 1024 // KV_BYTES_PER_TOKEN
     fill = args.backends * (SLOTS * CTX + host_tokens) * 4 // size + args.backends
     texts = [_text(rng, size) for _ in range(fill)]
-    conversations = [text[: size // 2] for text in texts]
     gc.collect()
     tracemalloc.start()
     before = tracemalloc.take_snapshot()
@@ -209,14 +238,13 @@ def main(argv: list[str] | None = None) -> int:
     gc.collect()
     after = tracemalloc.take_snapshot()
     tracemalloc.stop()
-    del texts
     index_bytes = sum(s.size_diff for s in after.compare_to(before, "filename"))
     entries = len(policy.index)
 
-    prompts = [
-        rng.choice(conversations) + _text(rng, size - size // 2) if i % 2 else _text(rng, size)
-        for i in range(args.requests)
-    ]
+    recent = max(1, args.backends * SLOTS // 8)  # that many prompts back, a slot holds it
+    warm = turns(rng, texts, 200, recent)
+    prompts = turns(rng, texts + warm, args.requests, recent)
+    del texts
     collections: list[int] = [0]
 
     def count(phase: str, info: dict[str, int]) -> None:
@@ -228,11 +256,11 @@ def main(argv: list[str] | None = None) -> int:
     cpu: dict[str, list[float]] = {"hash": [], "pick+update": [], "total": []}
     control_wall: list[float] = []
     in_timed = 0
+    routes: Counter[str] = Counter()  # the timed requests' routing reasons
+    reused = 0  # of them, those predicted to reuse part of their prompt
     # warm up, and size the control to a request's median, with prompts of their own
-    # (drawn after the timed ones, which stay what they were)
-    for i in range(200):
-        text = rng.choice(conversations) + _text(rng, size - size // 2) if i % 2 else None
-        prompt = Prompt(text or _text(rng, size))
+    for text in warm:
+        prompt = Prompt(text)
         prompt.hashes(policy.index.block)  # not timed, as below
         start = time.perf_counter()
         serve(RequestInfo(CHAT, "m", prompt=prompt))
@@ -259,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         done, done_cpu = time.perf_counter(), time.thread_time()
         own.append(timer.take())
         in_timed += collections[0] != seen
+        routes[info.note.reason or "?"] += 1
+        reused += info.note.predicted_cached > 0
         for into, (a, b, c) in (
             (wall, (start, hashed, done)),
             (cpu, (start_cpu, hashed_cpu, done_cpu)),
@@ -294,6 +324,10 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"  {'control':12} p50 {c50:7.1f} us   p99 {c99:7.1f} us   (the same work each "
         f"time, between requests: p99/p50 {c99 / c50:.2f}; pick+update's {r99 / r50:.2f})"
+    )
+    print(
+        f"  routes: {reused} of {args.requests} predicted to reuse part of their prompt; "
+        + ", ".join(f"{n} {reason}" for reason, n in routes.most_common())
     )
     print(f"  gc: {collections[0]} collections, in {in_timed} of {args.requests} timed requests")
     print(

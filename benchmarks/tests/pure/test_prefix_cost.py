@@ -78,3 +78,31 @@ def test_a_negative_host_cache_is_refused(capsys: pytest.CaptureFixture[str]) ->
         prefix_cost.main(["--host-cache", "-1"])
     assert exit_.value.code == 2
     assert "--host-cache must be 0 or more MiB, got -1" in capsys.readouterr().err
+
+
+def test_half_the_prompts_are_later_turns_of_recent_ones() -> None:
+    rng = random.Random(1)
+    earlier = [rng.randbytes(64) for _ in range(10)]
+    out = prefix_cost.turns(rng, earlier, 40, recent=4)
+    assert all(len(text) == 64 for text in out)
+    seen = list(earlier)
+    for i, text in enumerate(out):
+        window = [t[:32] for t in seen[-4:]]
+        assert (text[:32] in window) == bool(i % 2), i  # odd: a later turn of a recent one
+        seen.append(text)
+    with pytest.raises(ValueError, match="1 or more earlier prompts"):
+        prefix_cost.turns(rng, [], 1, recent=4)
+
+
+def test_the_later_turns_are_sent_where_their_prefix_is(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The timed requests take both paths: half are predicted to reuse their first half
+    (answers whose prefill time did not grow with the tokens read taught the policy
+    that reuse never pays, and it timed only requests that reused nothing)."""
+    assert prefix_cost.main(["--backends", "20", "--requests", "200", "--prompt-kib", "8"]) == 0
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if "routes:" in line)
+    reused = int(line.split()[1])
+    assert 90 <= reused <= 100, line
+    assert "prefix" in line
