@@ -485,9 +485,11 @@ async def real_part(env: SuiteEnv, contenders: Sequence[str]) -> tuple[list[str]
         f"{scale.host_prompts} conversations (`--cache-ram {scale.cache_ram_mib}`, "
         f"{scale.host_prompts} x {PROMPT_MIB} MiB) besides the {scale.slots} in its slots: "
         f"{held} per server, {held * scale.servers} in the fleet for {scale.sessions} open "
-        "at once. The fleet can hold every conversation where it was last served; one "
-        "server cannot, so a conversation sent to the wrong server reads its whole "
-        "history again.",
+        f"at once. Histories longer than those {PROMPT_MIB} MiB was measured on take more, "
+        "so by the last turns a server's host cache holds fewer (on four servers sized "
+        "for 4, it kept 3: section 5 of docs/benchmarks.md). The fleet can hold about "
+        "every conversation where it was last served; one server cannot, so a "
+        "conversation sent to the wrong server reads its whole history again.",
         "",
         f"Capacity, with nothing reused: {capacity:.2f} requests/s. "
         + capacity_text(cap, scale.calibrate)
