@@ -63,13 +63,18 @@ def parse_keys(text: str, *, toml: bool | None = None) -> list[KeyEntry]:
     """The entries of a keys file's text. ``toml`` None: guess from the first line.
 
     Raises:
-        KeysError: invalid TOML, an unknown field, a bad value, a table with no key.
+        KeysError: invalid TOML, an unknown field, a bad value, a table with no key, a
+            file with no key at all.
     """
     if toml is None:
         first = next((ln.strip() for ln in text.splitlines() if _meaningful(ln)), "")
         toml = first.startswith("[")
     if not toml:
-        return [KeyEntry(Tenant(), key=ln.strip()) for ln in text.splitlines() if _meaningful(ln)]
+        lines = [ln.strip() for ln in text.splitlines() if _meaningful(ln)]
+        entries = [KeyEntry(Tenant(), key=line) for line in lines]
+        if not entries:
+            raise KeysError(_NO_KEY)
+        return entries
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -81,8 +86,17 @@ def parse_keys(text: str, *, toml: bool | None = None) -> list[KeyEntry]:
     if not isinstance(tables, list):
         raise KeysError("'tenant' must be an array of tables: [[tenant]]")
     entries = [_entry(i, table) for i, table in enumerate(tables, 1)]
+    if not entries:
+        raise KeysError(_NO_KEY)
     _check_names(entries)
     return entries
+
+
+_NO_KEY = (
+    "names no key: a keys file with none would leave the inference listener open to "
+    "anyone (a secret that failed to mount reads as empty); leave --api-key-file out "
+    "for no keys"
+)
 
 
 def read_keys(path: Path) -> list[KeyEntry]:

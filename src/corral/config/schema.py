@@ -53,6 +53,17 @@ def addr(text: str) -> Addr:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def secret_text(text: str) -> str:
+    """A secret (a token, a key): any text but an empty one, or one of spaces only,
+    which would turn off the check it guards without a word (a secret that failed to
+    mount, an unset variable in a compose file); for none, leave the setting out."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            "is empty: an empty secret would turn its check off; leave the setting out for none"
+        )
+    return text
+
+
 def positive(kind: Callable[[str], Any]) -> Parse:
     """A number of ``kind`` (int or float) greater than 0."""
 
@@ -160,7 +171,8 @@ class Setting:
             ``1/true/yes/on`` or ``0/false/no/off``.
         negatable: A switch that also has a ``--no-`` flag (as llama-server's
             ``--cors-credentials, --no-cors-credentials``).
-        secret: Never shown in ``--help`` or printed configurations.
+        secret: Never shown in ``--help`` or printed configurations; an empty one is
+            refused (:func:`secret_text`, unless ``parse`` says otherwise).
         env: The environment variable; empty: the schema's prefix and the name.
     """
 
@@ -178,6 +190,8 @@ class Setting:
     env: str = ""
 
     def __post_init__(self) -> None:
+        if self.secret and self.parse is str:
+            object.__setattr__(self, "parse", secret_text)
         if self.repeatable and self.default is None:
             object.__setattr__(self, "default", ())
         if self.switch and self.default is None:
@@ -196,7 +210,10 @@ class Setting:
         if self.switch:
             return switch(text)
         if self.repeatable:
-            return tuple(self._one(part.strip()) for part in text.split(",") if part.strip())
+            parts = [part.strip() for part in text.split(",")]
+            if self.secret:  # an empty one is refused (secret_text), not dropped
+                return tuple(self._one(part) for part in parts)
+            return tuple(self._one(part) for part in parts if part)
         return self._one(text)
 
     def _one(self, text: str) -> Any:

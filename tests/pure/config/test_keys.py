@@ -62,3 +62,18 @@ def test_toml_tenants_and_hashed_keys_match():
 def test_bad_keys_files_say_why(text, error):
     with pytest.raises(KeysError, match=error):
         parse_keys(text)
+
+
+@pytest.mark.parametrize("text", ["", "\n# no key here\n  \n", "# a TOML file\n"])
+def test_a_keys_file_with_no_key_is_refused(text):
+    """Accepting no key would leave the inference listener open to anyone: a keys file
+    whose secret failed to mount reads as empty."""
+    with pytest.raises(KeysError, match="names no key"):
+        parse_keys(text)
+    with pytest.raises(KeysError, match="names no key"):
+        parse_keys(text, toml=True)
+
+
+def test_a_toml_keys_file_with_no_tenant_is_refused():
+    with pytest.raises(KeysError, match="names no key"):
+        parse_keys("tenant = []\n", toml=True)

@@ -359,3 +359,42 @@ def test_the_runner_choices_are_the_registered_runners():
     (runner,) = [s for s in AGENT if s.name == "runner"]
     assert set(runner.choices) == set(RUNNERS)
     assert runner.default in RUNNERS
+
+
+def _secrets() -> list[tuple[str, Setting]]:
+    return [(command, s) for command, schema in SCHEMAS.items() for s in schema if s.secret]
+
+
+@pytest.mark.parametrize(("command", "setting"), _secrets(), ids=lambda v: getattr(v, "name", v))
+@pytest.mark.parametrize("text", ["", "  "])
+def test_an_empty_secret_is_refused_wherever_it_comes_from(
+    command: str, setting: Setting, text: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An empty token or key would turn its check off without a word (a secret that
+    failed to mount, an unset variable in a compose file): refused on the command
+    line, in the environment (a repeatable one's list too) and in a config file."""
+    if setting.repeatable:
+        with pytest.raises(argparse.ArgumentTypeError, match="empty secret"):
+            setting.parse_text("k1, ," + text)
+    for where, argv, environ in [
+        ("command line", [command, f"{setting.flag}={text}"], {}),
+        ("env", [command], {setting.env: text}),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            parse_args(argv, environ=environ)
+        assert exit_info.value.code == 2, where
+        err = capsys.readouterr().err
+        assert "an empty secret would turn its check off" in err, (where, err)
+        assert "Traceback" not in err
+    if command in ("balancer", "agent"):  # the commands with config files
+        file = tmp_path / "c.toml"
+        file.write_text(f'{setting.name} = "{text}"\n')
+        with pytest.raises(SystemExit):
+            parse_args([command, "--config", str(file)], environ={})
+        assert "an empty secret would turn its check off" in capsys.readouterr().err
+
+
+def test_bench_refuses_an_empty_api_key(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse_args(["bench", "http://127.0.0.1:1"], environ={"CORRAL_BENCH_API_KEY": ""})
+    assert "CORRAL_BENCH_API_KEY: is empty: an empty secret" in capsys.readouterr().err
