@@ -35,24 +35,50 @@ class DesiredStore:
     """
 
     def __init__(self, path: Path | None) -> None:
+        """Read ``path`` if it exists, and check that a new state could be saved there.
+
+        Raises:
+            StoreError: the file cannot be read or is not a desired state, or its
+                directory cannot be made or written (found at the start, not at the
+                first ``PUT /api/v1/desired-state``).
+        """
         self.path = path
         self.generation = 0
         self.state: m.DesiredState | None = None
-        if path is not None and path.exists():
+        if path is None:
+            return
+        if path.exists():
             try:
                 data = json.loads(path.read_bytes())
+                if not isinstance(data, dict) or not {"state", "generation"} <= set(data):
+                    raise ValueError("not a desired-state file (no 'state' and 'generation')")
                 self.state = msgspec.convert(data["state"], m.DesiredState)
                 self.generation = int(data["generation"])
-            except (OSError, ValueError, KeyError, TypeError, msgspec.ValidationError) as exc:
+            except (OSError, ValueError, TypeError, msgspec.ValidationError) as exc:
                 raise StoreError(f"cannot read the desired state from {path}: {exc}") from None
+        try:  # the directory, and a file in it: what put needs
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".desired-")
+            os.close(fd)
+            os.unlink(tmp)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot save the desired state in {path.parent} (--state-file {path}): "
+                f"{exc.strerror or exc}"
+            ) from None
 
     def put(self, state: m.DesiredState) -> int:
+        """Save ``state`` as the next generation; return that generation.
+
+        Raises:
+            StoreError: it could not be saved (the previous file is left whole)."""
         generation = self.generation + 1
         if self.path is not None:
             payload = {"generation": generation, "state": msgspec.to_builtins(state)}
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".desired-")
+            tmp: str | None = None
             try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".desired-")
                 with os.fdopen(fd, "w") as file:
                     json.dump(payload, file, indent=2)
                     file.flush()
@@ -60,8 +86,11 @@ class DesiredStore:
                 os.replace(tmp, self.path)
                 _fsync_dir(self.path.parent)
             except OSError as exc:
-                Path(tmp).unlink(missing_ok=True)
-                raise StoreError(f"cannot save the desired state to {self.path}: {exc}") from exc
+                if tmp is not None:
+                    Path(tmp).unlink(missing_ok=True)
+                raise StoreError(
+                    f"cannot save the desired state to {self.path}: {exc.strerror or exc}"
+                ) from exc
         self.state, self.generation = state, generation
         return generation
 

@@ -64,3 +64,41 @@ def test_the_state_file_survives_a_crash_mid_write(tmp_path, monkeypatch):
     (tmp_path / ".desired-crashed").write_text('{"generation": 9, "sta')
     again = DesiredStore(path)
     assert again.generation == 1 and again.state is not None and again.state.slots == 2
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ('{"version": 1}', "not a desired-state file"),
+        ("[1, 2]", "not a desired-state file"),
+        ('{"generation": 1, "state": {"model": 5}}', "Expected `str"),
+    ],
+)
+def test_a_file_of_another_shape_says_what_it_is_not(tmp_path, text, error):
+    bad = tmp_path / "state.json"
+    bad.write_text(text)
+    with pytest.raises(StoreError, match=error):
+        DesiredStore(bad)
+
+
+def test_a_state_file_that_cannot_be_saved_stops_the_start(tmp_path):
+    """Found at the start, not at the first PUT (which answered 500 with a traceback)."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(StoreError, match=r"cannot save the desired state in .*a-file"):
+        DesiredStore(blocker / "state.json")  # its directory would be a file
+    with pytest.raises(StoreError, match="--state-file"):
+        Balancer(BalancerConfig(state_file=blocker / "sub" / "state.json"))
+
+
+async def test_a_put_that_cannot_save_answers_a_json_error(harness: Harness, tmp_path):
+    folder = tmp_path / "state"
+    balancer = await harness.balancer(state_file=folder / "state.json")
+    folder.rmdir()
+    folder.write_text("")  # its directory is now a file: the save fails
+    url = mgmt(balancer, "/api/v1/desired-state")
+    async with harness.http.put(url, json={"model": "bundled"}) as r:
+        assert r.status == 500
+        body = await r.json()
+    assert "cannot save the desired state" in body["error"]["message"]
+    assert balancer.rollout.store.generation == 0
