@@ -6,6 +6,7 @@ the status the client should see; handlers raise it and one middleware renders i
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any
@@ -116,7 +117,10 @@ def log_error(method: str, path: str, remote: str | None, error: HTTPError) -> N
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Render errors raised by handlers as JSON (see :func:`render`)."""
+    """Render errors raised by handlers as JSON (see :func:`render`); any other
+    exception, a fault of ours, is logged whole and answered as a JSON 500 (aiohttp's
+    own answer is a line of plain text), unless the answer had begun (a stream, a
+    WebSocket: nothing more can be said on it) or the client left."""
     try:
         response: web.StreamResponse = await handler(request)
         return response
@@ -126,6 +130,14 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         if exc.status < 400:
             raise
         return render(request, exc)
+    except (ConnectionError, asyncio.CancelledError):
+        raise
+    except Exception as exc:
+        if request.writer.output_size:  # the answer had begun
+            raise
+        log.exception("%s %s failed", request.method, request.path)
+        message = f"internal error ({type(exc).__name__}); the balancer's log has its cause"
+        return render(request, HTTPError(500, message))
 
 
 def not_utf8(exc: Exception) -> str:
