@@ -12,6 +12,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from corral.config.schema import addr
+from corral.config.tables import finite_seconds
 from corral.k8s.intent import FIELDS, IntentError
 
 RENDER_HELP = """\
@@ -81,8 +83,12 @@ def add_arguments(sub: Any) -> None:
         "send it nothing new, and answers once its server's requests in flight have "
         "ended (or after --timeout seconds).",
     )
-    drain.add_argument("probe_addr", metavar="HOST:PORT", help="the agent's --probe-addr")
-    drain.add_argument("--timeout", type=float, default=120.0, help="seconds (default: 120)")
+    drain.add_argument(
+        "probe_addr", type=addr, metavar="HOST:PORT", help="the agent's --probe-addr"
+    )
+    drain.add_argument(
+        "--timeout", type=finite_seconds, default=120.0, help="seconds (default: 120)"
+    )
     drain.set_defaults(k8s=run_drain)
 
 
@@ -104,9 +110,10 @@ def run_render(args: argparse.Namespace) -> int:
     try:
         data = _load_yaml(args.intent, "the intent")
         intent = parse_intent(data)
-        raw_values = dict((data or {}).get("values") or {}) if isinstance(data, dict) else {}
+        raw_values = _values(data.get("values"), "values") if isinstance(data, dict) else {}
         if args.values is not None:
-            raw_values.update(_load_yaml(args.values, "the values file") or {})
+            file = _load_yaml(args.values, "the values file")
+            raw_values.update(_values(file, f"the values file {args.values}"))
         values = parse_values(raw_values, intent)
     except IntentError as exc:
         print(f"corral k8s render: {args.intent}: {exc}", file=sys.stderr)
@@ -115,11 +122,28 @@ def run_render(args: argparse.Namespace) -> int:
     if args.output is None:
         sys.stdout.write(dump(objects))
         return 0
-    args.output.mkdir(parents=True, exist_ok=True)
-    for obj in objects:
-        (args.output / file_name(obj)).write_text(dump([obj]))
+    try:
+        args.output.mkdir(parents=True, exist_ok=True)
+        for obj in objects:
+            (args.output / file_name(obj)).write_text(dump([obj]))
+    except OSError as exc:
+        print(
+            f"corral k8s render: cannot write into -o {args.output}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return 1
     print(f"wrote {len(objects)} manifests to {args.output}", file=sys.stderr)
     return 0
+
+
+def _values(data: Any, where: str) -> dict[str, Any]:
+    """Values as a mapping (None: none). Raises :class:`IntentError` for a YAML
+    document of another shape (a list, a text)."""
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise IntentError(f"{where} must be a mapping (key: value), got {type(data).__name__}")
+    return dict(data)
 
 
 def run_fetch(args: argparse.Namespace) -> int:
@@ -134,7 +158,7 @@ def run_fetch(args: argparse.Namespace) -> int:
 
 
 def run_drain(args: argparse.Namespace) -> int:
-    url = f"http://{args.probe_addr}/drain?timeout={args.timeout:g}"
+    url = f"{args.probe_addr.url()}/drain?timeout={args.timeout:g}"
     started = time.monotonic()
     try:
         request = urllib.request.Request(url, method="POST")

@@ -103,7 +103,10 @@ def fetch(
             _write_atomically(marker, sha256.encode())
             return dest
         raise FetchError(f"{dest} is cached but its sha256 is not {sha256}; delete it")
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FetchError(f"cannot make {dest.parent} for {dest}: {exc.strerror or exc}") from None
     partial = dest.with_name(f".{dest.name}.{_unique()}.partial")
     started = clock()
     report(f"copying weights: {source} -> {dest}")

@@ -38,3 +38,12 @@ def test_a_checksum_mismatch_leaves_nothing_behind(tmp_path):
 def test_a_missing_source_is_an_error_not_a_traceback(tmp_path):
     with pytest.raises(FetchError, match="not found"):
         fetch(str(tmp_path / "nope.gguf"), tmp_path / "cache" / "m.gguf")
+
+
+def test_a_destination_folder_that_cannot_be_made_is_named(tmp_path):
+    source = tmp_path / "m.gguf"
+    source.write_bytes(b"GGUF")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(FetchError, match=f"cannot make {blocker / 'models'} for"):
+        fetch(str(source), blocker / "models" / "m.gguf")

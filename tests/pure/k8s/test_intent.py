@@ -83,3 +83,55 @@ def test_the_command_writes_one_file_per_object(tmp_path, capsys):
     assert "scaledobject-corral-m.yaml" in names and "deployment-corral-m.yaml" in names
     assert cli.main(["k8s", "render", str(intent)]) == 0
     assert "kind: ScaledObject" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("inline", "file_text", "message"),
+    [
+        ("values: [1]\n", None, "values must be a mapping (key: value), got list"),
+        ("values: text\n", None, "values must be a mapping (key: value), got str"),
+        ("", "hello\n", "the values file .*v.yaml must be a mapping (key: value), got str"),
+        ("", "- 1\n", "the values file .*v.yaml must be a mapping (key: value), got list"),
+    ],
+)
+def test_values_of_another_shape_are_a_clear_error(tmp_path, capsys, inline, file_text, message):
+    """A YAML document that is valid but not a mapping raised a TypeError or a
+    ValueError from the merge of the intent's values with the file's."""
+    import re
+
+    intent = tmp_path / "intent.yaml"
+    intent.write_text("models:\n  - name: m\n    source: bundled\n" + inline)
+    argv = ["k8s", "render", str(intent)]
+    if file_text is not None:
+        (tmp_path / "v.yaml").write_text(file_text)
+        argv += ["--values", str(tmp_path / "v.yaml")]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert re.search(message.replace("(", r"\(").replace(")", r"\)"), err), err
+    assert "Traceback" not in err
+
+
+def test_an_output_folder_that_cannot_be_written_is_named(tmp_path, capsys):
+    intent = tmp_path / "intent.yaml"
+    intent.write_text("models:\n  - name: m\n    source: bundled\n")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert cli.main(["k8s", "render", str(intent), "-o", str(blocker / "out")]) == 1
+    err = capsys.readouterr().err
+    assert f"corral k8s render: cannot write into -o {blocker / 'out'}:" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["127.0.0.1:1", "--timeout", "-2"], "'-2' must be greater than 0"),
+        (["127.0.0.1:1", "--timeout", "inf"], "must be a finite number of seconds"),
+        (["http://x:1"], "give HOST:PORT, not a URL"),
+        (["nope"], "expected HOST:PORT"),
+    ],
+)
+def test_drain_checks_its_arguments(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["k8s", "drain", *argv])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
