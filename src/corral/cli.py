@@ -62,7 +62,7 @@ def _command(
             help="print the effective settings as a config file, with where each came "
             "from, and exit (secrets are not printed)",
         )
-    p.set_defaults(schema=schema, config_files=config_files)
+    p.set_defaults(schema=schema, config_files=config_files, command_parser=p)
     return p
 
 
@@ -410,8 +410,8 @@ def _bench_parser(sub: Any, environ: Mapping[str, str]) -> None:
     add_arguments(p, flag)
     for setting in COMMON:
         add_argument(p, setting, environ)
-    schema = Schema("bench", "CORRAL_BENCH_", (*declared, *COMMON))
-    p.set_defaults(func=_run_bench, schema=schema, config_files=False)
+    schema = Schema("bench", "CORRAL_BENCH_", (*declared, *COMMON), owns_prefix=True)
+    p.set_defaults(func=_run_bench, schema=schema, config_files=False, command_parser=p)
 
 
 def _run_bench(args: argparse.Namespace) -> Coroutine[Any, Any, int]:
@@ -433,7 +433,12 @@ def _k8s_parser(sub: Any, environ: Mapping[str, str]) -> None:
     add_arguments(p.add_subparsers(dest="k8s_command", metavar="STEP", required=True))
     for setting in COMMON:
         add_argument(p, setting, environ)
-    p.set_defaults(func=_run_k8s, schema=Schema("k8s", "CORRAL_", COMMON), config_files=False)
+    p.set_defaults(
+        func=_run_k8s,
+        schema=Schema("k8s", "CORRAL_", COMMON),
+        config_files=False,
+        command_parser=p,
+    )
 
 
 async def _run_k8s(args: argparse.Namespace) -> int:
@@ -445,7 +450,9 @@ async def _run_k8s(args: argparse.Namespace) -> int:
 class _Parser(argparse.ArgumentParser):
     """The top-level parser: after argparse has read the command line, every setting
     of the chosen command is resolved (:func:`resolve`); a bad value in the
-    environment or the config file is an argparse error (usage, message, exit 2)."""
+    environment or the config file is an argparse error (usage, message, exit 2), and
+    so is an unknown argument, both said by the chosen command's parser (its usage,
+    ``corral balancer: error: ...``), not the top level's."""
 
     def __init__(self, *args: Any, environ: Mapping[str, str], **kw: Any) -> None:
         super().__init__(*args, **kw)
@@ -458,8 +465,18 @@ class _Parser(argparse.ArgumentParser):
         try:
             resolve(parsed, self.environ)
         except ConfigError as exc:
-            self.error(str(exc))
+            getattr(parsed, "command_parser", self).error(str(exc))
         return parsed, rest
+
+    def parse_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> argparse.Namespace:
+        parsed, rest = self.parse_known_args(args, namespace)
+        if rest:
+            getattr(parsed, "command_parser", self).error(
+                f"unrecognized arguments: {' '.join(rest)}"
+            )
+        return parsed
 
 
 def parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:

@@ -7,7 +7,9 @@ import asyncio
 import contextlib
 import importlib
 import json
+import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -20,6 +22,25 @@ from corral.bench.stats import Outcome, Summary, format_table, summarise
 from corral.bench.workload import HISTORIES, SHAPES, Workload, WorkloadError, WorkloadSpec
 
 DEFAULT_REQUESTS = 100
+_SPEC = WorkloadSpec()  # the defaults of the workload's fields
+
+SHAPE_FLAGS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "tail_sigma": (
+        "--tail-sigma",
+        "tail_sigma",
+        ("heavy-tail", "multi-turn", "shared-prefix", "no-sharing"),
+    ),
+    "sessions": ("--sessions", "sessions", ("multi-turn",)),
+    "turns": ("--turns", "turns", ("multi-turn",)),
+    "turn_tokens": ("--turn-tokens", "turn_tokens", ("multi-turn",)),
+    "history": ("--history", "history", ("multi-turn",)),
+    "groups": ("--groups", "groups", ("shared-prefix",)),
+    "group_users": ("--group-users", "users", ("shared-prefix",)),
+    "prefix_tokens": ("--prefix-tokens", "prefix_tokens", ("shared-prefix", "no-sharing")),
+}
+"""The workload flags that only some workloads use: parsed name -> (flag,
+:class:`WorkloadSpec` field, the workloads that use it). Given for another workload,
+they are refused, not ignored."""
 CHARTS_MISSING = "--charts needs matplotlib, which is not installed: pip install 'corral[charts]'"
 
 
@@ -66,8 +87,8 @@ def add_arguments(p: argparse.ArgumentParser, flag: Callable[..., None]) -> None
     w.add_argument(
         "--tail-sigma",
         type=_float(0, inclusive=True),
-        default=1.2,
-        help="heavy tail shape, log-normal sigma (default %(default)s)",
+        help="answer lengths' spread, log-normal sigma; not for fixed "
+        f"(default {_SPEC.tail_sigma})",
     )
     w.add_argument(
         "--stream-share",
@@ -75,30 +96,40 @@ def add_arguments(p: argparse.ArgumentParser, flag: Callable[..., None]) -> None
         default=1.0,
         help="share of streamed requests, 0..1 (default %(default)s)",
     )
-    w.add_argument("--sessions", type=_int(1), default=8, help="multi-turn: open conversations")
-    w.add_argument("--turns", type=_int(1), default=4, help="multi-turn: turns per conversation")
+    w.add_argument(
+        "--sessions",
+        type=_int(1),
+        help=f"multi-turn: open conversations (default {_SPEC.sessions})",
+    )
+    w.add_argument(
+        "--turns",
+        type=_int(1),
+        help=f"multi-turn: turns per conversation (default {_SPEC.turns})",
+    )
     w.add_argument(
         "--turn-tokens",
         type=_int(1),
-        default=None,
         help="multi-turn: words in each user turn (default: a quarter of --prompt-tokens)",
     )
     w.add_argument(
         "--history",
         choices=HISTORIES,
-        default="planned",
         help="multi-turn: the earlier answers a turn resends: planned (text of the planned "
         "length, the same every run) or served (the server's own words, as a chat client "
         "sends them back; each turn waits for the answer before it, so an open loop's "
-        "turn may go later than its arrival) (default %(default)s)",
+        f"turn may go later than its arrival) (default {_SPEC.history})",
     )
-    w.add_argument("--groups", type=_int(1), default=4, help="shared-prefix: groups")
-    w.add_argument("--group-users", type=_int(1), default=8, help="shared-prefix: users per group")
+    w.add_argument("--groups", type=_int(1), help=f"shared-prefix: groups (default {_SPEC.groups})")
+    w.add_argument(
+        "--group-users",
+        type=_int(1),
+        help=f"shared-prefix: users per group (default {_SPEC.users})",
+    )
     w.add_argument(
         "--prefix-tokens",
         type=_int(1),
-        default=1000,
-        help="shared-prefix, no-sharing: words of the document before each question",
+        help="shared-prefix, no-sharing: words of the document before each question "
+        f"(default {_SPEC.prefix_tokens})",
     )
     w.add_argument("--seed", type=int, default=1, help="default %(default)s")
     w.add_argument(
@@ -166,6 +197,19 @@ def charts_unavailable() -> str | None:
     return None
 
 
+def unwritable(folder: Path) -> str | None:
+    """Why no file can be written into ``folder`` (made if missing), or None when one
+    can: it makes the folder and a file in it, and removes that file."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=folder, prefix=".corral-bench-")
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
+        return f"cannot write into {folder}: {exc.strerror or exc}"
+    return None
+
+
 def plan(args: argparse.Namespace) -> tuple[Target, WorkloadSpec, Load]:
     """What the options ask for. Raises :class:`WorkloadError` for combinations that
     cannot work."""
@@ -179,21 +223,24 @@ def plan(args: argparse.Namespace) -> tuple[Target, WorkloadSpec, Load]:
         ignore_eos=args.ignore_eos,
         timeout=args.request_timeout,
     )
+    shaped: dict[str, Any] = {}
+    for name, (flag, field, shapes) in SHAPE_FLAGS.items():
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        if args.workload not in shapes:
+            raise WorkloadError(
+                f"{flag} is for --workload {' or '.join(shapes)}, not {args.workload}"
+            )
+        shaped[field] = value
     spec = WorkloadSpec(
         shape=args.workload,
         prompt_tokens=args.prompt_tokens,
         output_tokens=args.output_tokens,
         max_output_tokens=args.max_output_tokens,
-        tail_sigma=args.tail_sigma,
         stream_share=args.stream_share,
-        sessions=args.sessions,
-        turns=args.turns,
-        turn_tokens=args.turn_tokens,
-        history=args.history,
-        groups=args.groups,
-        users=args.group_users,
-        prefix_tokens=args.prefix_tokens,
         seed=args.seed,
+        **shaped,
     )
     requests = args.requests
     if requests is None and args.duration is None:
@@ -214,6 +261,11 @@ async def run(args: argparse.Namespace) -> int:
     if missing:
         print(f"corral bench: {missing}", file=sys.stderr)
         return 2
+    for flag, folder in (("--json", args.json and args.json.parent), ("--charts", args.charts)):
+        why = unwritable(folder) if folder is not None else None
+        if why is not None:  # said now, not after the run
+            print(f"corral bench: {flag}: {why}", file=sys.stderr)
+            return 2
     print(f"corral bench: {target.endpoint}, {spec.shape} workload, {load.describe()}")
     show = args.progress and sys.stderr.isatty()
     runner = Runner(target, Workload(spec), load)

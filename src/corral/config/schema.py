@@ -289,11 +289,16 @@ class Schema:
         env_prefix: Prepended to a setting's upper-cased name for its environment
             variable unless the setting names its own.
         settings: The table.
+        owns_prefix: No other command or tool reads variables under ``env_prefix``
+            (``CORRAL_SIM_``, not the shared ``CORRAL_``), so one this schema does not
+            know is a mistake (a typo, a flag without a variable), refused by
+            :meth:`resolve` rather than ignored.
     """
 
     command: str
     env_prefix: str
     settings: tuple[Setting, ...]
+    owns_prefix: bool = False
 
     def __post_init__(self) -> None:
         filled = tuple(
@@ -345,10 +350,20 @@ class Schema:
         its default.
 
         Raises:
-            ConfigError: A value in the environment or the file is invalid, or the
-                file names a setting this command does not have.
+            ConfigError: A value in the environment or the file is invalid, the file
+                names a setting this command does not have, or (``owns_prefix``) the
+                environment does.
         """
         file_values = file_values or {}
+        if self.owns_prefix:
+            known = {s.env for s in self.settings}
+            stray = sorted(k for k in environ if k.startswith(self.env_prefix) and k not in known)
+            if stray:
+                ours = sorted(e for e in known if e.startswith(self.env_prefix))
+                raise ConfigError(
+                    f"{', '.join(stray)}: corral {self.command} has no such setting (it "
+                    f"reads {', '.join(ours)}; see --help)"
+                )
         unknown = sorted(set(file_values) - set(self.names))
         if unknown:
             raise ConfigError(

@@ -580,6 +580,7 @@ SIM = Schema(
         Setting("api_key", "require this key, like llama-server's --api-key", secret=True),
         *COMMON,
     ),
+    owns_prefix=True,
 )
 
 UP = Schema(
@@ -620,6 +621,7 @@ UP = Schema(
         ),
         *COMMON,
     ),
+    owns_prefix=True,
 )
 
 TOP = Schema(

@@ -61,7 +61,7 @@ def add_arguments(sub: Any) -> None:
         help="write one file per object into DIR (default: one YAML stream on stdout)",
     )
     render.add_argument("--values", type=Path, metavar="FILE", help="a values file (see below)")
-    render.set_defaults(k8s=run_render)
+    render.set_defaults(k8s=run_render, command_parser=render)
 
     fetch = sub.add_parser(
         "fetch",
@@ -74,7 +74,7 @@ def add_arguments(sub: Any) -> None:
     fetch.add_argument("source")
     fetch.add_argument("dest", type=Path)
     fetch.add_argument("--sha256", help="the file's SHA-256 (64 hex digits)")
-    fetch.set_defaults(k8s=run_fetch)
+    fetch.set_defaults(k8s=run_fetch, command_parser=fetch)
 
     drain = sub.add_parser(
         "drain",
@@ -89,7 +89,7 @@ def add_arguments(sub: Any) -> None:
     drain.add_argument(
         "--timeout", type=finite_seconds, default=120.0, help="seconds (default: 120)"
     )
-    drain.set_defaults(k8s=run_drain)
+    drain.set_defaults(k8s=run_drain, command_parser=drain)
 
 
 def _load_yaml(path: Path, what: str) -> Any:

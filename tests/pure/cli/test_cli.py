@@ -3,6 +3,7 @@
 import pytest
 
 from corral.addr import Addr
+from corral.bench.workload import WorkloadSpec
 from corral.cli import _balancer_config, main, parse_args
 
 
@@ -156,6 +157,18 @@ def test_missing_api_key_file_is_a_clear_error(tmp_path):
         (["bench", "http://127.0.0.1:1", "--stream-share", "2"], "between 0 and 1"),
         (["bench", "http://127.0.0.1:1", "--output-tokens", "9", "--max-output-tokens", "5"],
          "above the cap"),
+        # a flag the workload does not use is refused, not ignored
+        (["bench", "http://127.0.0.1:1", "--turns", "3"],
+         "--turns is for --workload multi-turn, not fixed"),
+        (["bench", "http://127.0.0.1:1", "--workload", "multi-turn", "--groups", "2"],
+         "--groups is for --workload shared-prefix, not multi-turn"),
+        (["bench", "http://127.0.0.1:1", "--workload", "multi-turn", "--prefix-tokens", "9"],
+         "--prefix-tokens is for --workload shared-prefix or no-sharing, not multi-turn"),
+        (["bench", "http://127.0.0.1:1", "--tail-sigma", "0.5"], "--tail-sigma is for --workload"),
+        (["bench", "http://127.0.0.1:1", "--history", "served"], "--history is for --workload"),
+        # an output that cannot be written is said before the run, naming its flag
+        (["bench", "http://127.0.0.1:1", "--json", "/proc/no-such-dir/x.json"],
+         "--json: cannot write into /proc/no-such-dir"),
     ],
 )  # fmt: skip
 def test_bench_refuses_plans_that_cannot_work(argv, message, capsys):
@@ -171,6 +184,18 @@ def test_bench_defaults_to_a_short_closed_loop():
     assert target.endpoint == "http://h:1/v1/chat/completions"
     assert (load.users, load.rate, load.requests, load.duration) == (4, None, 100, None)
     assert spec.shape == "fixed"
+    assert spec == WorkloadSpec(shape="fixed")  # the workload's own defaults
+
+
+def test_bench_passes_each_workloads_own_flags():
+    from corral.bench.command import plan
+
+    argv = ["bench", "http://h:1/", "--workload", "multi-turn", "--turns", "3", "--sessions", "2"]
+    _, spec, _ = plan(parse_args([*argv, "--history", "served", "--tail-sigma", "0.5"]))
+    assert (spec.turns, spec.sessions, spec.history, spec.tail_sigma) == (3, 2, "served", 0.5)
+    argv = ["bench", "http://h:1/", "--workload", "shared-prefix", "--group-users", "3"]
+    _, spec, _ = plan(parse_args([*argv, "--groups", "5", "--prefix-tokens", "7"]))
+    assert (spec.groups, spec.users, spec.prefix_tokens) == (5, 3, 7)
 
 
 def test_a_supervised_server_that_sleeps_is_not_kept_awake_by_slots_reads():

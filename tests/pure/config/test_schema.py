@@ -398,3 +398,51 @@ def test_bench_refuses_an_empty_api_key(capsys: pytest.CaptureFixture[str]) -> N
     with pytest.raises(SystemExit):
         parse_args(["bench", "http://127.0.0.1:1"], environ={"CORRAL_BENCH_API_KEY": ""})
     assert "CORRAL_BENCH_API_KEY: is empty: an empty secret" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        (["sim"], {"CORRAL_SIM_SLOT": "3"}, "corral sim: error: CORRAL_SIM_SLOT: corral sim has no "
+         "such setting (it reads CORRAL_SIM_ADDR, "),
+        (["up"], {"CORRAL_UP_AGENT": "3"}, "CORRAL_UP_AGENT: corral up has no such setting"),
+        (["bench", "http://h:1"], {"CORRAL_BENCH_USERS": "abc", "CORRAL_BENCH_REQUESTS": "3"},
+         "CORRAL_BENCH_REQUESTS, CORRAL_BENCH_USERS: corral bench has no such setting (it reads "
+         "CORRAL_BENCH_API, CORRAL_BENCH_API_KEY, CORRAL_BENCH_MODEL"),
+    ],
+)  # fmt: skip
+def test_a_variable_under_a_commands_own_prefix_that_it_does_not_read_is_refused(
+    argv: list[str], env: dict[str, str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A typo or a flag that has no variable was ignored without a word."""
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(argv, environ=env)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_the_shared_prefix_is_not_policed() -> None:
+    """``CORRAL_`` is shared by the balancer, the agent, top and tools (CORRAL_CONFIG,
+    CORRAL_CACHE_DIR...): another command's variable is no mistake there."""
+    args = parse_args(["balancer"], environ={"CORRAL_MODEL": "x", "CORRAL_CACHE_DIR": "/c"})
+    assert args.command == "balancer"
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "prefix"),
+    [
+        (["balancer", "--bogus"], {}, "corral balancer: error: unrecognized arguments: --bogus"),
+        (["agent"], {"CORRAL_POLL_INTERVAL": "soon"}, "corral agent: error: CORRAL_POLL_INTERVAL"),
+        (["k8s", "drain", "h:1", "--what"], {}, "corral k8s drain: error: unrecognized arguments"),
+        (["bench", "http://h:1", "--userz", "2"], {}, "corral bench: error: unrecognized"),
+    ],
+)
+def test_errors_are_said_by_the_commands_own_parser(
+    argv: list[str], env: dict[str, str], prefix: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With its usage line, not the top level's (``corral [-h] [--version] COMMAND``)."""
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(argv, environ=env)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert prefix in err and f"usage: corral {argv[0]}" in err
