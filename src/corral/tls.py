@@ -28,14 +28,16 @@ def server_context(cert: Path, key: Path | None) -> ssl.SSLContext:
     Raises:
         TLSError: a file is missing, unreadable, or the key does not match.
     """
+    for what, path in (("certificate", cert), ("key", key)):
+        if path is not None and not path.is_file():  # ssl's error names no file
+            raise TLSError(f"TLS: no such {what} file: {path}")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
         context.load_cert_chain(cert, key)
-    except FileNotFoundError as exc:
-        raise TLSError(f"TLS: no such file: {exc.filename}") from None
     except (ssl.SSLError, OSError) as exc:
-        raise TLSError(f"TLS: cannot use certificate {cert} with key {key}: {exc}") from None
+        with_key = f"key {key}" if key is not None else "its key in the same file"
+        raise TLSError(f"TLS: cannot use certificate {cert} with {with_key}: {exc}") from None
     return context
 
 

@@ -103,12 +103,14 @@ def port(text: str) -> int:
 
 
 def share(text: str) -> float:
-    """A number, clamped to 0..1."""
+    """A share: a number from 0 to 1 (a value outside is refused, not clamped)."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    return min(1.0, max(0.0, value))
+    if not 0.0 <= value <= 1.0:  # NaN too
+        raise argparse.ArgumentTypeError(f"{text!r} must be from 0 to 1")
+    return value
 
 
 def ip_list(text: str) -> tuple[str, ...]:
@@ -254,7 +256,7 @@ class Setting:
         if self.secret:
             return None
         value = self.default if value is None else value
-        if value in (None, (), [], False):
+        if value is None or value is False or value == () or value == []:  # not 0 (== False)
             return self.default_text
         return format_value(value)
 

@@ -61,6 +61,18 @@ def lora_spec(text: str) -> tuple[str, str]:
     return name, path
 
 
+def cache_mib(text: str) -> int:
+    """MiB of host prompt cache as llama-server's ``--cache-ram`` takes it: a whole
+    number, 0 (off) or more, or -1 (no limit)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < -1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give MiB, 0 (off) or -1 (no limit)")
+    return value
+
+
 def non_negative_float(text: str) -> float:
     """Seconds, 0 or more."""
     try:
@@ -294,7 +306,8 @@ BALANCER = Schema(
         ),
         Setting(
             "rollout_share",
-            "share of supervised agents that may change settings at once (at least one)",
+            "share of supervised agents that may change settings at once, 0 to 1 (at least "
+            "one at a time: 0 is one by one)",
             share,
             default=0.0,
         ),
@@ -429,7 +442,7 @@ AGENT = Schema(
             "cache_ram",
             "host memory for the supervised server's prompt cache, MiB (llama-server "
             "--cache-ram; -1 no limit, 0 off); told to balancers for prefix routing",
-            int,
+            cache_mib,
             default_text="an eighth of the machine's memory, 256 to 8192",
             default_from="llama-server's default is 8192",
         ),

@@ -72,10 +72,17 @@ async def test_an_agent_refuses_a_balancer_it_cannot_verify(harness: Harness, ce
 def test_unusable_tls_files_are_clear_errors(tmp_path: Path, certs: Certs, capsys):
     from corral.tls import TLSError
 
-    with pytest.raises(TLSError, match="no such file"):
-        Balancer(BalancerConfig(tls_cert=tmp_path / "missing.pem"))
+    missing = tmp_path / "missing.pem"
+    with pytest.raises(TLSError, match=f"no such certificate file: {missing}"):
+        Balancer(BalancerConfig(tls_cert=missing))  # the name, not None (ssl's error has none)
+    with pytest.raises(TLSError, match=f"no such key file: {missing}"):
+        Balancer(BalancerConfig(tls_cert=certs.cert, tls_key=missing))
     with pytest.raises(TLSError, match="cannot use certificate"):
         Balancer(BalancerConfig(tls_cert=certs.ca, tls_key=certs.key))  # key does not match
+    junk = tmp_path / "junk.pem"
+    junk.write_text("junk")
+    with pytest.raises(TLSError, match=f"certificate {junk} with its key in the same file"):
+        Balancer(BalancerConfig(tls_cert=junk))
     with pytest.raises(SystemExit, match="--tls-key needs --tls-cert"):
         main(["balancer", "--tls-key", str(certs.key)])
 

@@ -446,3 +446,30 @@ def test_errors_are_said_by_the_commands_own_parser(
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert prefix in err and f"usage: corral {argv[0]}" in err
+
+
+@pytest.mark.parametrize("text", ["-3", "2", "nan", "1.01"])
+def test_a_share_outside_0_to_1_is_refused_not_clamped(
+    text: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--rollout-share -3`` printed ``rollout_share = 0.0``, 2 became 1.0."""
+    with pytest.raises(SystemExit):
+        parse_args(["balancer", "--rollout-share", text])
+    assert f"argument --rollout-share: {text!r} must be from 0 to 1" in capsys.readouterr().err
+    assert parse_args(["balancer", "--rollout-share", "1"]).rollout_share == 1.0
+
+
+def test_a_default_of_zero_is_shown_in_help(capsys: pytest.CaptureFixture[str]) -> None:
+    """0 == False: a zero default was taken for "no default" and not shown."""
+    with pytest.raises(SystemExit):
+        parse_args(["balancer", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "0 is one by one) (default: 0) [env CORRAL_ROLLOUT_SHARE]" in out
+
+
+def test_cache_ram_takes_mib_0_or_minus_1(capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["agent", "--model", "bundled", "--management-addr", "b:1", "--cache-ram"]
+    assert [parse_args([*base, v]).cache_ram for v in ("-1", "0", "256")] == [-1, 0, 256]
+    with pytest.raises(SystemExit):
+        parse_args([*base, "-5"])
+    assert "'-5': give MiB, 0 (off) or -1 (no limit)" in capsys.readouterr().err
