@@ -32,6 +32,15 @@ class Addr:
             raise AddressError(f"{text!r}: port {port} is out of range 0-65535")
         return cls(host, port)
 
+    def clashes(self, other: Addr) -> bool:
+        """Whether a listener on ``other`` could not bind beside one on this address:
+        the same fixed port (0 picks a free one) on the same host, or either host a
+        wildcard (``0.0.0.0``, ``::``, which take the port on every address)."""
+        if self.port == 0 or self.port != other.port:
+            return False
+        wildcards = {"0.0.0.0", "::", ""}
+        return self.host == other.host or self.host in wildcards or other.host in wildcards
+
     def url(self, scheme: str = "http") -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{scheme}://{host}:{self.port}"

@@ -111,6 +111,7 @@ def _balancer_config(args: argparse.Namespace) -> Any:
 
     if args.tls_key is not None and args.tls_cert is None:
         raise SystemExit("corral balancer: --tls-key needs --tls-cert")
+    _distinct_listeners("balancer", args)
     from corral.config.keys import KeysError, parse_keys
     from corral.core.queueing import Tenant
 
@@ -288,6 +289,9 @@ def _supervised_server(args: argparse.Namespace) -> tuple[Any, Any]:
         binary = llama_server_path(args.llama_server)
     except (ModelSourceError, LlamaCppNotFound) as exc:
         raise SystemExit(f"corral agent: --model {args.model}: {exc}") from None
+    for name, path in args.lora:  # said now, not by a server that fails to start again and again
+        if not Path(path).is_file():
+            raise SystemExit(f"corral agent: --lora {name}={path}: no such adapter file")
     settings = ServerSettings(
         model=model,
         slots=args.slots,
@@ -349,7 +353,19 @@ def _up_parser(sub: Any, environ: Mapping[str, str]) -> None:
 def _run_up(args: argparse.Namespace) -> Coroutine[Any, Any, None]:
     from corral.up import UpConfig, run
 
+    _distinct_listeners("up", args)
     return run(build(UpConfig, vars(args)))
+
+
+def _distinct_listeners(command: str, args: argparse.Namespace) -> None:
+    """Raises SystemExit when the inference and management listeners would share a
+    port (the second bind failed with only "address already in use")."""
+    if args.inference_addr.clashes(args.management_addr):
+        raise SystemExit(
+            f"corral {command}: --inference-addr {args.inference_addr} and --management-addr "
+            f"{args.management_addr} share a port; give each its own (the defaults are "
+            "8061 and 8060)"
+        )
 
 
 # --------------------------------------------------------------------- top

@@ -22,3 +22,12 @@ def test_parse():
 def test_errors(text, reason):
     with pytest.raises(AddressError, match=reason):
         Addr.parse(text)
+
+
+def test_listeners_clash_on_one_fixed_port_of_one_host_or_a_wildcard():
+    a = Addr.parse("127.0.0.1:9000")
+    assert a.clashes(Addr.parse("127.0.0.1:9000"))
+    assert a.clashes(Addr.parse("0.0.0.0:9000")) and Addr.parse("[::]:9000").clashes(a)
+    assert not a.clashes(Addr.parse("127.0.0.1:9001"))
+    assert not a.clashes(Addr.parse("10.0.0.1:9000"))  # two addresses of the machine
+    assert not Addr.parse("127.0.0.1:0").clashes(Addr.parse("127.0.0.1:0"))  # free ports

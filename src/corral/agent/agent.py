@@ -423,11 +423,7 @@ class Agent:
                 moved = await self._session_with(url)
                 reason = "server moved" if moved else "connection closed"
             except aiohttp.WSServerHandshakeError as exc:
-                reason = (
-                    "the balancer refused the agent token (--agent-token)"
-                    if exc.status == 401
-                    else f"handshake failed: {exc.status} {exc.message}"
-                )
+                reason = handshake_reason(exc.status, exc.message)
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 reason = str(exc) or type(exc).__name__
             except m.ProtocolError as exc:
@@ -815,3 +811,16 @@ async def run(
         # says what the stop waits for, with a countdown (a second Ctrl-C: corral.cli._run)
         async with talking("the agent", agent.waiting_for, agent.stop_timeout):
             await agent.stop()
+
+
+def handshake_reason(status: int, message: str) -> str:
+    """Why a balancer refused an agent's WebSocket, in words a person can act on."""
+    if status == 401:
+        return "the balancer refused the agent token (--agent-token)"
+    if status == 404:  # no agent socket there: another server, or the inference listener
+        return (
+            f"handshake failed: {status} {message}: no agent socket there; is it the "
+            "balancer's management address (--management-addr, port 8060 by default), "
+            "not its inference address (8061)?"
+        )
+    return f"handshake failed: {status} {message}"

@@ -406,6 +406,9 @@ class Supervisor:
             raise _StartFailed(f"llama-server binary {binary} not found")
         if not settings.model.is_file():
             raise _StartFailed(f"model file {settings.model} not found")
+        for name, path in settings.lora:
+            if not path.is_file():
+                raise _StartFailed(f"LoRA adapter {name}: file {path} not found")
         return llama_server_command(
             binary,
             settings.model,

@@ -69,6 +69,20 @@ async def test_an_agent_refuses_a_balancer_it_cannot_verify(harness: Harness, ce
     assert len(balancer.fleet) == 0
 
 
+async def test_an_agent_sent_to_the_inference_listener_is_told_where_to_go(harness: Harness):
+    """It said only "handshake failed: 404 Invalid response status"."""
+    from corral.addr import Addr
+
+    balancer = await harness.balancer()
+    _, port = await harness.sim(name="s")
+    wrong = (Addr("127.0.0.1", balancer.inference_port),)
+    agent = await harness.agent(port, balancer, name="s", wait_ready=False, management_addrs=wrong)
+    link = f"http://127.0.0.1:{balancer.inference_port}/api/v1/agent-socket"
+    reason = await eventually(lambda: agent.links.get(link), what="a failed link")
+    assert reason.startswith("handshake failed: 404")
+    assert "is it the balancer's management address (--management-addr" in reason
+
+
 def test_unusable_tls_files_are_clear_errors(tmp_path: Path, certs: Certs, capsys):
     from corral.tls import TLSError
 

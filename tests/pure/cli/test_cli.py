@@ -275,3 +275,31 @@ def test_the_reconnect_backoff_reaches_the_agent_from_flags_and_environment(monk
     assert (captured["config"].reconnect_min, captured["config"].reconnect_max) == (0.5, 3.0)
     asyncio.run(cli._run_agent(agent_args(argv[:-2])))
     assert (captured["config"].reconnect_min, captured["config"].reconnect_max) == (0.5, 10.0)
+
+
+def test_a_lora_adapter_that_is_not_there_stops_the_agent_at_once(tmp_path):
+    """It was passed on, and the supervised server failed to start again and again."""
+    from corral import cli
+
+    model, binary = tmp_path / "m.gguf", tmp_path / "llama-server"
+    model.write_bytes(b"GGUF")
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(0o755)
+    adapter = tmp_path / "a.gguf"
+    argv = ["agent", "--model", str(model), "--llama-server", str(binary)]
+    argv += ["--management-addr", "b:1", "--lora", f"a={adapter}"]
+    args = parse_args(argv)
+    args.extra = []
+    with pytest.raises(SystemExit, match=f"--lora a={adapter}: no such adapter file"):
+        cli._supervised_server(args)
+    adapter.write_bytes(b"GGUF")
+    supervisor, _ = cli._supervised_server(args)
+    assert supervisor.settings.lora == (("a", adapter),)
+
+
+@pytest.mark.parametrize("command", ["balancer", "up"])
+def test_the_two_listeners_on_one_port_are_refused_by_name(command):
+    """The second bind failed with only "address already in use"."""
+    argv = [command, "--inference-addr", "127.0.0.1:9000", "--management-addr", "0.0.0.0:9000"]
+    with pytest.raises(SystemExit, match="share a port; give each its own"):
+        main(argv)
