@@ -29,7 +29,7 @@ import aiohttp
 
 from corral.addr import Addr
 from corral.config import UP, default
-from corral.llamacpp import bundled_model, llama_server_path
+from corral.llamacpp import LlamaCppNotFound, ModelError, bundled_model, llama_server_path
 from corral.llamacpp.base_chat import base_model_args
 from corral.llamacpp.process import spawn, terminate
 
@@ -82,9 +82,27 @@ class _Child:
             self.process.kill()
 
 
+def inputs(config: UpConfig) -> tuple[Path, Path]:
+    """The llama-server binary and the model file ``config`` asks for, found before
+    anything starts or is printed.
+
+    Raises:
+        SystemExit: either is missing, with the reason (scripts/install brings both).
+    """
+    try:
+        binary = llama_server_path()
+        model = config.model or bundled_model()
+    except (LlamaCppNotFound, ModelError) as exc:
+        raise SystemExit(f"corral up: {exc}") from None
+    if not model.is_file():
+        raise SystemExit(f"corral up: model file not found: {model}")
+    return binary, model
+
+
 class Fleet:
-    def __init__(self, config: UpConfig) -> None:
+    def __init__(self, config: UpConfig, binary: Path, model: Path) -> None:
         self.config = config
+        self.binary, self.model = binary, model
         self.children: list[_Child] = []
         self.logs = Path(tempfile.mkdtemp(prefix="corral-up-"))
 
@@ -95,10 +113,7 @@ class Fleet:
 
     async def start(self) -> None:
         cfg = self.config
-        binary = llama_server_path()  # fail here, with the reason, if there is none
-        model = cfg.model or bundled_model()
-        if not model.is_file():
-            raise SystemExit(f"corral up: model file not found: {model}")
+        binary, model = self.binary, self.model
         slots = cfg.slots or default_slots()
         # the bundled model is a base model: chat as questions and answers (base_chat.py)
         server_args = ["--", *base_model_args()] if cfg.model is None else []
@@ -275,7 +290,7 @@ Press Ctrl-C to stop everything.
 
 
 async def run(config: UpConfig) -> None:
-    fleet = Fleet(config)
+    fleet = Fleet(config, *inputs(config))
     try:
         print(f"Starting a balancer and {config.agents} agent(s); logs in {fleet.logs}")
         await fleet.start()

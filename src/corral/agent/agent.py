@@ -388,10 +388,13 @@ class Agent:
                 if status.condition in (Condition.READY, Condition.LOADING)
                 else logging.WARNING
             )
+            where = self.local_url
+            if self.server is not None and self._server_port == 0:  # it never got a port
+                where = f"{getattr(self.server, 'program', 'the supervised server')} (not started)"
             log.log(
                 level,
                 "server %s: %s%s (slots %d/%d busy, model %s)",
-                self.local_url,
+                where,
                 status.condition,
                 f" - {issues}" if issues else "",
                 status.slots_processing,

@@ -220,3 +220,21 @@ async def test_corral_k8s_drain_says_when_the_agent_cannot_be_reached():
     out, _ = await asyncio.wait_for(drain.communicate(), 20)
     assert drain.returncode == 1
     assert out.decode().startswith("corral k8s drain: http://127.0.0.1:")
+
+
+async def test_a_server_that_never_started_is_not_logged_at_port_0(
+    harness: Harness, tmp_path: Path, caplog: Any
+):
+    """Its log line named ``http://127.0.0.1:0``, an address nothing listens on."""
+    import logging
+
+    balancer = await harness.balancer()
+    with caplog.at_level(logging.INFO, logger="corral.agent"):
+        await _supervised(harness, balancer, tmp_path, model=tmp_path / "missing.gguf")
+        await eventually(
+            lambda: any("not found" in r.getMessage() for r in caplog.records),
+            what="the failed start logged",
+        )
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("server ")]
+    assert lines and all(":0" not in line for line in lines), lines
+    assert any(line.startswith("server llama-server (not started): ") for line in lines), lines

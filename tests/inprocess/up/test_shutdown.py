@@ -31,7 +31,7 @@ def test_the_first_words_say_what_it_waits_for_and_how_to_skip():
 
 
 async def test_it_counts_down_then_a_second_ctrl_c_stops_everything_at_once(tmp_path):
-    fleet = Fleet(UpConfig())
+    fleet = Fleet(UpConfig(), tmp_path / "llama-server", tmp_path / "m.gguf")  # not run
     fleet.logs = tmp_path
     balancer = _Child("balancer", [sys.executable, "-c", SLOW], tmp_path / "b.log")
     agent = _Child("agent-0", [sys.executable, "-c", QUICK], tmp_path / "a.log")

@@ -303,3 +303,29 @@ def test_the_two_listeners_on_one_port_are_refused_by_name(command):
     argv = [command, "--inference-addr", "127.0.0.1:9000", "--management-addr", "0.0.0.0:9000"]
     with pytest.raises(SystemExit, match="share a port; give each its own"):
         main(argv)
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        (["up"], {"CORRAL_LLAMA_SERVER": "/no/such/llama-server"},
+         "corral up: /no/such/llama-server is not an executable file"),
+        (["up", "--model", "/no/such/model.gguf"], {},
+         "corral up: model file not found: /no/such/model.gguf"),
+    ],
+)  # fmt: skip
+def test_up_says_what_is_missing_before_it_starts_anything(
+    argv, env, message, monkeypatch, tmp_path, capsys
+):
+    """A missing llama-server was a traceback; a missing model was said after "Starting
+    a balancer..." and left a log folder behind."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # where the log folder would go
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    with pytest.raises(SystemExit, match=message):
+        main(argv)
+    assert "Starting" not in capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []
