@@ -115,8 +115,9 @@ class Fleet:
         cfg = self.config
         binary, model = self.binary, self.model
         slots = cfg.slots or default_slots()
-        # the bundled model is a base model: chat as questions and answers (base_chat.py)
-        server_args = ["--", *base_model_args()] if cfg.model is None else []
+        # the bundled model is a base model: chat as questions and answers (base_chat.py);
+        # --metrics: the inference listener's /metrics sums the servers' (llamacpp:*)
+        server_args = ["--", "--metrics", *(base_model_args() if cfg.model is None else [])]
         threads = max(1, (os.cpu_count() or 2) // cfg.agents)
         corral = [sys.executable, "-m", "corral"]
         level = ["--log-level", cfg.log_level]

@@ -84,6 +84,11 @@ def test_up_serves_and_stops_without_leaving_a_process():
         request = urllib.request.Request(f"http://127.0.0.1:{inference}/completion", data=body)
         with urllib.request.urlopen(request, timeout=60) as reply:
             assert json.loads(reply.read())["tokens_predicted"] == 4
+        # llama-server's own metrics, summed over the fleet (the servers run --metrics;
+        # without it the inference listener answered 501 "Start it with `--metrics`")
+        metrics = f"http://127.0.0.1:{inference}/metrics"
+        with urllib.request.urlopen(metrics, timeout=30) as reply:
+            assert "llamacpp:tokens_predicted_total" in reply.read().decode()
 
         spawned = children(up.pid)
         assert len(spawned) >= 5  # balancer, 2 agents, 2 llama-servers

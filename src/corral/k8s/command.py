@@ -93,14 +93,17 @@ def add_arguments(sub: Any) -> None:
 
 
 def _load_yaml(path: Path, what: str) -> Any:
+    """The YAML document at ``path``; ``what`` names it in errors ("" for the intent,
+    which the error's prefix names already). Raises :class:`IntentError`."""
     import yaml
 
+    where = f"{what} {path}: " if what else ""
     try:
         return yaml.safe_load(path.read_text())
     except OSError as exc:
-        raise IntentError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+        raise IntentError(f"{where}cannot read it: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:
-        raise IntentError(f"{path}: not valid YAML: {exc}") from None
+        raise IntentError(f"{where}not valid YAML: {exc}") from None
 
 
 def run_render(args: argparse.Namespace) -> int:
@@ -108,7 +111,7 @@ def run_render(args: argparse.Namespace) -> int:
     from corral.k8s.render import dump, file_name, render
 
     try:
-        data = _load_yaml(args.intent, "the intent")
+        data = _load_yaml(args.intent, "")
         intent = parse_intent(data)
         raw_values = _values(data.get("values"), "values") if isinstance(data, dict) else {}
         if args.values is not None:

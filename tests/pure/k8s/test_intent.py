@@ -70,9 +70,17 @@ def test_the_command_prints_the_error_not_a_traceback(tmp_path, capsys):
     assert "Traceback" not in err
     intent.write_text("models: [\n")
     assert cli.main(["k8s", "render", str(intent)]) == 2
-    assert "not valid YAML" in capsys.readouterr().err
-    assert cli.main(["k8s", "render", str(tmp_path / "missing.yaml")]) == 2
-    assert "cannot read the intent" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"corral k8s render: {intent}: not valid YAML" in err
+    assert err.count(str(intent)) == 1, err  # named once, not "x.yaml: x.yaml:"
+    missing = tmp_path / "missing.yaml"
+    assert cli.main(["k8s", "render", str(missing)]) == 2
+    assert f"corral k8s render: {missing}: cannot read it: " in capsys.readouterr().err
+    values = tmp_path / "v.yaml"
+    values.write_text("a: [\n")
+    intent.write_text("models:\n  - name: m\n    source: bundled\n")
+    assert cli.main(["k8s", "render", str(intent), "--values", str(values)]) == 2
+    assert f"the values file {values}: not valid YAML" in capsys.readouterr().err
 
 
 def test_the_command_writes_one_file_per_object(tmp_path, capsys):
