@@ -400,27 +400,6 @@ def test_bench_refuses_an_empty_api_key(capsys: pytest.CaptureFixture[str]) -> N
     assert "CORRAL_BENCH_API_KEY: is empty: an empty secret" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(
-    ("argv", "env", "message"),
-    [
-        (["sim"], {"CORRAL_SIM_SLOT": "3"}, "corral sim: error: CORRAL_SIM_SLOT: corral sim has no "
-         "such setting (it reads CORRAL_SIM_ADDR, "),
-        (["up"], {"CORRAL_UP_AGENT": "3"}, "CORRAL_UP_AGENT: corral up has no such setting"),
-        (["bench", "http://h:1"], {"CORRAL_BENCH_USERS": "abc", "CORRAL_BENCH_REQUESTS": "3"},
-         "CORRAL_BENCH_REQUESTS, CORRAL_BENCH_USERS: corral bench has no such setting (it reads "
-         "CORRAL_BENCH_API, CORRAL_BENCH_API_KEY, CORRAL_BENCH_MODEL"),
-    ],
-)  # fmt: skip
-def test_a_variable_under_a_commands_own_prefix_that_it_does_not_read_is_refused(
-    argv: list[str], env: dict[str, str], message: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """A typo or a flag that has no variable was ignored without a word."""
-    with pytest.raises(SystemExit) as exit_info:
-        parse_args(argv, environ=env)
-    assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err
-
-
 def test_the_shared_prefix_is_not_policed() -> None:
     """``CORRAL_`` is shared by the balancer, the agent, top and tools (CORRAL_CONFIG,
     CORRAL_CACHE_DIR...): another command's variable is no mistake there."""
@@ -435,8 +414,16 @@ def test_the_shared_prefix_is_not_policed() -> None:
         (["agent"], {"CORRAL_POLL_INTERVAL": "soon"}, "corral agent: error: CORRAL_POLL_INTERVAL"),
         (["k8s", "drain", "h:1", "--what"], {}, "corral k8s drain: error: unrecognized arguments"),
         (["bench", "http://h:1", "--userz", "2"], {}, "corral bench: error: unrecognized"),
+        # a variable under a command's own prefix that it does not read (a typo, a flag
+        # that has no variable) was ignored without a word
+        (["sim"], {"CORRAL_SIM_SLOT": "3"}, "corral sim: error: CORRAL_SIM_SLOT: corral sim has "
+         "no such setting (it reads CORRAL_SIM_ADDR, "),
+        (["up"], {"CORRAL_UP_AGENT": "3"}, "CORRAL_UP_AGENT: corral up has no such setting"),
+        (["bench", "http://h:1"], {"CORRAL_BENCH_USERS": "abc", "CORRAL_BENCH_REQUESTS": "3"},
+         "CORRAL_BENCH_REQUESTS, CORRAL_BENCH_USERS: corral bench has no such setting (it reads "
+         "CORRAL_BENCH_API, CORRAL_BENCH_API_KEY, CORRAL_BENCH_MODEL"),
     ],
-)
+)  # fmt: skip
 def test_errors_are_said_by_the_commands_own_parser(
     argv: list[str], env: dict[str, str], prefix: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
