@@ -22,7 +22,10 @@ times in one process:
   evicting past the bound, the slot model, the correction): the issue's *pick plus
   index update*, without the scheduler's and the fleet's bookkeeping of the
   reservation, which slot routing pays too (:class:`PolicyTimer`; its two clock reads
-  per call are in both lines).
+  per call are in both lines);
+- by kind: the p50 of each of the policy's calls (:data:`PARTS`) and of pick+update,
+  apart for the requests predicted to reuse part of their prompt and the others (the
+  first also weigh the prompt's holders).
 
 Between requests it times a *control*: the same work every time (dict lookups, sized
 to take about the median request's pick+update), whose tail is the machine's, not the
@@ -59,7 +62,7 @@ from collections.abc import Callable
 from typing import Any
 
 from corral.core import Buffer, Condition, Fleet, ManualClock, Report, Scheduler
-from corral.core.events import Timings
+from corral.core.events import Dispatched, Finished, Timings
 from corral.core.routing import PrefixPolicy, Prompt, RequestInfo
 from corral.core.routing.decision import Dispatch
 from corral.core.routing.prefix import KV_BYTES_PER_TOKEN
@@ -159,32 +162,45 @@ class Control:
         return self
 
 
+PARTS = ("pick", "dispatch", "end")
+"""The policy's calls for one request: its pick, and its handling of the fleet's
+``Dispatched`` and ``Finished`` events."""
+
+
 class PolicyTimer:
     """Times a policy's own calls: wraps its ``pick`` and its ``observe`` (the fleet's
     events: dispatched, finished) on the instance, before a scheduler subscribes it;
-    ``spent`` sums their wall time in microseconds until :meth:`take` reads and
-    clears it."""
+    ``parts`` sums their wall time in microseconds by :data:`PARTS` (other events under
+    ``other``) until :meth:`take` reads and clears it."""
 
     def __init__(self, policy: PrefixPolicy) -> None:
-        self.spent = 0.0
+        self.parts: dict[str, float] = {}
         for name in ("pick", "observe"):
-            setattr(policy, name, self._timed(getattr(policy, name)))
+            setattr(policy, name, self._timed(name, getattr(policy, name)))
 
-    def _timed(self, call: Callable[..., Any]) -> Callable[..., Any]:
+    def _timed(self, name: str, call: Callable[..., Any]) -> Callable[..., Any]:
         clock = time.perf_counter
+        parts = self.parts
 
         def timed(*args: Any) -> Any:
             start = clock()
             try:
                 return call(*args)
             finally:
-                self.spent += (clock() - start) * 1e6
+                spent = (clock() - start) * 1e6
+                part = name if name == "pick" else _EVENT_PARTS.get(type(args[0]), "other")
+                parts[part] = parts.get(part, 0.0) + spent
 
         return timed
 
-    def take(self) -> float:
-        spent, self.spent = self.spent, 0.0
-        return spent
+    def take(self) -> dict[str, float]:
+        """The time spent by part since the last take, microseconds; then clears it."""
+        taken = dict(self.parts)
+        self.parts.clear()
+        return taken
+
+
+_EVENT_PARTS = {Dispatched: "dispatch", Finished: "end"}
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -253,6 +269,11 @@ def main(argv: list[str] | None = None) -> int:
 
     wall: dict[str, list[float]] = {"hash": [], "pick+update": [], "total": []}
     own: list[float] = []  # the policy's calls within pick+update
+    # by whether the request was predicted to reuse part of its prompt: the policy's
+    # time in each of its calls, and pick+update's
+    kinds: dict[bool, dict[str, list[float]]] = {
+        hit: {part: [] for part in (*PARTS, "pick+update")} for hit in (True, False)
+    }
     cpu: dict[str, list[float]] = {"hash": [], "pick+update": [], "total": []}
     control_wall: list[float] = []
     in_timed = 0
@@ -285,10 +306,15 @@ def main(argv: list[str] | None = None) -> int:
             answer_timings(size, info.note.predicted_cached),
         )
         done, done_cpu = time.perf_counter(), time.thread_time()
-        own.append(timer.take())
+        parts = timer.take()
+        own.append(sum(parts.values()))
         in_timed += collections[0] != seen
         routes[info.note.reason or "?"] += 1
-        reused += info.note.predicted_cached > 0
+        hit = info.note.predicted_cached > 0
+        reused += hit
+        for part in PARTS:
+            kinds[hit][part].append(parts.get(part, 0.0))
+        kinds[hit]["pick+update"].append((done - hashed) * 1e6)
         for into, (a, b, c) in (
             (wall, (start, hashed, done)),
             (cpu, (start_cpu, hashed_cpu, done_cpu)),
@@ -325,6 +351,13 @@ def main(argv: list[str] | None = None) -> int:
         f"  {'control':12} p50 {c50:7.1f} us   p99 {c99:7.1f} us   (the same work each "
         f"time, between requests: p99/p50 {c99 / c50:.2f}; pick+update's {r99 / r50:.2f})"
     )
+    for hit, label in ((True, "reusing part of their prompt"), (False, "reusing none")):
+        times = kinds[hit]
+        if times["pick"]:
+            print(
+                f"  {len(times['pick'])} {label}, p50: "
+                + ", ".join(f"{part} {statistics.median(times[part]):.1f} us" for part in times)
+            )
     print(
         f"  routes: {reused} of {args.requests} predicted to reuse part of their prompt; "
         + ", ".join(f"{n} {reason}" for reason, n in routes.most_common())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
 
@@ -34,12 +35,20 @@ class Addr:
 
     def clashes(self, other: Addr) -> bool:
         """Whether a listener on ``other`` could not bind beside one on this address:
-        the same fixed port (0 picks a free one) on the same host, or either host a
-        wildcard (``0.0.0.0``, ``::``, which take the port on every address)."""
+        the same fixed port (0 picks a free one) on the same host, or on a wildcard of
+        the other's family (``0.0.0.0`` takes the port on every IPv4 address, ``::`` on
+        every IPv6 one: asyncio binds IPv6 sockets IPv6-only). A host name may resolve
+        to either family."""
         if self.port == 0 or self.port != other.port:
             return False
-        wildcards = {"0.0.0.0", "::", ""}
-        return self.host == other.host or self.host in wildcards or other.host in wildcards
+        if self.host == other.host:
+            return True
+        for wildcard, host in ((self.host, other.host), (other.host, self.host)):
+            if wildcard in ("0.0.0.0", "") and "v4" in _families(host):
+                return True
+            if wildcard == "::" and "v6" in _families(host):
+                return True
+        return False
 
     def url(self, scheme: str = "http") -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -48,3 +57,11 @@ class Addr:
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
+
+
+def _families(host: str) -> set[str]:
+    """``{"v4"}``, ``{"v6"}``, or both for a name (it may resolve to either)."""
+    try:
+        return {f"v{ipaddress.ip_address(host).version}"}
+    except ValueError:
+        return {"v4", "v6"}

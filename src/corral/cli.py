@@ -143,6 +143,7 @@ def _balancer_config(args: argparse.Namespace) -> Any:
         tenant_keys=tuple(tenant_keys),
         scaled_models=tuple(args.scaled_model),
         state_file=args.state_file or _default_state_file(args.management_addr.port),
+        state_file_required=args.state_file is not None,
     )
 
 

@@ -106,3 +106,6 @@ def test_the_later_turns_are_sent_where_their_prefix_is(
     reused = int(line.split()[1])
     assert 90 <= reused <= 100, line
     assert "prefix" in line
+    kinds = [line for line in out.splitlines() if ", p50: pick " in line]
+    assert [k.split()[0] for k in kinds] == [str(reused), str(200 - reused)], kinds
+    assert all("dispatch" in k and "end" in k and "pick+update" in k for k in kinds)

@@ -389,7 +389,11 @@ class Agent:
                 else logging.WARNING
             )
             where = self.local_url
-            if self.server is not None and self._server_port == 0:  # it never got a port
+            if (  # a supervised llama-server that never got a port (a command's is set)
+                self.server is not None
+                and self.config.local_llamacpp_addr is None
+                and self._server_port == 0
+            ):
                 where = f"{getattr(self.server, 'program', 'the supervised server')} (not started)"
             log.log(
                 level,

@@ -113,6 +113,9 @@ class BalancerConfig:
     """Seconds requests in flight get to finish on shutdown."""
     state_file: Path | None = None
     """Where the desired state is kept across restarts (None: in memory only)."""
+    state_file_required: bool = False
+    """The operator named ``state_file`` (``--state-file``): if no file can be written
+    there, the balancer does not start (else it starts, and warns)."""
     rollout_share: float = default(BALANCER, "rollout_share")
     """Share of supervised agents that may change settings at once (at least one)."""
     drain_timeout: float = default(BALANCER, "drain_timeout")
@@ -204,7 +207,7 @@ class Balancer:
         )
         self.rollout = Rollout(
             self.fleet,
-            DesiredStore(config.state_file),
+            DesiredStore(config.state_file, required=config.state_file_required),
             self.clock,
             self.management.send,
             share=config.rollout_share,

@@ -17,6 +17,7 @@ from corral.core.clock import Clock
 from corral.core.fleet import Fleet
 from corral.core.rollout import done, halted, plan, ready_to_apply
 from corral.protocol import messages as m
+from corral.writable import cannot_write_file
 
 log = logging.getLogger("corral.rollout")
 
@@ -34,13 +35,15 @@ class DesiredStore:
     power cut. A temporary file a crash left behind is never read.
     """
 
-    def __init__(self, path: Path | None) -> None:
-        """Read ``path`` if it exists, and check that a new state could be saved there.
+    def __init__(self, path: Path | None, *, required: bool = False) -> None:
+        """Read ``path`` if it exists, and check that a new state could be saved there:
+        when it cannot, a ``required`` path (the operator named it) stops the start;
+        the default one is only warned about (a balancer without a writable home runs,
+        and a ``PUT /api/v1/desired-state`` answers why it cannot save).
 
         Raises:
-            StoreError: the file cannot be read or is not a desired state, or its
-                directory cannot be made or written (found at the start, not at the
-                first ``PUT /api/v1/desired-state``).
+            StoreError: the file cannot be read or is not a desired state, or
+                (``required``) no file can be written where it goes.
         """
         self.path = path
         self.generation = 0
@@ -56,16 +59,12 @@ class DesiredStore:
                 self.generation = int(data["generation"])
             except (OSError, ValueError, TypeError, msgspec.ValidationError) as exc:
                 raise StoreError(f"cannot read the desired state from {path}: {exc}") from None
-        try:  # the directory, and a file in it: what put needs
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".desired-")
-            os.close(fd)
-            os.unlink(tmp)
-        except OSError as exc:
-            raise StoreError(
-                f"cannot save the desired state in {path.parent} (--state-file {path}): "
-                f"{exc.strerror or exc}"
-            ) from None
+        why = cannot_write_file(path)
+        if why is None:
+            return
+        if required:
+            raise StoreError(f"--state-file {path}: {why}")
+        log.warning("the desired state cannot be saved (%s); set --state-file", why)
 
     def put(self, state: m.DesiredState) -> int:
         """Save ``state`` as the next generation; return that generation.

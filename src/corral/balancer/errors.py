@@ -6,7 +6,6 @@ the status the client should see; handlers raise it and one middleware renders i
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from typing import Any
@@ -117,10 +116,11 @@ def log_error(method: str, path: str, remote: str | None, error: HTTPError) -> N
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Render errors raised by handlers as JSON (see :func:`render`); any other
-    exception, a fault of ours, is logged whole and answered as a JSON 500 (aiohttp's
-    own answer is a line of plain text), unless the answer had begun (a stream, a
-    WebSocket: nothing more can be said on it) or the client left."""
+    """Render errors raised by handlers as JSON (see :func:`render`). Any other
+    exception is answered as JSON too, where aiohttp answers a line of plain text: a
+    :class:`TimeoutError` as 504 (as aiohttp does), anything else, a fault of ours,
+    as 500, logged with its traceback. Not when the answer had begun (a stream, a
+    WebSocket: nothing more can be said on it) or the client has left."""
     try:
         response: web.StreamResponse = await handler(request)
         return response
@@ -130,14 +130,22 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         if exc.status < 400:
             raise
         return render(request, exc)
-    except (ConnectionError, asyncio.CancelledError):
-        raise
     except Exception as exc:
-        if request.writer.output_size:  # the answer had begun
-            raise
-        log.exception("%s %s failed", request.method, request.path)
-        message = f"internal error ({type(exc).__name__}); the balancer's log has its cause"
-        return render(request, HTTPError(500, message))
+        transport = request.transport
+        if request.writer.output_size or transport is None or transport.is_closing():
+            raise  # the answer had begun, or there is no one to answer
+        if isinstance(exc, TimeoutError):
+            return render(request, HTTPError(504, f"timed out: {exc}" if str(exc) else "timed out"))
+        error = HTTPError(500, f"internal error ({type(exc).__name__}); the balancer's log has why")
+        log.error(  # the one line of this answer (render's), with the traceback
+            "%s %s from %s -> 500 %s",
+            request.method,
+            request.path,
+            request.remote,
+            error.message,
+            exc_info=exc,
+        )
+        return error.response()
 
 
 def not_utf8(exc: Exception) -> str:

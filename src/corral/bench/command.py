@@ -7,9 +7,7 @@ import asyncio
 import contextlib
 import importlib
 import json
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -20,6 +18,7 @@ from corral.bench.api import APIS
 from corral.bench.driver import Load, Runner, Target
 from corral.bench.stats import Outcome, Summary, format_table, summarise
 from corral.bench.workload import HISTORIES, SHAPES, Workload, WorkloadError, WorkloadSpec
+from corral.writable import cannot_write_file, cannot_write_into
 
 DEFAULT_REQUESTS = 100
 _SPEC = WorkloadSpec()  # the defaults of the workload's fields
@@ -197,19 +196,6 @@ def charts_unavailable() -> str | None:
     return None
 
 
-def unwritable(folder: Path) -> str | None:
-    """Why no file can be written into ``folder`` (made if missing), or None when one
-    can: it makes the folder and a file in it, and removes that file."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=folder, prefix=".corral-bench-")
-        os.close(fd)
-        os.unlink(name)
-    except OSError as exc:
-        return f"cannot write into {folder}: {exc.strerror or exc}"
-    return None
-
-
 def plan(args: argparse.Namespace) -> tuple[Target, WorkloadSpec, Load]:
     """What the options ask for. Raises :class:`WorkloadError` for combinations that
     cannot work."""
@@ -261,9 +247,11 @@ async def run(args: argparse.Namespace) -> int:
     if missing:
         print(f"corral bench: {missing}", file=sys.stderr)
         return 2
-    for flag, folder in (("--json", args.json and args.json.parent), ("--charts", args.charts)):
-        why = unwritable(folder) if folder is not None else None
-        if why is not None:  # said now, not after the run
+    for flag, why in (
+        ("--json", args.json and cannot_write_file(args.json)),
+        ("--charts", args.charts and cannot_write_into(args.charts)),
+    ):
+        if why:  # said now, not after the run
             print(f"corral bench: {flag}: {why}", file=sys.stderr)
             return 2
     print(f"corral bench: {target.endpoint}, {spec.shape} workload, {load.describe()}")

@@ -93,9 +93,9 @@ def parse_keys(text: str, *, toml: bool | None = None) -> list[KeyEntry]:
 
 
 _NO_KEY = (
-    "names no key: a keys file with none would leave the inference listener open to "
-    "anyone (a secret that failed to mount reads as empty); leave --api-key-file out "
-    "for no keys"
+    "names no key (a keys file whose secret failed to mount reads as empty, and alone "
+    "it would leave the inference listener open to anyone); leave --api-key-file out "
+    "for none"
 )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 import urllib.error
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from corral.config.schema import addr
-from corral.config.tables import finite_seconds
+from corral.config.tables import non_negative_float
 from corral.k8s.intent import FIELDS, IntentError
 
 RENDER_HELP = """\
@@ -87,9 +88,20 @@ def add_arguments(sub: Any) -> None:
         "probe_addr", type=addr, metavar="HOST:PORT", help="the agent's --probe-addr"
     )
     drain.add_argument(
-        "--timeout", type=finite_seconds, default=120.0, help="seconds (default: 120)"
+        "--timeout",
+        type=_seconds,
+        default=120.0,
+        help="seconds, 0 or more (0: mark it draining and return at once; default: 120)",
     )
     drain.set_defaults(k8s=run_drain, command_parser=drain)
+
+
+def _seconds(text: str) -> float:
+    """Seconds, 0 or more and finite (the agent takes 0: it drains and answers at once)."""
+    value = non_negative_float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number of seconds")
+    return value
 
 
 def _load_yaml(path: Path, what: str) -> Any:

@@ -238,3 +238,23 @@ async def test_a_server_that_never_started_is_not_logged_at_port_0(
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("server ")]
     assert lines and all(":0" not in line for line in lines), lines
     assert any(line.startswith("server llama-server (not started): ") for line in lines), lines
+
+
+def test_a_supervised_command_is_logged_at_the_address_it_was_given(caplog: Any) -> None:
+    """Its address is the one given (``--server-addr``), whether it started or not."""
+    import logging
+
+    from corral.agent.supervisor import CommandSettings
+    from corral.core.fleet import Condition
+    from corral.protocol import messages as m
+
+    settings = CommandSettings(command=("vllm", "serve"), port=8123, host="127.0.0.1")
+    server = Supervisor(settings, name="v", log_server_output=False)
+    config = AgentConfig(
+        local_llamacpp_addr=Addr("127.0.0.1", 8123), management_addrs=(Addr("127.0.0.1", 1),)
+    )
+    agent = Agent(config, server)
+    with caplog.at_level(logging.INFO, logger="corral.agent"):
+        agent._log_change(m.ServerStatus(condition=Condition.READY, model="x", slots_total=4))
+    assert "server http://127.0.0.1:8123: ready" in caplog.text, caplog.text
+    assert "not started" not in caplog.text

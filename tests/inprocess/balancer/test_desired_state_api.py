@@ -81,21 +81,38 @@ def test_a_file_of_another_shape_says_what_it_is_not(tmp_path, text, error):
         DesiredStore(bad)
 
 
-def test_a_state_file_that_cannot_be_saved_stops_the_start(tmp_path):
-    """Found at the start, not at the first PUT (which answered 500 with a traceback)."""
+def test_a_named_state_file_that_cannot_be_saved_stops_the_start(tmp_path, caplog):
+    """Found at the start, not at the first PUT (which answered 500 with a traceback);
+    the default file, which the operator did not name, is only warned about: a
+    balancer whose home cannot be written still starts."""
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    with pytest.raises(StoreError, match=r"cannot save the desired state in .*a-file"):
-        DesiredStore(blocker / "state.json")  # its directory would be a file
+    path = blocker / "state.json"  # its folder would be a file
+    with pytest.raises(StoreError, match=f"--state-file {path}: cannot write into {blocker}"):
+        DesiredStore(path, required=True)
     with pytest.raises(StoreError, match="--state-file"):
-        Balancer(BalancerConfig(state_file=blocker / "sub" / "state.json"))
+        Balancer(BalancerConfig(state_file=blocker / "sub" / "s.json", state_file_required=True))
+    with caplog.at_level("WARNING", logger="corral.rollout"):
+        store = DesiredStore(path)
+    assert store.generation == 0
+    assert "the desired state cannot be saved" in caplog.text and "set --state-file" in caplog.text
+    assert not (tmp_path / "a-file").is_dir() and sorted(tmp_path.iterdir()) == [blocker]
+
+
+def test_the_cli_stops_only_for_a_state_file_it_was_given(tmp_path, monkeypatch):
+    from corral.cli import _balancer_config, parse_args
+
+    monkeypatch.setenv("HOME", str(tmp_path / "no-such-home"))
+    monkeypatch.delenv("XDG_STATE_HOME", raising=False)
+    assert _balancer_config(parse_args(["balancer"])).state_file_required is False
+    named = parse_args(["balancer", "--state-file", str(tmp_path / "s.json")])
+    assert _balancer_config(named).state_file_required is True
 
 
 async def test_a_put_that_cannot_save_answers_a_json_error(harness: Harness, tmp_path):
     folder = tmp_path / "state"
     balancer = await harness.balancer(state_file=folder / "state.json")
-    folder.rmdir()
-    folder.write_text("")  # its directory is now a file: the save fails
+    folder.write_text("")  # its folder is now a file: the save fails
     url = mgmt(balancer, "/api/v1/desired-state")
     async with harness.http.put(url, json={"model": "bundled"}) as r:
         assert r.status == 500

@@ -35,7 +35,33 @@ async def test_an_unexpected_exception_is_a_json_500_and_logged_whole(
     assert response.status == 500
     assert body["error"]["message"].startswith("internal error (KeyError)")
     assert body["error"]["code"] == 500
-    assert any(r.exc_info and "GET /x failed" in r.getMessage() for r in caplog.records)
+    lines = [r for r in caplog.records if "GET /x" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].exc_info is not None  # one line, with the traceback
+
+
+@pytest.mark.parametrize(
+    ("fault", "status", "message"),
+    [
+        (TimeoutError(), 504, "timed out"),  # as aiohttp answers it, in JSON
+        (ConnectionRefusedError("upstream"), 500, "internal error (ConnectionRefusedError)"),
+    ],
+)
+async def test_timeouts_and_failed_connections_of_our_own_are_json_too(
+    fault: Exception, status: int, message: str
+) -> None:
+    """A connection that failed was taken for a client that left, and got plain text."""
+
+    async def broken(request: web.Request) -> web.Response:
+        raise fault
+
+    client = await _client(broken)
+    try:
+        response = await client.get("/x")
+        body = await response.json()
+    finally:
+        await client.close()
+    assert response.status == status
+    assert body["error"]["message"].startswith(message)
 
 
 async def test_a_stream_that_had_begun_is_not_answered_again() -> None:

@@ -310,7 +310,7 @@ def test_the_two_listeners_on_one_port_are_refused_by_name(command):
     [
         (["up"], {"CORRAL_LLAMA_SERVER": "/no/such/llama-server"},
          "corral up: /no/such/llama-server is not an executable file"),
-        (["up", "--model", "/no/such/model.gguf"], {},
+        (["up", "--model", "/no/such/model.gguf"], {"CORRAL_LLAMA_SERVER": "STUB"},
          "corral up: model file not found: /no/such/model.gguf"),
     ],
 )  # fmt: skip
@@ -319,13 +319,18 @@ def test_up_says_what_is_missing_before_it_starts_anything(
 ):
     """A missing llama-server was a traceback; a missing model was said after "Starting
     a balancer..." and left a log folder behind."""
+    stub = tmp_path / "llama-server"  # found, never run: the model is what is missing
+    stub.write_text("#!/bin/sh\n")
+    stub.chmod(0o755)
     for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("TMPDIR", str(tmp_path))  # where the log folder would go
+        monkeypatch.setenv(name, str(stub) if value == "STUB" else value)
+    logs = tmp_path / "tmp"
+    logs.mkdir()
+    monkeypatch.setenv("TMPDIR", str(logs))  # where the log folder would go
     import tempfile
 
     monkeypatch.setattr(tempfile, "tempdir", None)
     with pytest.raises(SystemExit, match=message):
         main(argv)
     assert "Starting" not in capsys.readouterr().out
-    assert list(tmp_path.iterdir()) == []
+    assert list(logs.iterdir()) == []

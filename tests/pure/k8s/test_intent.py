@@ -132,7 +132,7 @@ def test_an_output_folder_that_cannot_be_written_is_named(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["127.0.0.1:1", "--timeout", "-2"], "'-2' must be greater than 0"),
+        (["127.0.0.1:1", "--timeout", "-2"], "'-2' cannot be negative"),
         (["127.0.0.1:1", "--timeout", "inf"], "must be a finite number of seconds"),
         (["http://x:1"], "give HOST:PORT, not a URL"),
         (["nope"], "expected HOST:PORT"),
@@ -143,3 +143,9 @@ def test_drain_checks_its_arguments(argv, message, capsys):
         cli.main(["k8s", "drain", *argv])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_drain_takes_a_timeout_of_0():
+    """0: the agent is marked draining and the command returns at once (as before)."""
+    args = cli.parse_args(["k8s", "drain", "127.0.0.1:1", "--timeout", "0"])
+    assert args.timeout == 0.0
