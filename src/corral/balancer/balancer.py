@@ -223,7 +223,6 @@ class Balancer:
             BatchService(
                 config.data_dir,
                 concurrency=config.batch_concurrency,
-                api_key=config.api_keys[0] if config.api_keys else None,
             )
             if config.data_dir is not None
             else None

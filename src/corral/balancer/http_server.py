@@ -144,6 +144,7 @@ class Request:
         "remote",
         "scheme",
         "target",
+        "tenant",
         "version",
     )
 
@@ -171,6 +172,9 @@ class Request:
         self.remote = remote
         self.scheme = scheme
         """``https`` when the client's connection is TLS, else ``http``."""
+        self.tenant: str | None = None
+        """The tenant a request made in the balancer itself runs as (a Batch API line:
+        its batch's); its key is not asked. Never set from what a client sends."""
 
     def header(self, name: bytes) -> str | None:
         """The first value of a header, by lower-case name."""

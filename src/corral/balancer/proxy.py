@@ -222,7 +222,7 @@ class InferenceProxy:
         self._light_turn = 0
         self._prompts = dispatcher.scheduler.policy.needs_prompt
         """The policy routes by prompt (prefix routing): read it, report on it."""
-        self.batches: Callable[[Request, Responder], Awaitable[None]] | None = None
+        self.batches: Callable[[Request, Responder, Tenant | None], Awaitable[None]] | None = None
         """The Batch API's handler (:mod:`corral.balancer.batches`), with ``--data-dir``."""
 
     # ------------------------------------------------------------- routing
@@ -248,7 +248,12 @@ class InferenceProxy:
         kind = classify("GET" if head else request.method, path)
         if head and kind is not Kind.FLEET:
             kind = None  # a HEAD is never proxied
-        tenant = self._check_key(request) if self.keys and path not in _PUBLIC_PATHS else None
+        if request.tenant is not None:  # made in the balancer (a batch line): no key
+            tenant = self._tenant_named(request.tenant)
+        elif self.keys and path not in _PUBLIC_PATHS:
+            tenant = self._check_key(request)
+        else:
+            tenant = None
         if kind is Kind.INFERENCE:
             return await self._proxy(request, out, inference=True, tenant=tenant)
         if kind is Kind.LIGHT:
@@ -258,7 +263,7 @@ class InferenceProxy:
         if kind is Kind.BATCH:
             if self.batches is None:
                 raise HTTPError(404, f"{path}: the Batch API is served with --data-dir only")
-            return await self.batches(request, out)
+            return await self.batches(request, out, tenant)
         if kind is Kind.FLEET and path == "/metrics":
             return await self._metrics(request, out)
         if kind is Kind.FLEET:
@@ -279,6 +284,17 @@ class InferenceProxy:
         raise HTTPError(
             404, f"no such endpoint: {request.method} {path}. Known: {', '.join(known_paths())}"
         )
+
+    def _tenant_named(self, name: str) -> Tenant | None:
+        """The tenant an in-process request runs as (None: the default one, when no
+        keys are asked). Raises a 401 :class:`HTTPError` when the keys file no longer
+        names it (a batch created before the balancer restarted with other keys)."""
+        if not self.keys:
+            return None
+        tenant = self.keys.tenants.get(name)
+        if tenant is None:
+            raise HTTPError(401, f"the tenant {name!r} is not in the keys file any more")
+        return tenant
 
     def _check_key(self, request: Request) -> Tenant:
         """The tenant of the request's key. Raises a 401 :class:`HTTPError`."""

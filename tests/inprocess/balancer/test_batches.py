@@ -218,3 +218,67 @@ async def test_a_restart_mid_job_loses_nothing_and_repeats_nothing(
     assert sorted(x["custom_id"] for x in lines) == sorted(f"req-{i}" for i in range(30))
     # each line was sent to a server exactly once, across both balancers
     assert before + second.metrics.counts.requests == 30, (before, second.metrics.counts)
+
+
+TENANTS = """
+[[tenant]]
+name = "chat"
+key = "sk-chat"
+
+[[tenant]]
+name = "nightly"
+key = "sk-nightly"
+class = "batch"
+"""
+
+
+async def test_a_batch_runs_as_the_tenant_that_created_it(harness: Harness, tmp_path: Path):
+    """With a TOML keys file every line failed 401: the runner sent the first plain
+    key, and there was none. Lines now run as their batch's creator, keyless (counted
+    under its name), and a tenant the keys file no longer names runs nothing."""
+    from corral.config.keys import parse_keys
+
+    keys = tuple(parse_keys(TENANTS))
+    balancer = await harness.balancer(data_dir=tmp_path, tenant_keys=keys, queue="priority")
+    _, port = await harness.sim(slots=4, tokens_per_second=1e6)
+    await harness.agent(port, balancer)
+    api = client(harness, balancer, key="sk-nightly")
+    upload = await api.files.create(file=("in.jsonl", jsonl(3)), purpose="batch")
+    batch = await api.batches.create(
+        input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    done = await finished(api, batch.id)
+    assert (done.request_counts.completed, done.request_counts.failed) == (3, 0), done
+    async with harness.http.get(mgmt(balancer, "/metrics")) as r:
+        text = await r.text()
+    counted = [
+        line for line in text.splitlines()
+        if line.startswith("corral_tenant_requests_total{") and 'tenant="nightly"' in line
+        and 'priority="batch"' in line
+    ]  # fmt: skip
+    assert counted and float(counted[0].rsplit(" ", 1)[1]) == 3, counted
+
+
+async def test_a_batch_of_a_tenant_no_longer_in_the_keys_file_runs_nothing(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """Made before a restart with other keys: its lines are refused, not run as
+    someone else."""
+    from corral.balancer.batches.wire import parse_input
+    from corral.config.keys import parse_keys
+
+    store = BatchStore(tmp_path)
+    lines, errors = parse_input(jsonl(2), "/v1/chat/completions", 100)
+    made = store.create_batch("file-x", "/v1/chat/completions", "24h", 86400, None, lines, errors,
+                              tenant="gone")  # fmt: skip
+    store.close()
+    keys = tuple(parse_keys(TENANTS))
+    balancer = await harness.balancer(data_dir=tmp_path, tenant_keys=keys, queue="priority")
+    _, port = await harness.sim(slots=4, tokens_per_second=1e6)
+    await harness.agent(port, balancer)
+    api = client(harness, balancer, key="sk-chat")
+    done = await finished(api, made["id"])
+    assert (done.request_counts.completed, done.request_counts.failed) == (0, 2), done
+    errors_out = await output(api, done.error_file_id)
+    assert all(e["response"]["status_code"] == 401 for e in errors_out), errors_out
+    assert "'gone' is not in the keys file any more" in json.dumps(errors_out)

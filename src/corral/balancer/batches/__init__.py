@@ -24,9 +24,9 @@ class BatchService:
 
     Raises :class:`OSError` or :class:`sqlite3.Error` when ``data_dir`` cannot be used."""
 
-    def __init__(self, data_dir: Path, *, concurrency: int, api_key: str | None) -> None:
+    def __init__(self, data_dir: Path, *, concurrency: int) -> None:
         self.store = BatchStore(data_dir)
-        self.runner = BatchRunner(self.store, concurrency=concurrency, api_key=api_key)
+        self.runner = BatchRunner(self.store, concurrency=concurrency)
         self.api = BatchApi(self.store, self.runner)
 
     def start(self, handle: Handler) -> None:

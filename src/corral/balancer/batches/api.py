@@ -34,6 +34,7 @@ from corral.balancer.batches.wire import (
 )
 from corral.balancer.errors import HTTPError
 from corral.balancer.http_server import Request, Responder, encode_headers
+from corral.core.queueing import Tenant
 
 
 class BatchApi:
@@ -44,17 +45,18 @@ class BatchApi:
         self.runner = runner
         self.max_lines = max_lines
 
-    async def handle(self, request: Request, out: Responder) -> None:
-        """One request. Raises :class:`HTTPError` (400, 404, 405, 409)."""
+    async def handle(self, request: Request, out: Responder, tenant: Tenant | None = None) -> None:
+        """One request of ``tenant`` (None: the default one, when no keys are asked):
+        a batch it creates runs as it. Raises :class:`HTTPError` (400, 404, 405, 409)."""
         try:
-            await self._route(request, out)
+            await self._route(request, out, tenant)
         except StoreError as exc:
             raise HTTPError(exc.status, str(exc)) from None
         except WireError as exc:
             extra = {"param": exc.param} if exc.param else None
             raise HTTPError(exc.status, str(exc), extra=extra) from None
 
-    async def _route(self, request: Request, out: Responder) -> None:
+    async def _route(self, request: Request, out: Responder, tenant: Tenant | None) -> None:
         method = request.method
         parts = request.path.strip("/").split("/")[1:]  # after "v1"
         query = {k: v[-1] for k, v in parse_qs(request.target.partition(b"?")[2].decode()).items()}
@@ -72,7 +74,7 @@ class BatchApi:
                 head = encode_headers([("Content-Type", "application/octet-stream")])
                 return out.send(200, head, self.store.content(file_id))
             case ("POST", ["batches"]):
-                return _json(out, await self._create(request))
+                return _json(out, await self._create(request, tenant))
             case ("GET", ["batches"]):
                 limit = _limit(query.get("limit"))
                 page, more = self.store.batches(limit, query.get("after"))
@@ -108,7 +110,7 @@ class BatchApi:
         file_id = await asyncio.to_thread(self.store.save, upload.data)
         return self.store.add_file(file_id, upload.data, upload.filename or "upload.jsonl", purpose)
 
-    async def _create(self, request: Request) -> dict[str, Any]:
+    async def _create(self, request: Request, tenant: Tenant | None) -> dict[str, Any]:
         try:
             params = json.loads(request.body)
         except ValueError as exc:
@@ -135,7 +137,14 @@ class BatchApi:
         data = self.store.content(file_id)
         lines, errors = await asyncio.to_thread(parse_input, data, endpoint, self.max_lines)
         batch = self.store.create_batch(
-            file_id, endpoint, window, window_s, metadata, lines, errors
+            file_id,
+            endpoint,
+            window,
+            window_s,
+            metadata,
+            lines,
+            errors,
+            tenant=tenant.name if tenant is not None else None,
         )
         self.runner.wake()
         return batch

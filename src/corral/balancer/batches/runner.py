@@ -38,6 +38,7 @@ from collections.abc import Awaitable, Callable
 from corral.balancer.batches.store import BatchStore, Pending, line_id
 from corral.balancer.batches.wire import output_line
 from corral.balancer.http_server import Request, Responder
+from corral.core.queueing import DEFAULT_TENANT
 
 log = logging.getLogger("corral.batches")
 
@@ -104,7 +105,6 @@ class BatchRunner:
         store: BatchStore,
         *,
         concurrency: int = 8,
-        api_key: str | None = None,
         tick: float = 1.0,
         max_backoff: float = 10.0,
     ) -> None:
@@ -112,8 +112,6 @@ class BatchRunner:
         self.handle: Handler | None = None
         """The inference listener's handler; set before :meth:`start`."""
         self.concurrency = concurrency
-        self.api_key = api_key
-        """One of the inference listener's keys, so lines pass its check like clients."""
         self.tick = tick
         self.max_backoff = max_backoff
         self._inflight: dict[tuple[str, int], asyncio.Task[None]] = {}
@@ -231,11 +229,10 @@ class BatchRunner:
             (b"X-Corral-Priority", PRIORITY),
             (b"X-Request-Id", request_id.encode()),
         ]
-        if self.api_key:
-            headers.append((b"Authorization", b"Bearer " + self.api_key.encode()))
         request = Request(
             "POST", line.endpoint.encode(), headers, line.body, "1.1", True, "127.0.0.1"
         )
+        request.tenant = line.tenant or DEFAULT_TENANT  # as its batch's creator, keyless
         out = Collected()
         try:
             await self.handle(request, out)

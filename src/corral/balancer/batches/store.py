@@ -40,7 +40,8 @@ CREATE TABLE IF NOT EXISTS batches (
     created_at INTEGER NOT NULL, in_progress_at INTEGER, expires_at INTEGER,
     finalizing_at INTEGER, completed_at INTEGER, failed_at INTEGER, expired_at INTEGER,
     cancelling_at INTEGER, cancelled_at INTEGER,
-    total INTEGER NOT NULL, completed INTEGER NOT NULL, failed INTEGER NOT NULL
+    total INTEGER NOT NULL, completed INTEGER NOT NULL, failed INTEGER NOT NULL,
+    tenant TEXT
 );
 CREATE TABLE IF NOT EXISTS lines (
     batch_id TEXT NOT NULL, idx INTEGER NOT NULL, custom_id TEXT NOT NULL,
@@ -73,13 +74,15 @@ class StoreError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Pending:
-    """A line to run: its batch, index, custom_id, endpoint and body."""
+    """A line to run: its batch, index, custom_id, endpoint and body, and the tenant
+    it runs as (its batch's creator's; None: the default one)."""
 
     batch_id: str
     index: int
     custom_id: str
     endpoint: str
     body: bytes
+    tenant: str | None = None
 
 
 def _new_id(prefix: str) -> str:
@@ -107,6 +110,9 @@ class BatchStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
+        columns = {r["name"] for r in self.db.execute("PRAGMA table_info(batches)")}
+        if "tenant" not in columns:  # a database made before batches kept their tenant
+            self.db.execute("ALTER TABLE batches ADD COLUMN tenant TEXT")
 
     def close(self) -> None:
         self.db.close()
@@ -192,8 +198,10 @@ class BatchStore:
         metadata: dict[str, str] | None,
         lines: list[Line],
         errors: list[LineError],
+        tenant: str | None = None,
     ) -> dict[str, Any]:
-        """A new batch: ``in_progress`` with its lines, or ``failed`` with ``errors``."""
+        """A new batch: ``in_progress`` with its lines, or ``failed`` with ``errors``;
+        its lines run as ``tenant`` (None: the default one)."""
         batch_id = _new_id("batch_")
         now = int(self.now())
         failed = bool(errors)
@@ -201,7 +209,7 @@ class BatchStore:
             self.db.execute(
                 "INSERT INTO batches (id, seq, endpoint, input_file_id, completion_window,"
                 " status, errors, metadata, created_at, in_progress_at, expires_at, failed_at,"
-                " total, completed, failed) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,0,0)",
+                " total, completed, failed, tenant) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,0,0,?)",
                 (
                     batch_id,
                     self._seq("batches"),
@@ -216,6 +224,7 @@ class BatchStore:
                     now + window_s,
                     now if failed else None,
                     0 if failed else len(lines),
+                    tenant,
                 ),
             )
             if not failed:
@@ -280,12 +289,15 @@ class BatchStore:
     def pending(self, batch_id: str, start: int, limit: int) -> list[Pending]:
         """Lines of a running batch from index ``start`` with no result yet."""
         rows = self.db.execute(
-            "SELECT l.idx, l.custom_id, l.body, b.endpoint FROM lines l JOIN batches b"
+            "SELECT l.idx, l.custom_id, l.body, b.endpoint, b.tenant FROM lines l JOIN batches b"
             " ON b.id = l.batch_id WHERE l.batch_id = ? AND l.idx >= ? AND l.result IS NULL"
             " ORDER BY l.idx LIMIT ?",
             (batch_id, start, limit),
         ).fetchall()
-        return [Pending(batch_id, r["idx"], r["custom_id"], r["endpoint"], r["body"]) for r in rows]
+        return [
+            Pending(batch_id, r["idx"], r["custom_id"], r["endpoint"], r["body"], r["tenant"])
+            for r in rows
+        ]
 
     def running(self) -> list[str]:
         """Batches whose lines may run, oldest first."""
