@@ -112,7 +112,7 @@ def _balancer_config(args: argparse.Namespace) -> Any:
     if args.tls_key is not None and args.tls_cert is None:
         raise SystemExit("corral balancer: --tls-key needs --tls-cert")
     _distinct_listeners("balancer", args)
-    from corral.config.keys import KeysError, parse_keys
+    from corral.config.keys import KeyEntry, Keys, KeysError, parse_keys
     from corral.core.queueing import Tenant
 
     keys = list(args.api_key)
@@ -134,6 +134,10 @@ def _balancer_config(args: argparse.Namespace) -> Any:
                 keys.append(entry.key)  # one key per line: the default tenant's
             else:
                 tenant_keys.append(entry)
+    try:  # the keys all together (--api-key's are the default tenant's)
+        Keys([*(KeyEntry(Tenant(), key=k) for k in keys), *tenant_keys])
+    except KeysError as exc:
+        raise SystemExit(f"corral balancer: --api-key, --api-key-file: {exc}") from None
     return build(
         BalancerConfig,
         vars(args),

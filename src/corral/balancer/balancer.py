@@ -36,7 +36,7 @@ from corral.balancer.proxy import InferenceProxy
 from corral.balancer.statsd import StatsdReporter
 from corral.balancer.upstream import UpstreamPool
 from corral.config import BALANCER, default
-from corral.config.keys import KeyEntry, Keys
+from corral.config.keys import KeyEntry, Keys, KeysError
 from corral.core.clock import Clock, MonotonicClock
 from corral.core.fleet import Fleet
 from corral.core.queueing import QueueOptions, Tenant, make_queue
@@ -384,7 +384,7 @@ async def run(config: BalancerConfig) -> None:
     """Run a balancer until cancelled (the CLI cancels on SIGINT/SIGTERM)."""
     try:
         balancer = Balancer(config)
-    except (StoreError, TLSError, CorsError, OSError, sqlite3.Error) as exc:
+    except (StoreError, TLSError, CorsError, KeysError, OSError, sqlite3.Error) as exc:
         raise SystemExit(f"corral balancer: {exc}") from None
     await balancer.start()
     try:

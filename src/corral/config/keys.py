@@ -17,7 +17,7 @@ not blank or a comment (``[`` opens TOML):
       max_buffered = 100            # waiting at once; more get 429 (default: weight share)
 
 Several tables may share a name (one tenant, several keys) if they agree on its
-settings. Keys are compared in constant time; a stored hash is compared with the
+settings; one key may not name two tenants. Keys are compared in constant time; a stored hash is compared with the
 hash of the key given.
 """
 
@@ -89,6 +89,7 @@ def parse_keys(text: str, *, toml: bool | None = None) -> list[KeyEntry]:
     if not entries:
         raise KeysError(_NO_KEY)
     _check_names(entries)
+    Keys(entries)  # one key, one tenant
     return entries
 
 
@@ -172,16 +173,33 @@ def _check_names(entries: list[KeyEntry]) -> None:
 
 class Keys:
     """Which key names which tenant. Empty: no key is required (everyone is
-    ``default``)."""
+    ``default``).
+
+    Raises:
+        KeysError: one key (given as itself or by its sha256) names two tenants: which
+            one a request runs as would depend on the order of the tables.
+    """
 
     def __init__(self, entries: Iterable[KeyEntry] = ()) -> None:
         self._plain: list[tuple[bytes, Tenant]] = []
         self._hashed: list[tuple[bytes, Tenant]] = []
+        owners: dict[bytes, str] = {}  # sha256 of each key -> its tenant's name
         for entry in entries:
             if entry.key is not None:
-                self._plain.append((entry.key.encode(), entry.tenant))
+                key = entry.key.encode()
+                self._plain.append((key, entry.tenant))
+                digest = hashlib.sha256(key).digest()
             elif entry.sha256 is not None:
-                self._hashed.append((bytes.fromhex(entry.sha256), entry.tenant))
+                digest = bytes.fromhex(entry.sha256)
+                self._hashed.append((digest, entry.tenant))
+            else:
+                continue
+            owner = owners.setdefault(digest, entry.tenant.name)
+            if owner != entry.tenant.name:
+                raise KeysError(
+                    f"one key names two tenants, {owner!r} and {entry.tenant.name!r}: give "
+                    "each tenant keys of its own"
+                )
         self.tenants: dict[str, Tenant] = {}
         for _, tenant in (*self._plain, *self._hashed):
             self.tenants.setdefault(tenant.name, tenant)

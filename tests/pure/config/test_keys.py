@@ -77,3 +77,31 @@ def test_a_keys_file_with_no_key_is_refused(text):
 def test_a_toml_keys_file_with_no_tenant_is_refused():
     with pytest.raises(KeysError, match="names no key"):
         parse_keys("tenant = []\n", toml=True)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '[[tenant]]\nname = "a"\nkey = "k1"\n[[tenant]]\nname = "b"\nkey = "k1"\n',
+        '[[tenant]]\nname = "a"\nkey = "k1"\n[[tenant]]\nname = "b"\nkey_sha256 = "{}"\n'.format(
+            hashlib.sha256(b"k1").hexdigest()
+        ),
+    ],
+)
+def test_one_key_for_two_tenants_is_refused(text):
+    """It was accepted, and the first table's tenant won without a word."""
+    with pytest.raises(KeysError, match="one key names two tenants, 'a' and 'b'"):
+        parse_keys(text)
+
+
+def test_a_key_of_a_tenant_and_of_api_key_is_refused(tmp_path):
+    from corral.cli import _balancer_config, parse_args
+
+    keys = tmp_path / "keys.toml"
+    keys.write_text('[[tenant]]\nname = "chat"\nkey = "k1"\n')
+    args = parse_args(["balancer", "--api-key", "k1", "--api-key-file", str(keys)])
+    with pytest.raises(SystemExit, match="one key names two tenants, 'default' and 'chat'"):
+        _balancer_config(args)
+    assert Keys(
+        parse_keys('[[tenant]]\nname = "a"\nkey = "k1"\n[[tenant]]\nname = "a"\nkey = "k1"\n')
+    )
