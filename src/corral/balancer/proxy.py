@@ -407,7 +407,15 @@ class InferenceProxy:
         for attempt in range(self.max_attempts):
             if attempt:
                 self.metrics.retries.inc()
-            target = await self.dispatcher.acquire(info) if inference else self._any_ready(info)
+            if inference:
+                asked = self.dispatcher.clock.now()
+                try:
+                    target = await self.dispatcher.acquire(info)
+                except BaseException:  # timed out, refused, or the client left: it waited
+                    ex.waited += self.dispatcher.clock.now() - asked
+                    raise
+            else:
+                target = self._any_ready(info)
             ex.waited += target.waited
             ex.backend = target.name
             ex.served_model = target.model

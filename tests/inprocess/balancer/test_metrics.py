@@ -82,6 +82,25 @@ async def test_buffer_rejections_and_buffered_gauge(harness: Harness):
     assert samples[("corral_buffer_rejections_total", (("reason", "timeout"),))] == 1
 
 
+async def test_a_request_that_timed_out_in_the_buffer_counts_its_wait(
+    harness: Harness, caplog
+):
+    """It was logged and counted as ``wait=0.000s``: its wait went unseen exactly when
+    the buffer failed it."""
+    balancer = await harness.balancer(buffered_request_timeout=0.3)
+    with caplog.at_level(logging.INFO, logger="corral.access"):
+        async with harness.http.post(url(balancer, "/completion"), json={"prompt": "x"}) as r:
+            assert r.status == 503
+    samples = await scrape(harness, balancer)
+    assert samples[("corral_buffer_wait_seconds_count", ())] == 1
+    assert samples[("corral_buffer_wait_seconds_sum", ())] >= 0.3
+    tenant = (("priority", "interactive"), ("tenant", "default"))
+    assert samples[("corral_tenant_buffer_wait_seconds_sum", tenant)] >= 0.3
+    line = next(r.getMessage() for r in caplog.records if " 503 " in r.getMessage())
+    waited = float(line.split(" wait=")[1].split("s")[0])
+    assert waited >= 0.3, line
+
+
 async def test_request_id_is_honoured_passed_on_and_logged(harness: Harness, caplog):
     balancer = await harness.balancer()
     _, port = await harness.sim(name="s")
