@@ -17,8 +17,8 @@ not blank or a comment (``[`` opens TOML):
       max_buffered = 100            # waiting at once; more get 429 (default: weight share)
 
 Several tables may share a name (one tenant, several keys) if they agree on its
-settings; one key may not name two tenants. Keys are compared in constant time; a stored hash is compared with the
-hash of the key given.
+settings; one key may not name two tenants. Keys are compared in constant time; a
+stored hash is compared with the hash of the key given.
 """
 
 from __future__ import annotations

@@ -82,9 +82,7 @@ async def test_buffer_rejections_and_buffered_gauge(harness: Harness):
     assert samples[("corral_buffer_rejections_total", (("reason", "timeout"),))] == 1
 
 
-async def test_a_request_that_timed_out_in_the_buffer_counts_its_wait(
-    harness: Harness, caplog
-):
+async def test_a_request_that_timed_out_in_the_buffer_counts_its_wait(harness: Harness, caplog):
     """It was logged and counted as ``wait=0.000s``: its wait went unseen exactly when
     the buffer failed it."""
     balancer = await harness.balancer(buffered_request_timeout=0.3)
