@@ -147,8 +147,11 @@ async def test_an_invalid_input_file_fails_the_batch(harness: Harness, tmp_path:
 
 
 async def test_cancel_stops_the_job_and_accounts_for_every_line(
-    harness: Harness, tmp_path: Path
+    harness: Harness, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO, logger="corral.access")
     # 40 tokens/s, 8 tokens a line: about 0.2 s a line, two at a time
     balancer, api = await fleet(harness, tmp_path, tps=40.0, slots=2, batch_concurrency=2)
     upload = await api.files.create(file=("in.jsonl", jsonl(30, max_tokens=8)), purpose="batch")
@@ -174,6 +177,11 @@ async def test_cancel_stops_the_job_and_accounts_for_every_line(
     assert balancer.batches is not None and balancer.batches.runner.in_flight == 0
     with pytest.raises(openai.ConflictError):  # it has ended: 409
         await api.batches.cancel(batch.id)
+    # the lines in flight when it was cancelled finished, as OpenAI's cancelling lets
+    # them: none was cut off (499) and then reported as not run
+    sent = [r.getMessage() for r in caplog.records if "batch_req_" in r.getMessage()]
+    assert sent and not [line for line in sent if " 499 " in line], sent
+    assert sum(" 200 " in line for line in sent) == counts.completed
 
 
 async def test_a_batch_past_its_window_expires(harness: Harness, tmp_path: Path) -> None:

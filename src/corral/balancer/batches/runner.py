@@ -18,9 +18,11 @@ Every other answer, 2xx or not, is the line's result (OpenAI's error file holds
 answers such as 400 with their body).
 
 Once a second (or when woken) it also ends batches: ``completed`` when every line has
-a result, ``cancelled`` once a cancelling batch has no line running (its lines in
-flight are broken off, which frees their slots), ``expired`` past the completion
-window (lines in flight broken off too).
+a result, ``cancelled`` once a cancelling batch has no line running (it starts no
+line, and those in flight finish and are recorded, as OpenAI's ``cancelling`` lets
+requests in flight complete: a line cut off mid-answer would be reported as not run
+though a server ran it), ``expired`` past the completion window (lines in flight
+broken off: the window is the bound).
 
 On :meth:`stop`, it starts no line and gives those in flight up to ``grace``
 seconds to finish and be recorded; the rest are broken off, unrecorded, and run again
@@ -177,8 +179,9 @@ class BatchRunner:
         for batch_id, status in self.store.unfinished():
             if status == "cancelling" or batch_id in due:
                 busy = self._busy(batch_id)
-                for task in busy:
-                    task.cancel()
+                if batch_id in due:  # a cancelled batch's lines in flight finish
+                    for task in busy:
+                        task.cancel()
                 if not busy:
                     self.store.finish(
                         batch_id, "cancelled" if status == "cancelling" else "expired"
