@@ -53,7 +53,9 @@ class HTTPError(Exception):
         error: dict[str, Any] = {
             "code": self.status,
             "message": self.message,
-            "type": _TYPES.get(self.status, "server_error"),
+            "type": _TYPES.get(  # another 4xx (409 Conflict...) is the client's error
+                self.status, "invalid_request_error" if self.status < 500 else "server_error"
+            ),
         }
         error.update(self.extra)
         return {"error": error}

@@ -101,6 +101,11 @@ def test_multipart_fields() -> None:
         multipart_fields("application/json", body)
     with pytest.raises(WireError):
         multipart_fields("multipart/form-data; boundary=XyZ", body[:-9])  # no closing
+    # two files in one upload: the first was dropped without a word
+    part = body.split(b"--XyZ\r\n")[2].removesuffix(b"--XyZ--\r\n")
+    twice = body.removesuffix(b"--XyZ--\r\n") + b"--XyZ\r\n" + part + b"--XyZ--\r\n"
+    with pytest.raises(WireError, match="the field 'file' is given twice"):
+        multipart_fields("multipart/form-data; boundary=XyZ", twice)
 
 
 def test_batch_routes_are_their_own_kind() -> None:

@@ -213,8 +213,9 @@ class Field:
 
 
 def multipart_fields(content_type: str | None, body: bytes) -> dict[str, Field]:
-    """The parts of a ``multipart/form-data`` body by field name (the last of a name
-    wins). Raises :class:`WireError` for another content type or a malformed body."""
+    """The parts of a ``multipart/form-data`` body by field name. Raises
+    :class:`WireError` for another content type, a malformed body, or a field given
+    twice (two files in one upload: which one to keep would be a guess)."""
     if not content_type or not content_type.lower().startswith("multipart/form-data"):
         raise WireError("POST /v1/files takes multipart/form-data (fields 'file' and 'purpose')")
     match = _BOUNDARY.search(content_type)
@@ -238,5 +239,7 @@ def multipart_fields(content_type: str | None, body: bytes) -> dict[str, Field]:
                 filename = params.get("filename")
         if name is None:
             raise WireError("malformed multipart body: a part has no name")
+        if name in fields:
+            raise WireError(f"the field {name!r} is given twice: one per upload", param=name)
         fields[name] = Field(name, data, filename)
     return fields
