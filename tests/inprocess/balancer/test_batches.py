@@ -290,3 +290,48 @@ async def test_a_batch_of_a_tenant_no_longer_in_the_keys_file_runs_nothing(
     errors_out = await output(api, done.error_file_id)
     assert all(e["response"]["status_code"] == 401 for e in errors_out), errors_out
     assert "'gone' is not in the keys file any more" in json.dumps(errors_out)
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({}, "completion_window is required"),  # OpenAI's SDK always sends it
+        ({"completion_window": "24h", "metadata": {"a": 1}},
+         "metadata must be an object of strings"),
+        ({"completion_window": "24h", "metadata": {f"k{i}": "v" for i in range(17)}},
+         "metadata has 17 pairs; at most 16"),
+        ({"completion_window": "24h", "metadata": {"k": "v" * 513}}, "values 512"),
+        ({"completion_window": "24h", "metadata": {"k" * 65: "v"}}, "keys take at most 64"),
+    ],
+)  # fmt: skip
+async def test_batch_creation_keeps_to_openais_bounds(
+    harness: Harness, tmp_path: Path, params: dict[str, Any], message: str
+) -> None:
+    """A missing window was taken as 24h; metadata of numbers, or of any size, was kept."""
+    balancer, api = await fleet(harness, tmp_path)
+    upload = await api.files.create(file=("in.jsonl", jsonl(1)), purpose="batch")
+    body = {"input_file_id": upload.id, "endpoint": "/v1/chat/completions", **params}
+    headers = {"Authorization": f"Bearer {KEY}"}
+    batches = f"http://127.0.0.1:{balancer.inference_port}/v1/batches"
+    async with harness.http.post(batches, json=body, headers=headers) as r:
+        assert r.status == 400
+        error = (await r.json())["error"]
+    assert message in error["message"] and error["type"] == "invalid_request_error"
+
+
+async def test_listing_batches_keeps_to_its_bounds(harness: Harness, tmp_path: Path) -> None:
+    """``limit=0`` and ``-1`` gave one batch; an unknown ``after`` gave the whole list."""
+    balancer, _ = await fleet(harness, tmp_path)
+    headers = {"Authorization": f"Bearer {KEY}"}
+    batches = f"http://127.0.0.1:{balancer.inference_port}/v1/batches"
+    for query, status, message in [
+        ("?limit=0", 400, "limit must be from 1 to 100, got 0"),
+        ("?limit=-1", 400, "limit must be from 1 to 100, got -1"),
+        ("?limit=101", 400, "got 101"),
+        ("?after=batch_nope", 404, "No such Batch object: batch_nope"),
+    ]:
+        async with harness.http.get(batches + query, headers=headers) as r:
+            assert r.status == status, query
+            assert message in (await r.json())["error"]["message"], query
+    async with harness.http.get(batches + "?limit=100", headers=headers) as r:
+        assert r.status == 200 and (await r.json())["data"] == []

@@ -77,7 +77,10 @@ class BatchApi:
                 return _json(out, await self._create(request, tenant))
             case ("GET", ["batches"]):
                 limit = _limit(query.get("limit"))
-                page, more = self.store.batches(limit, query.get("after"))
+                after = query.get("after")
+                if after is not None:
+                    self.store.status(after)  # 404 for a batch that is not there
+                page, more = self.store.batches(limit, after)
                 return _json(
                     out,
                     {
@@ -122,11 +125,11 @@ class BatchApi:
             raise WireError(
                 f"endpoint {endpoint!r} is not one of {', '.join(ENDPOINTS)}", param="endpoint"
             )
-        window = params.get("completion_window", "24h")
+        if "completion_window" not in params:  # required by OpenAI: no default
+            raise WireError("completion_window is required ('24h')", param="completion_window")
+        window = params["completion_window"]
         window_s = window_seconds(window)
-        metadata = params.get("metadata")
-        if metadata is not None and not isinstance(metadata, dict):
-            raise WireError("metadata must be an object of strings", param="metadata")
+        metadata = _metadata(params.get("metadata"))
         file_id = params.get("input_file_id")
         if not isinstance(file_id, str):
             raise WireError("input_file_id is required", param="input_file_id")
@@ -151,11 +154,41 @@ class BatchApi:
 
 
 def _limit(text: str | None) -> int:
+    """``?limit=``: 1 to 100 (OpenAI's range), 20 when not given."""
     try:
         value = int(text) if text is not None else 20
     except ValueError:
         raise WireError(f"limit {text!r} is not a number", param="limit") from None
-    return max(1, min(100, value))
+    if not 1 <= value <= 100:
+        raise WireError(f"limit must be from 1 to 100, got {value}", param="limit")
+    return value
+
+
+METADATA_PAIRS, METADATA_KEY, METADATA_VALUE = 16, 64, 512
+"""OpenAI's bounds on a batch's ``metadata``: pairs, characters of a key, of a value."""
+
+
+def _metadata(value: object) -> dict[str, str] | None:
+    """A batch's ``metadata``: None, or at most 16 string pairs within OpenAI's
+    lengths. Raises :class:`WireError` (400) naming what is wrong."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise WireError("metadata must be an object of strings", param="metadata")
+    if len(value) > METADATA_PAIRS:
+        raise WireError(
+            f"metadata has {len(value)} pairs; at most {METADATA_PAIRS}", param="metadata"
+        )
+    for key, text in value.items():
+        if len(key) > METADATA_KEY or len(text) > METADATA_VALUE:
+            raise WireError(
+                f"metadata {key[:20]!r}: keys take at most {METADATA_KEY} characters, "
+                f"values {METADATA_VALUE}",
+                param="metadata",
+            )
+    return value
 
 
 def _json(out: Responder, body: Any) -> None:
