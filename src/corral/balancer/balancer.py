@@ -396,5 +396,12 @@ async def run(config: BalancerConfig) -> None:
 
 
 def _waiting(balancer: Balancer) -> str | None:
+    """What the balancer's stop waits for, in words: its clients' requests in flight
+    and its batch lines in flight (made in the balancer: the listener does not count
+    them); None for nothing."""
     n = balancer.in_flight
-    return f"{requests(n)} in flight to finish" if n else None
+    lines = balancer.batches.runner.in_flight if balancer.batches is not None else 0
+    parts = [f"{requests(n)} in flight"] if n else []
+    if lines:
+        parts.append(f"{lines} batch line{'' if lines == 1 else 's'} in flight")
+    return " and ".join(parts) + " to finish" if parts else None

@@ -85,8 +85,9 @@ class Dispatcher:
         except BufferFull as exc:
             raise HTTPError(
                 429,
-                f"Corral: all slots are busy and the request buffer is full ({exc})",
+                f"Corral: no slot for this request now, and it cannot wait: {exc}",
                 retry_after=1,
+                buffer="full",
             ) from None
         if self.on_pick is not None:
             self.on_pick(time.perf_counter() - started)
@@ -293,6 +294,12 @@ class Dispatcher:
         self._expiry = None
         now = self.clock.now()
         expired = self.scheduler.expire(now)
+        # with no server ready, no slot could have come: say that, not that none freed
+        what = (
+            "no slot became free"
+            if any(b.routable for b in self.fleet)
+            else ("no server was ready")
+        )
         for waiter in expired:
             future = waiter.token
             assert isinstance(future, asyncio.Future)
@@ -300,9 +307,10 @@ class Dispatcher:
                 future.set_exception(
                     HTTPError(
                         503,
-                        f"Corral: no slot became free within {waiter.waited(now):.1f}s "
+                        f"Corral: {what} within {waiter.waited(now):.1f}s "
                         "(--buffered-request-timeout)",
                         retry_after=self.scheduler.buffer.timeout,
+                        buffer="timeout",
                     )
                 )
         if expired:

@@ -41,6 +41,7 @@ class HTTPError(Exception):
         retry_after: float | None = None,
         extra: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
+        buffer: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -48,6 +49,9 @@ class HTTPError(Exception):
         self.retry_after = retry_after
         self.extra = extra or {}
         self.headers = dict(headers or {})
+        self.buffer = buffer
+        """Why the buffer turned the request away (``full``, ``timeout``), for
+        ``corral_buffer_rejections_total``; None for any other error."""
 
     def body(self) -> dict[str, Any]:
         error: dict[str, Any] = {

@@ -361,11 +361,8 @@ class InferenceProxy:
         except HTTPError as exc:
             exc.headers["X-Request-Id"] = ex.request_id
             ex.status = exc.status
-            if exc.status == 429:
-                self.metrics.buffer_rejections.labels("full").inc()
-                self.metrics.counts.rejected += 1
-            elif exc.status == 503 and "no slot became free" in exc.message:
-                self.metrics.buffer_rejections.labels("timeout").inc()
+            if exc.buffer is not None:  # the buffer turned it away (not a message's words)
+                self.metrics.buffer_rejections.labels(exc.buffer).inc()
                 self.metrics.counts.rejected += 1
             raise
         except (asyncio.CancelledError, ConnectionError):

@@ -335,3 +335,20 @@ async def test_listing_batches_keeps_to_its_bounds(harness: Harness, tmp_path: P
             assert message in (await r.json())["error"]["message"], query
     async with harness.http.get(batches + "?limit=100", headers=headers) as r:
         assert r.status == 200 and (await r.json())["data"] == []
+
+
+def test_the_stop_says_it_waits_for_batch_lines_in_flight() -> None:
+    """It said "nothing to wait for" with lines in flight, then waited for them."""
+    from types import SimpleNamespace
+
+    from corral.balancer.balancer import _waiting
+
+    def balancer(clients: int, lines: int | None) -> Any:
+        runner = SimpleNamespace(in_flight=lines)
+        batches = None if lines is None else SimpleNamespace(runner=runner)
+        return SimpleNamespace(in_flight=clients, batches=batches)
+
+    assert _waiting(balancer(0, 4)) == "4 batch lines in flight to finish"
+    assert _waiting(balancer(2, 1)) == "2 requests in flight and 1 batch line in flight to finish"
+    assert _waiting(balancer(1, None)) == "1 request in flight to finish"
+    assert _waiting(balancer(0, 0)) is None and _waiting(balancer(0, None)) is None

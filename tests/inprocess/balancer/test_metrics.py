@@ -89,6 +89,8 @@ async def test_a_request_that_timed_out_in_the_buffer_counts_its_wait(harness: H
     with caplog.at_level(logging.INFO, logger="corral.access"):
         async with harness.http.post(url(balancer, "/completion"), json={"prompt": "x"}) as r:
             assert r.status == 503
+            # no server at all: none was ready, rather than "no slot became free"
+            assert "no server was ready within 0.3s" in (await r.json())["error"]["message"]
     samples = await scrape(harness, balancer)
     assert samples[("corral_buffer_wait_seconds_count", ())] == 1
     assert samples[("corral_buffer_wait_seconds_sum", ())] >= 0.3

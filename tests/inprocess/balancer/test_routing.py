@@ -97,11 +97,15 @@ async def test_buffer_full_is_429_and_timeout_is_503_with_retry_after(harness: H
         assert r.headers["Retry-After"] == "1"
         body = await r.json()
         assert body["error"]["type"] == "rate_limit_error"
-        assert "buffer is full" in body["error"]["message"]
+        assert (
+            "cannot wait: 1 requests are already waiting, the buffer's limit"
+            in (body["error"]["message"])
+        )
     response = await waiting
     assert response.status == 503
     assert "Retry-After" in response.headers
-    assert "no slot became free" in (await response.json())["error"]["message"]
+    # no server at all: none was ready (with one, "no slot became free": test_prefix_wait)
+    assert "no server was ready within" in (await response.json())["error"]["message"]
 
 
 async def test_unknown_model_is_404_listing_models(harness: Harness):

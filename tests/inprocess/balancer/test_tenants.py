@@ -76,3 +76,35 @@ async def test_a_tenant_at_max_concurrent_waits_while_slots_are_free(harness: Ha
     assert await ask(harness, balancer, "sk-nightly", "interactive") == 200
     other = await metric(harness, balancer, wait + "_sum", tenant="nightly")
     assert other < 0.1  # other tenants are not held up by chat's limit
+
+
+async def test_a_tenant_past_its_share_of_the_buffer_is_told_so(harness: Harness):
+    """The 429 said "all slots are busy and the request buffer is full" while slots
+    were free: the tenant's own limits had held it."""
+    keys = '[[tenant]]\nname = "chat"\nkey = "sk-chat"\nmax_concurrent = 1\nmax_buffered = 1\n'
+    balancer = await harness.balancer(queue="priority", tenant_keys=tuple(parse_keys(keys)))
+    _, port = await harness.sim(name="s", slots=4, tokens_per_second=20)
+    await harness.agent(port, balancer, name="s")
+    headers = {"Authorization": "Bearer sk-chat"}
+    body = {**BODY, "max_tokens": 40}
+    running = asyncio.create_task(
+        harness.http.post(url(balancer, CHAT), json=body, headers=headers)
+    )
+    await asyncio.sleep(0.3)
+    waiting = asyncio.create_task(
+        harness.http.post(url(balancer, CHAT), json=body, headers=headers)
+    )
+    await eventually_buffered(balancer, 1)
+    async with harness.http.post(url(balancer, CHAT), json=body, headers=headers) as r:
+        assert r.status == 429
+        message = (await r.json())["error"]["message"]
+    assert "tenant 'chat' has 1 requests waiting, its share of the buffer (max_buffered" in message
+    assert "all slots are busy" not in message
+    for task in (running, waiting):
+        (await task).release()
+
+
+async def eventually_buffered(balancer: Balancer, n: int) -> None:
+    from support.harness import eventually
+
+    await eventually(lambda: len(balancer.buffer) == n, what=f"{n} buffered")

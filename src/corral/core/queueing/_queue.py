@@ -130,7 +130,10 @@ class Queue:
     def push(self, request: RequestInfo, now: float, token: object = None) -> Waiter:
         """Add a waiting request. Raises :class:`BufferFull` past any bound."""
         if self._live >= self.capacity:
-            raise BufferFull(f"{self._live} requests are already waiting (the limit)")
+            raise BufferFull(
+                f"{self._live} requests are already waiting, the buffer's limit "
+                "(--max-buffered-requests)"
+            )
         if (
             self.max_bytes is not None
             and self._live
@@ -144,7 +147,10 @@ class Queue:
         waiting = self._per_tenant.get(name, 0)
         share = self._shares.get(name, self._shares[DEFAULT_TENANT])
         if waiting >= share:
-            raise BufferFull(f"tenant {name!r} has {waiting} requests waiting (its share)")
+            raise BufferFull(
+                f"tenant {name!r} has {waiting} requests waiting, its share of the buffer "
+                "(max_buffered, docs/tenants.md)"
+            )
         timeout = self.batch_timeout if request.priority is Priority.BATCH else self.timeout
         waiter = Waiter(next(self._seq), request, now, now + timeout, token)
         self.arrived(waiter, now, first=not self._per_class.get(request.priority))
