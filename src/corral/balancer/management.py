@@ -298,6 +298,7 @@ class Management:
                 "buffered_requests": len(buffer),
                 "capacity": buffer.capacity,
                 "timeout_s": buffer.timeout,
+                "batch_timeout_s": buffer.batch_timeout,  # batch-class requests wait longer
                 "oldest_wait_s": round(waiting[0].waited(now), 3) if waiting else 0.0,
                 "by_model": [
                     {"model": model, "count": count} for model, count in buffer.by_model().items()

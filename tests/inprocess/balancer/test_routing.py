@@ -79,7 +79,13 @@ async def test_scale_from_zero_buffered_request_goes_to_the_first_server(harness
     request = asyncio.create_task(harness.http.post(url(balancer, CHAT), json=chat()))
     await eventually(lambda: len(balancer.buffer) == 1, what="request buffered")
     async with harness.http.get(mgmt(balancer, "/api/v1/buffered-requests")) as r:
-        assert (await r.json())["buffered_requests"] == 1
+        listing = await r.json()
+    assert listing["buffered_requests"] == 1
+    # batch-class requests wait their own, longer, timeout: both are shown
+    assert (listing["timeout_s"], listing["batch_timeout_s"]) == (
+        balancer.buffer.timeout,
+        balancer.buffer.batch_timeout,
+    )
     _, port = await harness.sim(name="late")
     await harness.agent(port, balancer, name="late")
     response = await asyncio.wait_for(request, 5)
