@@ -150,7 +150,9 @@ def test_default_arguments_make_the_default_balancer_config(tmp_path):
     args = parse_args(["balancer", "--state-file", str(tmp_path / "s.json")], environ={})
     from corral.cli import _balancer_config
 
-    assert _balancer_config(args) == BalancerConfig(state_file=tmp_path / "s.json")
+    # a --state-file named on the command line must be usable: the start stops if not
+    want = BalancerConfig(state_file=tmp_path / "s.json", state_file_required=True)
+    assert _balancer_config(args) == want
 
 
 # ------------------------------------------------------------ precedence
