@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from corral.balancer.errors import HTTPError
 from corral.core.buffer import BufferFull, Waiter
@@ -122,7 +122,9 @@ class Dispatcher:
             raise
         if backend_id not in self.fleet:  # it left between the assignment and now
             self.scheduler.finished(request, self.clock.now())
-            return await self.acquire(request)
+            waited = waiter.waited(self.clock.now())
+            again = await self.acquire(request)
+            return replace(again, waited=waited + again.waited)  # both waits
         return self._reservation(backend_id, waiter.waited(self.clock.now()), request.model)
 
     def _reservation(self, backend_id: str, waited: float, model: str | None = None) -> Reservation:
@@ -296,9 +298,7 @@ class Dispatcher:
         expired = self.scheduler.expire(now)
         # with no server ready, no slot could have come: say that, not that none freed
         what = (
-            "no slot became free"
-            if any(b.routable for b in self.fleet)
-            else ("no server was ready")
+            "no slot became free" if any(b.routable for b in self.fleet) else "no server was ready"
         )
         for waiter in expired:
             future = waiter.token

@@ -249,6 +249,11 @@ class Responder:
             self._conn.write(head, body)
         self.finished = True
 
+    def dispatched(self) -> None:
+        """The request got a slot on a server (the proxy says so before it sends it):
+        nothing to do for a client's connection; the batch runner notes it, to tell a
+        line still waiting in the buffer from one a server is running."""
+
     def send_json(self, status: int, body: Any, headers: Iterable[tuple[str, str]] = ()) -> None:
         data = json.dumps(body, separators=(",", ":")).encode()
         self.send(status, encode_headers([("Content-Type", "application/json"), *headers]), data)

@@ -287,14 +287,19 @@ class InferenceProxy:
 
     def _tenant_named(self, name: str) -> Tenant | None:
         """The tenant an in-process request runs as (None: the default one, when no
-        keys are asked). Raises a 401 :class:`HTTPError` when the keys file no longer
-        names it (a batch created before the balancer restarted with other keys)."""
+        keys are asked). Raises a 401 :class:`HTTPError` when no key names it now (a
+        batch made before the balancer restarted with other keys: its creator's key was
+        revoked; ``default``'s too when no ``--api-key`` is left, or a batch made while
+        no key was asked)."""
         if not self.keys:
             return None
-        tenant = self.keys.tenants.get(name)
-        if tenant is None:
-            raise HTTPError(401, f"the tenant {name!r} is not in the keys file any more")
-        return tenant
+        if name not in self.keys.named:
+            raise HTTPError(
+                401,
+                f"no key names the tenant {name!r} now: the key that made this batch "
+                "is no longer accepted",
+            )
+        return self.keys.tenants[name]
 
     def _check_key(self, request: Request) -> Tenant:
         """The tenant of the request's key. Raises a 401 :class:`HTTPError`."""
@@ -413,7 +418,8 @@ class InferenceProxy:
                     raise
             else:
                 target = self._any_ready(info)
-            ex.waited += target.waited
+            ex.waited += target.waited  # 0 when a slot was free at once
+            out.dispatched()
             ex.backend = target.name
             ex.served_model = target.model
             sent = body

@@ -203,6 +203,9 @@ class Keys:
         self.tenants: dict[str, Tenant] = {}
         for _, tenant in (*self._plain, *self._hashed):
             self.tenants.setdefault(tenant.name, tenant)
+        self.named = frozenset(self.tenants)
+        """The tenants some key names (``default`` only when a key is its: a plain
+        ``--api-key`` line); :attr:`tenants` also has ``default`` for keyless use."""
         self.tenants.setdefault(DEFAULT_TENANT, Tenant())
 
     def __bool__(self) -> bool:

@@ -267,18 +267,20 @@ async def test_a_batch_runs_as_the_tenant_that_created_it(harness: Harness, tmp_
     assert counted and float(counted[0].rsplit(" ", 1)[1]) == 3, counted
 
 
-async def test_a_batch_of_a_tenant_no_longer_in_the_keys_file_runs_nothing(
-    harness: Harness, tmp_path: Path
+@pytest.mark.parametrize("tenant", ["gone", None])
+async def test_a_batch_whose_key_is_gone_runs_nothing(
+    harness: Harness, tmp_path: Path, tenant: str | None
 ) -> None:
-    """Made before a restart with other keys: its lines are refused, not run as
-    someone else."""
+    """Made before a restart with other keys (its tenant's key revoked; or made with a
+    plain --api-key, or with no key asked, and no plain key left): its lines are
+    refused, not run as someone else."""
     from corral.balancer.batches.wire import parse_input
     from corral.config.keys import parse_keys
 
     store = BatchStore(tmp_path)
     lines, errors = parse_input(jsonl(2), "/v1/chat/completions", 100)
     made = store.create_batch("file-x", "/v1/chat/completions", "24h", 86400, None, lines, errors,
-                              tenant="gone")  # fmt: skip
+                              tenant=tenant)  # fmt: skip
     store.close()
     keys = tuple(parse_keys(TENANTS))
     balancer = await harness.balancer(data_dir=tmp_path, tenant_keys=keys, queue="priority")
@@ -289,7 +291,28 @@ async def test_a_batch_of_a_tenant_no_longer_in_the_keys_file_runs_nothing(
     assert (done.request_counts.completed, done.request_counts.failed) == (0, 2), done
     errors_out = await output(api, done.error_file_id)
     assert all(e["response"]["status_code"] == 401 for e in errors_out), errors_out
-    assert "'gone' is not in the keys file any more" in json.dumps(errors_out)
+    assert f"no key names the tenant '{tenant or 'default'}' now" in json.dumps(errors_out)
+
+
+async def test_a_database_from_before_tenants_runs_its_batches(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """A running batch in a database made before batches kept their tenant (no such
+    column): opened, the column is added, and its lines run as the default tenant."""
+    import sqlite3
+
+    from corral.balancer.batches.wire import parse_input
+
+    store = BatchStore(tmp_path)
+    lines, errors = parse_input(jsonl(3), "/v1/chat/completions", 100)
+    made = store.create_batch("file-x", "/v1/chat/completions", "24h", 86400, None, lines, errors)
+    store.close()
+    with sqlite3.connect(tmp_path / "corral.sqlite3") as db:
+        db.execute("ALTER TABLE batches DROP COLUMN tenant")  # as the old schema had it
+    balancer, api = await fleet(harness, tmp_path)  # keys: a plain --api-key, default's
+    done = await finished(api, made["id"])
+    assert (done.request_counts.completed, done.request_counts.failed) == (3, 0), done
+    assert balancer.batches is not None
 
 
 @pytest.mark.parametrize(
@@ -352,3 +375,62 @@ def test_the_stop_says_it_waits_for_batch_lines_in_flight() -> None:
     assert _waiting(balancer(2, 1)) == "2 requests in flight and 1 batch line in flight to finish"
     assert _waiting(balancer(1, None)) == "1 request in flight to finish"
     assert _waiting(balancer(0, 0)) is None and _waiting(balancer(0, None)) is None
+
+
+async def test_a_cancelled_batchs_lines_still_waiting_for_a_slot_are_dropped(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """Lines a server runs finish; lines waiting in the buffer could wait the batch
+    timeout (600 s), then run after the cancel: they go at once, as not run."""
+    # one slot, 20 tokens/s, 40 tokens a line: 2 s a line; three lines at once
+    balancer, api = await fleet(harness, tmp_path, tps=20.0, slots=1, batch_concurrency=3)
+    upload = await api.files.create(file=("in.jsonl", jsonl(6, max_tokens=40)), purpose="batch")
+    batch = await api.batches.create(
+        input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    await eventually(lambda: len(balancer.buffer) == 2, what="two lines waiting for the slot")
+    await api.batches.cancel(batch.id)
+    done = await finished(api, batch.id, within=6.0)  # the running line's 2 s, not 600
+    assert done.status == "cancelled"
+    assert (done.request_counts.completed, done.request_counts.failed) == (1, 5), done
+    assert len(balancer.buffer) == 0
+
+
+async def test_a_tenant_turned_away_pauses_only_its_own_batches(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """A full share of the buffer (429) paused every tenant's batches: the oldest
+    batch's tenant, refused again after each pause, kept another's waiting to its end.
+    Now only its own batches pause, and the other's lines run meanwhile."""
+    from corral.config.keys import parse_keys
+
+    keys = tuple(parse_keys(
+        '[[tenant]]\nname = "tight"\nkey = "sk-tight"\nmax_buffered = 1\n\n'
+        '[[tenant]]\nname = "roomy"\nkey = "sk-roomy"\n'
+    ))  # fmt: skip
+    balancer = await harness.balancer(
+        data_dir=tmp_path, tenant_keys=keys, queue="priority", batch_concurrency=4
+    )
+    _, port = await harness.sim(slots=1, tokens_per_second=40.0)  # 1 s a line
+    await harness.agent(port, balancer)
+    tight, roomy = client(harness, balancer, key="sk-tight"), client(harness, balancer, "sk-roomy")
+
+    async def submit(api: openai.AsyncOpenAI, n: int, prefix: str) -> str:
+        data = jsonl(n, max_tokens=40, prefix=prefix)
+        upload = await api.files.create(file=("in.jsonl", data), purpose="batch")
+        made = await api.batches.create(
+            input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        return made.id
+
+    # tight's first lines: one runs, one waits, the others are turned away (429)
+    first = await submit(tight, 6, "tight")
+    await eventually(lambda: len(balancer.buffer) == 1, what="tight's line waiting")
+    second = await submit(roomy, 2, "roomy")
+    done = await finished(roomy, second, within=15.0)
+    assert (done.request_counts.completed, done.request_counts.failed) == (2, 0), done
+    mid = await tight.batches.retrieve(first)
+    # roomy's two lines ran after tight's first two, not after all six
+    assert mid.status == "in_progress" and mid.request_counts.completed <= 4, mid
+    await tight.batches.cancel(first)
+    await finished(tight, first, within=10.0)

@@ -9,9 +9,10 @@ any request. At most ``concurrency`` lines run at once, oldest batch first.
 A line's answer is recorded in the store at once (:meth:`BatchStore.record`). What the
 runner does not record:
 
-- 429 (the buffer is full) and 503 (no server ready, or no slot freed in time): the
-  fleet is busy or away; the line runs again later, after a pause that doubles up to
-  ``max_backoff`` seconds;
+- 429 (the buffer, or the tenant's share of it, is full) and 503 (no server ready, or
+  no slot freed in time): the fleet is busy or away; the line runs again later. Its
+  tenant's batches start no line for a pause that doubles up to ``max_backoff``
+  seconds (each tenant its own: one tenant's full share pauses no other's batches);
 - an answer cut short (the server failed mid-response): run again.
 
 Every other answer, 2xx or not, is the line's result (OpenAI's error file holds
@@ -19,10 +20,12 @@ answers such as 400 with their body).
 
 Once a second (or when woken) it also ends batches: ``completed`` when every line has
 a result, ``cancelled`` once a cancelling batch has no line running (it starts no
-line, and those in flight finish and are recorded, as OpenAI's ``cancelling`` lets
+line; those a server runs finish and are recorded, as OpenAI's ``cancelling`` lets
 requests in flight complete: a line cut off mid-answer would be reported as not run
-though a server ran it), ``expired`` past the completion window (lines in flight
-broken off: the window is the bound).
+though a server ran it; those still waiting in the buffer for a slot are dropped, and
+reported as not run, rather than wait up to the batch timeout and then run),
+``expired`` past the completion window (lines in flight broken off: the window is the
+bound).
 
 On :meth:`stop`, it starts no line and gives those in flight up to ``grace``
 seconds to finish and be recorded; the rest are broken off, unrecorded, and run again
@@ -53,12 +56,13 @@ class Collected(Responder):
     """A :class:`Responder` that keeps the response in memory: how a batch line is
     answered by the same handler that answers clients."""
 
-    __slots__ = ("aborted", "body", "headers")
+    __slots__ = ("aborted", "body", "headers", "on_server")
 
     def __init__(self) -> None:  # no connection: nothing of Responder's is used
         self.started = False
         self.finished = False
         self.aborted = False
+        self.on_server = False  # it got a slot: a server runs it
         self.status = 0
         self.headers = b""
         self.body = bytearray()
@@ -66,6 +70,9 @@ class Collected(Responder):
     @property
     def client_gone(self) -> bool:
         return False
+
+    def dispatched(self) -> None:
+        self.on_server = True
 
     @property
     def closes(self) -> bool:
@@ -117,9 +124,10 @@ class BatchRunner:
         self.tick = tick
         self.max_backoff = max_backoff
         self._inflight: dict[tuple[str, int], asyncio.Task[None]] = {}
+        self._outs: dict[tuple[str, int], Collected] = {}  # what each line in flight got
         self._cursor: dict[str, int] = {}
-        self._backoff = 0.0
-        self._paused_until = 0.0
+        self._backoff: dict[str, float] = {}  # by tenant: the pause after a refusal
+        self._paused_until: dict[str, float] = {}  # by tenant: loop time its lines wait for
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -159,14 +167,12 @@ class BatchRunner:
         while True:
             try:
                 self._end_batches()
-                if loop.time() >= self._paused_until:
-                    self._fill()
+                self._fill(loop.time())
             except Exception:  # a bad database must not stop the loop for good
                 log.exception("batch runner: a pass over the batches failed")
             self._wake.clear()
-            wait = self.tick
-            if self._paused_until > loop.time():
-                wait = min(wait, self._paused_until - loop.time())
+            now = loop.time()
+            wait = min((self.tick, *(t - now for t in self._paused_until.values() if t > now)))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(wait, 0.01)):  # not wait_for (3.11)
                     await self._wake.wait()
@@ -174,14 +180,24 @@ class BatchRunner:
     def _busy(self, batch_id: str) -> list[asyncio.Task[None]]:
         return [t for (b, _), t in self._inflight.items() if b == batch_id]
 
+    def _waiting(self, batch_id: str) -> list[asyncio.Task[None]]:
+        """A batch's lines in flight that no server runs yet (waiting in the buffer)."""
+        return [
+            task
+            for key, task in self._inflight.items()
+            if key[0] == batch_id and not (key in self._outs and self._outs[key].on_server)
+        ]
+
     def _end_batches(self) -> None:
         due = set(self.store.expire_due())
         for batch_id, status in self.store.unfinished():
             if status == "cancelling" or batch_id in due:
                 busy = self._busy(batch_id)
-                if batch_id in due:  # a cancelled batch's lines in flight finish
-                    for task in busy:
-                        task.cancel()
+                # an expired batch's lines are broken off; a cancelled one's that a
+                # server runs finish, and those still waiting for a slot go (they
+                # could wait the whole batch timeout, then run after the cancel)
+                for task in busy if batch_id in due else self._waiting(batch_id):
+                    task.cancel()
                 if not busy:
                     self.store.finish(
                         batch_id, "cancelled" if status == "cancelling" else "expired"
@@ -197,13 +213,15 @@ class BatchRunner:
                 self._cursor.pop(batch_id, None)
                 log.info("batch %s completed: %s", batch_id, batch["request_counts"])
 
-    def _fill(self) -> None:
+    def _fill(self, now: float) -> None:
         if self._stopping:
             return
-        for batch_id in self.store.running():
+        for batch_id, tenant in self.store.running():
             room = self.concurrency - len(self._inflight)
             if room <= 0:
                 return
+            if self._paused_until.get(tenant or DEFAULT_TENANT, 0.0) > now:
+                continue  # its tenant was turned away lately: the others' batches go on
             cursor = self._cursor.get(batch_id, 0)
             for line in self.store.pending(batch_id, cursor, room + len(self._inflight)):
                 if len(self._inflight) >= self.concurrency:
@@ -221,6 +239,7 @@ class BatchRunner:
             await self._run_line(line)
         finally:
             self._inflight.pop(key, None)
+            self._outs.pop(key, None)
             self._wake.set()
 
     async def _run_line(self, line: Pending) -> None:
@@ -236,7 +255,7 @@ class BatchRunner:
             "POST", line.endpoint.encode(), headers, line.body, "1.1", True, "127.0.0.1"
         )
         request.tenant = line.tenant or DEFAULT_TENANT  # as its batch's creator, keyless
-        out = Collected()
+        out = self._outs[(line.batch_id, line.index)] = Collected()
         try:
             await self.handle(request, out)
         except asyncio.CancelledError:
@@ -251,23 +270,27 @@ class BatchRunner:
         if out.aborted or not out.finished or out.status in (429, 503):
             self._retry_later(line, out)
             return
-        self._backoff = 0.0
+        self._backoff.pop(line.tenant or DEFAULT_TENANT, None)
         ok, result = output_line(
             request_id, line.custom_id, out.status, request_id, bytes(out.body)
         )
         self.store.record(line.batch_id, line.index, ok, result)
 
     def _retry_later(self, line: Pending, out: Collected) -> None:
-        """Run the line again after a pause (the fleet is busy or away)."""
+        """Run the line again after a pause of its tenant's batches (the fleet, or the
+        tenant's share of it, is busy or away)."""
         self._cursor[line.batch_id] = min(self._cursor.get(line.batch_id, 0), line.index)
-        self._backoff = min(self.max_backoff, max(0.25, self._backoff * 2))
-        loop = asyncio.get_running_loop()
-        self._paused_until = max(self._paused_until, loop.time() + self._backoff)
+        tenant = line.tenant or DEFAULT_TENANT
+        backoff = min(self.max_backoff, max(0.25, self._backoff.get(tenant, 0.0) * 2))
+        self._backoff[tenant] = backoff
+        until = asyncio.get_running_loop().time() + backoff
+        self._paused_until[tenant] = max(self._paused_until.get(tenant, 0.0), until)
         log.info(
-            "batch line %s: %s; run again in %.2fs",
+            "batch line %s: %s; %s's batches run again in %.2fs",
             line_id(line.batch_id, line.index),
             "cut short" if out.aborted or not out.finished else f"status {out.status}",
-            self._backoff,
+            tenant,
+            backoff,
         )
 
     def __repr__(self) -> str:

@@ -299,12 +299,13 @@ class BatchStore:
             for r in rows
         ]
 
-    def running(self) -> list[str]:
-        """Batches whose lines may run, oldest first."""
+    def running(self) -> list[tuple[str, str | None]]:
+        """Batches whose lines may run, oldest first, each with the tenant its lines
+        run as (None: the default one)."""
         rows = self.db.execute(
-            "SELECT id FROM batches WHERE status = 'in_progress' ORDER BY seq"
+            "SELECT id, tenant FROM batches WHERE status = 'in_progress' ORDER BY seq"
         ).fetchall()
-        return [r["id"] for r in rows]
+        return [(r["id"], r["tenant"]) for r in rows]
 
     def unfinished(self) -> list[tuple[str, str]]:
         """Batches not yet in a final status, with their status, oldest first."""
