@@ -146,9 +146,19 @@ def crash_issue(exit: ExitInfo) -> IssueInfo:
     """The ``crashed`` issue for an unexpected exit, quoting the last lines."""
     when = " while loading" if exit.while_loading else ""
     head = f"{exit.program} exited with status {exit.status}{when} after {exit.runtime:.1f}s"
+    if exit.code == -signal.SIGILL:  # said before the lines, which may be clipped
+        head += f" ({_SIGILL_HINT})"
     quoted = [_clip(line, _MAX_QUOTED_LINE) for line in exit.last_lines[-ISSUE_LINES:]]
     tail = f"; last lines: {' | '.join(quoted)}" if quoted else "; it wrote nothing"
     return IssueInfo("crashed", _clip(head + tail, _MAX_MESSAGE))
+
+
+_SIGILL_HINT = (
+    "an illegal instruction: the binary was built for instructions this CPU, or its "
+    "hypervisor, does not enable; build it on and for this machine (a native llama.cpp "
+    "build on a CPU that advertises AMX it may not use: build with -mno-amx-tile "
+    "-mno-amx-int8 -mno-amx-bf16, as scripts/install does)"
+)
 
 
 def _clip(text: str, limit: int) -> str:

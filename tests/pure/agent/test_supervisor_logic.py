@@ -193,6 +193,16 @@ def test_crash_issue_for_an_exit_code_while_loading_and_for_silence():
     assert "SIGABRT" in crash_issue(ExitInfo(-6, 1, False, ("x",))).message
 
 
+def test_crash_issue_for_an_illegal_instruction_says_what_to_rebuild():
+    """A native build that uses AMX where the VM does not enable it died so, with no
+    word of why in its output (found when a fresh machine's every llama-server did)."""
+    lines = tuple("x" * 1000 for _ in range(20))  # the hint survives clipping
+    message = crash_issue(ExitInfo(-4, 1.5, True, lines)).message
+    assert message.startswith("llama-server exited with status -4 (SIGILL) while loading")
+    assert "-mno-amx-tile" in message and "illegal instruction" in message
+    assert "illegal instruction" not in crash_issue(ExitInfo(-11, 1, False, ("x",))).message
+
+
 def test_crash_issue_quotes_only_the_end_and_fits_the_protocol_limit():
     lines = [f"line {i} " + "x" * 1000 for i in range(20)]
     message = crash_issue(ExitInfo(-11, 1, False, tuple(lines))).message
