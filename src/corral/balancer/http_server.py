@@ -249,10 +249,12 @@ class Responder:
             self._conn.write(head, body)
         self.finished = True
 
-    def dispatched(self) -> None:
-        """The request got a slot on a server (the proxy says so before it sends it):
-        nothing to do for a client's connection; the batch runner notes it, to tell a
-        line still waiting in the buffer from one a server is running."""
+    def placed(self, on_server: bool) -> None:
+        """Whether the request holds a slot on a server now: the proxy says True once a
+        slot is acquired, before it sends, and False when that server failed and the
+        request waits for a slot again. Nothing to do for a client's connection; the
+        batch runner notes it, to tell a line waiting in the buffer from one a server
+        is running."""
 
     def send_json(self, status: int, body: Any, headers: Iterable[tuple[str, str]] = ()) -> None:
         data = json.dumps(body, separators=(",", ":")).encode()

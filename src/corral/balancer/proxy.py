@@ -419,7 +419,7 @@ class InferenceProxy:
             else:
                 target = self._any_ready(info)
             ex.waited += target.waited  # 0 when a slot was free at once
-            out.dispatched()
+            out.placed(True)
             ex.backend = target.name
             ex.served_model = target.model
             sent = body
@@ -433,6 +433,7 @@ class InferenceProxy:
                     request, out, target, sent, headers, ex, head_timeout, inference=inference
                 )
             except _Retry as exc:
+                out.placed(False)  # it waits for a slot again
                 last_error = str(exc)
                 held += exc.held
                 if held > 1:

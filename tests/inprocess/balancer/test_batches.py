@@ -382,15 +382,15 @@ async def test_a_cancelled_batchs_lines_still_waiting_for_a_slot_are_dropped(
 ) -> None:
     """Lines a server runs finish; lines waiting in the buffer could wait the batch
     timeout (600 s), then run after the cancel: they go at once, as not run."""
-    # one slot, 20 tokens/s, 40 tokens a line: 2 s a line; three lines at once
-    balancer, api = await fleet(harness, tmp_path, tps=20.0, slots=1, batch_concurrency=3)
+    # one slot, 10 tokens/s, 40 tokens a line: 4 s a line; three lines at once
+    balancer, api = await fleet(harness, tmp_path, tps=10.0, slots=1, batch_concurrency=3)
     upload = await api.files.create(file=("in.jsonl", jsonl(6, max_tokens=40)), purpose="batch")
     batch = await api.batches.create(
         input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
     )
     await eventually(lambda: len(balancer.buffer) == 2, what="two lines waiting for the slot")
     await api.batches.cancel(batch.id)
-    done = await finished(api, batch.id, within=6.0)  # the running line's 2 s, not 600
+    done = await finished(api, batch.id, within=8.0)  # the running line's 4 s, not 600
     assert done.status == "cancelled"
     assert (done.request_counts.completed, done.request_counts.failed) == (1, 5), done
     assert len(balancer.buffer) == 0
@@ -434,3 +434,67 @@ async def test_a_tenant_turned_away_pauses_only_its_own_batches(
     assert mid.status == "in_progress" and mid.request_counts.completed <= 4, mid
     await tight.batches.cancel(first)
     await finished(tight, first, within=10.0)
+
+
+async def test_a_cancelled_batchs_line_retried_after_its_server_failed_is_dropped(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """A line whose first server failed while holding it waits for a slot again: a
+    cancel drops it then too (it was counted as on a server, and ran after the cancel)."""
+    import asyncio
+
+    from support.harness import url
+
+    balancer = await harness.balancer(data_dir=tmp_path, api_keys=(KEY,))
+    _, slow = await harness.sim(name="b", slots=1, tokens_per_second=10.0)
+    await harness.agent(slow, balancer, name="b")
+    auth = {"Authorization": f"Bearer {KEY}"}
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 40}  # 4 s
+
+    async def occupy() -> int:
+        async with harness.http.post(url(balancer, "/v1/chat/completions"), json=body,
+                                     headers=auth) as r:  # fmt: skip
+            await r.read()
+            return r.status
+
+    held = asyncio.create_task(occupy())
+    await eventually(lambda: balancer.in_flight == 1, what="b's slot taken")
+    # a: free, and crashes on the line (a query of death): the line goes back to wait
+    _, crashing = await harness.sim(name="a", slots=4, crash_marker="KILL-ME")
+    await harness.agent(crashing, balancer, name="a")
+    ask = {"messages": [{"role": "user", "content": "KILL-ME"}], "max_tokens": 4}
+    line = {"custom_id": "x", "method": "POST", "url": "/v1/chat/completions", "body": ask}
+    api = client(harness, balancer)
+    upload = await api.files.create(file=("in.jsonl", json.dumps(line).encode()), purpose="batch")
+    batch = await api.batches.create(
+        input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    await eventually(lambda: len(balancer.buffer) == 1, what="the line waiting again")
+    retries = balancer.metrics.registry.get_sample_value("corral_retries_total")
+    assert retries == 1, retries
+    await api.batches.cancel(batch.id)
+    done = await finished(api, batch.id, within=3.0)  # before b's slot frees
+    assert (done.request_counts.completed, done.request_counts.failed) == (0, 1), done
+    assert await held == 200
+
+
+async def test_lines_turned_away_together_pause_their_tenant_once(tmp_path: Path) -> None:
+    """Four lines refused in one burst doubled the pause four times (0.25 s to 2 s); now
+    they pause their tenant once, and only a refusal after that pause doubles it."""
+    from corral.balancer.batches.runner import BatchRunner, Collected
+    from corral.balancer.batches.store import Pending
+
+    runner = BatchRunner(BatchStore(tmp_path))
+    refused = Collected()
+    refused.send(429, b"", b"{}")
+
+    def line(index: int, tenant: str = "a") -> Pending:
+        return Pending("batch_x", index, f"c{index}", "/v1/chat/completions", b"{}", tenant)
+
+    for index in range(4):
+        runner._retry_later(line(index), refused)
+    runner._retry_later(line(0, tenant="b"), refused)
+    assert runner._backoff == {"a": 0.25, "b": 0.25}
+    runner._paused_until["a"] = 0.0  # a's pause is over; a line is refused again
+    runner._retry_later(line(1), refused)
+    assert runner._backoff == {"a": 0.5, "b": 0.25}

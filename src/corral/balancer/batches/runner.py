@@ -11,8 +11,9 @@ runner does not record:
 
 - 429 (the buffer, or the tenant's share of it, is full) and 503 (no server ready, or
   no slot freed in time): the fleet is busy or away; the line runs again later. Its
-  tenant's batches start no line for a pause that doubles up to ``max_backoff``
-  seconds (each tenant its own: one tenant's full share pauses no other's batches);
+  tenant's batches start no line for a pause that doubles, each time a line is turned
+  away after the last pause, up to ``max_backoff`` seconds (each tenant its own: a
+  tenant turned away pauses no other's batches);
 - an answer cut short (the server failed mid-response): run again.
 
 Every other answer, 2xx or not, is the line's result (OpenAI's error file holds
@@ -62,7 +63,7 @@ class Collected(Responder):
         self.started = False
         self.finished = False
         self.aborted = False
-        self.on_server = False  # it got a slot: a server runs it
+        self.on_server = False  # it holds a slot: a server runs it
         self.status = 0
         self.headers = b""
         self.body = bytearray()
@@ -71,8 +72,8 @@ class Collected(Responder):
     def client_gone(self) -> bool:
         return False
 
-    def dispatched(self) -> None:
-        self.on_server = True
+    def placed(self, on_server: bool) -> None:
+        self.on_server = on_server
 
     @property
     def closes(self) -> bool:
@@ -172,7 +173,8 @@ class BatchRunner:
                 log.exception("batch runner: a pass over the batches failed")
             self._wake.clear()
             now = loop.time()
-            wait = min((self.tick, *(t - now for t in self._paused_until.values() if t > now)))
+            self._paused_until = {t: u for t, u in self._paused_until.items() if u > now}
+            wait = min((self.tick, *(u - now for u in self._paused_until.values())))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(wait, 0.01)):  # not wait_for (3.11)
                     await self._wake.wait()
@@ -281,16 +283,19 @@ class BatchRunner:
         tenant's share of it, is busy or away)."""
         self._cursor[line.batch_id] = min(self._cursor.get(line.batch_id, 0), line.index)
         tenant = line.tenant or DEFAULT_TENANT
-        backoff = min(self.max_backoff, max(0.25, self._backoff.get(tenant, 0.0) * 2))
-        self._backoff[tenant] = backoff
-        until = asyncio.get_running_loop().time() + backoff
-        self._paused_until[tenant] = max(self._paused_until.get(tenant, 0.0), until)
+        now = asyncio.get_running_loop().time()
+        # lines sent together and turned away together pause once: the pause doubles
+        # when a line is turned away again after it, not once for each line
+        if self._paused_until.get(tenant, 0.0) <= now:
+            backoff = min(self.max_backoff, max(0.25, self._backoff.get(tenant, 0.0) * 2))
+            self._backoff[tenant] = backoff
+            self._paused_until[tenant] = now + backoff
         log.info(
             "batch line %s: %s; %s's batches run again in %.2fs",
             line_id(line.batch_id, line.index),
             "cut short" if out.aborted or not out.finished else f"status {out.status}",
             tenant,
-            backoff,
+            self._paused_until[tenant] - now,
         )
 
     def __repr__(self) -> str:
