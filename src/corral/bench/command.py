@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import importlib
 import json
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -170,7 +171,9 @@ def _float(minimum: float, inclusive: bool = False) -> Callable[[str], float]:
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if value < minimum or (value == minimum and not inclusive) or value != value:
+        if not math.isfinite(value):  # inf ran forever or failed later with a traceback
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        if value < minimum or (value == minimum and not inclusive):
             word = "at least" if inclusive else "greater than"
             raise argparse.ArgumentTypeError(f"{text!r} must be {word} {minimum:g}")
         return value

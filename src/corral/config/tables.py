@@ -74,12 +74,14 @@ def cache_mib(text: str) -> int:
 
 
 def non_negative_float(text: str) -> float:
-    """Seconds, 0 or more."""
+    """Seconds, 0 or more, finite."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value >= 0:
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    if value < 0:
         raise argparse.ArgumentTypeError(f"{text!r} cannot be negative")
     return value
 

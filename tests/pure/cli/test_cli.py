@@ -94,6 +94,12 @@ def test_sim_has_its_own_namespace(monkeypatch):
         (["bench", "http://x", "--users", "0"], "must be at least 1"),
         (["bench", "http://x", "--users", "2", "--rate", "3"], "not allowed with argument"),
         (["bench", "http://x", "--rate", "fast"], "not a number"),
+        # inf was taken: --rate inf ended in a traceback, --duration inf never ended
+        (["bench", "http://x", "--rate", "inf"], "'inf' is not a finite number"),
+        (["bench", "http://x", "--duration", "inf"], "'inf' is not a finite number"),
+        (["bench", "http://x", "--stream-share", "nan"], "'nan' is not a finite number"),
+        (["balancer", "--prefix-max-wait", "nan"], "'nan' is not a finite number"),
+        (["balancer", "--prefix-max-wait", "inf"], "'inf' is not a finite number"),
         (["bench", "http://x", "--workload", "zipf"], "invalid choice"),
     ],
 )
