@@ -236,11 +236,12 @@ class Metrics:
         self.tallies: dict[tuple[str, str], Tally] = {}
         """Token counts per ``(agent name, model)``, exported at scrape time."""
         self.registry.register(_TokenCollector(self.tallies))
-        # prefix routing (--routing prefix): how well the index predicts the servers' caches
+        # the servers' prompt caches: measured under any routing (so a fleet on --routing
+        # slots shows the hit rate prefix routing would start from), predicted under prefix
         self.cached_predicted = Counter(
             "corral_agent_cached_prompt_tokens_predicted",
             "Prompt tokens the balancer predicted each server had cached, for answers "
-            "that reported timings",
+            "that reported timings (--routing prefix only)",
             ["agent"],
             registry=r,
         )
@@ -311,12 +312,14 @@ class Metrics:
         self._child(self.tenant_requests, tenant, priority, f"{status // 100}xx").inc()
         self._child(self.tenant_buffer_wait, tenant, priority).observe(waited)
 
-    def count_cached(self, agent: str, predicted: int, timings: Timings) -> None:
-        """One answer's predicted and measured cached prompt tokens (prefix routing)."""
-        self._child(self.cached_predicted, agent).inc(predicted)
+    def count_cached(self, agent: str, predicted: int | None, timings: Timings) -> None:
+        """One answer's measured cached prompt tokens (any routing), and those predicted
+        (prefix routing; None under another, which predicts none)."""
+        if predicted is not None:
+            self._child(self.cached_predicted, agent).inc(predicted)
+            self.fleet_cached_predicted.inc(predicted)
         self._child(self.cached_measured, agent).inc(timings.cache_n)
         self._child(self.prompt_measured, agent).inc(timings.prompt_tokens)
-        self.fleet_cached_predicted.inc(predicted)
         self.fleet_cached_measured.inc(timings.cache_n)
         self.fleet_prompt_measured.inc(timings.prompt_tokens)
 

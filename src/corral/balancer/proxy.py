@@ -462,10 +462,10 @@ class InferenceProxy:
         if ex.counted is not None:
             agent = ex.backend or ""
             self.metrics.count_tokens(agent, model or agent, ex.counted, ex.streamed)
-            if ex.timings is not None and ex.info is not None and ex.info.prompt is not None:
-                self.metrics.count_cached(
-                    ex.backend or "", ex.info.note.predicted_cached, ex.timings
-                )
+            if ex.timings is not None:  # predicted only where prefix routing predicts
+                routed = ex.info is not None and ex.info.prompt is not None
+                predicted = ex.info.note.predicted_cached if routed and ex.info else None
+                self.metrics.count_cached(ex.backend or "", predicted, ex.timings)
         self.request_log(request, ex, total)
 
     def request_log(self, request: Request, ex: _Exchange, total: float) -> None:
@@ -475,12 +475,12 @@ class InferenceProxy:
         # a prompt's reused tokens as the server measured them, of the prompt's, and as
         # the balancer predicted them: where prefix routing misjudged a cache (#10)
         info = ex.info if ex.info is not None and ex.info.prompt is not None else None
-        timings = ex.timings if info is not None else None
-        cached = (
-            f"{timings.cache_n}/{timings.prompt_tokens}~{info.note.predicted_cached}"
-            if timings is not None and info is not None
-            else "-"
-        )
+        timings = ex.timings
+        cached = "-"
+        if timings is not None:  # measured under any routing; predicted under prefix's
+            cached = f"{timings.cache_n}/{timings.prompt_tokens}"
+            if info is not None:
+                cached += f"~{info.note.predicted_cached}"
         fields = {
             "request_id": ex.request_id,
             "method": request.method,
@@ -602,12 +602,15 @@ class InferenceProxy:
         finally:
             if healthy:
                 if inference:
-                    if self._prompts and ex.counted is not None:
+                    if ex.counted is not None:  # measured reuse, whatever the routing
                         ex.timings = timings_of(ex.counted)
                     # a relayed 4xx was refused unread: the prefix index takes it back
                     sent = not _refused_unread(ex.status)
                     self.dispatcher.release(
-                        target.backend_id, request=ex.info, timings=ex.timings, sent=sent
+                        target.backend_id,
+                        request=ex.info,
+                        timings=ex.timings if self._prompts else None,  # for the index
+                        sent=sent,
                     )
             elif inference:
                 self.dispatcher.failed(target.backend_id, "request failed", ex.info, sent=read)

@@ -497,10 +497,14 @@ class CacheCounts:
 
     @property
     def text(self) -> str:
-        """``82% (predicted 80%)``, or ``-`` before any answer with timings."""
+        """``82% (predicted 80%)``; ``82%`` when nothing was predicted (routing other
+        than prefix measures, but does not predict); ``-`` before any answer with
+        timings."""
         if self.timed <= 0:
             return "-"
         hits, predicted = 100 * self.cached / self.timed, 100 * self.predicted / self.timed
+        if self.predicted <= 0:
+            return f"{hits:.0f}%"
         return f"{hits:.0f}% (predicted {predicted:.0f}%)"
 
 

@@ -53,17 +53,35 @@ async def test_a_conversation_stays_where_its_prefix_is(
     assert f'corral_agent_timed_prompt_tokens_total{{agent="{served[0]}"}}' in text
 
 
-async def test_slot_routing_sends_no_prediction_header(harness: Harness, caplog):
+async def test_slot_routing_predicts_nothing_and_measures_the_caches(harness: Harness, caplog):
+    """Slot routing reads no prompt, so it predicts nothing (no header, no ``~``), but
+    the servers' reuse is measured under it too: the cache counters stayed at 0, so an
+    operator had no hit rate to compare before turning prefix routing on."""
     balancer = await harness.balancer()
-    _, port = await harness.sim(name="a", slots=2)
+    _, port = await harness.sim(name="a", slots=2, tokens_per_second=500)
     await harness.agent(port, balancer, name="a")
-    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "hi"}]
     caplog.set_level(logging.INFO, "corral.access")
-    async with harness.http.post(url(balancer, CHAT), json=body) as r:
-        assert r.status == 200
-        assert "X-Corral-Predicted-Cached-Tokens" not in r.headers
+    for _ in range(2):  # the second turn finds the first's prompt in the server's slot
+        async with harness.http.post(url(balancer, CHAT), json={"messages": messages,
+                                                                "max_tokens": 2}) as r:  # fmt: skip
+            assert r.status == 200
+            assert "X-Corral-Predicted-Cached-Tokens" not in r.headers
+            answer = await r.json()
+        messages += [answer["choices"][0]["message"], {"role": "user", "content": "more"}]
     line = caplog.records[-1]
-    assert " cached=- " in line.getMessage() and line.fields["cache_n"] is None  # type: ignore[attr-defined]
+    fields = line.fields  # type: ignore[attr-defined]
+    assert fields["predicted_cached"] is None and 0 < fields["cache_n"] < fields["prompt_tokens"]
+    assert f" cached={fields['cache_n']}/{fields['prompt_tokens']} " in line.getMessage()
+    async with harness.http.get(mgmt(balancer, "/metrics")) as r:
+        text = await r.text()
+    values = {
+        x.split()[0]: float(x.split()[-1]) for x in text.splitlines() if x.startswith("corral_")
+    }
+    assert values["corral_cached_prompt_tokens_total"] >= fields["cache_n"] > 0
+    assert values["corral_timed_prompt_tokens_total"] > values["corral_cached_prompt_tokens_total"]
+    assert values["corral_cached_prompt_tokens_predicted_total"] == 0
+    assert 'corral_agent_cached_prompt_tokens_predicted_total{agent="a"}' not in text
 
 
 async def test_a_turn_sent_with_cache_prompt_false_forgets_nothing(harness: Harness):

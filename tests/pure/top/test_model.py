@@ -392,3 +392,13 @@ def test_a_start_in_words() -> None:
     assert Supervisor(state="ready").start_text == "-"
     assert signals_line(None) == "Cache -  Demand -  Cold starts -"
     assert signals_line(Counters(0.0, 0.0, 0.0)) == "Cache -  Demand -  Cold starts none"
+
+
+def test_cache_hits_say_predicted_only_when_something_was_predicted() -> None:
+    """Slot routing measures the servers' reuse but predicts none: "(predicted 0%)"
+    would read as a prefix index that got everything wrong."""
+    from corral.top.model import CacheCounts
+
+    assert CacheCounts(cached=82, predicted=80, timed=100).text == "82% (predicted 80%)"
+    assert CacheCounts(cached=82, predicted=0, timed=100).text == "82%"
+    assert CacheCounts(cached=0, predicted=0, timed=0).text == "-"
