@@ -133,7 +133,7 @@ def test_an_output_folder_that_cannot_be_written_is_named(tmp_path, capsys):
     ("argv", "message"),
     [
         (["127.0.0.1:1", "--timeout", "-2"], "'-2' cannot be negative"),
-        (["127.0.0.1:1", "--timeout", "inf"], "must be a finite number of seconds"),
+        (["127.0.0.1:1", "--timeout", "inf"], "'inf' is not a finite number"),
         (["http://x:1"], "give HOST:PORT, not a URL"),
         (["nope"], "expected HOST:PORT"),
     ],
