@@ -22,7 +22,7 @@ Histogram buckets suit LLM latencies: milliseconds (a cached short answer) to mi
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -334,20 +334,24 @@ class Metrics:
             tally = self.tallies[(agent, model)] = Tally()
         return tally
 
-    def count_tokens(self, agent: str, model: str, body: bytes | None, streamed: int = 0) -> None:
+    def count_tokens(
+        self, agent: str, model: str, counted: Counted | bytes | None, streamed: int = 0
+    ) -> None:
         """Count the tokens an answer reports (``usage`` or llama.cpp's ``timings``).
 
         Args:
             agent: the name of the agent that answered.
             model: what its server runs (never client input).
-            body: the answer's JSON, or the last SSE event with counts; None if none.
+            counted: the answer's counts (:func:`read_counts`), or the JSON to read
+                them from (the answer, or the last SSE event with counts); None if none.
             streamed: events already counted live for this answer (:meth:`Tally.stream`).
         """
         tally = self.tally(agent, model)
-        prompt, generated = token_counts(body) if body is not None else (0, 0)
-        tally.prompt += prompt
-        if generated:
-            tally.settle(generated, streamed)
+        if not isinstance(counted, Counted):
+            counted = read_counts(counted)
+        tally.prompt += counted.prompt
+        if counted.generated:
+            tally.settle(counted.generated, streamed)
 
 
 class Tally:
@@ -440,36 +444,59 @@ class _Counts(msgspec.Struct):
 _counts = msgspec.json.Decoder(_Counts)
 
 
-def token_counts(body: bytes) -> tuple[int, int]:
-    """``(prompt, generated)`` tokens from one JSON answer or SSE event; (0, 0) if none.
+class Counted(NamedTuple):
+    """What one answer reports of its tokens (:func:`read_counts`).
 
-    ``usage`` wins when present (it counts cached prompt tokens too); else llama.cpp's
-    ``timings``.
+    Attributes:
+        prompt: prompt tokens, cached ones included; 0 if not reported.
+        generated: generated tokens; 0 if not reported.
+        timings: llama.cpp's ``timings`` of the prompt; None if it has none.
     """
+
+    prompt: int
+    generated: int
+    timings: Timings | None
+
+
+NOTHING_COUNTED = Counted(0, 0, None)
+
+
+def read_counts(body: bytes | None) -> Counted:
+    """The token counts of one JSON answer or SSE event, decoded once for the
+    metrics and the prefix index alike; :data:`NOTHING_COUNTED` if it reports none
+    (or is not JSON).
+
+    ``usage`` wins for the counts when present (it counts cached prompt tokens too);
+    else llama.cpp's ``timings``.
+    """
+    if body is None:
+        return NOTHING_COUNTED
     try:
         counts = _counts.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
-        return 0, 0
+        return NOTHING_COUNTED
+    t = counts.timings
+    timings = None if t is None else Timings(t.prompt_n, t.cache_n, t.prompt_ms)
     if counts.usage is not None:
         u = counts.usage
-        return u.prompt_tokens or u.input_tokens, u.completion_tokens or u.output_tokens
-    if counts.timings is not None:
-        t = counts.timings
-        return t.prompt_n + t.cache_n, t.predicted_n
-    return 0, 0
+        return Counted(
+            u.prompt_tokens or u.input_tokens, u.completion_tokens or u.output_tokens, timings
+        )
+    if t is not None:
+        return Counted(t.prompt_n + t.cache_n, t.predicted_n, timings)
+    return NOTHING_COUNTED
+
+
+def token_counts(body: bytes) -> tuple[int, int]:
+    """``(prompt, generated)`` tokens from one JSON answer or SSE event; (0, 0) if none
+    (:func:`read_counts`)."""
+    counted = read_counts(body)
+    return counted.prompt, counted.generated
 
 
 def timings_of(body: bytes | None) -> Timings | None:
     """llama.cpp's ``timings`` of one JSON answer or SSE event (None if it has none)."""
-    if body is None:
-        return None
-    try:
-        t = _counts.decode(body).timings
-    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
-        return None
-    if t is None:
-        return None
-    return Timings(t.prompt_n, t.cache_n, t.prompt_ms)
+    return read_counts(body).timings
 
 
 def token_events(chunk: bytes) -> int:

@@ -46,7 +46,13 @@ from corral.balancer.errors import HTTPError, log_error, not_utf8, sse_error_eve
 from corral.balancer.forwarded import FORWARDED_HEADERS, ProxyTrust, forwarded_lines
 from corral.balancer.http_server import Request, Responder, encode_headers
 from corral.balancer.lora import with_lora
-from corral.balancer.metrics import Metrics, last_counted_event, timings_of, token_events
+from corral.balancer.metrics import (
+    Counted,
+    Metrics,
+    last_counted_event,
+    read_counts,
+    token_events,
+)
 from corral.balancer.prompt import prompt_of
 from corral.balancer.upstream import (
     UpstreamBroken,
@@ -461,7 +467,8 @@ class InferenceProxy:
         self.metrics.tenant_done(ex.tenant.name, ex.priority.label, ex.status, ex.waited)
         if ex.counted is not None:
             agent = ex.backend or ""
-            self.metrics.count_tokens(agent, model or agent, ex.counted, ex.streamed)
+            counted = ex.counts if ex.counts is not None else ex.counted
+            self.metrics.count_tokens(agent, model or agent, counted, ex.streamed)
             if ex.timings is not None:  # predicted only where prefix routing predicts
                 routed = ex.info is not None and ex.info.prompt is not None
                 predicted = ex.info.note.predicted_cached if routed and ex.info else None
@@ -603,7 +610,7 @@ class InferenceProxy:
             if healthy:
                 if inference:
                     if ex.counted is not None:  # measured reuse, whatever the routing
-                        ex.timings = timings_of(ex.counted)
+                        ex.counts = read_counts(ex.counted)  # decoded once, for both
                     # a relayed 4xx was refused unread: the prefix index takes it back
                     sent = not _refused_unread(ex.status)
                     self.dispatcher.release(
@@ -720,11 +727,16 @@ class _Exchange:
     waited: float = 0.0
     first_byte: float | None = None
     counted: bytes | None = None  # the JSON that reports usage/timings
+    counts: Counted | None = None  # what it reports, once read (at the slot's release)
     info: RequestInfo | None = None  # what routing knew and decided (its note)
-    timings: Timings | None = None  # of the answer, read for prefix routing only
     streamed: int = 0  # token events counted live as the answer was relayed
     tenant: Tenant = _DEFAULT  # whose key it came with (its name in metrics and logs)
     priority: Priority = Priority.INTERACTIVE
+
+    @property
+    def timings(self) -> Timings | None:
+        """The answer's ``timings`` (cache reuse, prefill time), once read; else None."""
+        return None if self.counts is None else self.counts.timings
 
 
 def _nominated(values: list[bytes]) -> frozenset[bytes]:
