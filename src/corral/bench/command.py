@@ -73,7 +73,17 @@ def add_arguments(p: argparse.ArgumentParser, flag: Callable[..., None]) -> None
         help="seconds one request may take (default %(default)s)",
     )
     w = p.add_argument_group("workload (seeded: the same seed sends the same requests)")
-    w.add_argument("--workload", choices=SHAPES, default="fixed", help="default %(default)s")
+    w.add_argument(
+        "--workload",
+        choices=SHAPES,
+        default="fixed",
+        help="fixed: every answer --output-tokens long; heavy-tail: mostly short answers "
+        "and a few very long ones (log-normal, median --output-tokens); multi-turn: chats "
+        "whose whole growing history is resent each turn (prefixes shared within a "
+        "conversation); shared-prefix: groups of users sharing a long document, each "
+        "asking short questions after it; no-sharing: the same lengths with nothing to "
+        "reuse, the control (default %(default)s)",
+    )
     w.add_argument("--prompt-tokens", type=_int(1), default=32, help="default %(default)s")
     w.add_argument(
         "--output-tokens",
