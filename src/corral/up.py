@@ -50,6 +50,7 @@ class UpConfig:
     ctx_size: int = default(UP, "ctx_size")
     inference_addr: Addr = default(UP, "inference_addr")
     management_addr: Addr = default(UP, "management_addr")
+    routing: str = default(UP, "routing")
     ready_timeout: float = default(UP, "ready_timeout")
     log_level: str = default(UP, "log_level")
 
@@ -111,7 +112,9 @@ class Fleet:
         self.children.append(child)
         return child
 
-    async def start(self) -> None:
+    def commands(self) -> list[tuple[str, list[str]]]:
+        """``(name, argv)`` of each process to start: the balancer, then each agent
+        (which runs its llama-server)."""
         cfg = self.config
         binary, model = self.binary, self.model
         slots = cfg.slots or default_slots()
@@ -121,37 +124,35 @@ class Fleet:
         threads = max(1, (os.cpu_count() or 2) // cfg.agents)
         corral = [sys.executable, "-m", "corral"]
         level = ["--log-level", cfg.log_level]
-        self._start(
-            "balancer",
-            [
-                *corral,
-                "balancer",
-                "--inference-addr",
-                str(cfg.inference_addr),
-                "--management-addr",
-                str(cfg.management_addr),
-                "--state-file",
-                str(self.logs / "desired-state.json"),
-                *level,
-            ],
-        )
+        balancer = [
+            *corral, "balancer",
+            "--inference-addr", str(cfg.inference_addr),
+            "--management-addr", str(cfg.management_addr),
+            "--state-file", str(self.logs / "desired-state.json"),
+            "--routing", cfg.routing,
+            *level,
+        ]  # fmt: skip
+        commands = [("balancer", balancer)]
         for index in range(cfg.agents):
-            self._start(
-                f"agent-{index}",
-                [
-                    *corral, "agent",
-                    "--model", str(model),
-                    "--llama-server", str(binary),
-                    "--slots", str(slots),
-                    "--ctx-size", str(cfg.ctx_size),
-                    "--threads", str(threads),
-                    "--management-addr", str(cfg.management_addr),
-                    "--name", f"local-{index}",
-                    *level,
-                    *server_args,
-                ],
-            )  # fmt: skip
-        await self._wait_ready(cfg.agents * slots)
+            agent = [
+                *corral, "agent",
+                "--model", str(model),
+                "--llama-server", str(binary),
+                "--slots", str(slots),
+                "--ctx-size", str(cfg.ctx_size),
+                "--threads", str(threads),
+                "--management-addr", str(cfg.management_addr),
+                "--name", f"local-{index}",
+                *level,
+                *server_args,
+            ]  # fmt: skip
+            commands.append((f"agent-{index}", agent))
+        return commands
+
+    async def start(self) -> None:
+        for name, command in self.commands():
+            self._start(name, command)
+        await self._wait_ready(self.config.agents * (self.config.slots or default_slots()))
 
     async def _wait_ready(self, slots: int) -> None:
         url = self.config.inference_addr.url() + "/health"
@@ -270,7 +271,8 @@ def banner(config: UpConfig, slots: int) -> str:
         else str(config.model)
     )
     return f"""
-Corral is up: {config.agents} llama-server(s) with {slots} slot(s) each, behind one balancer.
+Corral is up: {config.agents} llama-server(s) with {slots} slot(s) each, behind one balancer
+(--routing {config.routing}).
 Model: {model}
 
   Inference (llama.cpp and OpenAI API): {api}

@@ -176,6 +176,10 @@ class Setting:
         secret: Never shown in ``--help`` or printed configurations; an empty one is
             refused (:func:`secret_text`, unless ``parse`` says otherwise).
         env: The environment variable; empty: the schema's prefix and the name.
+        only_with: ``(setting, values)``: this setting means something only when that
+            other setting of the same command has one of these values (``--prefix-max-wait``
+            only with ``--routing prefix``); given otherwise (and not at its default),
+            :meth:`Schema.resolve` refuses it rather than ignore it silently.
     """
 
     name: str
@@ -190,6 +194,7 @@ class Setting:
     negatable: bool = False
     secret: bool = False
     env: str = ""
+    only_with: tuple[str, tuple[str, ...]] | None = None
 
     def __post_init__(self) -> None:
         if self.secret and self.parse is str:
@@ -310,6 +315,11 @@ class Schema:
         names = [s.name for s in filled]
         if len(set(names)) != len(names):
             raise ValueError(f"{self.command}: a setting is declared twice: {names}")
+        for s in filled:
+            if s.only_with is not None:
+                other, allowed = s.only_with
+                if other not in names or not set(allowed) <= set(self[other].choices):
+                    raise ValueError(f"{self.command}: {s.name}'s only_with {s.only_with}")
 
     def __iter__(self) -> Iterator[Setting]:
         return iter(self.settings)
@@ -394,7 +404,25 @@ class Schema:
             else:
                 values[s.name] = s.default
                 sources[s.name] = "default"
+        self._check_only_with(values, sources)
         return Resolved(values, sources)
+
+    def _check_only_with(self, values: Mapping[str, Any], sources: Mapping[str, str]) -> None:
+        """Refuse a setting given where it has no effect. A value equal to its default is
+        let by: a config file written by ``--print-config`` names every setting."""
+        for s in self.settings:
+            if s.only_with is None or values[s.name] == s.default:
+                continue
+            other, allowed = s.only_with
+            if values[other] in allowed:
+                continue
+            flag = self[other].flag
+            wanted = " or ".join(f"{flag} {v}" for v in allowed)
+            raise ConfigError(
+                f"{s.flag} ({sources[s.name]}) applies only with {wanted}; {flag} is "
+                f"{format_value(values[other])!r} ({sources[other]}): set {wanted}, or "
+                f"leave {s.flag} out"
+            )
 
     def defaults(self) -> Resolved:
         """Every setting at its default."""

@@ -12,6 +12,7 @@ The typed config objects (``BalancerConfig``, ``AgentConfig``, ``SimConfig``,
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 from pathlib import Path
 
@@ -196,6 +197,7 @@ BALANCER = Schema(
             "requests leave free for the higher classes (rounded down)",
             reserve_share,
             default=0.25,
+            only_with=("queue", ("priority", "fair")),
         ),
         Setting(
             "priority_aging",
@@ -203,6 +205,7 @@ BALANCER = Schema(
             "got no slot is served first (the starvation bound)",
             positive(float),
             default=10.0,
+            only_with=("queue", ("priority", "fair")),
         ),
         Setting(
             "batch_request_timeout",
@@ -336,6 +339,7 @@ BALANCER = Schema(
             "save), so this is a cap for when the estimates are wrong",
             non_negative_float,
             default=10.0,
+            only_with=("routing", ("prefix",)),
         ),
         Setting(
             "prefix_max_pass",
@@ -348,6 +352,7 @@ BALANCER = Schema(
             "up and block all passing (benchmarks/prefix_buffer.py compares values)",
             non_negative_float,
             default=10.0,
+            only_with=("routing", ("prefix",)),
         ),
         Setting("statsd_addr", "HOST:PORT of a StatsD server (UDP)", addr),
         Setting("statsd_prefix", "prefix of StatsD metric names", default="corral"),
@@ -593,6 +598,20 @@ SIM = Schema(
             default=50.0,
         ),
         Setting("api_key", "require this key, like llama-server's --api-key", secret=True),
+        Setting(
+            "prompt_tokens_per_second",
+            "prompt reading speed of one slot (tokens it has not cached)",
+            positive(float),
+            default=2000.0,
+        ),
+        Setting(
+            "host_cache_tokens",
+            "size of the host prompt cache in tokens (0: none), where a slot's old prompt "
+            "goes when another replaces it, and whence it is restored (llama-server's "
+            "--cache-ram, which counts MiB)",
+            non_negative_int,
+            default=0,
+        ),
         *COMMON,
     ),
     owns_prefix=True,
@@ -628,6 +647,7 @@ UP = Schema(
             addr,
             default=Addr("127.0.0.1", 8060),
         ),
+        dataclasses.replace(BALANCER["routing"], env=""),  # passed to its balancer
         Setting(
             "ready_timeout",
             "seconds to wait for the fleet to be ready",

@@ -95,13 +95,13 @@ class SimConfig:
     """Decode speed of one slot when it is alone; 1e6 makes requests finish at once."""
     slowdown: float = 0.1
     """Contention: a slot's speed is ``tokens_per_second / (1 + slowdown * (busy - 1))``."""
-    prompt_tokens_per_second: float = 2000.0
+    prompt_tokens_per_second: float = default(SIM, "prompt_tokens_per_second")
     """Prompt reading speed of one slot (tokens not in its prompt cache)."""
     slot_prompt_similarity: float = 0.1
     """llama-server's ``--slot-prompt-similarity`` (its default): a request goes to the
     idle slot whose cached prompt shares more than this share of it, else to the least
     recently used idle slot."""
-    host_cache_tokens: int = 0
+    host_cache_tokens: int = default(SIM, "host_cache_tokens")
     """Size of the host prompt cache (llama-server's ``--cache-ram``), in tokens; 0: none."""
     n_predict: int = 16
     """Tokens to generate when a request sets no limit (llama-server's own default is -1,

@@ -30,6 +30,29 @@ def test_sim_has_its_own_namespace(monkeypatch):
     assert args.slots == 3 and args.api_key is None
 
 
+def test_sim_takes_its_prompt_cache_from_flags():
+    from corral.config.schema import build
+    from corral.sim import SimConfig
+
+    args = parse_args(["sim", "--host-cache-tokens", "8192", "--prompt-tokens-per-second", "500"])
+    config = build(SimConfig, vars(args), api_key=None)
+    assert (config.host_cache_tokens, config.prompt_tokens_per_second) == (8192, 500.0)
+
+
+def test_up_passes_its_routing_to_its_balancer(tmp_path):
+    from corral.config.schema import build
+    from corral.up import Fleet, UpConfig
+
+    config = build(UpConfig, vars(parse_args(["up", "--routing", "prefix"])))
+    assert config.routing == "prefix"
+    fleet = Fleet(config, tmp_path / "llama-server", tmp_path / "m.gguf")
+    commands = dict(fleet.commands())
+    balancer = commands.pop("balancer")
+    assert balancer[balancer.index("--routing") + 1] == "prefix"
+    assert sorted(commands) == ["agent-0", "agent-1"]
+    assert all("--routing" not in argv for argv in commands.values())
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -101,6 +124,20 @@ def test_sim_has_its_own_namespace(monkeypatch):
         (["balancer", "--prefix-max-wait", "nan"], "'nan' is not a finite number"),
         (["balancer", "--prefix-max-wait", "inf"], "'inf' is not a finite number"),
         (["bench", "http://x", "--workload", "zipf"], "invalid choice"),
+        # a setting that means nothing under the others given was taken and ignored
+        (
+            ["balancer", "--prefix-max-wait", "3"],
+            "--prefix-max-wait (command line) applies only with --routing prefix; "
+            "--routing is 'slots' (default)",
+        ),
+        (
+            ["balancer", "--routing", "slots", "--prefix-max-pass", "3"],
+            "--routing is 'slots' (command line)",
+        ),
+        (
+            ["balancer", "--queue", "fifo", "--priority-aging", "3"],
+            "--priority-aging (command line) applies only with --queue priority or --queue fair",
+        ),
     ],
 )
 def test_bad_input_is_a_clear_error_not_a_traceback(argv, message, capsys):

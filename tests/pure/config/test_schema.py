@@ -119,9 +119,10 @@ def test_the_public_flags_and_env_names_stay():
         "CORRAL_SIM_ADDR", "CORRAL_SIM_SLOTS", "CORRAL_SIM_MODEL", "CORRAL_SIM_NAME",
         "CORRAL_SIM_TOKENS_PER_SECOND", "CORRAL_SIM_API_KEY",
     ]  # fmt: skip
-    assert [s.env for s in UP][:7] == [
+    assert [s.env for s in UP][:8] == [
         "CORRAL_UP_MODEL", "CORRAL_UP_AGENTS", "CORRAL_UP_SLOTS", "CORRAL_UP_CTX_SIZE",
-        "CORRAL_UP_INFERENCE_ADDR", "CORRAL_UP_MANAGEMENT_ADDR", "CORRAL_UP_READY_TIMEOUT",
+        "CORRAL_UP_INFERENCE_ADDR", "CORRAL_UP_MANAGEMENT_ADDR", "CORRAL_UP_ROUTING",
+        "CORRAL_UP_READY_TIMEOUT",
     ]  # fmt: skip
     assert [s.env for s in TOP][:2] == ["CORRAL_MANAGEMENT_ADDR", "CORRAL_MANAGEMENT_TOKEN"]
 
@@ -200,6 +201,15 @@ def test_repeatable_env_values_are_comma_separated():
         ({}, "api_key = 5\n", ""),  # a number is a fine key text
         ({}, "agent_token = ['a']\n", "agent_token: ['a'] is not a single value"),
         ({}, "inference_addr = \n", "is not valid TOML"),
+        # given where it means nothing: refused, not ignored
+        ({"CORRAL_PREFIX_MAX_WAIT": "2"}, "",
+         "--prefix-max-wait (env CORRAL_PREFIX_MAX_WAIT) applies only with --routing prefix"),
+        ({}, "routing = 'slots'\nprefix_max_pass = 2\n", "--routing is 'slots' (file "),
+        ({"CORRAL_ROUTING": "prefix"}, "prefix_max_pass = 2\n", ""),
+        ({"CORRAL_QUEUE": "fair"}, "interactive_reserve = 0.5\n", ""),
+        ({}, "prefix_max_wait = 10.0\n", ""),  # its default: as --print-config writes it
+        ({}, "interactive_reserve = 0.5\n",
+         "--interactive-reserve (file "),
     ],
 )  # fmt: skip
 def test_bad_env_and_file_values_name_their_source(tmp_path, env, file_text, message, capsys):
@@ -316,6 +326,14 @@ def test_help_shows_a_default_from_the_environment(monkeypatch, capsys):
 def test_a_schema_refuses_a_setting_declared_twice():
     with pytest.raises(ValueError, match="declared twice"):
         Schema("x", "X_", (Setting("a", "one"), Setting("a", "two")))
+
+
+def test_a_schema_refuses_only_with_a_setting_or_value_it_lacks():
+    choice = Setting("mode", "how", default="a", choices=("a", "b"))
+    with pytest.raises(ValueError, match="only_with"):
+        Schema("x", "X_", (choice, Setting("k", "knob", only_with=("nothing", ("a",)))))
+    with pytest.raises(ValueError, match="only_with"):
+        Schema("x", "X_", (choice, Setting("k", "knob", only_with=("mode", ("c",)))))
 
 
 def test_switches_take_words_and_refuse_others():
