@@ -382,7 +382,9 @@ def _top_parser(sub: Any, environ: Mapping[str, str]) -> None:
         help="a live terminal dashboard of a balancer's fleet",
         description=(
             "Show a balancer's agents, slots, buffered requests and rates, live. "
-            "Keys: s sorts, Enter shows an agent's detail and issues, q quits."
+            "Keys: s sorts, Enter shows an agent's detail and issues, q quits. With "
+            "--once, or when the output is not a terminal, print the fleet once as "
+            "plain text instead."
         ),
     )
     p.set_defaults(func=_run_top)
@@ -391,8 +393,22 @@ def _top_parser(sub: Any, environ: Mapping[str, str]) -> None:
 def _run_top(args: argparse.Namespace) -> Coroutine[Any, Any, None]:
     from corral.top.app import TopApp
 
+    if args.once or not sys.stdout.isatty():
+        return _top_once(args.management_addr.url(), args.management_token or None)
     app = TopApp(args.management_addr.url(), args.management_token or None)
     return app.run_async()
+
+
+async def _top_once(url: str, token: str | None) -> None:
+    import aiohttp
+
+    from corral.top.app import SourceError, describe, read_once
+
+    try:
+        text = await read_once(url, token)
+    except (SourceError, aiohttp.ClientError, TimeoutError) as exc:
+        raise SystemExit(f"corral top: cannot read the fleet at {url}: {describe(exc)}") from None
+    sys.stdout.write(text)
 
 
 # ------------------------------------------------------------------- bench

@@ -674,6 +674,12 @@ TOP = Schema(
             "the balancer's --management-token, if it has one",
             secret=True,
         ),
+        Setting(
+            "once",
+            "print the fleet once as plain text and exit (for scripts and logs; what "
+            "corral top does when its output is not a terminal)",
+            switch=True,
+        ),
         *COMMON,
     ),
 )

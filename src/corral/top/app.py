@@ -35,6 +35,7 @@ from corral.top.model import (
     ISSUES_WIDTH,
     MODEL_WIDTH,
     NAME_WIDTH,
+    NO_AGENTS,
     SEEN_WIDTH,
     SLOTS_WIDTH,
     STATE_WIDTH,
@@ -51,6 +52,7 @@ from corral.top.model import (
     next_sort,
     parse_counters,
     parse_snapshot,
+    plain_report,
     signals_line,
     slots_cell,
     sort_rows,
@@ -63,6 +65,7 @@ SnapshotSource = Callable[[], AsyncIterator[Any]]
 MetricsSource = Callable[[], Awaitable[str]]
 """Reads the balancer's ``/metrics`` once (Prometheus text)."""
 
+AGENTS_PATH = "/api/v1/agents"
 STREAM_PATH = "/api/v1/agents/stream"
 METRICS_PATH = "/metrics"
 """The balancer's default ``--management-addr``."""
@@ -152,6 +155,35 @@ def metrics_reader(
             return await response.text()
 
     return read
+
+
+ONCE_TIMEOUT = 5.0
+"""Seconds ``corral top --once`` gives the balancer to answer both reads."""
+
+
+async def read_once(management_url: str, token: str | None = None) -> str:
+    """The fleet now, as :func:`~corral.top.model.plain_report` prints it
+    (``corral top --once``): one read of ``/api/v1/agents`` and one of ``/metrics``.
+
+    Raises:
+        SourceError: The balancer answered, but refused the token or did not send a
+            fleet.
+        aiohttp.ClientError, TimeoutError: It could not be reached.
+    """
+    base = management_url.rstrip("/")
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=ONCE_TIMEOUT)) as session:
+        async with session.get(base + AGENTS_PATH, headers=_headers(token)) as response:
+            _check(response, base + AGENTS_PATH)
+            try:
+                data = await response.json(content_type=None)
+            except ValueError:
+                raise SourceError(f"{base + AGENTS_PATH} did not answer JSON") from None
+        counters = None
+        with contextlib.suppress(SourceError, aiohttp.ClientError, TimeoutError):
+            async with session.get(base + METRICS_PATH, headers=_headers(token)) as response:
+                _check(response, base + METRICS_PATH)
+                counters = parse_counters(await response.text(), time.monotonic())
+    return plain_report(parse_snapshot(data), counters)
 
 
 def describe(exc: BaseException) -> str:
@@ -418,10 +450,7 @@ class TopApp(App[None]):
         elif self.status == "connecting":
             message = f"Connecting to {self.management_url}..."
         elif empty:
-            message = (
-                "No agents registered. Start one with: corral agent "
-                "--management-addr <this balancer> --model bundled"
-            )
+            message = NO_AGENTS
         else:
             message = "Connected: live."
         status.update(Text(message))

@@ -49,6 +49,12 @@ HISTORY = 30
 """Samples of each agent's history (one per scrape: a minute at the default 2 s)."""
 SPARKS = "▁▂▃▄▅▆▇█"
 
+NO_AGENTS = (
+    "No agents registered. Start one with: corral agent "
+    "--management-addr <this balancer> --model bundled"
+)
+"""What an empty fleet says (the live screen's status line, and ``--once``)."""
+
 SORT_KEYS = ("name", "state", "busy", "free")
 """Sort columns, in the order the ``s`` key cycles through them."""
 
@@ -678,3 +684,42 @@ def summary_lines(snapshot: Snapshot | None, rates: Rates | None, sort_key: str)
     req = format_rate(rates.requests_per_s if rates else None)
     tok = format_rate(rates.tokens_per_s if rates else None)
     return (fleet, f"{req} req/s  {tok} tok/s  sort: {sort_key}")
+
+
+PLAIN_COLUMNS = ("NAME", "MODEL", "STATE", "SLOTS", "CACHE", "SEEN", "ISSUES")
+
+
+def plain_report(snapshot: Snapshot, counters: Counters | None, sort_key: str = "name") -> str:
+    """The fleet as plain text, for ``corral top --once`` (a script, a log, a pipe):
+    the fleet line, the signals line, then one line per agent in columns (names and
+    issues whole, not cut to 80 columns: this is for reading and grep). ``counters``:
+    one scrape of ``/metrics`` for the cache columns; None: shown as ``-``. Rates need
+    two scrapes, so there are none.
+
+    ``CACHE`` is each agent's prompt tokens reused from its server's cache since the
+    balancer started (:class:`CacheCounts`)."""
+    fleet = summary_lines(snapshot, None, sort_key)[0]
+    lines = [fleet, signals_line(counters), ""]
+    if not snapshot.agents:
+        lines.append(NO_AGENTS)
+        return "\n".join(lines) + "\n"
+    cache = counters.agent_cache if counters is not None else {}
+    table = [PLAIN_COLUMNS]
+    for row in sort_rows(snapshot.agents, sort_key):
+        counts = cache.get(row.name)
+        table.append(
+            (
+                row.name,
+                row.model or "-",
+                row.state or "?",
+                f"{row.slots_busy}/{row.slots_total}",
+                counts.text if counts is not None else "-",
+                format_age(row.last_seen_ago_s),
+                row.issues_text or "-",
+            )
+        )
+    widths = [max(len(r[i]) for r in table) for i in range(len(PLAIN_COLUMNS) - 1)]
+    for r in table:
+        cells = [cell.ljust(width) for cell, width in zip(r, widths, strict=False)]
+        lines.append("  ".join([*cells, r[-1]]).rstrip())
+    return "\n".join(lines) + "\n"

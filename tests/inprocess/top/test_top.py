@@ -501,3 +501,42 @@ async def test_cache_hits_demand_cold_starts_and_a_start_in_progress_at_80x24() 
         detail = text(app, "#agent-detail")
         assert "  start       copying 16.8/100.7 MB (17%)" in detail, detail
         assert "  copy time   -" in detail and "Cache hits    -" in detail, detail
+
+
+async def test_once_prints_a_real_balancers_fleet_as_plain_text(capsys: Any) -> None:
+    """``corral top --once`` (and ``corral top`` into a pipe): one read, plain text."""
+    from corral.cli import _top_once
+
+    config = BalancerConfig(
+        inference_addr=Addr("127.0.0.1", 0),
+        management_addr=Addr("127.0.0.1", 0),
+        management_token="s3cret",
+    )
+    balancer = Balancer(config)
+    await balancer.start()
+    url = f"http://127.0.0.1:{balancer.management_port}"
+    try:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.ws_connect(f"{url}/api/v1/agent-socket") as ws,
+        ):
+            await ws.send_str(json.dumps(REGISTER))
+            await eventually(lambda: len(balancer.fleet) == 1, what="gpu-1 registered")
+            await _top_once(url, "s3cret")
+            lines = capsys.readouterr().out.splitlines()
+            assert lines[0] == "Agents 1 (1 ready)  Slots 0 busy / 4 idle  Buffered 0"
+            assert lines[-1].split()[:4] == ["gpu-1", "m", "ready", "0/4"]
+        try:
+            await _top_once(url, "nope")
+        except SystemExit as exc:
+            assert "refused the management token" in str(exc.code)
+        else:
+            raise AssertionError("a wrong token printed a fleet")
+    finally:
+        await balancer.stop()
+    try:
+        await _top_once(url, None)
+    except SystemExit as exc:
+        assert f"corral top: cannot read the fleet at {url}:" in str(exc.code)
+    else:
+        raise AssertionError("nothing listening printed a fleet")

@@ -402,3 +402,33 @@ def test_cache_hits_say_predicted_only_when_something_was_predicted() -> None:
     assert CacheCounts(cached=82, predicted=80, timed=100).text == "82% (predicted 80%)"
     assert CacheCounts(cached=82, predicted=0, timed=100).text == "82%"
     assert CacheCounts(cached=0, predicted=0, timed=0).text == "-"
+
+
+def test_the_plain_report_lists_every_agent_whole_in_columns() -> None:
+    """``corral top --once``: names and issues are not cut to 80 columns (the text is
+    for reading and grep), and each agent's cache hits come from /metrics."""
+    from corral.top.model import NO_AGENTS, CacheCounts, plain_report
+
+    long_name = "gpu-node-with-a-very-long-name-1"
+    snapshot = Snapshot(
+        agents=(
+            row("b", busy=1, model="gemma"),
+            row(long_name, state="unhealthy", issues=(Issue("slow", "answers slowly"),)),
+        ),
+        slots_idle=7,
+        slots_processing=1,
+        buffered_requests=2,
+    )
+    counters = Counters(0.0, 10, 100, agent_cache={"b": CacheCounts(50, 0, 100)})
+    lines = plain_report(snapshot, counters).splitlines()
+    assert lines[0] == "Agents 2 (1 ready)  Slots 1 busy / 7 idle  Buffered 2"
+    assert lines[1].startswith("Cache -  Demand -")
+    header, first, second = lines[3:]
+    assert header.split() == ["NAME", "MODEL", "STATE", "SLOTS", "CACHE", "SEEN", "ISSUES"]
+    assert first.split() == ["b", "gemma", "ready", "1/4", "50%", "-", "-"]
+    assert second.split()[:5] == [long_name, "-", "unhealthy", "0/4", "-"]
+    assert second.endswith("  answers slowly")
+    assert header.index("STATE") == first.index("ready") == second.index("unhealthy")
+    # no metrics: the cache columns say so; no agents: what to do about it
+    assert plain_report(snapshot, None).splitlines()[1] == "Cache -  Demand -  Cold starts -"
+    assert plain_report(Snapshot(), None).splitlines()[-1] == NO_AGENTS
