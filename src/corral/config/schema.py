@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -240,7 +241,7 @@ class Setting:
                 return value
             if isinstance(value, str):
                 return switch(value)
-            raise argparse.ArgumentTypeError(f"{value!r} is not true or false")
+            raise argparse.ArgumentTypeError(f"{_as_toml(value)} is not true or false")
         if self.repeatable:
             items = value if isinstance(value, list) else [value]
             return tuple(self._one(self._scalar_text(item)) for item in items)
@@ -253,7 +254,7 @@ class Setting:
     @staticmethod
     def _scalar_text(value: Any) -> str:
         if isinstance(value, bool) or not isinstance(value, str | int | float):
-            raise argparse.ArgumentTypeError(f"{value!r} is not a single value")
+            raise argparse.ArgumentTypeError(f"{_as_toml(value)} is not a single value")
         return str(value)
 
     def shown_default(self, value: Any = None) -> str | None:
@@ -264,6 +265,15 @@ class Setting:
         if value is None or value is False or value == () or value == []:  # not 0 (== False)
             return self.default_text
         return format_value(value)
+
+
+def _as_toml(value: Any) -> str:
+    """A value read from a TOML file as the file spells it (``true``, ``["a"]``), for
+    errors about it: Python's ``True`` and ``['a']`` are not what the user wrote."""
+    try:
+        return json.dumps(value, ensure_ascii=False)  # TOML's spelling of these types
+    except TypeError:  # a date or time: TOML writes it as Python prints it
+        return str(value)
 
 
 def format_value(value: Any) -> str:

@@ -199,7 +199,10 @@ def test_repeatable_env_values_are_comma_separated():
         ({}, "heartbeat_timeout = -1\n", "heartbeat_timeout: '-1' must be greater than 0"),
         ({}, "inference_adr = '1:1'\n", "balancer has no setting 'inference_adr'"),
         ({}, "api_key = 5\n", ""),  # a number is a fine key text
-        ({}, "agent_token = ['a']\n", "agent_token: ['a'] is not a single value"),
+        ({}, "agent_token = ['a']\n", 'agent_token: ["a"] is not a single value'),
+        # said as the file spells it, not as Python prints it (True, ['a'])
+        ({}, "max_buffered_requests = true\n", "max_buffered_requests: true is not a single"),
+        ({}, "cors_credentials = 1.5\n", "cors_credentials: 1.5 is not true or false"),
         ({}, "inference_addr = \n", "is not valid TOML"),
         # given where it means nothing: refused, not ignored
         ({"CORRAL_PREFIX_MAX_WAIT": "2"}, "",
