@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import importlib
 import json
-import math
 import sys
 import time
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from corral.bench.api import APIS
 from corral.bench.driver import Load, Runner, Target
 from corral.bench.stats import Outcome, Summary, format_table, summarise
 from corral.bench.workload import HISTORIES, SHAPES, Workload, WorkloadError, WorkloadSpec
+from corral.config.schema import number
 from corral.writable import cannot_write_file, cannot_write_into
 
 DEFAULT_REQUESTS = 100
@@ -57,9 +57,9 @@ def add_arguments(p: argparse.ArgumentParser, flag: Callable[..., None]) -> None
     how = p.add_argument_group("load (closed loop: --users; open loop: --rate)")
     loop = how.add_mutually_exclusive_group()
     loop.add_argument("--users", type=_int(1), help="concurrent users, closed loop (default 4)")
-    loop.add_argument("--rate", type=_float(0), help="requests per second, Poisson arrivals")
+    loop.add_argument("--rate", type=number(0), help="requests per second, Poisson arrivals")
     how.add_argument(
-        "--duration", type=_float(0), help="seconds to issue requests for (then wait for answers)"
+        "--duration", type=number(0), help="seconds to issue requests for (then wait for answers)"
     )
     how.add_argument(
         "--requests",
@@ -68,7 +68,7 @@ def add_arguments(p: argparse.ArgumentParser, flag: Callable[..., None]) -> None
     )
     how.add_argument(
         "--request-timeout",
-        type=_float(0),
+        type=number(0),
         default=600.0,
         help="seconds one request may take (default %(default)s)",
     )
@@ -96,13 +96,13 @@ def add_arguments(p: argparse.ArgumentParser, flag: Callable[..., None]) -> None
     )
     w.add_argument(
         "--tail-sigma",
-        type=_float(0, inclusive=True),
+        type=number(0, inclusive=True),
         help="answer lengths' spread, log-normal sigma; not for fixed "
         f"(default {_SPEC.tail_sigma})",
     )
     w.add_argument(
         "--stream-share",
-        type=_float(0, inclusive=True),
+        type=number(0, inclusive=True),
         default=1.0,
         help="share of streamed requests, 0..1 (default %(default)s)",
     )
@@ -172,23 +172,6 @@ def _int(minimum: int) -> Callable[[str], int]:
         return value
 
     parse.__name__ = "integer"
-    return parse
-
-
-def _float(minimum: float, inclusive: bool = False) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not math.isfinite(value):  # inf ran forever or failed later with a traceback
-            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
-        if value < minimum or (value == minimum and not inclusive):
-            word = "at least" if inclusive else "greater than"
-            raise argparse.ArgumentTypeError(f"{text!r} must be {word} {minimum:g}")
-        return value
-
-    parse.__name__ = "number"
     return parse
 
 

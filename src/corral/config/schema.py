@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -65,8 +66,35 @@ def secret_text(text: str) -> str:
     return text
 
 
+def number(minimum: float = 0.0, *, inclusive: bool = False) -> Callable[[str], float]:
+    """A finite number above ``minimum`` (at least it, with ``inclusive``). inf and nan
+    are refused: an endless timeout or rate ran forever or failed later with a
+    traceback."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        if value < minimum or (value == minimum and not inclusive):
+            if minimum == 0 and inclusive:
+                raise argparse.ArgumentTypeError(f"{text!r} cannot be negative")
+            word = "at least" if inclusive else "greater than"
+            raise argparse.ArgumentTypeError(f"{text!r} must be {word} {minimum:g}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
 def positive(kind: Callable[[str], Any]) -> Parse:
-    """A number of ``kind`` (int or float) greater than 0."""
+    """A number of ``kind`` (int or float) greater than 0; a float is finite."""
+    if kind is float:
+        parse_float = number(0.0)
+        parse_float.__name__ = "float"
+        return parse_float
 
     def parse(text: str) -> Any:
         try:
@@ -79,6 +107,10 @@ def positive(kind: Callable[[str], Any]) -> Parse:
 
     parse.__name__ = kind.__name__
     return parse
+
+
+non_negative_float = number(0.0, inclusive=True)
+"""A finite number, 0 or more (seconds, mostly)."""
 
 
 def non_negative_int(text: str) -> int:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 from pathlib import Path
 
 from corral.addr import Addr
@@ -22,6 +21,7 @@ from corral.config.schema import (
     Setting,
     addr,
     ip_list,
+    non_negative_float,
     non_negative_int,
     port,
     positive,
@@ -71,27 +71,6 @@ def cache_mib(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < -1:
         raise argparse.ArgumentTypeError(f"{text!r}: give MiB, 0 (off) or -1 (no limit)")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    """Seconds, 0 or more, finite."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} cannot be negative")
-    return value
-
-
-def finite_seconds(text: str) -> float:
-    """Seconds, greater than 0 and finite."""
-    value = float(positive(float)(text))
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number of seconds")
     return value
 
 
@@ -524,7 +503,7 @@ AGENT = Schema(
             "reconnect_min",
             "seconds before the first reconnect to a balancer that closed or refused the "
             "link; each failed attempt doubles the wait (with jitter) up to --reconnect-max",
-            finite_seconds,
+            positive(float),
             default=0.2,
             default_from="gRPC's connection backoff starts at 1 s, Envoy's xDS at 0.5 s; "
             "Corral starts sooner so a restarted balancer gets its fleet back within seconds",
@@ -533,7 +512,7 @@ AGENT = Schema(
             "reconnect_max",
             "the longest wait, in seconds, between reconnects to a balancer (the backoff's "
             "cap; at least --reconnect-min)",
-            finite_seconds,
+            positive(float),
             default=10.0,
             default_from="gRPC caps its connection backoff at 120 s, Envoy's BackoffStrategy "
             "at 10 times its base by default; 10 s bounds how long a balancer that is back "

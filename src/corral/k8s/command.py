@@ -12,8 +12,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from corral.config.schema import addr
-from corral.config.tables import non_negative_float
+from corral.config.schema import addr, non_negative_float
 from corral.k8s.intent import FIELDS, IntentError
 
 RENDER_HELP = """\
@@ -88,16 +87,11 @@ def add_arguments(sub: Any) -> None:
     )
     drain.add_argument(
         "--timeout",
-        type=_seconds,
+        type=non_negative_float,
         default=120.0,
         help="seconds, 0 or more (0: mark it draining and return at once; default: 120)",
     )
     drain.set_defaults(k8s=run_drain, command_parser=drain)
-
-
-def _seconds(text: str) -> float:
-    """Seconds, 0 or more and finite (the agent takes 0: it drains and answers at once)."""
-    return non_negative_float(text)  # which refuses inf and nan too
 
 
 def _load_yaml(path: Path, what: str) -> Any:

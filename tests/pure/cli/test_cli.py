@@ -98,7 +98,12 @@ def test_up_passes_its_routing_to_its_balancer(tmp_path):
         ),
         (["agent", "--reconnect-max", "0"], "must be greater than 0"),
         (["agent", "--reconnect-min", "soon"], "not a number"),
-        (["agent", "--reconnect-max", "inf"], "must be a finite number of seconds"),
+        (["agent", "--reconnect-max", "inf"], "'inf' is not a finite number"),
+        # every positive number refuses them, not only those fd73e6f named: an endless
+        # --buffered-request-timeout sent "timeout_s": Infinity (not JSON) to the API
+        (["balancer", "--buffered-request-timeout", "inf"], "'inf' is not a finite number"),
+        (["balancer", "--shutdown-timeout", "nan"], "'nan' is not a finite number"),
+        (["sim", "--tokens-per-second", "inf"], "'inf' is not a finite number"),
         (
             [
                 "agent",
