@@ -50,7 +50,11 @@ class DesiredStore:
         self.state: m.DesiredState | None = None
         if path is None:
             return
-        if path.exists():
+        try:  # a folder above it that cannot be looked into: nothing to read (and see below)
+            exists = path.exists()
+        except OSError:
+            exists = False
+        if exists:
             try:
                 data = json.loads(path.read_bytes())
                 if not isinstance(data, dict) or not {"state", "generation"} <= set(data):

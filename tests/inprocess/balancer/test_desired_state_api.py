@@ -119,3 +119,31 @@ async def test_a_put_that_cannot_save_answers_a_json_error(harness: Harness, tmp
         body = await r.json()
     assert "cannot save the desired state" in body["error"]["message"]
     assert balancer.rollout.store.generation == 0
+
+
+def test_a_folder_that_cannot_be_looked_into_is_a_reason_not_a_traceback(
+    tmp_path, monkeypatch, caplog
+):
+    """A folder above the state file that its user may not search (EACCES: stat
+    raises, where a missing file answers False) raised PermissionError from the
+    balancer's start, even for the default file, which is only warned about. Root
+    may search any folder, so the refusal is the kernel's answer, played here."""
+    import errno
+    from pathlib import Path
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    path = locked / "deeper" / "state.json"
+    real_stat = Path.stat
+
+    def stat(self: Path, *args: object, **kwargs: object) -> object:
+        if self != locked and self.is_relative_to(locked):
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real_stat(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "stat", stat)
+    with caplog.at_level("WARNING", logger="corral.rollout"):
+        store = DesiredStore(path)
+    assert store.generation == 0 and "Permission denied" in caplog.text
+    with pytest.raises(StoreError, match=f"--state-file {path}: cannot write .*Permission denied"):
+        DesiredStore(path, required=True)
