@@ -21,6 +21,7 @@ from corral.core.demand import ColdStarts
 from corral.core.events import Timings
 from corral.core.fleet import Backend, Fleet, FleetError
 from corral.core.policy import Dispatch, Reject, RequestInfo
+from corral.core.queueing import Priority
 from corral.core.scheduler import RECHECK, Assigned, Scheduler
 
 log = logging.getLogger("corral.balancer")
@@ -296,26 +297,29 @@ class Dispatcher:
         self._expiry = None
         now = self.clock.now()
         expired = self.scheduler.expire(now)
+        if not expired:
+            self._arm_expiry()
+            return
         # with no server ready, no slot could have come: say that, not that none freed
-        what = (
-            "no slot became free" if any(b.routable for b in self.fleet) else "no server was ready"
-        )
+        ready = any(b.routable for b in self.fleet)
+        what = "no slot became free" if ready else "no server was ready"
+        buffer = self.scheduler.buffer
         for waiter in expired:
             future = waiter.token
             assert isinstance(future, asyncio.Future)
             if not future.done():
+                batch = waiter.request.priority is Priority.BATCH  # its own limit
+                flag = "--batch-request-timeout" if batch else "--buffered-request-timeout"
                 future.set_exception(
                     HTTPError(
                         503,
-                        f"Corral: {what} within {waiter.waited(now):.1f}s "
-                        "(--buffered-request-timeout)",
-                        retry_after=self.scheduler.buffer.timeout,
+                        f"Corral: {what} within {waiter.waited(now):.1f}s ({flag})",
+                        retry_after=buffer.batch_timeout if batch else buffer.timeout,
                         buffer="timeout",
                     )
                 )
-        if expired:
-            log.warning("%d buffered request(s) timed out", len(expired))
-            self.changed()  # new heads of their queues: look again (as for a cancel)
+        log.warning("%d buffered request(s) timed out", len(expired))
+        self.changed()  # new heads of their queues: look again (as for a cancel)
         self._arm_expiry()
 
     def close(self) -> None:

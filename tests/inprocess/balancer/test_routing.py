@@ -114,6 +114,18 @@ async def test_buffer_full_is_429_and_timeout_is_503_with_retry_after(harness: H
     assert "no server was ready within" in (await response.json())["error"]["message"]
 
 
+async def test_a_batch_request_that_waits_too_long_is_told_its_own_limit(harness: Harness):
+    """A batch-class request waits --batch-request-timeout, not --buffered-request-
+    timeout: its 503 named the other flag and asked it to retry after the other's time."""
+    balancer = await harness.balancer(buffered_request_timeout=30, batch_request_timeout=0.3)
+    headers = {"X-Corral-Priority": "batch"}
+    async with harness.http.post(url(balancer, CHAT), json=chat(), headers=headers) as r:
+        assert r.status == 503
+        assert r.headers["Retry-After"] == "1"  # 0.3 s, rounded up to whole seconds
+        message = (await r.json())["error"]["message"]
+    assert "within 0.3s (--batch-request-timeout)" in message
+
+
 async def test_unknown_model_is_404_listing_models(harness: Harness):
     balancer = await harness.balancer()
     for name, model in (("a", "gemma"), ("b", "qwen")):
