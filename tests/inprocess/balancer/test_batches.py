@@ -287,11 +287,68 @@ async def test_a_batch_whose_key_is_gone_runs_nothing(
     _, port = await harness.sim(slots=4, tokens_per_second=1e6)
     await harness.agent(port, balancer)
     api = client(harness, balancer, key="sk-chat")
-    done = await finished(api, made["id"])
-    assert (done.request_counts.completed, done.request_counts.failed) == (0, 2), done
-    errors_out = await output(api, done.error_file_id)
+    with pytest.raises(openai.NotFoundError):  # another tenant's: not there for this key
+        await api.batches.retrieve(made["id"])
+
+    def ended() -> dict[str, Any] | None:  # read as the operator does, in the database
+        store = BatchStore(tmp_path)
+        try:
+            batch = store.batch(made["id"])
+            if batch["status"] != "completed":
+                return None
+            return {**batch, "errors_out": store.content(batch["error_file_id"])}
+        finally:
+            store.close()
+
+    done = await eventually(ended, within=20, what="the batch to end")
+    counts = done["request_counts"]
+    assert (counts["completed"], counts["failed"]) == (0, 2), done
+    errors_out = [json.loads(line) for line in done["errors_out"].splitlines()]
     assert all(e["response"]["status_code"] == 401 for e in errors_out), errors_out
     assert f"no key names the tenant '{tenant or 'default'}' now" in json.dumps(errors_out)
+
+
+async def test_a_tenant_sees_only_its_own_files_and_batches(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """Any key could list, read, cancel and download another tenant's batches and
+    files (its completions among them). Now each tenant's are there for it alone:
+    another's answer 404, as a missing one does, and lists leave them out; the default
+    tenant (a plain key) is a tenant like the others."""
+    from corral.config.keys import parse_keys
+
+    keys = tuple(parse_keys(TENANTS))
+    balancer = await harness.balancer(
+        data_dir=tmp_path, tenant_keys=keys, api_keys=("sk-plain",), queue="priority"
+    )
+    _, port = await harness.sim(slots=4, tokens_per_second=1e6)
+    await harness.agent(port, balancer)
+    owner = client(harness, balancer, key="sk-nightly")
+    upload = await owner.files.create(file=("in.jsonl", jsonl(2)), purpose="batch")
+    batch = await owner.batches.create(
+        input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    done = await finished(owner, batch.id)
+    assert done.output_file_id is not None and len(await output(owner, done.output_file_id)) == 2
+    assert [f.id for f in (await owner.files.list()).data] == [done.output_file_id, upload.id]
+    assert [b.id for b in (await owner.batches.list()).data] == [batch.id]
+    for key in ("sk-chat", "sk-plain"):
+        other = client(harness, balancer, key=key)
+        assert (await other.files.list()).data == [] and (await other.batches.list()).data == []
+        for call in (
+            other.batches.retrieve(batch.id),
+            other.batches.cancel(batch.id),
+            other.batches.list(after=batch.id),
+            other.files.retrieve(upload.id),
+            other.files.content(done.output_file_id),  # the completions
+            other.files.delete(upload.id),
+            other.batches.create(  # nor run another's file as its own
+                input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+            ),
+        ):
+            with pytest.raises(openai.NotFoundError):
+                await call
+    assert (await owner.files.retrieve(upload.id)).id == upload.id  # still there
 
 
 async def test_a_database_from_before_tenants_runs_its_batches(

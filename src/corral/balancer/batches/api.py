@@ -35,6 +35,7 @@ from corral.balancer.batches.wire import (
 from corral.balancer.errors import HTTPError
 from corral.balancer.http_server import Request, Responder, encode_headers
 from corral.core.queueing import Tenant
+from corral.core.queueing.classes import DEFAULT_TENANT
 
 
 class BatchApi:
@@ -57,30 +58,30 @@ class BatchApi:
             raise HTTPError(exc.status, str(exc), extra=extra) from None
 
     async def _route(self, request: Request, out: Responder, tenant: Tenant | None) -> None:
+        # a tenant sees only its own files and batches; without keys every request is
+        # the default tenant's, and so is everything made before tenants were kept
+        owner = tenant.name if tenant is not None else DEFAULT_TENANT
         method = request.method
         parts = request.path.strip("/").split("/")[1:]  # after "v1"
         query = {k: v[-1] for k, v in parse_qs(request.target.partition(b"?")[2].decode()).items()}
         match (method, parts):
             case ("POST", ["files"]):
-                return _json(out, await self._upload(request))
+                return _json(out, await self._upload(request, owner))
             case ("GET", ["files"]):
-                files = self.store.files(query.get("purpose"))
+                files = self.store.files(query.get("purpose"), owner)
                 return _json(out, {"object": "list", "data": files, "has_more": False})
             case ("GET", ["files", file_id]):
-                return _json(out, self.store.file(file_id))
+                return _json(out, self.store.file(file_id, owner))
             case ("DELETE", ["files", file_id]):
-                return _json(out, self.store.delete_file(file_id))
+                return _json(out, self.store.delete_file(file_id, owner))
             case ("GET", ["files", file_id, "content"]):
                 head = encode_headers([("Content-Type", "application/octet-stream")])
-                return out.send(200, head, self.store.content(file_id))
+                return out.send(200, head, self.store.content(file_id, owner))
             case ("POST", ["batches"]):
-                return _json(out, await self._create(request, tenant))
+                return _json(out, await self._create(request, owner))
             case ("GET", ["batches"]):
                 limit = _limit(query.get("limit"))
-                after = query.get("after")
-                if after is not None:
-                    self.store.status(after)  # 404 for a batch that is not there
-                page, more = self.store.batches(limit, after)
+                page, more = self.store.batches(limit, query.get("after"), owner)
                 return _json(
                     out,
                     {
@@ -92,14 +93,14 @@ class BatchApi:
                     },
                 )
             case ("GET", ["batches", batch_id]):
-                return _json(out, self.store.batch(batch_id))
+                return _json(out, self.store.batch(batch_id, owner))
             case ("POST", ["batches", batch_id, "cancel"]):
-                batch = self.store.cancel(batch_id)
+                batch = self.store.cancel(batch_id, owner)
                 self.runner.wake()
                 return _json(out, batch)
         raise HTTPError(404, f"{method} {request.path}: no such Batch API route")
 
-    async def _upload(self, request: Request) -> dict[str, Any]:
+    async def _upload(self, request: Request, owner: str) -> dict[str, Any]:
         fields = multipart_fields(request.header(b"content-type"), request.body)
         if "file" not in fields:
             raise WireError("the 'file' field is required", param="file")
@@ -111,9 +112,10 @@ class BatchApi:
             )
         upload = fields["file"]
         file_id = await asyncio.to_thread(self.store.save, upload.data)
-        return self.store.add_file(file_id, upload.data, upload.filename or "upload.jsonl", purpose)
+        name = upload.filename or "upload.jsonl"
+        return self.store.add_file(file_id, upload.data, name, purpose, owner)
 
-    async def _create(self, request: Request, tenant: Tenant | None) -> dict[str, Any]:
+    async def _create(self, request: Request, owner: str) -> dict[str, Any]:
         try:
             params = json.loads(request.body)
         except ValueError as exc:
@@ -133,11 +135,11 @@ class BatchApi:
         file_id = params.get("input_file_id")
         if not isinstance(file_id, str):
             raise WireError("input_file_id is required", param="input_file_id")
-        if self.store.file(file_id)["purpose"] != "batch":
+        if self.store.file(file_id, owner)["purpose"] != "batch":
             raise WireError(
                 f"{file_id} was not uploaded with purpose 'batch'", param="input_file_id"
             )
-        data = self.store.content(file_id)
+        data = self.store.content(file_id, owner)
         lines, errors = await asyncio.to_thread(parse_input, data, endpoint, self.max_lines)
         batch = self.store.create_batch(
             file_id,
@@ -147,7 +149,7 @@ class BatchApi:
             metadata,
             lines,
             errors,
-            tenant=tenant.name if tenant is not None else None,
+            tenant=owner,
         )
         self.runner.wake()
         return batch

@@ -27,11 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from corral.balancer.batches.wire import FINAL, Line, LineError, error_line
+from corral.core.queueing.classes import DEFAULT_TENANT
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
     id TEXT PRIMARY KEY, bytes INTEGER NOT NULL, created_at INTEGER NOT NULL,
-    filename TEXT NOT NULL, purpose TEXT NOT NULL, seq INTEGER NOT NULL
+    filename TEXT NOT NULL, purpose TEXT NOT NULL, seq INTEGER NOT NULL,
+    tenant TEXT
 );
 CREATE TABLE IF NOT EXISTS batches (
     id TEXT PRIMARY KEY, seq INTEGER NOT NULL, endpoint TEXT NOT NULL,
@@ -49,6 +51,10 @@ CREATE TABLE IF NOT EXISTS lines (
     PRIMARY KEY (batch_id, idx)
 ) WITHOUT ROWID;
 """
+
+_OWNED = f"(? IS NULL OR COALESCE(tenant, '{DEFAULT_TENANT}') = ?)"
+"""The row is the tenant's given twice as a parameter (None: anyone's). A row without a
+tenant (no keys were asked, or a database older than tenants) is the default one's."""
 
 _BATCH_TIMES = (
     "created_at",
@@ -110,9 +116,10 @@ class BatchStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
-        columns = {r["name"] for r in self.db.execute("PRAGMA table_info(batches)")}
-        if "tenant" not in columns:  # a database made before batches kept their tenant
-            self.db.execute("ALTER TABLE batches ADD COLUMN tenant TEXT")
+        for table in ("batches", "files"):
+            columns = {r["name"] for r in self.db.execute(f"PRAGMA table_info({table})")}
+            if "tenant" not in columns:  # a database made before they kept their tenant
+                self.db.execute(f"ALTER TABLE {table} ADD COLUMN tenant TEXT")
 
     def close(self) -> None:
         self.db.close()
@@ -132,12 +139,23 @@ class BatchStore:
         self._write(file_id, data)
         return file_id
 
-    def add_file(self, file_id: str, data: bytes, filename: str, purpose: str) -> dict[str, Any]:
-        """Make saved bytes a file; its OpenAI ``File`` object."""
+    def add_file(
+        self, file_id: str, data: bytes, filename: str, purpose: str, tenant: str | None = None
+    ) -> dict[str, Any]:
+        """Make saved bytes a file of ``tenant`` (None: the default one); its OpenAI
+        ``File`` object."""
         with self._tx():
             self.db.execute(
-                "INSERT INTO files VALUES (?, ?, ?, ?, ?, ?)",
-                (file_id, len(data), int(self.now()), filename, purpose, self._seq("files")),
+                "INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    file_id,
+                    len(data),
+                    int(self.now()),
+                    filename,
+                    purpose,
+                    self._seq("files"),
+                    tenant,
+                ),
             )
         return self.file(file_id)
 
@@ -150,9 +168,13 @@ class BatchStore:
             os.fsync(f.fileno())
         os.replace(tmp, path)
 
-    def file(self, file_id: str) -> dict[str, Any]:
-        """A file's OpenAI ``File`` object. Raises :class:`StoreError` (404)."""
-        row = self.db.execute("SELECT * FROM files WHERE id = ?", (file_id,)).fetchone()
+    def file(self, file_id: str, owner: str | None = None) -> dict[str, Any]:
+        """A file's OpenAI ``File`` object. Raises :class:`StoreError` (404), also
+        when ``owner`` (a tenant's name; None: anyone) is not the file's tenant: another
+        tenant's files are not there for it, as with OpenAI's projects."""
+        row = self.db.execute(
+            f"SELECT * FROM files WHERE id = ? AND {_OWNED}", (file_id, owner, owner)
+        ).fetchone()
         if row is None:
             raise StoreError(f"No such File object: {file_id}")
         return {
@@ -167,22 +189,25 @@ class BatchStore:
             "expires_at": None,
         }
 
-    def files(self, purpose: str | None = None) -> list[dict[str, Any]]:
-        """Every file, newest first."""
-        rows = self.db.execute("SELECT id, purpose FROM files ORDER BY seq DESC").fetchall()
+    def files(self, purpose: str | None = None, owner: str | None = None) -> list[dict[str, Any]]:
+        """Every file (of ``owner``: see :meth:`file`), newest first."""
+        rows = self.db.execute(
+            f"SELECT id, purpose FROM files WHERE {_OWNED} ORDER BY seq DESC", (owner, owner)
+        ).fetchall()
         return [self.file(r["id"]) for r in rows if purpose is None or r["purpose"] == purpose]
 
-    def content(self, file_id: str) -> bytes:
-        """A file's bytes. Raises :class:`StoreError` (404)."""
-        self.file(file_id)
+    def content(self, file_id: str, owner: str | None = None) -> bytes:
+        """A file's bytes. Raises :class:`StoreError` (404; see :meth:`file`)."""
+        self.file(file_id, owner)
         try:
             return (self.files_dir / file_id).read_bytes()
         except FileNotFoundError:
             raise StoreError(f"the content of {file_id} is gone from the data directory") from None
 
-    def delete_file(self, file_id: str) -> dict[str, Any]:
-        """Delete a file; OpenAI's deletion object. Raises :class:`StoreError` (404)."""
-        self.file(file_id)
+    def delete_file(self, file_id: str, owner: str | None = None) -> dict[str, Any]:
+        """Delete a file; OpenAI's deletion object. Raises :class:`StoreError` (404;
+        see :meth:`file`)."""
+        self.file(file_id, owner)
         with self._tx():
             self.db.execute("DELETE FROM files WHERE id = ?", (file_id,))
         (self.files_dir / file_id).unlink(missing_ok=True)
@@ -234,38 +259,49 @@ class BatchStore:
                 )
         return self.batch(batch_id)
 
-    def batch(self, batch_id: str) -> dict[str, Any]:
-        """A batch's OpenAI ``Batch`` object. Raises :class:`StoreError` (404)."""
-        row = self.db.execute("SELECT * FROM batches WHERE id = ?", (batch_id,)).fetchone()
+    def batch(self, batch_id: str, owner: str | None = None) -> dict[str, Any]:
+        """A batch's OpenAI ``Batch`` object. Raises :class:`StoreError` (404), also
+        when ``owner`` is not its tenant (see :meth:`file`)."""
+        row = self.db.execute(
+            f"SELECT * FROM batches WHERE id = ? AND {_OWNED}", (batch_id, owner, owner)
+        ).fetchone()
         if row is None:
             raise StoreError(f"No such Batch object: {batch_id}")
         return _batch_json(row)
 
     def batches(
-        self, limit: int = 20, after: str | None = None
+        self, limit: int = 20, after: str | None = None, owner: str | None = None
     ) -> tuple[list[dict[str, Any]], bool]:
-        """Batches newest first, ``limit`` of them after the batch ``after``, and whether
-        there are more."""
+        """Batches (of ``owner``: see :meth:`file`) newest first, ``limit`` of them after
+        the batch ``after``, and whether there are more. Raises :class:`StoreError`
+        (404) when ``after`` names no batch of ``owner``."""
         seq = None
         if after is not None:
-            found = self.db.execute("SELECT seq FROM batches WHERE id = ?", (after,)).fetchone()
-            seq = found["seq"] if found is not None else None
+            found = self.db.execute(
+                f"SELECT seq FROM batches WHERE id = ? AND {_OWNED}", (after, owner, owner)
+            ).fetchone()
+            if found is None:
+                raise StoreError(f"No such Batch object: {after}")
+            seq = found["seq"]
         rows = self.db.execute(
-            "SELECT * FROM batches WHERE ? IS NULL OR seq < ? ORDER BY seq DESC LIMIT ?",
-            (seq, seq, limit + 1),
+            f"SELECT * FROM batches WHERE (? IS NULL OR seq < ?) AND {_OWNED}"
+            " ORDER BY seq DESC LIMIT ?",
+            (seq, seq, owner, owner, limit + 1),
         ).fetchall()
         return [_batch_json(r) for r in rows[:limit]], len(rows) > limit
 
-    def status(self, batch_id: str) -> str:
-        row = self.db.execute("SELECT status FROM batches WHERE id = ?", (batch_id,)).fetchone()
+    def status(self, batch_id: str, owner: str | None = None) -> str:
+        row = self.db.execute(
+            f"SELECT status FROM batches WHERE id = ? AND {_OWNED}", (batch_id, owner, owner)
+        ).fetchone()
         if row is None:
             raise StoreError(f"No such Batch object: {batch_id}")
         return str(row["status"])
 
-    def cancel(self, batch_id: str) -> dict[str, Any]:
+    def cancel(self, batch_id: str, owner: str | None = None) -> dict[str, Any]:
         """Mark a batch ``cancelling`` (the runner ends it). Raises :class:`StoreError`:
-        404, or 409 when the batch has already ended."""
-        status = self.status(batch_id)
+        404 (see :meth:`batch`), or 409 when the batch has already ended."""
+        status = self.status(batch_id, owner)
         if status in ("in_progress", "validating"):
             with self._tx():
                 self.db.execute(
@@ -369,14 +405,17 @@ class BatchStore:
         for file_id, data in ((out_id, output), (err_id, errors)):
             if file_id is not None:
                 self._write(file_id, bytes(data))
+        tenant = self.db.execute("SELECT tenant FROM batches WHERE id = ?", (batch_id,)).fetchone()[
+            "tenant"
+        ]
         with self._tx():
             for file_id, data, name in (
                 (out_id, output, "output"),
                 (err_id, errors, "errors"),
             ):
-                if file_id is not None:
+                if file_id is not None:  # the batch's tenant's, as its results are
                     self.db.execute(
-                        "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?)",
+                        "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)",
                         (
                             file_id,
                             len(data),
@@ -384,6 +423,7 @@ class BatchStore:
                             f"{batch_id}_{name}.jsonl",
                             "batch_output",
                             self._seq("files"),
+                            tenant,
                         ),
                     )
             stamp = {
