@@ -112,12 +112,17 @@ class Fleet:
         self.children.append(child)
         return child
 
+    @property
+    def slots(self) -> int:
+        """Slots per server: ``--slots``, else :func:`default_slots`."""
+        return self.config.slots or default_slots()
+
     def commands(self) -> list[tuple[str, list[str]]]:
         """``(name, argv)`` of each process to start: the balancer, then each agent
         (which runs its llama-server)."""
         cfg = self.config
         binary, model = self.binary, self.model
-        slots = cfg.slots or default_slots()
+        slots = self.slots
         # the bundled model is a base model: chat as questions and answers (base_chat.py);
         # --metrics: the inference listener's /metrics sums the servers' (llamacpp:*)
         server_args = ["--", "--metrics", *(base_model_args() if cfg.model is None else [])]
@@ -152,7 +157,7 @@ class Fleet:
     async def start(self) -> None:
         for name, command in self.commands():
             self._start(name, command)
-        await self._wait_ready(self.config.agents * (self.config.slots or default_slots()))
+        await self._wait_ready(self.config.agents * self.slots)
 
     async def _wait_ready(self, slots: int) -> None:
         url = self.config.inference_addr.url() + "/health"
@@ -297,7 +302,7 @@ async def run(config: UpConfig) -> None:
     try:
         print(f"Starting a balancer and {config.agents} agent(s); logs in {fleet.logs}")
         await fleet.start()
-        print(banner(config, config.slots or default_slots()), flush=True)
+        print(banner(config, fleet.slots), flush=True)
         await asyncio.Event().wait()
     finally:
         await fleet.stop(say=lambda line: print(line, flush=True))

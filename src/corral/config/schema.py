@@ -300,10 +300,12 @@ class Setting:
 
 
 def _as_toml(value: Any) -> str:
-    """A value read from a TOML file as the file spells it (``true``, ``["a"]``), for
-    errors about it: Python's ``True`` and ``['a']`` are not what the user wrote."""
+    """A value read from a TOML file near how the file spells it (``true``, ``["a"]``),
+    for errors about it: Python's ``True`` and ``['a']`` are not what the user wrote.
+    Booleans, numbers, strings and arrays are spelt as TOML does; a table as JSON's
+    ``{"a": 1}``, close to TOML's ``{a = 1}``."""
     try:
-        return json.dumps(value, ensure_ascii=False)  # TOML's spelling of these types
+        return json.dumps(value, ensure_ascii=False)
     except TypeError:  # a date or time: TOML writes it as Python prints it
         return str(value)
 

@@ -177,7 +177,9 @@ async def read_once(management_url: str, token: str | None = None) -> str:
             try:
                 data = await response.json(content_type=None)
             except ValueError:
-                raise SourceError(f"{base + AGENTS_PATH} did not answer JSON") from None
+                data = None
+            if not isinstance(data, dict) or not isinstance(data.get("agents"), list):
+                raise SourceError(f"{base + AGENTS_PATH} did not answer a fleet (is it Corral?)")
         counters = None
         with contextlib.suppress(SourceError, aiohttp.ClientError, TimeoutError):
             async with session.get(base + METRICS_PATH, headers=_headers(token)) as response:

@@ -540,3 +540,26 @@ async def test_once_prints_a_real_balancers_fleet_as_plain_text(capsys: Any) -> 
         assert f"corral top: cannot read the fleet at {url}:" in str(exc.code)
     else:
         raise AssertionError("nothing listening printed a fleet")
+
+
+async def test_once_refuses_an_answer_that_is_not_a_fleet(capsys: Any) -> None:
+    """Another service's JSON on the port printed "No agents registered" and exit 0."""
+    from aiohttp import web
+
+    from corral.cli import _top_once
+
+    app = web.Application()
+    app.router.add_get("/api/v1/agents", lambda _: web.json_response({"status": "ok"}))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        try:
+            await _top_once(f"http://127.0.0.1:{port}", None)
+        except SystemExit as exc:
+            assert "did not answer a fleet (is it Corral?)" in str(exc.code)
+        else:
+            raise AssertionError("printed: " + capsys.readouterr().out)
+    finally:
+        await runner.cleanup()

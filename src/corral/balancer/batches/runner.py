@@ -14,7 +14,8 @@ runner does not record:
   tenant's batches start no line for a pause that doubles, each time a line is turned
   away after the last pause, up to ``max_backoff`` seconds (each tenant its own: a
   tenant turned away pauses no other's batches);
-- an answer cut short (the server failed mid-response): run again.
+- an answer cut short (the server failed mid-response): run again, after the same
+  pause.
 
 Every other answer, 2xx or not, is the line's result (OpenAI's error file holds
 answers such as 400 with their body).
