@@ -33,7 +33,7 @@ from comparison.overhead import (
 )
 from comparison.pinned import cores_for, cpu_ticks
 from corral.agent.runners.llamacpp import Fetched, interpret
-from corral.balancer.metrics import last_counted_event, token_counts
+from corral.balancer.metrics import last_counted_event, read_counts
 
 # Captured from wrk 4.1.0 (Debian) running wrk_script() against the instant backend.
 WRK_OK = """\
@@ -128,7 +128,7 @@ def test_the_stream_is_a_llama_server_chat_stream() -> None:
     assert chunks[-1]["choices"][0]["finish_reason"] == "length"
     # Corral's relay finds the token count in the last event, as with llama-server
     counted = last_counted_event(chat_stream().encode())
-    assert counted is not None and token_counts(counted)[1] == TOKENS
+    assert counted is not None and read_counts(counted).generated == TOKENS
 
 
 def test_corral_agent_reads_the_backend_as_a_ready_llama_server() -> None:

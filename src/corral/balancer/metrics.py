@@ -334,21 +334,17 @@ class Metrics:
             tally = self.tallies[(agent, model)] = Tally()
         return tally
 
-    def count_tokens(
-        self, agent: str, model: str, counted: Counted | bytes | None, streamed: int = 0
-    ) -> None:
+    def count_tokens(self, agent: str, model: str, counted: Counted, streamed: int = 0) -> None:
         """Count the tokens an answer reports (``usage`` or llama.cpp's ``timings``).
 
         Args:
             agent: the name of the agent that answered.
             model: what its server runs (never client input).
-            counted: the answer's counts (:func:`read_counts`), or the JSON to read
-                them from (the answer, or the last SSE event with counts); None if none.
+            counted: the answer's counts (:func:`read_counts` of the answer, or of the
+                last SSE event with counts).
             streamed: events already counted live for this answer (:meth:`Tally.stream`).
         """
         tally = self.tally(agent, model)
-        if not isinstance(counted, Counted):
-            counted = read_counts(counted)
         tally.prompt += counted.prompt
         if counted.generated:
             tally.settle(counted.generated, streamed)
@@ -485,18 +481,6 @@ def read_counts(body: bytes | None) -> Counted:
     if t is not None:
         return Counted(t.prompt_n + t.cache_n, t.predicted_n, timings)
     return NOTHING_COUNTED
-
-
-def token_counts(body: bytes) -> tuple[int, int]:
-    """``(prompt, generated)`` tokens from one JSON answer or SSE event; (0, 0) if none
-    (:func:`read_counts`)."""
-    counted = read_counts(body)
-    return counted.prompt, counted.generated
-
-
-def timings_of(body: bytes | None) -> Timings | None:
-    """llama.cpp's ``timings`` of one JSON answer or SSE event (None if it has none)."""
-    return read_counts(body).timings
 
 
 def token_events(chunk: bytes) -> int:

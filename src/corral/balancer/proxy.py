@@ -227,7 +227,7 @@ class InferenceProxy:
         self.started = int(time.time())
         self._light_turn = 0
         self._prompts = dispatcher.scheduler.policy.needs_prompt
-        """The policy routes by prompt (prefix routing): read it, report on it."""
+        """The policy routes by prompt (prefix routing): read it."""
         self.batches: Callable[[Request, Responder, Tenant | None], Awaitable[None]] | None = None
         """The Batch API's handler (:mod:`corral.balancer.batches`), with ``--data-dir``."""
 
@@ -465,14 +465,11 @@ class InferenceProxy:
         model = ex.served_model or ""
         self.metrics.request_done(request.path, model, ex.status, total, ex.waited)
         self.metrics.tenant_done(ex.tenant.name, ex.priority.label, ex.status, ex.waited)
-        if ex.counted is not None:
+        if ex.counts is not None:
             agent = ex.backend or ""
-            counted = ex.counts if ex.counts is not None else ex.counted
-            self.metrics.count_tokens(agent, model or agent, counted, ex.streamed)
-            if ex.timings is not None:  # predicted only where prefix routing predicts
-                routed = ex.info is not None and ex.info.prompt is not None
-                predicted = ex.info.note.predicted_cached if routed and ex.info else None
-                self.metrics.count_cached(ex.backend or "", predicted, ex.timings)
+            self.metrics.count_tokens(agent, model or agent, ex.counts, ex.streamed)
+            if ex.timings is not None:  # measured under any routing
+                self.metrics.count_cached(agent, ex.predicted, ex.timings)
         self.request_log(request, ex, total)
 
     def request_log(self, request: Request, ex: _Exchange, total: float) -> None:
@@ -481,13 +478,12 @@ class InferenceProxy:
         ttfb = ex.first_byte - ex.started if ex.first_byte is not None else None
         # a prompt's reused tokens as the server measured them, of the prompt's, and as
         # the balancer predicted them: where prefix routing misjudged a cache (#10)
-        info = ex.info if ex.info is not None and ex.info.prompt is not None else None
-        timings = ex.timings
+        timings, predicted = ex.timings, ex.predicted
         cached = "-"
         if timings is not None:  # measured under any routing; predicted under prefix's
             cached = f"{timings.cache_n}/{timings.prompt_tokens}"
-            if info is not None:
-                cached += f"~{info.note.predicted_cached}"
+            if predicted is not None:
+                cached += f"~{predicted}"
         fields = {
             "request_id": ex.request_id,
             "method": request.method,
@@ -501,7 +497,7 @@ class InferenceProxy:
             "route": ex.info.note.reason if ex.info else None,
             "cache_n": timings.cache_n if timings is not None else None,
             "prompt_tokens": timings.prompt_tokens if timings is not None else None,
-            "predicted_cached": info.note.predicted_cached if info is not None else None,
+            "predicted_cached": predicted,
             "ttfb_s": round(ttfb, 6) if ttfb is not None else None,
             "duration_s": round(total, 6),
         }
@@ -609,15 +605,10 @@ class InferenceProxy:
         finally:
             if healthy:
                 if inference:
-                    if ex.counted is not None:  # measured reuse, whatever the routing
-                        ex.counts = read_counts(ex.counted)  # decoded once, for both
                     # a relayed 4xx was refused unread: the prefix index takes it back
                     sent = not _refused_unread(ex.status)
                     self.dispatcher.release(
-                        target.backend_id,
-                        request=ex.info,
-                        timings=ex.timings if self._prompts else None,  # for the index
-                        sent=sent,
+                        target.backend_id, request=ex.info, timings=ex.timings, sent=sent
                     )
             elif inference:
                 self.dispatcher.failed(target.backend_id, "request failed", ex.info, sent=read)
@@ -637,8 +628,8 @@ class InferenceProxy:
         head += _line(b"X-Request-Id", ex.request_id)
         head += _line(b"X-Corral-Server", target.name)
         head += b"X-Corral-Buffer-Wait: %.6f\r\n" % ex.waited
-        if ex.info is not None and ex.info.prompt is not None:
-            head += b"X-Corral-Predicted-Cached-Tokens: %d\r\n" % ex.info.note.predicted_cached
+        if (predicted := ex.predicted) is not None:
+            head += b"X-Corral-Predicted-Cached-Tokens: %d\r\n" % predicted
         # browsers (the dashboard's playground) may read it; one value only: browsers
         # refuse a response that repeats this header
         allowed = self.cors.allow_origin(request.header(b"origin"))
@@ -654,9 +645,9 @@ class InferenceProxy:
                 raise _Retry(f"{target.name}: {exc}", held=True) from None
             ex.first_byte = asyncio.get_running_loop().time()
             self.metrics.first_byte_at(request.path, ex.first_byte - ex.started)
-            if upstream.status == 200 and (b'"usage"' in data or b'"timings"' in data):
-                ex.counted = data
             out.send(upstream.status, bytes(head), data)
+            if upstream.status == 200 and (b'"usage"' in data or b'"timings"' in data):
+                ex.counts = read_counts(data)  # after the answer left: not on its way
             return True
 
         # The head leaves with the first chunk when that has already arrived.
@@ -707,7 +698,7 @@ class InferenceProxy:
             raise ConnectionResetError("the client disconnected")
         out.finish()
         if sse and upstream.status == 200:
-            ex.counted = last_counted_event(b"".join(tail))
+            ex.counts = read_counts(last_counted_event(b"".join(tail)))
         return True
 
 
@@ -726,8 +717,7 @@ class _Exchange:
     status: int = 500
     waited: float = 0.0
     first_byte: float | None = None
-    counted: bytes | None = None  # the JSON that reports usage/timings
-    counts: Counted | None = None  # what it reports, once read (at the slot's release)
+    counts: Counted | None = None  # the tokens its answer reports (usage, timings)
     info: RequestInfo | None = None  # what routing knew and decided (its note)
     streamed: int = 0  # token events counted live as the answer was relayed
     tenant: Tenant = _DEFAULT  # whose key it came with (its name in metrics and logs)
@@ -737,6 +727,13 @@ class _Exchange:
     def timings(self) -> Timings | None:
         """The answer's ``timings`` (cache reuse, prefill time), once read; else None."""
         return None if self.counts is None else self.counts.timings
+
+    @property
+    def predicted(self) -> int | None:
+        """The prompt tokens prefix routing predicted the server holds; None where the
+        policy read no prompt (slot routing predicts nothing)."""
+        info = self.info
+        return info.note.predicted_cached if info is not None and info.prompt is not None else None
 
 
 def _nominated(values: list[bytes]) -> frozenset[bytes]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from corral.balancer.metrics import Metrics, Tally, token_events
+from corral.balancer.metrics import Metrics, Tally, read_counts, token_events
 from corral.core.buffer import Buffer
 from corral.core.fleet import Fleet
 
@@ -57,7 +57,8 @@ def test_prometheus_sums_tallies_per_model_and_shows_each_agent():
     metrics = Metrics(Fleet(), Buffer(capacity=10, timeout=1.0))
     metrics.tally("a", "m").stream(7)
     metrics.tally("b", "m").stream(3)
-    metrics.count_tokens("b", "m", b'{"usage":{"prompt_tokens":11,"completion_tokens":5}}', 3)
+    answer = b'{"usage":{"prompt_tokens":11,"completion_tokens":5}}'
+    metrics.count_tokens("b", "m", read_counts(answer), 3)
     text = metrics.render().decode()
     assert 'corral_generated_tokens_total{model="m"} 12.0' in text
     assert 'corral_prompt_tokens_total{model="m"} 11.0' in text
