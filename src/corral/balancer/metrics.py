@@ -237,42 +237,11 @@ class Metrics:
         """Token counts per ``(agent name, model)``, exported at scrape time."""
         self.registry.register(_TokenCollector(self.tallies))
         # the servers' prompt caches: measured under any routing (so a fleet on --routing
-        # slots shows the hit rate prefix routing would start from), predicted under prefix
-        self.cached_predicted = Counter(
-            "corral_agent_cached_prompt_tokens_predicted",
-            "Prompt tokens the balancer predicted each server had cached, for answers "
-            "that reported timings (--routing prefix only)",
-            ["agent"],
-            registry=r,
-        )
-        self.cached_measured = Counter(
-            "corral_agent_cached_prompt_tokens",
-            "Prompt tokens each server reported reusing from its cache (timings.cache_n)",
-            ["agent"],
-            registry=r,
-        )
-        self.prompt_measured = Counter(
-            "corral_agent_timed_prompt_tokens",
-            "Prompt tokens of answers that reported timings (prompt_n + cache_n): the "
-            "denominator of the cache hit rate",
-            ["agent"],
-            registry=r,
-        )
-        self.fleet_cached_predicted = Counter(
-            "corral_cached_prompt_tokens_predicted",
-            "Prompt tokens predicted cached, fleet-wide",
-            registry=r,
-        )
-        self.fleet_cached_measured = Counter(
-            "corral_cached_prompt_tokens",
-            "Prompt tokens the servers reported reusing from their caches, fleet-wide",
-            registry=r,
-        )
-        self.fleet_prompt_measured = Counter(
-            "corral_timed_prompt_tokens",
-            "Prompt tokens of answers that reported timings, fleet-wide",
-            registry=r,
-        )
+        # slots shows the hit rate prefix routing would start from), predicted under
+        # prefix; plain numbers per agent (counted per answer), exported at scrape time
+        self.caches: dict[str, CacheTally] = {}
+        """Prompt-cache counts per agent name."""
+        self.registry.register(_CacheCollector(self.caches))
 
         self._children: dict[tuple[object, ...], Any] = {}
 
@@ -315,13 +284,14 @@ class Metrics:
     def count_cached(self, agent: str, predicted: int | None, timings: Timings) -> None:
         """One answer's measured cached prompt tokens (any routing), and those predicted
         (prefix routing; None under another, which predicts none)."""
+        tally = self.caches.get(agent)
+        if tally is None:
+            tally = self.caches[agent] = CacheTally()
+        tally.cached += timings.cache_n
+        tally.timed += timings.prompt_tokens
         if predicted is not None:
-            self._child(self.cached_predicted, agent).inc(predicted)
-            self.fleet_cached_predicted.inc(predicted)
-        self._child(self.cached_measured, agent).inc(timings.cache_n)
-        self._child(self.prompt_measured, agent).inc(timings.prompt_tokens)
-        self.fleet_cached_measured.inc(timings.cache_n)
-        self.fleet_prompt_measured.inc(timings.prompt_tokens)
+            tally.predicted += predicted
+            tally.predicts = True
 
     def render(self) -> bytes:
         data: bytes = generate_latest(self.registry)
@@ -416,6 +386,76 @@ class _TokenCollector(Collector):
         yield prompt_family
         yield generated_family
         yield per_agent
+
+
+class CacheTally:
+    """One agent's prompt-cache counts: tokens reused (``timings.cache_n``), tokens of
+    answers with timings, and tokens predicted cached (``predicts``: prefix routing
+    predicted any, even 0)."""
+
+    __slots__ = ("cached", "predicted", "predicts", "timed")
+
+    def __init__(self) -> None:
+        self.cached = 0
+        self.timed = 0
+        self.predicted = 0
+        self.predicts = False
+
+    def __repr__(self) -> str:
+        return f"<CacheTally cached={self.cached}/{self.timed} predicted={self.predicted}>"
+
+
+class _CacheCollector(Collector):
+    """The prompt-cache counters from the tallies, per agent and fleet-wide."""
+
+    def __init__(self, caches: dict[str, CacheTally]) -> None:
+        self.caches = caches
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        agent_predicted = CounterMetricFamily(
+            "corral_agent_cached_prompt_tokens_predicted",
+            "Prompt tokens the balancer predicted each server had cached, for answers "
+            "that reported timings (--routing prefix only)",
+            labels=["agent"],
+        )
+        agent_cached = CounterMetricFamily(
+            "corral_agent_cached_prompt_tokens",
+            "Prompt tokens each server reported reusing from its cache (timings.cache_n)",
+            labels=["agent"],
+        )
+        agent_timed = CounterMetricFamily(
+            "corral_agent_timed_prompt_tokens",
+            "Prompt tokens of answers that reported timings (prompt_n + cache_n): the "
+            "denominator of the cache hit rate",
+            labels=["agent"],
+        )
+        predicted = cached = timed = 0
+        for agent, tally in sorted(self.caches.items()):
+            if tally.predicts:
+                agent_predicted.add_metric([agent], tally.predicted)
+            agent_cached.add_metric([agent], tally.cached)
+            agent_timed.add_metric([agent], tally.timed)
+            predicted += tally.predicted
+            cached += tally.cached
+            timed += tally.timed
+        yield agent_predicted
+        yield agent_cached
+        yield agent_timed
+        yield CounterMetricFamily(
+            "corral_cached_prompt_tokens_predicted",
+            "Prompt tokens predicted cached, fleet-wide",
+            value=predicted,
+        )
+        yield CounterMetricFamily(
+            "corral_cached_prompt_tokens",
+            "Prompt tokens the servers reported reusing from their caches, fleet-wide",
+            value=cached,
+        )
+        yield CounterMetricFamily(
+            "corral_timed_prompt_tokens",
+            "Prompt tokens of answers that reported timings, fleet-wide",
+            value=timed,
+        )
 
 
 class _Usage(msgspec.Struct):
